@@ -1,0 +1,72 @@
+//! `switchboard-io` owns everything HTTP: parsing request heads and bodies
+//! (on `httparse`), decoding query strings and forms into typed calls,
+//! encoding answers as JSON or JSONP (PROTOCOL.md §1), and the per-connection
+//! loop (keep-alive, pipelining in order, limits, slow-client deadlines,
+//! lingering close). It knows nothing of shards or executors: the engine
+//! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
+//! [`Reply`]. It is the only crate that knows serde_json.
+
+use std::future::Future;
+use std::time::Duration;
+
+use switchboard_shards::model::{Failure, Request, Response, UserId};
+
+/// Which listener a connection came in on: the paths differ, and admin
+/// calls need the bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Client,
+    Admin,
+}
+
+/// A decoded call, ready for the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `/connect`: the token is verified by the engine (it needs the
+    /// secret or the directory). `deferred` is a decoding failure of the
+    /// other parameters, answered only after the token checks out.
+    Connect {
+        token: String,
+        tab: Option<String>,
+        deferred: Option<Failure>,
+    },
+    /// Every sid-bearing client call (poll, send, typing, presence, ui,
+    /// read, history, leave), including `Request::Rejected`.
+    Shard(Request),
+    /// Admin `GET /health`.
+    Health,
+    /// Admin `GET /metrics`.
+    Metrics,
+    /// Admin `POST /roster-changed?user=ID`.
+    RosterChanged { user: UserId },
+    /// Admin `POST /kick?user=ID`.
+    Kick { user: UserId },
+    /// Admin `POST /trace?user=ID&level=debug|off`.
+    Trace { user: UserId, debug: bool },
+}
+
+/// What the handler answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A shard's answer, encoded per the protocol (JSON or JSONP).
+    Shard(Response),
+    /// A JSON object built by the engine (for example `/health`): sent with
+    /// this status in JSON mode (JSONP mode: always 200).
+    Json { status: u16, body: String },
+    /// A non-JSON body (for example `/metrics`), never JSONP-wrapped.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+}
+
+/// What the connection loop needs from the runtime.
+pub trait Handler {
+    /// Answers one call. May take as long as a long-poll takes.
+    fn call(&self, call: Call) -> impl Future<Output = Reply>;
+    /// Sleeps for `duration` (the runtime's timer; used for deadlines).
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+}
+
+pub mod limits;

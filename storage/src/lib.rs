@@ -1,0 +1,1 @@
+//! `switchboard-storage`: the directory, history, UI state and read marks.
