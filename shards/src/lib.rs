@@ -2,7 +2,16 @@
 //! buffers and presence of the users it owns, and the friends-only routing
 //! decisions. Synchronous and deterministic: requests, peer messages,
 //! storage results and `now` go in; responses, peer messages and storage
-//! jobs come out. No sockets, no executor, no clock reads.
+//! jobs come out ([`Shard::handle`]). No sockets, no executor, no clock
+//! reads, no randomness (sids are drawn by the caller), like `quinn-proto`.
 #![forbid(unsafe_code)]
 
+pub mod limits;
 pub mod model;
+pub mod routing;
+pub mod session;
+pub mod shard;
+pub mod timers;
+
+pub use routing::home_shard;
+pub use shard::{Config, Input, Output, PeerMsg, Shard, Stats};

@@ -32,7 +32,7 @@ pub struct ReplyTo {
 /// without a lookup) and 128 random bits that make it unguessable.
 ///
 /// Text form: `{user}-{32 lowercase hex}`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Sid {
     /// The user whose session this tab attaches to.
     pub user: UserId,

@@ -1,0 +1,63 @@
+//! Deadlines of one shard, ordered by time. Each owner (a tab, a session)
+//! remembers the deadline it armed, so a timer is removed exactly when it is
+//! re-armed or its owner goes: the set never holds stale entries and its
+//! size is bounded by the number of tabs and sessions.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Sid, UserId};
+
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TimerKey {
+    /// A tab's outstanding poll reaches its `wait`.
+    Poll(Sid),
+    /// A tab has had no poll outstanding for the tab timeout.
+    TabIdle(Sid),
+    /// A session with no tabs ends (offline) when its grace runs out.
+    Grace(UserId),
+    /// A live session's roster is due for a re-read.
+    Refresh(UserId),
+}
+
+/// The deadline set.
+#[derive(Default, Debug, Serialize, Deserialize)]
+pub struct Timers {
+    /// `(deadline_ms, key)`, earliest first.
+    set: BTreeSet<(u64, TimerKey)>,
+}
+
+impl Timers {
+    /// Arms `key` at `at_ms`.
+    pub fn arm(&mut self, at_ms: u64, key: TimerKey) {
+        let inserted = self.set.insert((at_ms, key));
+        debug_assert!(inserted, "timer armed twice: {key:?}");
+    }
+
+    /// Disarms `key` armed at `at_ms` (a no-op when it already fired).
+    pub fn disarm(&mut self, at_ms: u64, key: TimerKey) {
+        self.set.remove(&(at_ms, key));
+    }
+
+    /// Removes and returns the earliest timer due at `now_ms`, if any.
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<(u64, TimerKey)> {
+        let first = *self.set.first()?;
+        if first.0 <= now_ms {
+            self.set.pop_first()
+        } else {
+            None
+        }
+    }
+
+    /// How many timers are armed.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether none is armed.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
