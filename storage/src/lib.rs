@@ -1,1 +1,425 @@
-//! `switchboard-storage`: the directory, history, UI state and read marks.
+//! `switchboard-storage` owns everything that outlives a process: the
+//! directory (users, names, friendships), login tokens, and the stored
+//! messages, UI states, read marks and unread counters. It is the only
+//! crate that blocks: jobs ([`StorageJob`]) go through one bounded queue to
+//! named `db-N` threads, and each result comes back through a [`Pending`]
+//! future that the db thread completes without ever blocking the waiting
+//! executor (Redpanda's `thread_worker` shape).
+//!
+//! Invariants:
+//! - **Only this crate blocks.** [`Store::submit`] never waits: a full
+//!   queue fails at once with [`StorageError::Overloaded`].
+//! - **Every job is answered exactly once**: with its result, with
+//!   `TimedOut` when its deadline passed before a db thread picked it up,
+//!   or with `Backend` when it fails (or when the store stopped before
+//!   running it). Every failure is logged once, with job name and user.
+//! - **Durable before answered.** Write jobs run in one redb write
+//!   transaction per batch (group commit), committed with an fsync before
+//!   any of them is answered: an answered `/send` survives `kill -9` and a
+//!   power cut.
+//!
+//! The embedded backend ([`Store::open_embedded`]) keeps one redb file,
+//! `data_dir/switchboard.redb`, with these tables (`lo`/`hi` are the two
+//! users of a conversation, smaller id first):
+//!
+//! | table | key → value | what for |
+//! | --- | --- | --- |
+//! | `meta` | `&str` → `u64` | `next_msg_id` (ids start at 1, assigned in the write transaction), `schema_version` |
+//! | `messages` | `id` → `(from, to, ts, text, cid)` | every message, by its global increasing id |
+//! | `conversations` | `(lo, hi, id)` → `from` | history paging and unread counting as range scans |
+//! | `cids` | `(from, cid)` → `id` | `/send` idempotency, kept forever |
+//! | `ui` | `user` → state text | persisted UI state |
+//! | `read_marks` | `(user, with)` → `id` | how far `user` has read the conversation with `with` |
+//! | `unread` | `(user, from)` → count | unread messages from `from` to `user`; absent means 0 |
+//!
+//! The directory is held in memory: the built-in demo users or a JSON file
+//! ([`directory`]), re-read on [`Store::reload_directory`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod directory;
+mod embedded;
+pub mod limits;
+pub mod token;
+
+pub use directory::{Directory, DirectoryError};
+pub use embedded::EmbeddedConfig;
+
+use crossbeam_channel::{Sender, TrySendError};
+use futures_channel::oneshot;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use switchboard_shards::model::{StorageError, StorageJob, StorageResult};
+
+/// The handle the engine uses to reach storage, whatever the backend.
+/// Cheap to clone and `Send + Sync`: every executor keeps one. When the
+/// last clone is dropped (or [`Store::shutdown`] is called) the db threads
+/// finish the queued jobs and stop; that drop waits for them, so let the
+/// last clone go on the thread that stops the server, not on an executor.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared by every clone; its `Drop` stops the threads.
+    inner: Arc<Inner>,
+}
+
+/// What the clones of a [`Store`] share.
+struct Inner {
+    /// The bounded job queue into the db threads.
+    jobs: Sender<Envelope>,
+    /// Set once to tell the db threads to drain the queue and exit.
+    stop: Arc<AtomicBool>,
+    /// The db threads, taken (and joined) by the first stop.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Counters shared with the db threads.
+    counters: Arc<Counters>,
+    /// The queue's capacity, for [`StoreStats`] and log lines.
+    queue_depth: usize,
+}
+
+/// One unit of work in the queue, with when it must be started by.
+pub(crate) struct Envelope {
+    /// What to do and where to send the answer.
+    pub(crate) work: Work,
+    /// A db thread that picks this up later answers `TimedOut` instead.
+    pub(crate) deadline: Instant,
+}
+
+/// The kinds of work a db thread does.
+pub(crate) enum Work {
+    /// A shard's storage job.
+    Job {
+        /// The job.
+        job: StorageJob,
+        /// Where its one answer goes.
+        reply: oneshot::Sender<StorageResult>,
+    },
+    /// Re-read the directory (admin `roster-changed`).
+    ReloadDirectory {
+        /// Where its one answer goes.
+        reply: oneshot::Sender<ReloadResult>,
+    },
+}
+
+/// Monotonic counters, readable at any time through [`Store::stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Jobs accepted into the queue.
+    pub(crate) submitted: AtomicU64,
+    /// Jobs refused because the queue was full.
+    pub(crate) shed: AtomicU64,
+    /// Jobs answered `TimedOut` without running.
+    pub(crate) timed_out: AtomicU64,
+    /// Jobs answered `Backend`.
+    pub(crate) failed: AtomicU64,
+    /// Write transactions committed.
+    pub(crate) write_batches: AtomicU64,
+    /// Write jobs answered from committed transactions.
+    pub(crate) write_jobs: AtomicU64,
+}
+
+/// A snapshot of the store's counters (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Jobs accepted into the queue since open.
+    pub jobs_submitted: u64,
+    /// Jobs refused with `Overloaded` because the queue was full.
+    pub jobs_shed: u64,
+    /// Jobs answered `TimedOut` (deadline passed before a db thread
+    /// picked them up).
+    pub jobs_timed_out: u64,
+    /// Jobs answered `Backend` (database or I/O failure).
+    pub jobs_failed: u64,
+    /// Write transactions committed (group commits).
+    pub write_batches: u64,
+    /// Write jobs answered from those transactions; divided by
+    /// `write_batches` it is the mean batch size.
+    pub write_jobs: u64,
+    /// Jobs waiting in the queue now.
+    pub queue_len: usize,
+    /// The queue's capacity.
+    pub queue_depth: usize,
+}
+
+/// Why [`Store::open_embedded`] failed.
+#[derive(Debug)]
+pub enum OpenError {
+    /// A setting out of its bounds (the text says which).
+    Config(String),
+    /// A file or folder could not be created or read.
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The database could not be opened or initialised (locked by another
+    /// process, corrupt, or from a newer schema).
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The directory file was refused.
+    Directory(DirectoryError),
+    /// A db thread could not be started.
+    Thread(io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Config(e) => write!(f, "storage settings: {e}"),
+            OpenError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            OpenError::Database { path, detail } => {
+                write!(f, "database {}: {detail}", path.display())
+            }
+            OpenError::Directory(e) => e.fmt(f),
+            OpenError::Thread(e) => write!(f, "starting a db thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io { source, .. } | OpenError::Thread(source) => Some(source),
+            OpenError::Directory(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What a successful directory reload found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectoryReloaded {
+    /// Users in the directory now in force.
+    pub users: usize,
+    /// Distinct friendships in it.
+    pub friendships: usize,
+}
+
+/// Why a directory reload failed. The old directory stays in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The reload did not run (queue full, deadline passed, store gone).
+    Storage(StorageError),
+    /// The file was refused; the text names the fault.
+    Directory(String),
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::Storage(e) => e.fmt(f),
+            ReloadError::Directory(e) => write!(f, "{e} (the previous directory stays in force)"),
+        }
+    }
+}
+
+/// The answer to [`Store::reload_directory`].
+pub type ReloadResult = Result<DirectoryReloaded, ReloadError>;
+
+/// The text every job gets when its db thread went away without answering.
+const GONE: &str = "storage thread gone";
+
+/// A job's result on its way back from a db thread. A future that never
+/// blocks: the db thread completes it and wakes the task that polled it,
+/// on whatever executor that is. It has no timer of its own; the deadline
+/// given to [`Store::submit`] bounds only the wait in the queue, so the
+/// caller races it against its own timer if it needs to.
+#[must_use = "a Pending does nothing unless awaited; dropping it discards the answer, not the job"]
+pub struct Pending {
+    /// Completed exactly once by a db thread, or dropped (store gone).
+    rx: oneshot::Receiver<StorageResult>,
+}
+
+impl Future for Pending {
+    type Output = StorageResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<StorageResult> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(oneshot::Canceled)) => {
+                Poll::Ready(Err(StorageError::Backend(GONE.to_string())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A directory reload's result on its way back; like [`Pending`].
+#[must_use = "a PendingReload does nothing unless awaited"]
+pub struct PendingReload {
+    /// Completed exactly once by a db thread, or dropped (store gone).
+    rx: oneshot::Receiver<ReloadResult>,
+}
+
+impl Future for PendingReload {
+    type Output = ReloadResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReloadResult> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(ReloadError::Storage(
+                StorageError::Backend(GONE.to_string()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Store {
+    /// Opens the embedded store: creates `data_dir`, opens (or creates)
+    /// `data_dir/switchboard.redb`, loads the directory, and starts the
+    /// `db-0..db-N` threads. Settings out of their [`limits`] are refused.
+    pub fn open_embedded(config: EmbeddedConfig) -> Result<Store, OpenError> {
+        embedded::open(config)
+    }
+
+    /// Wraps started threads into a store (for the backends).
+    pub(crate) fn from_parts(
+        jobs: Sender<Envelope>,
+        stop: Arc<AtomicBool>,
+        threads: Vec<JoinHandle<()>>,
+        counters: Arc<Counters>,
+        queue_depth: usize,
+    ) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                jobs,
+                stop,
+                threads: Mutex::new(threads),
+                counters,
+                queue_depth,
+            }),
+        }
+    }
+
+    /// Queues a job and returns the future of its result. Never blocks: a
+    /// full queue is `Err(Overloaded)` at once, a stopped store
+    /// `Err(Backend)`. A job still queued at `deadline` is answered
+    /// `TimedOut` without running.
+    pub fn submit(&self, job: StorageJob, deadline: Instant) -> Result<Pending, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let envelope = Envelope {
+            work: Work::Job { job, reply },
+            deadline,
+        };
+        match self.inner.jobs.try_send(envelope) {
+            Ok(()) => {
+                self.inner
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Pending { rx })
+            }
+            Err(TrySendError::Full(envelope)) => {
+                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
+                if let Work::Job { job, .. } = &envelope.work {
+                    log::warn!(
+                        "storage: {} for user {} shed: job queue full ({} jobs)",
+                        job.name(),
+                        job.user(),
+                        self.inner.queue_depth
+                    );
+                }
+                Err(StorageError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(envelope)) => {
+                self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                if let Work::Job { job, .. } = &envelope.work {
+                    log::error!(
+                        "storage: {} for user {} refused: the store is stopped",
+                        job.name(),
+                        job.user()
+                    );
+                }
+                Err(StorageError::Backend("storage stopped".to_string()))
+            }
+        }
+    }
+
+    /// Asks a db thread to re-read the directory (admin `roster-changed`).
+    /// Embedded: re-reads the directory file (with the demo directory, a
+    /// no-op); a refused file keeps the old directory in force and the
+    /// answer carries the fault. Never blocks, like [`Store::submit`].
+    pub fn reload_directory(&self, deadline: Instant) -> Result<PendingReload, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let envelope = Envelope {
+            work: Work::ReloadDirectory { reply },
+            deadline,
+        };
+        match self.inner.jobs.try_send(envelope) {
+            Ok(()) => {
+                self.inner
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(PendingReload { rx })
+            }
+            Err(TrySendError::Full(_)) => {
+                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
+                log::warn!("storage: directory reload shed: job queue full");
+                Err(StorageError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                log::error!("storage: directory reload refused: the store is stopped");
+                Err(StorageError::Backend("storage stopped".to_string()))
+            }
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        StoreStats {
+            jobs_submitted: c.submitted.load(Ordering::Relaxed),
+            jobs_shed: c.shed.load(Ordering::Relaxed),
+            jobs_timed_out: c.timed_out.load(Ordering::Relaxed),
+            jobs_failed: c.failed.load(Ordering::Relaxed),
+            write_batches: c.write_batches.load(Ordering::Relaxed),
+            write_jobs: c.write_jobs.load(Ordering::Relaxed),
+            queue_len: self.inner.jobs.len(),
+            queue_depth: self.inner.queue_depth,
+        }
+    }
+
+    /// Stops the db threads once they have answered every job already
+    /// queued, and waits for them (this blocks: call it from the thread
+    /// that stops the server, not from an executor). The database is
+    /// closed when it returns. Jobs submitted through other clones
+    /// afterwards fail with `Backend("storage stopped")`.
+    pub fn shutdown(self) {
+        self.inner.stop_and_join();
+    }
+}
+
+impl Inner {
+    fn stop_and_join(&self) {
+        self.stop.store(true, Ordering::Release);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let name = thread.thread().name().unwrap_or("db-?").to_string();
+            if thread.join().is_err() {
+                log::error!("storage: thread {name} panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

@@ -1,0 +1,827 @@
+//! The embedded backend: one redb file and an in-memory directory, served
+//! by `db-N` threads with group commit. The schema is described in the
+//! crate documentation (`lib.rs`).
+//!
+//! A db thread's loop: take one envelope (waiting at most
+//! [`limits::DB_IDLE_WAIT_MS`], so it notices a stop), then drain up to
+//! `write_batch_max - 1` more without waiting. In that batch, envelopes
+//! whose deadline has passed are answered `TimedOut`; directory reloads
+//! and read jobs run next, in one read transaction, and are answered at
+//! once; then all write jobs run, in order, in one write transaction that
+//! is committed with an fsync before any of them is answered. redb runs
+//! one write transaction at a time, so several db threads queue on it;
+//! meanwhile they serve reads.
+
+use crate::directory::Directory;
+use crate::{
+    limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
+    Work,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use futures_channel::oneshot;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use switchboard_shards::model::{
+    Message, MsgId, StorageError, StorageJob, StorageOutput, StorageResult, UserId,
+};
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    /// Folder of the database file (`SWITCHBOARD_DATA_DIR`); created if
+    /// missing.
+    pub data_dir: PathBuf,
+    /// The directory JSON file (`SWITCHBOARD_DIRECTORY`); `None` uses the
+    /// built-in demo users ([`Directory::demo`]).
+    pub directory: Option<PathBuf>,
+    /// How many `db-N` threads to start, 1–[`limits::DB_THREADS_MAX`].
+    pub db_threads: usize,
+    /// Capacity of the job queue, 1–[`limits::JOB_QUEUE_DEPTH_MAX`]; a
+    /// submit to a full queue fails with `Overloaded`.
+    pub queue_depth: usize,
+    /// Most jobs one db thread takes per batch (so most writes per group
+    /// commit), 1–[`limits::WRITE_BATCH_JOBS_MAX`].
+    pub write_batch_max: usize,
+    /// Core ids to pin the db threads to: thread `db-i` goes to
+    /// `pin_to[i % pin_to.len()]`. `None` (the default) leaves them to the
+    /// OS scheduler, which is right unless the executors' cores are known
+    /// and others are kept free for storage. An id that is not one of
+    /// this machine's cores is refused at open.
+    pub pin_to: Option<Vec<usize>>,
+}
+
+impl EmbeddedConfig {
+    /// Default settings for a data folder: demo directory, default
+    /// thread count, queue depth and batch size, no pinning.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            directory: None,
+            db_threads: limits::DB_THREADS_DEFAULT,
+            queue_depth: limits::JOB_QUEUE_DEPTH_DEFAULT,
+            write_batch_max: limits::WRITE_BATCH_JOBS_DEFAULT,
+            pin_to: None,
+        }
+    }
+}
+
+/// The database file's name inside `data_dir`.
+const DB_FILE_NAME: &str = "switchboard.redb";
+/// The schema this code reads and writes (`meta["schema_version"]`).
+const SCHEMA_VERSION: u64 = 1;
+const META_SCHEMA_VERSION: &str = "schema_version";
+const META_NEXT_MSG_ID: &str = "next_msg_id";
+
+/// A conversation's two users, smaller id first, then a message id.
+type ConvKey = (UserId, UserId, MsgId);
+/// A message row: `(from, to, ts, text, cid)`.
+type MsgRow = (UserId, UserId, u64, &'static str, Option<&'static str>);
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const MESSAGES: TableDefinition<MsgId, MsgRow> = TableDefinition::new("messages");
+const CONVERSATIONS: TableDefinition<ConvKey, UserId> = TableDefinition::new("conversations");
+const CIDS: TableDefinition<(UserId, &str), MsgId> = TableDefinition::new("cids");
+const UI: TableDefinition<UserId, &str> = TableDefinition::new("ui");
+const READ_MARKS: TableDefinition<(UserId, UserId), MsgId> = TableDefinition::new("read_marks");
+const UNREAD: TableDefinition<(UserId, UserId), u64> = TableDefinition::new("unread");
+
+/// What the db threads share.
+struct State {
+    /// The open database file.
+    db: Database,
+    /// The directory in force; a reload swaps in a new one whole.
+    directory: RwLock<Arc<Directory>>,
+    /// Where the directory comes from (`None`: the demo users).
+    directory_path: Option<PathBuf>,
+    /// The store's counters.
+    counters: Arc<Counters>,
+}
+
+pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
+    check_config(&config)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let directory = match &config.directory {
+        Some(path) => Directory::from_file(path).map_err(OpenError::Directory)?,
+        None => Directory::demo(),
+    };
+    let path = config.data_dir.join(DB_FILE_NAME);
+    let db_error = |detail: String| OpenError::Database {
+        path: path.clone(),
+        detail,
+    };
+    let db = Database::builder()
+        .set_cache_size(limits::DB_CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| db_error(e.to_string()))?;
+    init_schema(&db).map_err(db_error)?;
+    log::info!(
+        "storage: opened {} ({} users, {} friendships{}), {} db threads, queue depth {}, write batch {}",
+        path.display(),
+        directory.user_count(),
+        directory.friendship_count(),
+        if config.directory.is_none() { ", demo directory" } else { "" },
+        config.db_threads,
+        config.queue_depth,
+        config.write_batch_max
+    );
+
+    let counters = Arc::new(Counters::default());
+    let state = Arc::new(State {
+        db,
+        directory: RwLock::new(Arc::new(directory)),
+        directory_path: config.directory.clone(),
+        counters: counters.clone(),
+    });
+    let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(config.db_threads);
+    for i in 0..config.db_threads {
+        let core = config.pin_to.as_ref().map(|cores| cores[i % cores.len()]);
+        let (state, queue, thread_stop) = (state.clone(), queue.clone(), stop.clone());
+        let batch_max = config.write_batch_max;
+        let spawned = std::thread::Builder::new()
+            .name(format!("db-{i}"))
+            .spawn(move || run(&state, &queue, &thread_stop, batch_max, core));
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(OpenError::Thread(e));
+            }
+        }
+    }
+    Ok(Store::from_parts(
+        jobs,
+        stop,
+        threads,
+        counters,
+        config.queue_depth,
+    ))
+}
+
+fn check_config(config: &EmbeddedConfig) -> Result<(), OpenError> {
+    let range = |name: &str, value: usize, max: usize| {
+        if (1..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(OpenError::Config(format!(
+                "{name} is {value}, must be 1–{max}"
+            )))
+        }
+    };
+    range("db_threads", config.db_threads, limits::DB_THREADS_MAX)?;
+    range(
+        "queue_depth",
+        config.queue_depth,
+        limits::JOB_QUEUE_DEPTH_MAX,
+    )?;
+    range(
+        "write_batch_max",
+        config.write_batch_max,
+        limits::WRITE_BATCH_JOBS_MAX,
+    )?;
+    if let Some(cores) = &config.pin_to {
+        if cores.is_empty() {
+            return Err(OpenError::Config(
+                "pin_to is empty (use None not to pin)".to_string(),
+            ));
+        }
+        let known: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        if let Some(bad) = cores.iter().find(|c| !known.contains(c)) {
+            return Err(OpenError::Config(format!(
+                "pin_to names core {bad}, not one of this machine's cores {known:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the tables of a new file, or checks the schema version of an
+/// existing one.
+fn init_schema(db: &Database) -> Result<(), String> {
+    let mut txn = db.begin_write().ctx("begin write")?;
+    txn.set_durability(Durability::Immediate)
+        .ctx("set durability")?;
+    {
+        let mut meta = txn.open_table(META).ctx("open meta")?;
+        let version = meta
+            .get(META_SCHEMA_VERSION)
+            .ctx("read schema version")?
+            .map(|v| v.value());
+        match version {
+            None => {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)
+                    .ctx("write schema version")?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "schema version {other}, this build knows {SCHEMA_VERSION}"
+                ))
+            }
+        }
+    }
+    WriteTables::open(&txn)?;
+    txn.commit().ctx("commit")
+}
+
+/// A db thread's loop (see the module documentation).
+fn run(
+    state: &State,
+    queue: &Receiver<Envelope>,
+    stop: &AtomicBool,
+    batch_max: usize,
+    core: Option<usize>,
+) {
+    if let Some(id) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            log::warn!("storage: could not pin this db thread to core {id}; running unpinned");
+        }
+    }
+    let idle = Duration::from_millis(limits::DB_IDLE_WAIT_MS);
+    let mut batch = Vec::with_capacity(batch_max);
+    loop {
+        let first = if stop.load(Ordering::Acquire) {
+            // Stopping: finish what is queued, then exit.
+            match queue.try_recv() {
+                Ok(envelope) => envelope,
+                Err(_) => break,
+            }
+        } else {
+            match queue.recv_timeout(idle) {
+                Ok(envelope) => envelope,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        batch.push(first);
+        while batch.len() < batch_max {
+            match queue.try_recv() {
+                Ok(envelope) => batch.push(envelope),
+                Err(_) => break,
+            }
+        }
+        state.run_batch(&mut batch);
+    }
+}
+
+/// A job with the channel its answer goes to.
+type Reply = (StorageJob, oneshot::Sender<StorageResult>);
+
+impl State {
+    fn run_batch(&self, batch: &mut Vec<Envelope>) {
+        let now = Instant::now();
+        let mut reads: Vec<Reply> = Vec::new();
+        let mut writes: Vec<Reply> = Vec::new();
+        for Envelope { work, deadline } in batch.drain(..) {
+            let late = now
+                .checked_duration_since(deadline)
+                .filter(|d| !d.is_zero());
+            match work {
+                Work::ReloadDirectory { reply } => {
+                    let result = match late {
+                        Some(late) => {
+                            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                            log::warn!(
+                                "storage: directory reload timed out: picked up {} ms after its deadline",
+                                late.as_millis()
+                            );
+                            Err(ReloadError::Storage(StorageError::TimedOut))
+                        }
+                        None => self.reload_directory(),
+                    };
+                    let _ = reply.send(result);
+                }
+                Work::Job { job, reply } => {
+                    if let Some(late) = late {
+                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                        log::warn!(
+                            "storage: {} for user {} timed out: picked up {} ms after its deadline",
+                            job.name(),
+                            job.user(),
+                            late.as_millis()
+                        );
+                        let _ = reply.send(Err(StorageError::TimedOut));
+                    } else if !is_write(&job) {
+                        reads.push((job, reply));
+                    } else if let Err(e) = check_sizes(&job) {
+                        self.fail(&job, reply, &e);
+                    } else {
+                        writes.push((job, reply));
+                    }
+                }
+            }
+        }
+        if !reads.is_empty() {
+            self.run_reads(reads);
+        }
+        if !writes.is_empty() {
+            self.run_writes(writes);
+        }
+    }
+
+    /// Answers a job `Backend(what)` and logs it once.
+    fn fail(&self, job: &StorageJob, reply: oneshot::Sender<StorageResult>, what: &str) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "storage: {} for user {} failed: {what}",
+            job.name(),
+            job.user()
+        );
+        let _ = reply.send(Err(StorageError::Backend(what.to_string())));
+    }
+
+    fn directory(&self) -> Arc<Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn reload_directory(&self) -> ReloadResult {
+        let Some(path) = &self.directory_path else {
+            let directory = self.directory();
+            return Ok(DirectoryReloaded {
+                users: directory.user_count(),
+                friendships: directory.friendship_count(),
+            });
+        };
+        match Directory::from_file(path) {
+            Ok(directory) => {
+                let reloaded = DirectoryReloaded {
+                    users: directory.user_count(),
+                    friendships: directory.friendship_count(),
+                };
+                *self
+                    .directory
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(directory);
+                log::info!(
+                    "storage: directory {} reloaded: {} users, {} friendships",
+                    path.display(),
+                    reloaded.users,
+                    reloaded.friendships
+                );
+                Ok(reloaded)
+            }
+            Err(e) => {
+                log::error!("storage: directory reload refused, keeping the previous one: {e}");
+                Err(ReloadError::Directory(e.to_string()))
+            }
+        }
+    }
+
+    fn run_reads(&self, reads: Vec<Reply>) {
+        let tables = self
+            .db
+            .begin_read()
+            .ctx("begin read")
+            .and_then(|txn| ReadTables::open(&txn));
+        let tables = match tables {
+            Ok(tables) => tables,
+            Err(e) => {
+                for (job, reply) in reads {
+                    self.fail(&job, reply, &e);
+                }
+                return;
+            }
+        };
+        let directory = self.directory();
+        for (job, reply) in reads {
+            match tables.execute(&directory, &job) {
+                Ok(output) => {
+                    let _ = reply.send(Ok(output));
+                }
+                Err(e) => self.fail(&job, reply, &e),
+            }
+        }
+    }
+
+    /// Group commit: every write of the batch in one transaction, answered
+    /// only once it is durable; if anything fails, all of them fail.
+    fn run_writes(&self, writes: Vec<Reply>) {
+        let outcome = (|| -> Result<Vec<StorageOutput>, String> {
+            let mut txn = self.db.begin_write().ctx("begin write")?;
+            txn.set_durability(Durability::Immediate)
+                .ctx("set durability")?;
+            let outputs = {
+                let mut tables = WriteTables::open(&txn)?;
+                let mut outputs = Vec::with_capacity(writes.len());
+                for (job, _) in &writes {
+                    let output = tables
+                        .execute(job)
+                        .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
+                    outputs.push(output);
+                }
+                outputs
+            };
+            txn.commit().ctx("commit")?;
+            Ok(outputs)
+        })();
+        match outcome {
+            Ok(outputs) => {
+                self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .write_jobs
+                    .fetch_add(writes.len() as u64, Ordering::Relaxed);
+                for ((_, reply), output) in writes.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(output));
+                }
+            }
+            Err(e) => {
+                let what = format!(
+                    "write transaction of {} jobs rolled back: {e}",
+                    writes.len()
+                );
+                for (job, reply) in writes {
+                    self.fail(&job, reply, &what);
+                }
+            }
+        }
+    }
+}
+
+fn is_write(job: &StorageJob) -> bool {
+    match job {
+        StorageJob::StoreMessage { .. }
+        | StorageJob::MarkRead { .. }
+        | StorageJob::SaveUi { .. } => true,
+        StorageJob::LoadSession { .. }
+        | StorageJob::LoadRoster { .. }
+        | StorageJob::History { .. } => false,
+    }
+}
+
+/// Sizes `io` already checked; over them is a caller bug, refused here
+/// rather than stored (see [`limits`]).
+fn check_sizes(job: &StorageJob) -> Result<(), String> {
+    let over = |what: &str, len: usize, max: usize| {
+        if len > max {
+            Err(format!("{what} of {len} bytes is over the limit of {max}"))
+        } else {
+            Ok(())
+        }
+    };
+    match job {
+        StorageJob::StoreMessage { text, cid, .. } => {
+            over("text", text.len(), limits::MESSAGE_TEXT_BYTES_MAX)?;
+            over(
+                "cid",
+                cid.as_ref().map_or(0, |c| c.len()),
+                limits::CID_BYTES_MAX,
+            )
+        }
+        StorageJob::SaveUi { state, .. } => {
+            over("ui state", state.len(), limits::UI_STATE_BYTES_MAX)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The two users of a conversation, smaller id first.
+fn pair(a: UserId, b: UserId) -> (UserId, UserId) {
+    (a.min(b), a.max(b))
+}
+
+/// Adds "what failed" to a database error.
+trait WithContext<T> {
+    fn ctx(self, what: &str) -> Result<T, String>;
+}
+
+impl<T, E: fmt::Display> WithContext<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// Every table, opened in a read transaction.
+struct ReadTables {
+    messages: redb::ReadOnlyTable<MsgId, MsgRow>,
+    conversations: redb::ReadOnlyTable<ConvKey, UserId>,
+    ui: redb::ReadOnlyTable<UserId, &'static str>,
+    unread: redb::ReadOnlyTable<(UserId, UserId), u64>,
+}
+
+impl ReadTables {
+    fn open(txn: &ReadTransaction) -> Result<ReadTables, String> {
+        Ok(ReadTables {
+            messages: txn.open_table(MESSAGES).ctx("open messages")?,
+            conversations: txn.open_table(CONVERSATIONS).ctx("open conversations")?,
+            ui: txn.open_table(UI).ctx("open ui")?,
+            unread: txn.open_table(UNREAD).ctx("open unread")?,
+        })
+    }
+
+    /// Runs a read job.
+    fn execute(&self, directory: &Directory, job: &StorageJob) -> Result<StorageOutput, String> {
+        match *job {
+            StorageJob::LoadSession { user } => {
+                let ui = self
+                    .ui
+                    .get(user)
+                    .ctx("read ui")?
+                    .map(|state| Arc::from(state.value()));
+                let mut unread = Vec::new();
+                for entry in self
+                    .unread
+                    .range((user, 0)..=(user, UserId::MAX))
+                    .ctx("scan unread")?
+                {
+                    let (key, count) = entry.ctx("scan unread")?;
+                    let count = count.value();
+                    if count > 0 {
+                        unread.push((key.value().1, count));
+                    }
+                }
+                Ok(StorageOutput::Session {
+                    name: directory.name(user),
+                    friends: directory.friends(user),
+                    ui,
+                    unread,
+                })
+            }
+            StorageJob::LoadRoster { user } => Ok(StorageOutput::Roster {
+                friends: directory.friends(user),
+            }),
+            StorageJob::History {
+                user,
+                with,
+                before,
+                limit,
+            } => history(
+                &self.messages,
+                &self.conversations,
+                user,
+                with,
+                before,
+                limit,
+            ),
+            StorageJob::StoreMessage { .. }
+            | StorageJob::MarkRead { .. }
+            | StorageJob::SaveUi { .. } => unreachable!("write job {} run as a read", job.name()),
+        }
+    }
+}
+
+/// Every table, opened in a write transaction.
+struct WriteTables<'t> {
+    meta: Table<'t, &'static str, u64>,
+    messages: Table<'t, MsgId, MsgRow>,
+    conversations: Table<'t, ConvKey, UserId>,
+    cids: Table<'t, (UserId, &'static str), MsgId>,
+    ui: Table<'t, UserId, &'static str>,
+    read_marks: Table<'t, (UserId, UserId), MsgId>,
+    unread: Table<'t, (UserId, UserId), u64>,
+}
+
+impl<'t> WriteTables<'t> {
+    /// Opens (creating when missing) every table.
+    fn open(txn: &'t WriteTransaction) -> Result<WriteTables<'t>, String> {
+        Ok(WriteTables {
+            meta: txn.open_table(META).ctx("open meta")?,
+            messages: txn.open_table(MESSAGES).ctx("open messages")?,
+            conversations: txn.open_table(CONVERSATIONS).ctx("open conversations")?,
+            cids: txn.open_table(CIDS).ctx("open cids")?,
+            ui: txn.open_table(UI).ctx("open ui")?,
+            read_marks: txn.open_table(READ_MARKS).ctx("open read_marks")?,
+            unread: txn.open_table(UNREAD).ctx("open unread")?,
+        })
+    }
+
+    /// Runs a write job inside the batch's transaction.
+    fn execute(&mut self, job: &StorageJob) -> Result<StorageOutput, String> {
+        match job {
+            StorageJob::StoreMessage {
+                from,
+                to,
+                text,
+                cid,
+                ts,
+            } => self.store_message(*from, *to, text, cid.as_ref(), *ts),
+            StorageJob::MarkRead { user, with, upto } => self.mark_read(*user, *with, *upto),
+            StorageJob::SaveUi { user, state } => {
+                self.ui.insert(*user, &**state).ctx("write ui")?;
+                Ok(StorageOutput::Saved)
+            }
+            StorageJob::LoadSession { .. }
+            | StorageJob::LoadRoster { .. }
+            | StorageJob::History { .. } => {
+                unreachable!("read job {} run as a write", job.name())
+            }
+        }
+    }
+
+    fn store_message(
+        &mut self,
+        from: UserId,
+        to: UserId,
+        text: &Arc<str>,
+        cid: Option<&Arc<str>>,
+        ts: u64,
+    ) -> Result<StorageOutput, String> {
+        if let Some(cid) = cid {
+            let first = self
+                .cids
+                .get((from, &**cid))
+                .ctx("read cids")?
+                .map(|id| id.value());
+            if let Some(id) = first {
+                let message = load_message(&self.messages, id)?
+                    .ok_or_else(|| format!("cid index points at missing message {id}"))?;
+                return Ok(StorageOutput::Stored {
+                    message: Arc::new(message),
+                    duplicate: true,
+                });
+            }
+        }
+        let id = self
+            .meta
+            .get(META_NEXT_MSG_ID)
+            .ctx("read next_msg_id")?
+            .map_or(1, |v| v.value());
+        self.meta
+            .insert(META_NEXT_MSG_ID, id + 1)
+            .ctx("write next_msg_id")?;
+        self.messages
+            .insert(id, (from, to, ts, &**text, cid.map(|c| &**c)))
+            .ctx("write message")?;
+        let (lo, hi) = pair(from, to);
+        self.conversations
+            .insert((lo, hi, id), from)
+            .ctx("write conversation index")?;
+        if let Some(cid) = cid {
+            self.cids.insert((from, &**cid), id).ctx("write cid")?;
+        }
+        if from != to {
+            let count = self
+                .unread
+                .get((to, from))
+                .ctx("read unread")?
+                .map_or(0, |c| c.value());
+            self.unread
+                .insert((to, from), count + 1)
+                .ctx("write unread")?;
+        }
+        Ok(StorageOutput::Stored {
+            message: Arc::new(Message {
+                id,
+                from,
+                to,
+                text: text.clone(),
+                ts,
+                cid: cid.cloned(),
+            }),
+            duplicate: false,
+        })
+    }
+
+    fn mark_read(
+        &mut self,
+        user: UserId,
+        with: UserId,
+        upto: MsgId,
+    ) -> Result<StorageOutput, String> {
+        let (lo, hi) = pair(user, with);
+        let current = self
+            .read_marks
+            .get((user, with))
+            .ctx("read read_marks")?
+            .map_or(0, |m| m.value());
+        let counted = self
+            .unread
+            .get((user, with))
+            .ctx("read unread")?
+            .map_or(0, |c| c.value());
+        let in_conversation = self
+            .conversations
+            .get((lo, hi, upto))
+            .ctx("read conversation index")?
+            .is_some();
+        if !in_conversation {
+            return Ok(StorageOutput::ReadMarked {
+                valid: false,
+                upto: current,
+                unread: counted,
+            });
+        }
+        let mark = current.max(upto);
+        if mark != current {
+            self.read_marks
+                .insert((user, with), mark)
+                .ctx("write read_marks")?;
+        }
+        let mut unread = 0;
+        for entry in self
+            .conversations
+            .range((lo, hi, mark + 1)..=(lo, hi, MsgId::MAX))
+            .ctx("scan conversation")?
+        {
+            let (_, from) = entry.ctx("scan conversation")?;
+            if from.value() == with {
+                unread += 1;
+            }
+        }
+        if unread != counted {
+            if unread == 0 {
+                self.unread.remove((user, with)).ctx("clear unread")?;
+            } else {
+                self.unread
+                    .insert((user, with), unread)
+                    .ctx("write unread")?;
+            }
+        }
+        Ok(StorageOutput::ReadMarked {
+            valid: true,
+            upto: mark,
+            unread,
+        })
+    }
+}
+
+fn load_message(
+    messages: &impl ReadableTable<MsgId, MsgRow>,
+    id: MsgId,
+) -> Result<Option<Message>, String> {
+    let Some(row) = messages.get(id).ctx("read message")? else {
+        return Ok(None);
+    };
+    let (from, to, ts, text, cid) = row.value();
+    Ok(Some(Message {
+        id,
+        from,
+        to,
+        text: Arc::from(text),
+        ts,
+        cid: cid.map(Arc::from),
+    }))
+}
+
+/// A page of the conversation of `user` and `with`: the newest `limit`
+/// messages older than `before`, oldest first.
+fn history(
+    messages: &impl ReadableTable<MsgId, MsgRow>,
+    conversations: &impl ReadableTable<ConvKey, UserId>,
+    user: UserId,
+    with: UserId,
+    before: Option<MsgId>,
+    limit: u32,
+) -> Result<StorageOutput, String> {
+    let (lo, hi) = pair(user, with);
+    if let Some(before) = before {
+        let known = conversations
+            .get((lo, hi, before))
+            .ctx("read conversation index")?
+            .is_some();
+        if !known {
+            return Ok(StorageOutput::History {
+                valid: false,
+                messages: Vec::new(),
+                more: false,
+            });
+        }
+    }
+    let limit = limit.min(limits::HISTORY_LIMIT_MAX) as usize;
+    let mut ids = Vec::with_capacity(limit);
+    let mut more = false;
+    let range = match before {
+        Some(before) => conversations.range((lo, hi, 0)..(lo, hi, before)),
+        None => conversations.range((lo, hi, 0)..=(lo, hi, MsgId::MAX)),
+    }
+    .ctx("scan conversation")?;
+    for entry in range.rev() {
+        let (key, _) = entry.ctx("scan conversation")?;
+        if ids.len() == limit {
+            more = true;
+            break;
+        }
+        ids.push(key.value().2);
+    }
+    let mut page = Vec::with_capacity(ids.len());
+    for &id in ids.iter().rev() {
+        let message = load_message(messages, id)?
+            .ok_or_else(|| format!("conversation index points at missing message {id}"))?;
+        page.push(Arc::new(message));
+    }
+    Ok(StorageOutput::History {
+        valid: true,
+        messages: page,
+        more,
+    })
+}
