@@ -1,0 +1,17 @@
+//! `switchboard-engine` runs shards on cores: one glommio executor pinned
+//! per core, each owning the users whose `home_shard` it is; a full mesh of
+//! bounded channels between them; the timers; the listeners; and the bridge
+//! from HTTP calls to shards. The state machine itself is in
+//! `switchboard-shards`; this crate only carries inputs and outputs.
+//!
+//! Roles: the **conn shard** holds a socket (where the kernel's
+//! SO_REUSEPORT put it); the **home shard** owns the user. A call whose user
+//! is homed elsewhere is forwarded through the mesh and its answer comes
+//! back the same way; a call for a local user takes the local path.
+
+pub mod handler;
+pub mod limits;
+pub mod logger;
+pub mod runtime;
+pub mod server;
+pub mod settings;

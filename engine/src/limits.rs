@@ -1,0 +1,34 @@
+//! Bounds of the engine, by name, with what happens when each is hit.
+
+/// Depth of each glommio mesh channel between two shards. When full, the
+/// sender's outbox drainer waits (the receiver always drains: it never
+/// waits on anyone).
+pub const MESH_CHANNEL_DEPTH_MAX: usize = 4_096;
+
+/// Messages queued in one shard's outbox to one peer. Hitting it drops the
+/// message, counts it and logs an error; admission control below keeps
+/// that from happening.
+pub const OUTBOX_DEPTH_MAX: usize = 65_536;
+
+/// A new client request is forwarded to its home shard only while the
+/// outbox there holds fewer than this; otherwise it is answered
+/// `unavailable` at once (shed, never an unbounded wait). The headroom
+/// above it is for replies and peer messages of requests already admitted.
+pub const OUTBOX_ADMIT_MAX: usize = OUTBOX_DEPTH_MAX / 2;
+
+/// How often each shard fires its timers (poll waits, tab timeouts, grace,
+/// roster refresh): the granularity of every shard deadline.
+pub const TICK_MS: u64 = 50;
+
+/// How long `/health` waits for each shard.
+pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
+
+/// Storage job queue depth (jobs waiting for a db thread). Full: the call
+/// answers `unavailable`.
+pub const STORAGE_QUEUE_DEPTH_MAX: usize = 16_384;
+
+/// Storage writes committed in one transaction (group commit).
+pub const STORAGE_WRITE_BATCH_MAX: usize = 256;
+
+const _: () = assert!(OUTBOX_ADMIT_MAX < OUTBOX_DEPTH_MAX);
+const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);

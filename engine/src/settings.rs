@@ -1,0 +1,209 @@
+//! Settings: each is an environment variable `SWITCHBOARD_X_Y` and a flag
+//! `--x-y` (the flag wins). One table drives parsing, `--help` and the
+//! docs, so they cannot disagree.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// One setting: its name (the variable without `SWITCHBOARD_`), default
+/// and meaning, as `--help` prints it.
+struct Spec {
+    name: &'static str,
+    default: &'static str,
+    help: &'static str,
+}
+
+const SPECS: &[Spec] = &[
+    Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port)" },
+    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback)" },
+    Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
+    Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
+    Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}" },
+    Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app" },
+    Spec { name: "ADMIN_TOKEN", default: "unset (no auth)", help: "bearer token the admin listener requires" },
+    Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
+    Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
+    Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
+    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable" },
+    Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
+    Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
+    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
+];
+
+/// Parsed settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Executors.
+    pub shards: usize,
+    /// Embedded store's folder.
+    pub data_dir: PathBuf,
+    /// Embedded directory file (`None`: demo users).
+    pub directory: Option<PathBuf>,
+    /// HMAC secret as configured (`None`: the one in the data dir).
+    pub token_secret: Option<String>,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
+    pub presence_grace_ms: u64,
+    pub tab_timeout_ms: u64,
+    pub roster_refresh_ms: u64,
+    pub storage_timeout_ms: u64,
+    pub db_threads: usize,
+    pub connections_max: usize,
+    /// Log level.
+    pub log: log::LevelFilter,
+}
+
+/// The `--help` text for the settings.
+pub fn help() -> String {
+    let mut s = String::new();
+    for spec in SPECS {
+        s.push_str(&format!(
+            "  --{:<22} SWITCHBOARD_{:<20}\n      {} (default: {})\n",
+            spec.name.to_ascii_lowercase().replace('_', "-"),
+            spec.name,
+            spec.help,
+            spec.default
+        ));
+    }
+    s
+}
+
+impl Settings {
+    /// Reads settings from `args` (flags, `--name value` or `--name=value`)
+    /// over `env` (variables). Unknown flags are errors.
+    pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Settings, String> {
+        let mut values: HashMap<&'static str, String> = HashMap::new();
+        for spec in SPECS {
+            if let Some(v) = env.get(&format!("SWITCHBOARD_{}", spec.name)) {
+                values.insert(spec.name, v.clone());
+            }
+        }
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            let (flag, inline) = match flag.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_string())),
+                None => (flag, None),
+            };
+            let name = flag.to_ascii_uppercase().replace('-', "_");
+            let Some(spec) = SPECS.iter().find(|s| s.name == name) else {
+                return Err(format!("unknown flag --{flag} (see --help)"));
+            };
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("--{flag} needs a value"))?
+                }
+            };
+            values.insert(spec.name, value);
+            i += 1;
+        }
+        let get = |name: &str| values.get(name).map(String::as_str);
+        fn num<T: std::str::FromStr>(name: &str, v: Option<&str>, default: T) -> Result<T, String> {
+            match v {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("SWITCHBOARD_{name}: {v:?} is not a valid number")),
+            }
+        }
+        let addr = |name: &str, default: &str| -> Result<SocketAddr, String> {
+            let v = get(name).unwrap_or(default);
+            v.parse()
+                .map_err(|_| format!("SWITCHBOARD_{name}: {v:?} is not an address like 127.0.0.1:8080"))
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = num("SHARDS", get("SHARDS"), cores)?;
+        if shards == 0 || shards > 256 {
+            return Err(format!("SWITCHBOARD_SHARDS: {shards} is not in 1..=256"));
+        }
+        let non_empty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
+        let log = match get("LOG").unwrap_or("info") {
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            other => return Err(format!("SWITCHBOARD_LOG: {other:?} is not a log level")),
+        };
+        let settings = Settings {
+            listen: addr("LISTEN", "127.0.0.1:8080")?,
+            admin_listen: addr("ADMIN_LISTEN", "127.0.0.1:8081")?,
+            shards,
+            data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("./data")),
+            directory: non_empty("DIRECTORY").map(PathBuf::from),
+            token_secret: non_empty("TOKEN_SECRET"),
+            admin_token: non_empty("ADMIN_TOKEN"),
+            presence_grace_ms: num("PRESENCE_GRACE_MS", get("PRESENCE_GRACE_MS"), 10_000)?,
+            tab_timeout_ms: num("TAB_TIMEOUT_MS", get("TAB_TIMEOUT_MS"), 60_000)?,
+            roster_refresh_ms: num("ROSTER_REFRESH_MS", get("ROSTER_REFRESH_MS"), 300_000)?,
+            storage_timeout_ms: num("STORAGE_TIMEOUT_MS", get("STORAGE_TIMEOUT_MS"), 5_000)?,
+            db_threads: num("DB_THREADS", get("DB_THREADS"), 2)?,
+            connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
+            log,
+        };
+        if settings.db_threads == 0 || settings.db_threads > 64 {
+            return Err("SWITCHBOARD_DB_THREADS must be in 1..=64".into());
+        }
+        if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
+            return Err("timeouts and intervals must be at least 1000 ms".into());
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::parse(&args, &env)
+    }
+
+    #[test]
+    fn flags_override_env_and_defaults_apply() {
+        let s = parse(
+            &["--shards", "3", "--presence-grace-ms=500"],
+            &[("SWITCHBOARD_SHARDS", "2"), ("SWITCHBOARD_LISTEN", "127.0.0.1:0")],
+        )
+        .unwrap();
+        assert_eq!(s.shards, 3);
+        assert_eq!(s.presence_grace_ms, 500);
+        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.admin_listen.port(), 8081);
+        assert_eq!(s.tab_timeout_ms, 60_000);
+        assert!(s.directory.is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        for (args, needle) in [
+            (&["--nope", "1"][..], "unknown flag"),
+            (&["--shards", "x"][..], "SHARDS"),
+            (&["--shards", "0"][..], "SHARDS"),
+            (&["--listen", "localhost"][..], "LISTEN"),
+            (&["--shards"][..], "needs a value"),
+            (&["stray"][..], "unexpected"),
+            (&["--log", "loud"][..], "LOG"),
+        ] {
+            let e = parse(args, &[]).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Test harness: runs the real `switchboard` binary on port 0 with its own
+//! data folder, and talks to it over real sockets. Every wait has a
+//! timeout; a server is SIGKILLed when its handle drops.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// A unique empty folder under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-test-{}-{}-{}",
+        name,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a server with 2 shards (so conversations cross shards), a
+    /// short grace and the test secret, plus `extra` settings.
+    pub fn start(data_dir: &Path, extra: &[(&str, &str)]) -> Server {
+        let mut env: Vec<(String, String)> = vec![
+            ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWITCHBOARD_SHARDS".into(), "2".into()),
+            ("SWITCHBOARD_DATA_DIR".into(), data_dir.display().to_string()),
+            ("SWITCHBOARD_TOKEN_SECRET".into(), SECRET.into()),
+            ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
+            ("SWITCHBOARD_LOG".into(), "warn".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(k2, _)| k2 != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Self::start_env(data_dir, env)
+    }
+
+    pub fn start_env(data_dir: &Path, env: Vec<(String, String)>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.env_clear()
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start switchboard");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("switchboard listening on") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not announce its address within 30 s");
+        // "switchboard listening on http://A admin http://B"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = words[3].trim_start_matches("http://").parse().unwrap();
+        let admin = words[5].trim_start_matches("http://").parse().unwrap();
+        Server {
+            child,
+            addr,
+            admin,
+            data_dir: data_dir.to_path_buf(),
+            env,
+        }
+    }
+
+    /// SIGKILLs the server and starts it again on the same data.
+    pub fn restart(mut self) -> Server {
+        let env = std::mem::take(&mut self.env);
+        let dir = self.data_dir.clone();
+        drop(self);
+        Server::start_env(&dir, env)
+    }
+
+    /// Calls a client endpoint (GET) and returns the JSON answer.
+    pub fn get(&self, path: &str, params: &[(&str, &str)]) -> Value {
+        let (_, body) = self.get_status(path, params);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+    }
+
+    /// Calls a client endpoint (GET), returning status and body.
+    pub fn get_status(&self, path: &str, params: &[(&str, &str)]) -> (u16, String) {
+        let target = format!("{path}?{}", encode(params));
+        let r = request(self.addr, &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        (r.status, r.body)
+    }
+
+    /// Calls an admin endpoint with POST.
+    pub fn admin_post(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let target = format!("{path}?{}", encode(params));
+        let r = request(
+            self.admin,
+            &format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        );
+        (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    }
+
+    /// Connects user `user` as tab `tab`.
+    pub fn connect(&self, user: u64, tab: &str) -> Tab {
+        let token = token(user);
+        let v = self.get("/connect", &[("token", &token), ("tab", tab)]);
+        assert_eq!(v["ok"], true, "connect {user}: {v}");
+        Tab {
+            sid: v["sid"].as_str().unwrap().to_string(),
+            seq: v["seq"].as_u64().unwrap(),
+            connect: v,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One attached tab.
+pub struct Tab {
+    pub sid: String,
+    /// Last seq seen.
+    pub seq: u64,
+    /// The connect answer.
+    pub connect: Value,
+}
+
+impl Tab {
+    /// Polls once (wait seconds), returns the events and advances `seq`.
+    pub fn poll(&mut self, server: &Server, wait: u64) -> Vec<Value> {
+        let v = server.get(
+            "/poll",
+            &[("sid", &self.sid), ("since", &self.seq.to_string()), ("wait", &wait.to_string())],
+        );
+        assert_eq!(v["ok"], true, "poll: {v}");
+        assert!(v.get("reset").is_none(), "unexpected reset: {v}");
+        self.seq = v["seq"].as_u64().unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+
+    /// Polls until `pred` holds for the events gathered, or `timeout`.
+    pub fn poll_until(&mut self, server: &Server, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        let mut all = Vec::new();
+        while !pred(&all) {
+            assert!(start.elapsed() < timeout, "timed out waiting; got {all:?}");
+            all.extend(self.poll(server, 1));
+        }
+        all
+    }
+}
+
+/// A token for `user` under the test secret, valid for a day.
+pub fn token(user: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    switchboard_storage::token::mint(SECRET.as_bytes(), user, now + 86_400)
+}
+
+pub fn encode(params: &[(&str, &str)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub fn pct(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    /// Whether the server closed the connection after the answer (read EOF).
+    pub closed: bool,
+}
+
+/// Sends raw bytes on a new connection, reads one answer (and whether EOF
+/// followed it).
+pub fn request(addr: SocketAddr, raw: &str) -> Answer {
+    request_bytes(addr, raw.as_bytes())
+}
+
+pub fn request_bytes(addr: SocketAddr, raw: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(raw).expect("write");
+    read_answer(&mut s)
+}
+
+/// Reads one answer from `s`; then checks for EOF (briefly).
+pub fn read_answer(s: &mut TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut tmp).expect("read answer head");
+        assert!(n > 0, "EOF before an answer; got {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = HashMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
+    while buf.len() < head_end + len {
+        let n = s.read(&mut tmp).expect("read answer body");
+        assert!(n > 0, "EOF inside the body");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
+    let mut closed = false;
+    if headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        closed = matches!(s.read(&mut tmp), Ok(0));
+    }
+    Answer {
+        status,
+        headers,
+        body,
+        closed,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Polls `f` until it returns true, or panics after `timeout`.
+pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The messages (type "message") among `events`, as (from, text).
+pub fn messages(events: &[Value]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| (e["from"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// The demo directory's user ids.
+pub const ALICE: u64 = 1;
+pub const BOB: u64 = 2;
+pub const CAROL: u64 = 3;
+pub const DAVE: u64 = 4;
