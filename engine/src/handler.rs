@@ -21,7 +21,11 @@ pub struct ConnHandler {
 }
 
 impl ConnHandler {
-    pub fn new(rt: Rc<ShardRuntime>, secret: Arc<[u8]>, admin_token: Option<String>) -> ConnHandler {
+    pub fn new(
+        rt: Rc<ShardRuntime>,
+        secret: Arc<[u8]>,
+        admin_token: Option<String>,
+    ) -> ConnHandler {
         ConnHandler {
             rt,
             secret,
@@ -40,7 +44,12 @@ impl ConnHandler {
         &self.io
     }
 
-    async fn connect(&self, token: String, tab: Option<String>, deferred: Option<switchboard_shards::model::Failure>) -> Response {
+    async fn connect(
+        &self,
+        token: String,
+        tab: Option<String>,
+        deferred: Option<switchboard_shards::model::Failure>,
+    ) -> Response {
         let now_s = self.rt.clock.now_ms() / 1000;
         let user = match token::verify(&self.secret, &token, now_s) {
             Ok(user) => user,
@@ -96,8 +105,15 @@ impl ConnHandler {
                 shards.push(',');
             }
             match a {
-                Some(Response::Health { shard, sessions, tabs }) => {
-                    let _ = write!(shards, "{{\"shard\":{shard},\"ok\":true,\"sessions\":{sessions},\"tabs\":{tabs}}}");
+                Some(Response::Health {
+                    shard,
+                    sessions,
+                    tabs,
+                }) => {
+                    let _ = write!(
+                        shards,
+                        "{{\"shard\":{shard},\"ok\":true,\"sessions\":{sessions},\"tabs\":{tabs}}}"
+                    );
                 }
                 _ => {
                     all_ok = false;
@@ -124,11 +140,16 @@ impl ConnHandler {
         let mut text = String::new();
         text.push_str("# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n");
         for a in &answers {
-            if let Some(Response::Health { shard, sessions, .. }) = a {
+            if let Some(Response::Health {
+                shard, sessions, ..
+            }) = a
+            {
                 let _ = writeln!(text, "switchboard_sessions{{shard=\"{shard}\"}} {sessions}");
             }
         }
-        text.push_str("# HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n");
+        text.push_str(
+            "# HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n",
+        );
         for a in &answers {
             if let Some(Response::Health { shard, tabs, .. }) = a {
                 let _ = writeln!(text, "switchboard_tabs{{shard=\"{shard}\"}} {tabs}");
@@ -136,7 +157,11 @@ impl ConnHandler {
         }
         text.push_str("# HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n");
         for (i, a) in answers.iter().enumerate() {
-            let _ = writeln!(text, "switchboard_shard_up{{shard=\"{i}\"}} {}", u8::from(a.is_some()));
+            let _ = writeln!(
+                text,
+                "switchboard_shard_up{{shard=\"{i}\"}} {}",
+                u8::from(a.is_some())
+            );
         }
         Reply::Raw {
             status: 200,
@@ -149,15 +174,21 @@ impl ConnHandler {
         let deadline = Instant::now() + self.rt.storage_timeout;
         let reload = match self.rt.store.reload_directory(deadline) {
             Ok(p) => p,
-            Err(e) => return Response::fail(ErrorCode::Unavailable, format!("directory reload: {e}")),
+            Err(e) => {
+                return Response::fail(ErrorCode::Unavailable, format!("directory reload: {e}"))
+            }
         };
         let late = async {
             glommio::timer::sleep(self.rt.storage_timeout).await;
             Err("timed out".to_string())
         };
-        let reloaded = futures_lite::future::or(async { reload.await.map_err(|e| e.to_string()) }, late).await;
+        let reloaded =
+            futures_lite::future::or(async { reload.await.map_err(|e| e.to_string()) }, late).await;
         if let Err(e) = reloaded {
-            return Response::fail(ErrorCode::Unavailable, format!("directory reload failed: {e}"));
+            return Response::fail(
+                ErrorCode::Unavailable,
+                format!("directory reload failed: {e}"),
+            );
         }
         self.rt.call(Request::RosterChanged { user }).await
     }

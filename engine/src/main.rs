@@ -76,7 +76,10 @@ fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         _ => return fail(format!("{user:?} is not a user id (a positive integer)")),
     };
     let mut ttl_s: u64 = 86_400;
-    if let Some(i) = args.iter().position(|a| a == "--ttl-s" || a.starts_with("--ttl-s=")) {
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--ttl-s" || a.starts_with("--ttl-s="))
+    {
         let value = if let Some(v) = args[i].strip_prefix("--ttl-s=") {
             let v = v.to_string();
             args.remove(i);
@@ -101,12 +104,20 @@ fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Some(s) => s.as_bytes().to_vec(),
         None => match switchboard_storage::token::load_or_create_secret(&settings.data_dir) {
             Ok(s) => s,
-            Err(e) => return fail(format!("cannot read the token secret in {}: {e}", settings.data_dir.display())),
+            Err(e) => {
+                return fail(format!(
+                    "cannot read the token secret in {}: {e}",
+                    settings.data_dir.display()
+                ))
+            }
         },
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    println!("{}", switchboard_storage::token::mint(&secret, user, now + ttl_s));
+    println!(
+        "{}",
+        switchboard_storage::token::mint(&secret, user, now + ttl_s)
+    );
     ExitCode::SUCCESS
 }

@@ -112,7 +112,10 @@ impl ShardRuntime {
         store: Store,
         storage_timeout: Duration,
         clock: Clock,
-    ) -> (Rc<ShardRuntime>, Vec<(ShardId, local_channel::LocalReceiver<MeshMsg>)>) {
+    ) -> (
+        Rc<ShardRuntime>,
+        Vec<(ShardId, local_channel::LocalReceiver<MeshMsg>)>,
+    ) {
         let id = shard.config().shard;
         let count = shard.config().shard_count;
         let mut outboxes = Vec::with_capacity(count);
@@ -162,7 +165,10 @@ impl ShardRuntime {
                     Output::Peer { shard, msg } => self.to_peer(shard, MeshMsg::Peer(msg)),
                     Output::Storage { job, request } => {
                         if let Err(e) = self.start_job(job, request) {
-                            queue.push(Input::Storage { job, result: Err(e) });
+                            queue.push(Input::Storage {
+                                job,
+                                result: Err(e),
+                            });
                         }
                     }
                 }
@@ -185,7 +191,13 @@ impl ShardRuntime {
         if to.shard == self.id {
             self.complete(to.req, response);
         } else {
-            self.to_peer(to.shard, MeshMsg::Reply { req: to.req, response });
+            self.to_peer(
+                to.shard,
+                MeshMsg::Reply {
+                    req: to.req,
+                    response,
+                },
+            );
         }
     }
 
@@ -201,8 +213,13 @@ impl ShardRuntime {
         if let Err(e) = outbox.try_send(msg) {
             // Requests are admitted only below the outbox's admission mark,
             // so a full outbox here means a peer stopped draining.
-            self.stats.dropped_mesh.set(self.stats.dropped_mesh.get() + 1);
-            error!("shard-{}: outbox to shard-{shard} full, dropped: {e:?}", self.id);
+            self.stats
+                .dropped_mesh
+                .set(self.stats.dropped_mesh.get() + 1);
+            error!(
+                "shard-{}: outbox to shard-{shard} full, dropped: {e:?}",
+                self.id
+            );
         }
     }
 
@@ -227,7 +244,10 @@ impl ShardRuntime {
                         .storage_timeouts
                         .set(rt.stats.storage_timeouts.get() + 1);
                 }
-                warn!("shard-{}: storage job {what} for user {user} failed: {e}", rt.id);
+                warn!(
+                    "shard-{}: storage job {what} for user {user} failed: {e}",
+                    rt.id
+                );
             }
             rt.feed(Input::Storage { job, result });
         })
@@ -242,7 +262,10 @@ impl ShardRuntime {
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
         self.waiting.borrow_mut().insert(req, tx);
-        let reply = ReplyTo { shard: self.id, req };
+        let reply = ReplyTo {
+            shard: self.id,
+            req,
+        };
         if shard == self.id {
             self.feed(Input::Request { reply, request });
         } else {

@@ -43,12 +43,21 @@ pub fn run(settings: Settings) -> Result<(), String> {
         write_batch_max: limits::STORAGE_WRITE_BATCH_MAX,
         pin_to: None,
     })
-    .map_err(|e| format!("cannot open the embedded store in {}: {e}", settings.data_dir.display()))?;
+    .map_err(|e| {
+        format!(
+            "cannot open the embedded store in {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
     let secret: Arc<[u8]> = match &settings.token_secret {
         Some(s) => Arc::from(s.as_bytes()),
         None => Arc::from(
-            switchboard_storage::token::load_or_create_secret(&settings.data_dir)
-                .map_err(|e| format!("cannot keep the token secret in {}: {e}", settings.data_dir.display()))?,
+            switchboard_storage::token::load_or_create_secret(&settings.data_dir).map_err(|e| {
+                format!(
+                    "cannot keep the token secret in {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?,
         ),
     };
     let shards = settings.shards;
@@ -89,7 +98,11 @@ pub fn run(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn shard_main(i: usize, shared: Arc<Shared>, mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>) {
+async fn shard_main(
+    i: usize,
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+) {
     let (senders, mut receivers) = mesh.join().await.expect("join the shard mesh");
     assert_eq!(senders.peer_id(), i, "mesh order follows shard numbers");
     let s = &shared.settings;
@@ -163,7 +176,11 @@ async fn shard_main(i: usize, shared: Arc<Shared>, mesh: MeshBuilder<MeshMsg, gl
         };
         let admin_bound = admin.local_addr().expect("bound address");
         let _ = shared.admin_addr.set(admin_bound);
-        let handler = Rc::new(ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone()));
+        let handler = Rc::new(ConnHandler::new(
+            rt.clone(),
+            shared.secret.clone(),
+            s.admin_token.clone(),
+        ));
         glommio::spawn_local(accept_loop(admin, Listener::Admin, handler, usize::MAX)).detach();
     }
     if i == s.shards - 1 {
@@ -176,7 +193,11 @@ async fn shard_main(i: usize, shared: Arc<Shared>, mesh: MeshBuilder<MeshMsg, gl
         );
         println!("switchboard listening on http://{client} admin http://{admin}");
     }
-    let handler = Rc::new(ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone()));
+    let handler = Rc::new(ConnHandler::new(
+        rt.clone(),
+        shared.secret.clone(),
+        s.admin_token.clone(),
+    ));
     accept_loop(client, Listener::Client, handler, s.connections_max).await;
 }
 
@@ -186,7 +207,10 @@ async fn wait_for(cell: &OnceLock<SocketAddr>) -> SocketAddr {
         if let Some(a) = cell.get() {
             return *a;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "shard 0 never bound its listeners");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "shard 0 never bound its listeners"
+        );
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -204,7 +228,9 @@ async fn accept_loop(listener: TcpListener, kind: Listener, handler: Rc<ConnHand
         };
         let stats = &handler.rt().stats;
         if stats.connections.get() as usize >= max {
-            stats.refused_connections.set(stats.refused_connections.get() + 1);
+            stats
+                .refused_connections
+                .set(stats.refused_connections.get() + 1);
             drop(stream);
             continue;
         }
@@ -212,7 +238,8 @@ async fn accept_loop(listener: TcpListener, kind: Listener, handler: Rc<ConnHand
         stats.connections.set(stats.connections.get() + 1);
         let handler = handler.clone();
         glommio::spawn_local(async move {
-            let _outcome = switchboard_io::serve(stream, kind, &*handler, handler.io_config()).await;
+            let _outcome =
+                switchboard_io::serve(stream, kind, &*handler, handler.io_config()).await;
             let stats = &handler.rt().stats;
             stats.connections.set(stats.connections.get() - 1);
         })

@@ -120,8 +120,9 @@ impl Settings {
         }
         let addr = |name: &str, default: &str| -> Result<SocketAddr, String> {
             let v = get(name).unwrap_or(default);
-            v.parse()
-                .map_err(|_| format!("SWITCHBOARD_{name}: {v:?} is not an address like 127.0.0.1:8080"))
+            v.parse().map_err(|_| {
+                format!("SWITCHBOARD_{name}: {v:?} is not an address like 127.0.0.1:8080")
+            })
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = num("SHARDS", get("SHARDS"), cores)?;
@@ -180,7 +181,10 @@ mod tests {
     fn flags_override_env_and_defaults_apply() {
         let s = parse(
             &["--shards", "3", "--presence-grace-ms=500"],
-            &[("SWITCHBOARD_SHARDS", "2"), ("SWITCHBOARD_LISTEN", "127.0.0.1:0")],
+            &[
+                ("SWITCHBOARD_SHARDS", "2"),
+                ("SWITCHBOARD_LISTEN", "127.0.0.1:0"),
+            ],
         )
         .unwrap();
         assert_eq!(s.shards, 3);

@@ -28,8 +28,12 @@ fn code(v: &Value) -> &str {
 fn friends_chat_across_five_tabs_each_message_once_in_order() {
     let dir = temp_dir("chat");
     let server = Server::start(&dir, &[]);
-    let alice: Vec<Tab> = (0..2).map(|i| server.connect(ALICE, &format!("a{i}"))).collect();
-    let bob: Vec<Tab> = (0..3).map(|i| server.connect(BOB, &format!("b{i}"))).collect();
+    let alice: Vec<Tab> = (0..2)
+        .map(|i| server.connect(ALICE, &format!("a{i}")))
+        .collect();
+    let bob: Vec<Tab> = (0..3)
+        .map(|i| server.connect(BOB, &format!("b{i}")))
+        .collect();
     let alice_sids: Vec<String> = alice.iter().map(|t| t.sid.clone()).collect();
     let bob_sids: Vec<String> = bob.iter().map(|t| t.sid.clone()).collect();
     let expected: Vec<(u64, String)> = (0..12)
@@ -58,7 +62,13 @@ fn friends_chat_across_five_tabs_each_message_once_in_order() {
             .collect();
         for (i, (user, text)) in expected.iter().enumerate() {
             let v = if *user == ALICE {
-                send(&server, &alice_sids[i % 2], BOB, text, Some(&format!("c{i}")))
+                send(
+                    &server,
+                    &alice_sids[i % 2],
+                    BOB,
+                    text,
+                    Some(&format!("c{i}")),
+                )
             } else {
                 send(&server, &bob_sids[i % 3], ALICE, text, None)
             };
@@ -84,7 +94,10 @@ fn non_friend_gets_not_friends_and_nothing_is_stored_or_delivered() {
         .iter()
         .map(|c| c["id"].as_u64().unwrap())
         .collect();
-    assert!(!roster.contains(&DAVE) && roster.contains(&BOB), "{roster:?}");
+    assert!(
+        !roster.contains(&DAVE) && roster.contains(&BOB),
+        "{roster:?}"
+    );
     for (path, extra) in [("/send", ("text", "hi")), ("/typing", ("state", "typing"))] {
         let v = server.get(path, &[("sid", &dave.sid), ("to", "1"), extra]);
         assert_eq!(code(&v), "not_friends", "{path}: {v}");
@@ -96,7 +109,10 @@ fn non_friend_gets_not_friends_and_nothing_is_stored_or_delivered() {
     // Nothing stored: dave's history with alice is empty; alice got nothing.
     let h = server.get("/history", &[("sid", &dave.sid), ("with", "1")]);
     assert_eq!(h["messages"], serde_json::json!([]), "{h}");
-    assert!(alice.poll(&server, 1).iter().all(|e| e["type"] != "message" && e["type"] != "typing"));
+    assert!(alice
+        .poll(&server, 1)
+        .iter()
+        .all(|e| e["type"] != "message" && e["type"] != "typing"));
     // To oneself: bad_request.
     let v = send(&server, &alice.sid, ALICE, "me", None);
     assert_eq!(code(&v), "bad_request", "{v}");
@@ -191,7 +207,10 @@ fn ui_state_reaches_other_tabs_and_survives_restart() {
     assert_eq!(ui["state"], serde_json::from_str::<Value>(state).unwrap());
     let server = server.restart();
     let t3 = server.connect(ALICE, "a3");
-    assert_eq!(t3.connect["ui"], serde_json::from_str::<Value>(state).unwrap());
+    assert_eq!(
+        t3.connect["ui"],
+        serde_json::from_str::<Value>(state).unwrap()
+    );
     // Not an object, and too large.
     let v = server.get("/ui", &[("sid", &t3.sid), ("state", "[1]")]);
     assert_eq!(code(&v), "bad_request");
@@ -208,7 +227,11 @@ fn history_pages_and_survives_kill_9() {
     let bob = server.connect(BOB, "b");
     let mut ids = Vec::new();
     for i in 0..120 {
-        let (sid, to) = if i % 2 == 0 { (&alice.sid, BOB) } else { (&bob.sid, ALICE) };
+        let (sid, to) = if i % 2 == 0 {
+            (&alice.sid, BOB)
+        } else {
+            (&bob.sid, ALICE)
+        };
         let v = send(&server, sid, to, &format!("m{i}"), None);
         assert_eq!(v["ok"], true, "{v}");
         ids.push(v["id"].as_str().unwrap().to_string());
@@ -228,7 +251,10 @@ fn history_pages_and_survives_kill_9() {
         assert_eq!(v["ok"], true, "{v}");
         let msgs = v["messages"].as_array().unwrap();
         pages += 1;
-        let page: Vec<String> = msgs.iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+        let page: Vec<String> = msgs
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect();
         texts.splice(0..0, page);
         for m in msgs {
             assert!(m["from"] == ALICE || m["from"] == BOB);
@@ -247,9 +273,15 @@ fn history_pages_and_survives_kill_9() {
     let carol = server.connect(CAROL, "c");
     let v = server.get("/history", &[("sid", &carol.sid), ("with", "1")]);
     assert_eq!(v["messages"], serde_json::json!([]));
-    let v = server.get("/history", &[("sid", &carol.sid), ("with", "1"), ("before", &ids[5])]);
+    let v = server.get(
+        "/history",
+        &[("sid", &carol.sid), ("with", "1"), ("before", &ids[5])],
+    );
     assert_eq!(code(&v), "bad_request", "{v}");
-    let v = server.get("/history", &[("sid", &carol.sid), ("with", "1"), ("limit", "101")]);
+    let v = server.get(
+        "/history",
+        &[("sid", &carol.sid), ("with", "1"), ("limit", "101")],
+    );
     assert_eq!(code(&v), "bad_request", "{v}");
 }
 
@@ -264,22 +296,39 @@ fn unread_counts_drop_after_read_and_receipts_reach_the_sender() {
         ids.push(v["id"].as_str().unwrap().to_string());
     }
     let bob = server.connect(BOB, "b1");
-    assert_eq!(bob.connect["unread"], serde_json::json!({"1": 3}), "{}", bob.connect);
-    let v = server.get("/read", &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[1])]);
+    assert_eq!(
+        bob.connect["unread"],
+        serde_json::json!({"1": 3}),
+        "{}",
+        bob.connect
+    );
+    let v = server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[1])],
+    );
     assert_eq!(v["ok"], true, "{v}");
     let bob2 = server.connect(BOB, "b2");
     assert_eq!(bob2.connect["unread"], serde_json::json!({"1": 1}));
     let ev = alice.poll_until(&server, T, |ev| ev.iter().any(|e| e["type"] == "read"));
     let r = ev.iter().find(|e| e["type"] == "read").unwrap();
-    assert_eq!((r["with"].as_u64(), r["by"].as_u64()), (Some(BOB), Some(BOB)));
+    assert_eq!(
+        (r["with"].as_u64(), r["by"].as_u64()),
+        (Some(BOB), Some(BOB))
+    );
     assert_eq!(r["upto"], ids[1].as_str());
-    server.get("/read", &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[2])]);
+    server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[2])],
+    );
     // Survives a restart.
     let server = server.restart();
     let bob3 = server.connect(BOB, "b3");
     assert_eq!(bob3.connect["unread"], serde_json::json!({}));
     // An id that is not of this conversation.
-    let v = server.get("/read", &[("sid", &bob3.sid), ("with", "3"), ("upto", &ids[0])]);
+    let v = server.get(
+        "/read",
+        &[("sid", &bob3.sid), ("with", "3"), ("upto", &ids[0])],
+    );
     assert_eq!(code(&v), "bad_request", "{v}");
 }
 
@@ -295,22 +344,50 @@ fn poll_resumes_from_since_and_resets_when_too_far_behind() {
     }
     // Read the first two only (pretend the answer to a later poll was lost),
     // then resume from the same since: nothing lost.
-    let v = server.get("/poll", &[("sid", &bob.sid), ("since", &start.to_string()), ("wait", "0")]);
+    let v = server.get(
+        "/poll",
+        &[
+            ("sid", &bob.sid),
+            ("since", &start.to_string()),
+            ("wait", "0"),
+        ],
+    );
     let all = v["events"].as_array().unwrap().clone();
     assert_eq!(messages(&all).len(), 5);
-    let v = server.get("/poll", &[("sid", &bob.sid), ("since", &(start + 2).to_string()), ("wait", "0")]);
+    let v = server.get(
+        "/poll",
+        &[
+            ("sid", &bob.sid),
+            ("since", &(start + 2).to_string()),
+            ("wait", "0"),
+        ],
+    );
     let rest = v["events"].as_array().unwrap();
     assert_eq!(rest.len(), all.len() - 2);
     assert_eq!(rest[0]["seq"].as_u64(), Some(start + 3));
     bob.seq = v["seq"].as_u64().unwrap();
     // A since above the latest seq is bad_request.
-    let v = server.get("/poll", &[("sid", &bob.sid), ("since", &(bob.seq + 1).to_string()), ("wait", "0")]);
+    let v = server.get(
+        "/poll",
+        &[
+            ("sid", &bob.sid),
+            ("since", &(bob.seq + 1).to_string()),
+            ("wait", "0"),
+        ],
+    );
     assert_eq!(code(&v), "bad_request");
     // 200 more events: more than the buffer keeps (128).
     for i in 0..200 {
         send(&server, &alice.sid, BOB, &format!("x{i}"), None);
     }
-    let v = server.get("/poll", &[("sid", &bob.sid), ("since", &bob.seq.to_string()), ("wait", "0")]);
+    let v = server.get(
+        "/poll",
+        &[
+            ("sid", &bob.sid),
+            ("since", &bob.seq.to_string()),
+            ("wait", "0"),
+        ],
+    );
     assert_eq!(v["ok"], true);
     assert_eq!(v["reset"], true, "{v}");
     assert!(v["seq"].as_u64().unwrap() >= bob.seq + 200);
@@ -318,10 +395,12 @@ fn poll_resumes_from_since_and_resets_when_too_far_behind() {
     let sid = bob.sid.clone();
     let seq = v["seq"].as_u64().unwrap().to_string();
     std::thread::scope(|s| {
-        let older = s.spawn(|| server.get("/poll", &[("sid", &sid), ("since", &seq), ("wait", "20")]));
+        let older =
+            s.spawn(|| server.get("/poll", &[("sid", &sid), ("since", &seq), ("wait", "20")]));
         std::thread::sleep(Duration::from_millis(500));
         let t0 = std::time::Instant::now();
-        let newer = s.spawn(|| server.get("/poll", &[("sid", &sid), ("since", &seq), ("wait", "1")]));
+        let newer =
+            s.spawn(|| server.get("/poll", &[("sid", &sid), ("since", &seq), ("wait", "1")]));
         let older = older.join().unwrap();
         assert_eq!(older["events"], serde_json::json!([]), "{older}");
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -343,10 +422,16 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
         .unwrap();
     };
     write("[[1,2],[1,3]]");
-    let server = Server::start(&dir, &[("SWITCHBOARD_DIRECTORY", directory.to_str().unwrap())]);
+    let server = Server::start(
+        &dir,
+        &[("SWITCHBOARD_DIRECTORY", directory.to_str().unwrap())],
+    );
     let mut alice = server.connect(ALICE, "a");
     let mut bob = server.connect(BOB, "b");
-    assert_eq!(send(&server, &alice.sid, BOB, "still friends", None)["ok"], true);
+    assert_eq!(
+        send(&server, &alice.sid, BOB, "still friends", None)["ok"],
+        true
+    );
     write("[[1,3]]");
     let (status, v) = server.admin_post("/roster-changed", &[("user", "1")]);
     assert_eq!(status, 200, "{v}");
@@ -371,7 +456,10 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
     assert_eq!(status, 200);
     let ev = alice.poll_until(&server, T, |ev| ev.iter().any(|e| e["type"] == "roster"));
     let r = ev.iter().find(|e| e["type"] == "roster").unwrap();
-    assert_eq!((r["change"].as_str(), r["user"]["presence"].as_str()), (Some("added"), Some("online")));
+    assert_eq!(
+        (r["change"].as_str(), r["user"]["presence"].as_str()),
+        (Some("added"), Some("online"))
+    );
     assert_eq!(send(&server, &bob.sid, ALICE, "back", None)["ok"], true);
     // A broken directory file: the old one stays, the call says why.
     std::fs::write(&directory, "{nope").unwrap();
@@ -389,7 +477,10 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
     }
     let ev = bob.poll_until(&server, T, |ev| ev.iter().any(|e| e["type"] == "presence"));
     let p = ev.iter().find(|e| e["type"] == "presence").unwrap();
-    assert_eq!((p["user"].as_u64(), p["status"].as_str()), (Some(ALICE), Some("offline")));
+    assert_eq!(
+        (p["user"].as_u64(), p["status"].as_str()),
+        (Some(ALICE), Some("offline"))
+    );
     // Not a ban.
     server.connect(ALICE, "a3");
 }
@@ -403,7 +494,14 @@ fn tokens_forged_expired_and_unknown_users_are_unauthorized() {
     let expired = switchboard_storage::token::mint(SECRET.as_bytes(), ALICE, 1_000);
     let other_secret = switchboard_storage::token::mint(b"another secret", ALICE, u64::MAX / 2);
     let nobody = token(999);
-    for t in [forged.as_str(), expired.as_str(), other_secret.as_str(), nobody.as_str(), "1.2.3", "junk"] {
+    for t in [
+        forged.as_str(),
+        expired.as_str(),
+        other_secret.as_str(),
+        nobody.as_str(),
+        "1.2.3",
+        "junk",
+    ] {
         let (status, body) = server.get_status("/connect", &[("token", t)]);
         assert_eq!(status, 401, "{t}: {body}");
         assert!(body.contains("unauthorized"), "{body}");
@@ -411,14 +509,20 @@ fn tokens_forged_expired_and_unknown_users_are_unauthorized() {
     // JSONP: 200 with the error inside.
     let (status, body) = server.get_status("/connect", &[("token", "junk"), ("callback", "cb")]);
     assert_eq!(status, 200);
-    assert!(body.starts_with("/**/cb({\"ok\":false,\"error\":{\"code\":\"unauthorized\""), "{body}");
+    assert!(
+        body.starts_with("/**/cb({\"ok\":false,\"error\":{\"code\":\"unauthorized\""),
+        "{body}"
+    );
 }
 
 #[test]
 fn admin_health_and_auth() {
     let dir = temp_dir("admin");
     let server = Server::start(&dir, &[("SWITCHBOARD_ADMIN_TOKEN", "sekret")]);
-    let r = request(server.admin, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = request(
+        server.admin,
+        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 401);
     let r = request(
         server.admin,
@@ -429,7 +533,10 @@ fn admin_health_and_auth() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["shards"].as_array().unwrap().len(), 2);
     // Admin calls do not exist on the client listener, nor client calls on admin.
-    let r = request(server.addr, "POST /kick?user=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let r = request(
+        server.addr,
+        "POST /kick?user=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 404);
     let r = request(
         server.admin,

@@ -21,7 +21,13 @@ struct Case {
     closes: bool,
 }
 
-fn case(why: &'static str, raw: impl Into<Vec<u8>>, status: u16, code: &'static str, closes: bool) -> Case {
+fn case(
+    why: &'static str,
+    raw: impl Into<Vec<u8>>,
+    status: u16,
+    code: &'static str,
+    closes: bool,
+) -> Case {
     Case {
         why,
         raw: raw.into(),
@@ -38,10 +44,17 @@ fn get(target: &str) -> String {
 fn check(server: &Server, c: &Case) {
     let a = request_bytes(server.addr, &c.raw);
     assert_eq!(a.status, c.status, "{}: {}", c.why, a.body);
-    let v: Value = serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{}: body not JSON ({e}): {}", c.why, a.body));
+    let v: Value = serde_json::from_str(&a.body)
+        .unwrap_or_else(|e| panic!("{}: body not JSON ({e}): {}", c.why, a.body));
     assert_eq!(v["ok"], false, "{}", c.why);
     assert_eq!(v["error"]["code"], c.code, "{}: {}", c.why, a.body);
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", c.why);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        c.why
+    );
     if c.closes {
         assert!(a.closed, "{}: expected a graceful close (EOF)", c.why);
     }
@@ -108,7 +121,10 @@ fn malformed_requests_get_documented_answers_and_the_server_stays_healthy() {
         check(&server, c);
     }
     // The text limit counts code points: exactly 4000 multi-byte ones pass.
-    let v = server.get("/send", &[("sid", sid), ("to", "2"), ("text", &"é".repeat(4000))]);
+    let v = server.get(
+        "/send",
+        &[("sid", sid), ("to", "2"), ("text", &"é".repeat(4000))],
+    );
     assert_eq!(v["ok"], true, "{v}");
     // Parameters in both query and body are refused.
     let body = "since=0";
@@ -154,11 +170,18 @@ fn malformed_requests_get_documented_answers_and_the_server_stays_healthy() {
     let a2 = read_answer(&mut s);
     let a3 = read_answer(&mut s);
     assert_eq!(a1.body, "/**/first({\"ok\":true});");
-    assert_eq!(a1.headers["content-type"], "application/javascript; charset=utf-8");
+    assert_eq!(
+        a1.headers["content-type"],
+        "application/javascript; charset=utf-8"
+    );
     assert_eq!(a1.headers["x-content-type-options"], "nosniff");
     assert_eq!(a1.headers["cache-control"], "no-store");
     assert_eq!(a2.status, 404);
-    assert!(a3.body.starts_with("/**/third({\"ok\":true,\"seq\":"), "{}", a3.body);
+    assert!(
+        a3.body.starts_with("/**/third({\"ok\":true,\"seq\":"),
+        "{}",
+        a3.body
+    );
     let (status, _) = server.get_status("/ping", &[]);
     assert_eq!(status, 200);
 }
@@ -172,13 +195,17 @@ fn slow_clients_are_cut_off_and_oversized_bodies_close_gracefully() {
     let mut slow = TcpStream::connect(server.addr).unwrap();
     slow.write_all(b"GET /ping HTTP/1.1\r\nX-Slow: ").unwrap();
     let start = Instant::now();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let (status, _) = server.get_status("/ping", &[]);
     assert_eq!(status, 200);
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(25), "slow client held for {took:?}");
+    assert!(
+        took < Duration::from_secs(25),
+        "slow client held for {took:?}"
+    );
     // A body larger than allowed, actually sent: 413, then EOF (not a reset)
     // even though the client keeps sending.
     let mut s = TcpStream::connect(server.addr).unwrap();

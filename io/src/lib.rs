@@ -5,6 +5,21 @@
 //! lingering close). It knows nothing of shards or executors: the engine
 //! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
 //! [`Reply`]. It is the only crate that knows serde_json.
+//!
+//! Codemap, in the order a request goes through it: [`limits`] (every
+//! bound, by name), [`head`] (request line and headers, framing), [`body`]
+//! (Content-Length and chunked bodies; [`parse_request`] is the fuzzing
+//! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
+//! JSONP callback, typed parameters: [`decide`]), [`response`] (status
+//! mapping, JSON and JSONP encoding), [`conn`] (the connection loop:
+//! [`serve`]). Choices where the protocol is silent: `/ping` is answered by
+//! `io` without calling the handler; a head or body that does not arrive in
+//! time gets `408` before the graceful close; a transfer coding other than
+//! plain `chunked` is `400`; `HEAD` is answered `405` without a body; an
+//! HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2); the admin
+//! listener never uses JSONP.
+
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::time::Duration;
@@ -69,4 +84,16 @@ pub trait Handler {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
 }
 
+pub mod body;
+pub mod call;
+pub mod conn;
+pub mod head;
 pub mod limits;
+pub mod query;
+pub mod response;
+
+pub use body::{parse_request, Parsed};
+pub use call::{decide, Decision, Mode};
+pub use conn::{serve, CloseReason, Config, ConnOutcome};
+pub use head::HttpError;
+pub use limits::Limits;

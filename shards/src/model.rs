@@ -178,7 +178,10 @@ pub enum Request {
     /// A sid-bearing call whose other parameters failed decoding: the home
     /// shard checks the sid first (PROTOCOL.md §1 order: sid, then sizes,
     /// then content) and then answers `failure`.
-    Rejected { sid: Sid, failure: Failure },
+    Rejected {
+        sid: Sid,
+        failure: Failure,
+    },
 }
 
 impl Request {

@@ -336,7 +336,12 @@ impl Shard {
                     return fail(out, to, ErrorCode::BadRequest, "cannot send to yourself");
                 }
                 if !session.roster.contains_key(&friend) {
-                    return fail(out, to, ErrorCode::NotFriends, "you can only message friends");
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::NotFriends,
+                        "you can only message friends",
+                    );
                 }
                 let Some(job) = self.job(Pending::Send { reply: to, user }, out) else {
                     return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
@@ -365,7 +370,12 @@ impl Shard {
                     return fail(out, to, ErrorCode::BadRequest, "cannot type to yourself");
                 }
                 if !session.roster.contains_key(&friend) {
-                    return fail(out, to, ErrorCode::NotFriends, "you can only type to friends");
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::NotFriends,
+                        "you can only type to friends",
+                    );
                 }
                 self.route(
                     now,
@@ -419,12 +429,29 @@ impl Shard {
                 };
                 let user = session.user;
                 if with == user {
-                    return fail(out, to, ErrorCode::BadRequest, "no conversation with yourself");
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::BadRequest,
+                        "no conversation with yourself",
+                    );
                 }
                 if !session.roster.contains_key(&with) {
-                    return fail(out, to, ErrorCode::NotFriends, "read receipts go to friends only");
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::NotFriends,
+                        "read receipts go to friends only",
+                    );
                 }
-                let Some(job) = self.job(Pending::Read { reply: to, user, with }, out) else {
+                let Some(job) = self.job(
+                    Pending::Read {
+                        reply: to,
+                        user,
+                        with,
+                    },
+                    out,
+                ) else {
                     return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
                 };
                 out.push(Output::Storage {
@@ -443,7 +470,12 @@ impl Shard {
                 };
                 let user = session.user;
                 if with == user {
-                    return fail(out, to, ErrorCode::BadRequest, "no conversation with yourself");
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::BadRequest,
+                        "no conversation with yourself",
+                    );
                 }
                 let Some(job) = self.job(Pending::History { reply: to }, out) else {
                     return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
@@ -566,13 +598,13 @@ impl Shard {
                 Arc::from(format!("t{}", session.tabs_named))
             }
         };
-        let replaced = session
-            .tabs
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.sid);
+        let replaced = session.tabs.iter().find(|t| t.name == name).map(|t| t.sid);
         let evicted = if replaced.is_none() && session.tabs.len() >= self.config.tabs_per_user_max {
-            session.tabs.iter().min_by_key(|t| t.last_seen_ms).map(|t| t.sid)
+            session
+                .tabs
+                .iter()
+                .min_by_key(|t| t.last_seen_ms)
+                .map(|t| t.sid)
         } else {
             None
         };
@@ -723,7 +755,8 @@ impl Shard {
         };
         for tab in &session.tabs {
             if let Some(poll) = &tab.poll {
-                self.timers.disarm(poll.deadline_ms, TimerKey::Poll(tab.sid));
+                self.timers
+                    .disarm(poll.deadline_ms, TimerKey::Poll(tab.sid));
                 fail(
                     out,
                     poll.reply,
@@ -746,7 +779,12 @@ impl Shard {
             self.timers.disarm(at, TimerKey::Refresh(user));
         }
         for w in &session.waiting {
-            fail(out, w.reply, ErrorCode::Unavailable, "the session was ended while loading");
+            fail(
+                out,
+                w.reply,
+                ErrorCode::Unavailable,
+                "the session was ended while loading",
+            );
         }
         if let Some(job) = session.loading {
             // The load's result will find no session and be dropped.
@@ -757,7 +795,13 @@ impl Shard {
         }
     }
 
-    fn broadcast_presence(&mut self, now: u64, user: UserId, status: Status, out: &mut Vec<Output>) {
+    fn broadcast_presence(
+        &mut self,
+        now: u64,
+        user: UserId,
+        status: Status,
+        out: &mut Vec<Output>,
+    ) {
         let friends: Vec<UserId> = self.sessions[&user].roster.keys().copied().collect();
         self.broadcast_presence_to(now, user, status, &friends, out);
     }
@@ -939,7 +983,9 @@ impl Shard {
             self.stats.storage_failures += 1;
         }
         match (pending, result) {
-            (Pending::LoadSession { user }, result) => self.session_loaded(now, user, job, result, out),
+            (Pending::LoadSession { user }, result) => {
+                self.session_loaded(now, user, job, result, out)
+            }
             (Pending::Refresh { user, group }, result) => {
                 if let Ok(StorageOutput::Roster { friends }) = result {
                     self.apply_roster(now, user, friends, out);
@@ -990,7 +1036,10 @@ impl Shard {
                     }
                 }
             }
-            (Pending::Send { reply: to, user }, Ok(StorageOutput::Stored { message, duplicate })) => {
+            (
+                Pending::Send { reply: to, user },
+                Ok(StorageOutput::Stored { message, duplicate }),
+            ) => {
                 if duplicate {
                     self.stats.duplicate_sends += 1;
                 } else {
@@ -1072,7 +1121,12 @@ impl Shard {
                     | Pending::SaveUi { reply, .. } => reply,
                     Pending::LoadSession { .. } | Pending::Refresh { .. } => unreachable!(),
                 };
-                fail(out, to, ErrorCode::Unavailable, &format!("storage unavailable: {e}"));
+                fail(
+                    out,
+                    to,
+                    ErrorCode::Unavailable,
+                    &format!("storage unavailable: {e}"),
+                );
             }
             (pending, Ok(output)) => {
                 panic!("storage answered {output:?} to {pending:?}");
@@ -1088,7 +1142,11 @@ impl Shard {
         result: StorageResult,
         out: &mut Vec<Output>,
     ) {
-        let Some(session) = self.sessions.get_mut(&user).filter(|s| s.loading == Some(job)) else {
+        let Some(session) = self
+            .sessions
+            .get_mut(&user)
+            .filter(|s| s.loading == Some(job))
+        else {
             return;
         };
         let (name, friends, ui, unread) = match result {
@@ -1145,7 +1203,13 @@ impl Shard {
 
     /// Replaces a live session's roster with `friends`, telling its tabs
     /// what was added and removed.
-    fn apply_roster(&mut self, now: u64, user: UserId, friends: Vec<Friend>, out: &mut Vec<Output>) {
+    fn apply_roster(
+        &mut self,
+        now: u64,
+        user: UserId,
+        friends: Vec<Friend>,
+        out: &mut Vec<Output>,
+    ) {
         let Some(session) = self.sessions.get_mut(&user).filter(|s| s.is_live()) else {
             return;
         };
@@ -1183,7 +1247,13 @@ impl Shard {
 
     /// A message was stored: the sender's tabs and the recipient's tabs
     /// get it.
-    fn deliver_message(&mut self, now: u64, user: UserId, message: &Arc<Message>, out: &mut Vec<Output>) {
+    fn deliver_message(
+        &mut self,
+        now: u64,
+        user: UserId,
+        message: &Arc<Message>,
+        out: &mut Vec<Output>,
+    ) {
         self.push_event(now, user, EventKind::Message(message.clone()), out);
         self.route(
             now,
@@ -1246,7 +1316,10 @@ impl Shard {
             };
             match key {
                 TimerKey::Poll(sid) => {
-                    let session = self.sessions.get_mut(&sid.user).expect("poll timer's session");
+                    let session = self
+                        .sessions
+                        .get_mut(&sid.user)
+                        .expect("poll timer's session");
                     let seq = session.seq;
                     let i = session.tab_index(sid).expect("poll timer's tab");
                     let tab = &mut session.tabs[i];
@@ -1264,7 +1337,10 @@ impl Shard {
                     self.timers.arm(idle, TimerKey::TabIdle(sid));
                 }
                 TimerKey::TabIdle(sid) => {
-                    let session = self.sessions.get_mut(&sid.user).expect("idle timer's session");
+                    let session = self
+                        .sessions
+                        .get_mut(&sid.user)
+                        .expect("idle timer's session");
                     let i = session.tab_index(sid).expect("idle timer's tab");
                     session.tabs[i].idle_deadline_ms = None;
                     self.stats.tab_timeouts += 1;
@@ -1276,7 +1352,10 @@ impl Shard {
                     self.end_session(now, user, false, out);
                 }
                 TimerKey::Refresh(user) => {
-                    let session = self.sessions.get_mut(&user).expect("refresh timer's session");
+                    let session = self
+                        .sessions
+                        .get_mut(&user)
+                        .expect("refresh timer's session");
                     session.refresh_deadline_ms = None;
                     match self.job(Pending::Refresh { user, group: None }, out) {
                         Some(job) => out.push(Output::Storage {

@@ -105,7 +105,8 @@ impl MemStore {
             }
             StorageJob::MarkRead { user, with, upto } => {
                 let valid = self.messages.iter().any(|m| {
-                    m.id == upto && ((m.from, m.to) == (user, with) || (m.from, m.to) == (with, user))
+                    m.id == upto
+                        && ((m.from, m.to) == (user, with) || (m.from, m.to) == (with, user))
                 });
                 if valid {
                     let mark = self.marks.entry((user, with)).or_insert(0);
@@ -343,7 +344,10 @@ fn presence_online_away_and_offline_after_grace_only() {
     assert_eq!(w.presence_events(2, 1), vec![Status::Online, Status::Away]);
     assert_eq!(w.presence_seen_by(2, 1), Status::Away);
     // Keep bob's tab alive meanwhile.
-    assert!(matches!(w.call(poll(b, 0, 0)), Some(Response::Events { .. })));
+    assert!(matches!(
+        w.call(poll(b, 0, 0)),
+        Some(Response::Events { .. })
+    ));
     // Grace passes: offline.
     w.advance(200);
     assert_eq!(
@@ -355,7 +359,10 @@ fn presence_online_away_and_offline_after_grace_only() {
     // The old sid is gone.
     assert!(matches!(
         w.call(poll(a1, 0, 0)),
-        Some(Response::Failed(Failure { code: ErrorCode::UnknownSession, .. }))
+        Some(Response::Failed(Failure {
+            code: ErrorCode::UnknownSession,
+            ..
+        }))
     ));
 }
 
@@ -394,7 +401,10 @@ fn tab_times_out_without_poll_then_grace_then_offline() {
     };
     // Alice's tab polls once with wait 0, then stays silent: it times out
     // 60 s after that poll ended.
-    assert!(matches!(w.call(poll(a, 0, 0)), Some(Response::Events { .. })));
+    assert!(matches!(
+        w.call(poll(a, 0, 0)),
+        Some(Response::Events { .. })
+    ));
     advance_keeping_bob(&mut w, 59_900);
     assert_eq!(w.presence_seen_by(2, 1), Status::Online);
     advance_keeping_bob(&mut w, 200);
@@ -403,7 +413,10 @@ fn tab_times_out_without_poll_then_grace_then_offline() {
     assert_eq!(w.presence_seen_by(2, 1), Status::Online);
     advance_keeping_bob(&mut w, 10_000);
     assert_eq!(w.presence_seen_by(2, 1), Status::Offline);
-    assert_eq!(w.presence_events(2, 1), vec![Status::Online, Status::Offline]);
+    assert_eq!(
+        w.presence_events(2, 1),
+        vec![Status::Online, Status::Offline]
+    );
     // Bob's tab, polling all along, never timed out.
     assert_eq!(w.shards[home_shard(2, 2)].session(2).unwrap().tabs.len(), 1);
 }
@@ -485,16 +498,32 @@ fn message_reaches_every_tab_once_and_friends_only() {
         text: "hey".into(),
         cid: None,
     });
-    assert!(matches!(r, Some(Response::Failed(Failure { code: ErrorCode::NotFriends, .. }))));
+    assert!(matches!(
+        r,
+        Some(Response::Failed(Failure {
+            code: ErrorCode::NotFriends,
+            ..
+        }))
+    ));
     let r = w.call(Request::Typing {
         sid: d,
         to: 1,
         state: TypingState::Typing,
     });
-    assert!(matches!(r, Some(Response::Failed(Failure { code: ErrorCode::NotFriends, .. }))));
+    assert!(matches!(
+        r,
+        Some(Response::Failed(Failure {
+            code: ErrorCode::NotFriends,
+            ..
+        }))
+    ));
     assert_eq!(w.store.messages.len(), 1);
     // Bob has one unread from alice; reading drops it and alice gets a receipt.
-    let bob_unread = w.shards[home_shard(2, 2)].session(2).unwrap().unread.clone();
+    let bob_unread = w.shards[home_shard(2, 2)]
+        .session(2)
+        .unwrap()
+        .unread
+        .clone();
     assert_eq!(bob_unread.get(&1), Some(&1));
     assert_eq!(
         w.call(Request::Read {
@@ -504,7 +533,11 @@ fn message_reaches_every_tab_once_and_friends_only() {
         }),
         Some(Response::Done)
     );
-    assert!(w.shards[home_shard(2, 2)].session(2).unwrap().unread.is_empty());
+    assert!(w.shards[home_shard(2, 2)]
+        .session(2)
+        .unwrap()
+        .unread
+        .is_empty());
     let alice_events = &w.shards[home_shard(1, 2)].session(1).unwrap().events;
     assert!(alice_events.iter().any(|e| matches!(e.kind,
         EventKind::Read { with: 2, by: 2, upto } if upto == id)));
@@ -526,15 +559,26 @@ fn roster_change_takes_effect_on_both_sides_before_the_admin_call_returns() {
             cid: None,
         });
         assert!(
-            matches!(r, Some(Response::Failed(Failure { code: ErrorCode::NotFriends, .. }))),
+            matches!(
+                r,
+                Some(Response::Failed(Failure {
+                    code: ErrorCode::NotFriends,
+                    ..
+                }))
+            ),
             "{r:?}"
         );
     }
     // Both got a roster `removed` event.
     for user in [1, 2] {
         let s = w.shards[home_shard(user, 2)].session(user).unwrap();
-        assert!(s.events.iter().any(|e| matches!(&e.kind,
-            EventKind::Roster { change: RosterChange::Removed, .. })));
+        assert!(s.events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::Roster {
+                change: RosterChange::Removed,
+                ..
+            }
+        )));
     }
 }
 
@@ -548,14 +592,23 @@ fn kick_ends_every_tab_and_friends_see_offline_at_once() {
     assert_eq!(w.call(Request::Kick { user: 1 }), Some(Response::Done));
     assert!(matches!(
         w.take(held),
-        Some(Response::Failed(Failure { code: ErrorCode::UnknownSession, .. }))
+        Some(Response::Failed(Failure {
+            code: ErrorCode::UnknownSession,
+            ..
+        }))
     ));
     assert!(matches!(
         w.call(poll(a2, 0, 0)),
-        Some(Response::Failed(Failure { code: ErrorCode::UnknownSession, .. }))
+        Some(Response::Failed(Failure {
+            code: ErrorCode::UnknownSession,
+            ..
+        }))
     ));
     assert_eq!(w.presence_seen_by(2, 1), Status::Offline);
-    assert_eq!(w.presence_events(2, 1), vec![Status::Online, Status::Offline]);
+    assert_eq!(
+        w.presence_events(2, 1),
+        vec![Status::Online, Status::Offline]
+    );
     // Not a ban.
     w.connect(1, "a1");
 }
@@ -571,9 +624,18 @@ fn storage_failure_answers_unavailable_and_loses_no_session() {
         text: "x".into(),
         cid: None,
     });
-    assert!(matches!(r, Some(Response::Failed(Failure { code: ErrorCode::Unavailable, .. }))));
+    assert!(matches!(
+        r,
+        Some(Response::Failed(Failure {
+            code: ErrorCode::Unavailable,
+            ..
+        }))
+    ));
     // Presence and polls keep working.
-    assert!(matches!(w.call(poll(a, 0, 0)), Some(Response::Events { .. })));
+    assert!(matches!(
+        w.call(poll(a, 0, 0)),
+        Some(Response::Events { .. })
+    ));
     assert_eq!(
         w.call(Request::Presence {
             sid: a,

@@ -46,7 +46,10 @@ impl Server {
             ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWITCHBOARD_SHARDS".into(), "2".into()),
-            ("SWITCHBOARD_DATA_DIR".into(), data_dir.display().to_string()),
+            (
+                "SWITCHBOARD_DATA_DIR".into(),
+                data_dir.display().to_string(),
+            ),
             ("SWITCHBOARD_TOKEN_SECRET".into(), SECRET.into()),
             ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
             ("SWITCHBOARD_LOG".into(), "warn".into()),
@@ -109,7 +112,10 @@ impl Server {
     /// Calls a client endpoint (GET), returning status and body.
     pub fn get_status(&self, path: &str, params: &[(&str, &str)]) -> (u16, String) {
         let target = format!("{path}?{}", encode(params));
-        let r = request(self.addr, &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        let r = request(
+            self.addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        );
         (r.status, r.body)
     }
 
@@ -120,7 +126,10 @@ impl Server {
             self.admin,
             &format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
         );
-        (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
     }
 
     /// Connects user `user` as tab `tab`.
@@ -157,7 +166,11 @@ impl Tab {
     pub fn poll(&mut self, server: &Server, wait: u64) -> Vec<Value> {
         let v = server.get(
             "/poll",
-            &[("sid", &self.sid), ("since", &self.seq.to_string()), ("wait", &wait.to_string())],
+            &[
+                ("sid", &self.sid),
+                ("since", &self.seq.to_string()),
+                ("wait", &wait.to_string()),
+            ],
         );
         assert_eq!(v["ok"], true, "poll: {v}");
         assert!(v.get("reset").is_none(), "unexpected reset: {v}");
@@ -166,7 +179,12 @@ impl Tab {
     }
 
     /// Polls until `pred` holds for the events gathered, or `timeout`.
-    pub fn poll_until(&mut self, server: &Server, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn poll_until(
+        &mut self,
+        server: &Server,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let start = Instant::now();
         let mut all = Vec::new();
         while !pred(&all) {
@@ -238,19 +256,32 @@ pub fn read_answer(s: &mut TcpStream) -> Answer {
             break i + 4;
         }
         let n = s.read(&mut tmp).expect("read answer head");
-        assert!(n > 0, "EOF before an answer; got {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "EOF before an answer; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&tmp[..n]);
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut headers = HashMap::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let len: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
+    let len: usize = headers
+        .get("content-length")
+        .map_or(0, |v| v.parse().unwrap());
     while buf.len() < head_end + len {
         let n = s.read(&mut tmp).expect("read answer body");
         assert!(n > 0, "EOF inside the body");
@@ -258,7 +289,10 @@ pub fn read_answer(s: &mut TcpStream) -> Answer {
     }
     let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
     let mut closed = false;
-    if headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+    if headers
+        .get("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         closed = matches!(s.read(&mut tmp), Ok(0));
     }
@@ -288,7 +322,12 @@ pub fn messages(events: &[Value]) -> Vec<(u64, String)> {
     events
         .iter()
         .filter(|e| e["type"] == "message")
-        .map(|e| (e["from"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["from"].as_u64().unwrap(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 

@@ -1,0 +1,454 @@
+//! The per-connection loop: read a request (head, then body), decide it,
+//! call the handler, write the answer, and go on with the next request on
+//! the same connection (keep-alive). Pipelined requests are answered
+//! strictly in order, because the next head is parsed from the bytes left
+//! in the buffer only after the current answer is written; while a call
+//! runs (a long-poll) the socket is not read, so a pipelining client is
+//! held back by TCP flow control, not by our memory.
+//!
+//! Every wait has a deadline, raced against the read with the handler's
+//! timer: idle before a request (quiet close), head and body (408), each
+//! write (drop), lingering close. After an answer that ends the connection
+//! we close gracefully: flush, shut down our write side, then read and
+//! discard what the client still sends until it closes, the linger timeout
+//! or the linger byte limit, so the client reads the whole answer and then
+//! end-of-stream, never a reset (which could discard the answer unread).
+//!
+//! Buffers are per connection, bounded ([`Limits::read_buffer_bytes_max`],
+//! the body limit) and reused across requests; after a large request they
+//! shrink back so an idle connection holds little memory.
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::body::BodyDecoder;
+use crate::call::{decide, known_params, Decision};
+use crate::head::{HeadParser, HttpError, Method, Version};
+use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
+use crate::query::Params;
+use crate::response::{http_date, Encoder, Persist, CONTINUE};
+use crate::{Handler, Listener};
+
+/// What a connection needs to know besides its stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Sizes and deadlines.
+    pub limits: Limits,
+    /// `SWITCHBOARD_ADMIN_TOKEN`: the bearer token every admin call must
+    /// carry (`Authorization: Bearer TOKEN`). `None`: the admin listener
+    /// asks for none (it listens on loopback by default).
+    pub admin_token: Option<String>,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed between requests: the normal end.
+    PeerClosed,
+    /// The client closed with a request partly sent (nothing to answer).
+    PeerClosedMidRequest,
+    /// No request began within the idle timeout (quiet close).
+    IdleTimeout,
+    /// The answer said `Connection: close` (the client asked, or HTTP/1.0
+    /// without keep-alive); closed gracefully.
+    NotKeepAlive,
+    /// The request head did not arrive in time: 408, graceful close.
+    HeadTimeout,
+    /// The request body did not arrive in time: 408, graceful close.
+    BodyTimeout,
+    /// The request could not be read (400, 413, 414, 431: the status):
+    /// answered, graceful close.
+    HttpError(u16),
+    /// An answer could not be written within the write timeout: dropped.
+    WriteTimeout,
+    /// Reading failed.
+    ReadError(io::ErrorKind),
+    /// Writing failed.
+    WriteError(io::ErrorKind),
+}
+
+/// What happened on one connection, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOutcome {
+    /// Answers written (each request gets one, error answers included;
+    /// `100 Continue` is not counted).
+    pub requests_answered: u64,
+    /// Why the connection ended.
+    pub reason: CloseReason,
+    /// Bytes read from the stream (lingering included).
+    pub bytes_read: u64,
+    /// Bytes written to the stream.
+    pub bytes_written: u64,
+    /// Bytes read and discarded while lingering after the last answer.
+    pub linger_bytes: u64,
+}
+
+/// Serves one connection until it ends, and says how it went. `stream`
+/// must implement `close` as a half-close of the write side (shutdown),
+/// as glommio's `TcpStream` and TLS streams do: lingering close reads
+/// after it.
+pub async fn serve<S, H>(stream: S, listener: Listener, handler: &H, config: &Config) -> ConnOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut conn = Conn {
+        stream,
+        buf: Vec::with_capacity(READ_CHUNK_BYTES),
+        body: Vec::new(),
+        out: Vec::new(),
+        encoder: Encoder::new(),
+        parser: HeadParser::new(),
+        limits: &config.limits,
+        outcome: ConnOutcome {
+            requests_answered: 0,
+            reason: CloseReason::PeerClosed,
+            bytes_read: 0,
+            bytes_written: 0,
+            linger_bytes: 0,
+        },
+    };
+    let reason = conn.run(listener, handler, config).await;
+    conn.outcome.reason = reason;
+    conn.outcome
+}
+
+/// What one read brought.
+enum ReadEvent {
+    /// Some bytes, appended to the buffer.
+    Data,
+    /// End of stream.
+    Eof,
+    /// The deadline passed first.
+    Timeout,
+    /// The read failed.
+    Error(io::ErrorKind),
+}
+
+/// One connection's state.
+struct Conn<'a, S> {
+    /// The byte stream (TCP or TLS).
+    stream: S,
+    /// Bytes read and not yet consumed: the current request's head or
+    /// body, then whatever follows it (pipelined requests).
+    buf: Vec<u8>,
+    /// The current request's decoded body.
+    body: Vec<u8>,
+    /// The answer being written.
+    out: Vec<u8>,
+    /// Builds answers (owns a reused body buffer).
+    encoder: Encoder,
+    /// The head parser, kept across reads of one head.
+    parser: HeadParser,
+    /// Sizes and deadlines.
+    limits: &'a Limits,
+    /// Counters so far.
+    outcome: ConnOutcome,
+}
+
+/// Milliseconds as a `Duration`.
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl<S> Conn<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The request loop; returns why the connection ends.
+    async fn run<H: Handler>(
+        &mut self,
+        listener: Listener,
+        handler: &H,
+        config: &Config,
+    ) -> CloseReason {
+        let limits = self.limits;
+        loop {
+            // Wait for the first byte of a request, unless pipelining
+            // already brought some.
+            if self.buf.is_empty() {
+                let idle = pin!(handler.sleep(ms(limits.idle_timeout_ms)));
+                match self.read_more(idle).await {
+                    ReadEvent::Data => {}
+                    ReadEvent::Eof => return CloseReason::PeerClosed,
+                    ReadEvent::Timeout => return CloseReason::IdleTimeout,
+                    ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                }
+            }
+
+            // The head, within the head timeout of its first byte.
+            self.parser.reset();
+            let head = {
+                let mut timer = pin!(handler.sleep(ms(limits.head_timeout_ms)));
+                loop {
+                    match self.parser.parse(&self.buf, limits) {
+                        Ok(Some(head)) => break head,
+                        Ok(None) => {}
+                        Err(e) => {
+                            return self
+                                .fail(handler, &e, CloseReason::HttpError(e.status))
+                                .await
+                        }
+                    }
+                    match self.read_more(timer.as_mut()).await {
+                        ReadEvent::Data => {}
+                        ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
+                        ReadEvent::Timeout => {
+                            let e = HttpError::timeout("request head not received in time");
+                            return self.fail(handler, &e, CloseReason::HeadTimeout).await;
+                        }
+                        ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                    }
+                }
+            };
+            self.buf.drain(..head.len);
+
+            // The body, within the body timeout of the head's end.
+            if head.expect_continue {
+                if let Err(reason) = self.write(handler, CONTINUE).await {
+                    return reason;
+                }
+            }
+            self.body.clear();
+            let mut decoder = BodyDecoder::new(head.framing);
+            if !decoder.is_done() {
+                let mut timer = pin!(handler.sleep(ms(limits.body_timeout_ms)));
+                loop {
+                    match decoder.decode(&self.buf, &mut self.body, limits) {
+                        Ok(used) => {
+                            self.buf.drain(..used);
+                        }
+                        Err(e) => {
+                            return self
+                                .fail(handler, &e, CloseReason::HttpError(e.status))
+                                .await
+                        }
+                    }
+                    if decoder.is_done() {
+                        break;
+                    }
+                    match self.read_more(timer.as_mut()).await {
+                        ReadEvent::Data => {}
+                        ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
+                        ReadEvent::Timeout => {
+                            let e = HttpError::timeout("request body not received in time");
+                            return self.fail(handler, &e, CloseReason::BodyTimeout).await;
+                        }
+                        ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                    }
+                }
+            }
+
+            // Decide, call, answer.
+            let known = known_params(listener);
+            let mut params = Params::new();
+            params.add_form(head.query.as_bytes(), known);
+            if head.method == Method::Post && head.form_body {
+                params.add_form(&self.body, known);
+            }
+            let decision = decide(
+                listener,
+                head.method,
+                &head.path,
+                &params,
+                head.authorization.as_deref(),
+                config.admin_token.as_deref(),
+            );
+            let persist = Persist {
+                keep_alive: head.keep_alive,
+                http10: head.version == Version::Http10,
+            };
+            let head_only = head.method == Method::Head;
+            match decision {
+                Decision::Reject(e) => {
+                    let date = now_date();
+                    self.encoder
+                        .http_error(&mut self.out, &e, persist, head_only, &date);
+                }
+                Decision::Answer { mode, response } => {
+                    let date = now_date();
+                    self.encoder.response(
+                        &mut self.out,
+                        &response,
+                        &mode,
+                        persist,
+                        head_only,
+                        &date,
+                    );
+                }
+                Decision::Call { mode, call } => {
+                    let reply = handler.call(call).await;
+                    let date = now_date();
+                    self.encoder
+                        .reply(&mut self.out, &reply, &mode, persist, head_only, &date);
+                }
+            }
+            if let Err(reason) = self.write_out(handler).await {
+                return reason;
+            }
+            self.outcome.requests_answered += 1;
+            if !head.keep_alive {
+                return self.linger(handler, CloseReason::NotKeepAlive).await;
+            }
+            self.shrink();
+        }
+    }
+
+    /// Appends what one read brings to `buf`, unless `deadline` passes
+    /// first.
+    async fn read_more<T: Future<Output = ()>>(&mut self, mut deadline: Pin<&mut T>) -> ReadEvent {
+        let old = self.buf.len();
+        let room = self.limits.read_buffer_bytes_max().saturating_sub(old);
+        // The head parser and body decoder decide long before the buffer
+        // fills (see `Limits::read_buffer_bytes_max`).
+        assert!(room > 0, "read buffer full: {old} bytes unconsumed");
+        self.buf.resize(old + room.min(READ_CHUNK_BYTES), 0);
+        loop {
+            let stream = &mut self.stream;
+            let space = &mut self.buf[old..];
+            let timer = deadline.as_mut();
+            let result = future::or(async { Some(stream.read(space).await) }, async {
+                timer.await;
+                None
+            })
+            .await;
+            match result {
+                Some(Ok(0)) => {
+                    self.buf.truncate(old);
+                    return ReadEvent::Eof;
+                }
+                Some(Ok(n)) => {
+                    self.buf.truncate(old + n);
+                    self.outcome.bytes_read += n as u64;
+                    return ReadEvent::Data;
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => {
+                    self.buf.truncate(old);
+                    return ReadEvent::Error(e.kind());
+                }
+                None => {
+                    self.buf.truncate(old);
+                    return ReadEvent::Timeout;
+                }
+            }
+        }
+    }
+
+    /// Writes `bytes` and flushes, within the write timeout.
+    async fn write<H: Handler>(&mut self, handler: &H, bytes: &[u8]) -> Result<(), CloseReason> {
+        let stream = &mut self.stream;
+        let timer = handler.sleep(ms(self.limits.write_timeout_ms));
+        let result = future::or(
+            async {
+                let written = async {
+                    stream.write_all(bytes).await?;
+                    stream.flush().await
+                };
+                Some(written.await)
+            },
+            async {
+                timer.await;
+                None
+            },
+        )
+        .await;
+        match result {
+            Some(Ok(())) => {
+                self.outcome.bytes_written += bytes.len() as u64;
+                Ok(())
+            }
+            Some(Err(e)) => Err(CloseReason::WriteError(e.kind())),
+            None => Err(CloseReason::WriteTimeout),
+        }
+    }
+
+    /// Writes the answer in `out`.
+    async fn write_out<H: Handler>(&mut self, handler: &H) -> Result<(), CloseReason> {
+        let out = std::mem::take(&mut self.out);
+        let result = self.write(handler, &out).await;
+        self.out = out;
+        result
+    }
+
+    /// Answers an HTTP-level failure found while reading a request, then
+    /// closes gracefully: the rest of the stream cannot be trusted.
+    async fn fail<H: Handler>(
+        &mut self,
+        handler: &H,
+        error: &HttpError,
+        reason: CloseReason,
+    ) -> CloseReason {
+        let persist = Persist {
+            keep_alive: false,
+            http10: false,
+        };
+        let date = now_date();
+        self.encoder
+            .http_error(&mut self.out, error, persist, false, &date);
+        if let Err(reason) = self.write_out(handler).await {
+            return reason;
+        }
+        self.outcome.requests_answered += 1;
+        self.linger(handler, reason).await
+    }
+
+    /// Lingering close: shut down our write side (the client sees the end
+    /// of the answer), then read and discard until the client closes, the
+    /// linger timeout or the linger byte limit. Returns `reason`.
+    async fn linger<H: Handler>(&mut self, handler: &H, reason: CloseReason) -> CloseReason {
+        let stream = &mut self.stream;
+        let timer = handler.sleep(ms(self.limits.write_timeout_ms));
+        let closed = future::or(async { Some(stream.close().await) }, async {
+            timer.await;
+            None
+        })
+        .await;
+        match closed {
+            Some(Ok(())) => {}
+            // The answer was flushed; a failed shutdown only means the
+            // client is gone, and dropping the stream closes it anyway.
+            Some(Err(_)) => return reason,
+            None => return CloseReason::WriteTimeout,
+        }
+        let mut timer = pin!(handler.sleep(ms(self.limits.linger_timeout_ms)));
+        while self.outcome.linger_bytes < self.limits.linger_bytes_max as u64 {
+            self.buf.clear();
+            match self.read_more(timer.as_mut()).await {
+                ReadEvent::Data => self.outcome.linger_bytes += self.buf.len() as u64,
+                ReadEvent::Eof | ReadEvent::Timeout | ReadEvent::Error(_) => break,
+            }
+        }
+        reason
+    }
+
+    /// Gives back memory a large request took, keeping enough for the
+    /// usual small ones.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > BUFFER_RETAIN_BYTES {
+            self.buf.shrink_to(BUFFER_RETAIN_BYTES.max(self.buf.len()));
+        }
+        if self.body.capacity() > BUFFER_RETAIN_BYTES {
+            self.body.clear();
+            self.body.shrink_to(BUFFER_RETAIN_BYTES);
+        }
+        if self.out.capacity() > BUFFER_RETAIN_BYTES {
+            self.out.clear();
+            self.out.shrink_to(BUFFER_RETAIN_BYTES);
+        }
+        self.encoder.shrink_to(BUFFER_RETAIN_BYTES);
+    }
+}
+
+/// The `Date` header value for now.
+fn now_date() -> [u8; 29] {
+    let unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    http_date(unix_s)
+}

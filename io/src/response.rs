@@ -1,0 +1,1008 @@
+//! Encoding answers: the one mapping from protocol error code to HTTP
+//! status, the JSON bodies of every [`Response`] (PROTOCOL.md §1, §3), the
+//! JSONP envelope, and the response head. The JSON structure is written by
+//! hand into a reused buffer (it is on every poll's path); strings go
+//! through `serde_json` so escaping is never ours to get wrong.
+
+use std::io::Write;
+
+use switchboard_shards::model::{
+    Connected, Contact, ErrorCode, Event, EventKind, Message, Response,
+};
+
+use crate::call::Mode;
+use crate::head::HttpError;
+use crate::Reply;
+
+/// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
+/// The only place this is decided.
+pub fn status_of(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadRequest => 400,
+        ErrorCode::Unauthorized | ErrorCode::UnknownSession => 401,
+        ErrorCode::NotFriends | ErrorCode::Forbidden => 403,
+        ErrorCode::NotFound => 404,
+        ErrorCode::TooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::Unavailable => 503,
+    }
+}
+
+/// The reason phrase of a status (clients ignore it; humans read it).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How the connection header is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// The connection stays open after this answer.
+    pub keep_alive: bool,
+    /// The request was HTTP/1.0, whose default is to close: staying open
+    /// must then be said (`Connection: keep-alive`).
+    pub http10: bool,
+}
+
+/// Writes answers into a caller's buffer, reusing its own body buffer.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// The body being built, reused across answers.
+    body: Vec<u8>,
+}
+
+/// The content type of JSON answers.
+const JSON: &str = "application/json";
+/// The content type of JSONP answers.
+const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
+
+impl Encoder {
+    /// An encoder with an empty body buffer.
+    pub fn new() -> Encoder {
+        Encoder::default()
+    }
+
+    /// The capacity of the reused body buffer (for shrinking after a big
+    /// answer).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        self.body.shrink_to(bytes);
+    }
+
+    /// Writes the whole HTTP answer to a handler's reply into `out`
+    /// (cleared first). `head_only` leaves the body out (HEAD requests);
+    /// `date` is the `Date` header value (see [`http_date`]).
+    pub fn reply(
+        &mut self,
+        out: &mut Vec<u8>,
+        reply: &Reply,
+        mode: &Mode,
+        persist: Persist,
+        head_only: bool,
+        date: &[u8],
+    ) {
+        match reply {
+            Reply::Shard(response) => self.response(out, response, mode, persist, head_only, date),
+            Reply::Json { status, body } => {
+                self.body.clear();
+                self.body.extend_from_slice(body.as_bytes());
+                let status = sane_status(*status);
+                self.finish(out, status, mode, None, persist, head_only, date);
+            }
+            Reply::Raw {
+                status,
+                content_type,
+                body,
+            } => {
+                out.clear();
+                let status = sane_status(*status);
+                write_head(
+                    out,
+                    status,
+                    content_type,
+                    body.len(),
+                    Extra::NONE,
+                    persist,
+                    date,
+                );
+                if !head_only {
+                    out.extend_from_slice(body);
+                }
+            }
+        }
+    }
+
+    /// Writes the whole HTTP answer for a protocol response in `mode`.
+    pub fn response(
+        &mut self,
+        out: &mut Vec<u8>,
+        response: &Response,
+        mode: &Mode,
+        persist: Persist,
+        head_only: bool,
+        date: &[u8],
+    ) {
+        self.body.clear();
+        write_response_json(&mut self.body, response);
+        let status = match response {
+            Response::Failed(failure) => status_of(failure.code),
+            _ => 200,
+        };
+        self.finish(out, status, mode, None, persist, head_only, date);
+    }
+
+    /// Writes the whole HTTP answer for an HTTP-level failure: its own
+    /// status and a plain JSON body, never JSONP.
+    pub fn http_error(
+        &mut self,
+        out: &mut Vec<u8>,
+        error: &HttpError,
+        persist: Persist,
+        head_only: bool,
+        date: &[u8],
+    ) {
+        self.body.clear();
+        write_failure_json(&mut self.body, error.code, error.message);
+        self.finish(
+            out,
+            error.status,
+            &Mode::Json,
+            error.allow,
+            persist,
+            head_only,
+            date,
+        );
+    }
+
+    /// Envelopes `self.body` (a JSON object) per `mode` and writes head and
+    /// body to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        out: &mut Vec<u8>,
+        status: u16,
+        mode: &Mode,
+        allow: Option<&str>,
+        persist: Persist,
+        head_only: bool,
+        date: &[u8],
+    ) {
+        out.clear();
+        match mode {
+            Mode::Json => {
+                let extra = Extra {
+                    nosniff: false,
+                    cors: true,
+                    allow,
+                };
+                write_head(out, status, JSON, self.body.len(), extra, persist, date);
+                if !head_only {
+                    out.extend_from_slice(&self.body);
+                }
+            }
+            Mode::Jsonp(name) => {
+                // The outcome is in the body; a non-200 status would make
+                // the browser drop the script and the page never learn it.
+                let separators = count_js_separators(&self.body);
+                // Each escape turns 3 bytes into the 6 of `\u2028`.
+                let len = 4 + name.len() + 1 + self.body.len() + separators * 3 + 2;
+                let extra = Extra {
+                    nosniff: true,
+                    cors: false,
+                    allow,
+                };
+                write_head(out, 200, JAVASCRIPT, len, extra, persist, date);
+                if !head_only {
+                    let start = out.len();
+                    // `/**/` keeps the body from starting with attacker-chosen
+                    // bytes (Rosetta Flash and friends).
+                    out.extend_from_slice(b"/**/");
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'(');
+                    push_js_safe(out, &self.body);
+                    out.extend_from_slice(b");");
+                    debug_assert_eq!(out.len() - start, len);
+                }
+            }
+        }
+    }
+}
+
+/// A status the engine gave, made safe to send: 1xx cannot carry a body,
+/// and anything outside 200–599 is not a status; both become 500.
+fn sane_status(status: u16) -> u16 {
+    if (200..=599).contains(&status) {
+        status
+    } else {
+        log::error!("handler replied with invalid status {status}; sending 500");
+        500
+    }
+}
+
+/// Optional response headers.
+#[derive(Clone, Copy, Debug)]
+struct Extra<'a> {
+    /// `X-Content-Type-Options: nosniff` (JSONP).
+    nosniff: bool,
+    /// `Access-Control-Allow-Origin: *` (JSON mode: identity never comes
+    /// from cookies, so any origin may read answers).
+    cors: bool,
+    /// `Allow` (405).
+    allow: Option<&'a str>,
+}
+
+impl Extra<'_> {
+    /// No optional headers.
+    const NONE: Extra<'static> = Extra {
+        nosniff: false,
+        cors: false,
+        allow: None,
+    };
+}
+
+/// Writes a response head.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body_len: usize,
+    extra: Extra<'_>,
+    persist: Persist,
+    date: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_u64(out, body_len as u64);
+    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
+    if extra.nosniff {
+        out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\n");
+    }
+    if extra.cors {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
+    }
+    if let Some(allow) = extra.allow {
+        out.extend_from_slice(b"Allow: ");
+        out.extend_from_slice(allow.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !persist.keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if persist.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// U+2028 and U+2029 are valid in JSON strings but ended JavaScript string
+/// literals before ES2019, so in JSONP they are sent escaped. In JSON text
+/// they can only occur inside strings, where the escape means the same.
+fn count_js_separators(json: &[u8]) -> usize {
+    json.windows(3)
+        .filter(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
+        .count()
+}
+
+/// Appends `json` with U+2028/U+2029 escaped (see
+/// [`count_js_separators`]).
+fn push_js_safe(out: &mut Vec<u8>, json: &[u8]) {
+    let mut rest = json;
+    while let Some(i) = rest
+        .windows(3)
+        .position(|w| w[0] == 0xE2 && w[1] == 0x80 && (w[2] == 0xA8 || w[2] == 0xA9))
+    {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(if rest[i + 2] == 0xA8 {
+            b"\\u2028"
+        } else {
+            b"\\u2029"
+        });
+        rest = &rest[i + 3..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Formats a unix time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`),
+/// for the `Date` header every answer carries (RFC 9110 §6.6.1).
+pub fn http_date(unix_s: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = unix_s / 86_400;
+    let secs = unix_s % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = (yoe + era * 400 + u64::from(month <= 2)).min(9999);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    let two = |out: &mut [u8; 29], at: usize, n: u64| {
+        out[at] = b'0' + (n / 10) as u8;
+        out[at + 1] = b'0' + (n % 10) as u8;
+    };
+    two(&mut out, 5, day);
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    two(&mut out, 12, year / 100);
+    two(&mut out, 14, year % 100);
+    two(&mut out, 17, secs / 3600);
+    two(&mut out, 20, secs / 60 % 60);
+    two(&mut out, 23, secs % 60);
+    out
+}
+
+/// Appends a decimal number.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a decimal number as a JSON string (message ids are opaque
+/// strings on the wire).
+fn push_u64_string(out: &mut Vec<u8>, n: u64) {
+    out.push(b'"');
+    push_u64(out, n);
+    out.push(b'"');
+}
+
+/// Appends a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("serializing a str into a Vec cannot fail");
+}
+
+/// Appends `"key":` (keys are ours, plain ASCII).
+fn push_key(out: &mut Vec<u8>, key: &str) {
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// Appends the failure body `{"ok":false,"error":{"code":..,"message":..}}`.
+pub fn write_failure_json(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    out.extend_from_slice(b"{\"ok\":false,\"error\":{\"code\":\"");
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"message\":");
+    push_str(out, message);
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends the JSON body of a protocol response.
+pub fn write_response_json(out: &mut Vec<u8>, response: &Response) {
+    match response {
+        Response::Connected(connected) => write_connected(out, connected),
+        Response::Events { seq, events } => {
+            out.extend_from_slice(b"{\"ok\":true,\"seq\":");
+            push_u64(out, *seq);
+            out.extend_from_slice(b",\"events\":[");
+            for (i, event) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_event(out, event);
+            }
+            out.extend_from_slice(b"]}");
+        }
+        Response::Reset { seq } => {
+            out.extend_from_slice(b"{\"ok\":true,\"reset\":true,\"seq\":");
+            push_u64(out, *seq);
+            out.push(b'}');
+        }
+        Response::Sent { id, ts } => {
+            out.extend_from_slice(b"{\"ok\":true,\"id\":");
+            push_u64_string(out, *id);
+            out.extend_from_slice(b",\"ts\":");
+            push_u64(out, *ts);
+            out.push(b'}');
+        }
+        Response::History { messages, more } => {
+            out.extend_from_slice(b"{\"ok\":true,\"messages\":[");
+            for (i, message) in messages.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'{');
+                write_message_fields(out, message);
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"],\"more\":");
+            out.extend_from_slice(if *more { b"true" } else { b"false" });
+            out.push(b'}');
+        }
+        Response::Health {
+            shard,
+            sessions,
+            tabs,
+        } => {
+            out.extend_from_slice(b"{\"ok\":true,\"shard\":");
+            push_u64(out, *shard as u64);
+            out.extend_from_slice(b",\"sessions\":");
+            push_u64(out, *sessions);
+            out.extend_from_slice(b",\"tabs\":");
+            push_u64(out, *tabs);
+            out.push(b'}');
+        }
+        Response::Done => out.extend_from_slice(b"{\"ok\":true}"),
+        Response::Failed(failure) => write_failure_json(out, failure.code, &failure.message),
+    }
+}
+
+/// The `/connect` answer.
+fn write_connected(out: &mut Vec<u8>, c: &Connected) {
+    out.extend_from_slice(b"{\"ok\":true,\"sid\":\"");
+    write!(out, "{}", c.sid).expect("formatting into a Vec cannot fail");
+    out.extend_from_slice(b"\",\"tab\":");
+    push_str(out, &c.tab);
+    out.extend_from_slice(b",\"user\":{\"id\":");
+    push_u64(out, c.user);
+    out.extend_from_slice(b",\"name\":");
+    push_str(out, &c.name);
+    out.extend_from_slice(b"},\"seq\":");
+    push_u64(out, c.seq);
+    out.extend_from_slice(b",\"roster\":[");
+    for (i, contact) in c.roster.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_contact(out, contact);
+    }
+    out.extend_from_slice(b"],\"ui\":");
+    match &c.ui {
+        // Validated as a JSON object when it was set; embedded as-is.
+        Some(ui) => out.extend_from_slice(ui.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"unread\":{");
+    for (i, (friend, count)) in c.unread.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_u64_string(out, *friend);
+        out.push(b':');
+        push_u64(out, *count);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// `{"id":N,"name":"..","presence":".."}`.
+fn write_contact(out: &mut Vec<u8>, contact: &Contact) {
+    out.extend_from_slice(b"{\"id\":");
+    push_u64(out, contact.id);
+    out.extend_from_slice(b",\"name\":");
+    push_str(out, &contact.name);
+    out.extend_from_slice(b",\"presence\":\"");
+    out.extend_from_slice(contact.presence.as_str().as_bytes());
+    out.extend_from_slice(b"\"}");
+}
+
+/// `"id":"..","from":N,"to":N,"text":"..","ts":N` and `,"cid":".."` when
+/// the sender gave one.
+fn write_message_fields(out: &mut Vec<u8>, m: &Message) {
+    push_key(out, "id");
+    push_u64_string(out, m.id);
+    out.extend_from_slice(b",\"from\":");
+    push_u64(out, m.from);
+    out.extend_from_slice(b",\"to\":");
+    push_u64(out, m.to);
+    out.extend_from_slice(b",\"text\":");
+    push_str(out, &m.text);
+    out.extend_from_slice(b",\"ts\":");
+    push_u64(out, m.ts);
+    if let Some(cid) = &m.cid {
+        out.extend_from_slice(b",\"cid\":");
+        push_str(out, cid);
+    }
+}
+
+/// One event: `{"seq":N,"type":"..",...}`.
+fn write_event(out: &mut Vec<u8>, event: &Event) {
+    out.extend_from_slice(b"{\"seq\":");
+    push_u64(out, event.seq);
+    out.extend_from_slice(b",\"type\":\"");
+    match &event.kind {
+        EventKind::Message(m) => {
+            out.extend_from_slice(b"message\",");
+            write_message_fields(out, m);
+        }
+        EventKind::Presence { user, status } => {
+            out.extend_from_slice(b"presence\",\"user\":");
+            push_u64(out, *user);
+            out.extend_from_slice(b",\"status\":\"");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.push(b'"');
+        }
+        EventKind::Typing { user, state } => {
+            out.extend_from_slice(b"typing\",\"user\":");
+            push_u64(out, *user);
+            out.extend_from_slice(b",\"state\":\"");
+            out.extend_from_slice(state.as_str().as_bytes());
+            out.push(b'"');
+        }
+        EventKind::Ui { state, tab } => {
+            out.extend_from_slice(b"ui\",\"state\":");
+            out.extend_from_slice(state.as_bytes());
+            out.extend_from_slice(b",\"tab\":");
+            push_str(out, tab);
+        }
+        EventKind::Read { with, by, upto } => {
+            out.extend_from_slice(b"read\",\"with\":");
+            push_u64(out, *with);
+            out.extend_from_slice(b",\"by\":");
+            push_u64(out, *by);
+            out.extend_from_slice(b",\"upto\":");
+            push_u64_string(out, *upto);
+        }
+        EventKind::Roster { change, user } => {
+            out.extend_from_slice(b"roster\",\"change\":\"");
+            out.extend_from_slice(change.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"user\":");
+            write_contact(out, user);
+        }
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use switchboard_shards::model::{Failure, RosterChange, Sid, Status, TypingState};
+
+    use super::*;
+
+    const DATE: &[u8; 29] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+    const KEEP: Persist = Persist {
+        keep_alive: true,
+        http10: false,
+    };
+
+    /// Encodes `response` as a JSON body and compares it with `expected`
+    /// (which must also be valid JSON).
+    fn check(response: Response, expected: &str) {
+        let mut out = Vec::new();
+        write_response_json(&mut out, &response);
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        serde_json::from_str::<serde_json::Value>(expected).expect("expected is JSON");
+    }
+
+    fn message(cid: Option<&str>) -> Arc<Message> {
+        Arc::new(Message {
+            id: 123,
+            from: 1,
+            to: 2,
+            text: "hi \"you\"\n</script>".into(),
+            ts: 1_700_000_000_000,
+            cid: cid.map(Into::into),
+        })
+    }
+
+    fn event(seq: u64, kind: EventKind) -> Arc<Event> {
+        Arc::new(Event { seq, kind })
+    }
+
+    #[test]
+    fn bodies() {
+        check(Response::Done, r#"{"ok":true}"#);
+        check(
+            Response::Reset { seq: 9 },
+            r#"{"ok":true,"reset":true,"seq":9}"#,
+        );
+        check(
+            Response::Sent { id: 123, ts: 456 },
+            r#"{"ok":true,"id":"123","ts":456}"#,
+        );
+        check(
+            Response::Health {
+                shard: 2,
+                sessions: 10,
+                tabs: 12,
+            },
+            r#"{"ok":true,"shard":2,"sessions":10,"tabs":12}"#,
+        );
+        check(
+            Response::Failed(Failure::new(
+                ErrorCode::NotFriends,
+                "user 2 is not your friend",
+            )),
+            r#"{"ok":false,"error":{"code":"not_friends","message":"user 2 is not your friend"}}"#,
+        );
+        check(
+            Response::History {
+                messages: vec![message(None), message(Some("c1"))],
+                more: true,
+            },
+            concat!(
+                r#"{"ok":true,"messages":["#,
+                r#"{"id":"123","from":1,"to":2,"text":"hi \"you\"\n</script>","ts":1700000000000},"#,
+                r#"{"id":"123","from":1,"to":2,"text":"hi \"you\"\n</script>","ts":1700000000000,"cid":"c1"}"#,
+                r#"],"more":true}"#
+            ),
+        );
+        check(
+            Response::History {
+                messages: vec![],
+                more: false,
+            },
+            r#"{"ok":true,"messages":[],"more":false}"#,
+        );
+        check(
+            Response::Events {
+                seq: 4,
+                events: vec![],
+            },
+            r#"{"ok":true,"seq":4,"events":[]}"#,
+        );
+        let friend = Contact {
+            id: 2,
+            name: "bob".into(),
+            presence: Status::Online,
+        };
+        check(
+            Response::Events {
+                seq: 15,
+                events: vec![
+                    event(10, EventKind::Message(message(Some("x")))),
+                    event(
+                        11,
+                        EventKind::Presence {
+                            user: 2,
+                            status: Status::Away,
+                        },
+                    ),
+                    event(
+                        12,
+                        EventKind::Typing {
+                            user: 2,
+                            state: TypingState::Typing,
+                        },
+                    ),
+                    event(
+                        13,
+                        EventKind::Ui {
+                            state: r#"{"open":[2]}"#.into(),
+                            tab: "t1".into(),
+                        },
+                    ),
+                    event(
+                        14,
+                        EventKind::Read {
+                            with: 2,
+                            by: 1,
+                            upto: 123,
+                        },
+                    ),
+                    event(
+                        15,
+                        EventKind::Roster {
+                            change: RosterChange::Added,
+                            user: friend.clone(),
+                        },
+                    ),
+                ],
+            },
+            concat!(
+                r#"{"ok":true,"seq":15,"events":["#,
+                r#"{"seq":10,"type":"message","id":"123","from":1,"to":2,"text":"hi \"you\"\n</script>","ts":1700000000000,"cid":"x"},"#,
+                r#"{"seq":11,"type":"presence","user":2,"status":"away"},"#,
+                r#"{"seq":12,"type":"typing","user":2,"state":"typing"},"#,
+                r#"{"seq":13,"type":"ui","state":{"open":[2]},"tab":"t1"},"#,
+                r#"{"seq":14,"type":"read","with":2,"by":1,"upto":"123"},"#,
+                r#"{"seq":15,"type":"roster","change":"added","user":{"id":2,"name":"bob","presence":"online"}}"#,
+                r#"]}"#
+            ),
+        );
+        let connected = |ui: Option<&str>, roster: Vec<Contact>, unread: Vec<(u64, u64)>| {
+            Response::Connected(Box::new(Connected {
+                sid: Sid {
+                    user: 1,
+                    secret: 0xab,
+                },
+                tab: "t1".into(),
+                user: 1,
+                name: "ålice".into(),
+                seq: 7,
+                roster,
+                ui: ui.map(Into::into),
+                unread,
+            }))
+        };
+        check(
+            connected(
+                Some(r#"{"w":[2]}"#),
+                vec![
+                    friend.clone(),
+                    Contact {
+                        id: 3,
+                        name: "c".into(),
+                        presence: Status::Offline,
+                    },
+                ],
+                vec![(2, 3), (3, 1)],
+            ),
+            concat!(
+                r#"{"ok":true,"sid":"1-000000000000000000000000000000ab","tab":"t1","user":{"id":1,"name":"ålice"},"seq":7,"#,
+                r#""roster":[{"id":2,"name":"bob","presence":"online"},{"id":3,"name":"c","presence":"offline"}],"#,
+                r#""ui":{"w":[2]},"unread":{"2":3,"3":1}}"#
+            ),
+        );
+        check(
+            connected(None, vec![], vec![]),
+            concat!(
+                r#"{"ok":true,"sid":"1-000000000000000000000000000000ab","tab":"t1","user":{"id":1,"name":"ålice"},"seq":7,"#,
+                r#""roster":[],"ui":null,"unread":{}}"#
+            ),
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        let table = [
+            (ErrorCode::BadRequest, 400),
+            (ErrorCode::Unauthorized, 401),
+            (ErrorCode::UnknownSession, 401),
+            (ErrorCode::NotFriends, 403),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::NotFound, 404),
+            (ErrorCode::TooLarge, 413),
+            (ErrorCode::RateLimited, 429),
+            (ErrorCode::Unavailable, 503),
+        ];
+        for (code, status) in table {
+            assert_eq!(status_of(code), status, "{code:?}");
+            // JSON mode: the status tells; JSONP: always 200.
+            let mut out = Vec::new();
+            let failed = Response::fail(code, "m");
+            Encoder::new().response(&mut out, &failed, &Mode::Json, KEEP, false, DATE);
+            assert!(
+                out.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+                "{code:?}"
+            );
+            Encoder::new().response(
+                &mut out,
+                &failed,
+                &Mode::Jsonp("cb".into()),
+                KEEP,
+                false,
+                DATE,
+            );
+            assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{code:?}");
+        }
+    }
+
+    fn text(out: &[u8]) -> &str {
+        std::str::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_answer_bytes() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new();
+        encoder.response(&mut out, &Response::Done, &Mode::Json, KEEP, false, DATE);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
+             Content-Length: 11\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\r\n{\"ok\":true}"
+        );
+        let failed = Response::fail(ErrorCode::UnknownSession, "unknown session");
+        let close = Persist {
+            keep_alive: false,
+            http10: false,
+        };
+        encoder.response(&mut out, &failed, &Mode::Json, close, false, DATE);
+        let body = r#"{"ok":false,"error":{"code":"unknown_session","message":"unknown session"}}"#;
+        assert_eq!(
+            text(&out),
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        );
+        // HTTP/1.0 keep-alive must be said.
+        let http10 = Persist {
+            keep_alive: true,
+            http10: true,
+        };
+        encoder.response(&mut out, &Response::Done, &Mode::Json, http10, false, DATE);
+        assert!(text(&out).contains("\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn jsonp_answer_bytes() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new();
+        let mode = Mode::Jsonp("jQuery.cb_1".into());
+        encoder.response(
+            &mut out,
+            &Response::Sent { id: 5, ts: 6 },
+            &mode,
+            KEEP,
+            false,
+            DATE,
+        );
+        let body = r#"/**/jQuery.cb_1({"ok":true,"id":"5","ts":6});"#;
+        assert_eq!(
+            text(&out),
+            format!(
+                "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+                 Content-Type: application/javascript; charset=utf-8\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}",
+                body.len()
+            )
+        );
+        let failed = Response::fail(ErrorCode::RateLimited, "slow down");
+        encoder.response(&mut out, &failed, &mode, KEEP, false, DATE);
+        assert!(text(&out).ends_with(
+            r#"/**/jQuery.cb_1({"ok":false,"error":{"code":"rate_limited","message":"slow down"}});"#
+        ));
+        // Line and paragraph separators are escaped for old JavaScript.
+        let sep = Response::fail(ErrorCode::BadRequest, "a\u{2028}b\u{2029}c");
+        encoder.response(&mut out, &sep, &Mode::Jsonp("f".into()), KEEP, false, DATE);
+        let body =
+            r#"/**/f({"ok":false,"error":{"code":"bad_request","message":"a\u2028b\u2029c"}});"#;
+        assert!(text(&out).ends_with(&format!("Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}", body.len())));
+    }
+
+    #[test]
+    fn handler_replies() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new();
+        let json = Reply::Json {
+            status: 503,
+            body: r#"{"ok":false}"#.into(),
+        };
+        encoder.reply(&mut out, &json, &Mode::Json, KEEP, false, DATE);
+        assert!(text(&out).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(text(&out).ends_with("\r\n\r\n{\"ok\":false}"));
+        encoder.reply(
+            &mut out,
+            &json,
+            &Mode::Jsonp("cb".into()),
+            KEEP,
+            false,
+            DATE,
+        );
+        assert!(text(&out).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text(&out).ends_with("\r\n\r\n/**/cb({\"ok\":false});"));
+        let raw = Reply::Raw {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: b"up 1\n".to_vec(),
+        };
+        encoder.reply(&mut out, &raw, &Mode::Jsonp("cb".into()), KEEP, false, DATE);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain; version=0.0.4\r\n\
+             Content-Length: 5\r\nCache-Control: no-store\r\n\r\nup 1\n"
+        );
+        let bad_status = Reply::Json {
+            status: 42,
+            body: "{}".into(),
+        };
+        encoder.reply(&mut out, &bad_status, &Mode::Json, KEEP, false, DATE);
+        assert!(text(&out).starts_with("HTTP/1.1 500 "));
+        let shard = Reply::Shard(Response::fail(ErrorCode::NotFriends, "no"));
+        encoder.reply(&mut out, &shard, &Mode::Json, KEEP, false, DATE);
+        assert!(text(&out).starts_with("HTTP/1.1 403 Forbidden\r\n"));
+    }
+
+    #[test]
+    fn http_errors_are_never_jsonp() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new();
+        let close = Persist {
+            keep_alive: false,
+            http10: false,
+        };
+        encoder.http_error(
+            &mut out,
+            &HttpError::method_not_allowed("GET, POST"),
+            KEEP,
+            false,
+            DATE,
+        );
+        let body = r#"{"ok":false,"error":{"code":"bad_request","message":"method not allowed for this path"}}"#;
+        assert_eq!(
+            text(&out),
+            format!(
+                "HTTP/1.1 405 Method Not Allowed\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n{body}",
+                body.len()
+            )
+        );
+        // HEAD: the same head, no body.
+        encoder.http_error(
+            &mut out,
+            &HttpError::method_not_allowed("GET, POST"),
+            KEEP,
+            true,
+            DATE,
+        );
+        assert!(text(&out).ends_with(&format!("Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n", body.len())));
+        for (error, status, code) in [
+            (
+                HttpError::bad_request("x"),
+                "400 Bad Request",
+                "bad_request",
+            ),
+            (HttpError::not_found(), "404 Not Found", "not_found"),
+            (
+                HttpError::timeout("x"),
+                "408 Request Timeout",
+                "bad_request",
+            ),
+            (
+                HttpError::body_too_large(),
+                "413 Content Too Large",
+                "too_large",
+            ),
+            (HttpError::line_too_long(), "414 URI Too Long", "too_large"),
+            (
+                HttpError::headers_too_large(),
+                "431 Request Header Fields Too Large",
+                "too_large",
+            ),
+        ] {
+            encoder.http_error(&mut out, &error, close, false, DATE);
+            let out = text(&out);
+            assert!(out.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{out}");
+            assert!(out.contains("\r\nConnection: close\r\n"), "{out}");
+            assert!(
+                out.contains(&format!(r#"{{"ok":false,"error":{{"code":"{code}","#)),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn dates() {
+        for (unix_s, want) in [
+            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 GMT"),
+            (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ] {
+            assert_eq!(std::str::from_utf8(&http_date(unix_s)).unwrap(), want);
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The connection loop over an in-memory duplex stream: keep-alive and
+//! pipelining in order, graceful close after error answers, and every
+//! deadline. Time is real but short (tens of milliseconds), and every test
+//! runs under an overall timeout so a hang fails instead of stalling CI.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use switchboard_io::{
+    serve, Call, CloseReason, Config, ConnOutcome, Handler, Limits, Listener, Reply,
+};
+use switchboard_shards::model::{Request, Response};
+
+const SID: &str = "42-0123456789abcdef0011223344556677";
+
+/// One direction of the duplex: bytes in flight, whether the writer shut
+/// down, and the reader waiting for either.
+#[derive(Default)]
+struct Pipe {
+    data: VecDeque<u8>,
+    closed: bool,
+    reader: Option<Waker>,
+}
+
+/// One end of an in-memory duplex stream. `close` shuts down only this
+/// end's writing direction (a half-close, like TCP shutdown); dropping an
+/// end closes both directions.
+struct End {
+    rx: Arc<Mutex<Pipe>>,
+    tx: Arc<Mutex<Pipe>>,
+}
+
+fn duplex() -> (End, End) {
+    let a = Arc::new(Mutex::new(Pipe::default()));
+    let b = Arc::new(Mutex::new(Pipe::default()));
+    (
+        End {
+            rx: a.clone(),
+            tx: b.clone(),
+        },
+        End { rx: b, tx: a },
+    )
+}
+
+fn shut(pipe: &Mutex<Pipe>) {
+    let mut pipe = pipe.lock().unwrap();
+    pipe.closed = true;
+    if let Some(w) = pipe.reader.take() {
+        w.wake();
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        shut(&self.tx);
+        shut(&self.rx);
+    }
+}
+
+impl AsyncRead for End {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut pipe = self.rx.lock().unwrap();
+        if pipe.data.is_empty() {
+            if pipe.closed {
+                return Poll::Ready(Ok(0));
+            }
+            pipe.reader = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = buf.len().min(pipe.data.len());
+        for (slot, byte) in buf.iter_mut().zip(pipe.data.drain(..n)) {
+            *slot = byte;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for End {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut pipe = self.tx.lock().unwrap();
+        if pipe.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        pipe.data.extend(buf);
+        if let Some(w) = pipe.reader.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        shut(&self.tx);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A sleep on a helper thread: enough timer for tests.
+struct Timer {
+    deadline: Instant,
+    waker: Option<Arc<Mutex<Option<Waker>>>>,
+}
+
+fn sleep(duration: Duration) -> Timer {
+    Timer {
+        deadline: Instant::now() + duration,
+        waker: None,
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        match &self.waker {
+            Some(slot) => *slot.lock().unwrap() = Some(cx.waker().clone()),
+            None => {
+                let slot = Arc::new(Mutex::new(Some(cx.waker().clone())));
+                let deadline = self.deadline;
+                let thread_slot = slot.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                    if let Some(w) = thread_slot.lock().unwrap().take() {
+                        w.wake();
+                    }
+                });
+                self.waker = Some(slot);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Answers polls with `seq = since` (after `since` ms, so an early slow
+/// call shows that answers stay in order), everything else with `Done`,
+/// and records the calls.
+#[derive(Default)]
+struct TestHandler {
+    calls: RefCell<Vec<Call>>,
+}
+
+impl Handler for TestHandler {
+    fn call(&self, call: Call) -> impl Future<Output = Reply> {
+        self.calls.borrow_mut().push(call.clone());
+        async move {
+            match call {
+                Call::Shard(Request::Poll { since, .. }) => {
+                    sleep(Duration::from_millis(since)).await;
+                    Reply::Shard(Response::Events {
+                        seq: since,
+                        events: vec![],
+                    })
+                }
+                Call::Shard(Request::Send { text, .. }) => Reply::Shard(Response::Sent {
+                    id: text.len() as u64,
+                    ts: 1,
+                }),
+                Call::Health => Reply::Json {
+                    status: 200,
+                    body: r#"{"ok":true,"shards":1}"#.into(),
+                },
+                _ => Reply::Shard(Response::Done),
+            }
+        }
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        sleep(duration)
+    }
+}
+
+/// Short deadlines for tests.
+fn config() -> Config {
+    Config {
+        limits: Limits {
+            head_timeout_ms: 100,
+            body_timeout_ms: 100,
+            idle_timeout_ms: 200,
+            linger_timeout_ms: 500,
+            write_timeout_ms: 1000,
+            ..Limits::default()
+        },
+        admin_token: Some("s3cret".into()),
+    }
+}
+
+/// Runs the server on one end and `client` on the other, under a 5 s
+/// overall timeout; returns the server's outcome, the client's result and
+/// the handler's calls.
+fn run<C, F, T>(listener: Listener, config: Config, client: C) -> (ConnOutcome, T, Vec<Call>)
+where
+    C: FnOnce(End) -> F,
+    F: Future<Output = T>,
+{
+    let handler = TestHandler::default();
+    let (server_end, client_end) = duplex();
+    let (outcome, result) = future::block_on(future::or(
+        async {
+            Some(
+                future::zip(
+                    serve(server_end, listener, &handler, &config),
+                    client(client_end),
+                )
+                .await,
+            )
+        },
+        async {
+            sleep(Duration::from_secs(5)).await;
+            None
+        },
+    ))
+    .expect("test timed out");
+    (outcome, result, handler.calls.into_inner())
+}
+
+/// One answer as the client reads it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Reads one answer (head, then `Content-Length` bytes of body; none when
+/// `head_only`), keeping extra bytes in `buf`.
+async fn read_answer(end: &mut End, buf: &mut Vec<u8>, head_only: bool) -> Option<Answer> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..i + 4].to_vec()).unwrap();
+            let status = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map_or(0, |v| v.parse().unwrap());
+            let len = if head_only || status == 100 { 0 } else { len };
+            while buf.len() < i + 4 + len {
+                let n = end.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "EOF inside an answer body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8(buf[i + 4..i + 4 + len].to_vec()).unwrap();
+            buf.drain(..i + 4 + len);
+            return Some(Answer { status, head, body });
+        }
+        let n = end.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            assert!(buf.is_empty(), "EOF inside an answer head: {buf:?}");
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until end-of-stream, returning what came.
+async fn read_to_eof(end: &mut End) -> Vec<u8> {
+    let mut all = Vec::new();
+    end.read_to_end(&mut all).await.unwrap();
+    all
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (outcome, answers, calls) = run(Listener::Client, config(), |mut end| async move {
+        // All three at once; the first call is the slowest.
+        let body = format!("sid={SID}&to=7&text=hello");
+        let requests = format!(
+            "GET /poll?sid={SID}&since=40 HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /poll?sid={SID}&since=1&callback=cb HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /send HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        end.write_all(requests.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(read_answer(&mut end, &mut buf, false).await.unwrap());
+        }
+        end.close().await.unwrap();
+        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+        answers
+    });
+    assert_eq!(answers[0].status, 200);
+    assert_eq!(answers[0].body, r#"{"ok":true,"seq":40,"events":[]}"#);
+    assert!(answers[0]
+        .head
+        .contains("Content-Type: application/json\r\n"));
+    assert_eq!(
+        answers[1].body,
+        r#"/**/cb({"ok":true,"seq":1,"events":[]});"#
+    );
+    assert_eq!(answers[2].body, r#"{"ok":true,"id":"5","ts":1}"#);
+    assert!(answers.iter().all(|a| !a.head.contains("Connection:")));
+    assert_eq!(calls.len(), 3);
+    assert_eq!(outcome.requests_answered, 3);
+    assert_eq!(outcome.reason, CloseReason::PeerClosed);
+}
+
+#[test]
+fn io_answers_without_the_handler_and_keeps_the_connection() {
+    let (outcome, answers, calls) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /ping HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /ping?callback=a..b HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /poll?since=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+              GET /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut answers = Vec::new();
+        for head_only in [false, true, false, false, false] {
+            answers.push(read_answer(&mut end, &mut buf, head_only).await.unwrap());
+        }
+        // The request after `Connection: close` is not answered.
+        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+        answers
+    });
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [404, 405, 400, 400, 200]);
+    assert!(answers[0].body.contains(r#""code":"not_found""#));
+    assert!(answers[1].head.contains("Allow: GET, POST\r\n"));
+    assert!(answers[2].body.contains("callback"));
+    assert!(
+        !answers[2].body.contains("a..b"),
+        "invalid callbacks are never echoed"
+    );
+    assert!(answers[3].body.contains("`sid`"));
+    assert_eq!(answers[4].body, r#"{"ok":true}"#);
+    assert!(answers[4].head.contains("Connection: close\r\n"));
+    assert!(calls.is_empty());
+    assert_eq!(outcome.requests_answered, 5);
+    assert_eq!(outcome.reason, CloseReason::NotKeepAlive);
+}
+
+/// Sends `request`, expects one answer with `status` and then
+/// end-of-stream while the server still reads (lingering close); then
+/// sends more and closes.
+fn error_then_graceful_close(request: Vec<u8>, status: u16) -> ConnOutcome {
+    let (outcome, (), _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(&request).await.unwrap();
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert!(answer.head.contains("Connection: close\r\n"));
+        assert!(answer.head.contains("Content-Type: application/json\r\n"));
+        // End-of-stream after the answer, not a reset: our write side is
+        // still open and the server keeps reading.
+        assert!(read_to_eof(&mut end).await.is_empty());
+        end.write_all(&[b'z'; 1000])
+            .await
+            .expect("server still reading while it lingers");
+        end.close().await.unwrap();
+    });
+    assert_eq!(outcome.reason, CloseReason::HttpError(status));
+    assert_eq!(outcome.requests_answered, 1);
+    assert!(outcome.linger_bytes >= 1000, "{outcome:?}");
+    outcome
+}
+
+#[test]
+fn errors_close_gracefully() {
+    let mut long = b"GET /ping?".to_vec();
+    long.resize(70_000, b'a');
+    error_then_graceful_close(long, 414);
+    let mut fat = b"GET /ping HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
+    fat.resize(20_000, b'a');
+    error_then_graceful_close(fat, 431);
+    let mut declared = b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n".to_vec();
+    declared.resize(declared.len() + 30_000, b'b');
+    error_then_graceful_close(declared, 413);
+    let mut sent =
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n".to_vec();
+    sent.resize(sent.len() + 30_000, b'b');
+    error_then_graceful_close(sent, 413);
+    error_then_graceful_close(
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\n\r\n".to_vec(),
+        400,
+    );
+}
+
+#[test]
+fn lingering_is_bounded_by_time() {
+    let start = Instant::now();
+    let (outcome, _end, _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(b"BAD\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            400
+        );
+        // Never close (the end outlives the server): the server gives up
+        // after the linger timeout.
+        assert!(read_to_eof(&mut end).await.is_empty());
+        end
+    });
+    assert_eq!(outcome.reason, CloseReason::HttpError(400));
+    assert!(start.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn lingering_is_bounded_by_bytes() {
+    let (outcome, _end, _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(b"BAD\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            400
+        );
+        assert!(read_to_eof(&mut end).await.is_empty());
+        // A client that keeps uploading is cut off after the byte limit.
+        end.write_all(&vec![b'z'; 1 << 20]).await.unwrap();
+        end
+    });
+    let max = Limits::default().linger_bytes_max as u64;
+    assert!(
+        outcome.linger_bytes >= max && outcome.linger_bytes < 1 << 20,
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn idle_connections_close_quietly() {
+    let (outcome, got, _) = run(Listener::Client, config(), |mut end| async move {
+        read_to_eof(&mut end).await
+    });
+    assert!(got.is_empty());
+    assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    assert_eq!(outcome.requests_answered, 0);
+    // Also after a request.
+    let (outcome, (), _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            200
+        );
+        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+    });
+    assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    assert_eq!(outcome.requests_answered, 1);
+}
+
+#[test]
+fn slow_heads_and_bodies_get_408() {
+    let start = Instant::now();
+    let (outcome, answer, _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        end.close().await.unwrap();
+        answer
+    });
+    assert_eq!(answer.status, 408);
+    assert_eq!(outcome.reason, CloseReason::HeadTimeout);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // The head deadline runs from the first byte, whatever trickles after.
+    let (outcome, answer, _) = run(Listener::Client, config(), |mut end| async move {
+        // Stop when the server is gone (its linger may end first on a
+        // loaded machine).
+        for _ in 0..20 {
+            if end.write_all(b"X").await.is_err() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        end.close().await.unwrap();
+        answer
+    });
+    assert_eq!(answer.status, 408);
+    assert_eq!(outcome.reason, CloseReason::HeadTimeout);
+    let (outcome, answer, calls) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        end.close().await.unwrap();
+        answer
+    });
+    assert_eq!(answer.status, 408);
+    assert_eq!(outcome.reason, CloseReason::BodyTimeout);
+    assert!(calls.is_empty());
+}
+
+#[test]
+fn expect_continue_and_chunked_bodies() {
+    let (outcome, answers, calls) = run(Listener::Client, config(), |mut end| async move {
+        let body = format!("sid={SID}&to=7&text=hi+there");
+        end.write_all(
+            format!(
+                "POST /send HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let interim = read_answer(&mut end, &mut buf, false).await.unwrap();
+        assert_eq!(interim.head, "HTTP/1.1 100 Continue\r\n\r\n");
+        end.write_all(body.as_bytes()).await.unwrap();
+        let first = read_answer(&mut end, &mut buf, false).await.unwrap();
+        let (a, b) = body.split_at(10);
+        end.write_all(
+            format!(
+                "POST /send?callback=f HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext\r\n{b}\r\n0\r\nT: 1\r\n\r\n",
+                a.len(),
+                b.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let second = read_answer(&mut end, &mut buf, false).await.unwrap();
+        end.close().await.unwrap();
+        [first, second]
+    });
+    assert_eq!(answers[0].body, r#"{"ok":true,"id":"8","ts":1}"#);
+    assert_eq!(answers[1].body, r#"/**/f({"ok":true,"id":"8","ts":1});"#);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(outcome.requests_answered, 2);
+    assert_eq!(outcome.reason, CloseReason::PeerClosed);
+}
+
+#[test]
+fn http10_closes_unless_kept_alive() {
+    let (outcome, answers, _) = run(Listener::Client, config(), |mut end| async move {
+        end.write_all(
+            b"GET /ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /ping HTTP/1.0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let first = read_answer(&mut end, &mut buf, false).await.unwrap();
+        let second = read_answer(&mut end, &mut buf, false).await.unwrap();
+        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+        [first, second]
+    });
+    assert!(answers[0].head.contains("Connection: keep-alive\r\n"));
+    assert!(answers[1].head.contains("Connection: close\r\n"));
+    assert_eq!(outcome.reason, CloseReason::NotKeepAlive);
+}
+
+#[test]
+fn admin_listener_needs_the_token() {
+    let (_, answers, calls) = run(Listener::Admin, config(), |mut end| async move {
+        end.write_all(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n\
+              GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n\
+              GET /poll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(read_answer(&mut end, &mut buf, false).await.unwrap());
+        }
+        end.close().await.unwrap();
+        answers
+    });
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [401, 401, 200, 404]);
+    assert!(answers[0].body.contains(r#""code":"unauthorized""#));
+    assert_eq!(answers[2].body, r#"{"ok":true,"shards":1}"#);
+    assert_eq!(calls, [Call::Health]);
+}
