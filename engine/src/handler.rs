@@ -196,6 +196,7 @@ impl ConnHandler {
 
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
+        log::debug!("shard-{}: call {call:?}", self.rt.id);
         match call {
             Call::Connect { token, tab, deferred } => Reply::Shard(self.connect(token, tab, deferred).await),
             Call::Shard(request) => Reply::Shard(self.rt.call(request).await),

@@ -237,7 +237,9 @@ impl ShardRuntime {
                 glommio::timer::sleep(timeout).await;
                 Err(StorageError::TimedOut)
             };
+            log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
             let result = futures_lite::future::or(pending, timer).await;
+            log::debug!("shard-{}: job {job} {what} done: {}", rt.id, result.is_ok());
             if let Err(e) = &result {
                 if *e == StorageError::TimedOut {
                     rt.stats

@@ -42,6 +42,7 @@ fn get(target: &str) -> String {
 }
 
 fn check(server: &Server, c: &Case) {
+    eprintln!("case: {}", c.why);
     let a = request_bytes(server.addr, &c.raw);
     assert_eq!(a.status, c.status, "{}: {}", c.why, a.body);
     let v: Value = serde_json::from_str(&a.body)
@@ -166,9 +167,10 @@ fn malformed_requests_get_documented_answers_and_the_server_stays_healthy() {
         "GET /ping?callback=first HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\nGET /poll?sid={sid}&since=0&wait=0&callback=third HTTP/1.1\r\nHost: t\r\n\r\n"
     );
     s.write_all(pipelined.as_bytes()).unwrap();
-    let a1 = read_answer(&mut s);
-    let a2 = read_answer(&mut s);
-    let a3 = read_answer(&mut s);
+    let mut buf = Vec::new();
+    let a1 = read_answer_from(&mut s, &mut buf);
+    let a2 = read_answer_from(&mut s, &mut buf);
+    let a3 = read_answer_from(&mut s, &mut buf);
     assert_eq!(a1.body, "/**/first({\"ok\":true});");
     assert_eq!(
         a1.headers["content-type"],

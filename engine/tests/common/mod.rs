@@ -54,6 +54,9 @@ impl Server {
             ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
             ("SWITCHBOARD_LOG".into(), "warn".into()),
         ];
+        if let Ok(level) = std::env::var("SWITCHBOARD_TEST_LOG") {
+            env.push(("SWITCHBOARD_LOG".into(), level));
+        }
         for (k, v) in extra {
             env.retain(|(k2, _)| k2 != k);
             env.push((k.to_string(), v.to_string()));
@@ -249,17 +252,22 @@ pub fn request_bytes(addr: SocketAddr, raw: &[u8]) -> Answer {
 
 /// Reads one answer from `s`; then checks for EOF (briefly).
 pub fn read_answer(s: &mut TcpStream) -> Answer {
-    let mut buf = Vec::new();
+    read_answer_from(s, &mut Vec::new())
+}
+
+/// Reads one answer from `s`, starting with bytes already in `buf` and
+/// leaving any bytes after the answer there (pipelined answers).
+pub fn read_answer_from(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
     let mut tmp = [0u8; 65536];
     let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }
         let n = s.read(&mut tmp).expect("read answer head");
         assert!(
             n > 0,
             "EOF before an answer; got {:?}",
-            String::from_utf8_lossy(&buf)
+            String::from_utf8_lossy(buf)
         );
         buf.extend_from_slice(&tmp[..n]);
     };
@@ -288,13 +296,14 @@ pub fn read_answer(s: &mut TcpStream) -> Answer {
         buf.extend_from_slice(&tmp[..n]);
     }
     let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
+    buf.drain(..head_end + len);
     let mut closed = false;
     if headers
         .get("connection")
         .is_some_and(|c| c.eq_ignore_ascii_case("close"))
     {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        closed = matches!(s.read(&mut tmp), Ok(0));
+        closed = buf.is_empty() && matches!(s.read(&mut tmp), Ok(0));
     }
     Answer {
         status,
