@@ -87,8 +87,10 @@ pub enum PeerMsg {
         origin: ShardId,
         token: u64,
     },
-    /// One shard finished its part of roster change `token`.
-    RosterAck { token: u64 },
+    /// One shard finished its part of roster change `token`; `ok` is false
+    /// when a roster re-read failed (the admin call then fails too, so the
+    /// web app retries).
+    RosterAck { token: u64, ok: bool },
 }
 
 /// Everything that drives a shard.
@@ -157,6 +159,8 @@ enum Pending {
 struct RosterWait {
     reply: ReplyTo,
     acks_left: usize,
+    /// Whether every shard re-read its rosters.
+    ok: bool,
 }
 
 /// Refreshes on this shard belonging to one `RosterTouched`.
@@ -165,6 +169,8 @@ struct TouchGroup {
     origin: ShardId,
     token: u64,
     remaining: usize,
+    /// Whether every re-read so far succeeded.
+    ok: bool,
 }
 
 /// Counters for metrics. Monotonic.
@@ -939,7 +945,7 @@ impl Shard {
                     }
                 }
                 if started == 0 {
-                    self.send_ack(now, origin, token, out);
+                    self.send_ack(now, origin, token, true, out);
                 } else {
                     self.touch_groups.insert(
                         group,
@@ -947,25 +953,35 @@ impl Shard {
                             origin,
                             token,
                             remaining: started,
+                            ok: true,
                         },
                     );
                 }
             }
-            PeerMsg::RosterAck { token } => {
+            PeerMsg::RosterAck { token, ok } => {
                 let Some(wait) = self.roster_waits.get_mut(&token) else {
                     return;
                 };
                 wait.acks_left -= 1;
+                wait.ok &= ok;
                 if wait.acks_left == 0 {
                     let wait = self.roster_waits.remove(&token).expect("wait");
-                    reply(out, wait.reply, Response::Done);
+                    let response = if wait.ok {
+                        Response::Done
+                    } else {
+                        Response::fail(
+                            ErrorCode::Unavailable,
+                            "storage failed while re-reading rosters: retry",
+                        )
+                    };
+                    reply(out, wait.reply, response);
                 }
             }
         }
     }
 
-    fn send_ack(&mut self, now: u64, origin: ShardId, token: u64, out: &mut Vec<Output>) {
-        let msg = PeerMsg::RosterAck { token };
+    fn send_ack(&mut self, now: u64, origin: ShardId, token: u64, ok: bool, out: &mut Vec<Output>) {
+        let msg = PeerMsg::RosterAck { token, ok };
         if origin == self.config.shard {
             self.peer(now, msg, out);
         } else {
@@ -987,6 +1003,7 @@ impl Shard {
                 self.session_loaded(now, user, job, result, out)
             }
             (Pending::Refresh { user, group }, result) => {
+                let ok = result.is_ok();
                 if let Ok(StorageOutput::Roster { friends }) = result {
                     self.apply_roster(now, user, friends, out);
                 }
@@ -1002,11 +1019,12 @@ impl Shard {
                 if let Some(g) = group {
                     let done = self.touch_groups.get_mut(&g).is_some_and(|t| {
                         t.remaining -= 1;
+                        t.ok &= ok;
                         t.remaining == 0
                     });
                     if done {
                         let t = self.touch_groups.remove(&g).expect("group");
-                        self.send_ack(now, t.origin, t.token, out);
+                        self.send_ack(now, t.origin, t.token, t.ok, out);
                     }
                 }
             }
@@ -1020,6 +1038,7 @@ impl Shard {
                     RosterWait {
                         reply: to,
                         acks_left: self.config.shard_count,
+                        ok: true,
                     },
                 );
                 for shard in 0..self.config.shard_count {

@@ -166,7 +166,7 @@ impl World {
             jobs: VecDeque::new(),
             replies: HashMap::new(),
             next_req: 0,
-            rng: seed | 1,
+            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }
 
@@ -651,4 +651,282 @@ fn storage_failure_answers_unavailable_and_loses_no_session() {
         cid: None,
     });
     assert!(matches!(r, Some(Response::Sent { .. })));
+}
+
+/// What the randomized simulation believes about one attached tab.
+struct ModelTab {
+    sid: Sid,
+    /// Last seq polled.
+    since: u64,
+    /// Message ids seen, to catch duplicates.
+    seen: std::collections::HashSet<MsgId>,
+    /// Messages this tab must still see (acknowledged while it was
+    /// attached).
+    owed: std::collections::HashSet<MsgId>,
+}
+
+/// Seeded random operations on 8 users over 3 shards with virtual time,
+/// roster changes, kicks and storage failures; invariants checked after
+/// every step:
+/// - every live session's roster equals the directory (roster-changed
+///   returned, so both sides are updated);
+/// - presence: every shard's replica says a user is not offline exactly
+///   when the user has a live session (all shards agree);
+/// - no tab sees a message twice, and every acknowledged message reaches
+///   every tab of both users that was attached when it was acknowledged and
+///   still is (or that got a reset);
+/// - bounds: tabs, buffered events and timers stay within their limits.
+#[test]
+fn randomized_simulation_keeps_invariants() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
+        Err(_) => (1..=30).collect(),
+    };
+    for seed in seeds {
+        simulate(seed, 600);
+    }
+}
+
+fn simulate(seed: u64, steps: usize) {
+    let mut w = World::new(3, seed);
+    for u in 5..=8 {
+        w.store.names.insert(u, Arc::from(format!("user{u}")));
+    }
+    w.store.friends = vec![
+        (1, 2),
+        (1, 3),
+        (2, 3),
+        (3, 5),
+        (5, 6),
+        (6, 7),
+        (7, 8),
+        (4, 8),
+    ];
+    let users: Vec<UserId> = (1..=8).collect();
+    let mut tabs: Vec<ModelTab> = Vec::new();
+    let mut next_cid = 0u64;
+    // Users whose roster-changed call failed: the web app retries them.
+    let mut roster_retry: Vec<UserId> = Vec::new();
+    for step in 0..steps {
+        let op = w.rand() % 100;
+        let ctx = format!("seed {seed} step {step} op {op}");
+        match op {
+            0..=14 => {
+                let user = users[(w.rand() % 8) as usize];
+                let name = format!("t{}", w.rand() % 3);
+                let sid = Sid {
+                    user,
+                    secret: w.rand() as u128 | 1,
+                };
+                let r = w.call(Request::Connect {
+                    user,
+                    tab: Some(name),
+                    sid,
+                });
+                if let Some(Response::Connected(c)) = r {
+                    // Same-named tab replaced: forget it.
+                    tabs.retain(|t| {
+                        t.sid.user != user
+                            || w.shards[home_shard(user, 3)]
+                                .session(user)
+                                .is_some_and(|s| s.tab_index(t.sid).is_some())
+                    });
+                    tabs.push(ModelTab {
+                        sid,
+                        since: c.seq,
+                        seen: Default::default(),
+                        owed: Default::default(),
+                    });
+                }
+            }
+            15..=44 if !tabs.is_empty() => {
+                let i = (w.rand() % tabs.len() as u64) as usize;
+                let from = tabs[i].sid;
+                let to = users[(w.rand() % 8) as usize];
+                next_cid += 1;
+                let cid = if w.rand() % 4 == 0 {
+                    Some(format!("c{}", next_cid / 2))
+                } else {
+                    None
+                };
+                let before = w.store.messages.len();
+                let r = w.call(Request::Send {
+                    sid: from,
+                    to,
+                    text: "m".into(),
+                    cid,
+                });
+                let friends = w
+                    .store
+                    .friends
+                    .contains(&(from.user.min(to), from.user.max(to)));
+                match r {
+                    Some(Response::Sent { id, .. }) => {
+                        assert!(
+                            friends || !roster_retry.is_empty(),
+                            "{ctx}: sent to a non-friend"
+                        );
+                        if w.store.messages.len() > before {
+                            for t in tabs.iter_mut() {
+                                if t.sid.user == from.user || t.sid.user == to {
+                                    t.owed.insert(id);
+                                }
+                            }
+                        }
+                    }
+                    Some(Response::Failed(f)) => {
+                        assert_eq!(w.store.messages.len(), before, "{ctx}: stored on failure");
+                        match f.code {
+                            ErrorCode::NotFriends => {
+                                assert!(!friends || !roster_retry.is_empty(), "{ctx}")
+                            }
+                            ErrorCode::BadRequest => assert_eq!(to, from.user, "{ctx}"),
+                            ErrorCode::UnknownSession | ErrorCode::Unavailable => {}
+                            other => panic!("{ctx}: {other:?}"),
+                        }
+                    }
+                    other => panic!("{ctx}: {other:?}"),
+                }
+            }
+            45..=54 if !tabs.is_empty() => {
+                let i = (w.rand() % tabs.len() as u64) as usize;
+                let sid = tabs[i].sid;
+                if w.rand() % 2 == 0 {
+                    w.call(Request::Leave { sid });
+                } else {
+                    let status = if w.rand() % 2 == 0 {
+                        Status::Away
+                    } else {
+                        Status::Online
+                    };
+                    w.call(Request::Presence { sid, status });
+                }
+            }
+            55..=64 => {
+                let ms = w.rand() % 15_000;
+                w.advance(ms);
+            }
+            65..=69 => {
+                // Toggle a friendship in the directory and tell the server.
+                let a = users[(w.rand() % 8) as usize];
+                let b = users[(w.rand() % 8) as usize];
+                if a != b {
+                    let pair = (a.min(b), a.max(b));
+                    if let Some(i) = w.store.friends.iter().position(|&p| p == pair) {
+                        w.store.friends.remove(i);
+                    } else {
+                        w.store.friends.push(pair);
+                    }
+                    roster_retry.push(a);
+                    roster_retry.push(b);
+                }
+            }
+            70..=71 => {
+                let user = users[(w.rand() % 8) as usize];
+                w.call(Request::Kick { user });
+            }
+            72..=73 => {
+                w.store.fail = !w.store.fail;
+            }
+            _ => {}
+        }
+        // The web app (re)tells the server of roster changes until it
+        // succeeds; a failure must come with an injected storage failure.
+        let mut failed = Vec::new();
+        for user in roster_retry.drain(..) {
+            match w.call(Request::RosterChanged { user }) {
+                Some(Response::Done) => {}
+                Some(Response::Failed(f)) if f.code == ErrorCode::Unavailable && w.store.fail => {
+                    failed.push(user)
+                }
+                other => panic!("{ctx}: roster-changed answered {other:?}"),
+            }
+        }
+        roster_retry = failed;
+        // Everyone polls (wait 0): deliveries are checked.
+        let mut alive = Vec::new();
+        for mut t in tabs.drain(..) {
+            match w.call(poll(t.sid, t.since, 0)) {
+                Some(Response::Events { seq, events }) => {
+                    for e in events {
+                        if let EventKind::Message(m) = &e.kind {
+                            assert!(t.seen.insert(m.id), "{ctx}: message {} twice", m.id);
+                            t.owed.remove(&m.id);
+                        }
+                    }
+                    t.since = seq;
+                    alive.push(t);
+                }
+                Some(Response::Reset { seq }) => {
+                    t.since = seq;
+                    t.owed.clear();
+                    alive.push(t);
+                }
+                Some(Response::Failed(f)) if f.code == ErrorCode::UnknownSession => {}
+                other => panic!("{ctx}: poll answered {other:?}"),
+            }
+        }
+        tabs = alive;
+        for t in &tabs {
+            assert!(
+                t.owed.is_empty(),
+                "{ctx}: tab {:?} never got {:?}",
+                t.sid,
+                t.owed
+            );
+        }
+        check_invariants(&w, &users, roster_retry.is_empty(), &ctx);
+    }
+    println!(
+        "seed {seed}: {} messages stored, {} tabs at the end, {} sessions",
+        w.store.messages.len(),
+        tabs.len(),
+        w.shards.iter().map(|s| s.session_count()).sum::<usize>()
+    );
+}
+
+fn check_invariants(w: &World, users: &[UserId], rosters_synced: bool, ctx: &str) {
+    let n = w.shards.len();
+    for &u in users {
+        let home = &w.shards[home_shard(u, n)];
+        let live = home.session(u).filter(|s| s.is_live());
+        for s in &w.shards {
+            assert_eq!(
+                s.presence_of(u) != Status::Offline,
+                live.is_some(),
+                "{ctx}: presence of {u} on shard {}",
+                s.config().shard
+            );
+            if let Some(session) = live {
+                assert_eq!(s.presence_of(u), session.status, "{ctx}: replica of {u}");
+            }
+        }
+        if let Some(session) = live {
+            let expected: Vec<UserId> = w.store.friends_of(u).iter().map(|f| f.id).collect();
+            let cached: Vec<UserId> = session.roster.keys().copied().collect();
+            if rosters_synced {
+                assert_eq!(cached, expected, "{ctx}: roster of {u}");
+            }
+            assert!(
+                session.tabs.len() <= home.config().tabs_per_user_max,
+                "{ctx}"
+            );
+            assert!(
+                session.events.len() <= home.config().events_buffered_max,
+                "{ctx}"
+            );
+            assert!(
+                session.tabs.is_empty() == session.grace_deadline_ms.is_some(),
+                "{ctx}: grace of {u}"
+            );
+        }
+    }
+    for s in &w.shards {
+        let bound = 2 * s.tab_count() + 2 * s.session_count();
+        assert!(
+            s.timer_count() <= bound,
+            "{ctx}: {} timers",
+            s.timer_count()
+        );
+    }
 }
