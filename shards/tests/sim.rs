@@ -744,7 +744,7 @@ fn simulate(seed: u64, steps: usize) {
                 let from = tabs[i].sid;
                 let to = users[(w.rand() % 8) as usize];
                 next_cid += 1;
-                let cid = if w.rand() % 4 == 0 {
+                let cid = if w.rand().is_multiple_of(4) {
                     Some(format!("c{}", next_cid / 2))
                 } else {
                     None
@@ -791,10 +791,10 @@ fn simulate(seed: u64, steps: usize) {
             45..=54 if !tabs.is_empty() => {
                 let i = (w.rand() % tabs.len() as u64) as usize;
                 let sid = tabs[i].sid;
-                if w.rand() % 2 == 0 {
+                if w.rand().is_multiple_of(2) {
                     w.call(Request::Leave { sid });
                 } else {
-                    let status = if w.rand() % 2 == 0 {
+                    let status = if w.rand().is_multiple_of(2) {
                         Status::Away
                     } else {
                         Status::Online
