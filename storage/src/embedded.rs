@@ -169,6 +169,7 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         threads,
         counters,
         config.queue_depth,
+        false,
     ))
 }
 
@@ -193,7 +194,12 @@ fn check_config(config: &EmbeddedConfig) -> Result<(), OpenError> {
         config.write_batch_max,
         limits::WRITE_BATCH_JOBS_MAX,
     )?;
-    if let Some(cores) = &config.pin_to {
+    check_pin_to(config.pin_to.as_deref())
+}
+
+/// Refuses an empty pin list or a core id this machine does not have.
+pub(crate) fn check_pin_to(pin_to: Option<&[usize]>) -> Result<(), OpenError> {
+    if let Some(cores) = pin_to {
         if cores.is_empty() {
             return Err(OpenError::Config(
                 "pin_to is empty (use None not to pin)".to_string(),
@@ -308,6 +314,10 @@ impl State {
                         None => self.reload_directory(),
                     };
                     let _ = reply.send(result);
+                }
+                Work::LookupToken { reply, .. } => {
+                    // The embedded directory has HMAC tokens only.
+                    let _ = reply.send(Ok(None));
                 }
                 Work::Job { job, reply } => {
                     if let Some(late) = late {
@@ -458,7 +468,7 @@ impl State {
     }
 }
 
-fn is_write(job: &StorageJob) -> bool {
+pub(crate) fn is_write(job: &StorageJob) -> bool {
     match job {
         StorageJob::StoreMessage { .. }
         | StorageJob::MarkRead { .. }
@@ -471,7 +481,7 @@ fn is_write(job: &StorageJob) -> bool {
 
 /// Sizes `io` already checked; over them is a caller bug, refused here
 /// rather than stored (see [`limits`]).
-fn check_sizes(job: &StorageJob) -> Result<(), String> {
+pub(crate) fn check_sizes(job: &StorageJob) -> Result<(), String> {
     let over = |what: &str, len: usize, max: usize| {
         if len > max {
             Err(format!("{what} of {len} bytes is over the limit of {max}"))

@@ -34,6 +34,12 @@
 //!
 //! The directory is held in memory: the built-in demo users or a JSON file
 //! ([`directory`]), re-read on [`Store::reload_directory`].
+//!
+//! The MySQL backend ([`Store::open_mysql`], module [`mysql`]) reads the
+//! directory from the web app's own tables through configurable queries
+//! and keeps Switchboard's tables (`sb_*`) in the same database; the same
+//! invariants hold, with one transaction (one multi-row `INSERT`) per
+//! batch of sends.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,10 +47,12 @@
 pub mod directory;
 mod embedded;
 pub mod limits;
+pub mod mysql;
 pub mod token;
 
 pub use directory::{Directory, DirectoryError};
 pub use embedded::EmbeddedConfig;
+pub use mysql::{DirectoryQueries, MysqlConfig};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures_channel::oneshot;
@@ -58,7 +66,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
-use switchboard_shards::model::{StorageError, StorageJob, StorageResult};
+use switchboard_shards::model::{StorageError, StorageJob, StorageResult, UserId};
 
 /// The handle the engine uses to reach storage, whatever the backend.
 /// Cheap to clone and `Send + Sync`: every executor keeps one. When the
@@ -83,6 +91,8 @@ struct Inner {
     counters: Arc<Counters>,
     /// The queue's capacity, for [`StoreStats`] and log lines.
     queue_depth: usize,
+    /// Whether the backend can look tokens up ([`Store::lookup_token`]).
+    token_lookup: bool,
 }
 
 /// One unit of work in the queue, with when it must be started by.
@@ -106,6 +116,13 @@ pub(crate) enum Work {
     ReloadDirectory {
         /// Where its one answer goes.
         reply: oneshot::Sender<ReloadResult>,
+    },
+    /// Find the user of a stored (non-HMAC) login token.
+    LookupToken {
+        /// The token as the client sent it.
+        token: String,
+        /// Where its one answer goes.
+        reply: oneshot::Sender<TokenLookupResult>,
     },
 }
 
@@ -173,6 +190,10 @@ pub enum OpenError {
     Directory(DirectoryError),
     /// A db thread could not be started.
     Thread(io::Error),
+    /// The MySQL database is unusable: bad URL, a directory query that
+    /// does not prepare, or a schema this build does not know (the text
+    /// says which, and what to do).
+    Mysql(String),
 }
 
 impl fmt::Display for OpenError {
@@ -185,6 +206,7 @@ impl fmt::Display for OpenError {
             }
             OpenError::Directory(e) => e.fmt(f),
             OpenError::Thread(e) => write!(f, "starting a db thread: {e}"),
+            OpenError::Mysql(e) => write!(f, "mysql: {e}"),
         }
     }
 }
@@ -228,6 +250,10 @@ impl fmt::Display for ReloadError {
 
 /// The answer to [`Store::reload_directory`].
 pub type ReloadResult = Result<DirectoryReloaded, ReloadError>;
+
+/// The answer to [`Store::lookup_token`]: the token's user, or `None` when
+/// the directory does not know the token (or it expired there).
+pub type TokenLookupResult = Result<Option<UserId>, StorageError>;
 
 /// The text every job gets when its db thread went away without answering.
 const GONE: &str = "storage thread gone";
@@ -278,7 +304,39 @@ impl Future for PendingReload {
     }
 }
 
+/// A token lookup's result on its way back; like [`Pending`].
+#[must_use = "a PendingToken does nothing unless awaited"]
+pub struct PendingToken {
+    /// Completed exactly once by a db thread, or dropped (store gone).
+    rx: oneshot::Receiver<TokenLookupResult>,
+}
+
+impl Future for PendingToken {
+    type Output = TokenLookupResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TokenLookupResult> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(oneshot::Canceled)) => {
+                Poll::Ready(Err(StorageError::Backend(GONE.to_string())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl Store {
+    /// Opens the MySQL store: builds the connection pool (connections are
+    /// made in the background, so a database that is down at start only
+    /// makes jobs fail until it is back), checks the schema version and
+    /// prepares the directory queries when the database answers, and
+    /// starts the `db-N` threads. A schema that `switchboard migrate` has
+    /// not brought up to date, or a directory query that does not prepare,
+    /// is refused.
+    pub fn open_mysql(config: MysqlConfig) -> Result<Store, OpenError> {
+        mysql::open(config)
+    }
+
     /// Opens the embedded store: creates `data_dir`, opens (or creates)
     /// `data_dir/switchboard.redb`, loads the directory, and starts the
     /// `db-0..db-N` threads. Settings out of their [`limits`] are refused.
@@ -293,6 +351,7 @@ impl Store {
         threads: Vec<JoinHandle<()>>,
         counters: Arc<Counters>,
         queue_depth: usize,
+        token_lookup: bool,
     ) -> Store {
         Store {
             inner: Arc::new(Inner {
@@ -301,7 +360,47 @@ impl Store {
                 threads: Mutex::new(threads),
                 counters,
                 queue_depth,
+                token_lookup,
             }),
+        }
+    }
+
+    /// Whether tokens that are not HMAC tokens should be looked up with
+    /// [`Store::lookup_token`] (MySQL with a token query configured).
+    pub fn looks_up_tokens(&self) -> bool {
+        self.inner.token_lookup
+    }
+
+    /// Asks a db thread for the user of a stored login token (the
+    /// configured token query). Never blocks, like [`Store::submit`]; a
+    /// backend without a token query answers `Ok(None)`.
+    pub fn lookup_token(
+        &self,
+        token: String,
+        deadline: Instant,
+    ) -> Result<PendingToken, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let envelope = Envelope {
+            work: Work::LookupToken { token, reply },
+            deadline,
+        };
+        match self.inner.jobs.try_send(envelope) {
+            Ok(()) => {
+                self.inner
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(PendingToken { rx })
+            }
+            Err(TrySendError::Full(_)) => {
+                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
+                log::warn!("storage: token lookup shed: job queue full");
+                Err(StorageError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                log::error!("storage: token lookup refused: the store is stopped");
+                Err(StorageError::Backend("storage stopped".to_string()))
+            }
         }
     }
 
@@ -352,7 +451,8 @@ impl Store {
     /// Asks a db thread to re-read the directory (admin `roster-changed`).
     /// Embedded: re-reads the directory file (with the demo directory, a
     /// no-op); a refused file keeps the old directory in force and the
-    /// answer carries the fault. Never blocks, like [`Store::submit`].
+    /// answer carries the fault. MySQL: a no-op success (the directory is
+    /// read from the database at every roster load). Never blocks, like [`Store::submit`].
     pub fn reload_directory(&self, deadline: Instant) -> Result<PendingReload, StorageError> {
         let (reply, rx) = oneshot::channel();
         let envelope = Envelope {

@@ -84,6 +84,74 @@ pub const TOKEN_SECRET_BYTES: usize = 32;
 /// longer part makes the token `Malformed` before any parsing.
 pub const TOKEN_NUMBER_DIGITS_MAX: usize = 20;
 
+/// Most pooled MySQL connections (and so `db-N` threads of the MySQL
+/// backend: one connection per thread at a time). More is refused by
+/// [`crate::Store::open_mysql`]; the server's `max_connections` must
+/// leave room for them.
+pub const MYSQL_POOL_SIZE_MAX: usize = 256;
+
+/// The default MySQL pool size for a machine with `cores` cores: two
+/// connections per core plus two, so a few slow queries never leave the
+/// others without a connection, and a small machine still has several.
+pub const fn mysql_pool_size_default(cores: usize) -> usize {
+    let size = 2 * cores + 2;
+    if size > MYSQL_POOL_SIZE_MAX {
+        MYSQL_POOL_SIZE_MAX
+    } else {
+        size
+    }
+}
+
+/// Default time allowed to open one TCP connection to MySQL and finish its
+/// handshake. Past it the attempt fails; the pool retries in the
+/// background (backing off up to half this) while jobs wait for a
+/// connection no longer than their own deadline.
+pub const MYSQL_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+
+/// Socket read and write timeouts of a MySQL connection are the job
+/// timeout plus this margin, so the server's own limits (lock waits,
+/// statement time, both set from the job timeout) normally answer first
+/// and the connection stays usable. Past the socket timeout the
+/// connection is dropped and a new one made.
+pub const MYSQL_IO_TIMEOUT_MARGIN_MS: u64 = 1_000;
+
+/// Longest a db thread waits for more sends to join a group commit once
+/// it has one (`SWITCHBOARD_MYSQL_BATCH_WAIT_MS`). The wait never passes a
+/// batched job's deadline. More is refused at open.
+pub const MYSQL_BATCH_WAIT_MS_MAX: u64 = 100;
+
+/// How often a write batch is tried again after a deadlock or a
+/// concurrent insert of the same `cid` (both roll the whole transaction
+/// back). Still failing after that: every job of the batch fails.
+pub const MYSQL_TXN_RETRIES_MAX: u32 = 3;
+
+/// A pooled connection idle for longer than this is pinged before use
+/// (r2d2's check-out test); a busier one is used as is, and if it turns
+/// out to be broken its batch fails and the connection is replaced.
+pub const MYSQL_IDLE_PING_AFTER_MS: u64 = 1_000;
+
+/// How often the `db-watch` thread looks for jobs past their deadline
+/// (each is logged once with what it is waiting for).
+pub const DB_WATCH_INTERVAL_MS: u64 = 100;
+
+/// Connection errors of the pool's background connector are logged at
+/// most once per this interval (the rest are counted into the next line),
+/// so an outage does not flood the log.
+pub const MYSQL_ERROR_LOG_INTERVAL_MS: u64 = 5_000;
+
+/// Longest SQL text quoted in a log line; longer is cut with `…`.
+pub const LOG_SQL_CHARS_MAX: usize = 160;
+
+/// Longest login token looked up with the configured token query. A
+/// longer one is `unauthorized` without a query.
+pub const TOKEN_LOOKUP_BYTES_MAX: usize = 512;
+
+/// Rows per multi-row `INSERT` of `switchboard seed-demo`.
+pub const SEED_ROWS_PER_INSERT: usize = 2_000;
+
+/// Most users `switchboard seed-demo` creates.
+pub const SEED_USERS_MAX: u64 = 10_000_000;
+
 const _: () =
     assert!(JOB_QUEUE_DEPTH_DEFAULT >= 1 && JOB_QUEUE_DEPTH_DEFAULT <= JOB_QUEUE_DEPTH_MAX);
 const _: () =
@@ -94,3 +162,5 @@ const _: () = assert!(WRITE_BATCH_JOBS_MAX <= JOB_QUEUE_DEPTH_MAX);
 const _: () = assert!(HISTORY_LIMIT_MAX >= 1);
 const _: () = assert!(FRIENDS_PER_USER_MAX < USERS_MAX);
 const _: () = assert!(TOKEN_SECRET_BYTES >= 32);
+const _: () = assert!(mysql_pool_size_default(1) > 1);
+const _: () = assert!(FRIENDS_PER_USER_MAX as u64 <= SEED_USERS_MAX);
