@@ -53,6 +53,12 @@ impl ConnHandler {
         let now_s = self.rt.clock.now_ms() / 1000;
         let user = match token::verify(&self.secret, &token, now_s) {
             Ok(user) => user,
+            Err(token::TokenError::Malformed) if self.rt.store.looks_up_tokens() => {
+                match self.lookup_token(token).await {
+                    Ok(user) => user,
+                    Err(response) => return response,
+                }
+            }
             Err(e) => {
                 return Response::fail(ErrorCode::Unauthorized, format!("bad token: {e}"));
             }
@@ -69,6 +75,33 @@ impl ConnHandler {
             secret: u128::from_le_bytes(bytes),
         };
         self.rt.call(Request::Connect { user, tab, sid }).await
+    }
+
+    /// A token that is not an HMAC token, looked up by the directory's
+    /// token query (a storage job: it runs on a db thread, bounded by the
+    /// storage timeout like every job).
+    async fn lookup_token(&self, token: String) -> Result<u64, Response> {
+        let deadline = Instant::now() + self.rt.storage_timeout;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Response::fail(ErrorCode::Unavailable, format!("token lookup: {e}"))
+        };
+        let pending = self
+            .rt
+            .store
+            .lookup_token(token, deadline)
+            .map_err(|e| unavailable(&e))?;
+        let late = async {
+            glommio::timer::sleep(self.rt.storage_timeout).await;
+            Err(switchboard_shards::model::StorageError::TimedOut)
+        };
+        match futures_lite::future::or(pending, late).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(Response::fail(
+                ErrorCode::Unauthorized,
+                "bad token: unknown token",
+            )),
+            Err(e) => Err(unavailable(&e)),
+        }
     }
 
     /// Asks every shard for its health, all at once, each within

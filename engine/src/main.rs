@@ -1,5 +1,7 @@
 //! The `switchboard` binary: `switchboard [serve] [--setting value ...]`,
-//! `switchboard token USER_ID [--ttl-s N]`, `switchboard --help`.
+//! `switchboard token USER_ID [--ttl-s N]`, `switchboard migrate`,
+//! `switchboard seed-demo --users N --friends K [--seed S] [--reset]`,
+//! `switchboard check-directory USER_ID [OTHER_ID]`, `switchboard --help`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -16,6 +18,16 @@ Usage:
   switchboard token USER_ID [--ttl-s N] [SETTINGS]
                                         print a login token for USER_ID valid N seconds (default 86400)
                                         under the configured secret
+  switchboard migrate [SETTINGS]        create or upgrade Switchboard's tables (sb_*) in the MySQL
+                                        database of --mysql-url; idempotent
+  switchboard seed-demo --users N --friends K [--seed S] [--reset] [SETTINGS]
+                                        fill the default directory tables (users, friendships) of
+                                        --mysql-url with a synthetic graph: users 1..N, about K
+                                        friends each, the same graph for the same seed (default 1);
+                                        --reset replaces existing users and friendships
+  switchboard check-directory USER_ID [OTHER_ID] [SETTINGS]
+                                        run the MySQL directory queries for USER_ID (and whether
+                                        OTHER_ID is a friend) and print what they return
   switchboard --help                    this text
 
 Settings (flag, environment variable; the flag wins):
@@ -33,9 +45,15 @@ fn main() -> ExitCode {
             args.remove(0);
             "serve"
         }
-        Some("token") => {
+        Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory")) => {
+            let c = match c {
+                "token" => "token",
+                "migrate" => "migrate",
+                "seed-demo" => "seed-demo",
+                _ => "check-directory",
+            };
             args.remove(0);
-            "token"
+            c
         }
         Some(a) if !a.starts_with("--") => {
             eprintln!("switchboard: unknown command {a:?} (see --help)");
@@ -45,6 +63,9 @@ fn main() -> ExitCode {
     };
     match command {
         "token" => token(args, &env),
+        "migrate" => migrate(args, &env),
+        "seed-demo" => seed_demo(args, &env),
+        "check-directory" => check_directory(args, &env),
         _ => serve(args, &env),
     }
 }
@@ -120,4 +141,129 @@ fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         switchboard_storage::token::mint(&secret, user, now + ttl_s)
     );
     ExitCode::SUCCESS
+}
+
+/// Removes `--name VALUE` or `--name=VALUE` from `args` and returns the
+/// value (`Ok(None)` when absent).
+fn take_flag(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
+    let prefix = format!("--{name}=");
+    let Some(i) = args
+        .iter()
+        .position(|a| *a == format!("--{name}") || a.starts_with(&prefix))
+    else {
+        return Ok(None);
+    };
+    let arg = args.remove(i);
+    if let Some(v) = arg.strip_prefix(&prefix) {
+        return Ok(Some(v.to_string()));
+    }
+    if i >= args.len() {
+        return Err(format!("--{name} needs a value"));
+    }
+    Ok(Some(args.remove(i)))
+}
+
+/// The settings of a MySQL command, with the URL it needs.
+fn mysql_settings(
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> Result<(Settings, String), String> {
+    let settings = Settings::parse(args, env)?;
+    let url = settings
+        .mysql_url
+        .clone()
+        .ok_or("needs SWITCHBOARD_MYSQL_URL or --mysql-url")?;
+    logger::init(settings.log);
+    Ok((settings, url))
+}
+
+fn migrate(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    let (_, url) = match mysql_settings(&args, env) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("migrate {e}")),
+    };
+    match switchboard_storage::mysql::migrate(&url) {
+        Ok(m) if m.from == m.to => {
+            println!("schema is up to date (version {})", m.to);
+            ExitCode::SUCCESS
+        }
+        Ok(m) => {
+            println!("schema migrated from version {} to {}", m.from, m.to);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("migrate: {e}")),
+    }
+}
+
+fn seed_demo(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    let mut number = |name: &str, default: Option<u64>| -> Result<u64, String> {
+        match take_flag(&mut args, name)? {
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name} {v:?} is not a number")),
+            None => default.ok_or(format!("seed-demo needs --{name}")),
+        }
+    };
+    let parsed = (|| {
+        Ok::<_, String>((
+            number("users", None)?,
+            number("friends", None)?,
+            number("seed", Some(1))?,
+        ))
+    })();
+    let (users, friends, seed) = match parsed {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let reset = match args.iter().position(|a| a == "--reset") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    let (_, url) = match mysql_settings(&args, env) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("seed-demo {e}")),
+    };
+    match switchboard_storage::mysql::seed_demo(&url, users, friends, seed, reset) {
+        Ok(s) => {
+            println!(
+                "seeded {} users and {} friendships (mean {:.1} friends each, seed {seed}) in {:.1} s",
+                s.users,
+                s.friendships,
+                2.0 * s.friendships as f64 / s.users as f64,
+                s.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("seed-demo: {e}")),
+    }
+}
+
+fn check_directory(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    let mut ids = Vec::new();
+    while args.first().is_some_and(|a| !a.starts_with("--")) {
+        let a = args.remove(0);
+        match a.parse::<u64>() {
+            Ok(id) if id > 0 => ids.push(id),
+            _ => return fail(format!("{a:?} is not a user id (a positive integer)")),
+        }
+    }
+    let (user, other) = match ids[..] {
+        [user] => (user, None),
+        [user, other] => (user, Some(other)),
+        _ => return fail("check-directory needs USER_ID [OTHER_ID]".into()),
+    };
+    let (settings, url) = match mysql_settings(&args, env) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("check-directory {e}")),
+    };
+    match switchboard_storage::mysql::check_directory(&url, &settings.mysql_queries, user, other) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("check-directory: {e}")),
+    }
 }

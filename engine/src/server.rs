@@ -14,7 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use switchboard_io::Listener;
 use switchboard_shards::{Config, Input, Shard};
-use switchboard_storage::{EmbeddedConfig, Store};
+use switchboard_storage::{EmbeddedConfig, MysqlConfig, Store};
 
 use crate::handler::ConnHandler;
 use crate::limits;
@@ -35,20 +35,10 @@ struct Shared {
 
 /// Opens storage and runs the server until the process is killed.
 pub fn run(settings: Settings) -> Result<(), String> {
-    let store = Store::open_embedded(EmbeddedConfig {
-        data_dir: settings.data_dir.clone(),
-        directory: settings.directory.clone(),
-        db_threads: settings.db_threads,
-        queue_depth: limits::STORAGE_QUEUE_DEPTH_MAX,
-        write_batch_max: limits::STORAGE_WRITE_BATCH_MAX,
-        pin_to: None,
-    })
-    .map_err(|e| {
-        format!(
-            "cannot open the embedded store in {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
+    let store = match &settings.mysql_url {
+        Some(url) => open_mysql(&settings, url)?,
+        None => open_embedded(&settings)?,
+    };
     let secret: Arc<[u8]> = match &settings.token_secret {
         Some(s) => Arc::from(s.as_bytes()),
         None => Arc::from(
@@ -199,6 +189,40 @@ async fn shard_main(
         s.admin_token.clone(),
     ));
     accept_loop(client, Listener::Client, handler, s.connections_max).await;
+}
+
+fn open_embedded(settings: &Settings) -> Result<Store, String> {
+    Store::open_embedded(EmbeddedConfig {
+        data_dir: settings.data_dir.clone(),
+        directory: settings.directory.clone(),
+        db_threads: settings.db_threads,
+        queue_depth: limits::STORAGE_QUEUE_DEPTH_MAX,
+        write_batch_max: limits::STORAGE_WRITE_BATCH_MAX,
+        pin_to: None,
+    })
+    .map_err(|e| {
+        format!(
+            "cannot open the embedded store in {}: {e}",
+            settings.data_dir.display()
+        )
+    })
+}
+
+/// The MySQL store (`SWITCHBOARD_MYSQL_URL`): pool and db threads sized by
+/// the settings, every job bounded by the storage timeout.
+fn open_mysql(settings: &Settings, url: &str) -> Result<Store, String> {
+    Store::open_mysql(MysqlConfig {
+        url: url.to_string(),
+        pool_size: settings.mysql_pool_size,
+        queue_depth: limits::STORAGE_QUEUE_DEPTH_MAX,
+        write_batch_max: settings.mysql_batch_max,
+        write_batch_wait_ms: settings.mysql_batch_wait_ms,
+        connect_timeout_ms: settings.mysql_connect_timeout_ms,
+        job_timeout_ms: settings.storage_timeout_ms,
+        queries: settings.mysql_queries.clone(),
+        pin_to: None,
+    })
+    .map_err(|e| format!("cannot open the MySQL store: {e}"))
 }
 
 async fn wait_for(cell: &OnceLock<SocketAddr>) -> SocketAddr {

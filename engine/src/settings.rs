@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use switchboard_storage::DirectoryQueries;
 
 /// One setting: its name (the variable without `SWITCHBOARD_`), default
 /// and meaning, as `--help` prints it.
@@ -29,6 +30,15 @@ const SPECS: &[Spec] = &[
     Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
     Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
     Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
+    Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
+    Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
+    Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)" },
+    Spec { name: "MYSQL_BATCH_MAX", default: "256", help: "most sends committed together in one transaction (one multi-row INSERT)" },
+    Spec { name: "MYSQL_BATCH_WAIT_MS", default: "0", help: "longest wait for more sends to join a commit (0–100; never past a deadline)" },
+    Spec { name: "MYSQL_TOKEN_SQL", default: "unset (HMAC tokens only)", help: "SQL, one ?: token → user id; tokens not in HMAC form are looked up with it" },
+    Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)" },
+    Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)" },
+    Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)" },
 ];
 
 /// Parsed settings.
@@ -56,6 +66,16 @@ pub struct Settings {
     pub connections_max: usize,
     /// Log level.
     pub log: log::LevelFilter,
+    /// MySQL URL (`None`: the embedded store).
+    pub mysql_url: Option<String>,
+    /// Pooled MySQL connections (= its db threads).
+    pub mysql_pool_size: usize,
+    pub mysql_connect_timeout_ms: u64,
+    /// Most sends per MySQL commit.
+    pub mysql_batch_max: usize,
+    pub mysql_batch_wait_ms: u64,
+    /// The MySQL directory queries.
+    pub mysql_queries: DirectoryQueries,
 }
 
 /// The `--help` text for the settings.
@@ -153,6 +173,28 @@ impl Settings {
             db_threads: num("DB_THREADS", get("DB_THREADS"), 2)?,
             connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
             log,
+            mysql_url: non_empty("MYSQL_URL"),
+            mysql_pool_size: num(
+                "MYSQL_POOL_SIZE",
+                get("MYSQL_POOL_SIZE"),
+                switchboard_storage::limits::mysql_pool_size_default(cores),
+            )?,
+            mysql_connect_timeout_ms: num(
+                "MYSQL_CONNECT_TIMEOUT_MS",
+                get("MYSQL_CONNECT_TIMEOUT_MS"),
+                switchboard_storage::limits::MYSQL_CONNECT_TIMEOUT_MS_DEFAULT,
+            )?,
+            mysql_batch_max: num("MYSQL_BATCH_MAX", get("MYSQL_BATCH_MAX"), 256)?,
+            mysql_batch_wait_ms: num("MYSQL_BATCH_WAIT_MS", get("MYSQL_BATCH_WAIT_MS"), 0)?,
+            mysql_queries: DirectoryQueries {
+                token_sql: non_empty("MYSQL_TOKEN_SQL"),
+                user_name_sql: non_empty("MYSQL_USER_NAME_SQL")
+                    .unwrap_or_else(|| DirectoryQueries::USER_NAME_SQL_DEFAULT.into()),
+                friends_sql: non_empty("MYSQL_FRIENDS_SQL")
+                    .unwrap_or_else(|| DirectoryQueries::FRIENDS_SQL_DEFAULT.into()),
+                are_friends_sql: non_empty("MYSQL_ARE_FRIENDS_SQL")
+                    .unwrap_or_else(|| DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT.into()),
+            },
         };
         if settings.db_threads == 0 || settings.db_threads > 64 {
             return Err("SWITCHBOARD_DB_THREADS must be in 1..=64".into());
