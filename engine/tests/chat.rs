@@ -1,6 +1,7 @@
 //! End-to-end tests of the chat protocol against the real binary over real
 //! sockets, with 2 shards so conversations cross shards (alice and bob live
-//! on different shards).
+//! on different shards). Every test runs twice, on the embedded store
+//! (`name::embedded`) and on MySQL (`name::mysql`, see `common`).
 
 mod common;
 
@@ -10,6 +11,20 @@ use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
+
+crate::both_stores!(
+    friends_chat_across_five_tabs_each_message_once_in_order,
+    non_friend_gets_not_friends_and_nothing_is_stored_or_delivered,
+    cid_repeat_answers_the_first_id_and_stores_nothing_twice_even_after_restart,
+    presence_online_away_offline_after_grace_and_no_flap_on_reconnect,
+    ui_state_reaches_other_tabs_and_survives_restart,
+    history_pages_and_survives_kill_9,
+    unread_counts_drop_after_read_and_receipts_reach_the_sender,
+    poll_resumes_from_since_and_resets_when_too_far_behind,
+    roster_changed_removes_friendship_and_kick_ends_sessions,
+    tokens_forged_expired_and_unknown_users_are_unauthorized,
+    admin_health_and_auth,
+);
 
 fn send(server: &Server, sid: &str, to: u64, text: &str, cid: Option<&str>) -> Value {
     let to = to.to_string();
@@ -24,10 +39,9 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
-#[test]
-fn friends_chat_across_five_tabs_each_message_once_in_order() {
+fn friends_chat_across_five_tabs_each_message_once_in_order(backend: &Backend) {
     let dir = temp_dir("chat");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let alice: Vec<Tab> = (0..2)
         .map(|i| server.connect(ALICE, &format!("a{i}")))
         .collect();
@@ -81,10 +95,9 @@ fn friends_chat_across_five_tabs_each_message_once_in_order() {
     });
 }
 
-#[test]
-fn non_friend_gets_not_friends_and_nothing_is_stored_or_delivered() {
+fn non_friend_gets_not_friends_and_nothing_is_stored_or_delivered(backend: &Backend) {
     let dir = temp_dir("nonfriend");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let mut alice = server.connect(ALICE, "a");
     let dave = server.connect(DAVE, "d");
     // Dave is not in alice's roster.
@@ -118,10 +131,9 @@ fn non_friend_gets_not_friends_and_nothing_is_stored_or_delivered() {
     assert_eq!(code(&v), "bad_request", "{v}");
 }
 
-#[test]
-fn cid_repeat_answers_the_first_id_and_stores_nothing_twice_even_after_restart() {
+fn cid_repeat_answers_the_first_id_and_stores_nothing_twice_even_after_restart(backend: &Backend) {
     let dir = temp_dir("cid");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let alice = server.connect(ALICE, "a");
     let first = send(&server, &alice.sid, BOB, "once", Some("k1"));
     let again = send(&server, &alice.sid, CAROL, "other text", Some("k1"));
@@ -137,10 +149,9 @@ fn cid_repeat_answers_the_first_id_and_stores_nothing_twice_even_after_restart()
     assert_eq!(h["more"], false);
 }
 
-#[test]
-fn presence_online_away_offline_after_grace_and_no_flap_on_reconnect() {
+fn presence_online_away_offline_after_grace_and_no_flap_on_reconnect(backend: &Backend) {
     let dir = temp_dir("presence");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let mut bob = server.connect(BOB, "b");
     let presence = |events: &[Value]| -> Vec<String> {
         events
@@ -191,10 +202,9 @@ fn presence_online_away_offline_after_grace_and_no_flap_on_reconnect() {
     assert_eq!(code(&v), "unknown_session");
 }
 
-#[test]
-fn ui_state_reaches_other_tabs_and_survives_restart() {
+fn ui_state_reaches_other_tabs_and_survives_restart(backend: &Backend) {
     let dir = temp_dir("ui");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let t1 = server.connect(ALICE, "a1");
     let mut t2 = server.connect(ALICE, "a2");
     assert_eq!(t1.connect["ui"], Value::Null);
@@ -219,10 +229,9 @@ fn ui_state_reaches_other_tabs_and_survives_restart() {
     assert_eq!(code(&v), "too_large", "{v}");
 }
 
-#[test]
-fn history_pages_and_survives_kill_9() {
+fn history_pages_and_survives_kill_9(backend: &Backend) {
     let dir = temp_dir("history");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let alice = server.connect(ALICE, "a");
     let bob = server.connect(BOB, "b");
     let mut ids = Vec::new();
@@ -285,10 +294,9 @@ fn history_pages_and_survives_kill_9() {
     assert_eq!(code(&v), "bad_request", "{v}");
 }
 
-#[test]
-fn unread_counts_drop_after_read_and_receipts_reach_the_sender() {
+fn unread_counts_drop_after_read_and_receipts_reach_the_sender(backend: &Backend) {
     let dir = temp_dir("unread");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let mut alice = server.connect(ALICE, "a");
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -332,10 +340,9 @@ fn unread_counts_drop_after_read_and_receipts_reach_the_sender() {
     assert_eq!(code(&v), "bad_request", "{v}");
 }
 
-#[test]
-fn poll_resumes_from_since_and_resets_when_too_far_behind() {
+fn poll_resumes_from_since_and_resets_when_too_far_behind(backend: &Backend) {
     let dir = temp_dir("resume");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let alice = server.connect(ALICE, "a");
     let mut bob = server.connect(BOB, "b");
     let start = bob.seq;
@@ -408,11 +415,17 @@ fn poll_resumes_from_since_and_resets_when_too_far_behind() {
     });
 }
 
-#[test]
-fn roster_changed_removes_friendship_and_kick_ends_sessions() {
+fn roster_changed_removes_friendship_and_kick_ends_sessions(backend: &Backend) {
     let dir = temp_dir("roster");
     let directory = dir.join("directory.json");
+    // Embedded: the directory file; MySQL: the friendships table.
     let write = |pairs: &str| {
+        if let Some(db) = backend.mysql() {
+            let pairs: Vec<[u64; 2]> = serde_json::from_str(pairs).unwrap();
+            let pairs: Vec<(u64, u64)> = pairs.iter().map(|p| (p[0], p[1])).collect();
+            db.set_friendships(&pairs);
+            return;
+        }
         std::fs::write(
             &directory,
             format!(
@@ -422,7 +435,7 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
         .unwrap();
     };
     write("[[1,2],[1,3]]");
-    let server = Server::start(
+    let server = backend.start(
         &dir,
         &[("SWITCHBOARD_DIRECTORY", directory.to_str().unwrap())],
     );
@@ -462,9 +475,12 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
     );
     assert_eq!(send(&server, &bob.sid, ALICE, "back", None)["ok"], true);
     // A broken directory file: the old one stays, the call says why.
-    std::fs::write(&directory, "{nope").unwrap();
-    let (status, v) = server.admin_post("/roster-changed", &[("user", "2")]);
-    assert_eq!(status, 503, "{v}");
+    // (MySQL has no file: its reload is a no-op.)
+    if backend.mysql().is_none() {
+        std::fs::write(&directory, "{nope").unwrap();
+        let (status, v) = server.admin_post("/roster-changed", &[("user", "2")]);
+        assert_eq!(status, 503, "{v}");
+    }
     assert_eq!(send(&server, &bob.sid, ALICE, "still", None)["ok"], true);
 
     // Kick: every tab of alice ends, bob sees her offline at once.
@@ -485,10 +501,9 @@ fn roster_changed_removes_friendship_and_kick_ends_sessions() {
     server.connect(ALICE, "a3");
 }
 
-#[test]
-fn tokens_forged_expired_and_unknown_users_are_unauthorized() {
+fn tokens_forged_expired_and_unknown_users_are_unauthorized(backend: &Backend) {
     let dir = temp_dir("tokens");
-    let server = Server::start(&dir, &[]);
+    let server = backend.start(&dir, &[]);
     let good = token(ALICE);
     let forged = format!("{}0", &good[..good.len() - 1]);
     let expired = switchboard_storage::token::mint(SECRET.as_bytes(), ALICE, 1_000);
@@ -515,10 +530,9 @@ fn tokens_forged_expired_and_unknown_users_are_unauthorized() {
     );
 }
 
-#[test]
-fn admin_health_and_auth() {
+fn admin_health_and_auth(backend: &Backend) {
     let dir = temp_dir("admin");
-    let server = Server::start(&dir, &[("SWITCHBOARD_ADMIN_TOKEN", "sekret")]);
+    let server = backend.start(&dir, &[("SWITCHBOARD_ADMIN_TOKEN", "sekret")]);
     let r = request(
         server.admin,
         "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

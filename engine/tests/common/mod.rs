@@ -1,6 +1,14 @@
 //! Test harness: runs the real `switchboard` binary on port 0 with its own
 //! data folder, and talks to it over real sockets. Every wait has a
 //! timeout; a server is SIGKILLed when its handle drops.
+//!
+//! Tests that take a [`Backend`] run against the embedded store or against
+//! MySQL/MariaDB: each MySQL test gets a database of its own
+//! (`sb_test_<pid>_<n>`, migrated with `switchboard migrate` and seeded
+//! with the demo directory), dropped when the test ends. The server is
+//! `SWITCHBOARD_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
+//! When it cannot be reached the MySQL tests fail under `CI=true` and are
+//! skipped, with a loud banner, anywhere else.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -9,6 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -36,6 +45,9 @@ pub struct Server {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Every line the server wrote to stderr so far (also echoed to the
+    /// test's stderr).
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -70,8 +82,18 @@ impl Server {
             .envs(env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start switchboard");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let log_lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                log_lines.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -95,7 +117,14 @@ impl Server {
             admin,
             data_dir: data_dir.to_path_buf(),
             env,
+            log,
         }
+    }
+
+    /// The server's stderr lines so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     /// SIGKILLs the server and starts it again on the same data.
@@ -345,3 +374,191 @@ pub const ALICE: u64 = 1;
 pub const BOB: u64 = 2;
 pub const CAROL: u64 = 3;
 pub const DAVE: u64 = 4;
+
+/// Which store a test's server uses.
+pub enum Backend {
+    /// The embedded store in the test's data folder.
+    Embedded,
+    /// A MySQL database of the test's own.
+    Mysql(MysqlDb),
+}
+
+impl Backend {
+    /// Starts a server on this store (see [`Server::start`]).
+    pub fn start(&self, data_dir: &Path, extra: &[(&str, &str)]) -> Server {
+        match self {
+            Backend::Embedded => Server::start(data_dir, extra),
+            Backend::Mysql(db) => {
+                let mut all = vec![("SWITCHBOARD_MYSQL_URL", db.url.as_str())];
+                all.extend_from_slice(extra);
+                Server::start(data_dir, &all)
+            }
+        }
+    }
+
+    /// The MySQL database, if this is MySQL.
+    pub fn mysql(&self) -> Option<&MysqlDb> {
+        match self {
+            Backend::Embedded => None,
+            Backend::Mysql(db) => Some(db),
+        }
+    }
+}
+
+/// Runs each named test body (`fn name(backend: &Backend)`) twice, as
+/// `name::embedded` and `name::mysql`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn embedded() {
+                super::$name(&$crate::common::Backend::Embedded)
+            }
+            #[test]
+            fn mysql() {
+                if let Some(db) = $crate::common::MysqlDb::create_or_skip(stringify!($name)) {
+                    super::$name(&$crate::common::Backend::Mysql(db))
+                }
+            }
+        }
+    )*};
+}
+
+/// The MySQL server the tests use, without a database name.
+pub fn mysql_server_url() -> String {
+    let url = std::env::var("SWITCHBOARD_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string());
+    let url = url.trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, _db)) => format!("{scheme}://{authority}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// A connection to `url`, failing fast when nothing answers.
+pub fn mysql_conn(url: &str) -> Result<mysql::Conn, String> {
+    let opts = mysql::Opts::from_url(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+    let opts = mysql::OptsBuilder::from_opts(opts)
+        .tcp_connect_timeout(Some(Duration::from_secs(3)))
+        .read_timeout(Some(Duration::from_secs(60)))
+        .prefer_socket(false);
+    mysql::Conn::new(opts).map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// A test's own MySQL database, seeded with the demo directory and
+/// migrated; dropped when this drops.
+pub struct MysqlDb {
+    /// The URL of the database.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+    /// The server's URL (no database).
+    server: String,
+}
+
+impl MysqlDb {
+    /// A new database for `test`, or `None` (with a loud banner) when
+    /// MySQL is unreachable and `CI` is not `true`. In CI it panics.
+    pub fn create_or_skip(test: &str) -> Option<MysqlDb> {
+        match MysqlDb::create(test) {
+            Ok(db) => Some(db),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                panic!("CI=true: the MySQL tests must run, but MySQL is unusable: {e}")
+            }
+            Err(e) => {
+                let bar = "!".repeat(78);
+                eprintln!(
+                    "\n{bar}\n!! SKIPPED {test} against MySQL: {e}\n!! Start MariaDB \
+                     (see .ci/run) or set SWITCHBOARD_TEST_MYSQL_URL; under CI=true this \
+                     fails.\n{bar}\n"
+                );
+                None
+            }
+        }
+    }
+
+    /// Creates, migrates (with `switchboard migrate`) and seeds a database.
+    pub fn create(test: &str) -> Result<MysqlDb, String> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let server = mysql_server_url();
+        let name = format!(
+            "sb_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = mysql_conn(&server)?;
+        use mysql::prelude::Queryable;
+        conn.query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+            .and_then(|()| conn.query_drop(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")))
+            .map_err(|e| format!("creating database {name}: {e}"))?;
+        let db = MysqlDb {
+            url: format!("{server}/{name}"),
+            name,
+            server,
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["migrate", "--mysql-url", &db.url, "--log", "warn"])
+            .env_clear()
+            .output()
+            .map_err(|e| format!("running switchboard migrate: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "switchboard migrate failed for {test}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut c = db.conn();
+        for ddl in switchboard_storage::mysql::schema::DIRECTORY_TABLES {
+            c.query_drop(ddl).unwrap();
+        }
+        c.query_drop(
+            "INSERT INTO users (id, name) VALUES (1,'alice'),(2,'bob'),(3,'carol'),(4,'dave'),\
+             (5,'erin'),(6,'frank')",
+        )
+        .unwrap();
+        drop(c);
+        db.set_friendships(&[(1, 2), (1, 3), (2, 3), (2, 4), (3, 5), (4, 6), (5, 6)]);
+        Ok(db)
+    }
+
+    /// A connection to this database.
+    pub fn conn(&self) -> mysql::Conn {
+        mysql_conn(&self.url).unwrap()
+    }
+
+    /// Replaces every friendship with `pairs` (each written both ways, as
+    /// PROTOCOL.md §7 says the web app does).
+    pub fn set_friendships(&self, pairs: &[(u64, u64)]) {
+        use mysql::prelude::Queryable;
+        let mut c = self.conn();
+        c.query_drop("START TRANSACTION").unwrap();
+        c.query_drop("DELETE FROM friendships").unwrap();
+        for &(a, b) in pairs {
+            c.exec_drop(
+                "INSERT INTO friendships (user_id, friend_id) VALUES (?, ?), (?, ?)",
+                (a, b, b, a),
+            )
+            .unwrap();
+        }
+        c.query_drop("COMMIT").unwrap();
+    }
+
+    /// The first column of the first row of `sql`, as a number.
+    pub fn number(&self, sql: &str) -> u64 {
+        use mysql::prelude::Queryable;
+        self.conn().query_first(sql).unwrap().unwrap_or(0)
+    }
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        use mysql::prelude::Queryable;
+        if let Ok(mut c) = mysql_conn(&self.server) {
+            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS {}", self.name));
+        }
+    }
+}
