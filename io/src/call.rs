@@ -46,7 +46,7 @@ pub enum Decision {
 /// The client listener's parameter names (all others are ignored).
 const CLIENT_PARAMS: &[&str] = &[
     "callback", "token", "tab", "sid", "since", "wait", "to", "text", "cid", "state", "status",
-    "with", "upto", "before", "limit",
+    "with", "upto", "before", "limit", "user",
 ];
 
 /// The admin listener's parameter names (all others are ignored).
@@ -227,6 +227,9 @@ fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
 }
 
 fn decide_client(method: Method, path: &str, params: &Params) -> Decision {
+    if is_demo_path(path) {
+        return decide_demo(method, path, params);
+    }
     let Some(endpoint) = route(Listener::Client, path) else {
         return Decision::Reject(HttpError::not_found());
     };
@@ -293,6 +296,31 @@ fn decide_client(method: Method, path: &str, params: &Params) -> Decision {
                 call: Call::Shard(request),
             }
         }
+    }
+}
+
+/// Whether `path` is one of the demo's: `/`, `/demo` or under `/demo/`.
+fn is_demo_path(path: &str) -> bool {
+    path == "/" || path == "/demo" || path.starts_with("/demo/")
+}
+
+/// A demo page or `/demo/login`: GET only, always plain (a `callback` is
+/// ignored like any unknown parameter). Whether demo mode is on, and so
+/// whether the path exists, is the engine's to say.
+fn decide_demo(method: Method, path: &str, params: &Params) -> Decision {
+    if method != Method::Get {
+        return Decision::Reject(HttpError::method_not_allowed("GET"));
+    }
+    let user = match params.get("user") {
+        Some(Ok(text)) => user_id("user", text).ok(),
+        _ => None,
+    };
+    Decision::Call {
+        mode: Mode::Json,
+        call: Call::Demo {
+            path: path.to_owned(),
+            user,
+        },
     }
 }
 
@@ -1279,6 +1307,36 @@ mod tests {
             check(locked("/nope", wrong), Want::Fail(Unauthorized, ""));
         }
         check(locked("/nope", Some("Bearer s3cret")), Want::Reject(404));
+    }
+
+    #[test]
+    fn demo_paths() {
+        let demo = |path: &str, user| {
+            Want::Call(Call::Demo {
+                path: path.into(),
+                user,
+            })
+        };
+        check(get("/", ""), demo("/", None));
+        check(get("/demo", ""), demo("/demo", None));
+        check(get("/demo/", "callback=cb"), demo("/demo/", None));
+        check(get("/demo/app.js", ""), demo("/demo/app.js", None));
+        check(get("/demo/login", "user=3"), demo("/demo/login", Some(3)));
+        for bad in ["0", "x", "", "%zz", "1&user=2"] {
+            check(
+                get("/demo/login", format!("user={bad}")),
+                demo("/demo/login", None),
+            );
+        }
+        check(
+            Req {
+                method: Method::Post,
+                ..get("/demo/login", "user=3")
+            },
+            Want::Reject(405),
+        );
+        check(get("/demox", ""), Want::Reject(404));
+        check(get("/dem", ""), Want::Reject(404));
     }
 
     #[test]

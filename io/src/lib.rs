@@ -58,6 +58,11 @@ pub enum Call {
     Kick { user: UserId },
     /// Admin `POST /trace?user=ID&level=debug|off`.
     Trace { user: UserId, debug: bool },
+    /// Client `GET /`, `/demo` and `/demo/...`: the demo's pages and its
+    /// token minting (`/demo/login?user=ID`), answered by the engine only
+    /// in demo mode (else 404), always as JSON or raw bytes, never JSONP.
+    /// `user` is the `user` parameter when it is a valid user id.
+    Demo { path: String, user: Option<UserId> },
 }
 
 /// What the handler answers.
@@ -68,7 +73,8 @@ pub enum Reply {
     /// A JSON object built by the engine (for example `/health`): sent with
     /// this status in JSON mode (JSONP mode: always 200).
     Json { status: u16, body: String },
-    /// A non-JSON body (for example `/metrics`), never JSONP-wrapped.
+    /// A non-JSON body (for example `/metrics` or a demo page), never
+    /// JSONP-wrapped, sent with `X-Content-Type-Options: nosniff`.
     Raw {
         status: u16,
         content_type: &'static str,

@@ -114,15 +114,13 @@ impl Encoder {
             } => {
                 out.clear();
                 let status = sane_status(*status);
-                write_head(
-                    out,
-                    status,
-                    content_type,
-                    body.len(),
-                    Extra::NONE,
-                    persist,
-                    date,
-                );
+                // Raw bodies are served to browsers (demo pages): the
+                // content type given is the one meant.
+                let extra = Extra {
+                    nosniff: true,
+                    ..Extra::NONE
+                };
+                write_head(out, status, content_type, body.len(), extra, persist, date);
                 if !head_only {
                     out.extend_from_slice(body);
                 }
@@ -912,7 +910,7 @@ mod tests {
         assert_eq!(
             text(&out),
             "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain; version=0.0.4\r\n\
-             Content-Length: 5\r\nCache-Control: no-store\r\n\r\nup 1\n"
+             Content-Length: 5\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\nup 1\n"
         );
         let bad_status = Reply::Json {
             status: 42,
