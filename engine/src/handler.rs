@@ -10,6 +10,7 @@ use switchboard_io::{Call, Handler, Reply};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid};
 use switchboard_storage::token;
 
+use crate::demo::{self, Demo};
 use crate::limits;
 use crate::runtime::ShardRuntime;
 
@@ -18,6 +19,9 @@ pub struct ConnHandler {
     rt: Rc<ShardRuntime>,
     secret: Arc<[u8]>,
     io: switchboard_io::Config,
+    /// Demo mode's pages and token minting (`None`: demo mode is off and
+    /// demo paths are 404).
+    demo: Option<Arc<Demo>>,
 }
 
 impl ConnHandler {
@@ -33,7 +37,14 @@ impl ConnHandler {
                 admin_token,
                 ..switchboard_io::Config::default()
             },
+            demo: None,
         }
+    }
+
+    /// Serves the demo (see [`crate::demo`]).
+    pub fn with_demo(mut self, demo: Option<Arc<Demo>>) -> ConnHandler {
+        self.demo = demo;
+        self
     }
 
     pub fn rt(&self) -> &Rc<ShardRuntime> {
@@ -237,6 +248,10 @@ impl Handler for ConnHandler {
             Call::Metrics => self.metrics().await,
             Call::RosterChanged { user } => Reply::Shard(self.roster_changed(user).await),
             Call::Kick { user } => Reply::Shard(self.rt.call(Request::Kick { user }).await),
+            Call::Demo { path, user } => match &self.demo {
+                Some(d) => d.answer(&path, user, &self.secret, self.rt.clock.now_ms() / 1000),
+                None => demo::not_found(),
+            },
             Call::Trace { .. } => Reply::Json {
                 status: 501,
                 body: "{\"ok\":false,\"error\":{\"code\":\"not_found\",\"message\":\"per-user traces are not built yet\"}}".into(),

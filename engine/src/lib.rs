@@ -9,6 +9,7 @@
 //! is homed elsewhere is forwarded through the mesh and its answer comes
 //! back the same way; a call for a local user takes the local path.
 
+pub mod demo;
 pub mod handler;
 pub mod limits;
 pub mod logger;

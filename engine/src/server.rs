@@ -14,8 +14,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
 use switchboard_io::Listener;
 use switchboard_shards::{Config, Input, Shard};
-use switchboard_storage::{EmbeddedConfig, MysqlConfig, Store};
+use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 
+use crate::demo::Demo;
 use crate::handler::ConnHandler;
 use crate::limits;
 use crate::runtime::{Clock, MeshMsg, ShardRuntime};
@@ -31,6 +32,8 @@ struct Shared {
     /// one port for all shards).
     client_addr: OnceLock<SocketAddr>,
     admin_addr: OnceLock<SocketAddr>,
+    /// Demo mode (`None`: off).
+    demo: Option<Arc<Demo>>,
 }
 
 /// Opens storage and runs the server until the process is killed.
@@ -50,6 +53,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
             })?,
         ),
     };
+    let demo = demo_mode(&settings);
     let shards = settings.shards;
     let shared = Arc::new(Shared {
         settings,
@@ -58,6 +62,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         clock: Clock::new(),
         client_addr: OnceLock::new(),
         admin_addr: OnceLock::new(),
+        demo,
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<MeshMsg, _>::full(shards, limits::MESH_CHANNEL_DEPTH_MAX);
@@ -182,13 +187,44 @@ async fn shard_main(
             s.shards
         );
         println!("switchboard listening on http://{client} admin http://{admin}");
+        if shared.demo.is_some() {
+            let mut open = client;
+            if open.ip().is_unspecified() {
+                open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            println!("switchboard demo: open http://{open}/demo/");
+        }
     }
-    let handler = Rc::new(ConnHandler::new(
-        rt.clone(),
-        shared.secret.clone(),
-        s.admin_token.clone(),
-    ));
+    let handler = Rc::new(
+        ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+            .with_demo(shared.demo.clone()),
+    );
     accept_loop(client, Listener::Client, handler, s.connections_max).await;
+}
+
+/// Demo mode's state, if it is on: the directory the sign-in picker
+/// offers (the built-in demo users, or the directory file as it is now;
+/// with MySQL none, and the picker asks for a user id).
+fn demo_mode(settings: &Settings) -> Option<Arc<Demo>> {
+    if !settings.demo {
+        return None;
+    }
+    let directory = match &settings.directory {
+        _ if settings.mysql_url.is_some() => None,
+        None => Some(Directory::demo()),
+        Some(path) => match Directory::from_file(path) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(
+                    "demo mode: cannot read {} for the sign-in picker: {e}",
+                    path.display()
+                );
+                None
+            }
+        },
+    };
+    info!("demo mode is on: /demo/login mints a token for any user (never on a real site)");
+    Some(Arc::new(Demo::new(directory)))
 }
 
 fn open_embedded(settings: &Settings) -> Result<Store, String> {

@@ -39,6 +39,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)" },
     Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)" },
     Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)" },
+    Spec { name: "DEMO", default: "auto (on with the built-in demo users)", help: "demo mode, 1 or 0: serves the chat demo at /demo/ and mints a token for any user at /demo/login (never on a real site)" },
 ];
 
 /// Parsed settings.
@@ -76,6 +77,8 @@ pub struct Settings {
     pub mysql_batch_wait_ms: u64,
     /// The MySQL directory queries.
     pub mysql_queries: DirectoryQueries,
+    /// Demo mode: the demo pages and `/demo/login` are served.
+    pub demo: bool,
 }
 
 /// The `--help` text for the settings.
@@ -158,6 +161,15 @@ impl Settings {
             "trace" => log::LevelFilter::Trace,
             other => return Err(format!("SWITCHBOARD_LOG: {other:?} is not a log level")),
         };
+        let demo = match get("DEMO") {
+            None | Some("auto") => {
+                get("DIRECTORY").is_none_or(str::is_empty)
+                    && get("MYSQL_URL").is_none_or(str::is_empty)
+            }
+            Some("1" | "on" | "true") => true,
+            Some("0" | "off" | "false") => false,
+            Some(other) => return Err(format!("SWITCHBOARD_DEMO: {other:?} is not 1, 0 or auto")),
+        };
         let settings = Settings {
             listen: addr("LISTEN", "127.0.0.1:8080")?,
             admin_listen: addr("ADMIN_LISTEN", "127.0.0.1:8081")?,
@@ -195,6 +207,7 @@ impl Settings {
                 are_friends_sql: non_empty("MYSQL_ARE_FRIENDS_SQL")
                     .unwrap_or_else(|| DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT.into()),
             },
+            demo,
         };
         if settings.db_threads == 0 || settings.db_threads > 64 {
             return Err("SWITCHBOARD_DB_THREADS must be in 1..=64".into());
@@ -235,6 +248,20 @@ mod tests {
         assert_eq!(s.admin_listen.port(), 8081);
         assert_eq!(s.tab_timeout_ms, 60_000);
         assert!(s.directory.is_none());
+        assert!(s.demo, "demo mode is on with the built-in demo users");
+    }
+
+    #[test]
+    fn demo_mode() {
+        let demo = |args: &[&str], env: &[(&str, &str)]| parse(args, env).unwrap().demo;
+        assert!(demo(&[], &[]));
+        assert!(!demo(&["--directory", "users.json"], &[]));
+        assert!(demo(&["--directory", "users.json", "--demo", "1"], &[]));
+        assert!(!demo(&[], &[("SWITCHBOARD_DEMO", "0")]));
+        assert!(demo(&["--demo=auto"], &[]));
+        assert!(parse(&["--demo", "maybe"], &[])
+            .unwrap_err()
+            .contains("DEMO"));
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! Demo mode: the chat demo's static files, embedded in the binary so that
+//! `cargo run` followed by opening the printed URL just works, and the
+//! token minting a demo needs (`/demo/login?user=ID`: anyone may sign in as
+//! anyone, which is why it exists only in demo mode).
+//!
+//! Paths (client listener, `GET` only; every other `/demo/...` path, and
+//! every path when demo mode is off, is `404 not_found` like any unknown
+//! path):
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/`, `/demo` | a small HTML page sending the browser to `/demo/` |
+//! | `/demo/` | the demo page (`clients/demo/index.html`) |
+//! | `/demo/demo.css`, `/demo/demo.js` | its style and script |
+//! | `/demo/switchboard.js`, `/demo/switchboard.mjs`, `/demo/switchboard.d.ts` | the client library (`clients/js/`) |
+//! | `/demo/users` | `{"ok":true,"users":[{"id":1,"name":"alice","friends":[2,3]},...]}` (empty when the directory is not known here, e.g. MySQL) |
+//! | `/demo/login?user=ID` | `{"ok":true,"token":"...","user":{"id":ID,"name":"..."}}`; a user not in a known directory is `404 not_found`, a missing or bad `user` `400 bad_request` |
+//!
+//! Static answers carry their content type, `Cache-Control: no-store` (as
+//! every answer: the files change with the binary, and they are small) and
+//! `X-Content-Type-Options: nosniff`. None is ever JSONP.
+
+use std::fmt::Write as _;
+
+use switchboard_io::Reply;
+use switchboard_shards::model::UserId;
+use switchboard_storage::{token, Directory};
+
+/// How long a demo token is valid.
+pub const DEMO_TOKEN_TTL_S: u64 = 24 * 3600;
+
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const TS: &str = "text/plain; charset=utf-8";
+
+/// The page at `/` and `/demo`: there is no redirect in `Reply`, and a
+/// meta refresh plus a link does the same for a browser.
+const TO_DEMO: &str = "<!doctype html><meta charset=utf-8><title>Switchboard</title>\
+<meta http-equiv=refresh content=\"0; url=/demo/\">\
+<p>Switchboard is running. The chat demo is at <a href=\"/demo/\">/demo/</a>.</p>\n";
+
+/// Every embedded file: path, content type, bytes.
+const FILES: &[(&str, &str, &[u8])] = &[
+    ("/", HTML, TO_DEMO.as_bytes()),
+    ("/demo", HTML, TO_DEMO.as_bytes()),
+    (
+        "/demo/",
+        HTML,
+        include_bytes!("../../clients/demo/index.html"),
+    ),
+    (
+        "/demo/demo.css",
+        CSS,
+        include_bytes!("../../clients/demo/demo.css"),
+    ),
+    (
+        "/demo/demo.js",
+        JS,
+        include_bytes!("../../clients/demo/demo.js"),
+    ),
+    (
+        "/demo/switchboard.js",
+        JS,
+        include_bytes!("../../clients/js/switchboard.js"),
+    ),
+    (
+        "/demo/switchboard.mjs",
+        JS,
+        include_bytes!("../../clients/js/switchboard.mjs"),
+    ),
+    (
+        "/demo/switchboard.d.ts",
+        TS,
+        include_bytes!("../../clients/js/switchboard.d.ts"),
+    ),
+];
+
+/// What demo mode knows: who may be picked on the sign-in page.
+#[derive(Debug)]
+pub struct Demo {
+    /// The directory the picker offers and `/demo/login` checks; `None`
+    /// when it is not known to the engine (a MySQL directory): then any
+    /// user id may sign in and the picker asks for an id.
+    directory: Option<Directory>,
+}
+
+impl Demo {
+    /// Demo mode over `directory` (see [`Demo::directory`]).
+    pub fn new(directory: Option<Directory>) -> Demo {
+        Demo { directory }
+    }
+
+    /// Answers a demo path. `now_s` is unix seconds (token expiry).
+    pub fn answer(&self, path: &str, user: Option<UserId>, secret: &[u8], now_s: u64) -> Reply {
+        if let Some((_, content_type, body)) = FILES.iter().find(|(p, _, _)| *p == path) {
+            return Reply::Raw {
+                status: 200,
+                content_type,
+                body: body.to_vec(),
+            };
+        }
+        match path {
+            "/demo/users" => Reply::Json {
+                status: 200,
+                body: self.users_json(),
+            },
+            "/demo/login" => self.login(user, secret, now_s),
+            _ => not_found(),
+        }
+    }
+
+    fn users_json(&self) -> String {
+        let mut body = String::from("{\"ok\":true,\"users\":[");
+        if let Some(d) = &self.directory {
+            for (i, (id, name)) in d.users().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                let friends: Vec<String> = d.friends(id).iter().map(|f| f.id.to_string()).collect();
+                let _ = write!(
+                    body,
+                    "{{\"id\":{id},\"name\":{},\"friends\":[{}]}}",
+                    json_string(name),
+                    friends.join(",")
+                );
+            }
+        }
+        body.push_str("]}");
+        body
+    }
+
+    fn login(&self, user: Option<UserId>, secret: &[u8], now_s: u64) -> Reply {
+        let Some(user) = user else {
+            return Reply::Json {
+                status: 400,
+                body: failure(
+                    "bad_request",
+                    "parameter `user` must be a user id (a positive whole number)",
+                ),
+            };
+        };
+        let name = match &self.directory {
+            Some(d) => match d.name(user) {
+                Some(name) => name.to_string(),
+                None => {
+                    return Reply::Json {
+                        status: 404,
+                        body: failure("not_found", "no such demo user"),
+                    }
+                }
+            },
+            None => format!("user {user}"),
+        };
+        let token = token::mint(secret, user, now_s + DEMO_TOKEN_TTL_S);
+        Reply::Json {
+            status: 200,
+            body: format!(
+                "{{\"ok\":true,\"token\":{},\"user\":{{\"id\":{user},\"name\":{}}}}}",
+                json_string(&token),
+                json_string(&name)
+            ),
+        }
+    }
+}
+
+/// The answer for a path that does not exist (the same as `io`'s).
+pub fn not_found() -> Reply {
+    Reply::Json {
+        status: 404,
+        body: failure("not_found", "no such path"),
+    }
+}
+
+fn failure(code: &str, message: &str) -> String {
+    format!(
+        "{{\"ok\":false,\"error\":{{\"code\":\"{code}\",\"message\":{}}}}}",
+        json_string(message)
+    )
+}
+
+/// `s` as a JSON string literal (the engine does not link serde_json).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(reply: &Reply) -> (u16, String) {
+        match reply {
+            Reply::Json { status, body } => (*status, body.clone()),
+            Reply::Raw { status, body, .. } => (*status, String::from_utf8(body.clone()).unwrap()),
+            Reply::Shard(r) => panic!("unexpected {r:?}"),
+        }
+    }
+
+    #[test]
+    fn files_users_login() {
+        let demo = Demo::new(Some(Directory::demo()));
+        let secret = b"s";
+        for path in [
+            "/",
+            "/demo",
+            "/demo/",
+            "/demo/demo.js",
+            "/demo/switchboard.js",
+        ] {
+            let reply = demo.answer(path, None, secret, 0);
+            assert!(matches!(reply, Reply::Raw { status: 200, .. }), "{path}");
+        }
+        let Reply::Raw { content_type, .. } = demo.answer("/demo/demo.css", None, secret, 0) else {
+            panic!()
+        };
+        assert_eq!(content_type, CSS);
+        assert_eq!(body(&demo.answer("/demo/nope", None, secret, 0)).0, 404);
+        let (status, users) = body(&demo.answer("/demo/users", None, secret, 0));
+        assert_eq!(status, 200);
+        assert!(
+            users.starts_with(
+                "{\"ok\":true,\"users\":[{\"id\":1,\"name\":\"alice\",\"friends\":[2,3]}"
+            ),
+            "{users}"
+        );
+        let (status, login) = body(&demo.answer("/demo/login", Some(2), secret, 100));
+        assert_eq!(status, 200);
+        let want = token::mint(secret, 2, 100 + DEMO_TOKEN_TTL_S);
+        assert_eq!(
+            login,
+            format!("{{\"ok\":true,\"token\":\"{want}\",\"user\":{{\"id\":2,\"name\":\"bob\"}}}}")
+        );
+        assert_eq!(
+            body(&demo.answer("/demo/login", Some(99), secret, 0)).0,
+            404
+        );
+        assert_eq!(body(&demo.answer("/demo/login", None, secret, 0)).0, 400);
+        // A directory the engine does not hold: any id, a made-up name.
+        let open = Demo::new(None);
+        assert_eq!(
+            body(&open.answer("/demo/users", None, secret, 0)).1,
+            "{\"ok\":true,\"users\":[]}"
+        );
+        assert_eq!(
+            body(&open.answer("/demo/login", Some(99), secret, 0)).0,
+            200
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            json_string("a\"b\\c\n\u{1}\u{2028}é"),
+            "\"a\\\"b\\\\c\\n\\u0001\\u2028é\""
+        );
+    }
+}
