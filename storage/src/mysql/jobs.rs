@@ -97,7 +97,19 @@ impl Ctx<'_> {
         sql: &str,
         f: impl FnOnce(&mut mysql::Conn, &str) -> Result<T, mysql::Error>,
     ) -> Sql<T> {
-        self.watch.query(sql);
+        self.q_as(what, sql, sql, f)
+    }
+
+    /// [`Ctx::q`] for a statement with values in its text (message texts,
+    /// cids): the watch, and so the log, sees `shown` instead.
+    fn q_as<T>(
+        &mut self,
+        what: &'static str,
+        sql: &str,
+        shown: &str,
+        f: impl FnOnce(&mut mysql::Conn, &str) -> Result<T, mysql::Error>,
+    ) -> Sql<T> {
+        self.watch.query(shown);
         self.conn.run(|c| f(c, sql)).map_err(|e| (what, e))
     }
 
@@ -245,7 +257,7 @@ impl Ctx<'_> {
         let sql = |(what, error)| TxError::Sql { what, error };
         self.q("begin", "START TRANSACTION", |c, s| c.query_drop(s))
             .map_err(sql)?;
-        let result = self.write_in_txn(jobs);
+        let result = self.write_in_txn(jobs, deadline);
         let result = match result {
             Ok(outputs) if Instant::now() < deadline => self
                 .q("commit", "COMMIT", |c, s| c.query_drop(s))
@@ -266,8 +278,21 @@ impl Ctx<'_> {
         result
     }
 
-    fn write_in_txn(&mut self, jobs: &[&StorageJob]) -> Result<Vec<StorageOutput>, TxError> {
+    fn write_in_txn(
+        &mut self,
+        jobs: &[&StorageJob],
+        deadline: Instant,
+    ) -> Result<Vec<StorageOutput>, TxError> {
         let sql = |(what, error)| TxError::Sql { what, error };
+        // Each step checks the deadline first: a batch that is already
+        // late stops (and rolls back) instead of waiting on more locks.
+        let in_time = || {
+            if Instant::now() < deadline {
+                Ok(())
+            } else {
+                Err(TxError::Deadline)
+            }
+        };
         let mut outputs: Vec<Option<StorageOutput>> = vec![None; jobs.len()];
 
         // 1. Sends: which are repeats of a stored or batched (from, cid)?
@@ -319,6 +344,7 @@ impl Ctx<'_> {
         }
 
         // 2. Lock every unread counter the batch touches, in key order.
+        in_time()?;
         let mut counters: BTreeMap<(UserId, UserId), u64> = BTreeMap::new();
         for &i in &inserts {
             if let StorageJob::StoreMessage { from, to, .. } = jobs[i] {
@@ -347,6 +373,7 @@ impl Ctx<'_> {
         }
 
         // 3. The new messages.
+        in_time()?;
         let ids = self.insert_messages(jobs, &inserts)?;
         for (&i, id) in inserts.iter().zip(ids) {
             let StorageJob::StoreMessage {
@@ -383,6 +410,9 @@ impl Ctx<'_> {
 
         // 4. Read marks and UI states, in order.
         for (i, job) in jobs.iter().enumerate() {
+            if matches!(job, StorageJob::MarkRead { .. } | StorageJob::SaveUi { .. }) {
+                in_time()?;
+            }
             match **job {
                 StorageJob::MarkRead { user, with, upto } => {
                     outputs[i] = Some(self.mark_read(user, with, upto).map_err(sql)?);
@@ -431,7 +461,12 @@ impl Ctx<'_> {
                 self.conn.quote(cid)
             ));
         }
-        let rows: Vec<MessageRow> = self.q("cid lookup", &text, |c, s| c.query(s))?;
+        let shown = format!(
+            "SELECT id, from_user, to_user, ts, text, cid FROM sb_messages WHERE \
+             (from_user = … AND cid = …) OR … ({} pairs)",
+            cids.len()
+        );
+        let rows: Vec<MessageRow> = self.q_as("cid lookup", &text, &shown, |c, s| c.query(s))?;
         for row in rows {
             let message = message(row);
             if let Some(cid) = &message.cid {
@@ -488,8 +523,9 @@ impl Ctx<'_> {
             rows += 1;
             let last = n + 1 == inserts.len();
             if last || rows == rows_max || text.len() >= INSERT_SQL_BYTES_MAX {
+                let shown = format!("{HEAD}(…) ({rows} rows)");
                 let (first, affected) = self
-                    .q("insert messages", &text, |c, s| {
+                    .q_as("insert messages", &text, &shown, |c, s| {
                         c.query_drop(s)?;
                         Ok((c.last_insert_id(), c.affected_rows()))
                     })

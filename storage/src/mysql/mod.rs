@@ -364,6 +364,10 @@ struct Activity {
     query: Option<String>,
     /// Since when it waits for that.
     since: Instant,
+    /// The longest finished wait of the batch and what it was for (the
+    /// statement that blocked is often done by the time a late batch is
+    /// logged: a server-side limit interrupted it).
+    longest: Option<(Option<String>, Duration)>,
     /// Whether `db-watch` already logged this batch.
     reported: bool,
 }
@@ -388,6 +392,7 @@ impl Watch {
                 deadline,
                 query: None,
                 since: Instant::now(),
+                longest: None,
                 reported: false,
             })
         });
@@ -397,15 +402,52 @@ impl Watch {
     pub(crate) fn query(&self, sql: &str) {
         self.with(|slot| {
             if let Some(a) = slot {
+                let now = Instant::now();
+                let took = now - a.since;
+                if a.longest.as_ref().is_none_or(|(_, d)| took > *d) {
+                    a.longest = Some((a.query.take(), took));
+                }
                 a.query = Some(cut(sql));
-                a.since = Instant::now();
+                a.since = now;
             }
         });
     }
 
-    /// The batch is done.
-    fn end(&self) {
-        self.with(|slot| *slot = None);
+    /// The batch is done. Returns the timed-out line when it ran past its
+    /// deadline and `db-watch` had not reported it yet (it ended between
+    /// two looks).
+    fn end(&self) -> Option<String> {
+        let mut line = None;
+        self.with(|slot| {
+            if let Some(a) = slot.take() {
+                let now = Instant::now();
+                if !a.reported && now > a.deadline {
+                    line = Some(a.timed_out_line(&self.thread, now));
+                }
+            }
+        });
+        line
+    }
+}
+
+impl Activity {
+    /// The one line saying which batch timed out and what it waited for.
+    fn timed_out_line(&self, thread: &str, now: Instant) -> String {
+        let current = now.saturating_duration_since(self.since);
+        let (query, waited, verb) = match &self.longest {
+            Some((query, took)) if *took > current => (query, *took, "waited"),
+            _ => (&self.query, current, "has waited"),
+        };
+        let waiting = match query {
+            None => "a pool connection (checkout)".to_string(),
+            Some(sql) => format!("query `{sql}`"),
+        };
+        format!(
+            "storage: {} timed out: {} past its deadline; {thread} {verb} {} ms for {waiting}",
+            self.jobs,
+            ms(now.saturating_duration_since(self.deadline)),
+            waited.as_millis(),
+        )
     }
 }
 
@@ -445,25 +487,10 @@ fn watch_loop(backend: &Backend, stop: &AtomicBool) {
                     return;
                 }
                 a.reported = true;
-                let waiting = match &a.query {
-                    None => "a pool connection (checkout)".to_string(),
-                    Some(sql) => format!("query `{sql}`"),
-                };
-                line = Some(format!(
-                    "storage: {} timed out: {} past its deadline, {} has waited {} ms for {waiting}",
-                    a.jobs,
-                    ms(now - a.deadline),
-                    watch.thread,
-                    (now - a.since).as_millis(),
-                ));
+                line = Some(a.timed_out_line(&watch.thread, now));
             });
             if let Some(line) = line {
-                let state = backend.pool.state();
-                log::warn!(
-                    "{line} (pool: {} of {} connections idle)",
-                    state.idle_connections,
-                    state.connections
-                );
+                backend.log_timed_out(&line);
             }
         }
     }
@@ -592,6 +619,23 @@ fn summary<'a>(jobs: impl Iterator<Item = &'a StorageJob>, tokens: usize) -> Str
 }
 
 impl Backend {
+    /// Logs a timed-out batch with the pool's state.
+    fn log_timed_out(&self, line: &str) {
+        let state = self.pool.state();
+        log::warn!(
+            "{line} (pool: {} of {} connections idle)",
+            state.idle_connections,
+            state.connections
+        );
+    }
+
+    /// Ends the watch of a batch, logging it if it ran late unreported.
+    fn end_watch(&self, watch: &Watch) {
+        if let Some(line) = watch.end() {
+            self.log_timed_out(&line);
+        }
+    }
+
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
         let now = Instant::now();
         let mut reads: Vec<Reply> = Vec::new();
@@ -685,7 +729,7 @@ impl Backend {
                 );
                 log::error!("storage: {jobs} failed: {what}");
                 self.fail_all(reads.into_iter().chain(writes), tokens, &what);
-                watch.end();
+                self.end_watch(watch);
                 return;
             }
         };
@@ -711,6 +755,11 @@ impl Backend {
             let _ = t.reply.send(result);
         }
         for r in reads.by_ref() {
+            if Instant::now() >= r.deadline {
+                self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                let _ = r.reply.send(Err(StorageError::TimedOut));
+                continue;
+            }
             if ctx.conn.broken {
                 self.fail_one(
                     r.job,
@@ -732,7 +781,7 @@ impl Backend {
         if !writes.is_empty() {
             self.run_writes(&mut ctx, writes, &jobs);
         }
-        watch.end();
+        self.end_watch(watch);
     }
 
     /// Group commit of the batch's writes, retried after a deadlock or a
