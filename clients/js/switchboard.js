@@ -538,6 +538,9 @@
       if (this.status === status) return;
       this.status = status;
       this.emit('state', { status: this.status, role: this.role });
+      // Followers show the leader's view of the connection: they learn of
+      // an outage only through it (they do not poll but every keepalive).
+      if (this.role === 'leader') this._broadcast({ t: 'status', status: status });
     }
 
     _setRole(role) {
@@ -1099,6 +1102,11 @@
           break;
         case 'reset':
           if (this.role === 'follower' && this.sid) this._reconnect(this.sid, 'reset');
+          break;
+        case 'status':
+          if (this.role === 'follower' && this.sid && !this._reconnecting) {
+            if (msg.status === 'reconnecting' || msg.status === 'connected') this._setStatus(msg.status);
+          }
           break;
         case 'activity':
           if (this.role === 'leader') {
