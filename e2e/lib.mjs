@@ -117,11 +117,14 @@ export function watchPage(page, problems) {
   return page;
 }
 
-/** Opens the demo signed in as `user` (by the #as= link) and waits until connected. */
-export async function openAs(context, server, user, { transport, problems } = {}) {
+/** Opens the demo signed in as `user` (by the #as= link) and waits until
+ *  connected. `query`: extra demo options (transport, coordination, share). */
+export async function openAs(context, server, user, { transport, problems, query = {} } = {}) {
   const page = await context.newPage();
   if (problems) watchPage(page, problems);
-  const qs = transport ? `?transport=${transport}` : '';
+  const params = new URLSearchParams(query);
+  if (transport) params.set('transport', transport);
+  const qs = params.size ? `?${params}` : '';
   await page.goto(`${server.url}/demo/${qs}#as=${user}`);
   await connected(page);
   return page;

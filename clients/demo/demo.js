@@ -4,7 +4,9 @@
  * state (client.setUi), so it is the same in every tab and after a reload.
  * Plain script over window.Switchboard (switchboard.js), no build step.
  *
- * ?transport=fetch uses fetch/JSON instead of JSONP. #as=ID signs in as
+ * ?transport=fetch uses fetch/JSON instead of JSONP; ?coordination=heartbeat
+ * elects the polling tab by heartbeats instead of navigator.locks; ?share=0
+ * turns tab sharing off. #as=ID signs in as
  * that demo user directly (the "open another tab" link uses it).
  */
 (function () {
@@ -173,6 +175,10 @@
     var client = new Switchboard.Client({
       url: '',
       transport: transport,
+      // ?coordination=heartbeat tries the election without navigator.locks;
+      // ?share=0 makes every tab poll by itself.
+      coordination: query.get('coordination') === 'heartbeat' ? 'heartbeat' : 'auto',
+      shareTabs: query.get('share') !== '0',
       // A demo token is minted again whenever the client connects again
       // (a real web app would hand out a fresh one the same way).
       token: function () {

@@ -1116,6 +1116,8 @@
           break;
         case 'bye':
           this._tabsActivity.delete(msg.tab);
+          // The heartbeat leader left: elect now rather than after 3 beats.
+          if (msg.tab === this._leaderTab) this._lastBeat = 0;
           if (this.role === 'leader') this._updatePresence(false);
           break;
         case 'who':
@@ -1130,6 +1132,7 @@
           break;
         case 'beat':
           this._lastBeat = Date.now();
+          this._leaderTab = msg.tab;
           this._claiming = false;
           if (this.role === 'leader' && !this._releaseLock && msg.tab < this.tab) this._becomeFollower();
           break;

@@ -1,0 +1,65 @@
+// Tab sharing without navigator.locks: the heartbeat election gives one
+// polling tab, events reach every tab once, and a new leader takes over
+// when the leader's tab closes.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setup, openAs, buddy, messages, sendText, expectCount, expectText } from '../lib.mjs';
+
+const ALICE = 1;
+const BOB = 2;
+const query = { coordination: 'heartbeat' };
+
+let env, tabs, bob;
+
+before(async () => {
+  env = await setup('heartbeat');
+  const ctxAlice = await env.browser.newContext();
+  tabs = [];
+  for (let i = 0; i < 3; i++) tabs.push(await openAs(ctxAlice, env.server, ALICE, { problems: env.problems, query }));
+  bob = await openAs(await env.browser.newContext(), env.server, BOB, { problems: env.problems });
+});
+
+after(async () => {
+  await env?.teardown();
+});
+
+async function roles() {
+  return Promise.all(tabs.map((p) => p.locator('#tab-role').textContent()));
+}
+
+test('one leader among three tabs; every tab gets each message once', async () => {
+  await expectText(tabs[0].locator('#tab-role'), (t) => t.length > 0, 'a role');
+  let leaders;
+  const start = Date.now();
+  do {
+    leaders = (await roles()).filter((r) => r.startsWith('This tab holds')).length;
+    if (leaders === 1) break;
+    await new Promise((r) => setTimeout(r, 200));
+  } while (Date.now() - start < 15_000);
+  assert.equal(leaders, 1, (await roles()).join(' | '));
+
+  await buddy(tabs[0], BOB).click();
+  await buddy(bob, ALICE).click();
+  await sendText(bob, ALICE, 'to every tab');
+  for (const t of tabs) await expectCount(messages(t, BOB, 'to every tab'), 1);
+});
+
+test('the leader closes: another tab is elected and events keep coming', async () => {
+  const r = await roles();
+  const i = r.findIndex((x) => x.startsWith('This tab holds'));
+  await tabs[i].close();
+  tabs.splice(i, 1);
+  await expectText(tabs[0].locator('#tab-role'), () => true, 'role');
+  const start = Date.now();
+  let leaders;
+  do {
+    leaders = (await roles()).filter((x) => x.startsWith('This tab holds')).length;
+    if (leaders === 1) break;
+    await new Promise((res) => setTimeout(res, 200));
+  } while (Date.now() - start < 15_000);
+  assert.equal(leaders, 1, (await roles()).join(' | '));
+  await sendText(bob, ALICE, 'after the election');
+  for (const t of tabs) await expectCount(messages(t, BOB, 'after the election'), 1);
+  assert.deepEqual(env.problems, []);
+});
