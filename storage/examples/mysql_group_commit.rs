@@ -104,7 +104,11 @@ fn run_once(a: &Args, batch_max: usize, run: usize) -> Run {
                     while next.fetch_add(1, Ordering::Relaxed) < a.messages {
                         // 1000 users in 500 pairs, so counters are spread.
                         let from = 1 + (t as u64 * 7) % 1000;
-                        let to = if from % 2 == 0 { from - 1 } else { from + 1 };
+                        let to = if from.is_multiple_of(2) {
+                            from - 1
+                        } else {
+                            from + 1
+                        };
                         let job = StorageJob::StoreMessage {
                             from,
                             to,
