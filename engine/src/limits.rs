@@ -30,5 +30,14 @@ pub const STORAGE_QUEUE_DEPTH_MAX: usize = 16_384;
 /// Storage writes committed in one transaction (group commit).
 pub const STORAGE_WRITE_BATCH_MAX: usize = 256;
 
+/// Submission-queue depth of each executor's io_uring rings (glommio's
+/// default is 128). The kernel sizes a ring's cancel hash table from its
+/// depth (8 buckets at 128, the 256-bucket cap from 4096), and glommio
+/// cancels a timeout on nearly every reactor turn, each cancel scanning
+/// one bucket of the poll requests every idle connection keeps armed. With
+/// 4,000 connections that scan was 8.6% of the server's CPU
+/// (`io_poll_find`, perf, docs/benchmarks.md); at 4096 it is 0.8%.
+pub const RING_DEPTH: usize = 4_096;
+
 const _: () = assert!(OUTBOX_ADMIT_MAX < OUTBOX_DEPTH_MAX);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);

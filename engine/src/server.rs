@@ -73,6 +73,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         let (created_tx, created_rx) = mpsc::channel();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
             .name(&format!("shard-{i}"))
+            .ring_depth(limits::RING_DEPTH)
             .spawn(move || async move {
                 let _ = created_tx.send(());
                 shard_main(i, shared, mesh).await
