@@ -13,6 +13,9 @@ pub struct ServerSample {
     pub rss_kib: u64,
     pub hwm_kib: u64,
     pub threads: u64,
+    /// Open file descriptors (sockets, mostly): proof of how many
+    /// connections the server held.
+    pub fds: u64,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
@@ -50,6 +53,7 @@ pub fn sample(pid: u32, epoch: Instant) -> Option<ServerSample> {
         rss_kib: status_kib(&status, "VmRSS:"),
         hwm_kib: status_kib(&status, "VmHWM:"),
         threads: status_kib(&status, "Threads:"),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
     })
 }
 

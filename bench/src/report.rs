@@ -174,7 +174,11 @@ pub fn report(run: &Run) -> Result<bool, String> {
     let counters = sum_maps(run.workers.iter().map(|w| w.counters.clone()));
     let c = |k: &str| counters.get(k).copied().unwrap_or(0);
     let d = check_delivery(run);
-    let dur = o.duration_s;
+    let dur = if o.measure_ramp {
+        o.ramp_s + o.warmup_s + o.duration_s
+    } else {
+        o.duration_s
+    };
     let answered_measured: u64 = answered.values().sum();
     let requests_per_s = answered_measured as f64 / dur;
     let messages_per_s = c("sends_acked_measured") as f64 / dur;
@@ -239,17 +243,20 @@ pub fn report(run: &Run) -> Result<bool, String> {
         let wall = b.at_s - a.at_s;
         let _ = writeln!(
             t,
-            "server: {:.2} CPU s over {:.1} s measured ({:.1}% of one core), RSS {:.1} MiB (peak {:.1} MiB), {} threads",
+            "server: {:.2} CPU s over {:.1} s measured ({:.1}% of one core), RSS {:.1} MiB (peak {:.1} MiB), {} threads, {} open fds at the start of the measured phase and {} at its end",
             cpu,
             wall,
             100.0 * cpu / wall.max(1e-9),
             b.rss_kib as f64 / 1024.0,
             b.hwm_kib as f64 / 1024.0,
-            b.threads
+            b.threads,
+            a.fds,
+            b.fds
         );
         server = json!({
             "cpu_s": cpu, "wall_s": wall, "cpu_pct_of_core": 100.0 * cpu / wall.max(1e-9),
             "rss_mib": b.rss_kib as f64 / 1024.0, "rss_peak_mib": b.hwm_kib as f64 / 1024.0,
+            "fds_start": a.fds, "fds_end": b.fds,
         });
     }
     let _ = writeln!(t, "bench workers used {:.2} CPU s", run.bench_cpu_s);

@@ -82,16 +82,21 @@ impl Schedule {
             now_i
         };
         let traffic = start + Duration::from_secs_f64(o.ramp_s);
-        let measure_from = traffic + Duration::from_secs_f64(o.warmup_s);
-        let measure_to = measure_from + Duration::from_secs_f64(o.duration_s);
-        let from_us = start_unix_ms * 1000 + ((o.ramp_s + o.warmup_s) * 1e6) as u64;
+        let (lead_s, length_s) = if o.measure_ramp {
+            (0.0, o.ramp_s + o.warmup_s + o.duration_s)
+        } else {
+            (o.ramp_s + o.warmup_s, o.duration_s)
+        };
+        let measure_from = start + Duration::from_secs_f64(lead_s);
+        let measure_to = measure_from + Duration::from_secs_f64(length_s);
+        let from_us = start_unix_ms * 1000 + (lead_s * 1e6) as u64;
         Schedule {
             start,
             traffic,
             measure_from,
             measure_to,
             measure_from_us: from_us,
-            measure_to_us: from_us + (o.duration_s * 1e6) as u64,
+            measure_to_us: from_us + (length_s * 1e6) as u64,
         }
     }
 
@@ -186,6 +191,9 @@ struct Ctx {
     pool_open: Cell<usize>,
     /// Padding of message texts.
     filler: String,
+    /// The run's start (unix ms), shared by all workers: makes cids unique
+    /// per run.
+    run_id: u64,
 }
 
 /// The parts of any answer the bench reads.
@@ -503,6 +511,7 @@ pub fn run(o: Options, index: usize, start_unix_ms: u64) -> Result<WorkerResult,
         pool: RefCell::new(Vec::new()),
         pool_open: Cell::new(0),
         filler,
+        run_id: start_unix_ms,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -687,60 +696,69 @@ async fn live_tab(ctx: Rc<Ctx>, user: u64, tab: usize, connect_at: Instant) {
     ctx.check_presence(&view);
 }
 
-/// Idle tabs sharing one connection: connect each at its ramp slot, then
-/// poll each with `wait=0` every `--idle-poll-s`, spread evenly.
+/// Idle tabs sharing one connection: each connects at its ramp slot, then
+/// polls with `wait=0` every `--idle-poll-s` counted from its connect, so
+/// it stays attached (the tab timeout counts from the end of the last
+/// poll) however long the ramp takes. One heap of due times drives them.
 async fn idle_group(ctx: Rc<Ctx>, tabs: Vec<(u64, usize, Instant)>) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     let mut conn = Conn::new(ctx.o.addr);
-    let mut views: Vec<TabView> = Vec::with_capacity(tabs.len());
-    for &(user, tab, when) in &tabs {
-        if ctx.stopping.get() {
-            return;
-        }
-        sleep_until(when.into()).await;
-        if let Some(v) = ctx.connect_tab(&mut conn, user, tab, false).await {
-            views.push(v);
-        }
-    }
-    if views.is_empty() {
-        return;
-    }
+    let mut views: Vec<Option<TabView>> = (0..tabs.len()).map(|_| None).collect();
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = tabs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Reverse((t.2, i)))
+        .collect();
     let period = Duration::from_secs_f64(ctx.o.idle_poll_s);
-    let step = period.div_f64(views.len() as f64);
     let mut target = String::with_capacity(96);
-    let cycle_start = Instant::now();
-    let mut k: u32 = 0;
-    'cycles: loop {
-        for (j, view) in views.iter_mut().enumerate() {
-            let due = cycle_start + period * k + step * j as u32;
-            let stopped = ctx.stop.notified();
-            if ctx.stopping.get() {
-                break 'cycles;
-            }
-            tokio::select! {
-                _ = sleep_until(due.into()) => {}
-                _ = stopped => break 'cycles,
-            }
-            target.clear();
-            let _ = write!(target, "/poll?sid={}&since={}&wait=0", view.sid, view.since);
-            let started = Instant::now();
-            let _ = ctx
-                .call(
-                    &mut conn,
-                    "idle_poll",
-                    &target,
-                    REQUEST_TIMEOUT,
-                    started,
-                    |ctx, reply| {
-                        ctx.apply_events(view, &reply);
-                    },
-                )
-                .await;
+    while let Some(Reverse((at, i))) = due.pop() {
+        let stopped = ctx.stop.notified();
+        if ctx.stopping.get() {
+            break;
         }
-        k += 1;
+        tokio::select! {
+            _ = sleep_until(at.into()) => {}
+            _ = stopped => break,
+        }
+        match &mut views[i] {
+            None => {
+                let (user, tab, _) = tabs[i];
+                views[i] = ctx.connect_tab(&mut conn, user, tab, false).await;
+                if views[i].is_some() {
+                    due.push(Reverse((Instant::now() + period, i)));
+                }
+            }
+            Some(view) => {
+                target.clear();
+                let _ = write!(target, "/poll?sid={}&since={}&wait=0", view.sid, view.since);
+                let started = Instant::now();
+                let r = ctx
+                    .call(
+                        &mut conn,
+                        "idle_poll",
+                        &target,
+                        REQUEST_TIMEOUT,
+                        started,
+                        |ctx, reply| {
+                            ctx.apply_events(view, &reply);
+                        },
+                    )
+                    .await;
+                if let Err(code) = r {
+                    if code == "unknown_session" {
+                        ctx.stats.borrow_mut().count("idle_tabs_detached", 1);
+                        views[i] = None;
+                        continue;
+                    }
+                }
+                due.push(Reverse((at.max(started) + period, i)));
+            }
+        }
     }
     // A last look, so that every tab's view of presence is current.
     let until = Instant::now() + FINAL_CHECK_MAX;
-    for view in &mut views {
+    for view in views.iter_mut().flatten() {
         if Instant::now() > until {
             ctx.stats.borrow_mut().count("final_checks_skipped", 1);
             continue;
@@ -865,7 +883,12 @@ async fn send(ctx: Rc<Ctx>, mut conn: Conn, user: u64, to: u64, sid: Rc<str>, du
     let pad = ctx.o.text_bytes.saturating_sub(text.len());
     text.push_str(&ctx.filler[..pad]);
     let mut target = String::with_capacity(96 + text.len());
-    let _ = write!(target, "/send?sid={sid}&to={to}&cid=c{key}&text={text}");
+    // The cid is unique per run: the server remembers cids for a day.
+    let _ = write!(
+        target,
+        "/send?sid={sid}&to={to}&cid=c{}_{key}&text={text}",
+        ctx.run_id
+    );
     let r = ctx
         .call(&mut conn, "send", &target, REQUEST_TIMEOUT, due, |_, _| ())
         .await;
