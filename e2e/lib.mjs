@@ -54,7 +54,10 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', env = {} })
   const server = { child, url: null, admin: null, demoUrl: null, listen: null, exited: null };
   server.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('server did not announce its address within 30 s')), 30_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error('server did not announce its address within 60 s'));
+    }, 60_000);
     child.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`server exited (${code}) before announcing its address`));

@@ -320,6 +320,7 @@
     leaveOnUnload: true,
     heartbeatMs: 1500,
     seenIdsMax: 5000,
+    bufferedEventsMax: 1000,
   };
 
   /**
@@ -877,6 +878,12 @@
     _ingest(events, fromPeer) {
       if (fromPeer && (this._checking || this._reconnecting || !this.sid)) {
         this._buffered.push.apply(this._buffered, events);
+        if (this._buffered.length > this.options.bufferedEventsMax) {
+          // Stuck behind for long: start over from a fresh connect, which
+          // is what a server `reset` would ask for too.
+          this._buffered = [];
+          if (this.sid) this._reconnect(this.sid, 'reset');
+        }
         return;
       }
       var sorted = events.slice().sort(function (a, b) {
