@@ -192,6 +192,10 @@ export interface Options {
   leaveOnUnload?: boolean;
   /** Heartbeat election's beat (default 1500). */
   heartbeatMs?: number;
+  /** Message ids remembered to drop repeats (default 5000). */
+  seenIdsMax?: number;
+  /** Leader events a follower holds while catching up; past it, it connects again (default 1000). */
+  bufferedEventsMax?: number;
 }
 
 export class Emitter<M> {
