@@ -225,3 +225,13 @@ export async function setup(name) {
   };
   return env;
 }
+
+/** Sends from the window for `id` and waits until the server stored it (the
+ *  bubble is no longer pending), so that what is sent next is later. */
+export async function sendStored(page, id, text) {
+  await sendText(page, id, text);
+  await eventually(async () => {
+    const mine = chat(page, id).locator('.msg.mine', { hasText: new RegExp(`^${escapeRe(text)}$`) });
+    return (await mine.count()) === 1 && (await chat(page, id).locator('.msg.pending').count()) === 0;
+  }, `"${text}" stored`);
+}

@@ -227,7 +227,7 @@ export class Client<S = Record<string, unknown>> extends Emitter<EventMap<S>> {
   start(): Promise<Snapshot<S>>;
   /** Leaves the session (this tab) and stops. */
   close(): void;
-  /** Resolves once stored; retries with the same cid (never twice). */
+  /** Resolves once stored; retries with the same cid (never twice). Sends to one friend go one at a time, in call order. */
   send(to: UserId, text: string, opts?: { cid?: string }): Promise<{ id: MessageId; ts: number; cid: string }>;
   /** Call on every keystroke; debounced to typing/stopped. */
   typing(to: UserId): void;

@@ -362,6 +362,7 @@
       this._lastIncoming = {};
       this._cidN = 0;
       this._typing = new Map();
+      this._sendQueues = new Map(); // friend id -> the last send's settling
       this._uiQueue = Promise.resolve();
       this._channel = null;
       this._checking = false;
@@ -415,25 +416,38 @@
      *  message is stored. Retries with the same `cid` (so never twice)
      *  after network errors, timeouts, `unavailable` and a lost session,
      *  for up to `sendRetryMs`; other failures (not_friends, too_large, ...)
-     *  reject at once and are also emitted as 'error'. */
+     *  reject at once and are also emitted as 'error'. The sends of this
+     *  tab to one friend go one at a time, in the order of the calls, so
+     *  they are stored (and shown) in the order they were written. */
     send(to, text, opts) {
       var cid = (opts && opts.cid) || this.tab + '-' + Date.now().toString(36) + '-' + ++this._cidN;
       var self = this;
       to = Number(to);
       this.stopTyping(to);
       var params = { to: to, text: text, cid: cid };
-      return this._callWithSid('/send', params, { retryForMs: this.options.sendRetryMs }).then(
-        function (r) {
-          return { id: r.id, ts: r.ts, cid: cid };
-        },
-        function (e) {
-          e.cid = cid;
-          e.call = 'send';
-          e.to = to;
-          self.emit('error', e);
-          throw e;
-        }
-      );
+      var previous = this._sendQueues.get(to) || Promise.resolve();
+      var sent = previous
+        .then(function () {
+          return self._callWithSid('/send', params, { retryForMs: self.options.sendRetryMs });
+        })
+        .then(
+          function (r) {
+            return { id: r.id, ts: r.ts, cid: cid };
+          },
+          function (e) {
+            e.cid = cid;
+            e.call = 'send';
+            e.to = to;
+            self.emit('error', e);
+            throw e;
+          }
+        );
+      var tail = sent.catch(function () {});
+      this._sendQueues.set(to, tail);
+      tail.then(function () {
+        if (self._sendQueues.get(to) === tail) self._sendQueues.delete(to);
+      });
+      return sent;
     }
 
     /** Call on every keystroke in the box for `to`: sends `typing` at most

@@ -22,7 +22,7 @@ function fakeServer(script) {
       const queue = script[path];
       // A list is used up in order, then the defaults answer.
       let next = Array.isArray(queue) ? queue.shift() : queue;
-      if (typeof next === 'function') next = next(params, calls);
+      if (typeof next === 'function') next = await next(params, calls);
       if (next === undefined && path === '/connect') {
         sids += 1;
         next = { ok: true, sid: `1-${String(sids).padStart(32, '0')}`, tab: params.tab, user: { id: 1, name: 'alice' }, seq: 0, roster: [{ id: 2, name: 'bob', presence: 'online' }], ui: null, unread: {} };
@@ -152,4 +152,28 @@ test('typing is debounced: one typing, then stopped after the idle time', async 
   c.close();
   const typing = calls.filter((x) => x.path === '/typing').map((x) => x.params.state);
   assert.deepEqual(typing, ['typing', 'stopped']);
+});
+
+test('sends to one friend go one at a time, in call order, even when the first is retried', async () => {
+  const order = [];
+  let first = true;
+  const { transport } = fakeServer({
+    '/send': async (params) => {
+      order.push(`start ${params.text}`);
+      if (first) {
+        first = false;
+        await new Promise((r) => setTimeout(r, 50));
+        order.push(`fail ${params.text}`);
+        return 'unavailable';
+      }
+      order.push(`done ${params.text}`);
+      return { ok: true, id: String(order.length), ts: 1 };
+    },
+  });
+  const c = client(transport);
+  await c.start();
+  const [a, b] = await Promise.all([c.send(2, 'one'), c.send(2, 'two')]);
+  c.close();
+  assert.deepEqual(order, ['start one', 'fail one', 'start one', 'done one', 'start two', 'done two']);
+  assert.ok(compareIds(a.id, b.id) < 0);
 });

@@ -5,7 +5,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { setup, startServer, openAs, connected, chat, buddy, messages, sendText, expectCount, eventually, sleep } from '../lib.mjs';
+import { setup, startServer, openAs, connected, chat, buddy, messages, sendText, sendStored, expectCount, eventually, sleep } from '../lib.mjs';
 
 const ALICE = 1;
 const BOB = 2;
@@ -29,8 +29,9 @@ test('the client survives a server restart: reconnects, resumes, no duplicates',
   await buddy(alice1, BOB).click();
   await buddy(bob, ALICE).click();
   await chat(alice2, BOB).waitFor({ state: 'visible' });
-  await sendText(bob, ALICE, 'before the restart');
-  await sendText(alice1, BOB, 'hi before');
+  // Each stored before the next is sent, so their order is known.
+  await sendStored(bob, ALICE, 'before the restart');
+  await sendStored(alice1, BOB, 'hi before');
   for (const [page, friend] of [[alice1, BOB], [alice2, BOB], [bob, ALICE]]) {
     await expectCount(messages(page, friend, 'before the restart'), 1, { settleMs: 0 });
     await expectCount(messages(page, friend, 'hi before'), 1, { settleMs: 0 });
@@ -60,8 +61,8 @@ test('the client survives a server restart: reconnects, resumes, no duplicates',
   await eventually(async () => (await chat(follower, BOB).locator('.msg.pending').count()) === 0, 'not pending');
 
   // Resumed: new messages flow both ways, once.
-  await sendText(bob, ALICE, 'after the restart');
-  await sendText(alice2, BOB, 'hi after');
+  await sendStored(bob, ALICE, 'after the restart');
+  await sendStored(alice2, BOB, 'hi after');
   for (const [page, friend] of [[alice1, BOB], [alice2, BOB], [bob, ALICE]]) {
     await expectCount(messages(page, friend, 'after the restart'), 1, { settleMs: 0 });
     await expectCount(messages(page, friend, 'hi after'), 1, { settleMs: 0 });
@@ -70,7 +71,7 @@ test('the client survives a server restart: reconnects, resumes, no duplicates',
   await sleep(1000);
   for (const [page, friend] of [[alice1, BOB], [alice2, BOB], [bob, ALICE]]) {
     const texts = await chat(page, friend).locator('.msg .text').allTextContents();
-    assert.deepEqual(texts, ['before the restart', 'hi before', 'sent while down', 'after the restart', 'hi after'], `${texts}`);
+    assert.deepEqual(texts, ['before the restart', 'hi before', 'sent while down', 'after the restart', 'hi after'], `${friend === BOB ? 'alice' : 'bob'}: ${texts}`);
   }
   // Presence came back too: each sees the other online.
   await eventually(async () => (await buddy(bob, ALICE).getAttribute('data-presence')) === 'online', 'alice online for bob');

@@ -3,7 +3,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { setup, openAs, chat, buddy, messages, sendText, expectCount, expectText, eventually, sleep } from '../lib.mjs';
+import { setup, openAs, chat, buddy, messages, sendText, sendStored, expectCount, expectText, eventually, sleep } from '../lib.mjs';
 
 const ALICE = 1;
 const BOB = 2;
@@ -64,11 +64,12 @@ test('a message appears in all three tabs exactly once', async () => {
   // The sender's bubble is the stored message, not pending any more.
   await eventually(async () => (await alice2.locator(`.chat[data-friend="${BOB}"] .msg.pending`).count()) === 0, 'no pending bubble');
 
-  // A burst, both ways: every message once, in order, everywhere.
+  // Both ways, each stored before the next is sent: every message once,
+  // in the order sent, everywhere.
   const burst = [];
   for (let i = 1; i <= 5; i++) {
     burst.push(`burst ${i}`);
-    await sendText(i % 2 ? bob : alice1, i % 2 ? ALICE : BOB, `burst ${i}`);
+    await sendStored(i % 2 ? bob : alice1, i % 2 ? ALICE : BOB, `burst ${i}`);
   }
   for (const [page, friend] of [[alice1, BOB], [alice2, BOB], [bob, ALICE]]) {
     for (const text of burst) await expectCount(messages(page, friend, text), 1, { settleMs: 0 });
