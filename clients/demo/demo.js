@@ -364,6 +364,7 @@
       win.el.classList.toggle('focused', demo.ui.focus === w.id);
       dock.appendChild(win.el); // in UI order
     });
+    fitDock();
     renderUnread();
     demo.windows.forEach(function (w) {
       maybeRead(w);
@@ -412,6 +413,22 @@
     applyUi(demo.ui);
     saveUi();
   }
+
+  /** Windows that do not fit left of the contact list are hidden (the
+   *  oldest first), as they stay in the UI state for wider screens. */
+  function fitDock() {
+    var dock = $('#dock');
+    var room = dock.getBoundingClientRect().right - 8;
+    Array.prototype.forEach.call(dock.children, function (node) {
+      node.classList.remove('overflow');
+    });
+    if (isPhone()) return;
+    Array.prototype.forEach.call(dock.children, function (node) {
+      room -= node.getBoundingClientRect().width + 10;
+      if (room < 0) node.classList.add('overflow');
+    });
+  }
+  window.addEventListener('resize', fitDock);
 
   function isPhone() {
     return window.matchMedia('(max-width: 700px)').matches;
@@ -522,6 +539,7 @@
           if (page.messages.length) win.oldest = page.messages[0].id;
         }
         win.loaded = true;
+        renderEmpty(win);
         scrollToEnd(win);
         maybeRead(win);
       })
@@ -599,7 +617,12 @@
       win.lastIncoming = id;
     }
     renderSeen(win);
+    renderEmpty(win);
     if (stick || m.from === me) scrollToEnd(win);
+  }
+
+  function renderEmpty(win) {
+    $('.empty', win.el).hidden = !win.loaded || win.list.children.length > 0;
   }
 
   function sendFrom(win, text) {
@@ -611,6 +634,7 @@
     li.title = 'Sending…';
     win.byCid.set(cid, li);
     win.list.appendChild(li);
+    renderEmpty(win);
     scrollToEnd(win);
     client.send(win.friend, text, { cid: cid }).then(
       function (r) {
