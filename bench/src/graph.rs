@@ -46,7 +46,7 @@ impl Graph {
         if users < 2 {
             return Err("--users must be at least 2".into());
         }
-        if friends % 2 != 0 || friends == 0 || friends >= users {
+        if !friends.is_multiple_of(2) || friends == 0 || friends >= users {
             return Err(format!(
                 "--friends must be even, at least 2 and below --users (got {friends})"
             ));
