@@ -17,7 +17,9 @@ pub const OUTBOX_DEPTH_MAX: usize = 65_536;
 pub const OUTBOX_ADMIT_MAX: usize = OUTBOX_DEPTH_MAX / 2;
 
 /// How often each shard fires its timers (poll waits, tab timeouts, grace,
-/// roster refresh): the granularity of every shard deadline.
+/// roster refresh): the granularity of every shard deadline. The armed
+/// tick timer also makes each reactor re-check its shared channels at
+/// least this often, which bounds the cost of a lost cross-executor wakeup.
 pub const TICK_MS: u64 = 50;
 
 /// How long `/health` waits for each shard.

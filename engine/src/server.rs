@@ -99,7 +99,23 @@ async fn shard_main(
     shared: Arc<Shared>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
 ) {
+    // A heartbeat timer while joining: glommio's mesh join can lose a
+    // cross-executor wakeup and park an executor that has no timer armed
+    // forever (seen about once in 50 starts under CPU contention). With a
+    // timer armed the reactor re-checks its shared channels every
+    // millisecond, so a lost wakeup costs at most that.
+    let joined = Rc::new(std::cell::Cell::new(false));
+    {
+        let joined = joined.clone();
+        glommio::spawn_local(async move {
+            while !joined.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .detach();
+    }
     let (senders, mut receivers) = mesh.join().await.expect("join the shard mesh");
+    joined.set(true);
     assert_eq!(senders.peer_id(), i, "mesh order follows shard numbers");
     let s = &shared.settings;
     let mut config = Config::new(i, s.shards);
