@@ -310,15 +310,12 @@ impl Shard {
                     tabs: self.tab_count() as u64,
                 },
             ),
-            Request::RosterChanged { user } => {
-                let Some(job) = self.job(Pending::RosterChanged { user, reply: to }, out) else {
-                    return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
-                };
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::LoadRoster { user },
-                });
-            }
+            Request::RosterChanged { user } => self.ask_storage(
+                to,
+                Pending::RosterChanged { user, reply: to },
+                StorageJob::LoadRoster { user },
+                out,
+            ),
             Request::Kick { user } => {
                 self.end_session(now, user, true, out);
                 reply(out, to, Response::Done);
@@ -334,55 +331,28 @@ impl Shard {
                 text,
                 cid,
             } => {
-                let Some(session) = self.tab_session(now, sid, to, out) else {
+                let Some(user) = self.check_other(now, sid, to, friend, true, "message", out)
+                else {
                     return;
                 };
-                let user = session.user;
-                if friend == user {
-                    return fail(out, to, ErrorCode::BadRequest, "cannot send to yourself");
-                }
-                if !session.roster.contains_key(&friend) {
-                    return fail(
-                        out,
-                        to,
-                        ErrorCode::NotFriends,
-                        "you can only message friends",
-                    );
-                }
-                let Some(job) = self.job(Pending::Send { reply: to, user }, out) else {
-                    return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
+                let request = StorageJob::StoreMessage {
+                    from: user,
+                    to: friend,
+                    text: Arc::from(text),
+                    cid: cid.map(Arc::from),
+                    ts: now,
                 };
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::StoreMessage {
-                        from: user,
-                        to: friend,
-                        text: Arc::from(text),
-                        cid: cid.map(Arc::from),
-                        ts: now,
-                    },
-                });
+                self.ask_storage(to, Pending::Send { reply: to, user }, request, out);
             }
             Request::Typing {
                 sid,
                 to: friend,
                 state,
             } => {
-                let Some(session) = self.tab_session(now, sid, to, out) else {
+                let Some(user) = self.check_other(now, sid, to, friend, true, "type to", out)
+                else {
                     return;
                 };
-                let user = session.user;
-                if friend == user {
-                    return fail(out, to, ErrorCode::BadRequest, "cannot type to yourself");
-                }
-                if !session.roster.contains_key(&friend) {
-                    return fail(
-                        out,
-                        to,
-                        ErrorCode::NotFriends,
-                        "you can only type to friends",
-                    );
-                }
                 self.route(
                     now,
                     PeerMsg::Deliver {
@@ -421,49 +391,21 @@ impl Shard {
                     tab,
                     state: state.clone(),
                 };
-                let Some(job) = self.job(pending, out) else {
-                    return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
-                };
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::SaveUi { user, state },
-                });
+                self.ask_storage(to, pending, StorageJob::SaveUi { user, state }, out);
             }
             Request::Read { sid, with, upto } => {
-                let Some(session) = self.tab_session(now, sid, to, out) else {
+                // Read receipts are friends-only.
+                let Some(user) =
+                    self.check_other(now, sid, to, with, true, "send read receipts to", out)
+                else {
                     return;
                 };
-                let user = session.user;
-                if with == user {
-                    return fail(
-                        out,
-                        to,
-                        ErrorCode::BadRequest,
-                        "no conversation with yourself",
-                    );
-                }
-                if !session.roster.contains_key(&with) {
-                    return fail(
-                        out,
-                        to,
-                        ErrorCode::NotFriends,
-                        "read receipts go to friends only",
-                    );
-                }
-                let Some(job) = self.job(
-                    Pending::Read {
-                        reply: to,
-                        user,
-                        with,
-                    },
-                    out,
-                ) else {
-                    return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
+                let pending = Pending::Read {
+                    reply: to,
+                    user,
+                    with,
                 };
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::MarkRead { user, with, upto },
-                });
+                self.ask_storage(to, pending, StorageJob::MarkRead { user, with, upto }, out);
             }
             Request::History {
                 sid,
@@ -471,30 +413,17 @@ impl Shard {
                 before,
                 limit,
             } => {
-                let Some(session) = self.tab_session(now, sid, to, out) else {
+                // A former friend's conversation is still the caller's own.
+                let Some(user) = self.check_other(now, sid, to, with, false, "", out) else {
                     return;
                 };
-                let user = session.user;
-                if with == user {
-                    return fail(
-                        out,
-                        to,
-                        ErrorCode::BadRequest,
-                        "no conversation with yourself",
-                    );
-                }
-                let Some(job) = self.job(Pending::History { reply: to }, out) else {
-                    return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
+                let request = StorageJob::History {
+                    user,
+                    with,
+                    before,
+                    limit,
                 };
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::History {
-                        user,
-                        with,
-                        before,
-                        limit,
-                    },
-                });
+                self.ask_storage(to, Pending::History { reply: to }, request, out);
             }
             Request::Leave { sid } => {
                 if self.tab_session(now, sid, to, out).is_none() {
@@ -542,8 +471,56 @@ impl Shard {
         }
     }
 
+    /// The user of `sid` when `other` may be addressed: the tab is live,
+    /// `other` is someone else and (when `friends_only`) in the user's
+    /// roster. Otherwise answers, in the protocol's order, and returns
+    /// `None`. `verb` words the `not_friends` message.
+    #[allow(clippy::too_many_arguments)]
+    fn check_other(
+        &mut self,
+        now: u64,
+        sid: Sid,
+        to: ReplyTo,
+        other: UserId,
+        friends_only: bool,
+        verb: &str,
+        out: &mut Vec<Output>,
+    ) -> Option<UserId> {
+        let session = self.tab_session(now, sid, to, out)?;
+        let user = session.user;
+        if other == user {
+            fail(out, to, ErrorCode::BadRequest, "not with yourself");
+            return None;
+        }
+        if friends_only && !session.roster.contains_key(&other) {
+            fail(
+                out,
+                to,
+                ErrorCode::NotFriends,
+                &format!("you can only {verb} friends"),
+            );
+            return None;
+        }
+        Some(user)
+    }
+
+    /// Registers `pending` and asks storage for `request`; answers
+    /// `unavailable` when too many jobs are in flight.
+    fn ask_storage(
+        &mut self,
+        to: ReplyTo,
+        pending: Pending,
+        request: StorageJob,
+        out: &mut Vec<Output>,
+    ) {
+        match self.job(pending) {
+            Some(job) => out.push(Output::Storage { job, request }),
+            None => fail(out, to, ErrorCode::Unavailable, "too many storage jobs"),
+        }
+    }
+
     /// Registers a storage job; `None` when too many are in flight.
-    fn job(&mut self, pending: Pending, _out: &mut Vec<Output>) -> Option<u64> {
+    fn job(&mut self, pending: Pending) -> Option<u64> {
         if self.jobs.len() >= limits::JOBS_IN_FLIGHT_MAX {
             self.stats.shed_jobs += 1;
             return None;
@@ -577,7 +554,7 @@ impl Shard {
                 session.waiting.push(waiting);
             }
             None => {
-                let Some(job) = self.job(Pending::LoadSession { user }, out) else {
+                let Some(job) = self.job(Pending::LoadSession { user }) else {
                     return fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
                 };
                 let mut session = Session::loading(user, job);
@@ -930,13 +907,10 @@ impl Shard {
                 let group = self.next_token;
                 let mut started = 0;
                 for f in affected {
-                    if let Some(job) = self.job(
-                        Pending::Refresh {
-                            user: f,
-                            group: Some(group),
-                        },
-                        out,
-                    ) {
+                    if let Some(job) = self.job(Pending::Refresh {
+                        user: f,
+                        group: Some(group),
+                    }) {
                         out.push(Output::Storage {
                             job,
                             request: StorageJob::LoadRoster { user: f },
@@ -1376,7 +1350,7 @@ impl Shard {
                         .get_mut(&user)
                         .expect("refresh timer's session");
                     session.refresh_deadline_ms = None;
-                    match self.job(Pending::Refresh { user, group: None }, out) {
+                    match self.job(Pending::Refresh { user, group: None }) {
                         Some(job) => out.push(Output::Storage {
                             job,
                             request: StorageJob::LoadRoster { user },
