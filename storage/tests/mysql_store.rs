@@ -172,8 +172,13 @@ fn repeated_cids_in_one_group_commit_store_once_and_answer_the_first() {
             1,
             "c{k}: {answers:?}"
         );
+        // Every answer is the one stored message. Which try got stored
+        // first depends on which db thread committed first (several take
+        // from one queue), so any of the three may be it.
+        let stored = &answers[0].2;
+        assert!(answers.iter().all(|a| &a.2 == stored), "{answers:?}");
         assert!(
-            answers.iter().all(|a| a.2 == format!("{k} try 0")),
+            (0..3).any(|round| *stored == format!("{k} try {round}")),
             "{answers:?}"
         );
     }
