@@ -17,7 +17,7 @@ use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
     Work,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use switchboard_shards::model::{
     Message, MsgId, StorageError, StorageJob, StorageOutput, StorageResult, UserId,
 };
@@ -256,34 +256,9 @@ fn run(
     batch_max: usize,
     core: Option<usize>,
 ) {
-    if let Some(id) = core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            log::warn!("storage: could not pin this db thread to core {id}; running unpinned");
-        }
-    }
-    let idle = Duration::from_millis(limits::DB_IDLE_WAIT_MS);
+    crate::pin_db_thread(core);
     let mut batch = Vec::with_capacity(batch_max);
-    loop {
-        let first = if stop.load(Ordering::Acquire) {
-            // Stopping: finish what is queued, then exit.
-            match queue.try_recv() {
-                Ok(envelope) => envelope,
-                Err(_) => break,
-            }
-        } else {
-            match queue.recv_timeout(idle) {
-                Ok(envelope) => envelope,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        };
-        batch.push(first);
-        while batch.len() < batch_max {
-            match queue.try_recv() {
-                Ok(envelope) => batch.push(envelope),
-                Err(_) => break,
-            }
-        }
+    while crate::next_batch(queue, stop, &mut batch, batch_max) {
         state.run_batch(&mut batch);
     }
 }

@@ -41,7 +41,7 @@ pub use seed::{seed_demo, Seeded};
 
 use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Store, Work};
 use conn::{DbConn, ErrorLog, Manager, SessionLimits};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
 use jobs::{Ctx, TxError};
 use mysql::prelude::Queryable;
@@ -508,33 +508,9 @@ fn run(
     watch: &Watch,
     core: Option<usize>,
 ) {
-    if let Some(id) = core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            log::warn!("storage: could not pin this db thread to core {id}; running unpinned");
-        }
-    }
-    let idle = Duration::from_millis(limits::DB_IDLE_WAIT_MS);
+    crate::pin_db_thread(core);
     let mut batch = Vec::with_capacity(backend.batch_max);
-    loop {
-        let first = if stop.load(Ordering::Acquire) {
-            match queue.try_recv() {
-                Ok(envelope) => envelope,
-                Err(_) => break,
-            }
-        } else {
-            match queue.recv_timeout(idle) {
-                Ok(envelope) => envelope,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        };
-        batch.push(first);
-        while batch.len() < backend.batch_max {
-            match queue.try_recv() {
-                Ok(envelope) => batch.push(envelope),
-                Err(_) => break,
-            }
-        }
+    while crate::next_batch(queue, stop, &mut batch, backend.batch_max) {
         if !backend.batch_wait.is_zero() && batch.iter().any(is_send) {
             let earliest = batch.iter().map(|e| e.deadline).min().expect("non-empty");
             let until = (Instant::now() + backend.batch_wait).min(earliest);
