@@ -306,72 +306,55 @@ pub type TokenLookupResult = Result<Option<UserId>, StorageError>;
 /// The text every job gets when its db thread went away without answering.
 const GONE: &str = "storage thread gone";
 
-/// A job's result on its way back from a db thread. A future that never
-/// blocks: the db thread completes it and wakes the task that polled it,
-/// on whatever executor that is. It has no timer of its own; the deadline
-/// given to [`Store::submit`] bounds only the wait in the queue, so the
-/// caller races it against its own timer if it needs to.
-#[must_use = "a Pending does nothing unless awaited; dropping it discards the answer, not the job"]
-pub struct Pending {
-    /// Completed exactly once by a db thread, or dropped (store gone).
-    rx: oneshot::Receiver<StorageResult>,
+/// A result's value when its db thread went away without answering.
+pub trait Gone {
+    /// The failure a dropped answer turns into.
+    fn gone() -> Self;
 }
 
-impl Future for Pending {
-    type Output = StorageResult;
+impl<T> Gone for Result<T, StorageError> {
+    fn gone() -> Self {
+        Err(StorageError::Backend(GONE.to_string()))
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<StorageResult> {
+impl Gone for ReloadResult {
+    fn gone() -> Self {
+        Err(ReloadError::Storage(StorageError::Backend(
+            GONE.to_string(),
+        )))
+    }
+}
+
+/// A result on its way back from a db thread. A future that never blocks:
+/// the db thread completes it and wakes the task that polled it, on
+/// whatever executor that is. It has no timer of its own; the deadline
+/// given with the work bounds only the wait in the queue, so the caller
+/// races it against its own timer if it needs to.
+#[must_use = "an answer does nothing unless awaited; dropping it discards the answer, not the job"]
+pub struct Answer<R> {
+    /// Completed exactly once by a db thread, or dropped (store gone).
+    rx: oneshot::Receiver<R>,
+}
+
+impl<R: Gone> Future for Answer<R> {
+    type Output = R;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(oneshot::Canceled)) => {
-                Poll::Ready(Err(StorageError::Backend(GONE.to_string())))
-            }
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(R::gone()),
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
-/// A directory reload's result on its way back; like [`Pending`].
-#[must_use = "a PendingReload does nothing unless awaited"]
-pub struct PendingReload {
-    /// Completed exactly once by a db thread, or dropped (store gone).
-    rx: oneshot::Receiver<ReloadResult>,
-}
-
-impl Future for PendingReload {
-    type Output = ReloadResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReloadResult> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(ReloadError::Storage(
-                StorageError::Backend(GONE.to_string()),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// A token lookup's result on its way back; like [`Pending`].
-#[must_use = "a PendingToken does nothing unless awaited"]
-pub struct PendingToken {
-    /// Completed exactly once by a db thread, or dropped (store gone).
-    rx: oneshot::Receiver<TokenLookupResult>,
-}
-
-impl Future for PendingToken {
-    type Output = TokenLookupResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TokenLookupResult> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(oneshot::Canceled)) => {
-                Poll::Ready(Err(StorageError::Backend(GONE.to_string())))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
+/// A job's result ([`Store::submit`]).
+pub type Pending = Answer<StorageResult>;
+/// A directory reload's result ([`Store::reload_directory`]).
+pub type PendingReload = Answer<ReloadResult>;
+/// A token lookup's result ([`Store::lookup_token`]).
+pub type PendingToken = Answer<TokenLookupResult>;
 
 impl Store {
     /// Opens the MySQL store: builds the connection pool (connections are
@@ -438,7 +421,7 @@ impl Store {
                     .counters
                     .submitted
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(PendingToken { rx })
+                Ok(Answer { rx })
             }
             Err(TrySendError::Full(_)) => {
                 self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
@@ -468,7 +451,7 @@ impl Store {
                     .counters
                     .submitted
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(Pending { rx })
+                Ok(Answer { rx })
             }
             Err(TrySendError::Full(envelope)) => {
                 self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +496,7 @@ impl Store {
                     .counters
                     .submitted
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(PendingReload { rx })
+                Ok(Answer { rx })
             }
             Err(TrySendError::Full(_)) => {
                 self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
