@@ -251,7 +251,7 @@ fn open_embedded(settings: &Settings) -> Result<Store, String> {
         db_threads: settings.db_threads,
         queue_depth: limits::STORAGE_QUEUE_DEPTH_MAX,
         write_batch_max: limits::STORAGE_WRITE_BATCH_MAX,
-        pin_to: None,
+        pin_to: settings.db_cores.clone(),
     })
     .map_err(|e| {
         format!(
@@ -273,7 +273,7 @@ fn open_mysql(settings: &Settings, url: &str) -> Result<Store, String> {
         connect_timeout_ms: settings.mysql_connect_timeout_ms,
         job_timeout_ms: settings.storage_timeout_ms,
         queries: settings.mysql_queries.clone(),
-        pin_to: None,
+        pin_to: settings.db_cores.clone(),
     })
     .map_err(|e| format!("cannot open the MySQL store: {e}"))
 }

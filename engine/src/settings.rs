@@ -28,6 +28,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
     Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable" },
     Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
+    Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, comma-separated (db-i gets the (i mod n)-th); see tuning/README.md" },
     Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
     Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
@@ -64,6 +65,8 @@ pub struct Settings {
     pub roster_refresh_ms: u64,
     pub storage_timeout_ms: u64,
     pub db_threads: usize,
+    /// Cores the db threads are pinned to (`None`: not pinned).
+    pub db_cores: Option<Vec<usize>>,
     pub connections_max: usize,
     /// Log level.
     pub log: log::LevelFilter,
@@ -183,6 +186,17 @@ impl Settings {
             roster_refresh_ms: num("ROSTER_REFRESH_MS", get("ROSTER_REFRESH_MS"), 300_000)?,
             storage_timeout_ms: num("STORAGE_TIMEOUT_MS", get("STORAGE_TIMEOUT_MS"), 5_000)?,
             db_threads: num("DB_THREADS", get("DB_THREADS"), 2)?,
+            db_cores: match non_empty("DB_CORES") {
+                None => None,
+                Some(list) => Some(
+                    list.split(',')
+                        .map(|c| c.trim().parse::<usize>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| {
+                            format!("SWITCHBOARD_DB_CORES: {list:?} is not a list of core numbers like 1 or 1,3")
+                        })?,
+                ),
+            },
             connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
             log,
             mysql_url: non_empty("MYSQL_URL"),
@@ -274,6 +288,7 @@ mod tests {
             (&["--shards"][..], "needs a value"),
             (&["stray"][..], "unexpected"),
             (&["--log", "loud"][..], "LOG"),
+            (&["--db-cores", "1,x"][..], "DB_CORES"),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
