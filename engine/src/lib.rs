@@ -13,6 +13,7 @@ pub mod demo;
 pub mod handler;
 pub mod limits;
 pub mod logger;
+pub mod mesh;
 pub mod runtime;
 pub mod server;
 pub mod settings;

@@ -5,10 +5,9 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use log::{error, info, warn};
@@ -19,6 +18,7 @@ use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 use crate::demo::Demo;
 use crate::handler::ConnHandler;
 use crate::limits;
+use crate::mesh::{self, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, ShardRuntime};
 use crate::settings::Settings;
 
@@ -65,25 +65,15 @@ pub fn run(settings: Settings) -> Result<(), String> {
         demo,
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mesh = MeshBuilder::<MeshMsg, _>::full(shards, limits::MESH_CHANNEL_DEPTH_MAX);
+    let ends = mesh::build::<MeshMsg>(shards, limits::MESH_CHANNEL_DEPTH_MAX);
     let mut handles = Vec::new();
-    for i in 0..shards {
+    for (i, ends) in ends.into_iter().enumerate() {
         let shared = shared.clone();
-        let mesh = mesh.clone();
-        let (created_tx, created_rx) = mpsc::channel();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
             .name(&format!("shard-{i}"))
             .ring_depth(limits::RING_DEPTH)
-            .spawn(move || async move {
-                let _ = created_tx.send(());
-                shard_main(i, shared, mesh).await
-            })
+            .spawn(move || async move { shard_main(shared, ends).await })
             .map_err(|e| format!("cannot start executor shard-{i}: {e}"))?;
-        // Executors are created one after another so that their ids, which
-        // order the mesh, follow the shard numbers.
-        created_rx
-            .recv()
-            .map_err(|_| format!("executor shard-{i} died at start"))?;
         handles.push(handle);
     }
     for h in handles {
@@ -94,29 +84,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn shard_main(
-    i: usize,
-    shared: Arc<Shared>,
-    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-) {
-    // A heartbeat timer while joining: glommio's mesh join can lose a
-    // cross-executor wakeup and park an executor that has no timer armed
-    // forever (seen about once in 50 starts under CPU contention). With a
-    // timer armed the reactor re-checks its shared channels every
-    // millisecond, so a lost wakeup costs at most that.
-    let joined = Rc::new(std::cell::Cell::new(false));
-    {
-        let joined = joined.clone();
-        glommio::spawn_local(async move {
-            while !joined.get() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .detach();
-    }
-    let (senders, mut receivers) = mesh.join().await.expect("join the shard mesh");
-    joined.set(true);
-    assert_eq!(senders.peer_id(), i, "mesh order follows shard numbers");
+async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>) {
+    let i = ends.shard();
+    let mesh = ends.connect().await;
     let s = &shared.settings;
     let mut config = Config::new(i, s.shards);
     config.grace_ms = s.presence_grace_ms;
@@ -130,12 +100,12 @@ async fn shard_main(
     );
     // Outbox drainers: one task per peer moves messages into the mesh,
     // waiting when the peer's channel is full.
-    let senders = Rc::new(senders);
+    let mut senders = mesh.senders;
     for (peer, rx) in outboxes {
-        let senders = senders.clone();
+        let tx = senders[peer].take().expect("a channel to every peer");
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                if senders.send_to(peer, msg).await.is_err() {
+                if tx.send(msg).await.is_err() {
                     error!("mesh to shard-{peer} closed");
                     return;
                 }
@@ -143,7 +113,7 @@ async fn shard_main(
         })
         .detach();
     }
-    for (peer, rx) in receivers.streams() {
+    for (peer, rx) in mesh.receivers {
         let rt = rt.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
