@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use switchboard_engine::mesh;
 use switchboard_shards::model::StorageJob;
 use switchboard_storage::{EmbeddedConfig, Store};
 
@@ -40,25 +40,24 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("switchboard-phases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open_embedded(EmbeddedConfig::new(&dir)).expect("open the embedded store");
-    let mesh = MeshBuilder::<(u64, Instant), _>::full(2, 1024);
     let mut handles = Vec::new();
-    for i in 0..2usize {
-        let mesh = mesh.clone();
+    for (i, ends) in mesh::build::<(u64, Instant)>(2, 1024)
+        .into_iter()
+        .enumerate()
+    {
         let store = store.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
         handles.push(
             LocalExecutorBuilder::new(Placement::Fixed(i % 2))
                 .name(&format!("phase-{i}"))
                 .spawn(move || async move {
-                    let _ = tx.send(());
-                    let (senders, mut receivers) = mesh.join().await.expect("mesh");
-                    let me = senders.peer_id();
-                    let other = 1 - me;
-                    let (_, rx) = receivers.streams().pop().expect("one peer");
+                    let me = ends.shard();
+                    let mut mesh = ends.connect().await;
+                    let tx = mesh.senders[1 - me].take().expect("a channel to the peer");
+                    let (_, rx) = mesh.receivers.pop().expect("one peer");
                     if me == 1 {
                         // Echo every message back.
                         while let Some(m) = rx.recv().await {
-                            if senders.send_to(other, m).await.is_err() {
+                            if tx.send(m).await.is_err() {
                                 break;
                             }
                         }
@@ -68,12 +67,12 @@ fn main() {
                     let mut mesh_h = Histogram::<u64>::new(3).unwrap();
                     for k in 0..n {
                         let start = Instant::now();
-                        senders.send_to(other, (k, start)).await.expect("send");
+                        tx.send((k, start)).await.expect("send");
                         let (back, _) = rx.recv().await.expect("echo");
                         assert_eq!(back, k);
                         mesh_h.record(ns(start.elapsed())).unwrap();
                     }
-                    senders.close();
+                    drop(tx);
                     let deadline = || Instant::now() + Duration::from_secs(10);
                     let mut read_h = Histogram::<u64>::new(3).unwrap();
                     for _ in 0..n {
@@ -107,7 +106,6 @@ fn main() {
                 })
                 .expect("executor"),
         );
-        rx.recv().expect("executor started");
     }
     let mut results = None;
     for h in handles {
