@@ -411,28 +411,10 @@ impl Store {
         deadline: Instant,
     ) -> Result<PendingToken, StorageError> {
         let (reply, rx) = oneshot::channel();
-        let envelope = Envelope {
-            work: Work::LookupToken { token, reply },
-            deadline,
-        };
-        match self.inner.jobs.try_send(envelope) {
-            Ok(()) => {
-                self.inner
-                    .counters
-                    .submitted
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(Answer { rx })
-            }
-            Err(TrySendError::Full(_)) => {
-                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("storage: token lookup shed: job queue full");
-                Err(StorageError::Overloaded)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                log::error!("storage: token lookup refused: the store is stopped");
-                Err(StorageError::Backend("storage stopped".to_string()))
-            }
-        }
+        self.enqueue(Work::LookupToken { token, reply }, deadline, || {
+            "token lookup".to_string()
+        })?;
+        Ok(Answer { rx })
     }
 
     /// Queues a job and returns the future of its result. Never blocks: a
@@ -440,40 +422,41 @@ impl Store {
     /// `Err(Backend)`. A job still queued at `deadline` is answered
     /// `TimedOut` without running.
     pub fn submit(&self, job: StorageJob, deadline: Instant) -> Result<Pending, StorageError> {
+        let (name, user) = (job.name(), job.user());
         let (reply, rx) = oneshot::channel();
-        let envelope = Envelope {
-            work: Work::Job { job, reply },
-            deadline,
-        };
-        match self.inner.jobs.try_send(envelope) {
+        self.enqueue(Work::Job { job, reply }, deadline, || {
+            format!("{name} for user {user}")
+        })?;
+        Ok(Answer { rx })
+    }
+
+    /// Puts `work` in the job queue without waiting: a full queue is
+    /// `Overloaded`, a stopped store `Backend`; both are counted and logged
+    /// once, naming `what()` (only built then: this is the request path).
+    fn enqueue(
+        &self,
+        work: Work,
+        deadline: Instant,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), StorageError> {
+        let counters = &self.inner.counters;
+        match self.inner.jobs.try_send(Envelope { work, deadline }) {
             Ok(()) => {
-                self.inner
-                    .counters
-                    .submitted
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(Answer { rx })
+                counters.submitted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
-            Err(TrySendError::Full(envelope)) => {
-                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
-                if let Work::Job { job, .. } = &envelope.work {
-                    log::warn!(
-                        "storage: {} for user {} shed: job queue full ({} jobs)",
-                        job.name(),
-                        job.user(),
-                        self.inner.queue_depth
-                    );
-                }
+            Err(TrySendError::Full(_)) => {
+                counters.shed.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "storage: {} shed: job queue full ({} jobs)",
+                    what(),
+                    self.inner.queue_depth
+                );
                 Err(StorageError::Overloaded)
             }
-            Err(TrySendError::Disconnected(envelope)) => {
-                self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-                if let Work::Job { job, .. } = &envelope.work {
-                    log::error!(
-                        "storage: {} for user {} refused: the store is stopped",
-                        job.name(),
-                        job.user()
-                    );
-                }
+            Err(TrySendError::Disconnected(_)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("storage: {} refused: the store is stopped", what());
                 Err(StorageError::Backend("storage stopped".to_string()))
             }
         }
@@ -486,28 +469,10 @@ impl Store {
     /// read from the database at every roster load). Never blocks, like [`Store::submit`].
     pub fn reload_directory(&self, deadline: Instant) -> Result<PendingReload, StorageError> {
         let (reply, rx) = oneshot::channel();
-        let envelope = Envelope {
-            work: Work::ReloadDirectory { reply },
-            deadline,
-        };
-        match self.inner.jobs.try_send(envelope) {
-            Ok(()) => {
-                self.inner
-                    .counters
-                    .submitted
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(Answer { rx })
-            }
-            Err(TrySendError::Full(_)) => {
-                self.inner.counters.shed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("storage: directory reload shed: job queue full");
-                Err(StorageError::Overloaded)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                log::error!("storage: directory reload refused: the store is stopped");
-                Err(StorageError::Backend("storage stopped".to_string()))
-            }
-        }
+        self.enqueue(Work::ReloadDirectory { reply }, deadline, || {
+            "directory reload".to_string()
+        })?;
+        Ok(Answer { rx })
     }
 
     /// The counters now.
