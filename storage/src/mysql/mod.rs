@@ -350,8 +350,34 @@ struct Backend {
 pub(crate) struct Watch {
     /// The thread's name (`db-N`).
     thread: String,
-    /// `None` while idle.
-    slot: Mutex<Option<Activity>>,
+    /// The thread's state, changed by the thread, read by `db-watch`.
+    slot: Mutex<Doing>,
+}
+
+/// A db thread's state as `db-watch` sees it.
+enum Doing {
+    /// Waiting for work in the queue (nothing to watch).
+    Idle,
+    /// Running a batch.
+    Batch(Activity),
+}
+
+/// What a batch waits for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// A connection from the pool (every batch's first wait).
+    Checkout,
+    /// The answer to this statement (on one line, cut by [`cut`]).
+    Query(String),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Checkout => f.write_str("a pool connection (checkout)"),
+            Waiting::Query(sql) => write!(f, "query `{sql}`"),
+        }
+    }
 }
 
 /// One batch in progress.
@@ -360,14 +386,15 @@ struct Activity {
     jobs: String,
     /// The earliest deadline of its jobs.
     deadline: Instant,
-    /// What it waits for now: `None` for a pool checkout, else the SQL.
-    query: Option<String>,
+    /// What it waits for now.
+    waiting: Waiting,
     /// Since when it waits for that.
     since: Instant,
     /// The longest finished wait of the batch and what it was for (the
     /// statement that blocked is often done by the time a late batch is
-    /// logged: a server-side limit interrupted it).
-    longest: Option<(Option<String>, Duration)>,
+    /// logged: a server-side limit interrupted it); `None` until the
+    /// first wait ends.
+    longest: Option<(Waiting, Duration)>,
     /// Whether `db-watch` already logged this batch.
     reported: bool,
 }
@@ -376,21 +403,21 @@ impl Watch {
     fn new(thread: String) -> Watch {
         Watch {
             thread,
-            slot: Mutex::new(None),
+            slot: Mutex::new(Doing::Idle),
         }
     }
 
-    fn with(&self, f: impl FnOnce(&mut Option<Activity>)) {
+    fn with(&self, f: impl FnOnce(&mut Doing)) {
         f(&mut self.slot.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// A batch starts, with a pool checkout.
     fn begin(&self, jobs: String, deadline: Instant) {
         self.with(|slot| {
-            *slot = Some(Activity {
+            *slot = Doing::Batch(Activity {
                 jobs,
                 deadline,
-                query: None,
+                waiting: Waiting::Checkout,
                 since: Instant::now(),
                 longest: None,
                 reported: false,
@@ -401,13 +428,13 @@ impl Watch {
     /// The batch now waits for `sql`.
     pub(crate) fn query(&self, sql: &str) {
         self.with(|slot| {
-            if let Some(a) = slot {
+            if let Doing::Batch(a) = slot {
                 let now = Instant::now();
                 let took = now - a.since;
+                let done = std::mem::replace(&mut a.waiting, Waiting::Query(cut(sql)));
                 if a.longest.as_ref().is_none_or(|(_, d)| took > *d) {
-                    a.longest = Some((a.query.take(), took));
+                    a.longest = Some((done, took));
                 }
-                a.query = Some(cut(sql));
                 a.since = now;
             }
         });
@@ -419,7 +446,7 @@ impl Watch {
     fn end(&self) -> Option<String> {
         let mut line = None;
         self.with(|slot| {
-            if let Some(a) = slot.take() {
+            if let Doing::Batch(a) = std::mem::replace(slot, Doing::Idle) {
                 let now = Instant::now();
                 if !a.reported && now > a.deadline {
                     line = Some(a.timed_out_line(&self.thread, now));
@@ -434,13 +461,9 @@ impl Activity {
     /// The one line saying which batch timed out and what it waited for.
     fn timed_out_line(&self, thread: &str, now: Instant) -> String {
         let current = now.saturating_duration_since(self.since);
-        let (query, waited, verb) = match &self.longest {
-            Some((query, took)) if *took > current => (query, *took, "waited"),
-            _ => (&self.query, current, "has waited"),
-        };
-        let waiting = match query {
-            None => "a pool connection (checkout)".to_string(),
-            Some(sql) => format!("query `{sql}`"),
+        let (waiting, waited, verb) = match &self.longest {
+            Some((waiting, took)) if *took > current => (waiting, *took, "waited"),
+            _ => (&self.waiting, current, "has waited"),
         };
         format!(
             "storage: {} timed out: {} past its deadline; {thread} {verb} {} ms for {waiting}",
@@ -482,7 +505,7 @@ fn watch_loop(backend: &Backend, stop: &AtomicBool) {
         for watch in &backend.watches {
             let mut line = None;
             watch.with(|slot| {
-                let Some(a) = slot else { return };
+                let Doing::Batch(a) = slot else { return };
                 if a.reported || now < a.deadline {
                     return;
                 }
