@@ -4,18 +4,23 @@
 //!
 //! A db thread's loop: take one envelope (waiting at most
 //! [`limits::DB_IDLE_WAIT_MS`], so it notices a stop), then drain up to
-//! `write_batch_max - 1` more without waiting. In that batch, envelopes
-//! whose deadline has passed are answered `TimedOut`; directory reloads
+//! `write_batch_max - 1` more without waiting ([`batch::next_batch`]).
+//! The shared triage ([`batch::triage`]) answers the jobs whose deadline
+//! has passed `TimedOut` and refuses oversized writes; directory reloads
 //! and read jobs run next, in one read transaction, and are answered at
 //! once; then all write jobs run, in order, in one write transaction that
 //! is committed with an fsync before any of them is answered. redb runs
 //! one write transaction at a time, so several db threads queue on it;
 //! meanwhile they serve reads.
+//!
+//! Deadlines are checked once, when the batch is picked up: a write that
+//! then waits for redb's write lock is committed and answered however
+//! long that took.
 
+use crate::batch::{self, Pickup, Reply};
 use crate::directory::Directory;
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
-    Work,
 };
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
@@ -194,29 +199,7 @@ fn check_config(config: &EmbeddedConfig) -> Result<(), OpenError> {
         config.write_batch_max,
         limits::WRITE_BATCH_JOBS_MAX,
     )?;
-    check_pin_to(config.pin_to.as_deref())
-}
-
-/// Refuses an empty pin list or a core id this machine does not have.
-pub(crate) fn check_pin_to(pin_to: Option<&[usize]>) -> Result<(), OpenError> {
-    if let Some(cores) = pin_to {
-        if cores.is_empty() {
-            return Err(OpenError::Config(
-                "pin_to is empty (use None not to pin)".to_string(),
-            ));
-        }
-        let known: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        if let Some(bad) = cores.iter().find(|c| !known.contains(c)) {
-            return Err(OpenError::Config(format!(
-                "pin_to names core {bad}, not one of this machine's cores {known:?}"
-            )));
-        }
-    }
-    Ok(())
+    crate::pin::check_pin_to(config.pin_to.as_deref())
 }
 
 /// Creates the tables of a new file, or checks the schema version of an
@@ -256,81 +239,50 @@ fn run(
     batch_max: usize,
     core: Option<usize>,
 ) {
-    crate::pin_db_thread(core);
+    crate::pin::pin_db_thread(core);
     let mut batch = Vec::with_capacity(batch_max);
-    while crate::next_batch(queue, stop, &mut batch, batch_max) {
+    while batch::next_batch(queue, stop, &mut batch, batch_max) {
         state.run_batch(&mut batch);
     }
 }
 
-/// A job with the channel its answer goes to.
-type Reply = (StorageJob, oneshot::Sender<StorageResult>);
-
 impl State {
+    /// Runs one drained batch: the shared triage ([`batch::triage`]), then
+    /// reloads, token lookups, reads, and the writes' group commit.
     fn run_batch(&self, batch: &mut Vec<Envelope>) {
         let now = Instant::now();
-        let mut reads: Vec<Reply> = Vec::new();
-        let mut writes: Vec<Reply> = Vec::new();
-        for Envelope { work, deadline } in batch.drain(..) {
-            let late = now
-                .checked_duration_since(deadline)
-                .filter(|d| !d.is_zero());
-            match work {
-                Work::ReloadDirectory { reply } => {
-                    let result = match late {
-                        Some(late) => {
-                            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                            log::warn!(
-                                "storage: directory reload timed out: picked up {} ms after its deadline",
-                                late.as_millis()
-                            );
-                            Err(ReloadError::Storage(StorageError::TimedOut))
-                        }
-                        None => self.reload_directory(),
-                    };
-                    let _ = reply.send(result);
+        let sorted = batch::triage(batch, now, &self.counters, |late| {
+            format!("picked up {} ms after its deadline", late.as_millis())
+        });
+        for reload in sorted.reloads {
+            let result = match Pickup::at(now, reload.deadline) {
+                Pickup::Late(late) => {
+                    self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "storage: directory reload timed out: picked up {} ms after its deadline",
+                        late.as_millis()
+                    );
+                    Err(ReloadError::Storage(StorageError::TimedOut))
                 }
-                Work::LookupToken { reply, .. } => {
-                    // The embedded directory has HMAC tokens only.
-                    let _ = reply.send(Ok(None));
-                }
-                Work::Job { job, reply } => {
-                    if let Some(late) = late {
-                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                        log::warn!(
-                            "storage: {} for user {} timed out: picked up {} ms after its deadline",
-                            job.name(),
-                            job.user(),
-                            late.as_millis()
-                        );
-                        let _ = reply.send(Err(StorageError::TimedOut));
-                    } else if !is_write(&job) {
-                        reads.push((job, reply));
-                    } else if let Err(e) = check_sizes(&job) {
-                        self.fail(&job, reply, &e);
-                    } else {
-                        writes.push((job, reply));
-                    }
-                }
-            }
+                Pickup::InTime => self.reload_directory(),
+            };
+            let _ = reload.reply.send(result);
         }
-        if !reads.is_empty() {
-            self.run_reads(reads);
+        for lookup in sorted.tokens {
+            // The embedded directory has HMAC tokens only.
+            let _ = lookup.reply.send(Ok(None));
         }
-        if !writes.is_empty() {
-            self.run_writes(writes);
+        if !sorted.reads.is_empty() {
+            self.run_reads(sorted.reads);
+        }
+        if !sorted.writes.is_empty() {
+            self.run_writes(sorted.writes);
         }
     }
 
     /// Answers a job `Backend(what)` and logs it once.
     fn fail(&self, job: &StorageJob, reply: oneshot::Sender<StorageResult>, what: &str) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        log::error!(
-            "storage: {} for user {} failed: {what}",
-            job.name(),
-            job.user()
-        );
-        let _ = reply.send(Err(StorageError::Backend(what.to_string())));
+        batch::fail(&self.counters, job, reply, what);
     }
 
     fn directory(&self) -> Arc<Directory> {
@@ -382,14 +334,14 @@ impl State {
         let tables = match tables {
             Ok(tables) => tables,
             Err(e) => {
-                for (job, reply) in reads {
+                for Reply { job, reply, .. } in reads {
                     self.fail(&job, reply, &e);
                 }
                 return;
             }
         };
         let directory = self.directory();
-        for (job, reply) in reads {
+        for Reply { job, reply, .. } in reads {
             match tables.execute(&directory, &job) {
                 Ok(output) => {
                     let _ = reply.send(Ok(output));
@@ -409,7 +361,7 @@ impl State {
             let outputs = {
                 let mut tables = WriteTables::open(&txn)?;
                 let mut outputs = Vec::with_capacity(writes.len());
-                for (job, _) in &writes {
+                for Reply { job, .. } in &writes {
                     let output = tables
                         .execute(job)
                         .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
@@ -426,7 +378,7 @@ impl State {
                 self.counters
                     .write_jobs
                     .fetch_add(writes.len() as u64, Ordering::Relaxed);
-                for ((_, reply), output) in writes.into_iter().zip(outputs) {
+                for (Reply { reply, .. }, output) in writes.into_iter().zip(outputs) {
                     let _ = reply.send(Ok(output));
                 }
             }
@@ -435,48 +387,11 @@ impl State {
                     "write transaction of {} jobs rolled back: {e}",
                     writes.len()
                 );
-                for (job, reply) in writes {
+                for Reply { job, reply, .. } in writes {
                     self.fail(&job, reply, &what);
                 }
             }
         }
-    }
-}
-
-pub(crate) fn is_write(job: &StorageJob) -> bool {
-    match job {
-        StorageJob::StoreMessage { .. }
-        | StorageJob::MarkRead { .. }
-        | StorageJob::SaveUi { .. } => true,
-        StorageJob::LoadSession { .. }
-        | StorageJob::LoadRoster { .. }
-        | StorageJob::History { .. } => false,
-    }
-}
-
-/// Sizes `io` already checked; over them is a caller bug, refused here
-/// rather than stored (see [`limits`]).
-pub(crate) fn check_sizes(job: &StorageJob) -> Result<(), String> {
-    let over = |what: &str, len: usize, max: usize| {
-        if len > max {
-            Err(format!("{what} of {len} bytes is over the limit of {max}"))
-        } else {
-            Ok(())
-        }
-    };
-    match job {
-        StorageJob::StoreMessage { text, cid, .. } => {
-            over("text", text.len(), limits::MESSAGE_TEXT_BYTES_MAX)?;
-            over(
-                "cid",
-                cid.as_ref().map_or(0, |c| c.len()),
-                limits::CID_BYTES_MAX,
-            )
-        }
-        StorageJob::SaveUi { state, .. } => {
-            over("ui state", state.len(), limits::UI_STATE_BYTES_MAX)
-        }
-        _ => Ok(()),
     }
 }
 

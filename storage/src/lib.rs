@@ -44,10 +44,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod batch;
 pub mod directory;
 mod embedded;
 pub mod limits;
 pub mod mysql;
+mod pin;
 pub mod token;
 
 pub use directory::{Directory, DirectoryError};
@@ -101,54 +103,6 @@ pub(crate) struct Envelope {
     pub(crate) work: Work,
     /// A db thread that picks this up later answers `TimedOut` instead.
     pub(crate) deadline: Instant,
-}
-
-/// Pins the calling db thread to `core` when one is given; a failure is
-/// logged and the thread runs unpinned.
-pub(crate) fn pin_db_thread(core: Option<usize>) {
-    if let Some(id) = core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            log::warn!("storage: could not pin this db thread to core {id}; running unpinned");
-        }
-    }
-}
-
-/// Fills the empty `batch` with a db thread's next work: waits for one
-/// envelope (waking every `DB_IDLE_WAIT_MS` to notice `stop`), then takes
-/// whatever else is queued, up to `max`, without waiting. Returns false
-/// when the thread should exit: the queue closed, or `stop` is set and
-/// nothing is left to drain.
-pub(crate) fn next_batch(
-    queue: &crossbeam_channel::Receiver<Envelope>,
-    stop: &AtomicBool,
-    batch: &mut Vec<Envelope>,
-    max: usize,
-) -> bool {
-    use crossbeam_channel::RecvTimeoutError;
-    debug_assert!(batch.is_empty());
-    let idle = std::time::Duration::from_millis(limits::DB_IDLE_WAIT_MS);
-    let first = loop {
-        if stop.load(Ordering::Acquire) {
-            // Stopping: finish what is queued, then exit.
-            match queue.try_recv() {
-                Ok(envelope) => break envelope,
-                Err(_) => return false,
-            }
-        }
-        match queue.recv_timeout(idle) {
-            Ok(envelope) => break envelope,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return false,
-        }
-    };
-    batch.push(first);
-    while batch.len() < max {
-        match queue.try_recv() {
-            Ok(envelope) => batch.push(envelope),
-            Err(_) => break,
-        }
-    }
-    true
 }
 
 /// The kinds of work a db thread does.

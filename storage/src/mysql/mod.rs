@@ -39,6 +39,7 @@ mod seed;
 pub use schema::{Migrated, SCHEMA_VERSION};
 pub use seed::{seed_demo, Seeded};
 
+use crate::batch::{self, Pickup, Reply, TokenReply};
 use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Store, Work};
 use conn::{DbConn, ErrorLog, Manager, SessionLimits};
 use crossbeam_channel::Receiver;
@@ -49,7 +50,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use switchboard_shards::model::{StorageError, StorageJob, StorageResult, UserId};
+use switchboard_shards::model::{StorageError, StorageJob, StorageOutput, StorageResult, UserId};
 
 /// The directory queries: SQL run against the web app's database, each
 /// with `?` placeholders. The defaults fit the schema of PROTOCOL.md §7.
@@ -186,7 +187,7 @@ fn check_config(config: &MysqlConfig) -> Result<(), OpenError> {
         600_000,
     )?;
     range("storage timeout_ms", config.job_timeout_ms, 1, 600_000)?;
-    crate::embedded::check_pin_to(config.pin_to.as_deref())
+    crate::pin::check_pin_to(config.pin_to.as_deref())
 }
 
 /// Prepares every configured directory query and checks its placeholders
@@ -531,9 +532,9 @@ fn run(
     watch: &Watch,
     core: Option<usize>,
 ) {
-    crate::pin_db_thread(core);
+    crate::pin::pin_db_thread(core);
     let mut batch = Vec::with_capacity(backend.batch_max);
-    while crate::next_batch(queue, stop, &mut batch, backend.batch_max) {
+    while batch::next_batch(queue, stop, &mut batch, backend.batch_max) {
         if !backend.batch_wait.is_zero() && batch.iter().any(is_send) {
             let earliest = batch.iter().map(|e| e.deadline).min().expect("non-empty");
             let until = (Instant::now() + backend.batch_wait).min(earliest);
@@ -556,20 +557,6 @@ fn is_send(envelope: &Envelope) -> bool {
             ..
         }
     )
-}
-
-/// A job with the channel its answer goes to and its deadline.
-struct Reply {
-    job: StorageJob,
-    reply: oneshot::Sender<StorageResult>,
-    deadline: Instant,
-}
-
-/// A token lookup waiting for a connection.
-struct TokenReply {
-    token: String,
-    reply: oneshot::Sender<crate::TokenLookupResult>,
-    deadline: Instant,
 }
 
 /// `store_message ×3, load_session for users 1, 2` (at most 8 users).
@@ -635,72 +622,27 @@ impl Backend {
         }
     }
 
+    /// Runs one drained batch: the shared triage ([`batch::triage`]),
+    /// then, on one checked-out connection, the token lookups, the reads
+    /// and the writes' group commit. Every envelope is answered once.
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
         let now = Instant::now();
-        let mut reads: Vec<Reply> = Vec::new();
-        let mut writes: Vec<Reply> = Vec::new();
-        let mut tokens: Vec<TokenReply> = Vec::new();
-        for Envelope { work, deadline } in batch.drain(..) {
-            let late = now
-                .checked_duration_since(deadline)
-                .filter(|d| !d.is_zero());
-            match work {
-                Work::ReloadDirectory { reply } => {
-                    // Rosters are read from the database at every load.
-                    let _ = reply.send(Ok(DirectoryReloaded {
-                        users: 0,
-                        friendships: 0,
-                    }));
-                }
-                Work::LookupToken { token, reply } => {
-                    if let Some(late) = late {
-                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                        log::warn!(
-                            "storage: lookup_token timed out: waited {} past its deadline for a \
-                             db thread (all busy)",
-                            ms(late)
-                        );
-                        let _ = reply.send(Err(StorageError::TimedOut));
-                    } else if token.len() > limits::TOKEN_LOOKUP_BYTES_MAX {
-                        let _ = reply.send(Ok(None));
-                    } else {
-                        tokens.push(TokenReply {
-                            token,
-                            reply,
-                            deadline,
-                        });
-                    }
-                }
-                Work::Job { job, reply } => {
-                    if let Some(late) = late {
-                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                        log::warn!(
-                            "storage: {} for user {} timed out: waited {} past its deadline in \
-                             the queue for a db thread (all {} busy)",
-                            job.name(),
-                            job.user(),
-                            ms(late),
-                            self.watches.len()
-                        );
-                        let _ = reply.send(Err(StorageError::TimedOut));
-                    } else if !crate::embedded::is_write(&job) {
-                        reads.push(Reply {
-                            job,
-                            reply,
-                            deadline,
-                        });
-                    } else if let Err(e) = crate::embedded::check_sizes(&job) {
-                        self.fail_one(job, reply, &e);
-                    } else {
-                        writes.push(Reply {
-                            job,
-                            reply,
-                            deadline,
-                        });
-                    }
-                }
-            }
+        let threads = self.watches.len();
+        let sorted = batch::triage(batch, now, &self.counters, |late| {
+            format!(
+                "waited {} past its deadline in the queue for a db thread (all {threads} busy)",
+                ms(late)
+            )
+        });
+        for reload in sorted.reloads {
+            // Rosters are read from the database at every load.
+            let _ = reload.reply.send(Ok(DirectoryReloaded {
+                users: 0,
+                friendships: 0,
+            }));
         }
+        let tokens = self.tokens_to_look_up(sorted.tokens, now);
+        let (reads, writes) = (sorted.reads, sorted.writes);
         if reads.is_empty() && writes.is_empty() && tokens.is_empty() {
             return;
         }
@@ -713,19 +655,9 @@ impl Backend {
         let earliest = deadlines.min().expect("non-empty");
         let jobs = summary(reads.iter().chain(&writes).map(|r| &r.job), tokens.len());
         watch.begin(jobs.clone(), earliest);
-        let checkout = Instant::now();
-        let conn = self.pool.get_timeout(
-            latest
-                .saturating_duration_since(checkout)
-                .max(Duration::from_millis(1)),
-        );
-        let mut conn = match conn {
+        let mut conn = match self.check_out(latest) {
             Ok(conn) => conn,
-            Err(e) => {
-                let what = format!(
-                    "no database connection within {} ms: {e}",
-                    checkout.elapsed().as_millis()
-                );
+            Err(what) => {
                 log::error!("storage: {jobs} failed: {what}");
                 self.fail_all(reads.into_iter().chain(writes), tokens, &what);
                 self.end_watch(watch);
@@ -737,9 +669,56 @@ impl Backend {
             watch,
             queries: &self.queries,
         };
-        let mut tokens = tokens.into_iter();
-        let mut reads = reads.into_iter();
-        for t in tokens.by_ref() {
+        self.run_lookups(&mut ctx, tokens);
+        self.run_reads(&mut ctx, reads);
+        if !writes.is_empty() {
+            self.run_writes(&mut ctx, writes, &jobs);
+        }
+        self.end_watch(watch);
+    }
+
+    /// Answers the token lookups that need no query (picked up late:
+    /// `TimedOut`; longer than any token: unknown) and returns the rest.
+    fn tokens_to_look_up(&self, tokens: Vec<TokenReply>, now: Instant) -> Vec<TokenReply> {
+        let mut ready = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            match Pickup::at(now, t.deadline) {
+                Pickup::Late(late) => {
+                    self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "storage: lookup_token timed out: waited {} past its deadline for a \
+                         db thread (all busy)",
+                        ms(late)
+                    );
+                    let _ = t.reply.send(Err(StorageError::TimedOut));
+                }
+                Pickup::InTime if t.token.len() > limits::TOKEN_LOOKUP_BYTES_MAX => {
+                    let _ = t.reply.send(Ok(None));
+                }
+                Pickup::InTime => ready.push(t),
+            }
+        }
+        ready
+    }
+
+    /// A pooled connection, waited for until `latest` (at least 1 ms);
+    /// the error says how long it waited and why there was none.
+    fn check_out(&self, latest: Instant) -> Result<r2d2::PooledConnection<Manager>, String> {
+        let checkout = Instant::now();
+        let wait = latest
+            .saturating_duration_since(checkout)
+            .max(Duration::from_millis(1));
+        self.pool.get_timeout(wait).map_err(|e| {
+            format!(
+                "no database connection within {} ms: {e}",
+                checkout.elapsed().as_millis()
+            )
+        })
+    }
+
+    /// Runs the token lookups, one query each, answering each.
+    fn run_lookups(&self, ctx: &mut Ctx<'_>, tokens: Vec<TokenReply>) {
+        for t in tokens {
             if ctx.conn.broken {
                 let _ = t
                     .reply
@@ -753,7 +732,12 @@ impl Backend {
             });
             let _ = t.reply.send(result);
         }
-        for r in reads.by_ref() {
+    }
+
+    /// Runs the read jobs, one at a time with autocommit, answering each;
+    /// a read whose deadline passed meanwhile is answered `TimedOut`.
+    fn run_reads(&self, ctx: &mut Ctx<'_>, reads: Vec<Reply>) {
+        for r in reads {
             if Instant::now() >= r.deadline {
                 self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
                 let _ = r.reply.send(Err(StorageError::TimedOut));
@@ -777,27 +761,12 @@ impl Backend {
                 }
             }
         }
-        if !writes.is_empty() {
-            self.run_writes(&mut ctx, writes, &jobs);
-        }
-        self.end_watch(watch);
     }
 
     /// Group commit of the batch's writes, retried after a deadlock or a
     /// racing cid; every job is answered from the one outcome.
     fn run_writes(&self, ctx: &mut Ctx<'_>, writes: Vec<Reply>, jobs: &str) {
-        let now = Instant::now();
-        let (writes, late): (Vec<Reply>, Vec<Reply>) =
-            writes.into_iter().partition(|w| w.deadline > now);
-        for w in late {
-            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "storage: {} for user {} timed out: its deadline passed while the batch's reads ran",
-                w.job.name(),
-                w.job.user()
-            );
-            let _ = w.reply.send(Err(StorageError::TimedOut));
-        }
+        let writes = self.drop_late_writes(writes);
         if writes.is_empty() {
             return;
         }
@@ -823,46 +792,65 @@ impl Backend {
             }
         };
         match outcome {
-            Ok(outputs) => {
-                self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .write_jobs
-                    .fetch_add(writes.len() as u64, Ordering::Relaxed);
-                for (w, output) in writes.into_iter().zip(outputs) {
-                    let _ = w.reply.send(Ok(output));
-                }
+            Ok(outputs) => self.answer_committed(writes, outputs),
+            Err(e) => self.answer_rolled_back(writes, &e, attempt, jobs),
+        }
+    }
+
+    /// Answers `TimedOut` the writes whose deadline passed while the
+    /// batch's checkout and reads ran, and returns the others.
+    fn drop_late_writes(&self, writes: Vec<Reply>) -> Vec<Reply> {
+        let now = Instant::now();
+        let (writes, late): (Vec<Reply>, Vec<Reply>) =
+            writes.into_iter().partition(|w| w.deadline > now);
+        for w in late {
+            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "storage: {} for user {} timed out: its deadline passed while the batch's reads ran",
+                w.job.name(),
+                w.job.user()
+            );
+            let _ = w.reply.send(Err(StorageError::TimedOut));
+        }
+        writes
+    }
+
+    /// Answers each write of a committed batch with its output.
+    fn answer_committed(&self, writes: Vec<Reply>, outputs: Vec<StorageOutput>) {
+        self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .write_jobs
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        for (w, output) in writes.into_iter().zip(outputs) {
+            let _ = w.reply.send(Ok(output));
+        }
+    }
+
+    /// Answers every write of a batch that did not commit: `TimedOut`
+    /// when its deadline stopped it, else `Backend`; logged once.
+    fn answer_rolled_back(&self, writes: Vec<Reply>, e: &TxError, attempts: u32, jobs: &str) {
+        let n = writes.len() as u64;
+        let error = match e {
+            TxError::Deadline => {
+                self.counters.timed_out.fetch_add(n, Ordering::Relaxed);
+                StorageError::TimedOut
             }
-            Err(e) => {
-                let n = writes.len() as u64;
-                let error = match e {
-                    TxError::Deadline => {
-                        self.counters.timed_out.fetch_add(n, Ordering::Relaxed);
-                        StorageError::TimedOut
-                    }
-                    _ => {
-                        self.counters.failed.fetch_add(n, Ordering::Relaxed);
-                        StorageError::Backend(format!("write batch rolled back: {e}"))
-                    }
-                };
-                log::error!(
-                    "storage: write batch of {n} jobs ({jobs}) failed after {attempt} attempt(s): {e}"
-                );
-                for w in writes {
-                    let _ = w.reply.send(Err(error.clone()));
-                }
+            _ => {
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                StorageError::Backend(format!("write batch rolled back: {e}"))
             }
+        };
+        log::error!(
+            "storage: write batch of {n} jobs ({jobs}) failed after {attempts} attempt(s): {e}"
+        );
+        for w in writes {
+            let _ = w.reply.send(Err(error.clone()));
         }
     }
 
     /// Answers one job `Backend(what)` and logs it.
     fn fail_one(&self, job: StorageJob, reply: oneshot::Sender<StorageResult>, what: &str) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        log::error!(
-            "storage: {} for user {} failed: {what}",
-            job.name(),
-            job.user()
-        );
-        let _ = reply.send(Err(StorageError::Backend(what.to_string())));
+        batch::fail(&self.counters, &job, reply, what);
     }
 
     /// Answers every job `Backend(what)` (already logged once).
