@@ -35,6 +35,7 @@ mod conn;
 mod jobs;
 pub mod schema;
 mod seed;
+mod write;
 
 pub use schema::{Migrated, SCHEMA_VERSION};
 pub use seed::{seed_demo, Seeded};
@@ -44,13 +45,14 @@ use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Store, Wor
 use conn::{DbConn, ErrorLog, Manager, SessionLimits};
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
-use jobs::{Ctx, TxError};
+use jobs::Ctx;
 use mysql::prelude::Queryable;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use switchboard_shards::model::{StorageError, StorageJob, StorageOutput, StorageResult, UserId};
+use write::TxError;
 
 /// The directory queries: SQL run against the web app's database, each
 /// with `?` placeholders. The defaults fit the schema of PROTOCOL.md §7.
