@@ -8,11 +8,12 @@
 //! `pool_size` named `db-N` threads. A thread takes one envelope, drains
 //! up to `write_batch_max - 1` more without waiting and, when the batch
 //! holds a send, waits up to `write_batch_wait_ms` (never past a batched
-//! job's deadline) for more to share its commit. It then checks out one
-//! pooled connection (r2d2, `pool_size` connections: one per thread, so a
-//! checkout waits only while the pool reconnects), runs the reads, then
-//! all writes in one transaction ([`jobs`]), and answers every job through
-//! its oneshot.
+//! job's deadline) for more to share its commit. The shared triage
+//! ([`crate::batch`]) answers late jobs and oversized writes; the thread
+//! then checks out one pooled connection (r2d2, `pool_size` connections:
+//! one per thread, so a checkout waits only while the pool reconnects),
+//! runs the token lookups and reads ([`jobs`]), then all writes in one
+//! transaction ([`write`]), and answers every job through its oneshot.
 //!
 //! Nothing waits without a deadline: the checkout waits at most until the
 //! latest deadline of the batch; every statement is bounded on the server
@@ -50,6 +51,7 @@ use mysql::prelude::Queryable;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use switchboard_shards::model::{StorageError, StorageJob, StorageOutput, StorageResult, UserId};
 use write::TxError;
@@ -233,26 +235,7 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
     let manager = Manager::new(&config.url, connect_timeout, SessionLimits { job_timeout })
         .map_err(OpenError::Mysql)?;
     let target = manager.describe();
-    // One connection now, outside the pool, to refuse a wrong schema or a
-    // broken query at once. A database that is down is no reason not to
-    // start: chat without history still works, and the pool keeps trying.
-    match manager.open() {
-        Ok(mut conn) => {
-            schema::check_version(&mut conn).map_err(OpenError::Mysql)?;
-            check_queries(&mut conn, &config.queries).map_err(OpenError::Mysql)?;
-            if conn.autoinc_step.is_none() {
-                log::warn!(
-                    "storage: {target} has innodb_autoinc_lock_mode = 2: a batch of sends is \
-                     inserted one row per statement (still one commit); lock mode 1 allows one \
-                     multi-row INSERT"
-                );
-            }
-        }
-        Err(e) => log::error!(
-            "storage: mysql at {target} is unreachable at start ({e}); starting anyway: storage \
-             calls answer unavailable until it is back"
-        ),
-    }
+    check_at_start(&manager, &config.queries, &target)?;
     let error_log = ErrorLog::new(target.clone());
     let pool = r2d2::Pool::builder()
         .max_size(config.pool_size as u32)
@@ -285,11 +268,58 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         batch_max: config.write_batch_max,
         batch_wait: Duration::from_millis(config.write_batch_wait_ms),
         counters: counters.clone(),
-        watches: watches.clone(),
+        watches,
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(config.pool_size + 1);
+    let threads = start_threads(&backend, &queue, &stop, config.pin_to.as_deref())?;
+    Ok(Store::from_parts(
+        jobs,
+        stop,
+        threads,
+        counters,
+        config.queue_depth,
+        config.queries.token_sql.is_some(),
+    ))
+}
+
+/// One connection now, outside the pool, to refuse a wrong schema or a
+/// broken query at once. A database that is down is no reason not to
+/// start: chat without history still works, and the pool keeps trying.
+fn check_at_start(
+    manager: &Manager,
+    queries: &DirectoryQueries,
+    target: &str,
+) -> Result<(), OpenError> {
+    match manager.open() {
+        Ok(mut conn) => {
+            schema::check_version(&mut conn).map_err(OpenError::Mysql)?;
+            check_queries(&mut conn, queries).map_err(OpenError::Mysql)?;
+            if conn.autoinc_step.is_none() {
+                log::warn!(
+                    "storage: {target} has innodb_autoinc_lock_mode = 2: a batch of sends is \
+                     inserted one row per statement (still one commit); lock mode 1 allows one \
+                     multi-row INSERT"
+                );
+            }
+        }
+        Err(e) => log::error!(
+            "storage: mysql at {target} is unreachable at start ({e}); starting anyway: storage \
+             calls answer unavailable until it is back"
+        ),
+    }
+    Ok(())
+}
+
+/// Starts a `db-N` thread per watch, then `db-watch`. If one cannot be
+/// started, the started ones are stopped and joined.
+fn start_threads(
+    backend: &Arc<Backend>,
+    queue: &Receiver<Envelope>,
+    stop: &Arc<AtomicBool>,
+    pin_to: Option<&[usize]>,
+) -> Result<Vec<JoinHandle<()>>, OpenError> {
+    let mut threads = Vec::with_capacity(backend.watches.len() + 1);
     let mut spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name)
@@ -297,8 +327,8 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
             .map(|t| threads.push(t))
     };
     let mut started = Ok(());
-    for (i, watch) in watches.iter().enumerate() {
-        let core = config.pin_to.as_ref().map(|cores| cores[i % cores.len()]);
+    for (i, watch) in backend.watches.iter().enumerate() {
+        let core = pin_to.map(|cores| cores[i % cores.len()]);
         let (backend, queue, stop, watch) =
             (backend.clone(), queue.clone(), stop.clone(), watch.clone());
         started = spawn(
@@ -323,14 +353,7 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         }
         return Err(OpenError::Thread(e));
     }
-    Ok(Store::from_parts(
-        jobs,
-        stop,
-        threads,
-        counters,
-        config.queue_depth,
-        config.queries.token_sql.is_some(),
-    ))
+    Ok(threads)
 }
 
 /// What the db threads share.
