@@ -122,6 +122,16 @@ enum SendKind {
     RepeatOf(usize),
 }
 
+/// Step 1's result within the batch.
+struct Sends<'j> {
+    /// Each send (index into the batch, in batch order) with what its
+    /// `(from, cid)` makes it.
+    kinds: Vec<(usize, SendKind)>,
+    /// The distinct `(from, cid)` of the batch, to look up among the
+    /// stored messages.
+    cids: Vec<(UserId, &'j str)>,
+}
+
 /// The batch's answers so far, one slot per job (`None`: not yet).
 type Outputs = Vec<Option<StorageOutput>>;
 
@@ -156,9 +166,9 @@ impl Ctx<'_> {
     ) -> Result<Vec<StorageOutput>, TxError> {
         let mut outputs: Outputs = vec![None; jobs.len()];
         // 1. Sends: which repeat a batched or a stored (from, cid)?
-        let (sends, cids) = dedupe_cids(jobs);
-        let stored = self.stored_cids(&cids).map_err(TxError::sql)?;
-        let inserts = answer_stored(jobs, &sends, &stored, &mut outputs);
+        let sends = dedupe_cids(jobs);
+        let stored = self.stored_cids(&sends.cids).map_err(TxError::sql)?;
+        let inserts = answer_stored(jobs, &sends.kinds, &stored, &mut outputs);
         // 2. Lock every unread counter the batch touches, in key order.
         in_time(deadline)?;
         self.lock_unread_counters(&unread_increments(jobs, &inserts))
@@ -167,7 +177,7 @@ impl Ctx<'_> {
         in_time(deadline)?;
         let ids = self.insert_messages(jobs, &inserts)?;
         answer_inserted(jobs, &inserts, ids, &mut outputs);
-        answer_repeats(&sends, &mut outputs);
+        answer_repeats(&sends.kinds, &mut outputs);
         // 4. Read marks and UI states, in order.
         self.marks_and_ui(jobs, deadline, &mut outputs)?;
         every_answer(jobs, outputs)
@@ -412,12 +422,10 @@ impl Ctx<'_> {
 const INSERT_HEAD: &str =
     "INSERT INTO sb_messages (from_user, to_user, user_lo, user_hi, ts, text, cid) VALUES ";
 
-/// Step 1, in the batch: each send (index into `jobs`, in batch order)
-/// with what its `(from, cid)` makes it, and the distinct `(from, cid)`
-/// to look up among the stored messages.
-fn dedupe_cids<'j>(jobs: &[&'j StorageJob]) -> (Vec<(usize, SendKind)>, Vec<(UserId, &'j str)>) {
+/// Step 1, within the batch: what each send is by its `(from, cid)`.
+fn dedupe_cids<'j>(jobs: &[&'j StorageJob]) -> Sends<'j> {
     let mut first_of: HashMap<(UserId, &str), usize> = HashMap::new();
-    let mut sends = Vec::new();
+    let mut kinds = Vec::new();
     let mut cids = Vec::new();
     for (i, &job) in jobs.iter().enumerate() {
         let StorageJob::StoreMessage { from, cid, .. } = job else {
@@ -434,9 +442,9 @@ fn dedupe_cids<'j>(jobs: &[&'j StorageJob]) -> (Vec<(usize, SendKind)>, Vec<(Use
                 }
             },
         };
-        sends.push((i, send));
+        kinds.push((i, send));
     }
-    (sends, cids)
+    Sends { kinds, cids }
 }
 
 /// Step 1, against the stored messages: answers each first send whose
@@ -580,9 +588,9 @@ mod tests {
     /// `dedupe_cids` of `jobs` gives these sends and these cids to look up.
     fn check(jobs: &[StorageJob], sends: &[(usize, SendKind)], cids: &[(UserId, &str)]) {
         let jobs: Vec<&StorageJob> = jobs.iter().collect();
-        let (got_sends, got_cids) = dedupe_cids(&jobs);
-        assert_eq!(got_sends, sends, "sends of {jobs:?}");
-        assert_eq!(got_cids, cids, "cids of {jobs:?}");
+        let got = dedupe_cids(&jobs);
+        assert_eq!(got.kinds, sends, "sends of {jobs:?}");
+        assert_eq!(got.cids, cids, "cids of {jobs:?}");
     }
 
     #[test]
