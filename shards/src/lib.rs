@@ -14,4 +14,4 @@ pub mod shard;
 pub mod timers;
 
 pub use routing::home_shard;
-pub use shard::{Config, Input, Output, PeerMsg, Shard, Stats};
+pub use shard::{ChangeId, Config, Input, Output, PeerMsg, Shard, Stats};

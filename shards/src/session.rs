@@ -1,46 +1,68 @@
-//! One user's live state on their home shard: the tabs attached to it, the
-//! event buffer every tab polls from, presence, the cached roster, UI state
-//! and unread counts. Everything here is plain data (serialisable, so a
-//! deploy can hand sessions to a new process); the decisions are made in
+//! One user's state on their home shard: while it loads, the connects
+//! waiting for it; once live, the tabs attached to it, the event buffer
+//! every tab polls from, presence, the cached roster, UI state and unread
+//! counts. Everything here is plain data (serialisable, so a deploy can
+//! hand sessions to a new process) and the moves that keep it consistent
+//! (a tab's state change re-arms its timer); the decisions are made in
 //! [`crate::shard`].
+//!
+//! States are enums that carry their data, so impossible combinations
+//! cannot be written: a loading session has no name, status or roster yet;
+//! a tab either holds a poll or waits idle for one, never both.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Event, EventKind, ReplyTo, Response, Sid, Status, UserId};
+use crate::model::{Event, EventKind, Friend, ReplyTo, Response, Sid, Status, UserId};
+use crate::timers::{Deadline, TimerKey, Timers};
 use crate::Output;
 
-/// A poll being held open.
+/// A user's session: loading from storage, or live.
+// Nearly every session is live and a load is brief: boxing the live
+// variant would add an indirection to every lookup to save a few hundred
+// bytes per loading session.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HeldPoll {
-    /// Where the answer goes.
-    pub reply: ReplyTo,
-    /// The last seq the tab saw.
-    pub since: u64,
-    /// When the poll ends with `events: []`.
-    pub deadline_ms: u64,
+pub enum Session {
+    /// The `LoadSession` job `job` is in flight. Nothing about the user is
+    /// known yet: no tabs, no events, no roster.
+    Loading {
+        /// The load whose result makes the session live (a result for
+        /// another job is stale and dropped).
+        job: u64,
+        /// Connects that arrived meanwhile, answered when the load ends.
+        waiting: Vec<WaitingConnect>,
+    },
+    /// Loaded: it takes events and tabs; it may be tabless, in grace.
+    Live(LiveSession),
 }
 
-/// One attached page.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Tab {
-    /// The tab's credential.
-    pub sid: Sid,
-    /// The tab's name (the client's, or one the server made up).
-    pub name: Arc<str>,
-    /// The poll held open for this tab, if any.
-    pub poll: Option<HeldPoll>,
-    /// When the tab times out for having no poll outstanding; `None` while
-    /// a poll is held.
-    pub idle_deadline_ms: Option<u64>,
-    /// Last time the tab made any call (picks the tab to detach when a
-    /// session has too many).
-    pub last_seen_ms: u64,
+impl Session {
+    /// Whether the session is loaded (it may be tabless, in grace).
+    pub fn is_live(&self) -> bool {
+        matches!(self, Session::Live(_))
+    }
+
+    /// The live session, if loaded.
+    pub fn live(&self) -> Option<&LiveSession> {
+        match self {
+            Session::Live(live) => Some(live),
+            Session::Loading { .. } => None,
+        }
+    }
+
+    /// The live session, if loaded.
+    pub fn live_mut(&mut self) -> Option<&mut LiveSession> {
+        match self {
+            Session::Live(live) => Some(live),
+            Session::Loading { .. } => None,
+        }
+    }
 }
 
-/// Connects that arrived while the session was loading from storage.
+/// A connect that arrived while the session was loading from storage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WaitingConnect {
     /// Where the answer goes.
@@ -51,19 +73,14 @@ pub struct WaitingConnect {
     pub sid: Sid,
 }
 
-/// A user's session.
+/// A loaded session.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Session {
+pub struct LiveSession {
     /// Whose session this is.
     pub user: UserId,
     /// Display name from the directory.
     pub name: Arc<str>,
-    /// `Some(job)` while the `LoadSession` job `job` is in flight; then the
-    /// session is not live: it has no tabs and takes no events.
-    pub loading: Option<u64>,
-    /// Connects waiting for the load.
-    pub waiting: Vec<WaitingConnect>,
-    /// `Online` or `Away` while live.
+    /// `Online` or `Away`.
     pub status: Status,
     /// Attached tabs.
     pub tabs: Vec<Tab>,
@@ -77,38 +94,40 @@ pub struct Session {
     pub ui: Option<Arc<str>>,
     /// Friend id → unread messages from them (non-zero entries only).
     pub unread: BTreeMap<UserId, u64>,
-    /// When the session ends if no tab comes back; armed while tabless.
-    pub grace_deadline_ms: Option<u64>,
-    /// When the roster is re-read next.
-    pub refresh_deadline_ms: Option<u64>,
+    /// When the session ends if no tab comes back; armed exactly while
+    /// tabless.
+    pub grace: Deadline,
+    /// When the roster is re-read next; disarmed while a periodic re-read
+    /// is in flight.
+    pub refresh: Deadline,
     /// Counter for server-made tab names.
     pub tabs_named: u64,
 }
 
-impl Session {
-    /// A session waiting for its `LoadSession` job.
-    pub fn loading(user: UserId, job: u64) -> Session {
-        Session {
+impl LiveSession {
+    /// A session as storage loaded it: online, no tabs, no events, no
+    /// timers armed.
+    pub fn loaded(
+        user: UserId,
+        name: Arc<str>,
+        friends: Vec<Friend>,
+        ui: Option<Arc<str>>,
+        unread: Vec<(UserId, u64)>,
+    ) -> LiveSession {
+        LiveSession {
             user,
-            name: Arc::from(""),
-            loading: Some(job),
-            waiting: Vec::new(),
+            name,
             status: Status::Online,
             tabs: Vec::new(),
             seq: 0,
             events: VecDeque::new(),
-            roster: BTreeMap::new(),
-            ui: None,
-            unread: BTreeMap::new(),
-            grace_deadline_ms: None,
-            refresh_deadline_ms: None,
+            roster: friends.into_iter().map(|f| (f.id, f.name)).collect(),
+            ui,
+            unread: unread.into_iter().filter(|&(_, n)| n > 0).collect(),
+            grace: Deadline::new(TimerKey::Grace(user)),
+            refresh: Deadline::new(TimerKey::Refresh(user)),
             tabs_named: 0,
         }
-    }
-
-    /// Whether the session is loaded (it may be tabless, in grace).
-    pub fn is_live(&self) -> bool {
-        self.loading.is_none()
     }
 
     /// The tab holding `sid`.
@@ -116,15 +135,22 @@ impl Session {
         self.tabs.iter().position(|t| t.sid == sid)
     }
 
+    /// The friends' ids, in roster order.
+    pub fn friends(&self) -> Vec<UserId> {
+        self.roster.keys().copied().collect()
+    }
+
     /// Appends an event, drops the oldest beyond `buffered_max`, and answers
-    /// every held poll (each with all events after its `since`). Returns
-    /// the tabs whose poll ended, so the caller re-arms their idle timers.
+    /// every held poll (each with all events after its `since`); those tabs
+    /// go idle until `idle_at_ms`.
     pub fn push_event(
         &mut self,
         kind: EventKind,
         buffered_max: usize,
+        idle_at_ms: u64,
+        timers: &mut Timers,
         out: &mut Vec<Output>,
-    ) -> Vec<(Sid, u64)> {
+    ) {
         self.seq += 1;
         self.events.push_back(Arc::new(Event {
             seq: self.seq,
@@ -133,23 +159,129 @@ impl Session {
         while self.events.len() > buffered_max {
             self.events.pop_front();
         }
-        let mut ended = Vec::new();
         for tab in &mut self.tabs {
-            if let Some(poll) = tab.poll.take() {
+            if !tab.is_polling() {
+                continue;
+            }
+            let idle = TabState::Idle {
+                deadline_ms: idle_at_ms,
+            };
+            if let TabState::Polling(poll) = tab.enter(idle, timers) {
                 out.push(Output::Reply {
                     to: poll.reply,
                     response: events_after(&self.events, self.seq, poll.since),
                 });
-                ended.push((tab.sid, poll.deadline_ms));
             }
         }
-        ended
     }
 
     /// Events after `since`, or `Reset` when the buffer no longer covers
     /// them. `since` must not exceed `seq`.
     pub fn answer_since(&self, since: u64) -> Response {
         events_after(&self.events, self.seq, since)
+    }
+}
+
+/// One attached page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tab {
+    /// The tab's credential.
+    pub sid: Sid,
+    /// The tab's name (the client's, or one the server made up).
+    pub name: Arc<str>,
+    /// Holding a poll or idle; each state owns the one timer armed for it.
+    state: TabState,
+    /// Last time the tab made any call (picks the tab to detach when a
+    /// session has too many).
+    pub last_seen_ms: u64,
+}
+
+/// What a tab is doing, with the deadline that ends it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TabState {
+    /// A poll is held open (`TimerKey::Poll` armed at its deadline).
+    Polling(HeldPoll),
+    /// No poll outstanding: the tab is detached at `deadline_ms` unless one
+    /// comes (`TimerKey::TabIdle` armed).
+    Idle {
+        /// When the tab times out.
+        deadline_ms: u64,
+    },
+}
+
+impl TabState {
+    /// The timer this state has armed.
+    fn timer(&self, sid: Sid) -> (u64, TimerKey) {
+        match self {
+            TabState::Polling(poll) => (poll.deadline_ms, TimerKey::Poll(sid)),
+            TabState::Idle { deadline_ms } => (*deadline_ms, TimerKey::TabIdle(sid)),
+        }
+    }
+}
+
+/// A poll being held open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldPoll {
+    /// Where the answer goes.
+    pub reply: ReplyTo,
+    /// The last seq the tab saw.
+    pub since: u64,
+    /// When the poll ends with `events: []`.
+    pub deadline_ms: u64,
+}
+
+impl Tab {
+    /// A new tab, idle until `idle_at_ms`; arms its idle timer.
+    pub fn attach(
+        sid: Sid,
+        name: Arc<str>,
+        now_ms: u64,
+        idle_at_ms: u64,
+        timers: &mut Timers,
+    ) -> Tab {
+        let state = TabState::Idle {
+            deadline_ms: idle_at_ms,
+        };
+        let (at, key) = state.timer(sid);
+        timers.arm(at, key);
+        Tab {
+            sid,
+            name,
+            state,
+            last_seen_ms: now_ms,
+        }
+    }
+
+    /// What the tab is doing.
+    pub fn state(&self) -> &TabState {
+        &self.state
+    }
+
+    /// Whether a poll is held.
+    pub fn is_polling(&self) -> bool {
+        matches!(self.state, TabState::Polling(_))
+    }
+
+    /// Moves the tab to `state`: disarms the old state's timer (a no-op if
+    /// it fired) and arms the new one. Returns the old state; a poll it
+    /// held is the caller's to answer.
+    pub fn enter(&mut self, state: TabState, timers: &mut Timers) -> TabState {
+        let (at, key) = self.state.timer(self.sid);
+        timers.disarm(at, key);
+        let (at, key) = state.timer(self.sid);
+        timers.arm(at, key);
+        std::mem::replace(&mut self.state, state)
+    }
+
+    /// The tab goes: disarms its timer. Returns the poll it held, for the
+    /// caller to answer.
+    pub fn detach(self, timers: &mut Timers) -> Option<HeldPoll> {
+        let (at, key) = self.state.timer(self.sid);
+        timers.disarm(at, key);
+        match self.state {
+            TabState::Polling(poll) => Some(poll),
+            TabState::Idle { .. } => None,
+        }
     }
 }
 
@@ -180,11 +312,11 @@ mod tests {
 
     #[test]
     fn buffer_answers_since_and_resets_when_too_far_behind() {
-        let mut s = Session::loading(1, 0);
-        s.loading = None;
+        let mut s = LiveSession::loaded(1, Arc::from("alice"), Vec::new(), None, Vec::new());
+        let mut timers = Timers::default();
         let mut out = Vec::new();
         for u in 1..=5 {
-            s.push_event(typing(u), 3, &mut out);
+            s.push_event(typing(u), 3, 0, &mut timers, &mut out);
         }
         assert_eq!(s.seq, 5);
         let seqs = |r: Response| match r {

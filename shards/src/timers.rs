@@ -1,7 +1,9 @@
 //! Deadlines of one shard, ordered by time. Each owner (a tab, a session)
 //! remembers the deadline it armed, so a timer is removed exactly when it is
 //! re-armed or its owner goes: the set never holds stale entries and its
-//! size is bounded by the number of tabs and sessions.
+//! size is bounded by the number of tabs and sessions. A session's timers
+//! sit in [`Deadline`] slots and a tab's in its [`crate::session::TabState`],
+//! so arming and disarming are paired in those two places only.
 
 use std::collections::BTreeSet;
 
@@ -59,5 +61,47 @@ impl Timers {
     /// Whether none is armed.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
+    }
+}
+
+/// One owner's slot for one timer: remembers when `key` is armed, so
+/// re-arming first disarms the old deadline and the owner going disarms it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deadline {
+    /// The timer this slot arms.
+    key: TimerKey,
+    /// When it is armed for; `None` while disarmed.
+    at_ms: Option<u64>,
+}
+
+impl Deadline {
+    /// A disarmed slot for `key`.
+    pub fn new(key: TimerKey) -> Deadline {
+        Deadline { key, at_ms: None }
+    }
+
+    /// When the timer is armed for, if it is.
+    pub fn at_ms(&self) -> Option<u64> {
+        self.at_ms
+    }
+
+    /// Whether the timer is armed.
+    pub fn is_armed(&self) -> bool {
+        self.at_ms.is_some()
+    }
+
+    /// Arms the timer at `at_ms`, disarming any earlier deadline.
+    pub fn arm(&mut self, timers: &mut Timers, at_ms: u64) {
+        self.disarm(timers);
+        timers.arm(at_ms, self.key);
+        self.at_ms = Some(at_ms);
+    }
+
+    /// Disarms the timer. Also what the owner calls when it fired (the
+    /// timer is then already out of the set).
+    pub fn disarm(&mut self, timers: &mut Timers) {
+        if let Some(at) = self.at_ms.take() {
+            timers.disarm(at, self.key);
+        }
     }
 }

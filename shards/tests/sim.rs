@@ -286,7 +286,7 @@ impl World {
     fn presence_events(&self, viewer: UserId, of: UserId) -> Vec<Status> {
         let shard = &self.shards[home_shard(viewer, self.shards.len())];
         shard
-            .session(viewer)
+            .live_session(viewer)
             .map(|s| {
                 s.events
                     .iter()
@@ -409,7 +409,14 @@ fn tab_times_out_without_poll_then_grace_then_offline() {
     assert_eq!(w.presence_seen_by(2, 1), Status::Online);
     advance_keeping_bob(&mut w, 200);
     // Tab gone, grace running: still online.
-    assert_eq!(w.shards[home_shard(1, 2)].session(1).unwrap().tabs.len(), 0);
+    assert_eq!(
+        w.shards[home_shard(1, 2)]
+            .live_session(1)
+            .unwrap()
+            .tabs
+            .len(),
+        0
+    );
     assert_eq!(w.presence_seen_by(2, 1), Status::Online);
     advance_keeping_bob(&mut w, 10_000);
     assert_eq!(w.presence_seen_by(2, 1), Status::Offline);
@@ -418,7 +425,14 @@ fn tab_times_out_without_poll_then_grace_then_offline() {
         vec![Status::Online, Status::Offline]
     );
     // Bob's tab, polling all along, never timed out.
-    assert_eq!(w.shards[home_shard(2, 2)].session(2).unwrap().tabs.len(), 1);
+    assert_eq!(
+        w.shards[home_shard(2, 2)]
+            .live_session(2)
+            .unwrap()
+            .tabs
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -439,9 +453,23 @@ fn held_poll_keeps_tab_alive_and_ends_at_wait() {
     // 30 s of held poll did not count towards the 60 s tab timeout, but the
     // minute after it does.
     w.advance(59_000);
-    assert_eq!(w.shards[home_shard(1, 2)].session(1).unwrap().tabs.len(), 1);
+    assert_eq!(
+        w.shards[home_shard(1, 2)]
+            .live_session(1)
+            .unwrap()
+            .tabs
+            .len(),
+        1
+    );
     w.advance(1_200);
-    assert_eq!(w.shards[home_shard(1, 2)].session(1).unwrap().tabs.len(), 0);
+    assert_eq!(
+        w.shards[home_shard(1, 2)]
+            .live_session(1)
+            .unwrap()
+            .tabs
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -451,7 +479,7 @@ fn message_reaches_every_tab_once_and_friends_only() {
     let a2 = w.connect(1, "a2");
     let b1 = w.connect(2, "b1");
     let d = w.connect(4, "d1");
-    let seq_of = |w: &World, u: UserId| w.shards[home_shard(u, 2)].session(u).unwrap().seq;
+    let seq_of = |w: &World, u: UserId| w.shards[home_shard(u, 2)].live_session(u).unwrap().seq;
     let polls: Vec<(Sid, u64)> = [a1, a2, b1]
         .iter()
         .map(|&s| {
@@ -520,7 +548,7 @@ fn message_reaches_every_tab_once_and_friends_only() {
     assert_eq!(w.store.messages.len(), 1);
     // Bob has one unread from alice; reading drops it and alice gets a receipt.
     let bob_unread = w.shards[home_shard(2, 2)]
-        .session(2)
+        .live_session(2)
         .unwrap()
         .unread
         .clone();
@@ -534,11 +562,11 @@ fn message_reaches_every_tab_once_and_friends_only() {
         Some(Response::Done)
     );
     assert!(w.shards[home_shard(2, 2)]
-        .session(2)
+        .live_session(2)
         .unwrap()
         .unread
         .is_empty());
-    let alice_events = &w.shards[home_shard(1, 2)].session(1).unwrap().events;
+    let alice_events = &w.shards[home_shard(1, 2)].live_session(1).unwrap().events;
     assert!(alice_events.iter().any(|e| matches!(e.kind,
         EventKind::Read { with: 2, by: 2, upto } if upto == id)));
 }
@@ -571,7 +599,7 @@ fn roster_change_takes_effect_on_both_sides_before_the_admin_call_returns() {
     }
     // Both got a roster `removed` event.
     for user in [1, 2] {
-        let s = w.shards[home_shard(user, 2)].session(user).unwrap();
+        let s = w.shards[home_shard(user, 2)].live_session(user).unwrap();
         assert!(s.events.iter().any(|e| matches!(
             &e.kind,
             EventKind::Roster {
@@ -728,7 +756,7 @@ fn simulate(seed: u64, steps: usize) {
                     tabs.retain(|t| {
                         t.sid.user != user
                             || w.shards[home_shard(user, 3)]
-                                .session(user)
+                                .live_session(user)
                                 .is_some_and(|s| s.tab_index(t.sid).is_some())
                     });
                     tabs.push(ModelTab {
@@ -889,7 +917,7 @@ fn check_invariants(w: &World, users: &[UserId], rosters_synced: bool, ctx: &str
     let n = w.shards.len();
     for &u in users {
         let home = &w.shards[home_shard(u, n)];
-        let live = home.session(u).filter(|s| s.is_live());
+        let live = home.live_session(u);
         for s in &w.shards {
             assert_eq!(
                 s.presence_of(u) != Status::Offline,
@@ -916,7 +944,7 @@ fn check_invariants(w: &World, users: &[UserId], rosters_synced: bool, ctx: &str
                 "{ctx}"
             );
             assert!(
-                session.tabs.is_empty() == session.grace_deadline_ms.is_some(),
+                session.tabs.is_empty() == session.grace.is_armed(),
                 "{ctx}: grace of {u}"
             );
         }

@@ -1,0 +1,146 @@
+//! Delivery: events into session buffers. An event for another user goes
+//! to that user's home shard (`PeerMsg::Deliver`, or at once when it is
+//! this one), where the friends-only check drops it unless the sender is in
+//! the recipient's roster. Appending an event answers every held poll of
+//! the session.
+//!
+//! Invariant: an event reaches only a live session, and one caused by
+//! another user only if that user is in its roster.
+
+use std::sync::Arc;
+
+use super::{reply, Output, PeerMsg, Shard};
+use crate::model::{EventKind, Message, MsgId, ReplyTo, Response, UserId};
+use crate::routing::home_shard;
+
+impl Shard {
+    /// Sends an event caused by `from` to `to`'s home shard.
+    pub(super) fn deliver(
+        &mut self,
+        now: u64,
+        to: UserId,
+        from: UserId,
+        kind: EventKind,
+        out: &mut Vec<Output>,
+    ) {
+        let shard = home_shard(to, self.config.shard_count);
+        self.send_to(now, shard, PeerMsg::Deliver { to, from, kind }, out);
+    }
+
+    /// `PeerMsg::Deliver` arrived: the friends-only check, then the
+    /// recipient's buffer (and unread count, for a message to them).
+    pub(super) fn delivered(
+        &mut self,
+        now: u64,
+        to: UserId,
+        from: UserId,
+        kind: EventKind,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(session) = self.sessions.live_mut(to) else {
+            return;
+        };
+        if !session.roster.contains_key(&from) {
+            self.stats.not_friends_dropped += 1;
+            return;
+        }
+        if let EventKind::Message(m) = &kind {
+            if m.to == to {
+                *session.unread.entry(from).or_insert(0) += 1;
+            }
+        }
+        self.push_event(now, to, kind, out);
+    }
+
+    /// Appends an event to a live session (answering its held polls).
+    pub(super) fn push_event(
+        &mut self,
+        now: u64,
+        user: UserId,
+        kind: EventKind,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(session) = self.sessions.live_mut(user) else {
+            return;
+        };
+        self.stats.events += 1;
+        let buffered_max = self.config.events_buffered_max;
+        let idle_at = now + self.config.tab_timeout_ms;
+        session.push_event(kind, buffered_max, idle_at, &mut self.timers, out);
+    }
+
+    /// A message was stored (or found stored under its `cid`): a new one
+    /// reaches the sender's tabs and the recipient's; the sender is
+    /// answered either way.
+    pub(super) fn message_stored(
+        &mut self,
+        now: u64,
+        to: ReplyTo,
+        user: UserId,
+        message: Arc<Message>,
+        duplicate: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if duplicate {
+            self.stats.duplicate_sends += 1;
+        } else {
+            self.stats.messages += 1;
+            self.push_event(now, user, EventKind::Message(message.clone()), out);
+            let kind = EventKind::Message(message.clone());
+            self.deliver(now, message.to, user, kind, out);
+        }
+        let sent = Response::Sent {
+            id: message.id,
+            ts: message.ts,
+        };
+        reply(out, to, sent);
+    }
+
+    /// `user` read the conversation with `with` up to `upto`: their unread
+    /// count is now `unread`; both sides' tabs get the receipt.
+    pub(super) fn mark_read(
+        &mut self,
+        now: u64,
+        user: UserId,
+        with: UserId,
+        upto: MsgId,
+        unread: u64,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(session) = self.sessions.live_mut(user) {
+            if unread == 0 {
+                session.unread.remove(&with);
+            } else {
+                session.unread.insert(with, unread);
+            }
+        }
+        let mine = EventKind::Read {
+            with,
+            by: user,
+            upto,
+        };
+        self.push_event(now, user, mine, out);
+        let theirs = EventKind::Read {
+            with: user,
+            by: user,
+            upto,
+        };
+        self.deliver(now, with, user, theirs, out);
+    }
+
+    /// `user`'s UI state was saved: the session keeps it and every tab
+    /// hears of it.
+    pub(super) fn ui_saved(
+        &mut self,
+        now: u64,
+        user: UserId,
+        tab: Arc<str>,
+        state: Arc<str>,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(session) = self.sessions.live_mut(user) {
+            session.ui = Some(state.clone());
+        }
+        self.push_event(now, user, EventKind::Ui { state, tab }, out);
+    }
+}

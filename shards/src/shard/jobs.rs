@@ -1,0 +1,200 @@
+//! Storage jobs in flight: each is registered with what its result is for,
+//! bounded by `JOBS_IN_FLIGHT_MAX` (over it the request is answered
+//! `unavailable`), and its result is routed to the part that asked.
+//! Invariant: a job's result is acted on at most once; a result whose job
+//! was forgotten (its session ended) is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::roster::Refresh;
+use super::{fail, reply, Output, Shard};
+use crate::limits;
+use crate::model::{
+    ErrorCode, ReplyTo, Response, StorageJob, StorageOutput, StorageResult, UserId,
+};
+
+/// What a storage job in flight is for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum Pending {
+    /// Loading `user`'s session (the session is `Loading` meanwhile).
+    LoadSession { user: UserId },
+    /// Re-reading `user`'s roster, for the reason `why`.
+    Refresh { user: UserId, why: Refresh },
+    /// A job whose result answers the request waiting at `to`.
+    Reply { to: ReplyTo, job: ReplyJob },
+}
+
+/// A job a request waits on, with what the answer needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum ReplyJob {
+    /// The roster re-read that starts an admin `roster-changed`.
+    RosterChanged { user: UserId },
+    /// `/send` from `user`.
+    Send { user: UserId },
+    /// `/read` by `user` of the conversation with `with`.
+    Read { user: UserId, with: UserId },
+    /// `/history`.
+    History,
+    /// `/ui` from `user`'s tab `tab`: `state` goes to every tab once saved.
+    SaveUi {
+        user: UserId,
+        tab: Arc<str>,
+        state: Arc<str>,
+    },
+}
+
+/// Storage jobs in flight, by job number.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Jobs {
+    /// What each job in flight is for.
+    in_flight: HashMap<u64, Pending>,
+    /// The last job number given out (numbers are never reused).
+    last: u64,
+}
+
+impl Jobs {
+    /// Registers a job; `None` when `JOBS_IN_FLIGHT_MAX` are in flight.
+    fn start(&mut self, pending: Pending) -> Option<u64> {
+        if self.in_flight.len() >= limits::JOBS_IN_FLIGHT_MAX {
+            return None;
+        }
+        self.last += 1;
+        self.in_flight.insert(self.last, pending);
+        Some(self.last)
+    }
+
+    /// Takes a finished job's purpose; `None` if it was forgotten.
+    fn finish(&mut self, job: u64) -> Option<Pending> {
+        self.in_flight.remove(&job)
+    }
+
+    /// Forgets a job: its result will be dropped.
+    pub(super) fn forget(&mut self, job: u64) {
+        self.in_flight.remove(&job);
+    }
+
+    /// Jobs in flight.
+    pub(super) fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl Shard {
+    /// Registers a storage job, counting it when shed.
+    pub(super) fn job(&mut self, pending: Pending) -> Option<u64> {
+        let job = self.jobs.start(pending);
+        if job.is_none() {
+            self.stats.shed_jobs += 1;
+        }
+        job
+    }
+
+    /// Asks storage for `request` on behalf of the request waiting at `to`;
+    /// answers `unavailable` when too many jobs are in flight.
+    pub(super) fn ask_storage(
+        &mut self,
+        to: ReplyTo,
+        job: ReplyJob,
+        request: StorageJob,
+        out: &mut Vec<Output>,
+    ) {
+        match self.job(Pending::Reply { to, job }) {
+            Some(job) => out.push(Output::Storage { job, request }),
+            None => fail(out, to, ErrorCode::Unavailable, "too many storage jobs"),
+        }
+    }
+
+    /// A storage job finished: its result goes to the part that asked.
+    pub(super) fn storage_done(
+        &mut self,
+        now: u64,
+        job: u64,
+        result: StorageResult,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(pending) = self.jobs.finish(job) else {
+            return; // its session was ended meanwhile
+        };
+        if result.is_err() {
+            self.stats.storage_failures += 1;
+        }
+        match pending {
+            Pending::LoadSession { user } => self.session_loaded(now, user, job, result, out),
+            Pending::Refresh { user, why } => self.roster_refreshed(now, user, why, result, out),
+            Pending::Reply { to, job } => match result {
+                Ok(output) => self.job_answered(now, to, job, output, out),
+                Err(e) => fail(
+                    out,
+                    to,
+                    ErrorCode::Unavailable,
+                    &format!("storage unavailable: {e}"),
+                ),
+            },
+        }
+    }
+
+    /// A job a request waited on succeeded: finish the request.
+    fn job_answered(
+        &mut self,
+        now: u64,
+        to: ReplyTo,
+        job: ReplyJob,
+        output: StorageOutput,
+        out: &mut Vec<Output>,
+    ) {
+        match (job, output) {
+            (ReplyJob::RosterChanged { user }, StorageOutput::Roster { friends }) => {
+                self.roster_change_read(now, to, user, friends, out)
+            }
+            (ReplyJob::Send { user }, StorageOutput::Stored { message, duplicate }) => {
+                self.message_stored(now, to, user, message, duplicate, out)
+            }
+            (
+                ReplyJob::Read { user, with },
+                StorageOutput::ReadMarked {
+                    valid,
+                    upto,
+                    unread,
+                },
+            ) => {
+                if !valid {
+                    return fail(
+                        out,
+                        to,
+                        ErrorCode::BadRequest,
+                        "upto is not a message of this conversation",
+                    );
+                }
+                self.mark_read(now, user, with, upto, unread, out);
+                reply(out, to, Response::Done);
+            }
+            (
+                ReplyJob::History,
+                StorageOutput::History {
+                    valid,
+                    messages,
+                    more,
+                },
+            ) => {
+                if valid {
+                    reply(out, to, Response::History { messages, more });
+                } else {
+                    fail(
+                        out,
+                        to,
+                        ErrorCode::BadRequest,
+                        "before is not a message of this conversation",
+                    );
+                }
+            }
+            (ReplyJob::SaveUi { user, tab, state }, StorageOutput::Saved) => {
+                self.ui_saved(now, user, tab, state, out);
+                reply(out, to, Response::Done);
+            }
+            (job, output) => panic!("storage answered {output:?} to {job:?}"),
+        }
+    }
+}

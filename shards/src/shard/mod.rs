@@ -1,0 +1,297 @@
+//! The shard state machine: the users homed on one shard, driven by
+//! [`Input`]s and answering with [`Output`]s.
+//!
+//! Invariants (checked by the simulation tests):
+//! - a user's session lives on exactly one shard, `home_shard(user)`;
+//! - an event reaches a session only if its user and the event's other user
+//!   are friends in that session's roster (friends-only);
+//! - a live session with at least one tab is `online` or `away` in every
+//!   shard's presence replica; a user with no session is absent from it;
+//! - every request gets exactly one reply; a held poll is answered by an
+//!   event, its wait running out, a newer poll, a leave or a kick.
+//!
+//! [`Shard::handle`] only dispatches; the work is split by job, one file
+//! each, all `impl Shard` over the parts declared here:
+//! - `requests`: a client or admin call, from checking its tab to the
+//!   storage job or the answer;
+//! - `sessions`: a session's life (load, attach and detach tabs, grace,
+//!   end);
+//! - `polls`: held polls and the tab timeout;
+//! - `delivery`: events into session buffers, here or on the recipient's
+//!   home shard;
+//! - `presence`: the presence replica and its broadcast;
+//! - `roster`: roster re-reads, periodic and after `roster-changed`;
+//! - `jobs`: storage jobs in flight and where their results go;
+//! - `time`: firing due timers.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+use crate::model::{
+    ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, Status, StorageJob, StorageResult,
+    UserId,
+};
+use crate::session::{LiveSession, Session};
+use crate::timers::Timers;
+
+mod delivery;
+mod jobs;
+mod polls;
+mod presence;
+mod requests;
+mod roster;
+mod sessions;
+mod time;
+
+use jobs::Jobs;
+use presence::Presence;
+use roster::RosterChanges;
+use sessions::Sessions;
+
+/// A shard's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// This shard's index.
+    pub shard: ShardId,
+    /// How many shards there are.
+    pub shard_count: usize,
+    /// Offline grace after the last tab went.
+    pub grace_ms: u64,
+    /// A tab with no poll outstanding for this long is detached.
+    pub tab_timeout_ms: u64,
+    /// Rosters are re-read this often.
+    pub roster_refresh_ms: u64,
+    /// Events kept per session.
+    pub events_buffered_max: usize,
+    /// Tabs per session.
+    pub tabs_per_user_max: usize,
+}
+
+impl Config {
+    /// The protocol's defaults for shard `shard` of `shard_count`.
+    pub fn new(shard: ShardId, shard_count: usize) -> Config {
+        assert!(shard < shard_count, "shard {shard} of {shard_count}");
+        Config {
+            shard,
+            shard_count,
+            grace_ms: limits::PRESENCE_GRACE_MS_DEFAULT,
+            tab_timeout_ms: limits::TAB_TIMEOUT_MS_DEFAULT,
+            roster_refresh_ms: limits::ROSTER_REFRESH_MS_DEFAULT,
+            events_buffered_max: limits::EVENTS_BUFFERED_MAX,
+            tabs_per_user_max: limits::TABS_PER_USER_MAX,
+        }
+    }
+}
+
+/// Names one admin `roster-changed` call across the shards: minted by the
+/// shard the call came to (its `origin`), echoed in every shard's ack.
+/// Unique per origin only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChangeId(pub u64);
+
+/// Messages between shards. Each is handled by the shard that is home to
+/// the users it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// An event for `to`'s session, caused by `from`: dropped unless the
+    /// session is live and `from` is in its roster.
+    Deliver {
+        to: UserId,
+        from: UserId,
+        kind: EventKind,
+    },
+    /// `user`'s presence is now `status`. Sent to every shard (each keeps a
+    /// replica of who is online); `notify` lists `user`'s friends homed on
+    /// the receiving shard.
+    Presence {
+        user: UserId,
+        status: Status,
+        notify: Vec<UserId>,
+    },
+    /// `user`'s friendships were re-read after `roster-changed`: refresh
+    /// every live session whose view of `user` disagrees with `friends`,
+    /// then send `RosterAck { change }` to `origin`.
+    RosterTouched {
+        user: UserId,
+        friends: Arc<[UserId]>,
+        origin: ShardId,
+        change: ChangeId,
+    },
+    /// One shard finished its part of roster change `change`; `ok` is false
+    /// when a roster re-read failed (the admin call then fails too, so the
+    /// web app retries).
+    RosterAck { change: ChangeId, ok: bool },
+}
+
+/// Everything that drives a shard.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A request for a user homed here (or `Health`).
+    Request { reply: ReplyTo, request: Request },
+    /// A message from another shard.
+    Peer(PeerMsg),
+    /// A storage job this shard asked for has finished.
+    Storage { job: u64, result: StorageResult },
+    /// Time passed: fire due timers.
+    Tick,
+}
+
+/// Everything a shard asks of the world.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Answer a request.
+    Reply { to: ReplyTo, response: Response },
+    /// Send a message to another shard.
+    Peer { shard: ShardId, msg: PeerMsg },
+    /// Run a storage job and feed its result back as `Input::Storage`.
+    Storage { job: u64, request: StorageJob },
+}
+
+/// Counters for metrics. Monotonic.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events appended to session buffers.
+    pub events: u64,
+    /// Messages stored and delivered (not duplicates).
+    pub messages: u64,
+    /// Sends answered from a stored `cid`.
+    pub duplicate_sends: u64,
+    /// Requests shed because too many storage jobs were in flight.
+    pub shed_jobs: u64,
+    /// Storage jobs that failed.
+    pub storage_failures: u64,
+    /// Tabs detached for the tab timeout.
+    pub tab_timeouts: u64,
+    /// Tabs detached because a session had too many.
+    pub tab_evictions: u64,
+    /// Deliveries dropped by the receiver's friends-only check.
+    pub not_friends_dropped: u64,
+}
+
+/// One shard, built from parts with one job each.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Shard {
+    /// Settings, fixed for the shard's life.
+    config: Config,
+    /// Sessions of users homed here, live or loading.
+    sessions: Sessions,
+    /// Presence replica: every user with a live session on any shard.
+    presence: Presence,
+    /// Deadlines of tabs and sessions (each armed by its owner's slot).
+    timers: Timers,
+    /// Storage jobs in flight and what each result is for.
+    jobs: Jobs,
+    /// Admin `roster-changed` calls and this shard's parts of them.
+    changes: RosterChanges,
+    /// Counters for metrics.
+    stats: Stats,
+}
+
+impl Shard {
+    pub fn new(config: Config) -> Shard {
+        Shard {
+            config,
+            sessions: Sessions::default(),
+            presence: Presence::default(),
+            timers: Timers::default(),
+            jobs: Jobs::default(),
+            changes: RosterChanges::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Sessions homed here (live or loading).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Tabs attached to sessions homed here.
+    pub fn tab_count(&self) -> usize {
+        self.sessions.tab_count()
+    }
+
+    /// A user's session, live or loading, if homed here.
+    pub fn session(&self, user: UserId) -> Option<&Session> {
+        self.sessions.get(user)
+    }
+
+    /// A user's session, if homed here and loaded.
+    pub fn live_session(&self, user: UserId) -> Option<&LiveSession> {
+        self.sessions.live(user)
+    }
+
+    /// The presence this shard's replica has for `user`.
+    pub fn presence_of(&self, user: UserId) -> Status {
+        self.presence.of(user)
+    }
+
+    /// Storage jobs in flight.
+    pub fn jobs_in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Armed timers (bounded by tabs and sessions).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The one entry point: feed an input at time `now_ms`, collect outputs.
+    pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Request { reply, request } => self.request(now_ms, reply, request, out),
+            Input::Peer(msg) => self.peer(now_ms, msg, out),
+            Input::Storage { job, result } => self.storage_done(now_ms, job, result, out),
+            Input::Tick => self.tick(now_ms, out),
+        }
+    }
+
+    /// A message from a shard (maybe this one).
+    fn peer(&mut self, now: u64, msg: PeerMsg, out: &mut Vec<Output>) {
+        match msg {
+            PeerMsg::Deliver { to, from, kind } => self.delivered(now, to, from, kind, out),
+            PeerMsg::Presence {
+                user,
+                status,
+                notify,
+            } => self.presence_changed(now, user, status, notify, out),
+            PeerMsg::RosterTouched {
+                user,
+                friends,
+                origin,
+                change,
+            } => self.roster_touched(now, user, &friends, origin, change, out),
+            PeerMsg::RosterAck { change, ok } => self.roster_acked(change, ok, out),
+        }
+    }
+
+    /// Sends `msg` to `shard`: handled at once when that is this shard,
+    /// otherwise over the mesh.
+    fn send_to(&mut self, now: u64, shard: ShardId, msg: PeerMsg, out: &mut Vec<Output>) {
+        if shard == self.config.shard {
+            self.peer(now, msg, out);
+        } else {
+            out.push(Output::Peer { shard, msg });
+        }
+    }
+}
+
+fn fail(out: &mut Vec<Output>, to: ReplyTo, code: ErrorCode, message: &str) {
+    out.push(Output::Reply {
+        to,
+        response: Response::fail(code, message),
+    });
+}
+
+fn reply(out: &mut Vec<Output>, to: ReplyTo, response: Response) {
+    out.push(Output::Reply { to, response });
+}

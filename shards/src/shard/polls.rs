@@ -1,0 +1,97 @@
+//! Polls: a tab either holds one poll open or waits idle for the next
+//! (`TabState`). A poll is answered at once when there is news (or `wait`
+//! is 0), else held until an event, its wait running out, a newer poll of
+//! the same tab, a leave or a kick. A tab idle for the tab timeout is
+//! detached.
+//!
+//! Invariant: a tab's one armed timer is the one its state names (`Poll`
+//! while polling, `TabIdle` while idle); `Tab::enter` re-arms it.
+
+use super::sessions::Detach;
+use super::{fail, reply, Output, Shard};
+use crate::limits;
+use crate::model::{ErrorCode, ReplyTo, Response, Sid};
+use crate::session::{HeldPoll, TabState};
+
+impl Shard {
+    /// `/poll`: events after `since`, now or when they come.
+    pub(super) fn poll(
+        &mut self,
+        now: u64,
+        to: ReplyTo,
+        sid: Sid,
+        since: u64,
+        wait_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some((session, i)) = self.sessions.tab(now, sid, to, out) else {
+            return;
+        };
+        if since > session.seq {
+            return fail(
+                out,
+                to,
+                ErrorCode::BadRequest,
+                "since is above the latest seq",
+            );
+        }
+        let answer = session.answer_since(since);
+        let has_news = !matches!(&answer, Response::Events { events, .. } if events.is_empty());
+        let answer_now = has_news || wait_ms == 0;
+        let next = if answer_now {
+            // The poll ends now: the idle clock restarts.
+            TabState::Idle {
+                deadline_ms: now + self.config.tab_timeout_ms,
+            }
+        } else {
+            TabState::Polling(HeldPoll {
+                reply: to,
+                since,
+                deadline_ms: now + wait_ms.min(limits::POLL_WAIT_MS_MAX),
+            })
+        };
+        // A newer poll of the same tab ends the older one.
+        if let TabState::Polling(old) = session.tabs[i].enter(next, &mut self.timers) {
+            let ended = Response::Events {
+                seq: session.seq,
+                events: Vec::new(),
+            };
+            reply(out, old.reply, ended);
+        }
+        if answer_now {
+            reply(out, to, answer);
+        }
+    }
+
+    /// A held poll's wait ran out: it ends with no events and the tab goes
+    /// idle.
+    pub(super) fn poll_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
+        let session = self
+            .sessions
+            .live_mut(sid.user)
+            .expect("poll timer's session");
+        let i = session.tab_index(sid).expect("poll timer's tab");
+        let idle = TabState::Idle {
+            deadline_ms: now + self.config.tab_timeout_ms,
+        };
+        let TabState::Polling(poll) = session.tabs[i].enter(idle, &mut self.timers) else {
+            panic!("poll timer's poll");
+        };
+        let ended = Response::Events {
+            seq: session.seq,
+            events: Vec::new(),
+        };
+        reply(out, poll.reply, ended);
+    }
+
+    /// A tab went the tab timeout without a poll: it is detached.
+    pub(super) fn tab_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
+        let session = self
+            .sessions
+            .live_mut(sid.user)
+            .expect("idle timer's session");
+        session.tab_index(sid).expect("idle timer's tab");
+        self.stats.tab_timeouts += 1;
+        self.detach_tab(now, sid, Detach::TimedOut, out);
+    }
+}

@@ -1,0 +1,304 @@
+//! Roster re-reads. Every live session re-reads its roster each
+//! `roster_refresh_ms`. An admin `roster-changed` for `user` re-reads
+//! `user`'s roster, then sends `RosterTouched` to every shard (this one
+//! included); each re-reads the rosters of its live sessions whose view of
+//! `user` disagrees and acks; the admin call is answered when every shard
+//! has acked, so the change is in force on both sides when it returns.
+//!
+//! Invariants: a live session's refresh timer is armed except while its
+//! periodic re-read is in flight; a change is answered once, after exactly
+//! `shard_count` acks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::jobs::Pending;
+use super::{reply, ChangeId, Output, PeerMsg, Shard};
+use crate::limits;
+use crate::model::{
+    Contact, ErrorCode, EventKind, Friend, ReplyTo, Response, RosterChange, ShardId, Status,
+    StorageJob, StorageOutput, StorageResult, UserId,
+};
+
+/// Why a roster is re-read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Refresh {
+    /// The session's refresh interval ran out.
+    Interval,
+    /// Part `part` of a roster change (see [`RosterChanges::parts`]).
+    Change { part: u64 },
+}
+
+/// Admin `roster-changed` calls started here, and this shard's parts of
+/// changes started anywhere.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct RosterChanges {
+    /// Calls waiting for every shard's ack, by the change id minted here.
+    waits: HashMap<ChangeId, ChangeWait>,
+    /// The last change id minted here.
+    last_change: u64,
+    /// This shard's parts of changes (re-reads still in flight), by part
+    /// number; numbered here because change ids are unique per origin only.
+    parts: HashMap<u64, ChangePart>,
+    /// The last part number given out.
+    last_part: u64,
+}
+
+/// An admin `roster-changed` waiting for every shard's ack.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChangeWait {
+    /// Where the admin call's answer goes.
+    reply: ReplyTo,
+    /// Shards yet to ack.
+    acks_left: usize,
+    /// Whether every shard so far re-read its rosters.
+    ok: bool,
+}
+
+/// This shard's re-reads belonging to one `RosterTouched`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChangePart {
+    /// The shard to ack to.
+    origin: ShardId,
+    /// The change to ack.
+    change: ChangeId,
+    /// Re-reads still in flight.
+    remaining: usize,
+    /// Whether every re-read so far succeeded.
+    ok: bool,
+}
+
+impl RosterChanges {
+    /// Mints a change answered at `reply` once `acks` shards acked.
+    fn begin(&mut self, reply: ReplyTo, acks: usize) -> ChangeId {
+        self.last_change += 1;
+        let change = ChangeId(self.last_change);
+        let wait = ChangeWait {
+            reply,
+            acks_left: acks,
+            ok: true,
+        };
+        self.waits.insert(change, wait);
+        change
+    }
+
+    /// Counts one ack; returns the finished wait after the last.
+    fn acked(&mut self, change: ChangeId, ok: bool) -> Option<ChangeWait> {
+        let wait = self.waits.get_mut(&change)?;
+        wait.acks_left -= 1;
+        wait.ok &= ok;
+        if wait.acks_left > 0 {
+            return None;
+        }
+        self.waits.remove(&change)
+    }
+
+    /// Counts one re-read of part `part`; returns the finished part after
+    /// the last.
+    fn part_done(&mut self, part: u64, ok: bool) -> Option<ChangePart> {
+        let p = self.parts.get_mut(&part)?;
+        p.remaining -= 1;
+        p.ok &= ok;
+        if p.remaining > 0 {
+            return None;
+        }
+        self.parts.remove(&part)
+    }
+}
+
+impl Shard {
+    /// Admin `roster-changed`: re-read `user`'s roster first.
+    pub(super) fn roster_changed(&mut self, to: ReplyTo, user: UserId, out: &mut Vec<Output>) {
+        let job = super::jobs::ReplyJob::RosterChanged { user };
+        self.ask_storage(to, job, StorageJob::LoadRoster { user }, out);
+    }
+
+    /// `user`'s roster was re-read for an admin `roster-changed`: apply it
+    /// and ask every shard to refresh the other side.
+    pub(super) fn roster_change_read(
+        &mut self,
+        now: u64,
+        to: ReplyTo,
+        user: UserId,
+        friends: Vec<Friend>,
+        out: &mut Vec<Output>,
+    ) {
+        let ids: Arc<[UserId]> = friends.iter().map(|f| f.id).collect();
+        self.apply_roster(now, user, friends, out);
+        let change = self.changes.begin(to, self.config.shard_count);
+        for shard in 0..self.config.shard_count {
+            let msg = PeerMsg::RosterTouched {
+                user,
+                friends: ids.clone(),
+                origin: self.config.shard,
+                change,
+            };
+            self.send_to(now, shard, msg, out);
+        }
+    }
+
+    /// `PeerMsg::RosterTouched` arrived: re-read the rosters of the live
+    /// sessions here whose view of `user` disagrees with `friends` (at most
+    /// `ROSTER_TOUCHES_MAX`), then ack.
+    ///
+    /// Sessions still loading are not looked at: their load may have read
+    /// the friendships from before the change (a known gap, left as is).
+    pub(super) fn roster_touched(
+        &mut self,
+        now: u64,
+        user: UserId,
+        friends: &[UserId],
+        origin: ShardId,
+        change: ChangeId,
+        out: &mut Vec<Output>,
+    ) {
+        let affected: Vec<UserId> = self
+            .sessions
+            .live_ones()
+            .filter(|s| s.user != user)
+            .filter(|s| s.roster.contains_key(&user) != friends.contains(&s.user))
+            .map(|s| s.user)
+            .take(limits::ROSTER_TOUCHES_MAX)
+            .collect();
+        self.changes.last_part += 1;
+        let part = self.changes.last_part;
+        let mut started = 0;
+        for f in affected {
+            let why = Refresh::Change { part };
+            if let Some(job) = self.job(Pending::Refresh { user: f, why }) {
+                out.push(Output::Storage {
+                    job,
+                    request: StorageJob::LoadRoster { user: f },
+                });
+                started += 1;
+            }
+        }
+        if started == 0 {
+            self.send_to(now, origin, PeerMsg::RosterAck { change, ok: true }, out);
+            return;
+        }
+        let p = ChangePart {
+            origin,
+            change,
+            remaining: started,
+            ok: true,
+        };
+        self.changes.parts.insert(part, p);
+    }
+
+    /// `PeerMsg::RosterAck` arrived: after the last, answer the admin call.
+    pub(super) fn roster_acked(&mut self, change: ChangeId, ok: bool, out: &mut Vec<Output>) {
+        let Some(wait) = self.changes.acked(change, ok) else {
+            return;
+        };
+        let response = if wait.ok {
+            Response::Done
+        } else {
+            Response::fail(
+                ErrorCode::Unavailable,
+                "storage failed while re-reading rosters: retry",
+            )
+        };
+        reply(out, wait.reply, response);
+    }
+
+    /// A roster re-read finished: apply it, re-arm the session's refresh,
+    /// and count it towards its change's ack.
+    pub(super) fn roster_refreshed(
+        &mut self,
+        now: u64,
+        user: UserId,
+        why: Refresh,
+        result: StorageResult,
+        out: &mut Vec<Output>,
+    ) {
+        let ok = result.is_ok();
+        if let Ok(StorageOutput::Roster { friends }) = result {
+            self.apply_roster(now, user, friends, out);
+        }
+        if let Some(session) = self.sessions.live_mut(user) {
+            // A change's re-read leaves a pending periodic one alone.
+            if why == Refresh::Interval || !session.refresh.is_armed() {
+                let at = now + self.config.roster_refresh_ms;
+                session.refresh.arm(&mut self.timers, at);
+            }
+        }
+        if let Refresh::Change { part } = why {
+            if let Some(p) = self.changes.part_done(part, ok) {
+                let ack = PeerMsg::RosterAck {
+                    change: p.change,
+                    ok: p.ok,
+                };
+                self.send_to(now, p.origin, ack, out);
+            }
+        }
+    }
+
+    /// `user`'s refresh interval ran out: re-read the roster, or try again
+    /// after another interval when too many jobs are in flight.
+    pub(super) fn refresh_due(&mut self, now: u64, user: UserId, out: &mut Vec<Output>) {
+        let session = self
+            .sessions
+            .live_mut(user)
+            .expect("refresh timer's session");
+        session.refresh.disarm(&mut self.timers);
+        let why = Refresh::Interval;
+        match self.job(Pending::Refresh { user, why }) {
+            Some(job) => out.push(Output::Storage {
+                job,
+                request: StorageJob::LoadRoster { user },
+            }),
+            None => {
+                let session = self.sessions.live_mut(user).expect("session");
+                let at = now + self.config.roster_refresh_ms;
+                session.refresh.arm(&mut self.timers, at);
+            }
+        }
+    }
+
+    /// Replaces a live session's roster with `friends`, telling its tabs
+    /// what was added and removed.
+    fn apply_roster(
+        &mut self,
+        now: u64,
+        user: UserId,
+        friends: Vec<Friend>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(session) = self.sessions.live_mut(user) else {
+            return;
+        };
+        let new = friends.into_iter().map(|f| (f.id, f.name)).collect();
+        let old = std::mem::replace(&mut session.roster, new);
+        let new = &session.roster;
+        let mut events = Vec::new();
+        for (&id, name) in new.iter().filter(|(id, _)| !old.contains_key(id)) {
+            let presence = self.presence.of(id);
+            events.push(roster_event(RosterChange::Added, id, name, presence));
+        }
+        for (&id, name) in old.iter().filter(|(id, _)| !new.contains_key(id)) {
+            events.push(roster_event(
+                RosterChange::Removed,
+                id,
+                name,
+                Status::Offline,
+            ));
+        }
+        for kind in events {
+            self.push_event(now, user, kind, out);
+        }
+    }
+}
+
+fn roster_event(change: RosterChange, id: UserId, name: &Arc<str>, presence: Status) -> EventKind {
+    EventKind::Roster {
+        change,
+        user: Contact {
+            id,
+            name: name.clone(),
+            presence,
+        },
+    }
+}
