@@ -12,7 +12,8 @@
 //! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
 //! JSONP callback, typed parameters: [`decide`]), [`response`] (status
 //! mapping, JSON and JSONP encoding), [`conn`] (the connection loop:
-//! [`serve`]). Choices where the protocol is silent: `/ping` is answered by
+//! [`serve`]), [`deadline`] (the one deadline race, also used by the
+//! engine). Choices where the protocol is silent: `/ping` is answered by
 //! `io` without calling the handler; a head or body that does not arrive in
 //! time gets `408` before the graceful close; a transfer coding other than
 //! plain `chunked` is `400`; `HEAD` is answered `405` without a body; an
@@ -86,13 +87,15 @@ pub enum Reply {
 pub trait Handler {
     /// Answers one call. May take as long as a long-poll takes.
     fn call(&self, call: Call) -> impl Future<Output = Reply>;
-    /// Sleeps for `duration` (the runtime's timer; used for deadlines).
+    /// Sleeps for `duration` (the runtime's timer; every deadline is this
+    /// timer raced against the work by [`deadline::within`]).
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
 }
 
 pub mod body;
 pub mod call;
 pub mod conn;
+pub mod deadline;
 pub mod head;
 pub mod limits;
 pub mod query;
