@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use log::{error, warn};
+use switchboard_io::deadline;
 use switchboard_shards::model::{
     ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
 };
@@ -233,12 +234,10 @@ impl ShardRuntime {
         let rt = self.clone();
         let timeout = self.storage_timeout;
         glommio::spawn_local(async move {
-            let timer = async {
-                glommio::timer::sleep(timeout).await;
-                Err(StorageError::TimedOut)
-            };
             log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
-            let result = futures_lite::future::or(pending, timer).await;
+            let result = deadline::within(glommio::timer::sleep(timeout), pending)
+                .await
+                .unwrap_or(Err(StorageError::TimedOut));
             log::debug!("shard-{}: job {job} {what} done: {}", rt.id, result.is_ok());
             if let Err(e) = &result {
                 if *e == StorageError::TimedOut {

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::BodyDecoder;
-use crate::deadline::{within, TimedOut};
 use crate::call::{decide, known_params, Decision};
+use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
 use crate::query::Params;
