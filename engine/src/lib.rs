@@ -10,6 +10,7 @@
 //! back the same way; a call for a local user takes the local path.
 
 pub mod demo;
+pub mod error;
 pub mod handler;
 pub mod limits;
 pub mod logger;
@@ -17,3 +18,6 @@ pub mod mesh;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+
+pub use error::Error;
+pub use server::{run, Server, StopHandle};

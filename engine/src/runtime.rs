@@ -44,6 +44,9 @@ pub struct RuntimeStats {
     pub dropped_mesh: Cell<u64>,
     /// Storage jobs that timed out.
     pub storage_timeouts: Cell<u64>,
+    /// Storage jobs submitted whose result (or timeout) is not yet fed
+    /// back to the shard. A stopping shard waits for this to reach zero.
+    pub storage_jobs_waiting: Cell<u64>,
     /// Connections refused at accept for `CONNECTIONS_MAX`.
     pub refused_connections: Cell<u64>,
     /// Open client connections.
@@ -233,6 +236,8 @@ impl ShardRuntime {
         let pending = self.store.submit(request, deadline)?;
         let rt = self.clone();
         let timeout = self.storage_timeout;
+        let waiting = &self.stats.storage_jobs_waiting;
+        waiting.set(waiting.get() + 1);
         glommio::spawn_local(async move {
             log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
             let result = deadline::within(glommio::timer::sleep(timeout), pending)
@@ -251,6 +256,8 @@ impl ShardRuntime {
                 );
             }
             rt.feed(Input::Storage { job, result });
+            let waiting = &rt.stats.storage_jobs_waiting;
+            waiting.set(waiting.get() - 1);
         })
         .detach();
         Ok(())
