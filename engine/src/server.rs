@@ -15,9 +15,11 @@
 //! shard sees it within `STOP_CHECK_MS`, stops accepting (its listeners
 //! close), waits until its storage jobs in flight are answered (each is
 //! bounded by the storage timeout) and returns, which ends its executor.
-//! Its open connections and held polls are dropped unanswered (draining
-//! them is not built yet), and mesh messages to a shard that has already
-//! ended are dropped. Then the executors are joined, and last the store is
+//! Its open connections and held polls are left unanswered (draining them
+//! is not built yet): their tasks never run again, and their sockets stay
+//! open until the process exits, because glommio does not drop the
+//! detached tasks of an executor that has ended. Mesh messages to a shard
+//! that has already ended are dropped. Then the executors are joined, and last the store is
 //! shut down: its db threads answer the jobs still queued, are joined, and
 //! the database is closed.
 //!
