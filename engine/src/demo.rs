@@ -20,10 +20,8 @@
 //! every answer: the files change with the binary, and they are small) and
 //! `X-Content-Type-Options: nosniff`. None is ever JSONP.
 
-use std::fmt::Write as _;
-
-use switchboard_io::Reply;
-use switchboard_shards::model::UserId;
+use switchboard_io::{DemoUser, Reply};
+use switchboard_shards::model::{ErrorCode, Response, UserId};
 use switchboard_storage::{token, Directory};
 
 /// How long a demo token is valid.
@@ -94,122 +92,78 @@ impl Demo {
     /// Answers a demo path. `now_s` is unix seconds (token expiry).
     pub fn answer(&self, path: &str, user: Option<UserId>, secret: &[u8], now_s: u64) -> Reply {
         if let Some((_, content_type, body)) = FILES.iter().find(|(p, _, _)| *p == path) {
-            return Reply::Raw {
-                status: 200,
-                content_type,
-                body: body.to_vec(),
-            };
+            return Reply::File { content_type, body };
         }
         match path {
-            "/demo/users" => Reply::Json {
-                status: 200,
-                body: self.users_json(),
-            },
+            "/demo/users" => Reply::DemoUsers(self.users()),
             "/demo/login" => self.login(user, secret, now_s),
             _ => not_found(),
         }
     }
 
-    fn users_json(&self) -> String {
-        let mut body = String::from("{\"ok\":true,\"users\":[");
-        if let Some(d) = &self.directory {
-            for (i, (id, name)) in d.users().enumerate() {
-                if i > 0 {
-                    body.push(',');
-                }
-                let friends: Vec<String> = d.friends(id).iter().map(|f| f.id.to_string()).collect();
-                let _ = write!(
-                    body,
-                    "{{\"id\":{id},\"name\":{},\"friends\":[{}]}}",
-                    json_string(name),
-                    friends.join(",")
-                );
-            }
-        }
-        body.push_str("]}");
-        body
+    /// The directory's users with their friends (none when the directory
+    /// is not known here).
+    fn users(&self) -> Vec<DemoUser> {
+        let Some(d) = &self.directory else {
+            return Vec::new();
+        };
+        d.users()
+            .map(|(id, name)| DemoUser {
+                id,
+                name: name.to_string(),
+                friends: d.friends(id).iter().map(|f| f.id).collect(),
+            })
+            .collect()
     }
 
     fn login(&self, user: Option<UserId>, secret: &[u8], now_s: u64) -> Reply {
         let Some(user) = user else {
-            return Reply::Json {
-                status: 400,
-                body: failure(
-                    "bad_request",
-                    "parameter `user` must be a user id (a positive whole number)",
-                ),
-            };
+            return Reply::Shard(Response::fail(
+                ErrorCode::BadRequest,
+                "parameter `user` must be a user id (a positive whole number)",
+            ));
         };
         let name = match &self.directory {
             Some(d) => match d.name(user) {
                 Some(name) => name.to_string(),
                 None => {
-                    return Reply::Json {
-                        status: 404,
-                        body: failure("not_found", "no such demo user"),
-                    }
+                    return Reply::Shard(Response::fail(ErrorCode::NotFound, "no such demo user"))
                 }
             },
             None => format!("user {user}"),
         };
-        let token = token::mint(secret, user, now_s + DEMO_TOKEN_TTL_S);
-        Reply::Json {
-            status: 200,
-            body: format!(
-                "{{\"ok\":true,\"token\":{},\"user\":{{\"id\":{user},\"name\":{}}}}}",
-                json_string(&token),
-                json_string(&name)
-            ),
+        Reply::DemoToken {
+            token: token::mint(secret, user, now_s + DEMO_TOKEN_TTL_S),
+            user,
+            name,
         }
     }
 }
 
 /// The answer for a path that does not exist (the same as `io`'s).
 pub fn not_found() -> Reply {
-    Reply::Json {
-        status: 404,
-        body: failure("not_found", "no such path"),
-    }
-}
-
-fn failure(code: &str, message: &str) -> String {
-    format!(
-        "{{\"ok\":false,\"error\":{{\"code\":\"{code}\",\"message\":{}}}}}",
-        json_string(message)
-    )
-}
-
-/// `s` as a JSON string literal (the engine does not link serde_json).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    Reply::Shard(Response::fail(ErrorCode::NotFound, "no such path"))
 }
 
 #[cfg(test)]
 mod tests {
+    use switchboard_io::response::{status_of_reply, Encoder, Persist};
+    use switchboard_io::Mode;
+
     use super::*;
 
+    /// The status and body `io` sends for `reply`.
     fn body(reply: &Reply) -> (u16, String) {
-        match reply {
-            Reply::Json { status, body } => (*status, body.clone()),
-            Reply::Raw { status, body, .. } => (*status, String::from_utf8(body.clone()).unwrap()),
-            Reply::Shard(r) => panic!("unexpected {r:?}"),
-        }
+        let mut out = Vec::new();
+        let persist = Persist {
+            keep_alive: true,
+            http10: false,
+        };
+        let date = [b'D'; 29];
+        Encoder::new().reply(&mut out, reply, &Mode::Json, persist, false, &date);
+        let text = String::from_utf8(out).unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        (status_of_reply(reply), body.to_string())
     }
 
     #[test]
@@ -224,9 +178,11 @@ mod tests {
             "/demo/switchboard.js",
         ] {
             let reply = demo.answer(path, None, secret, 0);
-            assert!(matches!(reply, Reply::Raw { status: 200, .. }), "{path}");
+            assert!(matches!(reply, Reply::File { .. }), "{path}");
+            assert_eq!(body(&reply).0, 200, "{path}");
         }
-        let Reply::Raw { content_type, .. } = demo.answer("/demo/demo.css", None, secret, 0) else {
+        let Reply::File { content_type, .. } = demo.answer("/demo/demo.css", None, secret, 0)
+        else {
             panic!()
         };
         assert_eq!(content_type, CSS);
@@ -260,14 +216,6 @@ mod tests {
         assert_eq!(
             body(&open.answer("/demo/login", Some(99), secret, 0)).0,
             200
-        );
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(
-            json_string("a\"b\\c\n\u{1}\u{2028}é"),
-            "\"a\\\"b\\\\c\\n\\u0001\\u2028é\""
         );
     }
 }

@@ -22,6 +22,11 @@ pub const OUTBOX_ADMIT_MAX: usize = OUTBOX_DEPTH_MAX / 2;
 /// least this often, which bounds the cost of a lost cross-executor wakeup.
 pub const TICK_MS: u64 = 50;
 
+/// How often a shard checks whether a stop was asked for (the stop flag
+/// is shared memory; there is no cross-executor wakeup for it). A stop
+/// takes at most about this long to reach every shard.
+pub const STOP_CHECK_MS: u64 = 10;
+
 /// How long `/health` waits for each shard.
 pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
@@ -43,3 +48,4 @@ pub const RING_DEPTH: usize = 4_096;
 
 const _: () = assert!(OUTBOX_ADMIT_MAX < OUTBOX_DEPTH_MAX);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
+const _: () = assert!(STOP_CHECK_MS <= TICK_MS);

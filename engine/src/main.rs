@@ -83,7 +83,7 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
     logger::init(settings.log);
     match server::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => fail(e.to_string()),
     }
 }
 

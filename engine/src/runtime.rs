@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use log::{error, warn};
+use switchboard_io::deadline;
 use switchboard_shards::model::{
     ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
 };
@@ -43,6 +44,9 @@ pub struct RuntimeStats {
     pub dropped_mesh: Cell<u64>,
     /// Storage jobs that timed out.
     pub storage_timeouts: Cell<u64>,
+    /// Storage jobs submitted whose result (or timeout) is not yet fed
+    /// back to the shard. A stopping shard waits for this to reach zero.
+    pub storage_jobs_waiting: Cell<u64>,
     /// Connections refused at accept for `CONNECTIONS_MAX`.
     pub refused_connections: Cell<u64>,
     /// Open client connections.
@@ -232,13 +236,13 @@ impl ShardRuntime {
         let pending = self.store.submit(request, deadline)?;
         let rt = self.clone();
         let timeout = self.storage_timeout;
+        let waiting = &self.stats.storage_jobs_waiting;
+        waiting.set(waiting.get() + 1);
         glommio::spawn_local(async move {
-            let timer = async {
-                glommio::timer::sleep(timeout).await;
-                Err(StorageError::TimedOut)
-            };
             log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
-            let result = futures_lite::future::or(pending, timer).await;
+            let result = deadline::within(glommio::timer::sleep(timeout), pending)
+                .await
+                .unwrap_or(Err(StorageError::TimedOut));
             log::debug!("shard-{}: job {job} {what} done: {}", rt.id, result.is_ok());
             if let Err(e) = &result {
                 if *e == StorageError::TimedOut {
@@ -252,6 +256,8 @@ impl ShardRuntime {
                 );
             }
             rt.feed(Input::Storage { job, result });
+            let waiting = &rt.stats.storage_jobs_waiting;
+            waiting.set(waiting.get() - 1);
         })
         .detach();
         Ok(())

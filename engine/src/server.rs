@@ -1,24 +1,54 @@
-//! Starting and running the server: storage first, then one pinned glommio
-//! executor per shard joined in a full mesh, each accepting client
-//! connections on the shared port (SO_REUSEPORT), shard 0 also serving the
-//! admin listener.
+//! Starting, running and stopping the server.
+//!
+//! **Start**, in dependency order ([`Server::start`]): storage and the
+//! token secret; then one pinned glommio executor per shard, each joining
+//! the full mesh and starting its runtime (outbox drainers, mesh
+//! receivers, the tick); then the listeners: shard 0 binds the client
+//! listener first (so a port 0 setting means one port for every shard) and
+//! the admin listener, then every other shard binds the same client port
+//! (SO_REUSEPORT). `start` returns once every shard listens. When anything
+//! fails on the way, what was started is stopped as below and the error is
+//! returned.
+//!
+//! **Stop**, in the reverse order ([`Server::stop`]; [`Server::wait`] also
+//! stops when a shard fails): the stop flag ([`StopHandle`]) is set; each
+//! shard sees it within `STOP_CHECK_MS`, stops accepting (its listeners
+//! close), waits until its storage jobs in flight are answered (each is
+//! bounded by the storage timeout) and returns, which ends its executor.
+//! Its open connections and held polls are left unanswered (draining them
+//! is not built yet): their tasks never run again, and their sockets stay
+//! open until the process exits, because glommio does not drop the
+//! detached tasks of an executor that has ended. Mesh messages to a shard
+//! that has already ended are dropped. Then the executors are joined, and last the store is
+//! shut down: its db threads answer the jobs still queued, are joined, and
+//! the database is closed.
+//!
+//! Invariants: storage outlives every executor. No shard ends the process:
+//! a shard's failure reaches the starting thread as an [`Error`], and every
+//! shard reports its end, whatever the cause (a drop guard: a panic or an
+//! executor that never started reports too), so [`Server::wait`] always
+//! learns of it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
-use log::{error, info, warn};
-use switchboard_io::Listener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use log::{debug, error, info, warn};
+use switchboard_io::{deadline, Listener};
+use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 
 use crate::demo::Demo;
+use crate::error::Error;
 use crate::handler::ConnHandler;
 use crate::limits;
-use crate::mesh::{self, MeshEnds};
+use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, ShardRuntime};
 use crate::settings::Settings;
 
@@ -26,67 +56,339 @@ use crate::settings::Settings;
 struct Shared {
     settings: Settings,
     secret: Arc<[u8]>,
+    /// Storage; shut down after every executor has ended.
     store: Store,
     clock: Clock,
     /// The client listener's address once shard 0 bound it (port 0 picks
     /// one port for all shards).
     client_addr: OnceLock<SocketAddr>,
-    admin_addr: OnceLock<SocketAddr>,
     /// Demo mode (`None`: off).
     demo: Option<Arc<Demo>>,
+    /// Set when the server is to stop.
+    stop: StopHandle,
 }
 
-/// Opens storage and runs the server until the process is killed.
-pub fn run(settings: Settings) -> Result<(), String> {
-    let store = match &settings.mysql_url {
-        Some(url) => open_mysql(&settings, url)?,
-        None => open_embedded(&settings)?,
-    };
-    let secret: Arc<[u8]> = match &settings.token_secret {
-        Some(s) => Arc::from(s.as_bytes()),
-        None => Arc::from(
-            switchboard_storage::token::load_or_create_secret(&settings.data_dir).map_err(|e| {
-                format!(
-                    "cannot keep the token secret in {}: {e}",
-                    settings.data_dir.display()
-                )
-            })?,
-        ),
-    };
-    let demo = demo_mode(&settings);
-    let shards = settings.shards;
-    let shared = Arc::new(Shared {
-        settings,
-        secret,
-        store,
-        clock: Clock::new(),
-        client_addr: OnceLock::new(),
-        admin_addr: OnceLock::new(),
-        demo,
-    });
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ends = mesh::build::<MeshMsg>(shards, limits::MESH_CHANNEL_DEPTH_MAX);
-    let mut handles = Vec::new();
-    for (i, ends) in ends.into_iter().enumerate() {
-        let shared = shared.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
-            .name(&format!("shard-{i}"))
-            .ring_depth(limits::RING_DEPTH)
-            .spawn(move || async move { shard_main(shared, ends).await })
-            .map_err(|e| format!("cannot start executor shard-{i}: {e}"))?;
-        handles.push(handle);
+/// Asks a running server to stop. Cheap to clone and `Send + Sync`;
+/// asking is one atomic store, so a signal handler may do it. The stop
+/// itself is finished by [`Server::wait`].
+#[derive(Clone, Debug, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Asks every shard to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
     }
-    for h in handles {
-        if let Err(e) = h.join() {
-            return Err(format!("executor failed: {e}"));
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a stop is asked for (checked every `STOP_CHECK_MS` on
+    /// the calling executor's timer).
+    async fn requested(&self) {
+        while !self.is_stopping() {
+            glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
         }
     }
-    Ok(())
+
+    /// Runs `work` until it ends (`Some`) or a stop is asked for (`None`;
+    /// `work` is dropped): the stop request is its deadline.
+    async fn until_stop<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        deadline::within(self.requested(), work).await.ok()
+    }
 }
 
-async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>) {
+/// What a shard tells the thread that started the server. At most three
+/// per shard (listening or failed, then ended), so the channel's lack of a
+/// bound costs nothing.
+enum Report {
+    /// It listens. Shard 0 also says where.
+    Listening {
+        client: SocketAddr,
+        admin: Option<SocketAddr>,
+    },
+    /// It could not start; it ends next.
+    Failed(Error),
+    /// Its main task ended or was dropped (sent by [`Reporter`]'s drop).
+    Ended { shard: ShardId },
+}
+
+/// A shard's line to the starting thread. Owned by the shard's main task
+/// alone: when every reporter is gone, every shard has ended.
+struct Reporter {
+    shard: ShardId,
+    tx: mpsc::Sender<Report>,
+}
+
+impl Reporter {
+    fn send(&self, report: Report) {
+        // The receiver lives as long as the `Server`, which outlives us.
+        let _ = self.tx.send(report);
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.send(Report::Ended { shard: self.shard });
+    }
+}
+
+/// A running server. [`run`] is `start` then `wait`; tests and a future
+/// signal handler call [`Server::stop`] or [`StopHandle::stop`].
+pub struct Server {
+    /// The client listener's address (shared by every shard).
+    client_addr: SocketAddr,
+    /// The admin listener's address (shard 0).
+    admin_addr: SocketAddr,
+    shards: Shards,
+}
+
+/// The started shards, as the starting thread sees them.
+struct Shards {
+    shared: Arc<Shared>,
+    /// Every shard's reports; disconnected once every shard has ended.
+    reports: mpsc::Receiver<Report>,
+    /// Each started shard's executor, in shard order.
+    executors: Vec<ExecutorJoinHandle<()>>,
+}
+
+/// Opens storage, starts every shard and runs the server until it stops
+/// (a shard failing stops it; see [`Server`]). Prints the listening line
+/// scripts and tests wait for.
+pub fn run(settings: Settings) -> Result<(), Error> {
+    let server = Server::start(settings)?;
+    server.announce();
+    server.wait()
+}
+
+impl Server {
+    /// Starts the server in dependency order (see the module doc) and
+    /// returns once every shard listens. On a failure, whatever was
+    /// started is stopped before the error is returned.
+    pub fn start(settings: Settings) -> Result<Server, Error> {
+        let store = match &settings.mysql_url {
+            Some(url) => open_mysql(&settings, url)?,
+            None => open_embedded(&settings)?,
+        };
+        // On an error from here on, dropping the store joins its threads.
+        let secret: Arc<[u8]> = match &settings.token_secret {
+            Some(s) => Arc::from(s.as_bytes()),
+            None => switchboard_storage::token::load_or_create_secret(&settings.data_dir)
+                .map_err(|source| Error::Secret {
+                    data_dir: settings.data_dir.clone(),
+                    source,
+                })?
+                .into(),
+        };
+        let demo = demo_mode(&settings);
+        let shared = Arc::new(Shared {
+            settings,
+            secret,
+            store,
+            clock: Clock::new(),
+            client_addr: OnceLock::new(),
+            demo,
+            stop: StopHandle::default(),
+        });
+        let (tx, reports) = mpsc::channel();
+        let mut shards = Shards {
+            shared,
+            reports,
+            executors: Vec::new(),
+        };
+        if let Err(e) = shards.spawn(tx) {
+            return Err(shards.abort(e));
+        }
+        shards.until_listening()
+    }
+
+    /// The client listener's address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A handle that asks this server to stop, from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.shards.shared.stop.clone()
+    }
+
+    /// Runs until a stop is asked for or a shard fails, then stops in
+    /// order (see the module doc). `Ok` after a stop that was asked for;
+    /// else the first failure.
+    pub fn wait(self) -> Result<(), Error> {
+        let shards = self.shards;
+        let first = loop {
+            match shards.reports.recv() {
+                Ok(Report::Failed(e)) => break Some(e),
+                Ok(Report::Ended { shard }) if !shards.shared.stop.is_stopping() => {
+                    break Some(Error::ShardEnded {
+                        shard,
+                        source: None,
+                    })
+                }
+                Ok(Report::Ended { .. }) | Err(mpsc::RecvError) => break None,
+                Ok(Report::Listening { .. }) => {}
+            }
+        };
+        shards.shut_down(first)
+    }
+
+    /// Asks for a stop and waits for it: stops accepting, lets every
+    /// shard finish, joins the executors, then closes storage.
+    pub fn stop(self) -> Result<(), Error> {
+        self.stop_handle().stop();
+        self.wait()
+    }
+
+    /// Prints where the server listens (the line scripts and tests wait
+    /// for) and, in demo mode, where to open the demo.
+    fn announce(&self) {
+        let (client, admin) = (self.client_addr, self.admin_addr);
+        let shared = &self.shards.shared;
+        info!(
+            "switchboard listening on http://{client} (admin http://{admin}), {} shards",
+            shared.settings.shards
+        );
+        println!("switchboard listening on http://{client} admin http://{admin}");
+        if shared.demo.is_some() {
+            let mut open = client;
+            if open.ip().is_unspecified() {
+                open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            println!("switchboard demo: open http://{open}/demo/");
+        }
+    }
+}
+
+impl Shards {
+    /// Starts one executor per shard, each with its mesh ends and its own
+    /// reporter (the last sender of `tx`: dropped here when done).
+    fn spawn(&mut self, tx: mpsc::Sender<Report>) -> Result<(), Error> {
+        let settings = &self.shared.settings;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ends = mesh::build::<MeshMsg>(settings.shards, limits::MESH_CHANNEL_DEPTH_MAX);
+        for (shard, ends) in ends.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let reporter = Reporter {
+                shard,
+                tx: tx.clone(),
+            };
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
+                .name(&format!("shard-{shard}"))
+                .ring_depth(limits::RING_DEPTH)
+                .spawn(move || async move { shard_main(shared, ends, reporter).await })
+                .map_err(|source| Error::Executor { shard, source })?;
+            self.executors.push(executor);
+        }
+        Ok(())
+    }
+
+    /// Waits until every shard listens. On a failure, stops the others
+    /// and returns it.
+    fn until_listening(self) -> Result<Server, Error> {
+        let mut listening = 0;
+        let mut addrs = None;
+        while listening < self.shared.settings.shards {
+            match self.reports.recv() {
+                Ok(Report::Listening { client, admin }) => {
+                    listening += 1;
+                    if let Some(admin) = admin {
+                        addrs = Some((client, admin));
+                    }
+                }
+                Ok(Report::Failed(e)) => return Err(self.abort(e)),
+                Ok(Report::Ended { shard }) => {
+                    let source = None;
+                    return Err(self.abort(Error::ShardEnded { shard, source }));
+                }
+                Err(mpsc::RecvError) => unreachable!("every shard reports its end first"),
+            }
+        }
+        let (client_addr, admin_addr) = addrs.expect("shard 0 reports both addresses");
+        Ok(Server {
+            client_addr,
+            admin_addr,
+            shards: self,
+        })
+    }
+
+    /// Stops everything after `error`, and returns it (with the executor's
+    /// own error filled in if it is a shard's end).
+    fn abort(self, error: Error) -> Error {
+        match self.shut_down(Some(error)) {
+            Err(e) => e,
+            Ok(()) => unreachable!("shut_down returns the error it is given"),
+        }
+    }
+
+    /// The stop (see the module doc): asks every shard to stop, waits until
+    /// each has ended, joins the executors, then shuts storage down.
+    /// Returns `first`, or the first failure seen while stopping.
+    fn shut_down(self, mut first: Option<Error>) -> Result<(), Error> {
+        self.shared.stop.stop();
+        // Disconnected once every reporter is gone: every shard has ended.
+        while let Ok(report) = self.reports.recv() {
+            if let Report::Failed(e) = report {
+                first.get_or_insert(e);
+            }
+        }
+        for (shard, executor) in self.executors.into_iter().enumerate() {
+            let Err(e) = executor.join() else { continue };
+            match &mut first {
+                Some(Error::ShardEnded {
+                    shard: ended,
+                    source: slot @ None,
+                }) if *ended == shard => *slot = Some(e),
+                Some(_) => error!("shard-{shard} failed while stopping: {e}"),
+                None => {
+                    first = Some(Error::ShardEnded {
+                        shard,
+                        source: Some(e),
+                    })
+                }
+            }
+        }
+        self.shared.store.clone().shutdown();
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// One shard's life: join the mesh, start the runtime, listen, serve until
+/// a stop is asked for, then let its storage jobs finish. Returning ends
+/// the executor; `reporter` tells the starting thread.
+async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Reporter) {
+    let stop = shared.stop.clone();
     let i = ends.shard();
-    let mesh = ends.connect().await;
+    let Some(mesh) = stop.until_stop(ends.connect()).await else {
+        return;
+    };
+    let rt = start_runtime(&shared, i, mesh);
+    let listeners = match stop.until_stop(bind(&shared, i)).await {
+        None => return,
+        Some(Err(e)) => return reporter.send(Report::Failed(e)),
+        Some(Ok(listeners)) => listeners,
+    };
+    let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+    reporter.send(Report::Listening {
+        client: local(&listeners.client),
+        admin: listeners.admin.as_ref().map(local),
+    });
+    serve(&shared, &rt, listeners).await;
+    finish_jobs(&rt).await;
+    debug!("shard-{i}: stopped");
+}
+
+/// Builds the shard's runtime and starts its tasks: one outbox drainer
+/// per peer (waiting when the peer's channel is full), one mesh receiver
+/// per peer, and the tick.
+fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRuntime> {
     let s = &shared.settings;
     let mut config = Config::new(i, s.shards);
     config.grace_ms = s.presence_grace_ms;
@@ -98,15 +400,19 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>) {
         Duration::from_millis(s.storage_timeout_ms),
         shared.clock,
     );
-    // Outbox drainers: one task per peer moves messages into the mesh,
-    // waiting when the peer's channel is full.
     let mut senders = mesh.senders;
     for (peer, rx) in outboxes {
         let tx = senders[peer].take().expect("a channel to every peer");
+        let stop = shared.stop.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 if tx.send(msg).await.is_err() {
-                    error!("mesh to shard-{peer} closed");
+                    // A peer ends first when the server stops.
+                    if stop.is_stopping() {
+                        debug!("mesh to shard-{peer} closed while stopping");
+                    } else {
+                        error!("mesh to shard-{peer} closed");
+                    }
                     return;
                 }
             }
@@ -122,71 +428,85 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>) {
         })
         .detach();
     }
-    // Timers.
-    {
-        let rt = rt.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(limits::TICK_MS)).await;
-                rt.feed(Input::Tick);
-            }
+    let tick = rt.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(limits::TICK_MS)).await;
+            tick.feed(Input::Tick);
+        }
+    })
+    .detach();
+    rt
+}
+
+/// A shard's listeners.
+struct Listeners {
+    /// The client listener (every shard, SO_REUSEPORT).
+    client: TcpListener,
+    /// The admin listener (shard 0 only).
+    admin: Option<TcpListener>,
+}
+
+/// Binds shard `i`'s listeners. Shard 0 binds first, so a port 0 setting
+/// means one port; the others wait for its address.
+async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
+    let s = &shared.settings;
+    let listen = |listener, addr| {
+        TcpListener::bind(addr).map_err(|source| Error::Bind {
+            shard: i,
+            listener,
+            addr,
+            source: source.into(),
         })
-        .detach();
-    }
-    // Listeners. Shard 0 binds first so a port 0 setting means one port.
-    let client_addr = if i == 0 {
-        s.listen
-    } else {
-        wait_for(&shared.client_addr).await
     };
-    let client = match TcpListener::bind(client_addr) {
-        Ok(l) => l,
-        Err(e) => {
-            error!("cannot listen on {client_addr}: {e}");
-            std::process::exit(2);
-        }
-    };
-    if i == 0 {
-        let bound = client.local_addr().expect("bound address");
-        let _ = shared.client_addr.set(bound);
-        let admin = match TcpListener::bind(s.admin_listen) {
-            Ok(l) => l,
-            Err(e) => {
-                error!("cannot listen on {}: {e}", s.admin_listen);
-                std::process::exit(2);
-            }
-        };
-        let admin_bound = admin.local_addr().expect("bound address");
-        let _ = shared.admin_addr.set(admin_bound);
-        let handler = Rc::new(ConnHandler::new(
-            rt.clone(),
-            shared.secret.clone(),
-            s.admin_token.clone(),
-        ));
-        glommio::spawn_local(accept_loop(admin, Listener::Admin, handler, usize::MAX)).detach();
+    if i != 0 {
+        let client = listen(Listener::Client, wait_for(&shared.client_addr).await)?;
+        return Ok(Listeners {
+            client,
+            admin: None,
+        });
     }
-    if i == s.shards - 1 {
-        // Every shard before this one has bound: announce.
-        let admin = wait_for(&shared.admin_addr).await;
-        let client = wait_for(&shared.client_addr).await;
-        info!(
-            "switchboard listening on http://{client} (admin http://{admin}), {} shards",
-            s.shards
-        );
-        println!("switchboard listening on http://{client} admin http://{admin}");
-        if shared.demo.is_some() {
-            let mut open = client;
-            if open.ip().is_unspecified() {
-                open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            println!("switchboard demo: open http://{open}/demo/");
-        }
-    }
-    let handler = Rc::new(
-        ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
-            .with_demo(shared.demo.clone()),
+    let client = listen(Listener::Client, s.listen)?;
+    let admin = listen(Listener::Admin, s.admin_listen)?;
+    let bound = client
+        .local_addr()
+        .expect("a bound listener has an address");
+    let _ = shared.client_addr.set(bound);
+    Ok(Listeners {
+        client,
+        admin: Some(admin),
+    })
+}
+
+/// Accepts connections until a stop is asked for; the listeners close
+/// when this returns.
+async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
+    let s = &shared.settings;
+    let admin_task = listeners.admin.map(|admin| {
+        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone());
+        let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), usize::MAX);
+        glommio::spawn_local(accepting)
+    });
+    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+        .with_demo(shared.demo.clone());
+    let accepting = accept_loop(
+        listeners.client,
+        Listener::Client,
+        Rc::new(handler),
+        s.connections_max,
     );
-    accept_loop(client, Listener::Client, handler, s.connections_max).await;
+    shared.stop.until_stop(accepting).await;
+    // Dropping a glommio task cancels it: the admin listener closes too.
+    drop(admin_task);
+}
+
+/// Waits until the shard's storage jobs in flight are answered and fed
+/// back. Each waits at most the storage timeout, so this is bounded too.
+async fn finish_jobs(rt: &ShardRuntime) {
+    let give_up = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
+    while rt.stats.storage_jobs_waiting.get() > 0 && Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
+    }
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker
@@ -214,7 +534,7 @@ fn demo_mode(settings: &Settings) -> Option<Arc<Demo>> {
     Some(Arc::new(Demo::new(directory)))
 }
 
-fn open_embedded(settings: &Settings) -> Result<Store, String> {
+fn open_embedded(settings: &Settings) -> Result<Store, Error> {
     Store::open_embedded(EmbeddedConfig {
         data_dir: settings.data_dir.clone(),
         directory: settings.directory.clone(),
@@ -223,17 +543,15 @@ fn open_embedded(settings: &Settings) -> Result<Store, String> {
         write_batch_max: limits::STORAGE_WRITE_BATCH_MAX,
         pin_to: settings.db_cores.clone(),
     })
-    .map_err(|e| {
-        format!(
-            "cannot open the embedded store in {}: {e}",
-            settings.data_dir.display()
-        )
+    .map_err(|source| Error::EmbeddedStore {
+        data_dir: settings.data_dir.clone(),
+        source,
     })
 }
 
 /// The MySQL store (`SWITCHBOARD_MYSQL_URL`): pool and db threads sized by
 /// the settings, every job bounded by the storage timeout.
-fn open_mysql(settings: &Settings, url: &str) -> Result<Store, String> {
+fn open_mysql(settings: &Settings, url: &str) -> Result<Store, Error> {
     Store::open_mysql(MysqlConfig {
         url: url.to_string(),
         pool_size: settings.mysql_pool_size,
@@ -245,7 +563,7 @@ fn open_mysql(settings: &Settings, url: &str) -> Result<Store, String> {
         queries: settings.mysql_queries.clone(),
         pin_to: settings.db_cores.clone(),
     })
-    .map_err(|e| format!("cannot open the MySQL store: {e}"))
+    .map_err(|source| Error::MysqlStore { source })
 }
 
 async fn wait_for(cell: &OnceLock<SocketAddr>) -> SocketAddr {

@@ -6,8 +6,8 @@
 //! runs (a long-poll) the socket is not read, so a pipelining client is
 //! held back by TCP flow control, not by our memory.
 //!
-//! Every wait has a deadline, raced against the read with the handler's
-//! timer: idle before a request (quiet close), head and body (408), each
+//! Every wait has a deadline, raced against the read or write with the
+//! handler's timer by [`within`]: idle before a request (quiet close), head and body (408), each
 //! write (drop), lingering close. After an answer that ends the connection
 //! we close gracefully: flush, shut down our write side, then read and
 //! discard what the client still sends until it closes, the linger timeout
@@ -23,11 +23,11 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::BodyDecoder;
 use crate::call::{decide, known_params, Decision};
+use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
 use crate::query::Params;
@@ -311,28 +311,22 @@ where
         loop {
             let stream = &mut self.stream;
             let space = &mut self.buf[old..];
-            let timer = deadline.as_mut();
-            let result = future::or(async { Some(stream.read(space).await) }, async {
-                timer.await;
-                None
-            })
-            .await;
-            match result {
-                Some(Ok(0)) => {
+            match within(deadline.as_mut(), stream.read(space)).await {
+                Ok(Ok(0)) => {
                     self.buf.truncate(old);
                     return ReadEvent::Eof;
                 }
-                Some(Ok(n)) => {
+                Ok(Ok(n)) => {
                     self.buf.truncate(old + n);
                     self.outcome.bytes_read += n as u64;
                     return ReadEvent::Data;
                 }
-                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Some(Err(e)) => {
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
                     self.buf.truncate(old);
                     return ReadEvent::Error(e.kind());
                 }
-                None => {
+                Err(TimedOut) => {
                     self.buf.truncate(old);
                     return ReadEvent::Timeout;
                 }
@@ -343,28 +337,18 @@ where
     /// Writes `bytes` and flushes, within the write timeout.
     async fn write<H: Handler>(&mut self, handler: &H, bytes: &[u8]) -> Result<(), CloseReason> {
         let stream = &mut self.stream;
+        let written = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
         let timer = handler.sleep(ms(self.limits.write_timeout_ms));
-        let result = future::or(
-            async {
-                let written = async {
-                    stream.write_all(bytes).await?;
-                    stream.flush().await
-                };
-                Some(written.await)
-            },
-            async {
-                timer.await;
-                None
-            },
-        )
-        .await;
-        match result {
-            Some(Ok(())) => {
+        match within(timer, written).await {
+            Ok(Ok(())) => {
                 self.outcome.bytes_written += bytes.len() as u64;
                 Ok(())
             }
-            Some(Err(e)) => Err(CloseReason::WriteError(e.kind())),
-            None => Err(CloseReason::WriteTimeout),
+            Ok(Err(e)) => Err(CloseReason::WriteError(e.kind())),
+            Err(TimedOut) => Err(CloseReason::WriteTimeout),
         }
     }
 
@@ -402,19 +386,13 @@ where
     /// of the answer), then read and discard until the client closes, the
     /// linger timeout or the linger byte limit. Returns `reason`.
     async fn linger<H: Handler>(&mut self, handler: &H, reason: CloseReason) -> CloseReason {
-        let stream = &mut self.stream;
         let timer = handler.sleep(ms(self.limits.write_timeout_ms));
-        let closed = future::or(async { Some(stream.close().await) }, async {
-            timer.await;
-            None
-        })
-        .await;
-        match closed {
-            Some(Ok(())) => {}
+        match within(timer, self.stream.close()).await {
+            Ok(Ok(())) => {}
             // The answer was flushed; a failed shutdown only means the
             // client is gone, and dropping the stream closes it anyway.
-            Some(Err(_)) => return reason,
-            None => return CloseReason::WriteTimeout,
+            Ok(Err(_)) => return reason,
+            Err(TimedOut) => return CloseReason::WriteTimeout,
         }
         let mut timer = pin!(handler.sleep(ms(self.limits.linger_timeout_ms)));
         while self.outcome.linger_bytes < self.limits.linger_bytes_max as u64 {

@@ -4,16 +4,20 @@
 //! loop (keep-alive, pipelining in order, limits, slow-client deadlines,
 //! lingering close). It knows nothing of shards or executors: the engine
 //! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
-//! [`Reply`]. It is the only crate that knows serde_json.
+//! [`Reply`] (typed values: the handler never picks a status or writes
+//! JSON). It is the only crate that knows serde_json.
 //!
 //! Codemap, in the order a request goes through it: [`limits`] (every
 //! bound, by name), [`head`] (request line and headers, framing), [`body`]
 //! (Content-Length and chunked bodies; [`parse_request`] is the fuzzing
 //! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
-//! JSONP callback, typed parameters: [`decide`]), [`response`] (status
-//! mapping, JSON and JSONP encoding), [`conn`] (the connection loop:
-//! [`serve`]). Choices where the protocol is silent: `/ping` is answered by
-//! `io` without calling the handler; a head or body that does not arrive in
+//! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
+//! handler answers), [`response`] (the one status mapping, JSON and JSONP
+//! encoding), [`conn`] (the connection loop: [`serve`]), and [`deadline`]
+//! (the one deadline race, also used by the engine).
+//!
+//! Choices where the protocol is silent: `/ping` is answered by `io`
+//! without calling the handler; a head or body that does not arrive in
 //! time gets `408` before the graceful close; a transfer coding other than
 //! plain `chunked` is `400`; `HEAD` is answered `405` without a body; an
 //! HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2); the admin
@@ -24,7 +28,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use switchboard_shards::model::{Failure, Request, Response, UserId};
+use switchboard_shards::model::{Failure, Request, UserId};
 
 /// Which listener a connection came in on: the paths differ, and admin
 /// calls need the bearer token.
@@ -65,37 +69,23 @@ pub enum Call {
     Demo { path: String, user: Option<UserId> },
 }
 
-/// What the handler answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// A shard's answer, encoded per the protocol (JSON or JSONP).
-    Shard(Response),
-    /// A JSON object built by the engine (for example `/health`): sent with
-    /// this status in JSON mode (JSONP mode: always 200).
-    Json { status: u16, body: String },
-    /// A non-JSON body (for example `/metrics` or a demo page), never
-    /// JSONP-wrapped, sent with `X-Content-Type-Options: nosniff`.
-    Raw {
-        status: u16,
-        content_type: &'static str,
-        body: Vec<u8>,
-    },
-}
-
 /// What the connection loop needs from the runtime.
 pub trait Handler {
     /// Answers one call. May take as long as a long-poll takes.
     fn call(&self, call: Call) -> impl Future<Output = Reply>;
-    /// Sleeps for `duration` (the runtime's timer; used for deadlines).
+    /// Sleeps for `duration` (the runtime's timer; every deadline is this
+    /// timer raced against the work by [`deadline::within`]).
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
 }
 
 pub mod body;
 pub mod call;
 pub mod conn;
+pub mod deadline;
 pub mod head;
 pub mod limits;
 pub mod query;
+pub mod reply;
 pub mod response;
 
 pub use body::{parse_request, Parsed};
@@ -103,3 +93,4 @@ pub use call::{decide, Decision, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
+pub use reply::{DemoUser, Reply, ShardHealth};

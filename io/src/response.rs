@@ -1,8 +1,10 @@
-//! Encoding answers: the one mapping from protocol error code to HTTP
-//! status, the JSON bodies of every [`Response`] (PROTOCOL.md §1, §3), the
-//! JSONP envelope, and the response head. The JSON structure is written by
-//! hand into a reused buffer (it is on every poll's path); strings go
-//! through `serde_json` so escaping is never ours to get wrong.
+//! Encoding answers: the one mapping from answer to HTTP status
+//! ([`status_of`] for protocol error codes, [`status_of_reply`] for every
+//! handler reply), the JSON bodies of every [`Response`] (PROTOCOL.md §1,
+//! §3) and of the engine's typed replies (health, metrics, demo), the JSONP
+//! envelope, and the response head. The JSON structure is written by hand
+//! into a reused buffer (it is on every poll's path); strings go through
+//! `serde_json` so escaping is never ours to get wrong.
 
 use std::io::Write;
 
@@ -12,10 +14,10 @@ use switchboard_shards::model::{
 
 use crate::call::Mode;
 use crate::head::HttpError;
-use crate::Reply;
+use crate::reply::{DemoUser, Reply, ShardHealth};
 
 /// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
-/// The only place this is decided.
+/// With [`status_of_reply`], the only place this is decided.
 pub fn status_of(code: ErrorCode) -> u16 {
     match code {
         ErrorCode::BadRequest => 400,
@@ -26,6 +28,41 @@ pub fn status_of(code: ErrorCode) -> u16 {
         ErrorCode::RateLimited => 429,
         ErrorCode::Unavailable => 503,
     }
+}
+
+/// The HTTP status of a protocol response in JSON mode: 200, or its error
+/// code's.
+pub fn status_of_response(response: &Response) -> u16 {
+    match response {
+        Response::Failed(failure) => status_of(failure.code),
+        _ => 200,
+    }
+}
+
+/// The HTTP status of a handler's reply in JSON mode (JSONP: always 200).
+/// The error codes that go with them: a health failure is `unavailable`,
+/// a call not built yet is `not_found` (there is nothing there yet) sent
+/// with 501 (so monitoring tells it from a wrong path).
+pub fn status_of_reply(reply: &Reply) -> u16 {
+    match reply {
+        Reply::Shard(response) => status_of_response(response),
+        Reply::Health { shards, .. } if all_up(shards) => 200,
+        Reply::Health { .. } => status_of(ErrorCode::Unavailable),
+        Reply::NotBuilt { .. } => 501,
+        Reply::Metrics { .. }
+        | Reply::File { .. }
+        | Reply::DemoUsers(_)
+        | Reply::DemoToken { .. }
+        | Reply::Json { .. } => 200,
+    }
+}
+
+/// The error code of [`Reply::NotBuilt`] (see [`status_of_reply`]).
+const NOT_BUILT_CODE: ErrorCode = ErrorCode::NotFound;
+
+/// Whether every shard answered its health ask with its counts.
+fn all_up(shards: &[ShardHealth]) -> bool {
+    shards.iter().all(|s| matches!(s, ShardHealth::Up { .. }))
 }
 
 /// The reason phrase of a status (clients ignore it; humans read it).
@@ -74,6 +111,8 @@ pub struct Encoder {
 const JSON: &str = "application/json";
 /// The content type of JSONP answers.
 const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
+/// The content type of `/metrics` (Prometheus text format).
+const METRICS: &str = "text/plain; version=0.0.4";
 
 impl Encoder {
     /// An encoder with an empty body buffer.
@@ -99,33 +138,30 @@ impl Encoder {
         head_only: bool,
         date: &[u8],
     ) {
+        let status = status_of_reply(reply);
+        self.body.clear();
         match reply {
-            Reply::Shard(response) => self.response(out, response, mode, persist, head_only, date),
-            Reply::Json { status, body } => {
-                self.body.clear();
-                self.body.extend_from_slice(body.as_bytes());
-                let status = sane_status(*status);
-                self.finish(out, status, mode, None, persist, head_only, date);
+            Reply::Shard(response) => write_response_json(&mut self.body, response),
+            Reply::Health { shards, timeout_ms } => {
+                write_health_json(&mut self.body, shards, *timeout_ms);
             }
-            Reply::Raw {
-                status,
-                content_type,
-                body,
-            } => {
-                out.clear();
-                let status = sane_status(*status);
-                // Raw bodies are served to browsers (demo pages): the
-                // content type given is the one meant.
-                let extra = Extra {
-                    nosniff: true,
-                    ..Extra::NONE
-                };
-                write_head(out, status, content_type, body.len(), extra, persist, date);
-                if !head_only {
-                    out.extend_from_slice(body);
-                }
+            Reply::NotBuilt { message } => {
+                write_failure_json(&mut self.body, NOT_BUILT_CODE, message);
+            }
+            Reply::DemoUsers(users) => write_demo_users_json(&mut self.body, users),
+            Reply::DemoToken { token, user, name } => {
+                write_demo_token_json(&mut self.body, token, *user, name);
+            }
+            Reply::Json { body } => self.body.extend_from_slice(body.as_bytes()),
+            Reply::Metrics { shards } => {
+                write_metrics_text(&mut self.body, shards);
+                return write_raw(out, status, METRICS, &self.body, persist, head_only, date);
+            }
+            Reply::File { content_type, body } => {
+                return write_raw(out, status, content_type, body, persist, head_only, date);
             }
         }
+        self.finish(out, status, mode, None, persist, head_only, date);
     }
 
     /// Writes the whole HTTP answer for a protocol response in `mode`.
@@ -140,10 +176,7 @@ impl Encoder {
     ) {
         self.body.clear();
         write_response_json(&mut self.body, response);
-        let status = match response {
-            Response::Failed(failure) => status_of(failure.code),
-            _ => 200,
-        };
+        let status = status_of_response(response);
         self.finish(out, status, mode, None, persist, head_only, date);
     }
 
@@ -224,14 +257,26 @@ impl Encoder {
     }
 }
 
-/// A status the engine gave, made safe to send: 1xx cannot carry a body,
-/// and anything outside 200–599 is not a status; both become 500.
-fn sane_status(status: u16) -> u16 {
-    if (200..=599).contains(&status) {
-        status
-    } else {
-        log::error!("handler replied with invalid status {status}; sending 500");
-        500
+/// Writes a non-JSON answer (a page, metrics): never JSONP-wrapped, and
+/// with `X-Content-Type-Options: nosniff` (these bodies are served to
+/// browsers: the content type given is the one meant).
+fn write_raw(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    persist: Persist,
+    head_only: bool,
+    date: &[u8],
+) {
+    out.clear();
+    let extra = Extra {
+        nosniff: true,
+        ..Extra::NONE
+    };
+    write_head(out, status, content_type, body.len(), extra, persist, date);
+    if !head_only {
+        out.extend_from_slice(body);
     }
 }
 
@@ -462,6 +507,109 @@ pub fn write_response_json(out: &mut Vec<u8>, response: &Response) {
         Response::Done => out.extend_from_slice(b"{\"ok\":true}"),
         Response::Failed(failure) => write_failure_json(out, failure.code, &failure.message),
     }
+}
+
+/// The `/health` body: `{"ok":true,"shards":[..]}`, or when a shard is not
+/// up the failure shape with the shards added.
+fn write_health_json(out: &mut Vec<u8>, shards: &[ShardHealth], timeout_ms: u64) {
+    if all_up(shards) {
+        out.extend_from_slice(b"{\"ok\":true");
+    } else {
+        out.extend_from_slice(b"{\"ok\":false,\"error\":{\"code\":\"");
+        out.extend_from_slice(ErrorCode::Unavailable.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"message\":");
+        push_str(
+            out,
+            &format!("a shard did not answer within {timeout_ms} ms"),
+        );
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"shards\":[");
+    for (i, health) in shards.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"shard\":");
+        push_u64(out, health.shard() as u64);
+        match *health {
+            ShardHealth::Up { sessions, tabs, .. } => {
+                out.extend_from_slice(b",\"ok\":true,\"sessions\":");
+                push_u64(out, sessions);
+                out.extend_from_slice(b",\"tabs\":");
+                push_u64(out, tabs);
+                out.push(b'}');
+            }
+            ShardHealth::Refused { .. } | ShardHealth::Silent { .. } => {
+                out.extend_from_slice(b",\"ok\":false}");
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// The `/metrics` text: sessions and tabs of the shards that answered with
+/// their counts, and whether each shard answered at all.
+fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth]) {
+    out.extend_from_slice(b"# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n");
+    for health in shards {
+        if let ShardHealth::Up {
+            shard, sessions, ..
+        } = health
+        {
+            let _ = writeln!(out, "switchboard_sessions{{shard=\"{shard}\"}} {sessions}");
+        }
+    }
+    out.extend_from_slice(
+        b"# HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n",
+    );
+    for health in shards {
+        if let ShardHealth::Up { shard, tabs, .. } = health {
+            let _ = writeln!(out, "switchboard_tabs{{shard=\"{shard}\"}} {tabs}");
+        }
+    }
+    out.extend_from_slice(b"# HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n");
+    for health in shards {
+        let up = u8::from(!matches!(health, ShardHealth::Silent { .. }));
+        let _ = writeln!(
+            out,
+            "switchboard_shard_up{{shard=\"{}\"}} {up}",
+            health.shard()
+        );
+    }
+}
+
+/// `{"ok":true,"users":[{"id":1,"name":"..","friends":[2,3]},..]}`.
+fn write_demo_users_json(out: &mut Vec<u8>, users: &[DemoUser]) {
+    out.extend_from_slice(b"{\"ok\":true,\"users\":[");
+    for (i, user) in users.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        push_u64(out, user.id);
+        out.extend_from_slice(b",\"name\":");
+        push_str(out, &user.name);
+        out.extend_from_slice(b",\"friends\":[");
+        for (j, friend) in user.friends.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            push_u64(out, *friend);
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// `{"ok":true,"token":"..","user":{"id":N,"name":".."}}`.
+fn write_demo_token_json(out: &mut Vec<u8>, token: &str, user: u64, name: &str) {
+    out.extend_from_slice(b"{\"ok\":true,\"token\":");
+    push_str(out, token);
+    out.extend_from_slice(b",\"user\":{\"id\":");
+    push_u64(out, user);
+    out.extend_from_slice(b",\"name\":");
+    push_str(out, name);
+    out.extend_from_slice(b"}}");
 }
 
 /// The `/connect` answer.
@@ -885,11 +1033,10 @@ mod tests {
         let mut out = Vec::new();
         let mut encoder = Encoder::new();
         let json = Reply::Json {
-            status: 503,
             body: r#"{"ok":false}"#.into(),
         };
         encoder.reply(&mut out, &json, &Mode::Json, KEEP, false, DATE);
-        assert!(text(&out).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(text(&out).starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text(&out).ends_with("\r\n\r\n{\"ok\":false}"));
         encoder.reply(
             &mut out,
@@ -901,26 +1048,125 @@ mod tests {
         );
         assert!(text(&out).starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text(&out).ends_with("\r\n\r\n/**/cb({\"ok\":false});"));
-        let raw = Reply::Raw {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: b"up 1\n".to_vec(),
+        let file = Reply::File {
+            content_type: "text/plain; charset=utf-8",
+            body: b"up 1\n",
         };
-        encoder.reply(&mut out, &raw, &Mode::Jsonp("cb".into()), KEEP, false, DATE);
+        encoder.reply(
+            &mut out,
+            &file,
+            &Mode::Jsonp("cb".into()),
+            KEEP,
+            false,
+            DATE,
+        );
         assert_eq!(
             text(&out),
-            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain; version=0.0.4\r\n\
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain; charset=utf-8\r\n\
              Content-Length: 5\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\nup 1\n"
         );
-        let bad_status = Reply::Json {
-            status: 42,
-            body: "{}".into(),
-        };
-        encoder.reply(&mut out, &bad_status, &Mode::Json, KEEP, false, DATE);
-        assert!(text(&out).starts_with("HTTP/1.1 500 "));
         let shard = Reply::Shard(Response::fail(ErrorCode::NotFriends, "no"));
         encoder.reply(&mut out, &shard, &Mode::Json, KEEP, false, DATE);
         assert!(text(&out).starts_with("HTTP/1.1 403 Forbidden\r\n"));
+    }
+
+    /// Encodes `reply` in JSON mode and checks its status line, its
+    /// `Content-Length` and its body.
+    fn check_reply(reply: Reply, status_line: &str, body: &str) {
+        let mut out = Vec::new();
+        Encoder::new().reply(&mut out, &reply, &Mode::Json, KEEP, false, DATE);
+        let out = text(&out);
+        let (head, got) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(status_line), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert_eq!(got, body);
+    }
+
+    #[test]
+    fn engine_replies() {
+        let up = |shard| ShardHealth::Up {
+            shard,
+            sessions: 3,
+            tabs: 4,
+        };
+        check_reply(
+            Reply::Health {
+                shards: vec![up(0), up(1)],
+                timeout_ms: 1000,
+            },
+            "HTTP/1.1 200 OK\r\n",
+            concat!(
+                r#"{"ok":true,"shards":[{"shard":0,"ok":true,"sessions":3,"tabs":4},"#,
+                r#"{"shard":1,"ok":true,"sessions":3,"tabs":4}]}"#
+            ),
+        );
+        let some_down = vec![
+            up(0),
+            ShardHealth::Refused { shard: 1 },
+            ShardHealth::Silent { shard: 2 },
+        ];
+        check_reply(
+            Reply::Health {
+                shards: some_down.clone(),
+                timeout_ms: 1000,
+            },
+            "HTTP/1.1 503 Service Unavailable\r\n",
+            concat!(
+                r#"{"ok":false,"error":{"code":"unavailable","message":"a shard did not answer within 1000 ms"},"#,
+                r#""shards":[{"shard":0,"ok":true,"sessions":3,"tabs":4},{"shard":1,"ok":false},{"shard":2,"ok":false}]}"#
+            ),
+        );
+        // A shard that refused did answer: it counts as up in metrics.
+        check_reply(
+            Reply::Metrics { shards: some_down },
+            "HTTP/1.1 200 OK\r\n",
+            "# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n\
+             switchboard_sessions{shard=\"0\"} 3\n\
+             # HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n\
+             switchboard_tabs{shard=\"0\"} 4\n\
+             # HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n\
+             switchboard_shard_up{shard=\"0\"} 1\nswitchboard_shard_up{shard=\"1\"} 1\nswitchboard_shard_up{shard=\"2\"} 0\n",
+        );
+        check_reply(
+            Reply::NotBuilt {
+                message: "per-user traces are not built yet",
+            },
+            "HTTP/1.1 501 Not Implemented\r\n",
+            r#"{"ok":false,"error":{"code":"not_found","message":"per-user traces are not built yet"}}"#,
+        );
+        check_reply(
+            Reply::DemoUsers(vec![
+                DemoUser {
+                    id: 1,
+                    name: "al\"ice".into(),
+                    friends: vec![2, 3],
+                },
+                DemoUser {
+                    id: 2,
+                    name: "bob".into(),
+                    friends: vec![],
+                },
+            ]),
+            "HTTP/1.1 200 OK\r\n",
+            r#"{"ok":true,"users":[{"id":1,"name":"al\"ice","friends":[2,3]},{"id":2,"name":"bob","friends":[]}]}"#,
+        );
+        check_reply(
+            Reply::DemoUsers(vec![]),
+            "HTTP/1.1 200 OK\r\n",
+            r#"{"ok":true,"users":[]}"#,
+        );
+        check_reply(
+            Reply::DemoToken {
+                token: "2.99.ab".into(),
+                user: 2,
+                name: "bob".into(),
+            },
+            "HTTP/1.1 200 OK\r\n",
+            r#"{"ok":true,"token":"2.99.ab","user":{"id":2,"name":"bob"}}"#,
+        );
     }
 
     #[test]

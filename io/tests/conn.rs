@@ -177,7 +177,6 @@ impl Handler for TestHandler {
                     ts: 1,
                 }),
                 Call::Health => Reply::Json {
-                    status: 200,
                     body: r#"{"ok":true,"shards":1}"#.into(),
                 },
                 _ => Reply::Shard(Response::Done),

@@ -150,7 +150,6 @@ fn exercise(input: &[u8], split: usize, limits: &Limits) {
             Decision::Call { mode, call } => {
                 check_mode(&mode);
                 let reply = Reply::Json {
-                    status: 200,
                     body: format!("{{\"call\":{:?}}}", format!("{call:?}")),
                 };
                 encoder.reply(&mut out, &reply, &mode, persist, false, &date);

@@ -1,0 +1,120 @@
+//! The engine's errors: why the server could not start or had to stop.
+//! Each says what failed, where, and what the OS or library said; `main`
+//! prints one and exits non-zero. (Settings have their own text errors:
+//! `settings::Settings::parse`.)
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use switchboard_io::Listener;
+use switchboard_shards::model::ShardId;
+use switchboard_storage::OpenError;
+
+/// What stopped the server from starting, or ended it.
+#[derive(Debug)]
+pub enum Error {
+    /// The embedded store could not be opened (nothing else was started).
+    EmbeddedStore {
+        /// Its data folder.
+        data_dir: PathBuf,
+        /// Why.
+        source: OpenError,
+    },
+    /// The MySQL store could not be opened (nothing else was started).
+    MysqlStore {
+        /// Why.
+        source: OpenError,
+    },
+    /// The token secret could not be read from or created in the data
+    /// folder.
+    Secret {
+        /// The data folder.
+        data_dir: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A shard's executor could not be started.
+    Executor {
+        /// The shard.
+        shard: ShardId,
+        /// What glommio said.
+        source: glommio::GlommioError<()>,
+    },
+    /// A shard could not bind one of its listeners.
+    Bind {
+        /// The shard that tried.
+        shard: ShardId,
+        /// Which listener.
+        listener: Listener,
+        /// The address it was given.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A shard ended while the server was running, without a stop being
+    /// asked for: its executor failed or panicked (`source`), or its main
+    /// task returned.
+    ShardEnded {
+        /// The shard.
+        shard: ShardId,
+        /// What glommio said when its executor was joined, if anything.
+        source: Option<glommio::GlommioError<()>>,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::EmbeddedStore { data_dir, source } => write!(
+                f,
+                "cannot open the embedded store in {}: {source}",
+                data_dir.display()
+            ),
+            Error::MysqlStore { source } => write!(f, "cannot open the MySQL store: {source}"),
+            Error::Secret { data_dir, source } => write!(
+                f,
+                "cannot keep the token secret in {}: {source}",
+                data_dir.display()
+            ),
+            Error::Executor { shard, source } => {
+                write!(f, "cannot start executor shard-{shard}: {source}")
+            }
+            Error::Bind {
+                shard,
+                listener,
+                addr,
+                source,
+            } => {
+                let which = match listener {
+                    Listener::Client => "client",
+                    Listener::Admin => "admin",
+                };
+                write!(
+                    f,
+                    "cannot listen on {addr} ({which} listener, shard-{shard}): {source}"
+                )
+            }
+            Error::ShardEnded {
+                shard,
+                source: Some(source),
+            } => write!(f, "shard-{shard} failed: {source}"),
+            Error::ShardEnded {
+                shard,
+                source: None,
+            } => write!(f, "shard-{shard} ended while the server was running"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::EmbeddedStore { source, .. } | Error::MysqlStore { source } => Some(source),
+            Error::Secret { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::Executor { source, .. } => Some(source),
+            Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),
+        }
+    }
+}
