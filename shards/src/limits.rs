@@ -7,6 +7,23 @@
 /// `reset` and the client rebuilds from `/connect` + `/history`.
 pub const EVENTS_BUFFERED_MAX: usize = 128;
 
+/// Bytes of events kept per session, approximated (`event_bytes`: text
+/// or UI state plus `EVENT_BYTES_OVERHEAD`). Over it the oldest events are
+/// dropped as over `EVENTS_BUFFERED_MAX` (a poll from before them gets
+/// `reset`), so 128 max-length messages cannot pin 2 MB per session.
+/// 256 KiB holds 16 messages of 4,000 four-byte code points, or over a
+/// thousand ordinary ones.
+pub const EVENTS_BUFFERED_BYTES_MAX: usize = 256 * 1024;
+
+/// What an event costs in the byte bound beyond its text: the `Event`,
+/// its `Arc` and the JSON field names it is sent with.
+pub const EVENT_BYTES_OVERHEAD: usize = 64;
+
+/// The largest event: a message of 4,000 code points of 4 bytes and its
+/// `cid` (up to 64 code points, 256 bytes, checked by `io`), or a
+/// 4,096-byte UI state and its tab name. The byte bound holds a few.
+pub const EVENT_BYTES_LARGEST: usize = 16_000 + 256 + EVENT_BYTES_OVERHEAD;
+
 /// Tabs attached to one session. One more connect detaches the tab that
 /// has gone longest without polling (its sid answers `unknown_session`).
 pub const TABS_PER_USER_MAX: usize = 32;
@@ -39,3 +56,4 @@ pub const POLL_WAIT_MS_MAX: u64 = 60_000;
 const _: () = assert!(CONNECTS_WAITING_MAX <= JOBS_IN_FLIGHT_MAX);
 const _: () = assert!(TABS_PER_USER_MAX >= 2);
 const _: () = assert!(EVENTS_BUFFERED_MAX >= 16);
+const _: () = assert!(EVENTS_BUFFERED_BYTES_MAX >= 8 * EVENT_BYTES_LARGEST);

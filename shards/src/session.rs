@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::model::{Event, EventKind, Friend, ReplyTo, Response, Sid, Status, UserId};
 use crate::timers::{Deadline, TimerKey, Timers};
 use crate::Output;
@@ -86,8 +87,15 @@ pub struct LiveSession {
     pub tabs: Vec<Tab>,
     /// Seq of the latest event (0 before the first).
     pub seq: u64,
-    /// The newest events, oldest first, at most `events_buffered_max`.
+    /// The newest events, oldest first, within `BufferBounds`. Seqs
+    /// increase but may skip: a typing event replaces the earlier one from
+    /// the same user still buffered.
     pub events: VecDeque<Arc<Event>>,
+    /// `event_bytes` summed over `events`.
+    pub events_bytes: usize,
+    /// The highest seq dropped to keep the buffer within its bounds (0:
+    /// none). A poll from before it missed events: it gets `reset`.
+    pub evicted_seq: u64,
     /// Friends (id → name), as last read from the directory.
     pub roster: BTreeMap<UserId, Arc<str>>,
     /// Persisted UI state (JSON object text).
@@ -121,6 +129,8 @@ impl LiveSession {
             tabs: Vec::new(),
             seq: 0,
             events: VecDeque::new(),
+            events_bytes: 0,
+            evicted_seq: 0,
             roster: friends.into_iter().map(|f| (f.id, f.name)).collect(),
             ui,
             unread: unread.into_iter().filter(|&(_, n)| n > 0).collect(),
@@ -140,24 +150,45 @@ impl LiveSession {
         self.roster.keys().copied().collect()
     }
 
-    /// Appends an event, drops the oldest beyond `buffered_max`, and answers
-    /// every held poll (each with all events after its `since`); those tabs
-    /// go idle until `idle_at_ms`.
+    /// Appends an event and answers every held poll (each with all events
+    /// after its `since`); those tabs go idle until `idle_at_ms`. A typing
+    /// event replaces the earlier typing event from the same user still
+    /// buffered (only the latest state matters); then the oldest events
+    /// are dropped while the buffer is over either of `bounds` (never the
+    /// new one).
     pub fn push_event(
         &mut self,
         kind: EventKind,
-        buffered_max: usize,
+        bounds: BufferBounds,
         idle_at_ms: u64,
         timers: &mut Timers,
         out: &mut Vec<Output>,
-    ) {
+    ) -> Appended {
+        let mut appended = Appended::default();
+        if let EventKind::Typing { user, .. } = kind {
+            let earlier = self
+                .events
+                .iter()
+                .rposition(|e| matches!(e.kind, EventKind::Typing { user: u, .. } if u == user));
+            if let Some(i) = earlier {
+                let e = self.events.remove(i).expect("index from rposition");
+                self.events_bytes -= event_bytes(&e.kind);
+                appended.coalesced = true;
+            }
+        }
         self.seq += 1;
+        self.events_bytes += event_bytes(&kind);
         self.events.push_back(Arc::new(Event {
             seq: self.seq,
             kind,
         }));
-        while self.events.len() > buffered_max {
-            self.events.pop_front();
+        while self.events.len() > 1
+            && (self.events.len() > bounds.events_max || self.events_bytes > bounds.bytes_max)
+        {
+            let e = self.events.pop_front().expect("more than one event");
+            self.events_bytes -= event_bytes(&e.kind);
+            self.evicted_seq = e.seq;
+            appended.dropped += 1;
         }
         for tab in &mut self.tabs {
             if !tab.is_polling() {
@@ -169,17 +200,65 @@ impl LiveSession {
             if let TabState::Polling(poll) = tab.enter(idle, timers) {
                 out.push(Output::Reply {
                     to: poll.reply,
-                    response: events_after(&self.events, self.seq, poll.since),
+                    response: events_after(&self.events, self.seq, self.evicted_seq, poll.since),
                 });
             }
         }
+        appended
     }
 
-    /// Events after `since`, or `Reset` when the buffer no longer covers
-    /// them. `since` must not exceed `seq`.
+    /// Events after `since` (by seq: seqs may skip), or `Reset` when some
+    /// were dropped by the buffer's bounds. `since` must not exceed `seq`.
     pub fn answer_since(&self, since: u64) -> Response {
-        events_after(&self.events, self.seq, since)
+        events_after(&self.events, self.seq, self.evicted_seq, since)
     }
+}
+
+/// The answer to a poll from `since` of a buffer whose latest seq is `seq`
+/// and whose highest dropped seq is `evicted_seq`: `Reset` if a dropped
+/// event is after `since`, else the buffered events after it (found by seq:
+/// seqs increase but may skip).
+fn events_after(events: &VecDeque<Arc<Event>>, seq: u64, evicted_seq: u64, since: u64) -> Response {
+    debug_assert!(since <= seq);
+    if since < evicted_seq {
+        return Response::Reset { seq };
+    }
+    let start = events.partition_point(|e| e.seq <= since);
+    Response::Events {
+        seq,
+        events: events.range(start..).cloned().collect(),
+    }
+}
+
+/// The bounds of a session's event buffer (from the shard's `Config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferBounds {
+    /// Events kept.
+    pub events_max: usize,
+    /// `event_bytes` summed over the events kept.
+    pub bytes_max: usize,
+}
+
+/// What appending an event did besides appending it (for counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// An earlier typing event from the same user was replaced.
+    pub coalesced: bool,
+    /// Oldest events dropped for the buffer's bounds.
+    pub dropped: usize,
+}
+
+/// An event's weight in the byte bound: the text it carries (message text
+/// and cid, UI state and tab name, a contact's name) plus a fixed
+/// overhead. An approximation of its memory and of its JSON.
+pub fn event_bytes(kind: &EventKind) -> usize {
+    let text = match kind {
+        EventKind::Message(m) => m.text.len() + m.cid.as_ref().map_or(0, |c| c.len()),
+        EventKind::Ui { state, tab } => state.len() + tab.len(),
+        EventKind::Roster { user, .. } => user.name.len(),
+        EventKind::Presence { .. } | EventKind::Typing { .. } | EventKind::Read { .. } => 0,
+    };
+    limits::EVENT_BYTES_OVERHEAD + text
 }
 
 /// One attached page.
@@ -285,19 +364,6 @@ impl Tab {
     }
 }
 
-fn events_after(events: &VecDeque<Arc<Event>>, seq: u64, since: u64) -> Response {
-    debug_assert!(since <= seq);
-    let missing = (seq - since) as usize;
-    if missing > events.len() {
-        return Response::Reset { seq };
-    }
-    let start = events.len() - missing;
-    Response::Events {
-        seq,
-        events: events.iter().skip(start).cloned().collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +382,11 @@ mod tests {
         let mut timers = Timers::default();
         let mut out = Vec::new();
         for u in 1..=5 {
-            s.push_event(typing(u), 3, 0, &mut timers, &mut out);
+            let bounds = BufferBounds {
+                events_max: 3,
+                bytes_max: usize::MAX,
+            };
+            s.push_event(typing(u), bounds, 0, &mut timers, &mut out);
         }
         assert_eq!(s.seq, 5);
         let seqs = |r: Response| match r {

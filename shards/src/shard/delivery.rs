@@ -64,9 +64,11 @@ impl Shard {
             return;
         };
         self.stats.events += 1;
-        let buffered_max = self.config.events_buffered_max;
+        let bounds = self.config.buffer_bounds();
         let idle_at = now + self.config.tab_timeout_ms;
-        session.push_event(kind, buffered_max, idle_at, &mut self.timers, out);
+        let appended = session.push_event(kind, bounds, idle_at, &mut self.timers, out);
+        self.stats.typing_coalesced += u64::from(appended.coalesced);
+        self.stats.events_dropped += appended.dropped as u64;
     }
 
     /// A message was stored (or found stored under its `cid`): a new one

@@ -33,7 +33,7 @@ use crate::model::{
     ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, Status, StorageJob, StorageResult,
     UserId,
 };
-use crate::session::{LiveSession, Session};
+use crate::session::{BufferBounds, LiveSession, Session};
 use crate::timers::Timers;
 
 mod delivery;
@@ -65,6 +65,8 @@ pub struct Config {
     pub roster_refresh_ms: u64,
     /// Events kept per session.
     pub events_buffered_max: usize,
+    /// Bytes of events kept per session (`session::event_bytes`).
+    pub events_buffered_bytes_max: usize,
     /// Tabs per session.
     pub tabs_per_user_max: usize,
 }
@@ -80,7 +82,16 @@ impl Config {
             tab_timeout_ms: limits::TAB_TIMEOUT_MS_DEFAULT,
             roster_refresh_ms: limits::ROSTER_REFRESH_MS_DEFAULT,
             events_buffered_max: limits::EVENTS_BUFFERED_MAX,
+            events_buffered_bytes_max: limits::EVENTS_BUFFERED_BYTES_MAX,
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
+        }
+    }
+
+    /// The bounds of every session's event buffer.
+    pub fn buffer_bounds(&self) -> BufferBounds {
+        BufferBounds {
+            events_max: self.events_buffered_max,
+            bytes_max: self.events_buffered_bytes_max,
         }
     }
 }
@@ -168,6 +179,10 @@ pub struct Stats {
     pub tab_evictions: u64,
     /// Deliveries dropped by the receiver's friends-only check.
     pub not_friends_dropped: u64,
+    /// Typing events that replaced an earlier one from the same user.
+    pub typing_coalesced: u64,
+    /// Events dropped from session buffers by their bounds.
+    pub events_dropped: u64,
 }
 
 /// One shard, built from parts with one job each.
