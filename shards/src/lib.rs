@@ -8,6 +8,7 @@
 
 pub mod limits;
 pub mod model;
+pub mod ratelimit;
 pub mod routing;
 pub mod session;
 pub mod shard;

@@ -2,6 +2,8 @@
 //! The runtime-tunable ones travel in [`crate::Config`]; these are the
 //! defaults and the hard caps.
 
+use crate::ratelimit::Rate;
+
 /// Events kept per session for polls to catch up from. Older ones are
 /// dropped; a poll whose `since` is older than the oldest kept gets
 /// `reset` and the client rebuilds from `/connect` + `/history`.
@@ -44,6 +46,32 @@ pub const TIMERS_PER_TICK_MAX: usize = 4_096;
 /// Over it the remaining sessions are refreshed by their interval instead.
 pub const ROSTER_TOUCHES_MAX: usize = 4_096;
 
+// Per-user rate limits (`ratelimit.rs`): `per_s` calls a second, `burst`
+// at once, per user whatever the number of tabs. Over one the call is
+// answered `rate_limited` (HTTP 429) and does nothing. The defaults are
+// far above what a person does through the browser client, which debounces
+// typing and UI saves and retries a `rate_limited` call with backoff.
+
+/// `/send`: a person types a message every few seconds; 30 at once covers
+/// a client flushing its queue of unsent messages after a reconnect. 5 a
+/// second sustained stores at most 80 messages in 10 s (it was 23,000).
+pub const RATE_SEND_DEFAULT: Rate = Rate::new(5, 30);
+/// `/typing`: the client sends `typing` at most every 3 s per conversation
+/// and `stopped` after 2.5 s idle; 8 at once covers several conversations.
+pub const RATE_TYPING_DEFAULT: Rate = Rate::new(4, 8);
+/// `/presence`: a change by hand or by idle tracking, per tab.
+pub const RATE_PRESENCE_DEFAULT: Rate = Rate::new(2, 10);
+/// `/ui`: the client debounces saves; one per tab at once after a reload.
+pub const RATE_UI_DEFAULT: Rate = Rate::new(5, 20);
+/// `/read`: one per conversation opened or scrolled to its end.
+pub const RATE_READ_DEFAULT: Rate = Rate::new(5, 20);
+/// `/history`: paging while scrolling, and one page per tracked
+/// conversation when a tab rebuilds after a `reset`.
+pub const RATE_HISTORY_DEFAULT: Rate = Rate::new(10, 30);
+/// `/connect` to a live session: every tab of a user reconnecting at once
+/// (half of `TABS_PER_USER_MAX`), then page reloads.
+pub const RATE_CONNECT_DEFAULT: Rate = Rate::new(2, 16);
+
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.
@@ -57,3 +85,4 @@ const _: () = assert!(CONNECTS_WAITING_MAX <= JOBS_IN_FLIGHT_MAX);
 const _: () = assert!(TABS_PER_USER_MAX >= 2);
 const _: () = assert!(EVENTS_BUFFERED_MAX >= 16);
 const _: () = assert!(EVENTS_BUFFERED_BYTES_MAX >= 8 * EVENT_BYTES_LARGEST);
+const _: () = assert!(RATE_CONNECT_DEFAULT.burst as usize <= TABS_PER_USER_MAX);

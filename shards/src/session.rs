@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::model::{Event, EventKind, Friend, ReplyTo, Response, Sid, Status, UserId};
+use crate::ratelimit::Buckets;
 use crate::timers::{Deadline, TimerKey, Timers};
 use crate::Output;
 
@@ -96,6 +97,9 @@ pub struct LiveSession {
     /// The highest seq dropped to keep the buffer within its bounds (0:
     /// none). A poll from before it missed events: it gets `reset`.
     pub evicted_seq: u64,
+    /// Rate-limit buckets, one per kind of call. They live and end with the
+    /// session: a session that ends and loads again starts with full ones.
+    pub buckets: Buckets,
     /// Friends (id → name), as last read from the directory.
     pub roster: BTreeMap<UserId, Arc<str>>,
     /// Persisted UI state (JSON object text).
@@ -131,6 +135,7 @@ impl LiveSession {
             events: VecDeque::new(),
             events_bytes: 0,
             evicted_seq: 0,
+            buckets: Buckets::default(),
             roster: friends.into_iter().map(|f| (f.id, f.name)).collect(),
             ui,
             unread: unread.into_iter().filter(|&(_, n)| n > 0).collect(),

@@ -33,6 +33,7 @@ use crate::model::{
     ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, Status, StorageJob, StorageResult,
     UserId,
 };
+use crate::ratelimit::RateLimits;
 use crate::session::{BufferBounds, LiveSession, Session};
 use crate::timers::Timers;
 
@@ -40,6 +41,7 @@ mod delivery;
 mod jobs;
 mod polls;
 mod presence;
+mod rates;
 mod requests;
 mod roster;
 mod sessions;
@@ -67,6 +69,8 @@ pub struct Config {
     pub events_buffered_max: usize,
     /// Bytes of events kept per session (`session::event_bytes`).
     pub events_buffered_bytes_max: usize,
+    /// Per-user rate limits, one per kind of call.
+    pub rate_limits: RateLimits,
     /// Tabs per session.
     pub tabs_per_user_max: usize,
 }
@@ -83,6 +87,7 @@ impl Config {
             roster_refresh_ms: limits::ROSTER_REFRESH_MS_DEFAULT,
             events_buffered_max: limits::EVENTS_BUFFERED_MAX,
             events_buffered_bytes_max: limits::EVENTS_BUFFERED_BYTES_MAX,
+            rate_limits: RateLimits::default(),
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
         }
     }
@@ -179,6 +184,8 @@ pub struct Stats {
     pub tab_evictions: u64,
     /// Deliveries dropped by the receiver's friends-only check.
     pub not_friends_dropped: u64,
+    /// Calls answered `rate_limited`.
+    pub rate_limited: u64,
     /// Typing events that replaced an earlier one from the same user.
     pub typing_coalesced: u64,
     /// Events dropped from session buffers by their bounds.

@@ -1,6 +1,7 @@
 //! Requests: a client or admin call, from checking its tab to the storage
 //! job or the answer. Checks run in the protocol's order (PROTOCOL.md §1):
-//! the tab, then "not with yourself", then friends-only.
+//! the tab, then the user's rate limit for the call (`rates`), then "not
+//! with yourself", then friends-only.
 //!
 //! Invariant: every request gets exactly one reply, here or when the job it
 //! started finishes (`jobs`).
@@ -14,6 +15,7 @@ use crate::model::{
     ErrorCode, EventKind, MsgId, ReplyTo, Request, Response, Sid, Status, StorageJob, TypingState,
     UserId,
 };
+use crate::ratelimit::Kind;
 use crate::routing::home_shard;
 use crate::session::WaitingConnect;
 
@@ -130,16 +132,18 @@ impl Shard {
     }
 
     /// The user of the calling tab when `other` may be addressed: the tab
-    /// is live, `other` is someone else and `addressing` allows them.
-    /// Otherwise answers, in the protocol's order, and returns `None`.
+    /// is live, the call is within the user's `kind` rate limit, `other` is
+    /// someone else and `addressing` allows them. Otherwise answers, in the
+    /// protocol's order, and returns `None`.
     fn check_other(
         &mut self,
         call: TabCall,
+        kind: Kind,
         other: UserId,
         addressing: Addressing,
         out: &mut Vec<Output>,
     ) -> Option<UserId> {
-        let (session, _) = self.sessions.tab(call.now, call.sid, call.to, out)?;
+        let (session, _) = self.tab_within_rate(call.now, call.sid, call.to, kind, out)?;
         let user = session.user;
         if other == user {
             fail(out, call.to, ErrorCode::BadRequest, "not with yourself");
@@ -165,7 +169,7 @@ impl Shard {
         out: &mut Vec<Output>,
     ) {
         let addressing = Addressing::FriendsOnly("message");
-        let Some(user) = self.check_other(call, friend, addressing, out) else {
+        let Some(user) = self.check_other(call, Kind::Send, friend, addressing, out) else {
             return;
         };
         let request = StorageJob::StoreMessage {
@@ -181,7 +185,7 @@ impl Shard {
     /// `/typing`: delivered at once, never stored.
     fn typing(&mut self, call: TabCall, friend: UserId, state: TypingState, out: &mut Vec<Output>) {
         let addressing = Addressing::FriendsOnly("type to");
-        let Some(user) = self.check_other(call, friend, addressing, out) else {
+        let Some(user) = self.check_other(call, Kind::Typing, friend, addressing, out) else {
             return;
         };
         let kind = EventKind::Typing { user, state };
@@ -191,7 +195,9 @@ impl Shard {
 
     /// `/presence`: online or away; friends hear of a change.
     fn set_status(&mut self, call: TabCall, status: Status, out: &mut Vec<Output>) {
-        let Some((session, _)) = self.sessions.tab(call.now, call.sid, call.to, out) else {
+        let Some((session, _)) =
+            self.tab_within_rate(call.now, call.sid, call.to, Kind::Presence, out)
+        else {
             return;
         };
         assert!(status != Status::Offline, "io decodes only online/away");
@@ -205,7 +211,8 @@ impl Shard {
 
     /// `/ui`: persist the UI state; every tab hears of it once saved.
     fn save_ui(&mut self, call: TabCall, state: String, out: &mut Vec<Output>) {
-        let Some((session, i)) = self.sessions.tab(call.now, call.sid, call.to, out) else {
+        let Some((session, i)) = self.tab_within_rate(call.now, call.sid, call.to, Kind::Ui, out)
+        else {
             return;
         };
         let user = session.user;
@@ -222,7 +229,7 @@ impl Shard {
     /// `/read`: move the read mark. Read receipts are friends-only.
     fn read(&mut self, call: TabCall, with: UserId, upto: MsgId, out: &mut Vec<Output>) {
         let addressing = Addressing::FriendsOnly("send read receipts to");
-        let Some(user) = self.check_other(call, with, addressing, out) else {
+        let Some(user) = self.check_other(call, Kind::Read, with, addressing, out) else {
             return;
         };
         let job = ReplyJob::Read { user, with };
@@ -238,7 +245,8 @@ impl Shard {
         limit: u32,
         out: &mut Vec<Output>,
     ) {
-        let Some(user) = self.check_other(call, with, Addressing::AnyoneElse, out) else {
+        let Some(user) = self.check_other(call, Kind::History, with, Addressing::AnyoneElse, out)
+        else {
             return;
         };
         let request = StorageJob::History {

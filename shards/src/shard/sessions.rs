@@ -119,7 +119,11 @@ impl Shard {
         assert_eq!(c.sid.user, user, "sid drawn for another user");
         let to = c.reply;
         match self.sessions.by_user.get_mut(&user) {
-            Some(Session::Live(_)) => self.attach(now, c, out),
+            Some(Session::Live(_)) => {
+                if self.connect_within_rate(now, user, to, out) {
+                    self.attach(now, c, out);
+                }
+            }
             Some(Session::Loading { waiting, .. }) => {
                 if waiting.len() >= limits::CONNECTS_WAITING_MAX {
                     return fail(out, to, ErrorCode::Unavailable, "too many connects at once");
