@@ -394,6 +394,7 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     config.grace_ms = s.presence_grace_ms;
     config.tab_timeout_ms = s.tab_timeout_ms;
     config.roster_refresh_ms = s.roster_refresh_ms;
+    config.rate_limits = s.rate_limits.clone();
     let (rt, outboxes) = ShardRuntime::new(
         Shard::new(config),
         shared.store.clone(),

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use switchboard_shards::ratelimit::{Kind, Rate, RateLimits};
 use switchboard_storage::DirectoryQueries;
 
 /// One setting: its name (the variable without `SWITCHBOARD_`), default
@@ -30,6 +31,14 @@ const SPECS: &[Spec] = &[
     Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
     Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, comma-separated (db-i gets the (i mod n)-th); see tuning/README.md" },
     Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
+    Spec { name: "RATE_LIMITS", default: "on", help: "per-user rate limits (the RATE_* settings): on, or off to lift them all (load tests: bench runs set it)" },
+    Spec { name: "RATE_SEND", default: "5/s,burst=30", help: "/send calls per user: RATE/s,burst=N (N at once, then RATE a second), or off; over it: 429 rate_limited" },
+    Spec { name: "RATE_TYPING", default: "4/s,burst=8", help: "/typing calls per user, as RATE_SEND" },
+    Spec { name: "RATE_PRESENCE", default: "2/s,burst=10", help: "/presence calls per user, as RATE_SEND" },
+    Spec { name: "RATE_UI", default: "5/s,burst=20", help: "/ui calls per user, as RATE_SEND" },
+    Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND" },
+    Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND" },
+    Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND" },
     Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
@@ -68,6 +77,8 @@ pub struct Settings {
     /// Cores the db threads are pinned to (`None`: not pinned).
     pub db_cores: Option<Vec<usize>>,
     pub connections_max: usize,
+    /// Per-user rate limits, one per kind of call.
+    pub rate_limits: RateLimits,
     /// Log level.
     pub log: log::LevelFilter,
     /// MySQL URL (`None`: the embedded store).
@@ -173,6 +184,24 @@ impl Settings {
             Some("0" | "off" | "false") => false,
             Some(other) => return Err(format!("SWITCHBOARD_DEMO: {other:?} is not 1, 0 or auto")),
         };
+        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
+            "on" | "1" => {
+                let mut limits = RateLimits::default();
+                for kind in Kind::ALL {
+                    let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
+                    if let Some(v) = get(&name) {
+                        limits.set(kind, rate(&name, v)?);
+                    }
+                }
+                limits
+            }
+            "off" | "0" => RateLimits::unlimited(),
+            other => {
+                return Err(format!(
+                    "SWITCHBOARD_RATE_LIMITS: {other:?} is not on or off"
+                ))
+            }
+        };
         let settings = Settings {
             listen: addr("LISTEN", "127.0.0.1:8080")?,
             admin_listen: addr("ADMIN_LISTEN", "127.0.0.1:8081")?,
@@ -198,6 +227,7 @@ impl Settings {
                 ),
             },
             connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
+            rate_limits,
             log,
             mysql_url: non_empty("MYSQL_URL"),
             mysql_pool_size: num(
@@ -231,6 +261,24 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// A rate setting: `RATE/s,burst=N` (both at least 1), or `off`.
+fn rate(name: &str, v: &str) -> Result<Option<Rate>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    let err = || format!("SWITCHBOARD_{name}: {v:?} is not a rate like 5/s,burst=30 or off");
+    let number = |s: Option<&str>| -> Result<u32, String> {
+        match s.map(str::parse::<u32>) {
+            Some(Ok(n)) if n >= 1 => Ok(n),
+            _ => Err(err()),
+        }
+    };
+    let (per_s, burst) = v.split_once(',').ok_or_else(err)?;
+    let per_s = number(per_s.strip_suffix("/s"))?;
+    let burst = number(burst.strip_prefix("burst="))?;
+    Ok(Some(Rate::new(per_s, burst)))
 }
 
 #[cfg(test)]
@@ -289,9 +337,41 @@ mod tests {
             (&["stray"][..], "unexpected"),
             (&["--log", "loud"][..], "LOG"),
             (&["--db-cores", "1,x"][..], "DB_CORES"),
+            (&["--rate-send", "5"][..], "RATE_SEND"),
+            (&["--rate-send", "5/s,burst=0"][..], "RATE_SEND"),
+            (&["--rate-typing", "0/s,burst=3"][..], "RATE_TYPING"),
+            (&["--rate-ui", "5/m,burst=3"][..], "RATE_UI"),
+            (&["--rate-read", "5/s, burst=3"][..], "RATE_READ"),
+            (&["--rate-limits", "maybe"][..], "RATE_LIMITS"),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn rate_limits_default_to_the_shards_defaults_and_can_be_set_or_lifted() {
+        // The defaults --help prints are the ones the shards use.
+        let s = parse(&[], &[]).unwrap();
+        assert_eq!(s.rate_limits, RateLimits::default());
+        for kind in Kind::ALL {
+            let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
+            let spec = SPECS
+                .iter()
+                .find(|s| s.name == name)
+                .expect("a spec per kind");
+            assert_eq!(rate(&name, spec.default), Ok(Some(kind.default_rate())));
+        }
+        let s = parse(
+            &["--rate-send=100/s,burst=1000", "--rate-typing", "off"],
+            &[("SWITCHBOARD_RATE_HISTORY", "1/s,burst=1")],
+        )
+        .unwrap();
+        assert_eq!(s.rate_limits.get(Kind::Send), Some(Rate::new(100, 1000)));
+        assert_eq!(s.rate_limits.get(Kind::Typing), None);
+        assert_eq!(s.rate_limits.get(Kind::History), Some(Rate::new(1, 1)));
+        assert_eq!(s.rate_limits.get(Kind::Ui), Some(Kind::Ui.default_rate()));
+        let off = parse(&["--rate-limits", "off", "--rate-send", "1/s,burst=1"], &[]).unwrap();
+        assert_eq!(off.rate_limits, RateLimits::unlimited());
     }
 }
