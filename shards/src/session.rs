@@ -262,6 +262,11 @@ impl Tab {
         matches!(self.state, TabState::Polling(_))
     }
 
+    /// The timer this tab's state has armed: `(deadline_ms, key)`.
+    pub fn armed(&self) -> (u64, TimerKey) {
+        self.state.timer(self.sid)
+    }
+
     /// Moves the tab to `state`: disarms the old state's timer (a no-op if
     /// it fired) and arms the new one. Returns the old state; a poll it
     /// held is the caller's to answer.

@@ -168,6 +168,10 @@ pub struct Stats {
     pub tab_evictions: u64,
     /// Deliveries dropped by the receiver's friends-only check.
     pub not_friends_dropped: u64,
+    /// Timers that fired without their owner (or with an owner armed for
+    /// another deadline): skipped. Non-zero means an owner went without
+    /// disarming, e.g. a user dropped after a panic.
+    pub stale_timers: u64,
 }
 
 /// One shard, built from parts with one job each.

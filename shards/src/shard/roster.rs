@@ -239,10 +239,9 @@ impl Shard {
     /// `user`'s refresh interval ran out: re-read the roster, or try again
     /// after another interval when too many jobs are in flight.
     pub(super) fn refresh_due(&mut self, now: u64, user: UserId, out: &mut Vec<Output>) {
-        let session = self
-            .sessions
-            .live_mut(user)
-            .expect("refresh timer's session");
+        let Some(session) = self.sessions.live_mut(user) else {
+            return; // `time` checked it is there
+        };
         session.refresh.disarm(&mut self.timers);
         let why = Refresh::Interval;
         match self.job(Pending::Refresh { user, why }) {
@@ -251,9 +250,10 @@ impl Shard {
                 request: StorageJob::LoadRoster { user },
             }),
             None => {
-                let session = self.sessions.live_mut(user).expect("session");
-                let at = now + self.config.roster_refresh_ms;
-                session.refresh.arm(&mut self.timers, at);
+                if let Some(session) = self.sessions.live_mut(user) {
+                    let at = now + self.config.roster_refresh_ms;
+                    session.refresh.arm(&mut self.timers, at);
+                }
             }
         }
     }
