@@ -27,6 +27,11 @@ pub const TIMERS_PER_TICK_MAX: usize = 4_096;
 /// Over it the remaining sessions are refreshed by their interval instead.
 pub const ROSTER_TOUCHES_MAX: usize = 4_096;
 
+/// Roster changes one loading session remembers to re-read its roster
+/// for once loaded. One more fails that change's part (the admin call
+/// answers `unavailable` and the web app retries).
+pub const LOADING_REREADS_MAX: usize = 16;
+
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.

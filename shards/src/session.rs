@@ -34,6 +34,12 @@ pub enum Session {
         job: u64,
         /// Connects that arrived meanwhile, answered when the load ends.
         waiting: Vec<WaitingConnect>,
+        /// Parts of roster changes (`RosterTouched`) that arrived while the
+        /// load was in flight: the load may have read the directory before
+        /// the change, so the roster is re-read once for each when the
+        /// session goes live (and each part is acked then). At most
+        /// `LOADING_REREADS_MAX`.
+        rereads: Vec<u64>,
     },
     /// Loaded: it takes events and tabs; it may be tabless, in grace.
     Live(LiveSession),

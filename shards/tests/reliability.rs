@@ -1,0 +1,401 @@
+//! The shard core under faults (issue 8: nothing lost, nothing hung, nobody
+//! locked out): storage answers that time out after committing, roster
+//! re-reads shed or racing a load, peer messages dropped, a user dropped
+//! after a panic. Deterministic: no randomness at all; storage jobs and
+//! peer messages move only when a test says so.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use switchboard_shards::model::*;
+use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Shard};
+
+/// Storage kept in memory, with the protocol's semantics for the jobs
+/// these tests use.
+#[derive(Default)]
+struct MemStore {
+    names: BTreeMap<UserId, Arc<str>>,
+    friends: Vec<(UserId, UserId)>,
+    messages: Vec<Arc<Message>>,
+}
+
+impl MemStore {
+    fn friends_of(&self, u: UserId) -> Vec<Friend> {
+        let mut v: Vec<Friend> = self
+            .friends
+            .iter()
+            .filter_map(|&(a, b)| match () {
+                _ if a == u => Some(b),
+                _ if b == u => Some(a),
+                _ => None,
+            })
+            .map(|id| Friend {
+                id,
+                name: self.names[&id].clone(),
+            })
+            .collect();
+        v.sort_by_key(|f| f.id);
+        v
+    }
+
+    fn run(&mut self, job: StorageJob) -> StorageResult {
+        Ok(match job {
+            StorageJob::LoadSession { user } => StorageOutput::Session {
+                name: self.names.get(&user).cloned(),
+                friends: self.friends_of(user),
+                ui: None,
+                unread: Vec::new(),
+            },
+            StorageJob::LoadRoster { user } => StorageOutput::Roster {
+                friends: self.friends_of(user),
+            },
+            StorageJob::StoreMessage {
+                from,
+                to,
+                text,
+                cid,
+                ts,
+            } => {
+                let first = self
+                    .messages
+                    .iter()
+                    .find(|m| m.from == from && cid.is_some() && m.cid == cid);
+                if let Some(m) = first {
+                    return Ok(StorageOutput::Stored {
+                        message: m.clone(),
+                        duplicate: true,
+                    });
+                }
+                let m = Arc::new(Message {
+                    id: self.messages.len() as u64 + 1,
+                    from,
+                    to,
+                    text,
+                    ts,
+                    cid,
+                });
+                self.messages.push(m.clone());
+                StorageOutput::Stored {
+                    message: m,
+                    duplicate: false,
+                }
+            }
+            other => unimplemented!("not used by these tests: {other:?}"),
+        })
+    }
+}
+
+/// Several shards, a clock and a store; storage jobs and peer messages
+/// wait until a test moves them.
+struct World {
+    now: u64,
+    shards: Vec<Shard>,
+    store: MemStore,
+    /// Peer messages in flight per (from, to) pair: FIFO per pair.
+    links: BTreeMap<(usize, usize), VecDeque<PeerMsg>>,
+    /// Storage jobs asked for and not yet answered: (shard, job, request).
+    jobs: Vec<(usize, u64, StorageJob)>,
+    /// Replies by request number (every request comes from conn shard 0).
+    replies: HashMap<u64, Response>,
+    next_req: u64,
+    next_secret: u128,
+}
+
+const ALICE: UserId = 1;
+const BOB: UserId = 2;
+const CAROL: UserId = 3;
+
+impl World {
+    fn new(shard_count: usize) -> World {
+        World::with(shard_count, |_| {})
+    }
+
+    fn with(shard_count: usize, tune: impl Fn(&mut Config)) -> World {
+        let shards = (0..shard_count)
+            .map(|i| {
+                let mut c = Config::new(i, shard_count);
+                tune(&mut c);
+                Shard::new(c)
+            })
+            .collect();
+        let mut store = MemStore::default();
+        for (id, name) in [(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol")] {
+            store.names.insert(id, Arc::from(name));
+        }
+        store.friends = vec![(ALICE, BOB), (ALICE, CAROL), (BOB, CAROL)];
+        World {
+            now: 1_000_000,
+            shards,
+            store,
+            links: BTreeMap::new(),
+            jobs: Vec::new(),
+            replies: HashMap::new(),
+            next_req: 0,
+            next_secret: 0,
+        }
+    }
+
+    fn home(&self, user: UserId) -> usize {
+        home_shard(user, self.shards.len())
+    }
+
+    fn collect(&mut self, shard: usize, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Reply { to, response } => {
+                    assert_eq!(to.shard, 0, "every request comes from shard 0");
+                    let old = self.replies.insert(to.req, response);
+                    assert!(old.is_none(), "two replies to {to:?}");
+                }
+                Output::Peer { shard: to, msg } => {
+                    assert_ne!(to, shard, "local messages take the local path");
+                    self.links.entry((shard, to)).or_default().push_back(msg);
+                }
+                Output::Storage { job, request } => self.jobs.push((shard, job, request)),
+            }
+        }
+    }
+
+    fn feed(&mut self, shard: usize, input: Input) {
+        let mut out = Vec::new();
+        self.shards[shard].handle(self.now, input, &mut out);
+        self.collect(shard, out);
+    }
+
+    /// Delivers every peer message in flight (link by link, in order).
+    fn pump(&mut self) {
+        while let Some((&k, _)) = self.links.iter().find(|(_, q)| !q.is_empty()) {
+            let msg = self.links.get_mut(&k).unwrap().pop_front().unwrap();
+            self.feed(k.1, Input::Peer(msg));
+        }
+    }
+
+    /// Takes out the first storage job `pick` chooses, unanswered.
+    fn take_job(&mut self, pick: impl Fn(&StorageJob) -> bool) -> (usize, u64, StorageJob) {
+        let i = self
+            .jobs
+            .iter()
+            .position(|(_, _, r)| pick(r))
+            .unwrap_or_else(|| panic!("no such job among {:?}", self.jobs));
+        self.jobs.remove(i)
+    }
+
+    /// Runs every storage job and delivers every message until quiet.
+    fn settle(&mut self) {
+        loop {
+            self.pump();
+            if self.jobs.is_empty() {
+                return;
+            }
+            for (shard, job, request) in std::mem::take(&mut self.jobs) {
+                let result = self.store.run(request);
+                self.feed(shard, Input::Storage { job, result });
+            }
+        }
+    }
+
+    /// Starts a request at its home shard; returns its number.
+    fn start(&mut self, request: Request) -> u64 {
+        self.next_req += 1;
+        let reply = ReplyTo {
+            shard: 0,
+            req: self.next_req,
+        };
+        let home = self.home(request.home_user().unwrap());
+        self.feed(home, Input::Request { reply, request });
+        reply.req
+    }
+
+    /// A request, settled: its reply.
+    fn call(&mut self, request: Request) -> Option<Response> {
+        let req = self.start(request);
+        self.settle();
+        self.replies.remove(&req)
+    }
+
+    fn take(&mut self, req: u64) -> Option<Response> {
+        self.replies.remove(&req)
+    }
+
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now = (self.now + 100).min(end);
+            for s in 0..self.shards.len() {
+                self.feed(s, Input::Tick);
+            }
+            self.settle();
+        }
+    }
+
+    fn sid(&mut self, user: UserId) -> Sid {
+        self.next_secret += 1;
+        Sid {
+            user,
+            secret: self.next_secret,
+        }
+    }
+
+    fn connect(&mut self, user: UserId, tab: &str) -> Sid {
+        let sid = self.sid(user);
+        let r = self.call(Request::Connect {
+            user,
+            tab: Some(tab.into()),
+            sid,
+        });
+        assert!(matches!(r, Some(Response::Connected(_))), "{r:?}");
+        sid
+    }
+
+    fn session(&self, user: UserId) -> Option<&switchboard_shards::session::LiveSession> {
+        self.shards[self.home(user)].live_session(user)
+    }
+
+    fn presence_seen_by(&self, viewer: UserId, of: UserId) -> Status {
+        self.shards[self.home(viewer)].presence_of(of)
+    }
+
+    /// Presence events for `of` in `viewer`'s buffer, in order.
+    fn presence_events(&self, viewer: UserId, of: UserId) -> Vec<Status> {
+        self.session(viewer)
+            .map(|s| {
+                s.events
+                    .iter()
+                    .filter_map(|e| match e.kind {
+                        EventKind::Presence { user, status } if user == of => Some(status),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One tab as a client sees it: what it polled so far.
+struct Client {
+    sid: Sid,
+    since: u64,
+    messages: Vec<MsgId>,
+}
+
+impl Client {
+    fn new(w: &World, sid: Sid) -> Client {
+        let since = w.session(sid.user).unwrap().seq;
+        Client {
+            sid,
+            since,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Polls (wait 0) and notes the messages it got.
+    fn poll(&mut self, w: &mut World) {
+        let r = w.call(Request::Poll {
+            sid: self.sid,
+            since: self.since,
+            wait_ms: 0,
+        });
+        let Some(Response::Events { seq, events }) = r else {
+            panic!("{:?} polled: {r:?}", self.sid)
+        };
+        self.since = seq;
+        for e in events {
+            if let EventKind::Message(m) = &e.kind {
+                self.messages.push(m.id);
+            }
+        }
+    }
+}
+
+fn send(sid: Sid, to: UserId, cid: &str) -> Request {
+    Request::Send {
+        sid,
+        to,
+        text: "hi".into(),
+        cid: Some(cid.into()),
+    }
+}
+
+fn is_failure(r: &Option<Response>, code: ErrorCode) -> bool {
+    matches!(r, Some(Response::Failed(f)) if f.code == code)
+}
+
+/// Alice (two tabs) and bob (one tab), on different shards, each tab a
+/// client that has polled up to now.
+fn alice_and_bob() -> (World, Vec<Client>) {
+    let mut w = World::new(2);
+    assert_ne!(w.home(ALICE), w.home(BOB));
+    let sids = [
+        w.connect(ALICE, "a1"),
+        w.connect(ALICE, "a2"),
+        w.connect(BOB, "b1"),
+    ];
+    let clients = sids.iter().map(|&s| Client::new(&w, s)).collect();
+    (w, clients)
+}
+
+// (b) Honest roster-changed.
+
+#[test]
+fn roster_changed_whose_refresh_is_shed_answers_an_error_not_done() {
+    let mut w = World::new(2);
+    let _a = w.connect(ALICE, "a1");
+    let _b = w.connect(BOB, "b1");
+    // Bob's shard has every storage job slot taken: admin calls for bob
+    // whose first roster read is held.
+    let bobs = w.home(BOB);
+    while w.shards[bobs].jobs_in_flight() < switchboard_shards::limits::JOBS_IN_FLIGHT_MAX {
+        w.start(Request::RosterChanged { user: BOB });
+    }
+    let held = std::mem::take(&mut w.jobs);
+    w.store.friends.retain(|&p| p != (ALICE, BOB));
+    let r = w.call(Request::RosterChanged { user: ALICE });
+    assert!(is_failure(&r, ErrorCode::Unavailable), "{r:?}");
+    // Bob still has alice: the web app must retry, and once bob's shard has
+    // room, the retry succeeds.
+    assert!(w.session(BOB).unwrap().roster.contains_key(&ALICE));
+    for (shard, job, _) in held {
+        let result = Err(StorageError::Overloaded);
+        w.feed(shard, Input::Storage { job, result });
+    }
+    w.replies.clear();
+    assert_eq!(
+        w.call(Request::RosterChanged { user: ALICE }),
+        Some(Response::Done)
+    );
+    assert!(!w.session(BOB).unwrap().roster.contains_key(&ALICE));
+}
+
+#[test]
+fn roster_changed_while_a_session_loads_ends_with_the_new_roster_or_an_error() {
+    let mut w = World::new(2);
+    let _a = w.connect(ALICE, "a1");
+    // Bob's session starts loading and its load reads the directory before
+    // the change; the result comes back only after roster-changed started.
+    let sid = w.sid(BOB);
+    let connect = w.start(Request::Connect {
+        user: BOB,
+        tab: None,
+        sid,
+    });
+    let (shard, job, request) = w.take_job(|r| matches!(r, StorageJob::LoadSession { .. }));
+    let stale = w.store.run(request);
+    w.store.friends.retain(|&p| p != (ALICE, BOB));
+    let change = w.start(Request::RosterChanged { user: ALICE });
+    w.settle();
+    assert_eq!(w.take(change), None, "answered before bob's load ended");
+    w.feed(shard, Input::Storage { job, result: stale });
+    assert!(matches!(w.take(connect), Some(Response::Connected(_))));
+    // The admin call returns only once bob's roster is re-read.
+    while w.take(change).is_none() {
+        assert!(!w.jobs.is_empty() || w.links.values().any(|q| !q.is_empty()));
+        let (shard, job, request) = w.jobs.remove(0);
+        let result = w.store.run(request);
+        w.feed(shard, Input::Storage { job, result });
+        w.pump();
+    }
+    assert!(!w.session(BOB).unwrap().roster.contains_key(&ALICE));
+    let r = w.call(send(sid, ALICE, "x"));
+    assert!(is_failure(&r, ErrorCode::NotFriends), "{r:?}");
+}
