@@ -32,6 +32,13 @@ pub const ROSTER_TOUCHES_MAX: usize = 4_096;
 /// answers `unavailable` and the web app retries).
 pub const LOADING_REREADS_MAX: usize = 16;
 
+/// Cids in doubt per session: sends with a cid whose storage job failed
+/// or timed out (storage may have committed them). One more drops the
+/// oldest (counted in `Stats::in_doubt_dropped`): if that message was
+/// stored after all, a retry is answered but not delivered live, and tabs
+/// see it from history when they next load it.
+pub const IN_DOUBT_CIDS_MAX: usize = 64;
+
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Event, EventKind, Friend, ReplyTo, Response, Sid, Status, UserId};
+use crate::limits;
+use crate::model::{Event, EventKind, Friend, MsgId, ReplyTo, Response, Sid, Status, UserId};
 use crate::timers::{Deadline, TimerKey, Timers};
 use crate::Output;
 
@@ -108,6 +109,13 @@ pub struct LiveSession {
     pub refresh: Deadline,
     /// Counter for server-made tab names.
     pub tabs_named: u64,
+    /// Cids of sends whose storage job failed (error or deadline), oldest
+    /// first: storage may have committed them anyway, so a later try
+    /// answered `duplicate` is delivered (see `shard::delivery`). At most
+    /// `IN_DOUBT_CIDS_MAX`; gone with the session (a fresh load reads
+    /// history instead).
+    #[serde(default)]
+    pub in_doubt: VecDeque<Arc<str>>,
 }
 
 impl LiveSession {
@@ -133,7 +141,43 @@ impl LiveSession {
             grace: Deadline::new(TimerKey::Grace(user)),
             refresh: Deadline::new(TimerKey::Refresh(user)),
             tabs_named: 0,
+            in_doubt: VecDeque::new(),
         }
+    }
+
+    /// Notes that a send with `cid` failed and may be stored all the same.
+    /// Returns whether the oldest cid in doubt had to be dropped to make
+    /// room (at `IN_DOUBT_CIDS_MAX`).
+    pub fn doubt(&mut self, cid: Arc<str>) -> bool {
+        if self.in_doubt.contains(&cid) {
+            return false;
+        }
+        let full = self.in_doubt.len() >= limits::IN_DOUBT_CIDS_MAX;
+        if full {
+            self.in_doubt.pop_front();
+        }
+        self.in_doubt.push_back(cid);
+        full
+    }
+
+    /// A try of `cid` was answered stored: it is no longer in doubt.
+    /// Returns whether it was.
+    pub fn settle_doubt(&mut self, cid: &str) -> bool {
+        match self.in_doubt.iter().position(|c| &**c == cid) {
+            Some(i) => {
+                self.in_doubt.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether message `id` is in the buffer (its event reached this
+    /// session's tabs, or they get `reset`).
+    pub fn holds_message(&self, id: MsgId) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Message(m) if m.id == id))
     }
 
     /// The tab holding `sid`.

@@ -335,6 +335,63 @@ fn alice_and_bob() -> (World, Vec<Client>) {
     (w, clients)
 }
 
+// (a) Acknowledged but never delivered.
+
+#[test]
+fn a_send_that_timed_out_but_was_stored_reaches_every_tab_once_when_retried() {
+    let (mut w, mut clients) = alice_and_bob();
+    let a1 = clients[0].sid;
+    // The first try: storage commits it, but the engine's deadline fired
+    // first and fed the shard a timeout.
+    let first = w.start(send(a1, BOB, "c1"));
+    let (shard, job, request) = w.take_job(|r| matches!(r, StorageJob::StoreMessage { .. }));
+    let _ = w.store.run(request);
+    let timed_out = Input::Storage {
+        job,
+        result: Err(StorageError::TimedOut),
+    };
+    w.feed(shard, timed_out);
+    assert!(is_failure(&w.take(first), ErrorCode::Unavailable));
+    // The client retries with the same cid: storage says duplicate.
+    let retry = w.call(send(a1, BOB, "c1"));
+    let Some(Response::Sent { id, .. }) = retry else {
+        panic!("{retry:?}")
+    };
+    assert_eq!(w.store.messages.len(), 1);
+    // A further retry (its answer lost, say) is not delivered again.
+    let again = w.call(send(a1, BOB, "c1"));
+    assert!(matches!(again, Some(Response::Sent { id: i, .. }) if i == id));
+    for c in &mut clients {
+        c.poll(&mut w);
+        assert_eq!(c.messages, vec![id], "tab {:?}", c.sid);
+    }
+}
+
+#[test]
+fn a_duplicate_of_a_send_never_in_doubt_is_not_delivered_twice() {
+    let (mut w, mut clients) = alice_and_bob();
+    let a2 = clients[1].sid;
+    let Some(Response::Sent { id, .. }) = w.call(send(a2, BOB, "c7")) else {
+        panic!("first send")
+    };
+    // Its answer was lost: the client retries, and that try times out
+    // (nothing stored: the cid was), then retries once more.
+    let second = w.start(send(a2, BOB, "c7"));
+    let (shard, job, _) = w.take_job(|r| matches!(r, StorageJob::StoreMessage { .. }));
+    let timed_out = Input::Storage {
+        job,
+        result: Err(StorageError::TimedOut),
+    };
+    w.feed(shard, timed_out);
+    assert!(is_failure(&w.take(second), ErrorCode::Unavailable));
+    let third = w.call(send(a2, BOB, "c7"));
+    assert!(matches!(third, Some(Response::Sent { id: i, .. }) if i == id));
+    for c in &mut clients {
+        c.poll(&mut w);
+        assert_eq!(c.messages, vec![id], "tab {:?}", c.sid);
+    }
+}
+
 // (b) Honest roster-changed.
 
 #[test]

@@ -32,8 +32,12 @@ pub(super) enum Pending {
 pub(super) enum ReplyJob {
     /// The roster re-read that starts an admin `roster-changed`.
     RosterChanged { user: UserId },
-    /// `/send` from `user`.
-    Send { user: UserId },
+    /// `/send` from `user`, with the client's `cid` if it gave one (a
+    /// failed try puts it in doubt).
+    Send {
+        user: UserId,
+        cid: Option<Arc<str>>,
+    },
     /// `/read` by `user` of the conversation with `with`.
     Read { user: UserId, with: UserId },
     /// `/history`.
@@ -126,12 +130,17 @@ impl Shard {
             Pending::Refresh { user, why } => self.roster_refreshed(now, user, why, result, out),
             Pending::Reply { to, job } => match result {
                 Ok(output) => self.job_answered(now, to, job, output, out),
-                Err(e) => fail(
-                    out,
-                    to,
-                    ErrorCode::Unavailable,
-                    &format!("storage unavailable: {e}"),
-                ),
+                Err(e) => {
+                    if let ReplyJob::Send {
+                        user,
+                        cid: Some(cid),
+                    } = job
+                    {
+                        self.send_in_doubt(user, cid);
+                    }
+                    let message = format!("storage unavailable: {e}");
+                    fail(out, to, ErrorCode::Unavailable, &message);
+                }
             },
         }
     }
@@ -149,7 +158,7 @@ impl Shard {
             (ReplyJob::RosterChanged { user }, StorageOutput::Roster { friends }) => {
                 self.roster_change_read(now, to, user, friends, out)
             }
-            (ReplyJob::Send { user }, StorageOutput::Stored { message, duplicate }) => {
+            (ReplyJob::Send { user, .. }, StorageOutput::Stored { message, duplicate }) => {
                 self.message_stored(now, to, user, message, duplicate, out)
             }
             (

@@ -172,6 +172,11 @@ pub struct Stats {
     /// another deadline): skipped. Non-zero means an owner went without
     /// disarming, e.g. a user dropped after a panic.
     pub stale_timers: u64,
+    /// Duplicate sends delivered because their cid was in doubt (an
+    /// earlier try failed, yet storage had committed it).
+    pub in_doubt_delivered: u64,
+    /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX`.
+    pub in_doubt_dropped: u64,
 }
 
 /// One shard, built from parts with one job each.
