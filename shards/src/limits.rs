@@ -45,6 +45,12 @@ pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 pub const TAB_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Default roster re-read interval.
 pub const ROSTER_REFRESH_MS_DEFAULT: u64 = 300_000;
+/// Default period of the presence digest: each shard tells every other
+/// which of its users are online or away, and each replica repairs itself
+/// from it (a `Presence` message lost to a full outbox is wrong for at most
+/// this long). Its cost is one message per peer per period, listing the
+/// shard's live sessions.
+pub const PRESENCE_DIGEST_MS_DEFAULT: u64 = 10_000;
 /// Longest poll wait (PROTOCOL.md §3: `wait` 0–60 s).
 pub const POLL_WAIT_MS_MAX: u64 = 60_000;
 

@@ -195,6 +195,15 @@ impl World {
         }
     }
 
+    /// Runs the storage jobs asked for so far, leaving the peer messages
+    /// they cause in flight.
+    fn settle_jobs_only(&mut self) {
+        for (shard, job, request) in std::mem::take(&mut self.jobs) {
+            let result = self.store.run(request);
+            self.feed(shard, Input::Storage { job, result });
+        }
+    }
+
     /// Starts a request at its home shard; returns its number.
     fn start(&mut self, request: Request) -> u64 {
         self.next_req += 1;
@@ -455,4 +464,81 @@ fn roster_changed_while_a_session_loads_ends_with_the_new_roster_or_an_error() {
     assert!(!w.session(BOB).unwrap().roster.contains_key(&ALICE));
     let r = w.call(send(sid, ALICE, "x"));
     assert!(is_failure(&r, ErrorCode::NotFriends), "{r:?}");
+}
+
+// (c) Presence replicas repair themselves.
+
+/// Drops the newest peer message from `from`'s shard to `to`'s, which
+/// must be a `Presence`.
+fn lose_presence(w: &mut World, from: UserId, to: UserId) {
+    let link = (w.home(from), w.home(to));
+    let lost = w.links.get_mut(&link).and_then(|q| q.pop_back());
+    assert!(matches!(lost, Some(PeerMsg::Presence { .. })), "{lost:?}");
+}
+
+#[test]
+fn a_lost_presence_message_is_repaired_by_the_next_digest() {
+    let mut w = World::with(2, |c| c.presence_digest_ms = 1_000);
+    let _b = w.connect(BOB, "b1");
+    let a = w.connect(ALICE, "a1");
+    w.advance(1_000);
+    assert_eq!(w.presence_events(BOB, ALICE), vec![Status::Online]);
+
+    // Alice goes away; the broadcast to bob's shard is lost.
+    let away = w.start(Request::Presence {
+        sid: a,
+        status: Status::Away,
+    });
+    lose_presence(&mut w, ALICE, BOB);
+    w.settle();
+    assert_eq!(w.take(away), Some(Response::Done));
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Online);
+    w.advance(1_000);
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Away);
+    assert_eq!(
+        w.presence_events(BOB, ALICE),
+        vec![Status::Online, Status::Away]
+    );
+    let bobs = w.home(BOB);
+    assert_eq!(w.shards[bobs].stats().presence_repairs, 1);
+
+    // Nothing changed: further digests repair and tell nothing.
+    w.advance(3_000);
+    assert_eq!(w.shards[bobs].stats().presence_repairs, 1);
+    assert_eq!(
+        w.presence_events(BOB, ALICE),
+        vec![Status::Online, Status::Away]
+    );
+
+    // Alice is kicked; the offline broadcast to bob's shard is lost.
+    let kick = w.start(Request::Kick { user: ALICE });
+    lose_presence(&mut w, ALICE, BOB);
+    w.settle();
+    assert_eq!(w.take(kick), Some(Response::Done));
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Away);
+    w.advance(1_000);
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Offline);
+    assert_eq!(
+        w.presence_events(BOB, ALICE),
+        vec![Status::Online, Status::Away, Status::Offline]
+    );
+
+    // Alice comes back and the online broadcast is lost: the digest says
+    // she is online (her session is live, though she has not polled).
+    let sid = w.sid(ALICE);
+    let connect = w.start(Request::Connect {
+        user: ALICE,
+        tab: None,
+        sid,
+    });
+    w.settle_jobs_only();
+    lose_presence(&mut w, ALICE, BOB);
+    w.settle();
+    assert!(matches!(w.take(connect), Some(Response::Connected(_))));
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Offline);
+    w.advance(1_000);
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Online);
+    // Carol never connected: no replica has her.
+    assert_eq!(w.presence_seen_by(BOB, CAROL), Status::Offline);
+    assert_eq!(w.presence_seen_by(ALICE, CAROL), Status::Offline);
 }

@@ -67,6 +67,8 @@ pub struct Config {
     pub events_buffered_max: usize,
     /// Tabs per session.
     pub tabs_per_user_max: usize,
+    /// How often this shard sends every other its presence digest.
+    pub presence_digest_ms: u64,
 }
 
 impl Config {
@@ -81,6 +83,7 @@ impl Config {
             roster_refresh_ms: limits::ROSTER_REFRESH_MS_DEFAULT,
             events_buffered_max: limits::EVENTS_BUFFERED_MAX,
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
+            presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
         }
     }
 }
@@ -118,6 +121,16 @@ pub enum PeerMsg {
         friends: Arc<[UserId]>,
         origin: ShardId,
         change: ChangeId,
+    },
+    /// Every user homed on shard `from` that is online or away there (a
+    /// live session, tabless in grace included), by id, with the status
+    /// broadcast for them. Sent every `presence_digest_ms`; the receiver
+    /// makes its replica of `from`'s users exactly this (mesh channels are
+    /// FIFO, so later `Presence` messages still apply after it), repairing
+    /// whatever a lost `Presence` left wrong.
+    PresenceDigest {
+        from: ShardId,
+        online: Vec<(UserId, Status)>,
     },
     /// One shard finished its part of roster change `change`; `ok` is false
     /// when a roster re-read failed (the admin call then fails too, so the
@@ -177,6 +190,9 @@ pub struct Stats {
     pub in_doubt_delivered: u64,
     /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX`.
     pub in_doubt_dropped: u64,
+    /// Replica entries a presence digest found wrong and repaired (a
+    /// `Presence` message was lost).
+    pub presence_repairs: u64,
 }
 
 /// One shard, built from parts with one job each.
@@ -196,6 +212,10 @@ pub struct Shard {
     changes: RosterChanges,
     /// Counters for metrics.
     stats: Stats,
+    /// When the next presence digest goes out; `None` until the first tick
+    /// (which sets it a period ahead).
+    #[serde(default)]
+    next_digest_ms: Option<u64>,
 }
 
 impl Shard {
@@ -208,6 +228,7 @@ impl Shard {
             jobs: Jobs::default(),
             changes: RosterChanges::default(),
             stats: Stats::default(),
+            next_digest_ms: None,
         }
     }
 
@@ -280,6 +301,9 @@ impl Shard {
                 change,
             } => self.roster_touched(now, user, &friends, origin, change, out),
             PeerMsg::RosterAck { change, ok } => self.roster_acked(change, ok, out),
+            PeerMsg::PresenceDigest { from, online } => {
+                self.presence_digest(now, from, online, out)
+            }
         }
     }
 

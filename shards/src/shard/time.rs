@@ -1,6 +1,9 @@
 //! Time: each tick fires the timers due, at most `TIMERS_PER_TICK_MAX`
 //! (the rest fire on the next tick, so one tick never monopolises the
-//! executor), each handed to the part that armed it.
+//! executor), each handed to the part that armed it; then, when due, the
+//! presence digest goes out (`presence`). The digest's deadline is the
+//! shard's own (`next_digest_ms`), not an entry in `Timers`, whose size
+//! stays bounded by tabs and sessions.
 //!
 //! Invariant: owners disarm their timers when they go or re-arm, so a
 //! popped timer finds its owner and the owner's slot names exactly that
@@ -14,9 +17,10 @@ use crate::limits;
 use crate::timers::TimerKey;
 
 impl Shard {
-    /// Fires due timers.
+    /// Fires due timers, then sends the presence digest if it is due.
     pub(super) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.fire_timers(now, out);
+        self.digest_if_due(now, out);
     }
 
     fn fire_timers(&mut self, now: u64, out: &mut Vec<Output>) {
