@@ -542,3 +542,134 @@ fn a_lost_presence_message_is_repaired_by_the_next_digest() {
     assert_eq!(w.presence_seen_by(BOB, CAROL), Status::Offline);
     assert_eq!(w.presence_seen_by(ALICE, CAROL), Status::Offline);
 }
+
+// (d) Supervision: one user dropped, everyone else goes on.
+
+/// Every armed timer of `shard` belongs to a tab or a session slot of the
+/// given users, and each of those has its timer armed.
+fn timers_consistent(w: &World, shard: usize, users: &[UserId]) {
+    let owned: usize = users
+        .iter()
+        .filter(|&&u| w.home(u) == shard)
+        .filter_map(|&u| w.shards[shard].live_session(u))
+        .map(|s| s.tabs.len() + s.grace.is_armed() as usize + s.refresh.is_armed() as usize)
+        .sum();
+    assert_eq!(
+        w.shards[shard].timer_count(),
+        owned,
+        "timers of shard {shard}"
+    );
+}
+
+#[test]
+fn dropping_a_user_answers_their_calls_and_leaves_everyone_else_working() {
+    let mut w = World::with(2, |c| c.presence_digest_ms = 1_000);
+    let b = w.connect(BOB, "b1");
+    let a1 = w.connect(ALICE, "a1");
+    let _a2 = w.connect(ALICE, "a2");
+    let held = w.start(Request::Poll {
+        sid: a1,
+        since: 0,
+        wait_ms: 30_000,
+    });
+    // A send of alice's is in flight when she is dropped.
+    let sending = w.start(send(a1, BOB, "s1"));
+    let alices = w.home(ALICE);
+    let input = Input::Request {
+        reply: ReplyTo { shard: 0, req: 0 },
+        request: Request::Leave { sid: a1 },
+    };
+    assert_eq!(w.shards[alices].user_of(&input), Some(ALICE));
+    let mut out = Vec::new();
+    let now = w.now;
+    w.shards[alices].drop_user(now, ALICE, &mut out);
+    w.collect(alices, out);
+    assert!(is_failure(&w.take(held), ErrorCode::UnknownSession));
+    w.pump();
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Offline);
+    assert_eq!(
+        w.presence_events(BOB, ALICE),
+        vec![Status::Online, Status::Offline]
+    );
+    timers_consistent(&w, alices, &[ALICE, BOB, CAROL]);
+    // Her send still gets its answer, and bob the message.
+    w.settle();
+    assert!(matches!(w.take(sending), Some(Response::Sent { .. })));
+    let mut bob = Client::new(&w, b);
+    bob.since = 0;
+    bob.poll(&mut w);
+    assert_eq!(bob.messages.len(), 1);
+    // Time goes on without a stale timer; her old sids are gone; she can
+    // connect again; bob and carol talk.
+    w.advance(70_000);
+    assert_eq!(w.shards[alices].stats().stale_timers, 0);
+    assert!(is_failure(
+        &w.call(send(a1, BOB, "s2")),
+        ErrorCode::UnknownSession
+    ));
+    let a3 = w.connect(ALICE, "a3");
+    let b2 = w.connect(BOB, "b2");
+    let c = w.connect(CAROL, "c1");
+    assert!(matches!(
+        w.call(send(c, BOB, "s3")),
+        Some(Response::Sent { .. })
+    ));
+    assert!(matches!(
+        w.call(send(a3, BOB, "s4")),
+        Some(Response::Sent { .. })
+    ));
+    assert!(matches!(
+        w.call(send(b2, ALICE, "s5")),
+        Some(Response::Sent { .. })
+    ));
+    for s in 0..2 {
+        timers_consistent(&w, s, &[ALICE, BOB, CAROL]);
+    }
+    assert_eq!(w.presence_seen_by(BOB, ALICE), Status::Online);
+}
+
+#[test]
+fn a_panic_while_a_session_loads_drops_only_that_user() {
+    let mut w = World::new(2);
+    let b = w.connect(BOB, "b1");
+    let sid = w.sid(CAROL);
+    let connect = w.start(Request::Connect {
+        user: CAROL,
+        tab: None,
+        sid,
+    });
+    let (shard, job, _) = w.take_job(|r| matches!(r, StorageJob::LoadSession { .. }));
+    // A wrong answer to the load panics inside `handle`, after the job was
+    // taken out: the session is left loading with nobody to finish it.
+    let input = Input::Storage {
+        job,
+        result: Ok(StorageOutput::Saved),
+    };
+    let user = w.shards[shard].user_of(&input);
+    assert_eq!(user, Some(CAROL));
+    let now = w.now;
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        w.shards[shard].handle(now, input, &mut Vec::new())
+    }));
+    assert!(panicked.is_err());
+    let mut out = Vec::new();
+    w.shards[shard].drop_user(now, user.unwrap(), &mut out);
+    w.collect(shard, out);
+    assert!(is_failure(&w.take(connect), ErrorCode::Unavailable));
+    w.settle();
+    // Carol connects again; bob was never disturbed.
+    let c = w.connect(CAROL, "c1");
+    assert!(matches!(
+        w.call(send(b, CAROL, "m")),
+        Some(Response::Sent { .. })
+    ));
+    assert!(matches!(
+        w.call(send(c, BOB, "n")),
+        Some(Response::Sent { .. })
+    ));
+    w.advance(1_000);
+    for s in 0..2 {
+        timers_consistent(&w, s, &[ALICE, BOB, CAROL]);
+        assert_eq!(w.shards[s].stats().stale_timers, 0);
+    }
+}

@@ -34,14 +34,11 @@ pub(super) enum ReplyJob {
     RosterChanged { user: UserId },
     /// `/send` from `user`, with the client's `cid` if it gave one (a
     /// failed try puts it in doubt).
-    Send {
-        user: UserId,
-        cid: Option<Arc<str>>,
-    },
+    Send { user: UserId, cid: Option<Arc<str>> },
     /// `/read` by `user` of the conversation with `with`.
     Read { user: UserId, with: UserId },
-    /// `/history`.
-    History,
+    /// `/history` of `user`.
+    History { user: UserId },
     /// `/ui` from `user`'s tab `tab`: `state` goes to every tab once saved.
     SaveUi {
         user: UserId,
@@ -78,6 +75,29 @@ impl Jobs {
     /// Forgets a job: its result will be dropped.
     pub(super) fn forget(&mut self, job: u64) {
         self.in_flight.remove(&job);
+    }
+
+    /// The user job `job` in flight is for, if it is in flight.
+    pub(super) fn user_of(&self, job: u64) -> Option<UserId> {
+        Some(match self.in_flight.get(&job)? {
+            Pending::LoadSession { user } | Pending::Refresh { user, .. } => *user,
+            Pending::Reply { job, .. } => match job {
+                ReplyJob::RosterChanged { user }
+                | ReplyJob::Send { user, .. }
+                | ReplyJob::Read { user, .. }
+                | ReplyJob::History { user }
+                | ReplyJob::SaveUi { user, .. } => *user,
+            },
+        })
+    }
+
+    /// Forgets every session load of `user` (their results will be
+    /// dropped); returns how many.
+    pub(super) fn forget_loads_of(&mut self, user: UserId) -> usize {
+        let before = self.in_flight.len();
+        self.in_flight
+            .retain(|_, p| !matches!(p, Pending::LoadSession { user: u } if *u == user));
+        before - self.in_flight.len()
     }
 
     /// Jobs in flight.
@@ -181,7 +201,7 @@ impl Shard {
                 reply(out, to, Response::Done);
             }
             (
-                ReplyJob::History,
+                ReplyJob::History { .. },
                 StorageOutput::History {
                     valid,
                     messages,

@@ -22,7 +22,9 @@
 //! - `presence`: the presence replica and its broadcast;
 //! - `roster`: roster re-reads, periodic and after `roster-changed`;
 //! - `jobs`: storage jobs in flight and where their results go;
-//! - `time`: firing due timers.
+//! - `time`: firing due timers (a stale one is counted and skipped);
+//! - `supervision`: which user an input concerns, and dropping that user
+//!   after a panic.
 
 use std::sync::Arc;
 
@@ -43,6 +45,7 @@ mod presence;
 mod requests;
 mod roster;
 mod sessions;
+mod supervision;
 mod time;
 
 use jobs::Jobs;
@@ -190,6 +193,8 @@ pub struct Stats {
     pub in_doubt_delivered: u64,
     /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX`.
     pub in_doubt_dropped: u64,
+    /// Users dropped by supervision (`drop_user`, after a panic).
+    pub dropped_users: u64,
     /// Replica entries a presence digest found wrong and repaired (a
     /// `Presence` message was lost).
     pub presence_repairs: u64,

@@ -248,6 +248,6 @@ impl Shard {
             before,
             limit,
         };
-        self.ask_storage(call.to, ReplyJob::History, request, out);
+        self.ask_storage(call.to, ReplyJob::History { user }, request, out);
     }
 }

@@ -74,6 +74,11 @@ impl Sessions {
         }
     }
 
+    /// Takes `user`'s session out, whatever its state.
+    pub(super) fn remove(&mut self, user: UserId) -> Option<Session> {
+        self.by_user.remove(&user)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_user.len()
     }
