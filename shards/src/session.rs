@@ -40,6 +40,7 @@ pub enum Session {
         /// the change, so the roster is re-read once for each when the
         /// session goes live (and each part is acked then). At most
         /// `LOADING_REREADS_MAX`.
+        #[serde(default)]
         rereads: Vec<u64>,
     },
     /// Loaded: it takes events and tabs; it may be tabless, in grace.

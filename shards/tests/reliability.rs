@@ -401,6 +401,25 @@ fn a_duplicate_of_a_send_never_in_doubt_is_not_delivered_twice() {
     }
 }
 
+#[test]
+fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
+    let (mut w, _) = alice_and_bob();
+    let a1 = w.connect(ALICE, "a1");
+    let max = switchboard_shards::limits::IN_DOUBT_CIDS_MAX;
+    for i in 0..=max {
+        let r = w.start(send(a1, BOB, &format!("d{i}")));
+        let (shard, job, _) = w.take_job(|r| matches!(r, StorageJob::StoreMessage { .. }));
+        let result = Err(StorageError::Backend("injected".into()));
+        w.feed(shard, Input::Storage { job, result });
+        assert!(is_failure(&w.take(r), ErrorCode::Unavailable));
+    }
+    let alices = w.home(ALICE);
+    assert_eq!(w.shards[alices].stats().in_doubt_dropped, 1);
+    let session = w.session(ALICE).unwrap();
+    assert_eq!(session.in_doubt.len(), max);
+    assert_eq!(session.in_doubt.front().map(|c| &**c), Some("d1"));
+}
+
 // (b) Honest roster-changed.
 
 #[test]
