@@ -71,6 +71,17 @@ pub const RATE_HISTORY_DEFAULT: Rate = Rate::new(10, 30);
 /// `/connect` to a live session: every tab of a user reconnecting at once
 /// (half of `TABS_PER_USER_MAX`), then page reloads.
 pub const RATE_CONNECT_DEFAULT: Rate = Rate::new(2, 16);
+/// Roster changes one loading session remembers to re-read its roster
+/// for once loaded. One more fails that change's part (the admin call
+/// answers `unavailable` and the web app retries).
+pub const LOADING_REREADS_MAX: usize = 16;
+
+/// Cids in doubt per session: sends with a cid whose storage job failed
+/// or timed out (storage may have committed them). One more drops the
+/// oldest (counted in `Stats::in_doubt_dropped`): if that message was
+/// stored after all, a retry is answered but not delivered live, and tabs
+/// see it from history when they next load it.
+pub const IN_DOUBT_CIDS_MAX: usize = 64;
 
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
@@ -78,6 +89,12 @@ pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 pub const TAB_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Default roster re-read interval.
 pub const ROSTER_REFRESH_MS_DEFAULT: u64 = 300_000;
+/// Default period of the presence digest: each shard tells every other
+/// which of its users are online or away, and each replica repairs itself
+/// from it (a `Presence` message lost to a full outbox is wrong for at most
+/// this long). Its cost is one message per peer per period, listing the
+/// shard's live sessions.
+pub const PRESENCE_DIGEST_MS_DEFAULT: u64 = 10_000;
 /// Longest poll wait (PROTOCOL.md §3: `wait` 0–60 s).
 pub const POLL_WAIT_MS_MAX: u64 = 60_000;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
-use crate::model::{Event, EventKind, Friend, ReplyTo, Response, Sid, Status, UserId};
+use crate::model::{Event, EventKind, Friend, MsgId, ReplyTo, Response, Sid, Status, UserId};
 use crate::ratelimit::Buckets;
 use crate::timers::{Deadline, TimerKey, Timers};
 use crate::Output;
@@ -36,6 +36,13 @@ pub enum Session {
         job: u64,
         /// Connects that arrived meanwhile, answered when the load ends.
         waiting: Vec<WaitingConnect>,
+        /// Parts of roster changes (`RosterTouched`) that arrived while the
+        /// load was in flight: the load may have read the directory before
+        /// the change, so the roster is re-read once for each when the
+        /// session goes live (and each part is acked then). At most
+        /// `LOADING_REREADS_MAX`.
+        #[serde(default)]
+        rereads: Vec<u64>,
     },
     /// Loaded: it takes events and tabs; it may be tabless, in grace.
     Live(LiveSession),
@@ -114,6 +121,13 @@ pub struct LiveSession {
     pub refresh: Deadline,
     /// Counter for server-made tab names.
     pub tabs_named: u64,
+    /// Cids of sends whose storage job failed (error or deadline), oldest
+    /// first: storage may have committed them anyway, so a later try
+    /// answered `duplicate` is delivered (see `shard::delivery`). At most
+    /// `IN_DOUBT_CIDS_MAX`; gone with the session (a fresh load reads
+    /// history instead).
+    #[serde(default)]
+    pub in_doubt: VecDeque<Arc<str>>,
 }
 
 impl LiveSession {
@@ -142,7 +156,43 @@ impl LiveSession {
             grace: Deadline::new(TimerKey::Grace(user)),
             refresh: Deadline::new(TimerKey::Refresh(user)),
             tabs_named: 0,
+            in_doubt: VecDeque::new(),
         }
+    }
+
+    /// Notes that a send with `cid` failed and may be stored all the same.
+    /// Returns whether the oldest cid in doubt had to be dropped to make
+    /// room (at `IN_DOUBT_CIDS_MAX`).
+    pub fn doubt(&mut self, cid: Arc<str>) -> bool {
+        if self.in_doubt.contains(&cid) {
+            return false;
+        }
+        let full = self.in_doubt.len() >= limits::IN_DOUBT_CIDS_MAX;
+        if full {
+            self.in_doubt.pop_front();
+        }
+        self.in_doubt.push_back(cid);
+        full
+    }
+
+    /// A try of `cid` was answered stored: it is no longer in doubt.
+    /// Returns whether it was.
+    pub fn settle_doubt(&mut self, cid: &str) -> bool {
+        match self.in_doubt.iter().position(|c| &**c == cid) {
+            Some(i) => {
+                self.in_doubt.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether message `id` is in the buffer (its event reached this
+    /// session's tabs, or they get `reset`).
+    pub fn holds_message(&self, id: MsgId) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Message(m) if m.id == id))
     }
 
     /// The tab holding `sid`.
@@ -344,6 +394,11 @@ impl Tab {
     /// Whether a poll is held.
     pub fn is_polling(&self) -> bool {
         matches!(self.state, TabState::Polling(_))
+    }
+
+    /// The timer this tab's state has armed: `(deadline_ms, key)`.
+    pub fn armed(&self) -> (u64, TimerKey) {
+        self.state.timer(self.sid)
     }
 
     /// Moves the tab to `state`: disarms the old state's timer (a no-op if

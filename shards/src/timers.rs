@@ -24,6 +24,16 @@ pub enum TimerKey {
     Refresh(UserId),
 }
 
+impl TimerKey {
+    /// The user whose tab or session armed this timer.
+    pub fn user(self) -> UserId {
+        match self {
+            TimerKey::Poll(sid) | TimerKey::TabIdle(sid) => sid.user,
+            TimerKey::Grace(user) | TimerKey::Refresh(user) => user,
+        }
+    }
+}
+
 /// The deadline set.
 #[derive(Default, Debug, Serialize, Deserialize)]
 pub struct Timers {
@@ -51,6 +61,20 @@ impl Timers {
         } else {
             None
         }
+    }
+
+    /// Disarms every timer whose key `doomed` picks; returns how many. A
+    /// scan of the whole set: for dropping an owner whose slots may not be
+    /// trusted (supervision), never on a hot path.
+    pub fn disarm_where(&mut self, mut doomed: impl FnMut(TimerKey) -> bool) -> usize {
+        let before = self.set.len();
+        self.set.retain(|&(_, key)| !doomed(key));
+        before - self.set.len()
+    }
+
+    /// Every armed timer, earliest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, TimerKey)> + '_ {
+        self.set.iter().copied()
     }
 
     /// How many timers are armed.

@@ -72,7 +72,10 @@ impl Shard {
     }
 
     /// A message was stored (or found stored under its `cid`): a new one
-    /// reaches the sender's tabs and the recipient's; the sender is
+    /// reaches the sender's tabs and the recipient's, and so does a
+    /// duplicate whose cid was in doubt (an earlier try failed, so nobody
+    /// was given it) unless the sender's buffer shows it was delivered;
+    /// any other duplicate was delivered by its first try. The sender is
     /// answered either way.
     pub(super) fn message_stored(
         &mut self,
@@ -83,10 +86,19 @@ impl Shard {
         duplicate: bool,
         out: &mut Vec<Output>,
     ) {
+        let mut deliver = !duplicate;
+        if let (Some(session), Some(cid)) = (self.sessions.live_mut(user), &message.cid) {
+            if session.settle_doubt(cid) && duplicate && !session.holds_message(message.id) {
+                self.stats.in_doubt_delivered += 1;
+                deliver = true;
+            }
+        }
         if duplicate {
             self.stats.duplicate_sends += 1;
         } else {
             self.stats.messages += 1;
+        }
+        if deliver {
             self.push_event(now, user, EventKind::Message(message.clone()), out);
             let kind = EventKind::Message(message.clone());
             self.deliver(now, message.to, user, kind, out);
@@ -96,6 +108,16 @@ impl Shard {
             ts: message.ts,
         };
         reply(out, to, sent);
+    }
+
+    /// A send of `user`'s with `cid` failed: storage may have stored it
+    /// anyway, so its cid is in doubt until a try is answered stored.
+    pub(super) fn send_in_doubt(&mut self, user: UserId, cid: Arc<str>) {
+        if let Some(session) = self.sessions.live_mut(user) {
+            if session.doubt(cid) {
+                self.stats.in_doubt_dropped += 1;
+            }
+        }
     }
 
     /// `user` read the conversation with `with` up to `upto`: their unread

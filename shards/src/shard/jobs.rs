@@ -32,12 +32,13 @@ pub(super) enum Pending {
 pub(super) enum ReplyJob {
     /// The roster re-read that starts an admin `roster-changed`.
     RosterChanged { user: UserId },
-    /// `/send` from `user`.
-    Send { user: UserId },
+    /// `/send` from `user`, with the client's `cid` if it gave one (a
+    /// failed try puts it in doubt).
+    Send { user: UserId, cid: Option<Arc<str>> },
     /// `/read` by `user` of the conversation with `with`.
     Read { user: UserId, with: UserId },
-    /// `/history`.
-    History,
+    /// `/history` of `user`.
+    History { user: UserId },
     /// `/ui` from `user`'s tab `tab`: `state` goes to every tab once saved.
     SaveUi {
         user: UserId,
@@ -74,6 +75,29 @@ impl Jobs {
     /// Forgets a job: its result will be dropped.
     pub(super) fn forget(&mut self, job: u64) {
         self.in_flight.remove(&job);
+    }
+
+    /// The user job `job` in flight is for, if it is in flight.
+    pub(super) fn user_of(&self, job: u64) -> Option<UserId> {
+        Some(match self.in_flight.get(&job)? {
+            Pending::LoadSession { user } | Pending::Refresh { user, .. } => *user,
+            Pending::Reply { job, .. } => match job {
+                ReplyJob::RosterChanged { user }
+                | ReplyJob::Send { user, .. }
+                | ReplyJob::Read { user, .. }
+                | ReplyJob::History { user }
+                | ReplyJob::SaveUi { user, .. } => *user,
+            },
+        })
+    }
+
+    /// Forgets every session load of `user` (their results will be
+    /// dropped); returns how many.
+    pub(super) fn forget_loads_of(&mut self, user: UserId) -> usize {
+        let before = self.in_flight.len();
+        self.in_flight
+            .retain(|_, p| !matches!(p, Pending::LoadSession { user: u } if *u == user));
+        before - self.in_flight.len()
     }
 
     /// Jobs in flight.
@@ -126,12 +150,17 @@ impl Shard {
             Pending::Refresh { user, why } => self.roster_refreshed(now, user, why, result, out),
             Pending::Reply { to, job } => match result {
                 Ok(output) => self.job_answered(now, to, job, output, out),
-                Err(e) => fail(
-                    out,
-                    to,
-                    ErrorCode::Unavailable,
-                    &format!("storage unavailable: {e}"),
-                ),
+                Err(e) => {
+                    if let ReplyJob::Send {
+                        user,
+                        cid: Some(cid),
+                    } = job
+                    {
+                        self.send_in_doubt(user, cid);
+                    }
+                    let message = format!("storage unavailable: {e}");
+                    fail(out, to, ErrorCode::Unavailable, &message);
+                }
             },
         }
     }
@@ -149,7 +178,7 @@ impl Shard {
             (ReplyJob::RosterChanged { user }, StorageOutput::Roster { friends }) => {
                 self.roster_change_read(now, to, user, friends, out)
             }
-            (ReplyJob::Send { user }, StorageOutput::Stored { message, duplicate }) => {
+            (ReplyJob::Send { user, .. }, StorageOutput::Stored { message, duplicate }) => {
                 self.message_stored(now, to, user, message, duplicate, out)
             }
             (
@@ -172,7 +201,7 @@ impl Shard {
                 reply(out, to, Response::Done);
             }
             (
-                ReplyJob::History,
+                ReplyJob::History { .. },
                 StorageOutput::History {
                     valid,
                     messages,

@@ -22,7 +22,9 @@
 //! - `presence`: the presence replica and its broadcast;
 //! - `roster`: roster re-reads, periodic and after `roster-changed`;
 //! - `jobs`: storage jobs in flight and where their results go;
-//! - `time`: firing due timers.
+//! - `time`: firing due timers (a stale one is counted and skipped);
+//! - `supervision`: which user an input concerns, and dropping that user
+//!   after a panic.
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ mod rates;
 mod requests;
 mod roster;
 mod sessions;
+mod supervision;
 mod time;
 
 use jobs::Jobs;
@@ -73,6 +76,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Tabs per session.
     pub tabs_per_user_max: usize,
+    /// How often this shard sends every other its presence digest.
+    pub presence_digest_ms: u64,
 }
 
 impl Config {
@@ -89,6 +94,7 @@ impl Config {
             events_buffered_bytes_max: limits::EVENTS_BUFFERED_BYTES_MAX,
             rate_limits: RateLimits::default(),
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
+            presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
         }
     }
 
@@ -134,6 +140,16 @@ pub enum PeerMsg {
         friends: Arc<[UserId]>,
         origin: ShardId,
         change: ChangeId,
+    },
+    /// Every user homed on shard `from` that is online or away there (a
+    /// live session, tabless in grace included), by id, with the status
+    /// broadcast for them. Sent every `presence_digest_ms`; the receiver
+    /// makes its replica of `from`'s users exactly this (mesh channels are
+    /// FIFO, so later `Presence` messages still apply after it), repairing
+    /// whatever a lost `Presence` left wrong.
+    PresenceDigest {
+        from: ShardId,
+        online: Vec<(UserId, Status)>,
     },
     /// One shard finished its part of roster change `change`; `ok` is false
     /// when a roster re-read failed (the admin call then fails too, so the
@@ -190,6 +206,20 @@ pub struct Stats {
     pub typing_coalesced: u64,
     /// Events dropped from session buffers by their bounds.
     pub events_dropped: u64,
+    /// Timers that fired without their owner (or with an owner armed for
+    /// another deadline): skipped. Non-zero means an owner went without
+    /// disarming, e.g. a user dropped after a panic.
+    pub stale_timers: u64,
+    /// Duplicate sends delivered because their cid was in doubt (an
+    /// earlier try failed, yet storage had committed it).
+    pub in_doubt_delivered: u64,
+    /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX`.
+    pub in_doubt_dropped: u64,
+    /// Users dropped by supervision (`drop_user`, after a panic).
+    pub dropped_users: u64,
+    /// Replica entries a presence digest found wrong and repaired (a
+    /// `Presence` message was lost).
+    pub presence_repairs: u64,
 }
 
 /// One shard, built from parts with one job each.
@@ -209,6 +239,10 @@ pub struct Shard {
     changes: RosterChanges,
     /// Counters for metrics.
     stats: Stats,
+    /// When the next presence digest goes out; `None` until the first tick
+    /// (which sets it a period ahead).
+    #[serde(default)]
+    next_digest_ms: Option<u64>,
 }
 
 impl Shard {
@@ -221,6 +255,7 @@ impl Shard {
             jobs: Jobs::default(),
             changes: RosterChanges::default(),
             stats: Stats::default(),
+            next_digest_ms: None,
         }
     }
 
@@ -293,6 +328,9 @@ impl Shard {
                 change,
             } => self.roster_touched(now, user, &friends, origin, change, out),
             PeerMsg::RosterAck { change, ok } => self.roster_acked(change, ok, out),
+            PeerMsg::PresenceDigest { from, online } => {
+                self.presence_digest(now, from, online, out)
+            }
         }
     }
 

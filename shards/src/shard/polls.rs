@@ -64,33 +64,32 @@ impl Shard {
     }
 
     /// A held poll's wait ran out: it ends with no events and the tab goes
-    /// idle.
+    /// idle. (`time` checked the tab is there and polling; a missing one is
+    /// left alone rather than trusted.)
     pub(super) fn poll_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
-        let session = self
-            .sessions
-            .live_mut(sid.user)
-            .expect("poll timer's session");
-        let i = session.tab_index(sid).expect("poll timer's tab");
+        let Some(session) = self.sessions.live_mut(sid.user) else {
+            return;
+        };
+        let Some(i) = session.tab_index(sid) else {
+            return;
+        };
+        if !session.tabs[i].is_polling() {
+            return;
+        }
         let idle = TabState::Idle {
             deadline_ms: now + self.config.tab_timeout_ms,
         };
-        let TabState::Polling(poll) = session.tabs[i].enter(idle, &mut self.timers) else {
-            panic!("poll timer's poll");
-        };
-        let ended = Response::Events {
-            seq: session.seq,
-            events: Vec::new(),
-        };
-        reply(out, poll.reply, ended);
+        if let TabState::Polling(poll) = session.tabs[i].enter(idle, &mut self.timers) {
+            let ended = Response::Events {
+                seq: session.seq,
+                events: Vec::new(),
+            };
+            reply(out, poll.reply, ended);
+        }
     }
 
     /// A tab went the tab timeout without a poll: it is detached.
     pub(super) fn tab_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
-        let session = self
-            .sessions
-            .live_mut(sid.user)
-            .expect("idle timer's session");
-        session.tab_index(sid).expect("idle timer's tab");
         self.stats.tab_timeouts += 1;
         self.detach_tab(now, sid, Detach::TimedOut, out);
     }

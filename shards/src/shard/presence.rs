@@ -2,16 +2,21 @@
 //! change is broadcast to every shard (each also told which of the user's
 //! friends it homes, so their sessions get a presence event).
 //!
-//! Invariant: once its home shard's broadcasts have arrived, a user is in
-//! every replica exactly while they have a live session (offline removes
-//! them).
+//! A broadcast can be lost (a full outbox drops it), so every
+//! `presence_digest_ms` each shard also sends every other a digest of its
+//! users online or away; the receiver makes its replica of that shard's
+//! users match it and tells friends' sessions of each entry it repaired.
+//!
+//! Invariant: once its home shard's broadcasts (or its next digest) have
+//! arrived, a user is in every replica exactly while they have a live
+//! session (offline removes them), with the status broadcast for them.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Output, PeerMsg, Shard};
-use crate::model::{EventKind, Status, UserId};
+use crate::model::{EventKind, ShardId, Status, UserId};
 use crate::routing::home_shard;
 
 /// This shard's replica of every user's presence.
@@ -25,6 +30,15 @@ impl Presence {
     /// `user`'s presence as this replica has it.
     pub(super) fn of(&self, user: UserId) -> Status {
         self.replica.get(&user).copied().unwrap_or(Status::Offline)
+    }
+
+    /// Users in the replica homed on shard `home` of `shard_count`.
+    fn homed_on(&self, home: ShardId, shard_count: usize) -> Vec<UserId> {
+        self.replica
+            .keys()
+            .copied()
+            .filter(|&u| home_shard(u, shard_count) == home)
+            .collect()
     }
 
     fn set(&mut self, user: UserId, status: Status) {
@@ -92,6 +106,86 @@ impl Shard {
                 .is_some_and(|s| s.roster.contains_key(&user));
             if knows {
                 self.push_event(now, friend, EventKind::Presence { user, status }, out);
+            }
+        }
+    }
+
+    /// Sends every other shard the digest of this shard's users online or
+    /// away, once every `presence_digest_ms` (the first a period after the
+    /// first tick).
+    pub(super) fn digest_if_due(&mut self, now: u64, out: &mut Vec<Output>) {
+        let period = self.config.presence_digest_ms;
+        match self.next_digest_ms {
+            Some(at) if now >= at => {}
+            Some(_) => return,
+            None => {
+                self.next_digest_ms = Some(now + period);
+                return;
+            }
+        }
+        self.next_digest_ms = Some(now + period);
+        if self.config.shard_count == 1 {
+            return;
+        }
+        let mut online: Vec<(UserId, Status)> = self
+            .sessions
+            .live_ones()
+            .map(|s| (s.user, s.status))
+            .collect();
+        online.sort_unstable_by_key(|&(u, _)| u);
+        let me = self.config.shard;
+        for shard in (0..self.config.shard_count).filter(|&s| s != me) {
+            let msg = PeerMsg::PresenceDigest {
+                from: me,
+                online: online.clone(),
+            };
+            out.push(Output::Peer { shard, msg });
+        }
+    }
+
+    /// `PeerMsg::PresenceDigest` arrived: the replica's entries for users
+    /// homed on `from` become exactly `online`; each entry that changed is
+    /// a repair, told to the live sessions here that have that user in
+    /// their roster. Nothing changed: no event, no output.
+    pub(super) fn presence_digest(
+        &mut self,
+        now: u64,
+        from: ShardId,
+        mut online: Vec<(UserId, Status)>,
+        out: &mut Vec<Output>,
+    ) {
+        let n = self.config.shard_count;
+        online.retain(|&(u, s)| home_shard(u, n) == from && s != Status::Offline);
+        online.sort_unstable_by_key(|&(u, _)| u);
+        let mut changed: Vec<(UserId, Status)> = online
+            .iter()
+            .copied()
+            .filter(|&(u, s)| self.presence.of(u) != s)
+            .collect();
+        for u in self.presence.homed_on(from, n) {
+            if online.binary_search_by_key(&u, |&(v, _)| v).is_err() {
+                changed.push((u, Status::Offline));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        changed.sort_unstable_by_key(|&(u, _)| u);
+        for &(user, status) in &changed {
+            self.presence.set(user, status);
+        }
+        self.stats.presence_repairs += changed.len() as u64;
+        let mut viewers: Vec<UserId> = self.sessions.live_ones().map(|s| s.user).collect();
+        viewers.sort_unstable();
+        for viewer in viewers {
+            for &(user, status) in &changed {
+                let knows = self
+                    .sessions
+                    .live(viewer)
+                    .is_some_and(|s| s.roster.contains_key(&user));
+                if knows {
+                    self.push_event(now, viewer, EventKind::Presence { user, status }, out);
+                }
             }
         }
     }

@@ -172,14 +172,15 @@ impl Shard {
         let Some(user) = self.check_other(call, Kind::Send, friend, addressing, out) else {
             return;
         };
+        let cid: Option<Arc<str>> = cid.map(Arc::from);
         let request = StorageJob::StoreMessage {
             from: user,
             to: friend,
             text: Arc::from(text),
-            cid: cid.map(Arc::from),
+            cid: cid.clone(),
             ts: call.now,
         };
-        self.ask_storage(call.to, ReplyJob::Send { user }, request, out);
+        self.ask_storage(call.to, ReplyJob::Send { user, cid }, request, out);
     }
 
     /// `/typing`: delivered at once, never stored.
@@ -255,6 +256,6 @@ impl Shard {
             before,
             limit,
         };
-        self.ask_storage(call.to, ReplyJob::History, request, out);
+        self.ask_storage(call.to, ReplyJob::History { user }, request, out);
     }
 }

@@ -2,8 +2,10 @@
 //! `roster_refresh_ms`. An admin `roster-changed` for `user` re-reads
 //! `user`'s roster, then sends `RosterTouched` to every shard (this one
 //! included); each re-reads the rosters of its live sessions whose view of
-//! `user` disagrees and acks; the admin call is answered when every shard
-//! has acked, so the change is in force on both sides when it returns.
+//! `user` disagrees, and of its sessions still loading once they are live,
+//! and acks; the admin call is answered when every shard has acked, so the
+//! change is in force on both sides when it returns `ok` — and it returns
+//! `unavailable` (retry) when any re-read failed or was shed.
 //!
 //! Invariants: a live session's refresh timer is armed except while its
 //! periodic re-read is in flight; a change is answered once, after exactly
@@ -139,12 +141,18 @@ impl Shard {
         }
     }
 
-    /// `PeerMsg::RosterTouched` arrived: re-read the rosters of the live
-    /// sessions here whose view of `user` disagrees with `friends` (at most
-    /// `ROSTER_TOUCHES_MAX`), then ack.
+    /// `PeerMsg::RosterTouched` arrived: re-read the rosters of the
+    /// sessions here that may disagree with `friends` about `user`, then
+    /// ack. Those are the live sessions whose view of `user` disagrees,
+    /// and every session still loading (its load may have read the
+    /// directory before the change: it re-reads once live, see
+    /// `Session::Loading::rereads`). Users are taken in id order, so a run
+    /// replays.
     ///
-    /// Sessions still loading are not looked at: their load may have read
-    /// the friendships from before the change (a known gap, left as is).
+    /// The ack says `ok` only if every one of them re-read: a re-read shed
+    /// for `JOBS_IN_FLIGHT_MAX`, sessions beyond `ROSTER_TOUCHES_MAX`, or a
+    /// loading session that already remembers `LOADING_REREADS_MAX`
+    /// changes make it `ok: false`, and the admin call fails (retry).
     pub(super) fn roster_touched(
         &mut self,
         now: u64,
@@ -154,38 +162,90 @@ impl Shard {
         change: ChangeId,
         out: &mut Vec<Output>,
     ) {
-        let affected: Vec<UserId> = self
+        let mut live: Vec<UserId> = self
             .sessions
             .live_ones()
             .filter(|s| s.user != user)
             .filter(|s| s.roster.contains_key(&user) != friends.contains(&s.user))
             .map(|s| s.user)
-            .take(limits::ROSTER_TOUCHES_MAX)
             .collect();
+        live.sort_unstable();
+        let loading = self.sessions.loading_users();
+        let mut ok = live.len() + loading.len() <= limits::ROSTER_TOUCHES_MAX;
+        let loading_room = limits::ROSTER_TOUCHES_MAX.saturating_sub(live.len());
+        live.truncate(limits::ROSTER_TOUCHES_MAX);
         self.changes.last_part += 1;
         let part = self.changes.last_part;
         let mut started = 0;
-        for f in affected {
+        for f in live {
             let why = Refresh::Change { part };
-            if let Some(job) = self.job(Pending::Refresh { user: f, why }) {
-                out.push(Output::Storage {
-                    job,
-                    request: StorageJob::LoadRoster { user: f },
-                });
+            match self.job(Pending::Refresh { user: f, why }) {
+                Some(job) => {
+                    out.push(Output::Storage {
+                        job,
+                        request: StorageJob::LoadRoster { user: f },
+                    });
+                    started += 1;
+                }
+                None => ok = false,
+            }
+        }
+        for l in loading.into_iter().take(loading_room) {
+            if self.sessions.reread_once_loaded(l, part) {
                 started += 1;
+            } else {
+                ok = false;
             }
         }
         if started == 0 {
-            self.send_to(now, origin, PeerMsg::RosterAck { change, ok: true }, out);
+            self.send_to(now, origin, PeerMsg::RosterAck { change, ok }, out);
             return;
         }
         let p = ChangePart {
             origin,
             change,
             remaining: started,
-            ok: true,
+            ok,
         };
         self.changes.parts.insert(part, p);
+    }
+
+    /// `user`'s session went live with change part `part` noted while it
+    /// loaded: re-read its roster now (the part fails if that is shed).
+    pub(super) fn reread_for_change(
+        &mut self,
+        now: u64,
+        user: UserId,
+        part: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let why = Refresh::Change { part };
+        match self.job(Pending::Refresh { user, why }) {
+            Some(job) => out.push(Output::Storage {
+                job,
+                request: StorageJob::LoadRoster { user },
+            }),
+            None => self.change_part_done(now, part, false, out),
+        }
+    }
+
+    /// One re-read of change part `part` is over (`ok`: it succeeded, or
+    /// there was nothing to re-read after all); after the last, the part
+    /// acks to the change's origin.
+    pub(super) fn change_part_done(
+        &mut self,
+        now: u64,
+        part: u64,
+        ok: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(p) = self.changes.part_done(part, ok) {
+            let ack = PeerMsg::RosterAck {
+                change: p.change,
+                ok: p.ok,
+            };
+            self.send_to(now, p.origin, ack, out);
+        }
     }
 
     /// `PeerMsg::RosterAck` arrived: after the last, answer the admin call.
@@ -226,23 +286,16 @@ impl Shard {
             }
         }
         if let Refresh::Change { part } = why {
-            if let Some(p) = self.changes.part_done(part, ok) {
-                let ack = PeerMsg::RosterAck {
-                    change: p.change,
-                    ok: p.ok,
-                };
-                self.send_to(now, p.origin, ack, out);
-            }
+            self.change_part_done(now, part, ok, out);
         }
     }
 
     /// `user`'s refresh interval ran out: re-read the roster, or try again
     /// after another interval when too many jobs are in flight.
     pub(super) fn refresh_due(&mut self, now: u64, user: UserId, out: &mut Vec<Output>) {
-        let session = self
-            .sessions
-            .live_mut(user)
-            .expect("refresh timer's session");
+        let Some(session) = self.sessions.live_mut(user) else {
+            return; // `time` checked it is there
+        };
         session.refresh.disarm(&mut self.timers);
         let why = Refresh::Interval;
         match self.job(Pending::Refresh { user, why }) {
@@ -251,9 +304,10 @@ impl Shard {
                 request: StorageJob::LoadRoster { user },
             }),
             None => {
-                let session = self.sessions.live_mut(user).expect("session");
-                let at = now + self.config.roster_refresh_ms;
-                session.refresh.arm(&mut self.timers, at);
+                if let Some(session) = self.sessions.live_mut(user) {
+                    let at = now + self.config.roster_refresh_ms;
+                    session.refresh.arm(&mut self.timers, at);
+                }
             }
         }
     }

@@ -47,6 +47,38 @@ impl Sessions {
         self.by_user.values().filter_map(Session::live)
     }
 
+    /// Users whose session is still loading, by id.
+    pub(super) fn loading_users(&self) -> Vec<UserId> {
+        let mut users: Vec<UserId> = self
+            .by_user
+            .iter()
+            .filter(|(_, s)| !s.is_live())
+            .map(|(&u, _)| u)
+            .collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// Notes that `user`'s loading session must re-read its roster for
+    /// change part `part` once live; false when it is not loading or
+    /// already remembers `LOADING_REREADS_MAX` parts.
+    pub(super) fn reread_once_loaded(&mut self, user: UserId, part: u64) -> bool {
+        match self.by_user.get_mut(&user) {
+            Some(Session::Loading { rereads, .. })
+                if rereads.len() < limits::LOADING_REREADS_MAX =>
+            {
+                rereads.push(part);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes `user`'s session out, whatever its state.
+    pub(super) fn remove(&mut self, user: UserId) -> Option<Session> {
+        self.by_user.remove(&user)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_user.len()
     }
@@ -137,6 +169,7 @@ impl Shard {
                 let loading = Session::Loading {
                     job,
                     waiting: vec![c],
+                    rereads: Vec::new(),
                 };
                 self.sessions.by_user.insert(user, loading);
                 out.push(Output::Storage {
@@ -172,23 +205,37 @@ impl Shard {
                 self.go_live(now, live, out);
             }
             Ok(StorageOutput::Session { name: None, .. }) => {
-                self.load_failed(user, ErrorCode::Unauthorized, "no such user", out);
+                self.load_failed(now, user, ErrorCode::Unauthorized, "no such user", out);
             }
             Ok(other) => panic!("storage answered {other:?} to load_session"),
             Err(e) => {
                 let message = format!("storage unavailable: {e}");
-                self.load_failed(user, ErrorCode::Unavailable, &message, out);
+                self.load_failed(now, user, ErrorCode::Unavailable, &message, out);
             }
         }
     }
 
     /// Drops a loading session, answering its waiting connects.
-    fn load_failed(&mut self, user: UserId, code: ErrorCode, message: &str, out: &mut Vec<Output>) {
-        let Some(Session::Loading { waiting, .. }) = self.sessions.by_user.remove(&user) else {
+    fn load_failed(
+        &mut self,
+        now: u64,
+        user: UserId,
+        code: ErrorCode,
+        message: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(Session::Loading {
+            waiting, rereads, ..
+        }) = self.sessions.by_user.remove(&user)
+        else {
             unreachable!("load_failed on a session not loading");
         };
         for w in waiting {
             fail(out, w.reply, code, message);
+        }
+        // No session is left to hold a roster read before the change.
+        for part in rereads {
+            self.change_part_done(now, part, true, out);
         }
     }
 
@@ -198,14 +245,18 @@ impl Shard {
         let user = live.user;
         live.refresh
             .arm(&mut self.timers, now + self.config.roster_refresh_ms);
-        let Some(Session::Loading { waiting, .. }) =
-            self.sessions.by_user.insert(user, Session::Live(live))
+        let Some(Session::Loading {
+            waiting, rereads, ..
+        }) = self.sessions.by_user.insert(user, Session::Live(live))
         else {
             unreachable!("go_live on a session not loading");
         };
         self.broadcast_presence(now, user, Status::Online, out);
         for w in waiting {
             self.attach(now, w, out);
+        }
+        for part in rereads {
+            self.reread_for_change(now, user, part, out);
         }
         // Every waiter might have been a replacement of the one before it:
         // if none is left attached, grace starts as after a leave.
@@ -324,7 +375,11 @@ impl Shard {
     ) {
         let mut live = match self.sessions.by_user.remove(&user) {
             None => return,
-            Some(Session::Loading { job, waiting }) => {
+            Some(Session::Loading {
+                job,
+                waiting,
+                rereads,
+            }) => {
                 for w in waiting {
                     fail(
                         out,
@@ -335,6 +390,10 @@ impl Shard {
                 }
                 // The load's result will find no job and be dropped.
                 self.jobs.forget(job);
+                // No session is left to hold a roster read before a change.
+                for part in rereads {
+                    self.change_part_done(now, part, true, out);
+                }
                 return;
             }
             Some(Session::Live(live)) => live,
