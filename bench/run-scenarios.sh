@@ -26,7 +26,8 @@ start_server() { # DIRECTORY_FILE [VAR=value ...]
   dir=$1; shift
   rm -rf "$OUT/data"
   env SWITCHBOARD_DIRECTORY="$dir" SWITCHBOARD_TOKEN_SECRET=$SECRET \
-    SWITCHBOARD_DATA_DIR="$OUT/data" SWITCHBOARD_LOG=warn "$@" \
+    SWITCHBOARD_DATA_DIR="$OUT/data" SWITCHBOARD_LOG=warn \
+    SWITCHBOARD_CONNECTIONS_PER_ADDRESS_MAX=1000000 "$@" \
     "$S" >"$OUT/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 100); do
