@@ -28,7 +28,8 @@ start_server() { # DIRECTORY_FILE [VAR=value ...]
   # RATE_LIMITS=off: the open-loop load picks users at random, so some
   # users exceed the per-user limits that protect a real server.
   env SWITCHBOARD_DIRECTORY="$dir" SWITCHBOARD_TOKEN_SECRET=$SECRET \
-    SWITCHBOARD_DATA_DIR="$OUT/data" SWITCHBOARD_LOG=warn SWITCHBOARD_RATE_LIMITS=off "$@" \
+    SWITCHBOARD_DATA_DIR="$OUT/data" SWITCHBOARD_LOG=warn SWITCHBOARD_RATE_LIMITS=off \
+    SWITCHBOARD_CONNECTIONS_PER_ADDRESS_MAX=1000000 "$@" \
     "$S" >"$OUT/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 100); do

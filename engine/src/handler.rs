@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{Call, Handler, Reply, ShardHealth};
-use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError};
+use switchboard_io::{Call, Handler, Limits, Reply, ShardHealth};
+use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError, UserId};
 use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
@@ -41,6 +41,12 @@ impl ConnHandler {
         }
     }
 
+    /// Runs connections with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> ConnHandler {
+        self.io.limits = limits;
+        self
+    }
+
     /// Serves the demo (see [`crate::demo`]).
     pub fn with_demo(mut self, demo: Option<Arc<Demo>>) -> ConnHandler {
         self.demo = demo;
@@ -62,16 +68,15 @@ impl ConnHandler {
         deferred: Option<switchboard_shards::model::Failure>,
     ) -> Response {
         let now_s = self.rt.clock.now_ms() / 1000;
-        let user = match token::verify(&self.secret, &token, now_s) {
-            Ok(user) => user,
-            Err(token::TokenError::Malformed) if self.rt.store.looks_up_tokens() => {
-                match self.lookup_token(token).await {
-                    Ok(user) => user,
-                    Err(response) => return response,
-                }
-            }
-            Err(e) => {
-                return Response::fail(ErrorCode::Unauthorized, format!("bad token: {e}"));
+        let looks_up = self.rt.store.looks_up_tokens();
+        let user = match check_token(&self.secret, &token, now_s, looks_up) {
+            TokenCheck::User(user) => user,
+            TokenCheck::LookUp => match self.lookup_token(token).await {
+                Ok(user) => user,
+                Err(response) => return response,
+            },
+            TokenCheck::Refuse(why) => {
+                return Response::fail(ErrorCode::Unauthorized, format!("bad token: {why}"));
             }
         };
         if let Some(f) = deferred {
@@ -171,6 +176,41 @@ impl ConnHandler {
     }
 }
 
+/// What a `/connect` token leads to, before any storage job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TokenCheck {
+    /// A genuine, unexpired HMAC token of this user.
+    User(UserId),
+    /// Not in the HMAC form, but of the shape the directory's token query
+    /// may know: look it up (a storage job).
+    LookUp,
+    /// `unauthorized`, for this reason.
+    Refuse(String),
+}
+
+/// Decides a token without storage: HMAC tokens are verified here; with a
+/// token query (`looks_up`), a token not in the HMAC form is looked up
+/// only if [`lookup_shape_ok`]; everything else is refused.
+fn check_token(secret: &[u8], token: &str, now_s: u64, looks_up: bool) -> TokenCheck {
+    match token::verify(secret, token, now_s) {
+        Ok(user) => TokenCheck::User(user),
+        Err(token::TokenError::Malformed) if looks_up && lookup_shape_ok(token) => {
+            TokenCheck::LookUp
+        }
+        Err(e) => TokenCheck::Refuse(e.to_string()),
+    }
+}
+
+/// Whether `token` has the shape of a token the directory may hold:
+/// `TOKEN_LOOKUP_CHARS_MIN..=TOKEN_LOOKUP_CHARS_MAX` characters of
+/// `[A-Za-z0-9._~+/=-]` (see `limits`).
+fn lookup_shape_ok(token: &str) -> bool {
+    (limits::TOKEN_LOOKUP_CHARS_MIN..=limits::TOKEN_LOOKUP_CHARS_MAX).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b))
+}
+
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         log::debug!("shard-{}: call {call:?}", self.rt.id);
@@ -202,5 +242,69 @@ impl Handler for ConnHandler {
 
     async fn sleep(&self, duration: Duration) {
         glommio::timer::sleep(duration).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"handler-test-secret";
+    const NOW_S: u64 = 1_700_000_000;
+
+    /// Checks `token` with and without a token query against the expected
+    /// outcome with one (`LookUp`, `User`, or `Refuse`); without a token
+    /// query nothing is ever looked up.
+    fn check(token: &str, with_query: TokenCheck) {
+        let got = check_token(SECRET, token, NOW_S, true);
+        assert_eq!(got, with_query, "{token:?}");
+        let without = check_token(SECRET, token, NOW_S, false);
+        assert_ne!(without, TokenCheck::LookUp, "{token:?}");
+    }
+
+    fn refused() -> TokenCheck {
+        TokenCheck::Refuse("malformed token".into())
+    }
+
+    #[test]
+    fn only_well_formed_tokens_are_looked_up() {
+        let min = "a".repeat(limits::TOKEN_LOOKUP_CHARS_MIN);
+        let max = "Z9".repeat(limits::TOKEN_LOOKUP_CHARS_MAX / 2);
+        let hmac = token::mint(SECRET, 42, NOW_S + 60);
+        let table: &[(&str, TokenCheck)] = &[
+            // HMAC tokens never reach storage.
+            (&hmac, TokenCheck::User(42)),
+            // Web app session tokens: hex, base64, base64url, dotted.
+            ("0123456789abcdef0123456789abcdef", TokenCheck::LookUp),
+            ("dGhpcyBpcyBhIHRva2Vu+/==", TokenCheck::LookUp),
+            ("dGhpcyBpcyBhIHRva2Vu-_~", TokenCheck::LookUp),
+            ("eyJhbGciOi.eyJzdWIiOi.SflKxwRJSM", TokenCheck::LookUp),
+            // Exactly at the length bounds, and one outside each.
+            (&min, TokenCheck::LookUp),
+            (&min[1..], refused()),
+            (&max, TokenCheck::LookUp),
+            (&format!("{max}a"), refused()),
+            // Characters outside the set.
+            ("0123456789abcdef 0123", refused()),
+            ("0123456789abcdef%20123", refused()),
+            ("0123456789abcdef'--", refused()),
+            ("0123456789abcdef\u{0}", refused()),
+            ("0123456789abcdéf0123", refused()),
+            ("", refused()),
+        ];
+        for (token, want) in table {
+            check(token, want.clone());
+        }
+    }
+
+    #[test]
+    fn hmac_form_failures_are_refused_without_a_lookup() {
+        let expired = token::mint(SECRET, 42, NOW_S);
+        let other = token::mint(b"another-secret", 42, NOW_S + 60);
+        check(&expired, TokenCheck::Refuse("token expired".into()));
+        check(
+            &other,
+            TokenCheck::Refuse("token signature does not match".into()),
+        );
     }
 }

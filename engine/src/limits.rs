@@ -30,6 +30,16 @@ pub const STOP_CHECK_MS: u64 = 10;
 /// How long `/health` waits for each shard.
 pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
+/// A `/connect` token that is not in the HMAC form is looked up in the
+/// directory (a storage job) only if it has from `TOKEN_LOOKUP_CHARS_MIN`
+/// to `TOKEN_LOOKUP_CHARS_MAX` characters, each of `[A-Za-z0-9._~+/=-]`
+/// (base64, base64url, hex and dotted forms); any other is `unauthorized`
+/// at once, so a client sending garbage never costs a query.
+pub const TOKEN_LOOKUP_CHARS_MIN: usize = 16;
+
+/// See [`TOKEN_LOOKUP_CHARS_MIN`].
+pub const TOKEN_LOOKUP_CHARS_MAX: usize = 128;
+
 /// Storage job queue depth (jobs waiting for a db thread). Full: the call
 /// answers `unavailable`.
 pub const STORAGE_QUEUE_DEPTH_MAX: usize = 16_384;
@@ -49,3 +59,5 @@ pub const RING_DEPTH: usize = 4_096;
 const _: () = assert!(OUTBOX_ADMIT_MAX < OUTBOX_DEPTH_MAX);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
+const _: () =
+    assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);

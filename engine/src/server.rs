@@ -29,6 +29,7 @@
 //! executor that never started reports too), so [`Server::wait`] always
 //! learns of it.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -39,7 +40,8 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
-use switchboard_io::{deadline, Listener};
+use switchboard_io::admission::{self, Admission, Refused, Ticket};
+use switchboard_io::{deadline, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
@@ -480,21 +482,33 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
 }
 
 /// Accepts connections until a stop is asked for; the listeners close
-/// when this returns.
+/// when this returns. The client listener admits `CONNECTIONS_MAX` and,
+/// from one client address, this shard's share of
+/// `CONNECTIONS_PER_ADDRESS_MAX`; the admin listener `ADMIN_CONNECTIONS_MAX`
+/// (see [`accept_loop`]).
 async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
     let s = &shared.settings;
+    let limits = Limits {
+        first_byte_timeout_ms: s.first_byte_timeout_ms,
+        ..Limits::default()
+    };
     let admin_task = listeners.admin.map(|admin| {
-        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone());
-        let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), usize::MAX);
+        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+            .with_limits(limits.clone());
+        let admission = Admission::new(s.admin_connections_max, None);
+        let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
     });
     let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
-        .with_demo(shared.demo.clone());
+        .with_demo(shared.demo.clone())
+        .with_limits(limits);
+    let share = admission::per_shard_share(s.connections_per_address_max, s.shards);
+    let admission = Admission::new(s.connections_max, Some(share));
     let accepting = accept_loop(
         listeners.client,
         Listener::Client,
         Rc::new(handler),
-        s.connections_max,
+        admission,
     );
     shared.stop.until_stop(accepting).await;
     // Dropping a glommio task cancels it: the admin listener closes too.
@@ -581,8 +595,25 @@ async fn wait_for(cell: &OnceLock<SocketAddr>) -> SocketAddr {
     }
 }
 
-async fn accept_loop(listener: TcpListener, kind: Listener, handler: Rc<ConnHandler>, max: usize) {
+/// Accepts connections on one listener of this shard until dropped. Each
+/// accepted socket is admitted by `admission` (per client address first,
+/// then the listener's total) or closed at once, before a byte is read;
+/// a refusal costs one accept and one close, and the loop goes on with the
+/// next socket, so a flood of refused sockets cannot hold the others in
+/// the backlog. The loop yields whenever the executor's time slice is used
+/// up, so accepting never starves the connections it serves. A failed
+/// accept (EMFILE: out of file descriptors) backs off 50 ms instead of
+/// spinning.
+async fn accept_loop(
+    listener: TcpListener,
+    kind: Listener,
+    handler: Rc<ConnHandler>,
+    admission: Admission,
+) {
+    let admission = Rc::new(RefCell::new(admission));
+    let shard = handler.rt().id;
     loop {
+        glommio::yield_if_needed().await;
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -592,23 +623,104 @@ async fn accept_loop(listener: TcpListener, kind: Listener, handler: Rc<ConnHand
                 continue;
             }
         };
-        let stats = &handler.rt().stats;
-        if stats.connections.get() as usize >= max {
-            stats
-                .refused_connections
-                .set(stats.refused_connections.get() + 1);
-            drop(stream);
+        // A socket whose peer is already gone has no address: drop it.
+        let Ok(peer) = stream.peer_addr() else {
             continue;
-        }
+        };
+        let admitted = admission.borrow_mut().admit(peer.ip());
+        let ticket = match admitted {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                drop(stream);
+                refuse(shard, kind, &handler, &admission.borrow(), peer, refused);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        stats.connections.set(stats.connections.get() + 1);
+        let place = Admitted {
+            admission: admission.clone(),
+            ticket: Some(ticket),
+            kind,
+            handler: handler.clone(),
+        };
+        place.count();
         let handler = handler.clone();
         glommio::spawn_local(async move {
             let _outcome =
                 switchboard_io::serve(stream, kind, &*handler, handler.io_config()).await;
-            let stats = &handler.rt().stats;
-            stats.connections.set(stats.connections.get() - 1);
+            // The connection's place is given back when `place` drops,
+            // also when this task is dropped before it ends.
+            drop(place);
         })
         .detach();
+    }
+}
+
+/// Counts and logs a refused connection. The log is a warning at the 1st,
+/// 2nd, 4th, 8th... refusal of each kind, so a flood is seen without
+/// flooding the log.
+fn refuse(
+    shard: ShardId,
+    kind: Listener,
+    handler: &ConnHandler,
+    admission: &Admission,
+    peer: SocketAddr,
+    refused: Refused,
+) {
+    let stats = &handler.rt().stats;
+    let (count, why) = match refused {
+        Refused::Full => {
+            if kind == Listener::Client {
+                stats
+                    .refused_connections
+                    .set(stats.refused_connections.get() + 1);
+            }
+            (admission.refused_full(), "the listener is full")
+        }
+        Refused::PerAddress => (
+            admission.refused_per_address(),
+            "its address holds its share of connections",
+        ),
+    };
+    if count.is_power_of_two() {
+        warn!(
+            "shard-{shard}: {kind:?} connection from {} closed at accept: {why} \
+             ({count} refused so far for this, {} open, {} from that address)",
+            peer.ip(),
+            admission.open(),
+            admission.open_from(peer.ip()),
+        );
+    }
+}
+
+/// An admitted connection's place in its listener's [`Admission`], given
+/// back when dropped.
+struct Admitted {
+    /// The counts of the listener it came in on.
+    admission: Rc<RefCell<Admission>>,
+    /// Its place (`None` once given back).
+    ticket: Option<Ticket>,
+    /// Which listener: only the client listener's count is in the stats.
+    kind: Listener,
+    /// For the runtime's stats.
+    handler: Rc<ConnHandler>,
+}
+
+impl Admitted {
+    /// Mirrors the client listener's open count in the runtime's stats.
+    fn count(&self) {
+        if self.kind == Listener::Client {
+            let open = self.admission.borrow().open();
+            self.handler.rt().stats.connections.set(open as u64);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.admission.borrow_mut().release(ticket);
+        }
+        self.count();
     }
 }

@@ -39,6 +39,9 @@ const SPECS: &[Spec] = &[
     Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND" },
     Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND" },
     Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND" },
+    Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
+    Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
+    Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
     Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
@@ -76,9 +79,17 @@ pub struct Settings {
     pub db_threads: usize,
     /// Cores the db threads are pinned to (`None`: not pinned).
     pub db_cores: Option<Vec<usize>>,
+    /// Open client connections per shard.
     pub connections_max: usize,
     /// Per-user rate limits, one per kind of call.
     pub rate_limits: RateLimits,
+    /// Open client connections from one client address, per process (each
+    /// shard admits its share, rounded up).
+    pub connections_per_address_max: usize,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout_ms: u64,
+    /// Open admin connections.
+    pub admin_connections_max: usize,
     /// Log level.
     pub log: log::LevelFilter,
     /// MySQL URL (`None`: the embedded store).
@@ -228,6 +239,21 @@ impl Settings {
             },
             connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
             rate_limits,
+            connections_per_address_max: num(
+                "CONNECTIONS_PER_ADDRESS_MAX",
+                get("CONNECTIONS_PER_ADDRESS_MAX"),
+                1_000,
+            )?,
+            first_byte_timeout_ms: num(
+                "FIRST_BYTE_TIMEOUT_MS",
+                get("FIRST_BYTE_TIMEOUT_MS"),
+                switchboard_io::limits::FIRST_BYTE_TIMEOUT_MS,
+            )?,
+            admin_connections_max: num(
+                "ADMIN_CONNECTIONS_MAX",
+                get("ADMIN_CONNECTIONS_MAX"),
+                64,
+            )?,
             log,
             mysql_url: non_empty("MYSQL_URL"),
             mysql_pool_size: num(
@@ -255,6 +281,24 @@ impl Settings {
         };
         if settings.db_threads == 0 || settings.db_threads > 64 {
             return Err("SWITCHBOARD_DB_THREADS must be in 1..=64".into());
+        }
+        for (name, cap) in [
+            ("CONNECTIONS_MAX", settings.connections_max),
+            (
+                "CONNECTIONS_PER_ADDRESS_MAX",
+                settings.connections_per_address_max,
+            ),
+            ("ADMIN_CONNECTIONS_MAX", settings.admin_connections_max),
+        ] {
+            if cap == 0 {
+                return Err(format!("SWITCHBOARD_{name} must be at least 1"));
+            }
+        }
+        let idle_ms = switchboard_io::limits::IDLE_TIMEOUT_MS;
+        if !(100..=idle_ms).contains(&settings.first_byte_timeout_ms) {
+            return Err(format!(
+                "SWITCHBOARD_FIRST_BYTE_TIMEOUT_MS must be in 100..={idle_ms} (the idle timeout)"
+            ));
         }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
@@ -309,6 +353,9 @@ mod tests {
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.admin_listen.port(), 8081);
         assert_eq!(s.tab_timeout_ms, 60_000);
+        assert_eq!(s.connections_per_address_max, 1_000);
+        assert_eq!(s.first_byte_timeout_ms, 5_000);
+        assert_eq!(s.admin_connections_max, 64);
         assert!(s.directory.is_none());
         assert!(s.demo, "demo mode is on with the built-in demo users");
     }
@@ -343,6 +390,10 @@ mod tests {
             (&["--rate-ui", "5/m,burst=3"][..], "RATE_UI"),
             (&["--rate-read", "5/s, burst=3"][..], "RATE_READ"),
             (&["--rate-limits", "maybe"][..], "RATE_LIMITS"),
+            (&["--connections-per-address-max", "0"][..], "PER_ADDRESS"),
+            (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),
+            (&["--first-byte-timeout-ms", "99"][..], "FIRST_BYTE"),
+            (&["--first-byte-timeout-ms", "75001"][..], "FIRST_BYTE"),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

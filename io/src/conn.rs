@@ -7,8 +7,10 @@
 //! held back by TCP flow control, not by our memory.
 //!
 //! Every wait has a deadline, raced against the read or write with the
-//! handler's timer by [`within`]: idle before a request (quiet close), head and body (408), each
-//! write (drop), lingering close. After an answer that ends the connection
+//! handler's timer by [`within`]: the first byte of the first request
+//! (quiet close, short: a socket that never speaks must not hold a slot
+//! for long), idle between requests (quiet close), head and body (408),
+//! each write (drop), lingering close. After an answer that ends the connection
 //! we close gracefully: flush, shut down our write side, then read and
 //! discard what the client still sends until it closes, the linger timeout
 //! or the linger byte limit, so the client reads the whole answer and then
@@ -52,7 +54,10 @@ pub enum CloseReason {
     PeerClosed,
     /// The client closed with a request partly sent (nothing to answer).
     PeerClosedMidRequest,
-    /// No request began within the idle timeout (quiet close).
+    /// The connection sent nothing within the first-byte timeout of being
+    /// accepted (quiet close).
+    FirstByteTimeout,
+    /// No next request began within the idle timeout (quiet close).
     IdleTimeout,
     /// The answer said `Connection: close` (the client asked, or HTTP/1.0
     /// without keep-alive); closed gracefully.
@@ -168,18 +173,27 @@ where
         config: &Config,
     ) -> CloseReason {
         let limits = self.limits;
+        // Until the first request is answered, the wait for its first byte
+        // is the short first-byte timeout, not the keep-alive idle one.
+        let mut first = true;
         loop {
             // Wait for the first byte of a request, unless pipelining
             // already brought some.
             if self.buf.is_empty() {
-                let idle = pin!(handler.sleep(ms(limits.idle_timeout_ms)));
+                let (wait_ms, timed_out) = if first {
+                    (limits.first_byte_timeout_ms, CloseReason::FirstByteTimeout)
+                } else {
+                    (limits.idle_timeout_ms, CloseReason::IdleTimeout)
+                };
+                let idle = pin!(handler.sleep(ms(wait_ms)));
                 match self.read_more(idle).await {
                     ReadEvent::Data => {}
                     ReadEvent::Eof => return CloseReason::PeerClosed,
-                    ReadEvent::Timeout => return CloseReason::IdleTimeout,
+                    ReadEvent::Timeout => return timed_out,
                     ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
                 }
             }
+            first = false;
 
             // The head, within the head timeout of its first byte.
             self.parser.reset();

@@ -13,8 +13,9 @@
 //! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
 //! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
-//! encoding), [`conn`] (the connection loop: [`serve`]), and [`deadline`]
-//! (the one deadline race, also used by the engine).
+//! encoding), [`conn`] (the connection loop: [`serve`]), [`deadline`]
+//! (the one deadline race, also used by the engine), and [`admission`]
+//! (the engine's accept-time counts: per listener and per client address).
 //!
 //! Choices where the protocol is silent: `/ping` is answered by `io`
 //! without calling the handler; a head or body that does not arrive in
@@ -78,6 +79,7 @@ pub trait Handler {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
 }
 
+pub mod admission;
 pub mod body;
 pub mod call;
 pub mod conn;
@@ -88,6 +90,7 @@ pub mod query;
 pub mod reply;
 pub mod response;
 
+pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
 pub use call::{decide, Decision, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};

@@ -35,8 +35,17 @@ pub const HEAD_TIMEOUT_MS: u64 = 10_000;
 /// (slow uploads). When it passes: `408` and a graceful close.
 pub const BODY_TIMEOUT_MS: u64 = 30_000;
 
+/// A new connection must send the first byte of its first request within
+/// this long of being accepted. When it passes the connection is closed
+/// quietly ([`crate::CloseReason::FirstByteTimeout`]): nothing was asked,
+/// so there is nobody to answer. Much shorter than the idle timeout, so a
+/// client that opens sockets and never speaks holds each for seconds, not
+/// a minute (a browser sends its request right after the handshake).
+pub const FIRST_BYTE_TIMEOUT_MS: u64 = 5_000;
+
 /// A keep-alive connection may wait this long for the first byte of its
-/// next request (also of its first one). When it passes the connection is
+/// next request, after it was answered at least once (the first request
+/// has [`FIRST_BYTE_TIMEOUT_MS`]). When it passes the connection is
 /// closed quietly: no request is pending, so there is nobody to answer.
 pub const IDLE_TIMEOUT_MS: u64 = 75_000;
 
@@ -117,6 +126,8 @@ pub struct Limits {
     pub head_timeout_ms: u64,
     /// See [`BODY_TIMEOUT_MS`]: `408` and close.
     pub body_timeout_ms: u64,
+    /// See [`FIRST_BYTE_TIMEOUT_MS`]: quiet close.
+    pub first_byte_timeout_ms: u64,
     /// See [`IDLE_TIMEOUT_MS`]: quiet close.
     pub idle_timeout_ms: u64,
     /// See [`LINGER_TIMEOUT_MS`]: drop after lingering this long.
@@ -135,6 +146,7 @@ impl Default for Limits {
             body_bytes_max: BODY_BYTES_MAX,
             head_timeout_ms: HEAD_TIMEOUT_MS,
             body_timeout_ms: BODY_TIMEOUT_MS,
+            first_byte_timeout_ms: FIRST_BYTE_TIMEOUT_MS,
             idle_timeout_ms: IDLE_TIMEOUT_MS,
             linger_timeout_ms: LINGER_TIMEOUT_MS,
             linger_bytes_max: LINGER_BYTES_MAX,
@@ -170,6 +182,9 @@ const _: () = assert!(HISTORY_LIMIT_DEFAULT >= 1 && HISTORY_LIMIT_DEFAULT <= HIS
 // A long-poll's longest wait must not be cut by the idle timeout of the
 // connection that carries the next one, nor by the write timeout.
 const _: () = assert!(WAIT_S_MAX * 1000 < IDLE_TIMEOUT_MS);
+// A connection that has not spoken yet gets less time than one that has
+// been answered.
+const _: () = assert!(FIRST_BYTE_TIMEOUT_MS <= IDLE_TIMEOUT_MS);
 // Slow clients get less time for a head than a body.
 const _: () = assert!(HEAD_TIMEOUT_MS <= BODY_TIMEOUT_MS);
 // Lingering must be able to swallow a whole rejected request of the largest

@@ -195,6 +195,7 @@ fn config() -> Config {
         limits: Limits {
             head_timeout_ms: 100,
             body_timeout_ms: 100,
+            first_byte_timeout_ms: 100,
             idle_timeout_ms: 200,
             linger_timeout_ms: 500,
             write_timeout_ms: 1000,
@@ -443,27 +444,70 @@ fn lingering_is_bounded_by_bytes() {
 }
 
 #[test]
-fn idle_connections_close_quietly() {
-    let (outcome, got, _) = run(Listener::Client, config(), |mut end| async move {
+fn silent_connections_close_quietly_at_the_first_byte_timeout() {
+    let mut config = config();
+    config.limits.idle_timeout_ms = 2_000;
+    let start = Instant::now();
+    let (outcome, got, calls) = run(Listener::Client, config, |mut end| async move {
         read_to_eof(&mut end).await
     });
-    assert!(got.is_empty());
-    assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    let took = start.elapsed();
+    assert!(got.is_empty(), "a quiet close answers nothing: {got:?}");
+    assert_eq!(outcome.reason, CloseReason::FirstByteTimeout);
     assert_eq!(outcome.requests_answered, 0);
-    // Also after a request.
-    let (outcome, (), _) = run(Listener::Client, config(), |mut end| async move {
-        end.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+    assert!(calls.is_empty());
+    // The first-byte timeout (100 ms), not the idle timeout (2 s).
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+}
+
+#[test]
+fn a_slow_but_started_first_request_is_answered() {
+    // The first byte within the first-byte timeout, the rest of the head
+    // trickling in over several first-byte timeouts but within the head
+    // timeout: answered.
+    let mut config = config();
+    config.limits.head_timeout_ms = 2_000;
+    let start = Instant::now();
+    let (outcome, answer, _) = run(Listener::Client, config, |mut end| async move {
+        sleep(Duration::from_millis(50)).await;
+        for piece in ["G", "ET /ping HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+            end.write_all(piece.as_bytes()).await.unwrap();
+            sleep(Duration::from_millis(150)).await;
+        }
         let mut buf = Vec::new();
-        assert_eq!(
-            read_answer(&mut end, &mut buf, false).await.unwrap().status,
-            200
-        );
-        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        end.close().await.unwrap();
+        answer
     });
-    assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, r#"{"ok":true}"#);
     assert_eq!(outcome.requests_answered, 1);
+    assert_eq!(outcome.reason, CloseReason::PeerClosed);
+}
+
+#[test]
+fn answered_connections_wait_the_idle_timeout_for_the_next_request() {
+    // Between requests the keep-alive idle timeout (200 ms) applies, not
+    // the first-byte one (100 ms).
+    let (outcome, statuses, _) = run(Listener::Client, config(), |mut end| async move {
+        let mut buf = Vec::new();
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            end.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            statuses.push(read_answer(&mut end, &mut buf, false).await.unwrap().status);
+            sleep(Duration::from_millis(150)).await;
+        }
+        // Then silence: the idle timeout closes it quietly.
+        assert!(read_answer(&mut end, &mut buf, false).await.is_none());
+        statuses
+    });
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    assert_eq!(outcome.requests_answered, 2);
 }
 
 #[test]
