@@ -19,6 +19,7 @@
 
 use crate::batch::{self, Pickup, Reply};
 use crate::directory::Directory;
+use crate::fault::Faults;
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
 };
@@ -107,10 +108,14 @@ struct State {
     directory_path: Option<PathBuf>,
     /// The store's counters.
     counters: Arc<Counters>,
+    /// Injected faults (tests only; none without the `fault-injection`
+    /// feature).
+    faults: Faults,
 }
 
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
     check_config(&config)?;
+    let faults = Faults::from_env("embedded")?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
         path: config.data_dir.clone(),
         source,
@@ -146,6 +151,7 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         directory: RwLock::new(Arc::new(directory)),
         directory_path: config.directory.clone(),
         counters: counters.clone(),
+        faults,
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
@@ -354,24 +360,11 @@ impl State {
     /// Group commit: every write of the batch in one transaction, answered
     /// only once it is durable; if anything fails, all of them fail.
     fn run_writes(&self, writes: Vec<Reply>) {
-        let outcome = (|| -> Result<Vec<StorageOutput>, String> {
-            let mut txn = self.db.begin_write().ctx("begin write")?;
-            txn.set_durability(Durability::Immediate)
-                .ctx("set durability")?;
-            let outputs = {
-                let mut tables = WriteTables::open(&txn)?;
-                let mut outputs = Vec::with_capacity(writes.len());
-                for Reply { job, .. } in &writes {
-                    let output = tables
-                        .execute(job)
-                        .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
-                    outputs.push(output);
-                }
-                outputs
-            };
-            txn.commit().ctx("commit")?;
-            Ok(outputs)
-        })();
+        let txn = match self.db.begin_write().ctx("begin write") {
+            Ok(txn) => txn,
+            Err(e) => return self.fail_writes(writes, &e),
+        };
+        let outcome = self.commit_writes(txn, &writes);
         match outcome {
             Ok(outputs) => {
                 self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
@@ -382,15 +375,45 @@ impl State {
                     let _ = reply.send(Ok(output));
                 }
             }
-            Err(e) => {
-                let what = format!(
-                    "write transaction of {} jobs rolled back: {e}",
-                    writes.len()
-                );
-                for Reply { job, reply, .. } in writes {
-                    self.fail(&job, reply, &what);
-                }
+            Err(e) => self.fail_writes(writes, &e),
+        }
+    }
+
+    /// Runs `writes` in `txn` (begun) and commits it
+    /// with an fsync; the outputs are in the order of `writes`.
+    fn commit_writes(
+        &self,
+        mut txn: WriteTransaction,
+        writes: &[Reply],
+    ) -> Result<Vec<StorageOutput>, String> {
+        txn.set_durability(Durability::Immediate)
+            .ctx("set durability")?;
+        let outputs = {
+            let mut tables = WriteTables::open(&txn)?;
+            let mut outputs = Vec::with_capacity(writes.len());
+            for Reply { job, .. } in writes {
+                let output = tables
+                    .execute(job)
+                    .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
+                outputs.push(output);
             }
+            outputs
+        };
+        // A slow fsync, when a test injects one: before the commit,
+        // holding the write lock.
+        self.faults.stall_commit();
+        txn.commit().ctx("commit")?;
+        Ok(outputs)
+    }
+
+    /// Answers every write of a batch whose transaction did not commit.
+    fn fail_writes(&self, writes: Vec<Reply>, e: &str) {
+        let what = format!(
+            "write transaction of {} jobs rolled back: {e}",
+            writes.len()
+        );
+        for Reply { job, reply, .. } in writes {
+            self.fail(&job, reply, &what);
         }
     }
 }

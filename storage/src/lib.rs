@@ -47,6 +47,7 @@
 mod batch;
 pub mod directory;
 mod embedded;
+mod fault;
 pub mod limits;
 pub mod mysql;
 mod pin;

@@ -24,6 +24,7 @@
 //! batch that is already late stops (and rolls back) instead of waiting on
 //! more locks. The check of step 5 is made before `COMMIT` is sent; the
 //! `COMMIT` itself may end after the deadline.
+
 //!
 //! **Unread counters stay exact under concurrency.** Sessions run at READ
 //! COMMITTED, and every transaction that changes a counter first takes
@@ -186,8 +187,14 @@ impl Ctx<'_> {
     /// Step 5: `COMMIT`, if `deadline` has not passed when it is sent.
     fn commit_before(&mut self, deadline: Instant) -> Result<(), TxError> {
         in_time(deadline)?;
-        self.q("commit", "COMMIT", |c, s| c.query_drop(s))
-            .map_err(TxError::sql)
+        let faults = self.faults;
+        self.q("commit", "COMMIT", |c, s| {
+            // A slow COMMIT, when a test injects one: after the check, the
+            // watch already showing `COMMIT`.
+            faults.stall_commit();
+            c.query_drop(s)
+        })
+        .map_err(TxError::sql)
     }
 
     /// Whatever failed, leaves the connection clean (rolled back) or
