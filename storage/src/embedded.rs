@@ -13,9 +13,16 @@
 //! one write transaction at a time, so several db threads queue on it;
 //! meanwhile they serve reads.
 //!
-//! Deadlines are checked once, when the batch is picked up: a write that
-//! then waits for redb's write lock is committed and answered however
-//! long that took.
+//! **Deadlines.** A job's deadline is checked at pickup (the triage) and,
+//! for a write, again right after `begin_write()` returns, that is while
+//! holding redb's write lock ([`State::run_writes`]): a write whose
+//! deadline passed while it waited for the lock (another batch's commit
+//! and fsync) is answered `TimedOut` and left out of the transaction. So
+//! `TimedOut` from this backend means *not stored*. A write in time at
+//! that check is committed and answered `Ok` however long the commit and
+//! its fsync take: an `Ok` may arrive after the deadline (storage cannot
+//! take back a commit that started in time), and the engine waits a
+//! slack past the deadline for it.
 
 use crate::batch::{self, Pickup, Reply};
 use crate::directory::Directory;
@@ -359,11 +366,28 @@ impl State {
 
     /// Group commit: every write of the batch in one transaction, answered
     /// only once it is durable; if anything fails, all of them fail.
+    ///
+    /// The deadlines are checked again once the transaction has begun,
+    /// holding redb's write lock: the writes that waited past their
+    /// deadline for it are answered `TimedOut` and not run, so nothing
+    /// answered `TimedOut` is stored. The commit itself may end after the
+    /// deadlines of the writes it answers `Ok`.
     fn run_writes(&self, writes: Vec<Reply>) {
         let txn = match self.db.begin_write().ctx("begin write") {
             Ok(txn) => txn,
             Err(e) => return self.fail_writes(writes, &e),
         };
+        let locked = Instant::now();
+        let writes = batch::time_out_late(writes, locked, &self.counters, |late| {
+            format!(
+                "its deadline passed {} ms before it got the write lock",
+                late.as_millis()
+            )
+        });
+        if writes.is_empty() {
+            // Nothing written: the transaction is dropped, which aborts it.
+            return;
+        }
         let outcome = self.commit_writes(txn, &writes);
         match outcome {
             Ok(outputs) => {
@@ -379,7 +403,7 @@ impl State {
         }
     }
 
-    /// Runs `writes` in `txn` (begun) and commits it
+    /// Runs `writes` in `txn` (begun, deadlines checked) and commits it
     /// with an fsync; the outputs are in the order of `writes`.
     fn commit_writes(
         &self,
@@ -399,8 +423,8 @@ impl State {
             }
             outputs
         };
-        // A slow fsync, when a test injects one: before the commit,
-        // holding the write lock.
+        // A slow fsync, when a test injects one: after the deadline check,
+        // before the commit, holding the write lock.
         self.faults.stall_commit();
         txn.commit().ctx("commit")?;
         Ok(outputs)

@@ -832,19 +832,13 @@ impl Backend {
     /// Answers `TimedOut` the writes whose deadline passed while the
     /// batch's checkout and reads ran, and returns the others.
     fn drop_late_writes(&self, writes: Vec<Reply>) -> Vec<Reply> {
-        let now = Instant::now();
-        let (writes, late): (Vec<Reply>, Vec<Reply>) =
-            writes.into_iter().partition(|w| w.deadline > now);
-        for w in late {
-            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "storage: {} for user {} timed out: its deadline passed while the batch's reads ran",
-                w.job.name(),
-                w.job.user()
-            );
-            let _ = w.reply.send(Err(StorageError::TimedOut));
-        }
-        writes
+        batch::time_out_late(writes, Instant::now(), &self.counters, |late| {
+            format!(
+                "its deadline passed {} before the write transaction (while the batch's \
+                 checkout and reads ran)",
+                ms(late)
+            )
+        })
     }
 
     /// Answers each write of a committed batch with its output.
