@@ -126,15 +126,14 @@ impl Faults {
     pub(crate) fn stall_commit(&self) {
         #[cfg(feature = "fault-injection")]
         if let Some(stall) = &self.stall {
-            use std::sync::atomic::Ordering;
-            let took = stall
-                .remaining
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
-                    0 => None,
-                    u64::MAX => Some(u64::MAX),
-                    n => Some(n - 1),
-                });
-            if took.is_ok() {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            // One stall less to go; `u64::MAX` (every batch) is never used up.
+            let take = |n: u64| match n {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                n => Some(n - 1),
+            };
+            if stall.remaining.fetch_update(AcqRel, Acquire, take).is_ok() {
                 log::warn!(
                     "storage: FAULT INJECTION: stalling a commit for {} ms",
                     stall.duration.as_millis()
@@ -178,7 +177,10 @@ mod tests {
         check(Some("2500"), None, Ok((2500, u64::MAX)));
         check(Some("2500"), Some("1"), Ok((2500, 1)));
         check(Some(&max.to_string()), None, Ok((max, u64::MAX)));
-        let over = format!("{STALL_MS_VAR} is \"{}\", must be a number 0–{max}", max + 1);
+        let over = format!(
+            "{STALL_MS_VAR} is \"{}\", must be a number 0–{max}",
+            max + 1
+        );
         check(Some(&(max + 1).to_string()), None, Err(&over));
         let bad = format!("{STALL_MS_VAR} is \"2s\", must be a number 0–{max}");
         check(Some("2s"), None, Err(&bad));

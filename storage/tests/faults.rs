@@ -101,10 +101,14 @@ fn history(store: &Store) -> Vec<String> {
 fn a_slow_commit_is_ok_late_and_a_write_behind_it_is_timed_out_unstored(store: &Store) {
     let submitted = Instant::now();
     let slow_deadline = submitted + ms(SLOW_DUE_MS);
-    let slow = store.submit(send_job("slow", "c-slow"), slow_deadline).unwrap();
+    let slow = store
+        .submit(send_job("slow", "c-slow"), slow_deadline)
+        .unwrap();
     std::thread::sleep(ms(SECOND_AFTER_MS));
     let late_deadline = Instant::now() + ms(SECOND_DUE_MS);
-    let late = store.submit(send_job("late", "c-late"), late_deadline).unwrap();
+    let late = store
+        .submit(send_job("late", "c-late"), late_deadline)
+        .unwrap();
 
     let slow = wait(slow);
     let answered = Instant::now();

@@ -6,8 +6,8 @@
 //! run in one transaction: see [`super::write`].
 
 use super::conn::DbConn;
-use crate::fault::Faults;
 use super::{DirectoryQueries, Watch};
+use crate::fault::Faults;
 use crate::limits;
 use mysql::prelude::Queryable;
 use std::sync::Arc;
