@@ -169,6 +169,36 @@ pub(crate) fn triage(
     sorted
 }
 
+/// Answers `TimedOut` (counted, logged once) each of `writes` whose
+/// deadline has passed at `now`, and returns the others in order. Called
+/// by each backend at its last deadline check before the writes run
+/// (embedded: holding redb's write lock); `waited` says where the late
+/// ones waited, for the log line (built only for them).
+pub(crate) fn time_out_late(
+    writes: Vec<Reply>,
+    now: Instant,
+    counters: &Counters,
+    waited: impl Fn(Duration) -> String,
+) -> Vec<Reply> {
+    let mut in_time = Vec::with_capacity(writes.len());
+    for w in writes {
+        match Pickup::at(now, w.deadline) {
+            Pickup::InTime => in_time.push(w),
+            Pickup::Late(late) => {
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "storage: {} for user {} timed out: {}",
+                    w.job.name(),
+                    w.job.user(),
+                    waited(late)
+                );
+                let _ = w.reply.send(Err(StorageError::TimedOut));
+            }
+        }
+    }
+    in_time
+}
+
 /// Answers a job `Backend(what)`, counts it and logs it once.
 pub(crate) fn fail(
     counters: &Counters,

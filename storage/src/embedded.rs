@@ -13,12 +13,20 @@
 //! one write transaction at a time, so several db threads queue on it;
 //! meanwhile they serve reads.
 //!
-//! Deadlines are checked once, when the batch is picked up: a write that
-//! then waits for redb's write lock is committed and answered however
-//! long that took.
+//! **Deadlines.** A job's deadline is checked at pickup (the triage) and,
+//! for a write, again right after `begin_write()` returns, that is while
+//! holding redb's write lock ([`State::run_writes`]): a write whose
+//! deadline passed while it waited for the lock (another batch's commit
+//! and fsync) is answered `TimedOut` and left out of the transaction. So
+//! `TimedOut` from this backend means *not stored*. A write in time at
+//! that check is committed and answered `Ok` however long the commit and
+//! its fsync take: an `Ok` may arrive after the deadline (storage cannot
+//! take back a commit that started in time), and the engine waits a
+//! slack past the deadline for it.
 
 use crate::batch::{self, Pickup, Reply};
 use crate::directory::Directory;
+use crate::fault::Faults;
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
 };
@@ -107,10 +115,14 @@ struct State {
     directory_path: Option<PathBuf>,
     /// The store's counters.
     counters: Arc<Counters>,
+    /// Injected faults (tests only; none without the `fault-injection`
+    /// feature).
+    faults: Faults,
 }
 
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
     check_config(&config)?;
+    let faults = Faults::from_env("embedded")?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
         path: config.data_dir.clone(),
         source,
@@ -146,6 +158,7 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         directory: RwLock::new(Arc::new(directory)),
         directory_path: config.directory.clone(),
         counters: counters.clone(),
+        faults,
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
@@ -353,25 +366,29 @@ impl State {
 
     /// Group commit: every write of the batch in one transaction, answered
     /// only once it is durable; if anything fails, all of them fail.
+    ///
+    /// The deadlines are checked again once the transaction has begun,
+    /// holding redb's write lock: the writes that waited past their
+    /// deadline for it are answered `TimedOut` and not run, so nothing
+    /// answered `TimedOut` is stored. The commit itself may end after the
+    /// deadlines of the writes it answers `Ok`.
     fn run_writes(&self, writes: Vec<Reply>) {
-        let outcome = (|| -> Result<Vec<StorageOutput>, String> {
-            let mut txn = self.db.begin_write().ctx("begin write")?;
-            txn.set_durability(Durability::Immediate)
-                .ctx("set durability")?;
-            let outputs = {
-                let mut tables = WriteTables::open(&txn)?;
-                let mut outputs = Vec::with_capacity(writes.len());
-                for Reply { job, .. } in &writes {
-                    let output = tables
-                        .execute(job)
-                        .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
-                    outputs.push(output);
-                }
-                outputs
-            };
-            txn.commit().ctx("commit")?;
-            Ok(outputs)
-        })();
+        let txn = match self.db.begin_write().ctx("begin write") {
+            Ok(txn) => txn,
+            Err(e) => return self.fail_writes(writes, &e),
+        };
+        let locked = Instant::now();
+        let writes = batch::time_out_late(writes, locked, &self.counters, |late| {
+            format!(
+                "its deadline passed {} ms before it got the write lock",
+                late.as_millis()
+            )
+        });
+        if writes.is_empty() {
+            // Nothing written: the transaction is dropped, which aborts it.
+            return;
+        }
+        let outcome = self.commit_writes(txn, &writes);
         match outcome {
             Ok(outputs) => {
                 self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
@@ -382,15 +399,45 @@ impl State {
                     let _ = reply.send(Ok(output));
                 }
             }
-            Err(e) => {
-                let what = format!(
-                    "write transaction of {} jobs rolled back: {e}",
-                    writes.len()
-                );
-                for Reply { job, reply, .. } in writes {
-                    self.fail(&job, reply, &what);
-                }
+            Err(e) => self.fail_writes(writes, &e),
+        }
+    }
+
+    /// Runs `writes` in `txn` (begun, deadlines checked) and commits it
+    /// with an fsync; the outputs are in the order of `writes`.
+    fn commit_writes(
+        &self,
+        mut txn: WriteTransaction,
+        writes: &[Reply],
+    ) -> Result<Vec<StorageOutput>, String> {
+        txn.set_durability(Durability::Immediate)
+            .ctx("set durability")?;
+        let outputs = {
+            let mut tables = WriteTables::open(&txn)?;
+            let mut outputs = Vec::with_capacity(writes.len());
+            for Reply { job, .. } in writes {
+                let output = tables
+                    .execute(job)
+                    .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
+                outputs.push(output);
             }
+            outputs
+        };
+        // A slow fsync, when a test injects one: after the deadline check,
+        // before the commit, holding the write lock.
+        self.faults.stall_commit();
+        txn.commit().ctx("commit")?;
+        Ok(outputs)
+    }
+
+    /// Answers every write of a batch whose transaction did not commit.
+    fn fail_writes(&self, writes: Vec<Reply>, e: &str) {
+        let what = format!(
+            "write transaction of {} jobs rolled back: {e}",
+            writes.len()
+        );
+        for Reply { job, reply, .. } in writes {
+            self.fail(&job, reply, &what);
         }
     }
 }

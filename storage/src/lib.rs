@@ -10,13 +10,33 @@
 //! - **Only this crate blocks.** [`Store::submit`] never waits: a full
 //!   queue fails at once with [`StorageError::Overloaded`].
 //! - **Every job is answered exactly once**: with its result, with
-//!   `TimedOut` when its deadline passed before a db thread picked it up,
-//!   or with `Backend` when it fails (or when the store stopped before
+//!   `TimedOut` when its deadline passed before it ran (see below), or
+//!   with `Backend` when it fails (or when the store stopped before
 //!   running it). Every failure is logged once, with job name and user.
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
 //!   power cut.
+//! - **`TimedOut` means not stored; a late `Ok` means stored.** A write's
+//!   deadline is checked last at a point after which nothing can stop
+//!   its commit: embedded, right after `begin_write()` returns, holding
+//!   redb's write lock (a write that waited past its deadline for the
+//!   lock is answered `TimedOut` and left out of the transaction); MySQL,
+//!   before `COMMIT` is sent (else the transaction is rolled back). Both
+//!   also check at pickup, and MySQL between the steps of its write. A
+//!   commit that starts in time may end after the deadline (a slow fsync,
+//!   a slow `COMMIT`): its jobs are answered `Ok` late. Storage cannot
+//!   close that window; the engine waits a slack past the deadline for
+//!   the answer. (MySQL only: a `COMMIT` that fails on the socket is
+//!   answered `Backend` and may have committed.) A retry with the same
+//!   `(from, cid)` is stored at most once, whatever the first answer was.
+//! - **Fault injection is test-only.** With the `fault-injection` feature
+//!   (off by default; on for this crate's tests and the engine's
+//!   integration tests), `SWITCHBOARD_FAULT_COMMIT_STALL_MS` (and
+//!   `_COUNT`), read once at open, stall write batches after their last
+//!   deadline check and before their commit, simulating a commit that
+//!   starts in time and ends late. Without the feature the variables are
+//!   never read.
 //!
 //! The embedded backend ([`Store::open_embedded`]) keeps one redb file,
 //! `data_dir/switchboard.redb`, with these tables (`lo`/`hi` are the two
@@ -47,6 +67,7 @@
 mod batch;
 pub mod directory;
 mod embedded;
+mod fault;
 pub mod limits;
 pub mod mysql;
 mod pin;
@@ -101,7 +122,9 @@ struct Inner {
 pub(crate) struct Envelope {
     /// What to do and where to send the answer.
     pub(crate) work: Work,
-    /// A db thread that picks this up later answers `TimedOut` instead.
+    /// A db thread that picks this up later answers `TimedOut` instead;
+    /// a write is checked against it again right before its last point
+    /// of no return (see the crate documentation).
     pub(crate) deadline: Instant,
 }
 
@@ -135,7 +158,7 @@ pub(crate) struct Counters {
     pub(crate) submitted: AtomicU64,
     /// Jobs refused because the queue was full.
     pub(crate) shed: AtomicU64,
-    /// Jobs answered `TimedOut` without running.
+    /// Jobs answered `TimedOut` (not run, or rolled back: not stored).
     pub(crate) timed_out: AtomicU64,
     /// Jobs answered `Backend`.
     pub(crate) failed: AtomicU64,
@@ -152,8 +175,9 @@ pub struct StoreStats {
     pub jobs_submitted: u64,
     /// Jobs refused with `Overloaded` because the queue was full.
     pub jobs_shed: u64,
-    /// Jobs answered `TimedOut` (deadline passed before a db thread
-    /// picked them up).
+    /// Jobs answered `TimedOut`: their deadline passed before a db thread
+    /// picked them up, or (writes) before their transaction began
+    /// (embedded) or before `COMMIT` (MySQL). None of them was stored.
     pub jobs_timed_out: u64,
     /// Jobs answered `Backend` (database or I/O failure).
     pub jobs_failed: u64,
@@ -283,8 +307,11 @@ impl Gone for ReloadResult {
 /// A result on its way back from a db thread. A future that never blocks:
 /// the db thread completes it and wakes the task that polled it, on
 /// whatever executor that is. It has no timer of its own; the deadline
-/// given with the work bounds only the wait in the queue, so the caller
-/// races it against its own timer if it needs to.
+/// given with the work bounds when it may start (and, for a write, when
+/// its commit may start), not when it is answered: a commit that started
+/// in time is answered `Ok` when it ends, possibly after the deadline.
+/// The caller races it against its own timer if it needs to, and should
+/// give a write a slack past its deadline.
 #[must_use = "an answer does nothing unless awaited; dropping it discards the answer, not the job"]
 pub struct Answer<R> {
     /// Completed exactly once by a db thread, or dropped (store gone).
@@ -374,7 +401,10 @@ impl Store {
     /// Queues a job and returns the future of its result. Never blocks: a
     /// full queue is `Err(Overloaded)` at once, a stopped store
     /// `Err(Backend)`. A job still queued at `deadline` is answered
-    /// `TimedOut` without running.
+    /// `TimedOut` without running; a write whose commit cannot start by
+    /// `deadline` is answered `TimedOut` and not stored; a write whose
+    /// commit started in time is answered `Ok` when it ends, possibly
+    /// after `deadline`.
     pub fn submit(&self, job: StorageJob, deadline: Instant) -> Result<Pending, StorageError> {
         let (name, user) = (job.name(), job.user());
         let (reply, rx) = oneshot::channel();

@@ -146,6 +146,11 @@ pub const LOG_SQL_CHARS_MAX: usize = 160;
 /// longer one is `unauthorized` without a query.
 pub const TOKEN_LOOKUP_BYTES_MAX: usize = 512;
 
+/// Longest commit stall the `fault-injection` feature may inject
+/// (`SWITCHBOARD_FAULT_COMMIT_STALL_MS`, tests only). A longer stall
+/// refuses the open: a test that sleeps longer than this has a bug.
+pub const FAULT_COMMIT_STALL_MS_MAX: u64 = 60_000;
+
 /// Rows per multi-row `INSERT` of `switchboard seed-demo`.
 pub const SEED_ROWS_PER_INSERT: usize = 2_000;
 

@@ -7,16 +7,20 @@
 
 use super::conn::DbConn;
 use super::{DirectoryQueries, Watch};
+use crate::fault::Faults;
 use crate::limits;
 use mysql::prelude::Queryable;
 use std::sync::Arc;
 use switchboard_shards::model::{Friend, Message, MsgId, StorageJob, StorageOutput, UserId};
 
-/// One connection, the watch its thread reports to, and the queries.
+/// One connection, the watch its thread reports to, the queries and the
+/// injected faults.
 pub(crate) struct Ctx<'a> {
     pub(crate) conn: &'a mut DbConn,
     pub(crate) watch: &'a Watch,
     pub(crate) queries: &'a DirectoryQueries,
+    /// Faults to inject (tests only): a stall before `COMMIT`.
+    pub(crate) faults: &'a Faults,
 }
 
 /// A statement's failure with its short name.

@@ -42,6 +42,7 @@ pub use schema::{Migrated, SCHEMA_VERSION};
 pub use seed::{seed_demo, Seeded};
 
 use crate::batch::{self, Pickup, Reply, TokenReply};
+use crate::fault::Faults;
 use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Store, Work};
 use conn::{DbConn, ErrorLog, Manager, SessionLimits};
 use crossbeam_channel::Receiver;
@@ -230,6 +231,7 @@ fn check_queries(conn: &mut DbConn, queries: &DirectoryQueries) -> Result<(), St
 
 pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
     check_config(&config)?;
+    let faults = Faults::from_env("mysql")?;
     let job_timeout = Duration::from_millis(config.job_timeout_ms);
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
     let manager = Manager::new(&config.url, connect_timeout, SessionLimits { job_timeout })
@@ -269,6 +271,7 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         batch_wait: Duration::from_millis(config.write_batch_wait_ms),
         counters: counters.clone(),
         watches,
+        faults,
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
@@ -370,6 +373,9 @@ struct Backend {
     counters: Arc<Counters>,
     /// Each db thread's current activity, for `db-watch`.
     watches: Vec<Arc<Watch>>,
+    /// Injected faults (tests only; none without the `fault-injection`
+    /// feature).
+    faults: Faults,
 }
 
 /// What a db thread is doing now, for the `db-watch` thread.
@@ -693,6 +699,7 @@ impl Backend {
             conn: &mut conn,
             watch,
             queries: &self.queries,
+            faults: &self.faults,
         };
         self.run_lookups(&mut ctx, tokens);
         self.run_reads(&mut ctx, reads);
@@ -825,19 +832,13 @@ impl Backend {
     /// Answers `TimedOut` the writes whose deadline passed while the
     /// batch's checkout and reads ran, and returns the others.
     fn drop_late_writes(&self, writes: Vec<Reply>) -> Vec<Reply> {
-        let now = Instant::now();
-        let (writes, late): (Vec<Reply>, Vec<Reply>) =
-            writes.into_iter().partition(|w| w.deadline > now);
-        for w in late {
-            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "storage: {} for user {} timed out: its deadline passed while the batch's reads ran",
-                w.job.name(),
-                w.job.user()
-            );
-            let _ = w.reply.send(Err(StorageError::TimedOut));
-        }
-        writes
+        batch::time_out_late(writes, Instant::now(), &self.counters, |late| {
+            format!(
+                "its deadline passed {} before the write transaction (while the batch's \
+                 checkout and reads ran)",
+                ms(late)
+            )
+        })
     }
 
     /// Answers each write of a committed batch with its output.

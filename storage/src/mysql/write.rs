@@ -25,6 +25,14 @@
 //! more locks. The check of step 5 is made before `COMMIT` is sent; the
 //! `COMMIT` itself may end after the deadline.
 //!
+//! **What the answers mean.** `TimedOut` (a failed deadline check, rolled
+//! back): not stored. `Ok`: stored, possibly answered after the deadline
+//! (a `COMMIT` sent in time that took long; storage cannot close that
+//! window, the engine waits a slack past the deadline for it). `Backend`
+//! from the `COMMIT` itself (the socket failed or timed out while it ran):
+//! unknown, it may have committed; a retry with the same cid is answered
+//! from the stored message if so.
+//!
 //! **Unread counters stay exact under concurrency.** Sessions run at READ
 //! COMMITTED, and every transaction that changes a counter first takes
 //! the counter's row lock (step 2: an upsert of `+0` or `+n`, all rows of
@@ -184,10 +192,24 @@ impl Ctx<'_> {
     }
 
     /// Step 5: `COMMIT`, if `deadline` has not passed when it is sent.
+    ///
+    /// This check is the batch's last: `Err(Deadline)` here (or from an
+    /// earlier step) means the transaction is rolled back and its jobs are
+    /// answered `TimedOut`, so `TimedOut` means not stored. Past it the
+    /// batch is committed whenever the server answers `COMMIT`: its jobs
+    /// may be answered `Ok` after their deadline (a slow commit that
+    /// started in time), and a `COMMIT` that fails on the socket is a
+    /// `Backend` error whose outcome is unknown (it may have committed).
     fn commit_before(&mut self, deadline: Instant) -> Result<(), TxError> {
         in_time(deadline)?;
-        self.q("commit", "COMMIT", |c, s| c.query_drop(s))
-            .map_err(TxError::sql)
+        let faults = self.faults;
+        self.q("commit", "COMMIT", |c, s| {
+            // A slow COMMIT, when a test injects one: after the check, the
+            // watch already showing `COMMIT`.
+            faults.stall_commit();
+            c.query_drop(s)
+        })
+        .map_err(TxError::sql)
     }
 
     /// Whatever failed, leaves the connection clean (rolled back) or

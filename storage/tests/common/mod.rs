@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_shards::model::{StorageJob, StorageOutput, StorageResult};
 use switchboard_storage::{EmbeddedConfig, Store};
 
+pub mod mysql_db;
+
 /// Longest any single wait in these tests may take before it fails.
 pub const WAIT_MAX: Duration = Duration::from_secs(30);
 
