@@ -8,7 +8,7 @@
 //! - a live session with at least one tab is `online` or `away` in every
 //!   shard's presence replica; a user with no session is absent from it;
 //! - every request gets exactly one reply; a held poll is answered by an
-//!   event, its wait running out, a newer poll, a leave or a kick.
+//!   event, its wait running out, a newer poll, a leave, a kick or a drain.
 //!
 //! [`Shard::handle`] only dispatches; the work is split by job, one file
 //! each, all `impl Shard` over the parts declared here:
@@ -22,7 +22,8 @@
 //! - `presence`: the presence replica and its broadcast;
 //! - `roster`: roster re-reads, periodic and after `roster-changed`;
 //! - `jobs`: storage jobs in flight and where their results go;
-//! - `time`: firing due timers.
+//! - `time`: firing due timers;
+//! - `drain`: the server is stopping: held polls answered, none held after.
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use crate::session::{LiveSession, Session};
 use crate::timers::Timers;
 
 mod delivery;
+mod drain;
 mod jobs;
 mod polls;
 mod presence;
@@ -45,6 +47,7 @@ mod roster;
 mod sessions;
 mod time;
 
+use drain::Drain;
 use jobs::Jobs;
 use presence::Presence;
 use roster::RosterChanges;
@@ -136,6 +139,9 @@ pub enum Input {
     Storage { job: u64, result: StorageResult },
     /// Time passed: fire due timers.
     Tick,
+    /// The server is stopping: answer every held poll now (no events) and
+    /// hold none from now on (`drain.rs`).
+    Drain,
 }
 
 /// Everything a shard asks of the world.
@@ -187,6 +193,9 @@ pub struct Shard {
     changes: RosterChanges,
     /// Counters for metrics.
     stats: Stats,
+    /// Serving, or draining because the server stops (no poll is held).
+    #[serde(default)]
+    drain: Drain,
 }
 
 impl Shard {
@@ -199,6 +208,7 @@ impl Shard {
             jobs: Jobs::default(),
             changes: RosterChanges::default(),
             stats: Stats::default(),
+            drain: Drain::Serving,
         }
     }
 
@@ -248,10 +258,14 @@ impl Shard {
     /// The one entry point: feed an input at time `now_ms`, collect outputs.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Request { reply, request } => self.request(now_ms, reply, request, out),
+            Input::Request { reply, request } => {
+                let request = self.drain.admit(request);
+                self.request(now_ms, reply, request, out)
+            }
             Input::Peer(msg) => self.peer(now_ms, msg, out),
             Input::Storage { job, result } => self.storage_done(now_ms, job, result, out),
             Input::Tick => self.tick(now_ms, out),
+            Input::Drain => self.drain(now_ms, out),
         }
     }
 
