@@ -27,6 +27,11 @@ pub enum Error {
         /// Why.
         source: OpenError,
     },
+    /// The SIGTERM and SIGINT handlers could not be installed.
+    Signals {
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The token secret could not be read from or created in the data
     /// folder.
     Secret {
@@ -73,6 +78,9 @@ impl fmt::Display for Error {
                 data_dir.display()
             ),
             Error::MysqlStore { source } => write!(f, "cannot open the MySQL store: {source}"),
+            Error::Signals { source } => {
+                write!(f, "cannot install the SIGTERM/SIGINT handlers: {source}")
+            }
             Error::Secret { data_dir, source } => write!(
                 f,
                 "cannot keep the token secret in {}: {source}",
@@ -87,10 +95,7 @@ impl fmt::Display for Error {
                 addr,
                 source,
             } => {
-                let which = match listener {
-                    Listener::Client => "client",
-                    Listener::Admin => "admin",
-                };
+                let which = listener_name(*listener);
                 write!(
                     f,
                     "cannot listen on {addr} ({which} listener, shard-{shard}): {source}"
@@ -113,8 +118,16 @@ impl std::error::Error for Error {
         match self {
             Error::EmbeddedStore { source, .. } | Error::MysqlStore { source } => Some(source),
             Error::Secret { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::Signals { source } => Some(source),
             Error::Executor { source, .. } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),
         }
+    }
+}
+
+fn listener_name(listener: Listener) -> &'static str {
+    match listener {
+        Listener::Client => "client",
+        Listener::Admin => "admin",
     }
 }

@@ -21,6 +21,9 @@ pub mod mesh;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+pub mod signals;
+pub mod stop;
 
 pub use error::Error;
-pub use server::{run, Server, StopHandle};
+pub use server::{run, Server};
+pub use stop::StopHandle;

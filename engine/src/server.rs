@@ -29,17 +29,15 @@
 //! executor that never started reports too), so [`Server::wait`] always
 //! learns of it.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
-use switchboard_io::{deadline, Listener};
+use switchboard_io::Listener;
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
@@ -51,6 +49,9 @@ use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, ShardRuntime};
 use crate::settings::Settings;
+use crate::signals::StopSignals;
+pub use crate::stop::StopHandle;
+use crate::stop::{self, ConnStop, MainPhase, Phase};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -66,38 +67,6 @@ struct Shared {
     demo: Option<Arc<Demo>>,
     /// Set when the server is to stop.
     stop: StopHandle,
-}
-
-/// Asks a running server to stop. Cheap to clone and `Send + Sync`;
-/// asking is one atomic store, so a signal handler may do it. The stop
-/// itself is finished by [`Server::wait`].
-#[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
-
-impl StopHandle {
-    /// Asks every shard to stop.
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// Whether a stop was asked for.
-    pub fn is_stopping(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Resolves once a stop is asked for (checked every `STOP_CHECK_MS` on
-    /// the calling executor's timer).
-    async fn requested(&self) {
-        while !self.is_stopping() {
-            glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
-        }
-    }
-
-    /// Runs `work` until it ends (`Some`) or a stop is asked for (`None`;
-    /// `work` is dropped): the stop request is its deadline.
-    async fn until_stop<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        deadline::within(self.requested(), work).await.ok()
-    }
 }
 
 /// What a shard tells the thread that started the server. At most three
@@ -120,6 +89,8 @@ enum Report {
 struct Reporter {
     shard: ShardId,
     tx: mpsc::Sender<Report>,
+    /// Where the shard's stop phase is published ([`Phase::Ended`] on drop).
+    stop: StopHandle,
 }
 
 impl Reporter {
@@ -131,6 +102,7 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
+        self.stop.set_phase(self.shard, Phase::Ended);
         self.send(Report::Ended { shard: self.shard });
     }
 }
@@ -158,7 +130,13 @@ struct Shards {
 /// (a shard failing stops it; see [`Server`]). Prints the listening line
 /// scripts and tests wait for.
 pub fn run(settings: Settings) -> Result<(), Error> {
+    // Before the start, so a signal during it is kept, not fatal.
+    let signals = StopSignals::listen()?;
     let server = Server::start(settings)?;
+    if let Err(e) = signals.stop_on_signal(server.stop_handle()) {
+        let _ = server.stop();
+        return Err(e);
+    }
     server.announce();
     server.wait()
 }
@@ -183,6 +161,7 @@ impl Server {
                 .into(),
         };
         let demo = demo_mode(&settings);
+        let stop = StopHandle::new(settings.shards);
         let shared = Arc::new(Shared {
             settings,
             secret,
@@ -190,7 +169,7 @@ impl Server {
             clock: Clock::new(),
             client_addr: OnceLock::new(),
             demo,
-            stop: StopHandle::default(),
+            stop,
         });
         let (tx, reports) = mpsc::channel();
         let mut shards = Shards {
@@ -279,6 +258,7 @@ impl Shards {
             let reporter = Reporter {
                 shard,
                 tx: tx.clone(),
+                stop: self.shared.stop.clone(),
             };
             let executor = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
                 .name(&format!("shard-{shard}"))
@@ -339,6 +319,8 @@ impl Shards {
                 first.get_or_insert(e);
             }
         }
+        let stop = &self.shared.stop;
+        stop.set_main(MainPhase::Joining);
         for (shard, executor) in self.executors.into_iter().enumerate() {
             let Err(e) = executor.join() else { continue };
             match &mut first {
@@ -355,6 +337,7 @@ impl Shards {
                 }
             }
         }
+        stop.set_main(MainPhase::Storage);
         self.shared.store.clone().shutdown();
         first.map_or(Ok(()), Err)
     }
@@ -380,8 +363,9 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
         client: local(&listeners.client),
         admin: listeners.admin.as_ref().map(local),
     });
-    serve(&shared, &rt, listeners).await;
-    finish_jobs(&rt).await;
+    let conns = ConnStop::new(stop.clone());
+    serve(&shared, &rt, listeners, &conns).await;
+    stop::stop_shard(&rt, &conns, &stop).await;
     debug!("shard-{i}: stopped");
 }
 
@@ -480,15 +464,17 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
 
 /// Accepts connections until a stop is asked for; the listeners close
 /// when this returns.
-async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
+async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, conns: &ConnStop) {
     let s = &shared.settings;
     let admin_task = listeners.admin.map(|admin| {
-        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone());
+        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+            .with_stop(conns.clone());
         let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), usize::MAX);
         glommio::spawn_local(accepting)
     });
     let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
-        .with_demo(shared.demo.clone());
+        .with_demo(shared.demo.clone())
+        .with_stop(conns.clone());
     let accepting = accept_loop(
         listeners.client,
         Listener::Client,
@@ -498,15 +484,6 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
     shared.stop.until_stop(accepting).await;
     // Dropping a glommio task cancels it: the admin listener closes too.
     drop(admin_task);
-}
-
-/// Waits until the shard's storage jobs in flight are answered and fed
-/// back. Each waits at most the storage timeout, so this is bounded too.
-async fn finish_jobs(rt: &ShardRuntime) {
-    let give_up = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
-    while rt.stats.storage_jobs_waiting.get() > 0 && Instant::now() < give_up {
-        glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
-    }
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker
