@@ -12,6 +12,7 @@
 //! is homed elsewhere is forwarded through the mesh and its answer comes
 //! back the same way; a call for a local user takes the local path.
 
+pub mod claim;
 pub mod demo;
 pub mod error;
 pub mod handler;

@@ -42,6 +42,7 @@ use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 
+use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
 use crate::error::Error;
 use crate::handler::ConnHandler;
@@ -124,6 +125,9 @@ struct Shards {
     reports: mpsc::Receiver<Report>,
     /// Each started shard's executor, in shard order.
     executors: Vec<ExecutorJoinHandle<()>>,
+    /// The data folder's lock (`None`: the data folder is not used),
+    /// released once storage is closed.
+    lock: Option<DataDirLock>,
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
@@ -146,6 +150,14 @@ impl Server {
     /// returns once every shard listens. On a failure, whatever was
     /// started is stopped before the error is returned.
     pub fn start(settings: Settings) -> Result<Server, Error> {
+        // Claims first (claim.rs): a second server refuses to start before
+        // it opens anything. The lock is held until storage is closed.
+        let lock = match uses_data_dir(&settings) {
+            true => Some(DataDirLock::acquire(&settings.data_dir)?),
+            false => None,
+        };
+        claim::probe(Listener::Client, settings.listen)?;
+        claim::probe(Listener::Admin, settings.admin_listen)?;
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -176,6 +188,7 @@ impl Server {
             shared,
             reports,
             executors: Vec::new(),
+            lock,
         };
         if let Err(e) = shards.spawn(tx) {
             return Err(shards.abort(e));
@@ -339,6 +352,8 @@ impl Shards {
         }
         stop.set_main(MainPhase::Storage);
         self.shared.store.clone().shutdown();
+        // Storage is closed: another server may open the folder now.
+        drop(self.lock);
         first.map_or(Ok(()), Err)
     }
 }
@@ -484,6 +499,14 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     shared.stop.until_stop(accepting).await;
     // Dropping a glommio task cancels it: the admin listener closes too.
     drop(admin_task);
+}
+
+/// Whether the server keeps anything in the data folder: the embedded
+/// store, or the token secret when none is configured. Only then is the
+/// folder locked (a MySQL server with a configured secret may run where
+/// `DATA_DIR` does not exist).
+fn uses_data_dir(settings: &Settings) -> bool {
+    settings.mysql_url.is_none() || settings.token_secret.is_none()
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker

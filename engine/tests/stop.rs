@@ -1,13 +1,18 @@
 //! Stopping and starting safely, on the real binary and real sockets:
 //! SIGTERM answers every held poll (an ordinary empty answer) before its
 //! connection closes, closes idle keep-alive connections, keeps what was
-//! acknowledged and exits 0 within the stop bound. Every wait has a
-//! timeout.
+//! acknowledged and exits 0 within the stop bound; a second server on the
+//! same ports or the same data folder refuses to start, names the
+//! conflict and exits non-zero, while the first keeps serving. Every wait
+//! has a timeout.
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -177,4 +182,172 @@ fn a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_dr
     assert_eq!(server.log_lines("1 connections still open").len(), 1);
     drop(stuck);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How a second server's start went.
+#[derive(Debug)]
+enum Second {
+    /// It exited on its own with this status and stderr.
+    Refused { code: Option<i32>, stderr: String },
+    /// It announced that it listens (and was killed).
+    Started,
+}
+
+/// Runs a second server with `env` until it exits or announces that it
+/// listens (at most 30 s).
+fn second_server(env: &[(String, String)]) -> Second {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_clear()
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start switchboard");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("switchboard listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let start = Instant::now();
+    loop {
+        if rx.try_recv().is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Second::Started;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return Second::Refused {
+                code: status.code(),
+                stderr,
+            };
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "second server neither started nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `env` with `changes` applied.
+fn with(env: &[(String, String)], changes: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in changes {
+        env.retain(|(k2, _)| k2 != k);
+        env.push((k.to_string(), v.clone()));
+    }
+    env
+}
+
+/// The first server still answers: a ping on each of several fresh
+/// connections (none can have gone to a second server) and a connect.
+fn still_serves(server: &Server) {
+    for _ in 0..8 {
+        let a = request(
+            server.addr,
+            "GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(a.status, 200);
+    }
+    server.connect(CAROL, "c1");
+    let (status, _) = server.admin_post("/kick", &[("user", "3")]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_second_server_on_the_same_ports_refuses_to_start_and_the_first_keeps_serving() {
+    let dir = temp_dir("ports-first");
+    let other = temp_dir("ports-second");
+    let server = Server::start(&dir, &[]);
+    let other_dir = ("SWITCHBOARD_DATA_DIR", other.display().to_string());
+    let secret = ("SWITCHBOARD_TOKEN_SECRET", "another-secret".to_string());
+    let free = "127.0.0.1:0".to_string();
+    for (setting, addr, which, elsewhere) in [
+        (
+            "SWITCHBOARD_LISTEN",
+            server.addr,
+            "client",
+            "SWITCHBOARD_ADMIN_LISTEN",
+        ),
+        (
+            "SWITCHBOARD_ADMIN_LISTEN",
+            server.admin,
+            "admin",
+            "SWITCHBOARD_LISTEN",
+        ),
+    ] {
+        let env = with(
+            &server.env,
+            &[
+                other_dir.clone(),
+                secret.clone(),
+                (setting, addr.to_string()),
+                (elsewhere, free.clone()),
+            ],
+        );
+        match second_server(&env) {
+            Second::Refused { code, stderr } => {
+                assert_ne!(code, Some(0), "{setting}: {stderr}");
+                assert!(code.is_some(), "{setting}: killed by a signal: {stderr}");
+                let says = format!("cannot listen on {addr} ({which} listener): another process");
+                assert!(stderr.contains(&says), "{setting}: {stderr}");
+            }
+            Second::Started => panic!("{setting}: a second server started on {addr}"),
+        }
+        still_serves(&server);
+    }
+    drop(server);
+    for d in [dir, other] {
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn a_second_server_on_the_same_data_folder_refuses_to_start_and_the_first_keeps_serving() {
+    let dir = temp_dir("datadir");
+    let server = Server::start(&dir, &[]);
+    let free = "127.0.0.1:0".to_string();
+    let env = with(
+        &server.env,
+        &[
+            ("SWITCHBOARD_LISTEN", free.clone()),
+            ("SWITCHBOARD_ADMIN_LISTEN", free),
+        ],
+    );
+    match second_server(&env) {
+        Second::Refused { code, stderr } => {
+            assert_ne!(code, Some(0), "{stderr}");
+            assert!(code.is_some(), "killed by a signal: {stderr}");
+            let says = format!(
+                "data folder {} is in use by another switchboard (pid {})",
+                dir.display(),
+                server.pid()
+            );
+            assert!(stderr.contains(&says), "{stderr}");
+        }
+        Second::Started => panic!("a second server started on {}", dir.display()),
+    }
+    still_serves(&server);
+    assert_lock_names(&dir, server.pid());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The lock file holds the holder's pid.
+fn assert_lock_names(dir: &Path, pid: u32) {
+    let text = std::fs::read_to_string(dir.join("switchboard.lock")).unwrap();
+    assert_eq!(text.trim(), pid.to_string());
 }
