@@ -108,9 +108,8 @@ impl fmt::Display for Error {
                     "data folder {} is in use by another switchboard",
                     data_dir.display()
                 )?;
-                match pid {
-                    Some(pid) => write!(f, " (pid {pid})")?,
-                    None => {}
+                if let Some(pid) = pid {
+                    write!(f, " (pid {pid})")?;
                 }
                 write!(
                     f,

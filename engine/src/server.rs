@@ -1,27 +1,31 @@
 //! Starting, running and stopping the server.
 //!
-//! **Start**, in dependency order ([`Server::start`]): storage and the
-//! token secret; then one pinned glommio executor per shard, each joining
-//! the full mesh and starting its runtime (outbox drainers, mesh
-//! receivers, the tick); then the listeners: shard 0 binds the client
-//! listener first (so a port 0 setting means one port for every shard) and
-//! the admin listener, then every other shard binds the same client port
-//! (SO_REUSEPORT). `start` returns once every shard listens. When anything
-//! fails on the way, what was started is stopped as below and the error is
-//! returned.
+//! **Start**, in dependency order ([`Server::start`]): the claims
+//! (`claim.rs`: the data folder's lock, then a probe of each configured
+//! port, so a second server refuses to start before it opens anything);
+//! storage and the token secret; then one pinned glommio executor per
+//! shard, each joining the full mesh and starting its runtime (outbox
+//! drainers, mesh receivers, the tick); then the listeners: shard 0 binds
+//! the client listener first (so a port 0 setting means one port for every
+//! shard) and the admin listener, then every other shard binds the same
+//! client port (SO_REUSEPORT). `start` returns once every shard listens.
+//! When anything fails on the way, what was started is stopped as below
+//! and the error is returned.
 //!
 //! **Stop**, in the reverse order ([`Server::stop`]; [`Server::wait`] also
-//! stops when a shard fails): the stop flag ([`StopHandle`]) is set; each
-//! shard sees it within `STOP_CHECK_MS`, stops accepting (its listeners
-//! close), waits until its storage jobs in flight are answered (each is
-//! bounded by the storage timeout) and returns, which ends its executor.
-//! Its open connections and held polls are left unanswered (draining them
-//! is not built yet): their tasks never run again, and their sockets stay
-//! open until the process exits, because glommio does not drop the
-//! detached tasks of an executor that has ended. Mesh messages to a shard
-//! that has already ended are dropped. Then the executors are joined, and last the store is
-//! shut down: its db threads answer the jobs still queued, are joined, and
-//! the database is closed.
+//! stops when a shard fails; SIGTERM and SIGINT in the binary): the stop
+//! flag ([`StopHandle`]) is set; each shard sees it within
+//! `STOP_CHECK_MS`, stops accepting (its listeners close), and drains
+//! (`stop.rs`): held polls are answered, connections close after their
+//! last answer, it waits for every other shard to get that far and then
+//! for its storage jobs in flight, and returns, which ends its executor.
+//! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
+//! keeps its socket until the process exits (glommio does not drop the
+//! detached tasks of an executor that has ended). Mesh messages to a shard
+//! that has already ended are dropped. Then the executors are joined, the
+//! store is shut down (its db threads answer the jobs still queued, are
+//! joined, and the database is closed), and last the data folder's lock
+//! is released.
 //!
 //! Invariants: storage outlives every executor. No shard ends the process:
 //! a shard's failure reaches the starting thread as an [`Error`], and every
@@ -108,8 +112,9 @@ impl Drop for Reporter {
     }
 }
 
-/// A running server. [`run`] is `start` then `wait`; tests and a future
-/// signal handler call [`Server::stop`] or [`StopHandle::stop`].
+/// A running server. [`run`] is `start` then `wait`, with the signal
+/// thread (`signals.rs`) holding a [`StopHandle`]; tests call
+/// [`Server::stop`] or [`StopHandle::stop`].
 pub struct Server {
     /// The client listener's address (shared by every shard).
     client_addr: SocketAddr,
@@ -131,8 +136,8 @@ struct Shards {
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
-/// (a shard failing stops it; see [`Server`]). Prints the listening line
-/// scripts and tests wait for.
+/// (SIGTERM or SIGINT, or a shard failing; see [`Server`]). Prints the
+/// listening line scripts and tests wait for.
 pub fn run(settings: Settings) -> Result<(), Error> {
     // Before the start, so a signal during it is kept, not fatal.
     let signals = StopSignals::listen()?;
