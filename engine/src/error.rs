@@ -27,6 +27,35 @@ pub enum Error {
         /// Why.
         source: OpenError,
     },
+    /// Another process holds the data folder's lock: another server runs
+    /// on it.
+    DataDirInUse {
+        /// The data folder.
+        data_dir: PathBuf,
+        /// The pid written in the lock file by its holder, if readable.
+        pid: Option<u32>,
+    },
+    /// The data folder's lock file could not be created, locked or
+    /// written.
+    DataDirLock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Some process already listens on a configured address: another
+    /// server (SO_REUSEPORT would let us share its port silently).
+    AddressInUse {
+        /// Which listener's address.
+        listener: Listener,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The SIGTERM and SIGINT handlers could not be installed.
+    Signals {
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The token secret could not be read from or created in the data
     /// folder.
     Secret {
@@ -73,6 +102,37 @@ impl fmt::Display for Error {
                 data_dir.display()
             ),
             Error::MysqlStore { source } => write!(f, "cannot open the MySQL store: {source}"),
+            Error::DataDirInUse { data_dir, pid } => {
+                write!(
+                    f,
+                    "data folder {} is in use by another switchboard",
+                    data_dir.display()
+                )?;
+                if let Some(pid) = pid {
+                    write!(f, " (pid {pid})")?;
+                }
+                write!(
+                    f,
+                    "; one server per data folder (lock: {})",
+                    crate::claim::LOCK_FILE
+                )
+            }
+            Error::DataDirLock { path, source } => {
+                write!(
+                    f,
+                    "cannot lock the data folder with {}: {source}",
+                    path.display()
+                )
+            }
+            Error::AddressInUse { listener, addr } => write!(
+                f,
+                "cannot listen on {addr} ({} listener): another process listens there \
+                 (another switchboard?); refusing to share the port",
+                listener_name(*listener)
+            ),
+            Error::Signals { source } => {
+                write!(f, "cannot install the SIGTERM/SIGINT handlers: {source}")
+            }
             Error::Secret { data_dir, source } => write!(
                 f,
                 "cannot keep the token secret in {}: {source}",
@@ -87,10 +147,7 @@ impl fmt::Display for Error {
                 addr,
                 source,
             } => {
-                let which = match listener {
-                    Listener::Client => "client",
-                    Listener::Admin => "admin",
-                };
+                let which = listener_name(*listener);
                 write!(
                     f,
                     "cannot listen on {addr} ({which} listener, shard-{shard}): {source}"
@@ -113,8 +170,17 @@ impl std::error::Error for Error {
         match self {
             Error::EmbeddedStore { source, .. } | Error::MysqlStore { source } => Some(source),
             Error::Secret { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::DataDirLock { source, .. } | Error::Signals { source } => Some(source),
+            Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
             Error::Executor { source, .. } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),
         }
+    }
+}
+
+fn listener_name(listener: Listener) -> &'static str {
+    match listener {
+        Listener::Client => "client",
+        Listener::Admin => "admin",
     }
 }

@@ -13,6 +13,7 @@ use switchboard_storage::token;
 use crate::demo::{self, Demo};
 use crate::limits;
 use crate::runtime::ShardRuntime;
+use crate::stop::ConnStop;
 
 /// One shard's handler, shared by its connections.
 pub struct ConnHandler {
@@ -22,6 +23,9 @@ pub struct ConnHandler {
     /// Demo mode's pages and token minting (`None`: demo mode is off and
     /// demo paths are 404).
     demo: Option<Arc<Demo>>,
+    /// Tells connections the server stops (`None`: never, as in a handler
+    /// built for a test).
+    stop: Option<ConnStop>,
 }
 
 impl ConnHandler {
@@ -38,6 +42,7 @@ impl ConnHandler {
                 ..switchboard_io::Config::default()
             },
             demo: None,
+            stop: None,
         }
     }
 
@@ -50,6 +55,12 @@ impl ConnHandler {
     /// Serves the demo (see [`crate::demo`]).
     pub fn with_demo(mut self, demo: Option<Arc<Demo>>) -> ConnHandler {
         self.demo = demo;
+        self
+    }
+
+    /// Lets connections see the server stop (see [`crate::stop`]).
+    pub fn with_stop(mut self, stop: ConnStop) -> ConnHandler {
+        self.stop = Some(stop);
         self
     }
 
@@ -242,6 +253,17 @@ impl Handler for ConnHandler {
 
     async fn sleep(&self, duration: Duration) {
         glommio::timer::sleep(duration).await;
+    }
+
+    async fn stopped(&self) {
+        match &self.stop {
+            Some(stop) => stop.fired().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(ConnStop::stopping)
     }
 }
 

@@ -12,6 +12,7 @@
 //! is homed elsewhere is forwarded through the mesh and its answer comes
 //! back the same way; a call for a local user takes the local path.
 
+pub mod claim;
 pub mod demo;
 pub mod error;
 pub mod handler;
@@ -21,6 +22,9 @@ pub mod mesh;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+pub mod signals;
+pub mod stop;
 
 pub use error::Error;
-pub use server::{run, Server, StopHandle};
+pub use server::{run, Server};
+pub use stop::StopHandle;

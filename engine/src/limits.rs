@@ -27,6 +27,23 @@ pub const TICK_MS: u64 = 50;
 /// takes at most about this long to reach every shard.
 pub const STOP_CHECK_MS: u64 = 10;
 
+/// How long a stopping shard waits for its connections to answer and
+/// close, and then for the other shards' (phases 1 and 2 of `stop.rs`),
+/// from when it saw the stop. Past it the shard goes on to its storage
+/// jobs and ends; the connections still open are logged and close when
+/// the process exits. Drained connections close within milliseconds; this
+/// bounds a client that keeps one busy (a slow upload, a slow reader).
+pub const DRAIN_MS_MAX: u64 = 3_000;
+
+/// The longest a stop asked for by SIGTERM or SIGINT may take, until the
+/// process exits. Past it the binary logs what was still pending and
+/// exits with status 3. It covers the drain (`DRAIN_MS_MAX`), storage jobs
+/// in flight (the storage timeout, 5 s by default) and closing storage;
+/// keep it below the kill timeout of whatever stops the process
+/// (systemd's `TimeoutStopSec`, 90 s by default; Kubernetes'
+/// `terminationGracePeriodSeconds`, 30 s).
+pub const STOP_TIMEOUT_MS: u64 = 10_000;
+
 /// How long `/health` waits for each shard.
 pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
@@ -61,3 +78,4 @@ const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
 const _: () =
     assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);
+const _: () = assert!(DRAIN_MS_MAX + STOP_CHECK_MS < STOP_TIMEOUT_MS / 2);

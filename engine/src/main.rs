@@ -2,6 +2,11 @@
 //! `switchboard token USER_ID [--ttl-s N]`, `switchboard migrate`,
 //! `switchboard seed-demo --users N --friends K [--seed S] [--reset]`,
 //! `switchboard check-directory USER_ID [OTHER_ID]`, `switchboard --help`.
+//!
+//! `serve` exits 0 after a graceful stop (SIGTERM or SIGINT, see
+//! `signals.rs`), 2 when the server cannot start (a setting, a data folder
+//! or port another server holds, storage) or a shard fails, and 3 when a
+//! stop runs past `STOP_TIMEOUT_MS` or is cut short by a second signal.
 
 use std::collections::HashMap;
 use std::process::ExitCode;

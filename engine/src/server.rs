@@ -1,27 +1,31 @@
 //! Starting, running and stopping the server.
 //!
-//! **Start**, in dependency order ([`Server::start`]): storage and the
-//! token secret; then one pinned glommio executor per shard, each joining
-//! the full mesh and starting its runtime (outbox drainers, mesh
-//! receivers, the tick); then the listeners: shard 0 binds the client
-//! listener first (so a port 0 setting means one port for every shard) and
-//! the admin listener, then every other shard binds the same client port
-//! (SO_REUSEPORT). `start` returns once every shard listens. When anything
-//! fails on the way, what was started is stopped as below and the error is
-//! returned.
+//! **Start**, in dependency order ([`Server::start`]): the claims
+//! (`claim.rs`: the data folder's lock, then a probe of each configured
+//! port, so a second server refuses to start before it opens anything);
+//! storage and the token secret; then one pinned glommio executor per
+//! shard, each joining the full mesh and starting its runtime (outbox
+//! drainers, mesh receivers, the tick); then the listeners: shard 0 binds
+//! the client listener first (so a port 0 setting means one port for every
+//! shard) and the admin listener, then every other shard binds the same
+//! client port (SO_REUSEPORT). `start` returns once every shard listens.
+//! When anything fails on the way, what was started is stopped as below
+//! and the error is returned.
 //!
 //! **Stop**, in the reverse order ([`Server::stop`]; [`Server::wait`] also
-//! stops when a shard fails): the stop flag ([`StopHandle`]) is set; each
-//! shard sees it within `STOP_CHECK_MS`, stops accepting (its listeners
-//! close), waits until its storage jobs in flight are answered (each is
-//! bounded by the storage timeout) and returns, which ends its executor.
-//! Its open connections and held polls are left unanswered (draining them
-//! is not built yet): their tasks never run again, and their sockets stay
-//! open until the process exits, because glommio does not drop the
-//! detached tasks of an executor that has ended. Mesh messages to a shard
-//! that has already ended are dropped. Then the executors are joined, and last the store is
-//! shut down: its db threads answer the jobs still queued, are joined, and
-//! the database is closed.
+//! stops when a shard fails; SIGTERM and SIGINT in the binary): the stop
+//! flag ([`StopHandle`]) is set; each shard sees it within
+//! `STOP_CHECK_MS`, stops accepting (its listeners close), and drains
+//! (`stop.rs`): held polls are answered, connections close after their
+//! last answer, it waits for every other shard to get that far and then
+//! for its storage jobs in flight, and returns, which ends its executor.
+//! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
+//! keeps its socket until the process exits (glommio does not drop the
+//! detached tasks of an executor that has ended). Mesh messages to a shard
+//! that has already ended are dropped. Then the executors are joined, the
+//! store is shut down (its db threads answer the jobs still queued, are
+//! joined, and the database is closed), and last the data folder's lock
+//! is released.
 //!
 //! Invariants: storage outlives every executor. No shard ends the process:
 //! a shard's failure reaches the starting thread as an [`Error`], and every
@@ -30,10 +34,8 @@
 //! learns of it.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,11 +43,12 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
-use switchboard_io::{deadline, Limits, Listener};
+use switchboard_io::{Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 
+use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
 use crate::error::Error;
 use crate::handler::ConnHandler;
@@ -53,6 +56,9 @@ use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, ShardRuntime};
 use crate::settings::Settings;
+use crate::signals::StopSignals;
+pub use crate::stop::StopHandle;
+use crate::stop::{self, ConnStop, MainPhase, Phase};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -68,38 +74,6 @@ struct Shared {
     demo: Option<Arc<Demo>>,
     /// Set when the server is to stop.
     stop: StopHandle,
-}
-
-/// Asks a running server to stop. Cheap to clone and `Send + Sync`;
-/// asking is one atomic store, so a signal handler may do it. The stop
-/// itself is finished by [`Server::wait`].
-#[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
-
-impl StopHandle {
-    /// Asks every shard to stop.
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// Whether a stop was asked for.
-    pub fn is_stopping(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Resolves once a stop is asked for (checked every `STOP_CHECK_MS` on
-    /// the calling executor's timer).
-    async fn requested(&self) {
-        while !self.is_stopping() {
-            glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
-        }
-    }
-
-    /// Runs `work` until it ends (`Some`) or a stop is asked for (`None`;
-    /// `work` is dropped): the stop request is its deadline.
-    async fn until_stop<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        deadline::within(self.requested(), work).await.ok()
-    }
 }
 
 /// What a shard tells the thread that started the server. At most three
@@ -122,6 +96,8 @@ enum Report {
 struct Reporter {
     shard: ShardId,
     tx: mpsc::Sender<Report>,
+    /// Where the shard's stop phase is published ([`Phase::Ended`] on drop).
+    stop: StopHandle,
 }
 
 impl Reporter {
@@ -133,12 +109,14 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
+        self.stop.set_phase(self.shard, Phase::Ended);
         self.send(Report::Ended { shard: self.shard });
     }
 }
 
-/// A running server. [`run`] is `start` then `wait`; tests and a future
-/// signal handler call [`Server::stop`] or [`StopHandle::stop`].
+/// A running server. [`run`] is `start` then `wait`, with the signal
+/// thread (`signals.rs`) holding a [`StopHandle`]; tests call
+/// [`Server::stop`] or [`StopHandle::stop`].
 pub struct Server {
     /// The client listener's address (shared by every shard).
     client_addr: SocketAddr,
@@ -154,13 +132,22 @@ struct Shards {
     reports: mpsc::Receiver<Report>,
     /// Each started shard's executor, in shard order.
     executors: Vec<ExecutorJoinHandle<()>>,
+    /// The data folder's lock (`None`: the data folder is not used),
+    /// released once storage is closed.
+    lock: Option<DataDirLock>,
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
-/// (a shard failing stops it; see [`Server`]). Prints the listening line
-/// scripts and tests wait for.
+/// (SIGTERM or SIGINT, or a shard failing; see [`Server`]). Prints the
+/// listening line scripts and tests wait for.
 pub fn run(settings: Settings) -> Result<(), Error> {
+    // Before the start, so a signal during it is kept, not fatal.
+    let signals = StopSignals::listen()?;
     let server = Server::start(settings)?;
+    if let Err(e) = signals.stop_on_signal(server.stop_handle()) {
+        let _ = server.stop();
+        return Err(e);
+    }
     server.announce();
     server.wait()
 }
@@ -170,6 +157,14 @@ impl Server {
     /// returns once every shard listens. On a failure, whatever was
     /// started is stopped before the error is returned.
     pub fn start(settings: Settings) -> Result<Server, Error> {
+        // Claims first (claim.rs): a second server refuses to start before
+        // it opens anything. The lock is held until storage is closed.
+        let lock = match uses_data_dir(&settings) {
+            true => Some(DataDirLock::acquire(&settings.data_dir)?),
+            false => None,
+        };
+        claim::probe(Listener::Client, settings.listen)?;
+        claim::probe(Listener::Admin, settings.admin_listen)?;
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -185,6 +180,7 @@ impl Server {
                 .into(),
         };
         let demo = demo_mode(&settings);
+        let stop = StopHandle::new(settings.shards);
         let shared = Arc::new(Shared {
             settings,
             secret,
@@ -192,13 +188,14 @@ impl Server {
             clock: Clock::new(),
             client_addr: OnceLock::new(),
             demo,
-            stop: StopHandle::default(),
+            stop,
         });
         let (tx, reports) = mpsc::channel();
         let mut shards = Shards {
             shared,
             reports,
             executors: Vec::new(),
+            lock,
         };
         if let Err(e) = shards.spawn(tx) {
             return Err(shards.abort(e));
@@ -281,6 +278,7 @@ impl Shards {
             let reporter = Reporter {
                 shard,
                 tx: tx.clone(),
+                stop: self.shared.stop.clone(),
             };
             let executor = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
                 .name(&format!("shard-{shard}"))
@@ -341,6 +339,8 @@ impl Shards {
                 first.get_or_insert(e);
             }
         }
+        let stop = &self.shared.stop;
+        stop.set_main(MainPhase::Joining);
         for (shard, executor) in self.executors.into_iter().enumerate() {
             let Err(e) = executor.join() else { continue };
             match &mut first {
@@ -357,7 +357,10 @@ impl Shards {
                 }
             }
         }
+        stop.set_main(MainPhase::Storage);
         self.shared.store.clone().shutdown();
+        // Storage is closed: another server may open the folder now.
+        drop(self.lock);
         first.map_or(Ok(()), Err)
     }
 }
@@ -382,8 +385,9 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
         client: local(&listeners.client),
         admin: listeners.admin.as_ref().map(local),
     });
-    serve(&shared, &rt, listeners).await;
-    finish_jobs(&rt).await;
+    let conns = ConnStop::new(stop.clone());
+    serve(&shared, &rt, listeners, &conns).await;
+    stop::stop_shard(&rt, &conns, &stop).await;
     debug!("shard-{i}: stopped");
 }
 
@@ -486,7 +490,7 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
 /// from one client address, this shard's share of
 /// `CONNECTIONS_PER_ADDRESS_MAX`; the admin listener `ADMIN_CONNECTIONS_MAX`
 /// (see [`accept_loop`]).
-async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
+async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, conns: &ConnStop) {
     let s = &shared.settings;
     let limits = Limits {
         first_byte_timeout_ms: s.first_byte_timeout_ms,
@@ -494,14 +498,16 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
     };
     let admin_task = listeners.admin.map(|admin| {
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
-            .with_limits(limits.clone());
+            .with_limits(limits.clone())
+            .with_stop(conns.clone());
         let admission = Admission::new(s.admin_connections_max, None);
         let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
     });
     let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
         .with_demo(shared.demo.clone())
-        .with_limits(limits);
+        .with_limits(limits)
+        .with_stop(conns.clone());
     let share = admission::per_shard_share(s.connections_per_address_max, s.shards);
     let admission = Admission::new(s.connections_max, Some(share));
     let accepting = accept_loop(
@@ -515,13 +521,12 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
     drop(admin_task);
 }
 
-/// Waits until the shard's storage jobs in flight are answered and fed
-/// back. Each waits at most the storage timeout, so this is bounded too.
-async fn finish_jobs(rt: &ShardRuntime) {
-    let give_up = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
-    while rt.stats.storage_jobs_waiting.get() > 0 && Instant::now() < give_up {
-        glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
-    }
+/// Whether the server keeps anything in the data folder: the embedded
+/// store, or the token secret when none is configured. Only then is the
+/// folder locked (a MySQL server with a configured secret may run where
+/// `DATA_DIR` does not exist).
+fn uses_data_dir(settings: &Settings) -> bool {
+    settings.mysql_url.is_none() || settings.token_secret.is_none()
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker

@@ -52,6 +52,9 @@ pub struct Config {
 pub enum CloseReason {
     /// The client closed between requests: the normal end.
     PeerClosed,
+    /// The server is stopping: closed between requests, or gracefully
+    /// after an answer that said `Connection: close` for it.
+    Stopped,
     /// The client closed with a request partly sent (nothing to answer).
     PeerClosedMidRequest,
     /// The connection sent nothing within the first-byte timeout of being
@@ -185,10 +188,12 @@ where
                 } else {
                     (limits.idle_timeout_ms, CloseReason::IdleTimeout)
                 };
-                let idle = pin!(handler.sleep(ms(wait_ms)));
+                let sleep = handler.sleep(ms(wait_ms));
+                let idle = pin!(futures_lite::future::or(sleep, handler.stopped()));
                 match self.read_more(idle).await {
                     ReadEvent::Data => {}
                     ReadEvent::Eof => return CloseReason::PeerClosed,
+                    ReadEvent::Timeout if handler.stopping() => return CloseReason::Stopped,
                     ReadEvent::Timeout => return timed_out,
                     ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
                 }
@@ -273,8 +278,8 @@ where
                 head.authorization.as_deref(),
                 config.admin_token.as_deref(),
             );
-            let persist = Persist {
-                keep_alive: head.keep_alive,
+            let mut persist = Persist {
+                keep_alive: head.keep_alive && !handler.stopping(),
                 http10: head.version == Version::Http10,
             };
             let head_only = head.method == Method::Head;
@@ -297,6 +302,9 @@ where
                 }
                 Decision::Call { mode, call } => {
                     let reply = handler.call(call).await;
+                    // A stop during the call (a long-poll it ended): this
+                    // answer is the connection's last.
+                    persist.keep_alive &= !handler.stopping();
                     let date = now_date();
                     self.encoder
                         .reply(&mut self.out, &reply, &mode, persist, head_only, &date);
@@ -308,6 +316,9 @@ where
             self.outcome.requests_answered += 1;
             if !head.keep_alive {
                 return self.linger(handler, CloseReason::NotKeepAlive).await;
+            }
+            if !persist.keep_alive {
+                return self.linger(handler, CloseReason::Stopped).await;
             }
             self.shrink();
         }

@@ -77,6 +77,18 @@ pub trait Handler {
     /// Sleeps for `duration` (the runtime's timer; every deadline is this
     /// timer raced against the work by [`deadline::within`]).
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+    /// Resolves once the server is stopping (the default: never). A
+    /// connection waiting for its next request then closes at once, so
+    /// idle keep-alive connections do not hold a stopping server open.
+    fn stopped(&self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
+    /// Whether the server is stopping (the default: never): an answer
+    /// written then says `Connection: close` and the connection closes
+    /// gracefully after it.
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
 pub mod admission;

@@ -958,3 +958,54 @@ fn check_invariants(w: &World, users: &[UserId], rosters_synced: bool, ctx: &str
         );
     }
 }
+
+#[test]
+fn a_drain_answers_every_held_poll_at_once_and_holds_no_poll_after() {
+    let mut w = World::new(2, 13);
+    let a = w.connect(1, "a1");
+    let b = w.connect(2, "b1");
+    let seq_of = |w: &World, u: UserId| w.shards[home_shard(u, 2)].live_session(u).unwrap().seq;
+    let (sa, sb) = (seq_of(&w, 1), seq_of(&w, 2));
+    let held = [
+        (a, sa, w.start(poll(a, sa, 30_000))),
+        (b, sb, w.start(poll(b, sb, 30_000))),
+    ];
+    for &(sid, _, r) in &held {
+        assert_eq!(w.take(r), None, "{sid:?}: held before the drain");
+    }
+    for s in 0..2 {
+        w.feed(s, Input::Drain);
+        assert!(w.shards[s].is_draining());
+    }
+    w.settle();
+    // Answered without any time passing: the ordinary empty answer.
+    for &(sid, since, r) in &held {
+        let seq = seq_of(&w, sid.user);
+        assert_eq!(seq, since, "no news came");
+        let empty = Response::Events {
+            seq,
+            events: vec![],
+        };
+        assert_eq!(w.take(r), Some(empty), "{sid:?}");
+    }
+    // A poll with a wait is answered at once, and a send still goes
+    // through (stored and acknowledged) and is in the next poll.
+    let sa = seq_of(&w, 1);
+    assert!(matches!(
+        w.call(poll(a, sa, 30_000)),
+        Some(Response::Events { .. })
+    ));
+    let sent = w.call(Request::Send {
+        sid: b,
+        to: 1,
+        text: "bye".into(),
+        cid: Some("d1".into()),
+    });
+    assert!(matches!(sent, Some(Response::Sent { .. })), "{sent:?}");
+    let Some(Response::Events { events, .. }) = w.call(poll(a, sa, 30_000)) else {
+        panic!("a poll while draining is answered at once");
+    };
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Message(m) if &*m.text == "bye")));
+}

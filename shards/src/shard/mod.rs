@@ -8,7 +8,7 @@
 //! - a live session with at least one tab is `online` or `away` in every
 //!   shard's presence replica; a user with no session is absent from it;
 //! - every request gets exactly one reply; a held poll is answered by an
-//!   event, its wait running out, a newer poll, a leave or a kick.
+//!   event, its wait running out, a newer poll, a leave, a kick or a drain.
 //!
 //! [`Shard::handle`] only dispatches; the work is split by job, one file
 //! each, all `impl Shard` over the parts declared here:
@@ -23,6 +23,7 @@
 //! - `roster`: roster re-reads, periodic and after `roster-changed`;
 //! - `jobs`: storage jobs in flight and where their results go;
 //! - `time`: firing due timers (a stale one is counted and skipped);
+//! - `drain`: the server is stopping: held polls answered, none held after;
 //! - `supervision`: which user an input concerns, and dropping that user
 //!   after a panic.
 
@@ -40,6 +41,7 @@ use crate::session::{BufferBounds, LiveSession, Session};
 use crate::timers::Timers;
 
 mod delivery;
+mod drain;
 mod jobs;
 mod polls;
 mod presence;
@@ -50,6 +52,7 @@ mod sessions;
 mod supervision;
 mod time;
 
+use drain::Drain;
 use jobs::Jobs;
 use presence::Presence;
 use roster::RosterChanges;
@@ -168,6 +171,9 @@ pub enum Input {
     Storage { job: u64, result: StorageResult },
     /// Time passed: fire due timers.
     Tick,
+    /// The server is stopping: answer every held poll now (no events) and
+    /// hold none from now on (`drain.rs`).
+    Drain,
 }
 
 /// Everything a shard asks of the world.
@@ -243,6 +249,9 @@ pub struct Shard {
     /// (which sets it a period ahead).
     #[serde(default)]
     next_digest_ms: Option<u64>,
+    /// Serving, or draining because the server stops (no poll is held).
+    #[serde(default)]
+    drain: Drain,
 }
 
 impl Shard {
@@ -256,6 +265,7 @@ impl Shard {
             changes: RosterChanges::default(),
             stats: Stats::default(),
             next_digest_ms: None,
+            drain: Drain::Serving,
         }
     }
 
@@ -305,10 +315,14 @@ impl Shard {
     /// The one entry point: feed an input at time `now_ms`, collect outputs.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Request { reply, request } => self.request(now_ms, reply, request, out),
+            Input::Request { reply, request } => {
+                let request = self.drain.admit(request);
+                self.request(now_ms, reply, request, out)
+            }
             Input::Peer(msg) => self.peer(now_ms, msg, out),
             Input::Storage { job, result } => self.storage_done(now_ms, job, result, out),
             Input::Tick => self.tick(now_ms, out),
+            Input::Drain => self.drain(now_ms, out),
         }
     }
 

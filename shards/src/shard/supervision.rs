@@ -28,7 +28,7 @@ impl Shard {
         match input {
             Input::Request { request, .. } => request.home_user(),
             Input::Peer(PeerMsg::Deliver { to, .. }) => Some(*to),
-            Input::Peer(_) | Input::Tick => None,
+            Input::Peer(_) | Input::Tick | Input::Drain => None,
             Input::Storage { job, .. } => self.jobs.user_of(*job),
         }
     }

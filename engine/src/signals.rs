@@ -1,0 +1,99 @@
+//! The binary's stop signals. SIGTERM (what systemd, Docker and Kubernetes
+//! send) and SIGINT (Ctrl-C) ask the server to stop gracefully (see
+//! [`crate::stop`]: held polls answered, connections closed after their
+//! last answer, storage jobs finished, storage closed), and start a
+//! watchdog: if the process has not exited `STOP_TIMEOUT_MS` later, it
+//! logs what the stop was still waiting for and exits with status 3. A
+//! second SIGTERM or SIGINT during the stop does the same at once (the
+//! impatient Ctrl-C).
+//!
+//! Signals are read on a thread of their own (`signals`) through
+//! signal-hook's self-pipe, so the handler itself only writes a byte; the
+//! shards learn of the stop from the [`StopHandle`] flag. The handlers
+//! are registered before the server starts ([`StopSignals::listen`]): a
+//! signal that comes while it starts is kept and acted on once it
+//! listens, instead of killing the process mid-start.
+
+use std::time::{Duration, Instant};
+
+use log::{error, info};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::error::Error;
+use crate::limits;
+use crate::stop::StopHandle;
+
+/// The exit status of a stop that did not finish within
+/// `STOP_TIMEOUT_MS` (or was cut short by a second signal).
+pub const EXIT_STOP_TIMEOUT: i32 = 3;
+
+/// How often the watchdog looks for a second signal and the deadline.
+const WATCH_MS: u64 = 50;
+
+/// SIGTERM and SIGINT, registered: they no longer end the process, they
+/// wait here until [`StopSignals::stop_on_signal`].
+pub struct StopSignals {
+    signals: Signals,
+}
+
+impl StopSignals {
+    /// Registers the handlers. From now on a SIGTERM or SIGINT is kept
+    /// until the server can act on it.
+    pub fn listen() -> Result<StopSignals, Error> {
+        let signals =
+            Signals::new([SIGTERM, SIGINT]).map_err(|source| Error::Signals { source })?;
+        Ok(StopSignals { signals })
+    }
+
+    /// Starts the `signals` thread: the first signal asks `stop` to stop
+    /// and starts the watchdog (see the module doc).
+    pub fn stop_on_signal(self, stop: StopHandle) -> Result<(), Error> {
+        let mut signals = self.signals;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let Some(first) = signals.forever().next() else {
+                    return;
+                };
+                info!(
+                    "{}: stopping (answering held polls, closing connections; at most {} ms)",
+                    name(first),
+                    limits::STOP_TIMEOUT_MS
+                );
+                stop.stop();
+                let deadline = Instant::now() + Duration::from_millis(limits::STOP_TIMEOUT_MS);
+                loop {
+                    if let Some(again) = signals.pending().next() {
+                        error!(
+                            "{} again: exiting now, before the stop finished; still pending: {}",
+                            name(again),
+                            stop.pending()
+                        );
+                        std::process::exit(EXIT_STOP_TIMEOUT);
+                    }
+                    if Instant::now() >= deadline {
+                        error!(
+                            "the stop took longer than {} ms; exiting with status {}; still \
+                             pending: {}",
+                            limits::STOP_TIMEOUT_MS,
+                            EXIT_STOP_TIMEOUT,
+                            stop.pending()
+                        );
+                        std::process::exit(EXIT_STOP_TIMEOUT);
+                    }
+                    std::thread::sleep(Duration::from_millis(WATCH_MS));
+                }
+            })
+            .map(drop)
+            .map_err(|source| Error::Signals { source })
+    }
+}
+
+fn name(signal: i32) -> &'static str {
+    match signal {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}

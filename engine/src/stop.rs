@@ -1,0 +1,322 @@
+//! How a running server stops, shard by shard, without dropping an answer.
+//!
+//! A stop is asked for with [`StopHandle::stop`] (SIGTERM and SIGINT do it
+//! in the binary: `signals.rs`). Each shard sees it within
+//! `STOP_CHECK_MS`, closes its listeners, then [`stop_shard`] goes through
+//! the [`Phase`]s in order:
+//!
+//! 1. **Connections.** Its connections are told ([`ConnStop`]): one idle
+//!    between requests closes at once, and an answer written from now on
+//!    says `Connection: close` and is followed by a graceful close. Then
+//!    the shard drains (`Input::Drain`): every held poll is answered with
+//!    no events, the ordinary answer of a poll whose wait ran out, so the
+//!    client polls again (at another server in a deploy, or this one
+//!    restarted); a poll that comes later is answered at once. The shard
+//!    waits until its connections have closed, each after writing its
+//!    last answer: polls are answered before sockets close.
+//! 2. **Peers.** It waits until every shard is past phase 1: until then a
+//!    peer's connections may still send requests here, and their answers
+//!    go back over the mesh, so no shard ends while another may still need
+//!    it.
+//! 3. **Jobs.** It waits until its storage jobs in flight are answered
+//!    (each is bounded by the storage timeout), and ends.
+//!
+//! Phases 1 and 2 together end at `DRAIN_MS_MAX` after the shard saw the
+//! stop (a client that keeps a connection busy cannot hold the stop
+//! open); what was still open is logged. Each shard publishes its phase
+//! and counts here, so the binary's watchdog can say what a stop that ran
+//! past `STOP_TIMEOUT_MS` was still waiting for ([`StopHandle::pending`]).
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
+use log::{debug, warn};
+use switchboard_io::deadline;
+use switchboard_shards::model::ShardId;
+use switchboard_shards::Input;
+
+use crate::limits;
+use crate::runtime::ShardRuntime;
+
+/// Where a shard is in its stop (see the module doc). Ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// No stop seen yet (or still starting).
+    Serving = 0,
+    /// Answering held polls and waiting for its connections to close.
+    Connections = 1,
+    /// Waiting for the other shards' connections.
+    Peers = 2,
+    /// Waiting for its storage jobs in flight.
+    Jobs = 3,
+    /// Its executor's main task has ended.
+    Ended = 4,
+}
+
+impl Phase {
+    fn from_u8(n: u8) -> Phase {
+        match n {
+            0 => Phase::Serving,
+            1 => Phase::Connections,
+            2 => Phase::Peers,
+            3 => Phase::Jobs,
+            _ => Phase::Ended,
+        }
+    }
+
+    /// What a shard in this phase is waiting for, for the pending report.
+    fn waiting_for(self) -> &'static str {
+        match self {
+            Phase::Serving => "has not seen the stop",
+            Phase::Connections => "waiting for its connections to answer and close",
+            Phase::Peers => "waiting for the other shards' connections",
+            Phase::Jobs => "waiting for its storage jobs",
+            Phase::Ended => "ended",
+        }
+    }
+}
+
+/// What the starting thread is doing once the shards are asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MainPhase {
+    /// Waiting for every shard to end.
+    Shards = 0,
+    /// Joining the executors.
+    Joining = 1,
+    /// Shutting the store down (db threads answer what is queued).
+    Storage = 2,
+}
+
+/// One shard's stop, as other threads see it.
+#[derive(Debug, Default)]
+struct ShardStop {
+    /// Its [`Phase`].
+    phase: AtomicU8,
+    /// Its open connections, as last published (during a stop).
+    connections: AtomicU64,
+    /// Its storage jobs in flight, as last published (during a stop).
+    storage_jobs: AtomicU64,
+}
+
+#[derive(Debug)]
+struct StopState {
+    /// Set when a stop is asked for; never cleared.
+    asked: AtomicBool,
+    /// Each shard's progress, in shard order.
+    shards: Box<[ShardStop]>,
+    /// The starting thread's progress ([`MainPhase`]).
+    main: AtomicU8,
+}
+
+/// Asks a running server to stop, and says how far the stop got. Cheap to
+/// clone and `Send + Sync`; asking is one atomic store, so a signal thread
+/// may do it. The stop itself is finished by `Server::wait`.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<StopState>);
+
+impl StopHandle {
+    /// A handle for a server of `shards` shards.
+    pub fn new(shards: usize) -> StopHandle {
+        StopHandle(Arc::new(StopState {
+            asked: AtomicBool::new(false),
+            shards: (0..shards).map(|_| ShardStop::default()).collect(),
+            main: AtomicU8::new(MainPhase::Shards as u8),
+        }))
+    }
+
+    /// Asks every shard to stop.
+    pub fn stop(&self) {
+        self.0.asked.store(true, Ordering::Release);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        self.0.asked.load(Ordering::Acquire)
+    }
+
+    /// Shard `shard`'s phase.
+    pub fn phase(&self, shard: ShardId) -> Phase {
+        Phase::from_u8(self.0.shards[shard].phase.load(Ordering::Acquire))
+    }
+
+    /// Whether every shard's connections are done with (each is past
+    /// [`Phase::Connections`]).
+    pub fn all_past_connections(&self) -> bool {
+        (0..self.0.shards.len()).all(|i| self.phase(i) > Phase::Connections)
+    }
+
+    pub(crate) fn set_phase(&self, shard: ShardId, phase: Phase) {
+        self.0.shards[shard]
+            .phase
+            .store(phase as u8, Ordering::Release);
+    }
+
+    pub(crate) fn set_main(&self, phase: MainPhase) {
+        self.0.main.store(phase as u8, Ordering::Release);
+    }
+
+    /// Publishes shard `shard`'s counts for [`StopHandle::pending`].
+    fn publish(&self, shard: ShardId, rt: &ShardRuntime) {
+        let s = &self.0.shards[shard];
+        let connections = rt.stats.connections.get();
+        let jobs = rt.stats.storage_jobs_waiting.get();
+        s.connections.store(connections, Ordering::Relaxed);
+        s.storage_jobs.store(jobs, Ordering::Relaxed);
+    }
+
+    /// What the stop is still waiting for, in one line: each shard that
+    /// has not ended, with its open connections and storage jobs, or what
+    /// the starting thread is doing once every shard has ended.
+    pub fn pending(&self) -> String {
+        let mut text = String::new();
+        for (i, s) in self.0.shards.iter().enumerate() {
+            let phase = self.phase(i);
+            if phase == Phase::Ended {
+                continue;
+            }
+            let _ = write!(
+                text,
+                "{}shard-{i} {} ({} connections open, {} storage jobs in flight)",
+                if text.is_empty() { "" } else { "; " },
+                phase.waiting_for(),
+                s.connections.load(Ordering::Relaxed),
+                s.storage_jobs.load(Ordering::Relaxed),
+            );
+        }
+        if !text.is_empty() {
+            return text;
+        }
+        match self.0.main.load(Ordering::Acquire) {
+            0 => "every shard ended; waiting for their reports".into(),
+            1 => "every shard ended; joining the executors".into(),
+            _ => "every shard ended; closing storage (db threads finishing queued jobs)".into(),
+        }
+    }
+
+    /// Resolves once a stop is asked for (checked every `STOP_CHECK_MS` on
+    /// the calling executor's timer).
+    pub(crate) async fn requested(&self) {
+        while !self.is_stopping() {
+            glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
+        }
+    }
+
+    /// Runs `work` until it ends (`Some`) or a stop is asked for (`None`;
+    /// `work` is dropped): the stop request is its deadline.
+    pub(crate) async fn until_stop<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        deadline::within(self.requested(), work).await.ok()
+    }
+}
+
+/// A shard's word to its connections that the server stops (io's
+/// `Handler::stopped` and `Handler::stopping`). One per shard, shared by
+/// its client and admin handlers. Waiting costs no timer: each waiting
+/// connection is a waiter on a semaphore with no permits, and
+/// [`ConnStop::fire`] closes it, which wakes every waiter at once.
+#[derive(Clone)]
+pub struct ConnStop {
+    /// Never given permits; closed to fire.
+    signal: Rc<Semaphore>,
+    /// Whether it fired.
+    fired: Rc<Cell<bool>>,
+    /// The server's stop flag: `stopping()` is true from the moment the
+    /// stop is asked, even before this shard has seen it, so an answer a
+    /// peer shard's drain sends here closes the connection after it.
+    stop: StopHandle,
+}
+
+impl ConnStop {
+    pub fn new(stop: StopHandle) -> ConnStop {
+        ConnStop {
+            signal: Rc::new(Semaphore::new(0)),
+            fired: Rc::new(Cell::new(false)),
+            stop,
+        }
+    }
+
+    /// Wakes every connection waiting between requests: they close.
+    fn fire(&self) {
+        self.fired.set(true);
+        self.signal.close();
+    }
+
+    /// Resolves once fired.
+    pub async fn fired(&self) {
+        if !self.fired.get() {
+            // A closed semaphore fails every acquire: that is the signal.
+            let _ = self.signal.acquire(1).await;
+        }
+    }
+
+    /// Whether the server is stopping.
+    pub fn stopping(&self) -> bool {
+        self.fired.get() || self.stop.is_stopping()
+    }
+}
+
+/// A shard's stop after its listeners closed: phases 1 to 3 of the module
+/// doc. Returns when the shard may end.
+pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &StopHandle) {
+    let i = rt.id;
+    let drain_until = Instant::now() + Duration::from_millis(limits::DRAIN_MS_MAX);
+
+    stop.set_phase(i, Phase::Connections);
+    // Connections first, so the drained answers already say
+    // `Connection: close`.
+    conns.fire();
+    rt.feed(Input::Drain);
+    let closed = wait_until(drain_until, || {
+        stop.publish(i, rt);
+        rt.stats.connections.get() == 0
+    })
+    .await;
+    if !closed {
+        warn!(
+            "shard-{i}: {} connections still open {} ms after the stop; ending without them",
+            rt.stats.connections.get(),
+            limits::DRAIN_MS_MAX
+        );
+    }
+
+    stop.set_phase(i, Phase::Peers);
+    if !wait_until(drain_until, || stop.all_past_connections()).await {
+        warn!("shard-{i}: other shards still had connections at the drain deadline");
+    }
+
+    stop.set_phase(i, Phase::Jobs);
+    let jobs_until = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
+    if !wait_until(jobs_until, || {
+        stop.publish(i, rt);
+        rt.stats.storage_jobs_waiting.get() == 0
+    })
+    .await
+    {
+        warn!(
+            "shard-{i}: {} storage jobs unanswered past the storage timeout; ending without them",
+            rt.stats.storage_jobs_waiting.get()
+        );
+    }
+    debug!("shard-{i}: drained");
+}
+
+/// Checks `done` every `STOP_CHECK_MS` until it holds (`true`) or `until`
+/// passes (`false`).
+async fn wait_until(until: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
+    }
+}
