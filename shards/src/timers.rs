@@ -43,6 +43,12 @@ impl Timers {
         self.set.remove(&(at_ms, key));
     }
 
+    /// Disarms every timer whose key matches `which`. A scan of the whole
+    /// set: only for cleaning up after a failure (`Shard::drop_user`).
+    pub fn disarm_where(&mut self, mut which: impl FnMut(&TimerKey) -> bool) {
+        self.set.retain(|(_, key)| !which(key));
+    }
+
     /// Removes and returns the earliest timer due at `now_ms`, if any.
     pub fn pop_due(&mut self, now_ms: u64) -> Option<(u64, TimerKey)> {
         let first = *self.set.first()?;

@@ -43,6 +43,7 @@ mod presence;
 mod requests;
 mod roster;
 mod sessions;
+mod supervise;
 mod time;
 
 use jobs::Jobs;
@@ -67,6 +68,11 @@ pub struct Config {
     pub events_buffered_max: usize,
     /// Tabs per session.
     pub tabs_per_user_max: usize,
+    /// Test-only fault: a `/send` from this user panics inside the shard
+    /// (honoured only with the `fault-injection` feature; see
+    /// [`crate::FAULT_INJECTION`]).
+    #[serde(default)]
+    pub panic_user: Option<UserId>,
 }
 
 impl Config {
@@ -81,6 +87,7 @@ impl Config {
             roster_refresh_ms: limits::ROSTER_REFRESH_MS_DEFAULT,
             events_buffered_max: limits::EVENTS_BUFFERED_MAX,
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
+            panic_user: None,
         }
     }
 }

@@ -104,6 +104,9 @@ pub(super) enum Ending {
     Kicked,
     /// The grace after its last tab ran out.
     GraceOver,
+    /// Handling one of its requests failed inside the shard (a panic the
+    /// engine caught): the session may be half-changed, so it goes.
+    Failed,
 }
 
 impl Shard {
@@ -338,6 +341,7 @@ impl Shard {
         let message = match ending {
             Ending::Kicked => "the session was ended by an administrator",
             Ending::GraceOver => "the session ended",
+            Ending::Failed => "the session was ended after an internal error: connect again",
         };
         for tab in std::mem::take(&mut live.tabs) {
             if let Some(poll) = tab.detach(&mut self.timers) {
