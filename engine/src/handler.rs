@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{Call, Handler, Reply, ShardHealth};
+use switchboard_io::{Call, Handler, Reply, ShardCounter, ShardHealth};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError};
 use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
 use crate::limits;
-use crate::runtime::ShardRuntime;
+use crate::runtime::{RuntimeStats, ShardRuntime};
 
 /// One shard's handler, shared by its connections.
 pub struct ConnHandler {
@@ -77,6 +77,11 @@ impl ConnHandler {
         if let Some(f) = deferred {
             return Response::Failed(f);
         }
+        if Some(user) == self.rt.faults.panic_outside_user {
+            panic!(
+                "fault injection: a connect of user {user} panics outside the supervised region"
+            );
+        }
         let mut bytes = [0u8; 16];
         if getrandom::getrandom(&mut bytes).is_err() {
             return Response::fail(ErrorCode::Unavailable, "no randomness for a session id");
@@ -101,7 +106,7 @@ impl ConnHandler {
             .store
             .lookup_token(token, due)
             .map_err(|e| unavailable(&e))?;
-        let late = glommio::timer::sleep(self.rt.storage_timeout);
+        let late = glommio::timer::sleep(self.rt.storage_patience());
         let answer = deadline::within(late, pending)
             .await
             .unwrap_or(Err(StorageError::TimedOut));
@@ -147,6 +152,66 @@ impl ConnHandler {
         out
     }
 
+    /// Every shard's runtime counters, each name's shards together.
+    fn counters(&self) -> Vec<ShardCounter> {
+        let all = self.rt.stats.all();
+        let named: [(&'static str, &'static str, fn(&RuntimeStats) -> u64); 8] = [
+            (
+                "switchboard_panics_total",
+                "Panics caught while a shard handled an input (each cost its user's session).",
+                |s| s.panics.get(),
+            ),
+            (
+                "switchboard_call_timeouts_total",
+                "Calls answered unavailable because the home shard did not answer by the deadline.",
+                |s| s.call_timeouts.get(),
+            ),
+            (
+                "switchboard_shed_requests_total",
+                "Requests answered unavailable at once: too many in flight to their home shard.",
+                |s| s.shed_requests.get(),
+            ),
+            (
+                "switchboard_dropped_replies_total",
+                "Replies dropped on a full outbox.",
+                |s| s.dropped_replies.get(),
+            ),
+            (
+                "switchboard_dropped_deliveries_total",
+                "Deliveries dropped on a full outbox.",
+                |s| s.dropped_deliveries.get(),
+            ),
+            (
+                "switchboard_dropped_presence_total",
+                "Presence messages dropped on a full outbox (repaired by the presence digest).",
+                |s| s.dropped_presence.get(),
+            ),
+            (
+                "switchboard_dropped_roster_total",
+                "Roster messages dropped on a full outbox.",
+                |s| s.dropped_roster.get(),
+            ),
+            (
+                "switchboard_storage_timeouts_total",
+                "Storage jobs that timed out.",
+                |s| s.storage_timeouts.get(),
+            ),
+        ];
+        let mut out = Vec::with_capacity(named.len() * all.len());
+        for (name, help, value) in named {
+            for (shard, stats) in all.iter().enumerate() {
+                let value = value(stats);
+                out.push(ShardCounter {
+                    name,
+                    help,
+                    shard,
+                    value,
+                });
+            }
+        }
+        out
+    }
+
     async fn roster_changed(&self, user: u64) -> Response {
         let due = Instant::now() + self.rt.storage_timeout;
         let reload = match self.rt.store.reload_directory(due) {
@@ -155,7 +220,7 @@ impl ConnHandler {
                 return Response::fail(ErrorCode::Unavailable, format!("directory reload: {e}"))
             }
         };
-        let late = glommio::timer::sleep(self.rt.storage_timeout);
+        let late = glommio::timer::sleep(self.rt.storage_patience());
         let failed = match deadline::within(late, reload).await {
             Ok(Ok(_)) => None,
             Ok(Err(reload_error)) => Some(reload_error.to_string()),
@@ -187,6 +252,7 @@ impl Handler for ConnHandler {
             },
             Call::Metrics => Reply::Metrics {
                 shards: self.shard_health().await,
+                counters: self.counters(),
             },
             Call::RosterChanged { user } => Reply::Shard(self.roster_changed(user).await),
             Call::Kick { user } => Reply::Shard(self.rt.call(Request::Kick { user }).await),

@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+pub mod supervise;
 
 pub use error::Error;
 pub use server::{run, Server, StopHandle};

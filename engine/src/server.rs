@@ -49,8 +49,9 @@ use crate::error::Error;
 use crate::handler::ConnHandler;
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
-use crate::runtime::{Clock, MeshMsg, ShardRuntime};
+use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
 use crate::settings::Settings;
+use crate::supervise::{self, Faults};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -66,6 +67,8 @@ struct Shared {
     demo: Option<Arc<Demo>>,
     /// Set when the server is to stop.
     stop: StopHandle,
+    /// Every shard's runtime counters, in shard order.
+    stats: Arc<[RuntimeStats]>,
 }
 
 /// Asks a running server to stop. Cheap to clone and `Send + Sync`;
@@ -168,6 +171,7 @@ impl Server {
     /// returns once every shard listens. On a failure, whatever was
     /// started is stopped before the error is returned.
     pub fn start(settings: Settings) -> Result<Server, Error> {
+        supervise::install_panic_hook();
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -183,12 +187,14 @@ impl Server {
                 .into(),
         };
         let demo = demo_mode(&settings);
+        let shards = settings.shards;
         let shared = Arc::new(Shared {
             settings,
             secret,
             store,
             clock: Clock::new(),
             client_addr: OnceLock::new(),
+            stats: StatsSlot::for_shards(shards),
             demo,
             stop: StopHandle::default(),
         });
@@ -366,6 +372,7 @@ impl Shards {
 async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Reporter) {
     let stop = shared.stop.clone();
     let i = ends.shard();
+    supervise::on_executor(i);
     let Some(mesh) = stop.until_stop(ends.connect()).await else {
         return;
     };
@@ -394,12 +401,16 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     config.grace_ms = s.presence_grace_ms;
     config.tab_timeout_ms = s.tab_timeout_ms;
     config.roster_refresh_ms = s.roster_refresh_ms;
-    let (rt, outboxes) = ShardRuntime::new(
-        Shard::new(config),
-        shared.store.clone(),
-        Duration::from_millis(s.storage_timeout_ms),
-        shared.clock,
-    );
+    let faults = Faults::from_env();
+    config.panic_user = faults.panic_user;
+    let parts = RuntimeParts {
+        store: shared.store.clone(),
+        storage_timeout: Duration::from_millis(s.storage_timeout_ms),
+        clock: shared.clock,
+        stats: shared.stats.clone(),
+        faults,
+    };
+    let (rt, outboxes) = ShardRuntime::new(Shard::new(config), parts);
     let mut senders = mesh.senders;
     for (peer, rx) in outboxes {
         let tx = senders[peer].take().expect("a channel to every peer");
@@ -408,11 +419,10 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
             while let Some(msg) = rx.recv().await {
                 if tx.send(msg).await.is_err() {
                     // A peer ends first when the server stops.
-                    if stop.is_stopping() {
-                        debug!("mesh to shard-{peer} closed while stopping");
-                    } else {
-                        error!("mesh to shard-{peer} closed");
+                    if !stop.is_stopping() {
+                        supervise::fatal(format_args!("shard-{i}: mesh to shard-{peer} closed"));
                     }
+                    debug!("mesh to shard-{peer} closed while stopping");
                     return;
                 }
             }
@@ -421,9 +431,13 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     }
     for (peer, rx) in mesh.receivers {
         let rt = rt.clone();
+        let stop = shared.stop.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 rt.on_mesh(peer, msg);
+            }
+            if !stop.is_stopping() {
+                supervise::fatal(format_args!("shard-{i}: mesh from shard-{peer} closed"));
             }
         })
         .detach();
@@ -503,7 +517,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners) {
 /// Waits until the shard's storage jobs in flight are answered and fed
 /// back. Each waits at most the storage timeout, so this is bounded too.
 async fn finish_jobs(rt: &ShardRuntime) {
-    let give_up = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
+    let give_up = Instant::now() + rt.storage_patience() + Duration::from_millis(limits::TICK_MS);
     while rt.stats.storage_jobs_waiting.get() > 0 && Instant::now() < give_up {
         glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
     }
