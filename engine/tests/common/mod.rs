@@ -127,6 +127,21 @@ impl Server {
         log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
+    /// The server's exit status if it exits within `timeout`, else `None`
+    /// (it is still running).
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the server and starts it again on the same data.
     pub fn restart(mut self) -> Server {
         let env = std::mem::take(&mut self.env);
