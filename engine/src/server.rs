@@ -23,11 +23,13 @@
 //! shut down: its db threads answer the jobs still queued, are joined, and
 //! the database is closed.
 //!
-//! Invariants: storage outlives every executor. No shard ends the process:
-//! a shard's failure reaches the starting thread as an [`Error`], and every
-//! shard reports its end, whatever the cause (a drop guard: a panic or an
-//! executor that never started reports too), so [`Server::wait`] always
-//! learns of it.
+//! Invariants: storage outlives every executor. A shard's failure reaches
+//! the starting thread as an [`Error`], and every shard reports its end,
+//! whatever the cause (a drop guard: an executor that never started
+//! reports too), so [`Server::wait`] always learns of it. The exception is
+//! a panic on a running executor outside the supervised region, or a mesh
+//! peer gone while no stop was asked for: the process exits at once
+//! ([`crate::supervise`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
