@@ -155,57 +155,14 @@ impl ConnHandler {
     /// Every shard's runtime counters, each name's shards together.
     fn counters(&self) -> Vec<ShardCounter> {
         let all = self.rt.stats.all();
-        let named: [(&'static str, &'static str, fn(&RuntimeStats) -> u64); 8] = [
-            (
-                "switchboard_panics_total",
-                "Panics caught while a shard handled an input (each cost its user's session).",
-                |s| s.panics.get(),
-            ),
-            (
-                "switchboard_call_timeouts_total",
-                "Calls answered unavailable because the home shard did not answer by the deadline.",
-                |s| s.call_timeouts.get(),
-            ),
-            (
-                "switchboard_shed_requests_total",
-                "Requests answered unavailable at once: too many in flight to their home shard.",
-                |s| s.shed_requests.get(),
-            ),
-            (
-                "switchboard_dropped_replies_total",
-                "Replies dropped on a full outbox.",
-                |s| s.dropped_replies.get(),
-            ),
-            (
-                "switchboard_dropped_deliveries_total",
-                "Deliveries dropped on a full outbox.",
-                |s| s.dropped_deliveries.get(),
-            ),
-            (
-                "switchboard_dropped_presence_total",
-                "Presence messages dropped on a full outbox (repaired by the presence digest).",
-                |s| s.dropped_presence.get(),
-            ),
-            (
-                "switchboard_dropped_roster_total",
-                "Roster messages dropped on a full outbox.",
-                |s| s.dropped_roster.get(),
-            ),
-            (
-                "switchboard_storage_timeouts_total",
-                "Storage jobs that timed out.",
-                |s| s.storage_timeouts.get(),
-            ),
-        ];
-        let mut out = Vec::with_capacity(named.len() * all.len());
-        for (name, help, value) in named {
+        let mut out = Vec::with_capacity(COUNTERS.len() * all.len());
+        for spec in &COUNTERS {
             for (shard, stats) in all.iter().enumerate() {
-                let value = value(stats);
                 out.push(ShardCounter {
-                    name,
-                    help,
+                    name: spec.name,
+                    help: spec.help,
                     shard,
-                    value,
+                    value: (spec.value)(stats),
                 });
             }
         }
@@ -270,3 +227,57 @@ impl Handler for ConnHandler {
         glommio::timer::sleep(duration).await;
     }
 }
+
+/// A runtime counter as `/metrics` shows it.
+struct CounterSpec {
+    /// The metric's name.
+    name: &'static str,
+    /// Its `# HELP` text.
+    help: &'static str,
+    /// Its value in one shard's stats.
+    value: fn(&RuntimeStats) -> u64,
+}
+
+/// The runtime counters on `/metrics`, in the order shown.
+const COUNTERS: [CounterSpec; 8] = [
+    CounterSpec {
+        name: "switchboard_panics_total",
+        help: "Panics caught while a shard handled an input (each cost its user's session).",
+        value: |s| s.panics.get(),
+    },
+    CounterSpec {
+        name: "switchboard_call_timeouts_total",
+        help: "Calls answered unavailable because the home shard did not answer by the deadline.",
+        value: |s| s.call_timeouts.get(),
+    },
+    CounterSpec {
+        name: "switchboard_shed_requests_total",
+        help: "Requests answered unavailable at once: too many in flight to their home shard.",
+        value: |s| s.shed_requests.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_replies_total",
+        help: "Replies dropped on a full outbox.",
+        value: |s| s.dropped_replies.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_deliveries_total",
+        help: "Deliveries dropped on a full outbox.",
+        value: |s| s.dropped_deliveries.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_presence_total",
+        help: "Presence messages dropped on a full outbox (repaired by the presence digest).",
+        value: |s| s.dropped_presence.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_roster_total",
+        help: "Roster messages dropped on a full outbox.",
+        value: |s| s.dropped_roster.get(),
+    },
+    CounterSpec {
+        name: "switchboard_storage_timeouts_total",
+        help: "Storage jobs that timed out.",
+        value: |s| s.storage_timeouts.get(),
+    },
+];
