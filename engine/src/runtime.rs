@@ -157,11 +157,15 @@ impl MeshBounds {
                 peer_msgs_queued_max: limits::PEER_MSGS_QUEUED_MAX,
             },
             Some(depth) => {
-                let in_flight = (depth / 4).max(1);
+                assert!(
+                    depth >= 4,
+                    "an outbox of {depth} has no room for its shares"
+                );
+                let in_flight = depth / 4;
                 MeshBounds {
                     outbox_depth_max: depth,
                     requests_in_flight_max: in_flight,
-                    peer_msgs_queued_max: depth.saturating_sub(2 * in_flight),
+                    peer_msgs_queued_max: depth - 2 * in_flight,
                 }
             }
         }
@@ -693,5 +697,41 @@ fn request_kind(request: &Request) -> &'static str {
         Request::RosterChanged { .. } => "roster_changed",
         Request::Kick { .. } => "kick",
         Request::Health => "health",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_bounds_leave_room_for_every_reply_and_admitted_request() {
+        for depth in [None, Some(4), Some(8), Some(101)] {
+            let b = MeshBounds::new(depth);
+            assert!(b.requests_in_flight_max >= 1, "{depth:?}: {b:?}");
+            let shares = 2 * b.requests_in_flight_max + b.peer_msgs_queued_max;
+            assert!(shares <= b.outbox_depth_max, "{depth:?}: {b:?}");
+        }
+        let b = MeshBounds::new(Some(4));
+        assert_eq!(
+            (
+                b.outbox_depth_max,
+                b.requests_in_flight_max,
+                b.peer_msgs_queued_max
+            ),
+            (4, 1, 2)
+        );
+    }
+
+    #[test]
+    fn log_gate_passes_once_per_interval_and_counts_the_rest() {
+        let gate = LogGate::default();
+        let step = limits::DROP_LOG_INTERVAL_MS;
+        let check = |now, expected| assert_eq!(gate.pass(now), expected, "at {now}");
+        check(1_000, Some(0));
+        check(1_001, None);
+        check(1_000 + step - 1, None);
+        check(1_000 + step, Some(2));
+        check(1_000 + 2 * step, Some(0));
     }
 }
