@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{Call, Handler, Limits, Reply, ShardHealth};
+use switchboard_io::{Call, Handler, Limits, Reply, ShardCounter, ShardHealth};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError, UserId};
 use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
 use crate::limits;
-use crate::runtime::ShardRuntime;
+use crate::runtime::{RuntimeStats, ShardRuntime};
 use crate::stop::ConnStop;
 
 /// One shard's handler, shared by its connections.
@@ -93,6 +93,11 @@ impl ConnHandler {
         if let Some(f) = deferred {
             return Response::Failed(f);
         }
+        if Some(user) == self.rt.faults.panic_outside_user {
+            panic!(
+                "fault injection: a connect of user {user} panics outside the supervised region"
+            );
+        }
         let mut bytes = [0u8; 16];
         if getrandom::getrandom(&mut bytes).is_err() {
             return Response::fail(ErrorCode::Unavailable, "no randomness for a session id");
@@ -117,7 +122,7 @@ impl ConnHandler {
             .store
             .lookup_token(token, due)
             .map_err(|e| unavailable(&e))?;
-        let late = glommio::timer::sleep(self.rt.storage_timeout);
+        let late = glommio::timer::sleep(self.rt.storage_patience());
         let answer = deadline::within(late, pending)
             .await
             .unwrap_or(Err(StorageError::TimedOut));
@@ -163,6 +168,23 @@ impl ConnHandler {
         out
     }
 
+    /// Every shard's runtime counters, each name's shards together.
+    fn counters(&self) -> Vec<ShardCounter> {
+        let all = self.rt.stats.all();
+        let mut out = Vec::with_capacity(COUNTERS.len() * all.len());
+        for spec in &COUNTERS {
+            for (shard, stats) in all.iter().enumerate() {
+                out.push(ShardCounter {
+                    name: spec.name,
+                    help: spec.help,
+                    shard,
+                    value: (spec.value)(stats),
+                });
+            }
+        }
+        out
+    }
+
     async fn roster_changed(&self, user: u64) -> Response {
         let due = Instant::now() + self.rt.storage_timeout;
         let reload = match self.rt.store.reload_directory(due) {
@@ -171,7 +193,7 @@ impl ConnHandler {
                 return Response::fail(ErrorCode::Unavailable, format!("directory reload: {e}"))
             }
         };
-        let late = glommio::timer::sleep(self.rt.storage_timeout);
+        let late = glommio::timer::sleep(self.rt.storage_patience());
         let failed = match deadline::within(late, reload).await {
             Ok(Ok(_)) => None,
             Ok(Err(reload_error)) => Some(reload_error.to_string()),
@@ -238,6 +260,7 @@ impl Handler for ConnHandler {
             },
             Call::Metrics => Reply::Metrics {
                 shards: self.shard_health().await,
+                counters: self.counters(),
             },
             Call::RosterChanged { user } => Reply::Shard(self.roster_changed(user).await),
             Call::Kick { user } => Reply::Shard(self.rt.call(Request::Kick { user }).await),
@@ -330,3 +353,57 @@ mod tests {
         );
     }
 }
+
+/// A runtime counter as `/metrics` shows it.
+struct CounterSpec {
+    /// The metric's name.
+    name: &'static str,
+    /// Its `# HELP` text.
+    help: &'static str,
+    /// Its value in one shard's stats.
+    value: fn(&RuntimeStats) -> u64,
+}
+
+/// The runtime counters on `/metrics`, in the order shown.
+const COUNTERS: [CounterSpec; 8] = [
+    CounterSpec {
+        name: "switchboard_panics_total",
+        help: "Panics caught while a shard handled an input (each cost its user's session).",
+        value: |s| s.panics.get(),
+    },
+    CounterSpec {
+        name: "switchboard_call_timeouts_total",
+        help: "Calls answered unavailable because the home shard did not answer by the deadline.",
+        value: |s| s.call_timeouts.get(),
+    },
+    CounterSpec {
+        name: "switchboard_shed_requests_total",
+        help: "Requests answered unavailable at once: too many in flight to their home shard.",
+        value: |s| s.shed_requests.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_replies_total",
+        help: "Replies dropped on a full outbox.",
+        value: |s| s.dropped_replies.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_deliveries_total",
+        help: "Deliveries dropped on a full outbox.",
+        value: |s| s.dropped_deliveries.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_presence_total",
+        help: "Presence messages dropped on a full outbox (repaired by the presence digest).",
+        value: |s| s.dropped_presence.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_roster_total",
+        help: "Roster messages dropped on a full outbox.",
+        value: |s| s.dropped_roster.get(),
+    },
+    CounterSpec {
+        name: "switchboard_storage_timeouts_total",
+        help: "Storage jobs that timed out.",
+        value: |s| s.storage_timeouts.get(),
+    },
+];

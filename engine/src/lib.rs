@@ -24,6 +24,7 @@ pub mod server;
 pub mod settings;
 pub mod signals;
 pub mod stop;
+pub mod supervise;
 
 pub use error::Error;
 pub use server::{run, Server};

@@ -5,16 +5,47 @@
 /// waits on anyone).
 pub const MESH_CHANNEL_DEPTH_MAX: usize = 4_096;
 
-/// Messages queued in one shard's outbox to one peer. Hitting it drops the
-/// message, counts it and logs an error; admission control below keeps
-/// that from happening.
-pub const OUTBOX_DEPTH_MAX: usize = 65_536;
+/// Requests one conn shard has sent to one peer and not yet had answered,
+/// held polls included (their answers can all come in one burst). At the
+/// bound a new request to that peer is answered `unavailable` at once
+/// (shed, counted). Above `CONNECTIONS_MAX`'s default (9,000), since a
+/// connection has at most one call in flight.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
 
-/// A new client request is forwarded to its home shard only while the
-/// outbox there holds fewer than this; otherwise it is answered
-/// `unavailable` at once (shed, never an unbounded wait). The headroom
-/// above it is for replies and peer messages of requests already admitted.
-pub const OUTBOX_ADMIT_MAX: usize = OUTBOX_DEPTH_MAX / 2;
+/// Peer messages (deliveries, presence changes, roster traffic) one
+/// outbox takes while it holds fewer messages than this; above it each
+/// is dropped and counted by kind (presence is repaired by the shards'
+/// periodic presence digest).
+pub const PEER_MSGS_QUEUED_MAX: usize = 32_768;
+
+/// Messages queued in one shard's outbox to one peer: the requests this
+/// shard has in flight to the peer, the replies to the peer's requests in
+/// flight here (each side's `REQUESTS_IN_FLIGHT_MAX`), and the peer
+/// messages' share. So a reply or an admitted request always fits (the
+/// const assert below); only a reply that comes after its caller's
+/// deadline is outside that count. A message that still finds it full is
+/// dropped, counted and logged.
+pub const OUTBOX_DEPTH_MAX: usize = 2 * REQUESTS_IN_FLIGHT_MAX + PEER_MSGS_QUEUED_MAX;
+
+/// How much later than storage's own deadline the engine's timer for a
+/// storage job fires. Storage checks each job's deadline itself (at
+/// pickup, and under the MySQL write transaction before `COMMIT`), so in
+/// the normal case storage answers definitively (`TimedOut` = not stored)
+/// before the engine gives up on the job and answers `unavailable` not
+/// knowing whether it was stored. Covers a commit sent just before the
+/// deadline and the hop back to the executor.
+pub const STORAGE_SLACK_MS: u64 = 1_000;
+
+/// How much longer than the home shard should take a conn shard waits for
+/// an answer (`ShardRuntime::call_on`): a poll its wait plus this, any
+/// other call the storage timeout plus `STORAGE_SLACK_MS` plus this (two
+/// rounds for `roster-changed`). Covers timer granularity and the mesh.
+/// Past it the call is answered `unavailable` and its waiting entry goes.
+pub const CALL_MARGIN_MS: u64 = 5_000;
+
+/// Drops and timeouts of one kind are logged at most once per this, with
+/// how many were not logged since.
+pub const DROP_LOG_INTERVAL_MS: u64 = 1_000;
 
 /// How often each shard fires its timers (poll waits, tab timeouts, grace,
 /// roster refresh): the granularity of every shard deadline. The armed
@@ -73,7 +104,11 @@ pub const STORAGE_WRITE_BATCH_MAX: usize = 256;
 /// (`io_poll_find`, perf, docs/benchmarks.md); at 4096 it is 0.8%.
 pub const RING_DEPTH: usize = 4_096;
 
-const _: () = assert!(OUTBOX_ADMIT_MAX < OUTBOX_DEPTH_MAX);
+const _: () = assert!(OUTBOX_DEPTH_MAX >= 2 * REQUESTS_IN_FLIGHT_MAX + PEER_MSGS_QUEUED_MAX);
+// 9,000: `CONNECTIONS_MAX`'s default (settings.rs), one call in flight each.
+const _: () = assert!(REQUESTS_IN_FLIGHT_MAX >= 9_000);
+const _: () = assert!(STORAGE_SLACK_MS >= 2 * TICK_MS);
+const _: () = assert!(CALL_MARGIN_MS >= STORAGE_SLACK_MS + 2 * TICK_MS);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
 const _: () =

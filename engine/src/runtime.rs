@@ -4,17 +4,31 @@
 //!
 //! Everything here is single-threaded (`Rc`, `RefCell`, `Cell`): a shard
 //! owns its users outright, and other shards reach them only through the
-//! mesh. No `RefCell` borrow is held across an `.await`.
+//! mesh. No `RefCell` borrow is held across an `.await`. The one thing
+//! shared across threads is each shard's [`RuntimeStats`] (atomic
+//! counters, written by their shard only, read by `/metrics` anywhere).
+//!
+//! Invariants: every input is handled under supervision (a panic costs
+//! the input's answer and its user's session, see [`crate::supervise`]);
+//! every wait of a conn shard on a home shard has a deadline and removes
+//! its `waiting` entry however it ends; a request is sent to a peer only
+//! below `REQUESTS_IN_FLIGHT_MAX` in flight there, so its reply always
+//! finds room in the peer's outbox (see `limits::OUTBOX_DEPTH_MAX`); every
+//! message dropped on a full outbox is counted by kind and logged
+//! (rate-limited).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use log::{error, warn};
-use switchboard_io::deadline;
+use switchboard_io::deadline::{self, TimedOut};
 use switchboard_shards::model::{
     ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
 };
@@ -22,6 +36,7 @@ use switchboard_shards::{home_shard, Input, Output, PeerMsg, Shard};
 use switchboard_storage::Store;
 
 use crate::limits;
+use crate::supervise::{self, Faults};
 
 /// What travels between shards.
 #[derive(Debug)]
@@ -34,23 +49,180 @@ pub enum MeshMsg {
     Peer(PeerMsg),
 }
 
+/// A monotonic counter or gauge of one shard: written by that shard's
+/// executor only, read from any thread (`/metrics`), so relaxed atomics.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.set(self.get() + n);
+    }
+}
+
 /// Counters of the runtime (the shard's own are in `Shard::stats`).
 #[derive(Default, Debug)]
 pub struct RuntimeStats {
-    /// Requests shed because the outbox to their home shard was full.
-    pub shed_requests: Cell<u64>,
-    /// Peer messages or replies dropped on a full outbox (never expected:
-    /// logged at error).
-    pub dropped_mesh: Cell<u64>,
+    /// Requests answered `unavailable` at once because
+    /// `REQUESTS_IN_FLIGHT_MAX` were in flight to their home shard (or,
+    /// never expected, its outbox was full).
+    pub shed_requests: Counter,
+    /// Replies dropped on a full outbox (never expected: each fits by the
+    /// outbox's sizing, unless it came after its caller's deadline).
+    pub dropped_replies: Counter,
+    /// Deliveries (`PeerMsg::Deliver`) dropped on a full outbox.
+    pub dropped_deliveries: Counter,
+    /// Presence messages dropped on a full outbox (repaired by the
+    /// periodic presence digest).
+    pub dropped_presence: Counter,
+    /// Roster messages (`RosterTouched`, `RosterAck`) dropped on a full
+    /// outbox.
+    pub dropped_roster: Counter,
+    /// Calls answered `unavailable` because the home shard did not answer
+    /// by the call's deadline.
+    pub call_timeouts: Counter,
+    /// Panics caught while handling an input (each cost that input's
+    /// answer and its user's session).
+    pub panics: Counter,
     /// Storage jobs that timed out.
-    pub storage_timeouts: Cell<u64>,
+    pub storage_timeouts: Counter,
     /// Storage jobs submitted whose result (or timeout) is not yet fed
     /// back to the shard. A stopping shard waits for this to reach zero.
-    pub storage_jobs_waiting: Cell<u64>,
+    pub storage_jobs_waiting: Counter,
     /// Connections refused at accept for `CONNECTIONS_MAX`.
-    pub refused_connections: Cell<u64>,
+    pub refused_connections: Counter,
     /// Open client connections.
-    pub connections: Cell<u64>,
+    pub connections: Counter,
+}
+
+/// Every shard's [`RuntimeStats`], in shard order, and which one is this
+/// shard's (what it dereferences to).
+#[derive(Clone, Debug)]
+pub struct StatsSlot {
+    /// Every shard's stats.
+    all: Arc<[RuntimeStats]>,
+    /// This shard's index in `all`.
+    shard: ShardId,
+}
+
+impl StatsSlot {
+    /// Stats for `shards` shards, one slot each.
+    pub fn for_shards(shards: usize) -> Arc<[RuntimeStats]> {
+        (0..shards).map(|_| RuntimeStats::default()).collect()
+    }
+
+    /// Every shard's stats, in shard order.
+    pub fn all(&self) -> &[RuntimeStats] {
+        &self.all
+    }
+}
+
+impl Deref for StatsSlot {
+    type Target = RuntimeStats;
+
+    fn deref(&self) -> &RuntimeStats {
+        &self.all[self.shard]
+    }
+}
+
+/// The bounds of one shard's outboxes (`limits.rs`; scaled down for tests
+/// by [`Faults::outbox_depth`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MeshBounds {
+    /// Messages one outbox holds.
+    pub outbox_depth_max: usize,
+    /// Requests in flight to one peer.
+    pub requests_in_flight_max: usize,
+    /// Peer messages are queued only below this many messages queued.
+    pub peer_msgs_queued_max: usize,
+}
+
+impl MeshBounds {
+    /// The limits' bounds, or ones scaled to an outbox of `depth` (a
+    /// quarter of it for each side's requests in flight, the rest for
+    /// peer messages).
+    pub fn new(depth: Option<usize>) -> MeshBounds {
+        match depth {
+            None => MeshBounds {
+                outbox_depth_max: limits::OUTBOX_DEPTH_MAX,
+                requests_in_flight_max: limits::REQUESTS_IN_FLIGHT_MAX,
+                peer_msgs_queued_max: limits::PEER_MSGS_QUEUED_MAX,
+            },
+            Some(depth) => {
+                assert!(
+                    depth >= 4,
+                    "an outbox of {depth} has no room for its shares"
+                );
+                let in_flight = depth / 4;
+                MeshBounds {
+                    outbox_depth_max: depth,
+                    requests_in_flight_max: in_flight,
+                    peer_msgs_queued_max: depth - 2 * in_flight,
+                }
+            }
+        }
+    }
+}
+
+/// What a full outbox dropped, for counting and logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dropped {
+    Reply,
+    Delivery,
+    Presence,
+    Roster,
+}
+
+impl Dropped {
+    /// What kind of peer message `msg` is. Presence and anything else
+    /// about presence (the digest) count as presence.
+    fn of(msg: &PeerMsg) -> Dropped {
+        match msg {
+            PeerMsg::Deliver { .. } => Dropped::Delivery,
+            PeerMsg::RosterTouched { .. } | PeerMsg::RosterAck { .. } => Dropped::Roster,
+            _ => Dropped::Presence,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dropped::Reply => "reply",
+            Dropped::Delivery => "delivery",
+            Dropped::Presence => "presence",
+            Dropped::Roster => "roster",
+        }
+    }
+}
+
+/// Logs one kind of event at most once per `DROP_LOG_INTERVAL_MS`,
+/// saying how many went unlogged since.
+#[derive(Debug, Default)]
+struct LogGate {
+    /// When the next line may be written (clock ms).
+    next_ms: Cell<u64>,
+    /// Events not logged since the last line.
+    skipped: Cell<u64>,
+}
+
+impl LogGate {
+    /// `Some(events not logged before this one)` when this one is to be
+    /// logged.
+    fn pass(&self, now_ms: u64) -> Option<u64> {
+        if now_ms < self.next_ms.get() {
+            self.skipped.set(self.skipped.get() + 1);
+            return None;
+        }
+        self.next_ms.set(now_ms + limits::DROP_LOG_INTERVAL_MS);
+        Some(self.skipped.replace(0))
+    }
 }
 
 /// The clock every shard reads: unix milliseconds, but advancing with the
@@ -93,19 +265,43 @@ pub struct ShardRuntime {
     /// The state machine. Borrowed only inside [`ShardRuntime::feed`].
     shard: RefCell<Shard>,
     /// Requests this shard (as conn shard) waits on, by request number.
+    /// An entry goes when its answer comes, its deadline passes or its
+    /// caller goes (the [`Waiting`] guard).
     waiting: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
     next_req: Cell<u64>,
     /// Bounded outboxes to the other shards (`None` at our own index); a
     /// task per peer drains each into the mesh.
     outboxes: Vec<Option<LocalSender<MeshMsg>>>,
+    /// `in_flight[peer]`: requests sent to `peer` and not yet answered
+    /// (held polls included), each counted by its [`Waiting`] guard.
+    in_flight: Vec<Cell<usize>>,
+    /// The outboxes' bounds.
+    bounds: MeshBounds,
+    /// Test-only faults (all off outside the engine's tests).
+    pub faults: Faults,
     /// Storage.
     pub store: Store,
     /// Deadline of each storage job.
     pub storage_timeout: Duration,
     pub clock: Clock,
-    pub stats: RuntimeStats,
+    /// This shard's counters (and every other shard's, for `/metrics`).
+    pub stats: StatsSlot,
+    /// Rate limits of the drop and timeout logs, one per kind.
+    drop_logs: [LogGate; 4],
+    timeout_log: LogGate,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
+}
+
+/// What [`ShardRuntime::new`] needs besides the shard.
+pub struct RuntimeParts {
+    pub store: Store,
+    /// Deadline of each storage job.
+    pub storage_timeout: Duration,
+    pub clock: Clock,
+    /// Every shard's stats (this shard's slot is its index).
+    pub stats: Arc<[RuntimeStats]>,
+    pub faults: Faults,
 }
 
 impl ShardRuntime {
@@ -113,22 +309,21 @@ impl ShardRuntime {
     /// outboxes, which the caller drains into the mesh.
     pub fn new(
         shard: Shard,
-        store: Store,
-        storage_timeout: Duration,
-        clock: Clock,
+        parts: RuntimeParts,
     ) -> (
         Rc<ShardRuntime>,
         Vec<(ShardId, local_channel::LocalReceiver<MeshMsg>)>,
     ) {
         let id = shard.config().shard;
         let count = shard.config().shard_count;
+        let bounds = MeshBounds::new(parts.faults.outbox_depth);
         let mut outboxes = Vec::with_capacity(count);
         let mut receivers = Vec::new();
         for peer in 0..count {
             if peer == id {
                 outboxes.push(None);
             } else {
-                let (tx, rx) = local_channel::new_bounded(limits::OUTBOX_DEPTH_MAX);
+                let (tx, rx) = local_channel::new_bounded(bounds.outbox_depth_max);
                 outboxes.push(Some(tx));
                 receivers.push((peer, rx));
             }
@@ -140,10 +335,18 @@ impl ShardRuntime {
             waiting: RefCell::new(HashMap::new()),
             next_req: Cell::new(0),
             outboxes,
-            store,
-            storage_timeout,
-            clock,
-            stats: RuntimeStats::default(),
+            in_flight: (0..count).map(|_| Cell::new(0)).collect(),
+            bounds,
+            faults: parts.faults,
+            store: parts.store,
+            storage_timeout: parts.storage_timeout,
+            clock: parts.clock,
+            stats: StatsSlot {
+                all: parts.stats,
+                shard: id,
+            },
+            drop_logs: Default::default(),
+            timeout_log: LogGate::default(),
             outputs: RefCell::new(Vec::new()),
         });
         (rt, receivers)
@@ -155,18 +358,44 @@ impl ShardRuntime {
         f(&self.shard.borrow())
     }
 
+    /// How long the engine waits for a storage job: storage's own
+    /// deadline plus `STORAGE_SLACK_MS`, so storage answers first.
+    pub fn storage_patience(&self) -> Duration {
+        self.storage_timeout + Duration::from_millis(limits::STORAGE_SLACK_MS)
+    }
+
+    /// How long a conn shard waits for the answer to `request`.
+    fn call_patience(&self, request: &Request) -> Duration {
+        let margin = Duration::from_millis(limits::CALL_MARGIN_MS);
+        match request {
+            Request::Poll { wait_ms, .. } => {
+                let wait_ms = (*wait_ms).min(switchboard_shards::limits::POLL_WAIT_MS_MAX);
+                Duration::from_millis(wait_ms) + margin
+            }
+            // The roster re-read, then every shard's re-reads.
+            Request::RosterChanged { .. } => 2 * self.storage_patience() + margin,
+            _ => self.storage_patience() + margin,
+        }
+    }
+
     /// Feeds one input to the state machine and carries out what it asks.
     pub fn feed(self: &Rc<Self>, input: Input) {
         let mut queue = vec![input];
         while let Some(input) = queue.pop() {
             let mut outputs = std::mem::take(&mut *self.outputs.borrow_mut());
-            self.shard
-                .borrow_mut()
-                .handle(self.clock.now_ms(), input, &mut outputs);
+            let now = self.clock.now_ms();
+            for job in self.handle(now, input, &mut outputs) {
+                queue.push(Input::Storage {
+                    job,
+                    result: Err(StorageError::Backend(
+                        "not started: the shard failed while asking for it".into(),
+                    )),
+                });
+            }
             for output in outputs.drain(..) {
                 match output {
                     Output::Reply { to, response } => self.deliver_reply(to, response),
-                    Output::Peer { shard, msg } => self.to_peer(shard, MeshMsg::Peer(msg)),
+                    Output::Peer { shard, msg } => self.send_peer(shard, msg),
                     Output::Storage { job, request } => {
                         if let Err(e) = self.start_job(job, request) {
                             queue.push(Input::Storage {
@@ -179,6 +408,55 @@ impl ShardRuntime {
             }
             *self.outputs.borrow_mut() = outputs;
         }
+    }
+
+    /// `Shard::handle` under supervision. On a panic, what it produced is
+    /// discarded (it came from half-changed state); the input's request,
+    /// if any, is answered `unavailable`; its user's session is dropped
+    /// (`Shard::drop_user`, whose outputs are carried out); and the
+    /// discarded storage jobs are returned, to be fed back as failed (the
+    /// shard registered them). A panic while dropping the user leaves the
+    /// shard unusable: the process exits.
+    fn handle(&self, now: u64, input: Input, out: &mut Vec<Output>) -> Vec<u64> {
+        let kind = input_kind(&input);
+        let reply = match &input {
+            Input::Request { reply, .. } => Some(*reply),
+            _ => None,
+        };
+        let user = self.shard.borrow().user_of(&input);
+        let handled = supervise::supervised(|| self.shard.borrow_mut().handle(now, input, out));
+        if handled.is_ok() {
+            return Vec::new();
+        }
+        self.stats.panics.add(1);
+        let id = self.id;
+        match user {
+            Some(user) => error!(
+                "shard-{id}: handling {kind} for user {user} panicked: dropping the user's session"
+            ),
+            None => error!("shard-{id}: handling {kind} panicked"),
+        }
+        let jobs = out
+            .drain(..)
+            .filter_map(|o| match o {
+                Output::Storage { job, .. } => Some(job),
+                Output::Reply { .. } | Output::Peer { .. } => None,
+            })
+            .collect();
+        if let Some(to) = reply {
+            let response = Response::fail(ErrorCode::Unavailable, "internal error: try again");
+            out.push(Output::Reply { to, response });
+        }
+        if let Some(user) = user {
+            let dropped =
+                supervise::supervised(|| self.shard.borrow_mut().drop_user(now, user, out));
+            if dropped.is_err() {
+                supervise::fatal(format_args!(
+                    "shard-{id}: dropping user {user} after a panic panicked too: the shard is unusable"
+                ));
+            }
+        }
+        jobs
     }
 
     /// Handles a message from another shard.
@@ -194,13 +472,50 @@ impl ShardRuntime {
     fn deliver_reply(&self, to: ReplyTo, response: Response) {
         if to.shard == self.id {
             self.complete(to.req, response);
-        } else {
-            self.to_peer(
-                to.shard,
-                MeshMsg::Reply {
-                    req: to.req,
-                    response,
-                },
+            return;
+        }
+        let msg = MeshMsg::Reply {
+            req: to.req,
+            response,
+        };
+        if self.outbox(to.shard).try_send(msg).is_err() {
+            self.dropped(to.shard, Dropped::Reply);
+        }
+    }
+
+    /// Queues a peer message while the outbox holds fewer than
+    /// `peer_msgs_queued_max`, so replies and admitted requests keep their
+    /// room; otherwise drops it, counted by kind.
+    fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
+        let outbox = self.outbox(shard);
+        let kind = Dropped::of(&msg);
+        if outbox.len() >= self.bounds.peer_msgs_queued_max
+            || outbox.try_send(MeshMsg::Peer(msg)).is_err()
+        {
+            self.dropped(shard, kind);
+        }
+    }
+
+    fn outbox(&self, shard: ShardId) -> &LocalSender<MeshMsg> {
+        self.outboxes[shard].as_ref().expect("no outbox to self")
+    }
+
+    /// Counts a message dropped on the outbox to `shard` and logs it
+    /// (at most once per `DROP_LOG_INTERVAL_MS` per kind).
+    fn dropped(&self, shard: ShardId, kind: Dropped) {
+        let (counter, gate) = match kind {
+            Dropped::Reply => (&self.stats.dropped_replies, &self.drop_logs[0]),
+            Dropped::Delivery => (&self.stats.dropped_deliveries, &self.drop_logs[1]),
+            Dropped::Presence => (&self.stats.dropped_presence, &self.drop_logs[2]),
+            Dropped::Roster => (&self.stats.dropped_roster, &self.drop_logs[3]),
+        };
+        counter.add(1);
+        if let Some(skipped) = gate.pass(self.clock.now_ms()) {
+            error!(
+                "shard-{}: outbox to shard-{shard} full: dropped a {} message ({} in all; {skipped} more not logged)",
+                self.id,
+                kind.name(),
+                counter.get()
             );
         }
     }
@@ -212,43 +527,27 @@ impl ShardRuntime {
         }
     }
 
-    fn to_peer(&self, shard: ShardId, msg: MeshMsg) {
-        let outbox = self.outboxes[shard].as_ref().expect("no outbox to self");
-        if let Err(e) = outbox.try_send(msg) {
-            // Requests are admitted only below the outbox's admission mark,
-            // so a full outbox here means a peer stopped draining.
-            self.stats
-                .dropped_mesh
-                .set(self.stats.dropped_mesh.get() + 1);
-            error!(
-                "shard-{}: outbox to shard-{shard} full, dropped: {e:?}",
-                self.id
-            );
-        }
-    }
-
     /// Starts a storage job; its result is fed back when it completes or
-    /// its deadline passes.
+    /// the engine's timer for it fires (`STORAGE_SLACK_MS` after storage's
+    /// own deadline, so storage normally answers `TimedOut` first).
     fn start_job(self: &Rc<Self>, job: u64, request: StorageJob) -> Result<(), StorageError> {
         let deadline = Instant::now() + self.storage_timeout;
         let what = request.name();
         let user = request.user();
         let pending = self.store.submit(request, deadline)?;
         let rt = self.clone();
-        let timeout = self.storage_timeout;
+        let patience = self.storage_patience();
         let waiting = &self.stats.storage_jobs_waiting;
-        waiting.set(waiting.get() + 1);
+        waiting.add(1);
         glommio::spawn_local(async move {
             log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
-            let result = deadline::within(glommio::timer::sleep(timeout), pending)
+            let result = deadline::within(glommio::timer::sleep(patience), pending)
                 .await
                 .unwrap_or(Err(StorageError::TimedOut));
             log::debug!("shard-{}: job {job} {what} done: {}", rt.id, result.is_ok());
             if let Err(e) = &result {
                 if *e == StorageError::TimedOut {
-                    rt.stats
-                        .storage_timeouts
-                        .set(rt.stats.storage_timeouts.get() + 1);
+                    rt.stats.storage_timeouts.add(1);
                 }
                 warn!(
                     "shard-{}: storage job {what} for user {user} failed: {e}",
@@ -264,32 +563,60 @@ impl ShardRuntime {
     }
 
     /// Sends `request` to `shard` (this one or a peer) and waits for the
-    /// answer. A full outbox sheds the request with `unavailable` at once.
+    /// answer, at most its deadline (`CALL_MARGIN_MS` past what the home
+    /// shard should take). A peer with `REQUESTS_IN_FLIGHT_MAX` requests
+    /// in flight sheds it with `unavailable` at once; a deadline passed
+    /// answers `unavailable` too. The waiting entry goes however this ends
+    /// (even when the caller drops this future).
     pub async fn call_on(self: &Rc<Self>, shard: ShardId, request: Request) -> Response {
+        let busy = || Response::fail(ErrorCode::Unavailable, "server busy: try again");
+        let remote = shard != self.id;
+        if remote && self.in_flight[shard].get() >= self.bounds.requests_in_flight_max {
+            self.stats.shed_requests.add(1);
+            return busy();
+        }
+        let patience = self.call_patience(&request);
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
-        self.waiting.borrow_mut().insert(req, tx);
+        let _waiting = Waiting::register(self, req, tx, remote.then_some(shard));
         let reply = ReplyTo {
             shard: self.id,
             req,
         };
-        if shard == self.id {
+        if !remote {
             self.feed(Input::Request { reply, request });
-        } else {
-            let outbox = self.outboxes[shard].as_ref().expect("peer outbox");
-            if outbox.len() >= limits::OUTBOX_ADMIT_MAX {
-                self.waiting.borrow_mut().remove(&req);
-                self.stats
-                    .shed_requests
-                    .set(self.stats.shed_requests.get() + 1);
-                return Response::fail(ErrorCode::Unavailable, "server busy: try again");
-            }
-            self.to_peer(shard, MeshMsg::Request { reply, request });
+        } else if let Err(e) = self
+            .outbox(shard)
+            .try_send(MeshMsg::Request { reply, request })
+        {
+            // Never expected: the in-flight bound keeps room for requests.
+            self.stats.shed_requests.add(1);
+            error!(
+                "shard-{}: outbox to shard-{shard} full, request shed: {e}",
+                self.id
+            );
+            return busy();
         }
-        match rx.await {
-            Ok(response) => response,
-            Err(_) => Response::fail(ErrorCode::Unavailable, "request dropped: try again"),
+        match deadline::within(glommio::timer::sleep(patience), rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(oneshot::Canceled)) => {
+                Response::fail(ErrorCode::Unavailable, "request dropped: try again")
+            }
+            Err(TimedOut) => {
+                self.stats.call_timeouts.add(1);
+                if let Some(skipped) = self.timeout_log.pass(self.clock.now_ms()) {
+                    warn!(
+                        "shard-{}: no answer from shard-{shard} within {patience:?} ({} in all; {skipped} more not logged)",
+                        self.id,
+                        self.stats.call_timeouts.get()
+                    );
+                }
+                Response::fail(
+                    ErrorCode::Unavailable,
+                    "no answer from the home shard: try again",
+                )
+            }
         }
     }
 
@@ -302,5 +629,110 @@ impl ShardRuntime {
     /// Requests waiting for an answer on this conn shard.
     pub fn waiting_count(&self) -> usize {
         self.waiting.borrow().len()
+    }
+
+    /// Requests in flight to `peer` (0 for this shard itself).
+    pub fn in_flight(&self, peer: ShardId) -> usize {
+        self.in_flight[peer].get()
+    }
+}
+
+/// One call's `waiting` entry, and its count in flight to a peer, both
+/// removed when this drops: answered, timed out, shed, or the caller gone.
+struct Waiting<'a> {
+    rt: &'a ShardRuntime,
+    req: u64,
+    /// The peer it counts against (`None`: this shard).
+    peer: Option<ShardId>,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(
+        rt: &'a ShardRuntime,
+        req: u64,
+        tx: oneshot::Sender<Response>,
+        peer: Option<ShardId>,
+    ) -> Waiting<'a> {
+        rt.waiting.borrow_mut().insert(req, tx);
+        if let Some(p) = peer {
+            rt.in_flight[p].set(rt.in_flight[p].get() + 1);
+        }
+        Waiting { rt, req, peer }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rt.waiting.borrow_mut().remove(&self.req);
+        if let Some(p) = self.peer {
+            self.rt.in_flight[p].set(self.rt.in_flight[p].get() - 1);
+        }
+    }
+}
+
+/// What an input is, for logs (never its content: it may quote users).
+fn input_kind(input: &Input) -> String {
+    match input {
+        Input::Request { request, .. } => format!("request {}", request_kind(request)),
+        Input::Peer(msg) => format!("peer message {}", Dropped::of(msg).name()),
+        Input::Storage { job, result } => {
+            format!("storage result of job {job} (ok: {})", result.is_ok())
+        }
+        Input::Tick => "tick".into(),
+        Input::Drain => "drain".into(),
+    }
+}
+
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Connect { .. } => "connect",
+        Request::Poll { .. } => "poll",
+        Request::Send { .. } => "send",
+        Request::Typing { .. } => "typing",
+        Request::Presence { .. } => "presence",
+        Request::Ui { .. } => "ui",
+        Request::Read { .. } => "read",
+        Request::History { .. } => "history",
+        Request::Leave { .. } => "leave",
+        Request::Rejected { .. } => "rejected",
+        Request::RosterChanged { .. } => "roster_changed",
+        Request::Kick { .. } => "kick",
+        Request::Health => "health",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_bounds_leave_room_for_every_reply_and_admitted_request() {
+        for depth in [None, Some(4), Some(8), Some(101)] {
+            let b = MeshBounds::new(depth);
+            assert!(b.requests_in_flight_max >= 1, "{depth:?}: {b:?}");
+            let shares = 2 * b.requests_in_flight_max + b.peer_msgs_queued_max;
+            assert!(shares <= b.outbox_depth_max, "{depth:?}: {b:?}");
+        }
+        let b = MeshBounds::new(Some(4));
+        assert_eq!(
+            (
+                b.outbox_depth_max,
+                b.requests_in_flight_max,
+                b.peer_msgs_queued_max
+            ),
+            (4, 1, 2)
+        );
+    }
+
+    #[test]
+    fn log_gate_passes_once_per_interval_and_counts_the_rest() {
+        let gate = LogGate::default();
+        let step = limits::DROP_LOG_INTERVAL_MS;
+        let check = |now, expected| assert_eq!(gate.pass(now), expected, "at {now}");
+        check(1_000, Some(0));
+        check(1_001, None);
+        check(1_000 + step - 1, None);
+        check(1_000 + step, Some(2));
+        check(1_000 + 2 * step, Some(0));
     }
 }

@@ -27,11 +27,13 @@
 //! joined, and the database is closed), and last the data folder's lock
 //! is released.
 //!
-//! Invariants: storage outlives every executor. No shard ends the process:
-//! a shard's failure reaches the starting thread as an [`Error`], and every
-//! shard reports its end, whatever the cause (a drop guard: a panic or an
-//! executor that never started reports too), so [`Server::wait`] always
-//! learns of it.
+//! Invariants: storage outlives every executor. A shard's failure reaches
+//! the starting thread as an [`Error`], and every shard reports its end,
+//! whatever the cause (a drop guard: an executor that never started
+//! reports too), so [`Server::wait`] always learns of it. The exception is
+//! a panic on a running executor outside the supervised region, or a mesh
+//! peer gone while no stop was asked for: the process exits at once
+//! ([`crate::supervise`]).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -54,11 +56,12 @@ use crate::error::Error;
 use crate::handler::ConnHandler;
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
-use crate::runtime::{Clock, MeshMsg, ShardRuntime};
+use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
 use crate::settings::Settings;
 use crate::signals::StopSignals;
 pub use crate::stop::StopHandle;
 use crate::stop::{self, ConnStop, MainPhase, Phase};
+use crate::supervise::{self, Faults};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -74,6 +77,8 @@ struct Shared {
     demo: Option<Arc<Demo>>,
     /// Set when the server is to stop.
     stop: StopHandle,
+    /// Every shard's runtime counters, in shard order.
+    stats: Arc<[RuntimeStats]>,
 }
 
 /// What a shard tells the thread that started the server. At most three
@@ -165,6 +170,7 @@ impl Server {
         };
         claim::probe(Listener::Client, settings.listen)?;
         claim::probe(Listener::Admin, settings.admin_listen)?;
+        supervise::install_panic_hook();
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -181,12 +187,14 @@ impl Server {
         };
         let demo = demo_mode(&settings);
         let stop = StopHandle::new(settings.shards);
+        let shards = settings.shards;
         let shared = Arc::new(Shared {
             settings,
             secret,
             store,
             clock: Clock::new(),
             client_addr: OnceLock::new(),
+            stats: StatsSlot::for_shards(shards),
             demo,
             stop,
         });
@@ -371,6 +379,7 @@ impl Shards {
 async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Reporter) {
     let stop = shared.stop.clone();
     let i = ends.shard();
+    supervise::on_executor(i);
     let Some(mesh) = stop.until_stop(ends.connect()).await else {
         return;
     };
@@ -401,12 +410,16 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     config.tab_timeout_ms = s.tab_timeout_ms;
     config.roster_refresh_ms = s.roster_refresh_ms;
     config.rate_limits = s.rate_limits.clone();
-    let (rt, outboxes) = ShardRuntime::new(
-        Shard::new(config),
-        shared.store.clone(),
-        Duration::from_millis(s.storage_timeout_ms),
-        shared.clock,
-    );
+    let faults = Faults::from_env();
+    config.panic_user = faults.panic_user;
+    let parts = RuntimeParts {
+        store: shared.store.clone(),
+        storage_timeout: Duration::from_millis(s.storage_timeout_ms),
+        clock: shared.clock,
+        stats: shared.stats.clone(),
+        faults,
+    };
+    let (rt, outboxes) = ShardRuntime::new(Shard::new(config), parts);
     let mut senders = mesh.senders;
     for (peer, rx) in outboxes {
         let tx = senders[peer].take().expect("a channel to every peer");
@@ -415,11 +428,10 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
             while let Some(msg) = rx.recv().await {
                 if tx.send(msg).await.is_err() {
                     // A peer ends first when the server stops.
-                    if stop.is_stopping() {
-                        debug!("mesh to shard-{peer} closed while stopping");
-                    } else {
-                        error!("mesh to shard-{peer} closed");
+                    if !stop.is_stopping() {
+                        supervise::fatal(format_args!("shard-{i}: mesh to shard-{peer} closed"));
                     }
+                    debug!("mesh to shard-{peer} closed while stopping");
                     return;
                 }
             }
@@ -428,9 +440,13 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     }
     for (peer, rx) in mesh.receivers {
         let rt = rt.clone();
+        let stop = shared.stop.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 rt.on_mesh(peer, msg);
+            }
+            if !stop.is_stopping() {
+                supervise::fatal(format_args!("shard-{i}: mesh from shard-{peer} closed"));
             }
         })
         .detach();

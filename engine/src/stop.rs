@@ -292,7 +292,8 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     }
 
     stop.set_phase(i, Phase::Jobs);
-    let jobs_until = Instant::now() + rt.storage_timeout + Duration::from_millis(limits::TICK_MS);
+    let jobs_until =
+        Instant::now() + rt.storage_patience() + Duration::from_millis(limits::TICK_MS);
     if !wait_until(jobs_until, || {
         stop.publish(i, rt);
         rt.stats.storage_jobs_waiting.get() == 0

@@ -108,4 +108,4 @@ pub use call::{decide, Decision, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
-pub use reply::{DemoUser, Reply, ShardHealth};
+pub use reply::{DemoUser, Reply, ShardCounter, ShardHealth};

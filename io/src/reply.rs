@@ -20,10 +20,13 @@ pub enum Reply {
         /// How long each shard was given to answer (for the message).
         timeout_ms: u64,
     },
-    /// Admin `/metrics`: the Prometheus text of the shards' answers, 200.
+    /// Admin `/metrics`: the Prometheus text of the shards' answers and
+    /// counters, 200.
     Metrics {
         /// One entry per shard.
         shards: Vec<ShardHealth>,
+        /// Counters, each name's shards together.
+        counters: Vec<ShardCounter>,
     },
     /// A call the protocol names but this build does not do yet
     /// (`/trace`): 501 with code `not_found` and this message.
@@ -93,6 +96,20 @@ impl ShardHealth {
             | ShardHealth::Silent { shard } => shard,
         }
     }
+}
+
+/// One shard's value of one counter (Prometheus `counter`), for
+/// `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardCounter {
+    /// The metric's name, `switchboard_..._total`.
+    pub name: &'static str,
+    /// What it counts (its `# HELP` line).
+    pub help: &'static str,
+    /// The shard it is about.
+    pub shard: ShardId,
+    /// Its value.
+    pub value: u64,
 }
 
 /// A user the demo's sign-in picker offers.

@@ -14,7 +14,7 @@ use switchboard_shards::model::{
 
 use crate::call::Mode;
 use crate::head::HttpError;
-use crate::reply::{DemoUser, Reply, ShardHealth};
+use crate::reply::{DemoUser, Reply, ShardCounter, ShardHealth};
 
 /// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
 /// With [`status_of_reply`], the only place this is decided.
@@ -153,8 +153,8 @@ impl Encoder {
                 write_demo_token_json(&mut self.body, token, *user, name);
             }
             Reply::Json { body } => self.body.extend_from_slice(body.as_bytes()),
-            Reply::Metrics { shards } => {
-                write_metrics_text(&mut self.body, shards);
+            Reply::Metrics { shards, counters } => {
+                write_metrics_text(&mut self.body, shards, counters);
                 return write_raw(out, status, METRICS, &self.body, persist, head_only, date);
             }
             Reply::File { content_type, body } => {
@@ -549,7 +549,7 @@ fn write_health_json(out: &mut Vec<u8>, shards: &[ShardHealth], timeout_ms: u64)
 
 /// The `/metrics` text: sessions and tabs of the shards that answered with
 /// their counts, and whether each shard answered at all.
-fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth]) {
+fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth], counters: &[ShardCounter]) {
     out.extend_from_slice(b"# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n");
     for health in shards {
         if let ShardHealth::Up {
@@ -575,6 +575,18 @@ fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth]) {
             "switchboard_shard_up{{shard=\"{}\"}} {up}",
             health.shard()
         );
+    }
+    let mut last = "";
+    for c in counters {
+        if c.name != last {
+            let _ = writeln!(
+                out,
+                "# HELP {} {}\n# TYPE {} counter",
+                c.name, c.help, c.name
+            );
+            last = c.name;
+        }
+        let _ = writeln!(out, "{}{{shard=\"{}\"}} {}", c.name, c.shard, c.value);
     }
 }
 
@@ -1121,14 +1133,32 @@ mod tests {
         );
         // A shard that refused did answer: it counts as up in metrics.
         check_reply(
-            Reply::Metrics { shards: some_down },
+            Reply::Metrics {
+                shards: some_down,
+                counters: vec![
+                    ShardCounter {
+                        name: "switchboard_panics_total",
+                        help: "Panics caught.",
+                        shard: 0,
+                        value: 2,
+                    },
+                    ShardCounter {
+                        name: "switchboard_panics_total",
+                        help: "Panics caught.",
+                        shard: 1,
+                        value: 0,
+                    },
+                ],
+            },
             "HTTP/1.1 200 OK\r\n",
             "# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n\
              switchboard_sessions{shard=\"0\"} 3\n\
              # HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n\
              switchboard_tabs{shard=\"0\"} 4\n\
              # HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n\
-             switchboard_shard_up{shard=\"0\"} 1\nswitchboard_shard_up{shard=\"1\"} 1\nswitchboard_shard_up{shard=\"2\"} 0\n",
+             switchboard_shard_up{shard=\"0\"} 1\nswitchboard_shard_up{shard=\"1\"} 1\nswitchboard_shard_up{shard=\"2\"} 0\n\
+             # HELP switchboard_panics_total Panics caught.\n# TYPE switchboard_panics_total counter\n\
+             switchboard_panics_total{shard=\"0\"} 2\nswitchboard_panics_total{shard=\"1\"} 0\n",
         );
         check_reply(
             Reply::NotBuilt {

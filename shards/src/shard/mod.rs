@@ -81,6 +81,11 @@ pub struct Config {
     pub tabs_per_user_max: usize,
     /// How often this shard sends every other its presence digest.
     pub presence_digest_ms: u64,
+    /// Test-only fault: a `/send` from this user panics inside the shard
+    /// (honoured only with the `fault-injection` feature; see
+    /// [`crate::FAULT_INJECTION`]).
+    #[serde(default)]
+    pub panic_user: Option<UserId>,
 }
 
 impl Config {
@@ -98,6 +103,7 @@ impl Config {
             rate_limits: RateLimits::default(),
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
             presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
+            panic_user: None,
         }
     }
 

@@ -57,6 +57,12 @@ impl Shard {
                 "request for user {user} routed to the wrong shard"
             );
         }
+        #[cfg(feature = "fault-injection")]
+        if let Request::Send { sid, .. } = &request {
+            if Some(sid.user) == self.config.panic_user {
+                panic!("fault injection: a send from user {} panics", sid.user);
+            }
+        }
         match request {
             Request::Connect { user, tab, sid } => {
                 let c = WaitingConnect {
