@@ -290,6 +290,60 @@ impl Handler for ConnHandler {
     }
 }
 
+/// A runtime counter as `/metrics` shows it.
+struct CounterSpec {
+    /// The metric's name.
+    name: &'static str,
+    /// Its `# HELP` text.
+    help: &'static str,
+    /// Its value in one shard's stats.
+    value: fn(&RuntimeStats) -> u64,
+}
+
+/// The runtime counters on `/metrics`, in the order shown.
+const COUNTERS: [CounterSpec; 8] = [
+    CounterSpec {
+        name: "switchboard_panics_total",
+        help: "Panics caught while a shard handled an input (each cost its user's session).",
+        value: |s| s.panics.get(),
+    },
+    CounterSpec {
+        name: "switchboard_call_timeouts_total",
+        help: "Calls answered unavailable because the home shard did not answer by the deadline.",
+        value: |s| s.call_timeouts.get(),
+    },
+    CounterSpec {
+        name: "switchboard_shed_requests_total",
+        help: "Requests answered unavailable at once: too many in flight to their home shard.",
+        value: |s| s.shed_requests.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_replies_total",
+        help: "Replies dropped on a full outbox.",
+        value: |s| s.dropped_replies.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_deliveries_total",
+        help: "Deliveries dropped on a full outbox.",
+        value: |s| s.dropped_deliveries.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_presence_total",
+        help: "Presence messages dropped on a full outbox (repaired by the presence digest).",
+        value: |s| s.dropped_presence.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_roster_total",
+        help: "Roster messages dropped on a full outbox.",
+        value: |s| s.dropped_roster.get(),
+    },
+    CounterSpec {
+        name: "switchboard_storage_timeouts_total",
+        help: "Storage jobs that timed out.",
+        value: |s| s.storage_timeouts.get(),
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,57 +407,3 @@ mod tests {
         );
     }
 }
-
-/// A runtime counter as `/metrics` shows it.
-struct CounterSpec {
-    /// The metric's name.
-    name: &'static str,
-    /// Its `# HELP` text.
-    help: &'static str,
-    /// Its value in one shard's stats.
-    value: fn(&RuntimeStats) -> u64,
-}
-
-/// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 8] = [
-    CounterSpec {
-        name: "switchboard_panics_total",
-        help: "Panics caught while a shard handled an input (each cost its user's session).",
-        value: |s| s.panics.get(),
-    },
-    CounterSpec {
-        name: "switchboard_call_timeouts_total",
-        help: "Calls answered unavailable because the home shard did not answer by the deadline.",
-        value: |s| s.call_timeouts.get(),
-    },
-    CounterSpec {
-        name: "switchboard_shed_requests_total",
-        help: "Requests answered unavailable at once: too many in flight to their home shard.",
-        value: |s| s.shed_requests.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_replies_total",
-        help: "Replies dropped on a full outbox.",
-        value: |s| s.dropped_replies.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_deliveries_total",
-        help: "Deliveries dropped on a full outbox.",
-        value: |s| s.dropped_deliveries.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_presence_total",
-        help: "Presence messages dropped on a full outbox (repaired by the presence digest).",
-        value: |s| s.dropped_presence.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_roster_total",
-        help: "Roster messages dropped on a full outbox.",
-        value: |s| s.dropped_roster.get(),
-    },
-    CounterSpec {
-        name: "switchboard_storage_timeouts_total",
-        help: "Storage jobs that timed out.",
-        value: |s| s.storage_timeouts.get(),
-    },
-];
