@@ -165,6 +165,18 @@ struct Call {
     kicks: u64,
     /// Whether it reached its home shard.
     arrived: bool,
+    /// For a call addressing another user: what the directory allowed
+    /// when it reached its home shard (where friends-only is checked).
+    friendship: Friendship,
+}
+
+/// What a friends-only answer may be, as of a call's arrival.
+#[derive(Clone, Copy, Debug, Default)]
+struct Friendship {
+    /// They are friends, or their friendship is changing.
+    may_be_friends: bool,
+    /// They are not friends, or their friendship is changing.
+    may_be_strangers: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +280,8 @@ pub struct World {
     seen_events: HashMap<UserId, (u64, BTreeSet<UserId>)>,
     /// Whether new jobs may fail (off while quiescing).
     faults_on: bool,
+    /// Whether the shards are ticking (checked once all have ticked).
+    ticking: bool,
     /// The last inputs, for the failure message.
     trace: VecDeque<String>,
     pub figures: Figures,
@@ -338,6 +352,7 @@ impl World {
             kicks: 0,
             seen_events: HashMap::new(),
             faults_on: true,
+            ticking: false,
             trace: VecDeque::new(),
             figures: Figures::default(),
         }
@@ -404,11 +419,17 @@ impl World {
     /// Advances the clock one tick and ticks every shard.
     fn tick(&mut self) {
         self.now += TICK_MS;
+        // One step: every shard ticks, then the invariants are checked
+        // (ticks are most inputs; checking after each would triple the
+        // run time for little: a tick takes no input from the others).
         let first = self.rng.below(self.shards.len() as u64) as usize;
+        self.ticking = true;
         for i in 0..self.shards.len() {
             let s = (first + i) % self.shards.len();
             self.feed(s, Input::Tick);
         }
+        self.ticking = false;
+        self.check();
     }
 
     /// Delivers up to `n` things that are due (wires, storage events).
@@ -569,7 +590,9 @@ impl World {
         for (to, response) in replies {
             self.on_reply(shard, to, response);
         }
-        self.check();
+        if !self.ticking {
+            self.check();
+        }
     }
 
     fn add_job(&mut self, shard: usize, job: u64, request: StorageJob) {
@@ -637,6 +660,7 @@ impl World {
                 faults: self.faults,
                 kicks: self.kicks,
                 arrived: false,
+                friendship: Friendship::default(),
             },
         );
         if let Some(t) = tab {
@@ -656,8 +680,23 @@ impl World {
 
     fn feed_request(&mut self, shard: usize, reply: ReplyTo, request: Request) {
         self.note(format!("request #{} at {shard}: {request:?}", reply.req));
+        let user = request.home_user().unwrap();
+        let other = match request {
+            Request::Send { to, .. } | Request::Typing { to, .. } => Some(to),
+            Request::Read { with, .. } => Some(with),
+            _ => None,
+        };
+        let friendship = other.map(|o| {
+            let changing = self.unsettled.contains_key(&pair(user, o));
+            let friends = self.store.are_friends(user, o);
+            Friendship {
+                may_be_friends: o != user && (friends || changing),
+                may_be_strangers: o != user && (!friends || changing),
+            }
+        });
         let call = self.calls.get_mut(&reply.req).expect("call made");
         call.arrived = true;
+        call.friendship = friendship.unwrap_or_default();
         if let (Kind::Poll { .. }, Some(t)) = (&call.kind, call.tab) {
             self.tabs[t].polls_held += 1;
         }
@@ -722,13 +761,19 @@ impl World {
                 self.send(t, to, cid);
             }
             55..=59 => {
+                // Typing, sometimes a burst of it (that fills a friend's
+                // buffer: a tab that is not polling then gets `reset`).
                 let to = self.someone_for(user);
-                let state = if self.rng.chance(50) {
-                    TypingState::Typing
-                } else {
-                    TypingState::Stopped
-                };
-                self.request(Kind::Typing { to }, Some(t), Request::Typing { sid, to, state });
+                let burst = if self.rng.chance(20) { 12 } else { 1 };
+                for i in 0..burst {
+                    let state = if i % 2 == 0 {
+                        TypingState::Typing
+                    } else {
+                        TypingState::Stopped
+                    };
+                    let r = Request::Typing { sid, to, state };
+                    self.request(Kind::Typing { to }, Some(t), r);
+                }
             }
             60..=62 => {
                 let status = if self.rng.chance(50) {
@@ -1082,8 +1127,7 @@ impl World {
             (Kind::Send { to, cid }, Response::Sent { id, ts }) => {
                 let t = t.unwrap();
                 let user = self.tabs[t].user;
-                let settled = !self.unsettled.contains_key(&pair(user, to));
-                if to == user || (settled && !self.store.are_friends(user, to)) {
+                if !call.friendship.may_be_friends {
                     self.fail(format!("send {user}→{to} acknowledged (not friends)"));
                 }
                 let m = self.store.message(id).cloned();
@@ -1115,24 +1159,24 @@ impl World {
                             self.retries.push(Retry { at, tab: t, to, cid });
                         }
                     }
-                    code => self.check_refusal(user, to, code, "send"),
+                    code => self.check_refusal(user, to, code, call.friendship, "send"),
                 }
             }
             (Kind::Typing { to }, Response::Done) => {
                 let user = self.tabs[t.unwrap()].user;
-                self.check_friends_ok(user, to, "typing");
+                self.check_friends_ok(user, to, call.friendship, "typing");
             }
             (Kind::Typing { to }, Response::Failed(f)) => {
                 let user = self.tabs[t.unwrap()].user;
-                self.check_refusal(user, to, f.code, "typing");
+                self.check_refusal(user, to, f.code, call.friendship, "typing");
             }
             (Kind::Read { with }, Response::Done) => {
                 let user = self.tabs[t.unwrap()].user;
-                self.check_friends_ok(user, with, "read");
+                self.check_friends_ok(user, with, call.friendship, "read");
             }
             (Kind::Read { with }, Response::Failed(f)) if f.code != ErrorCode::Unavailable => {
                 let user = self.tabs[t.unwrap()].user;
-                self.check_refusal(user, with, f.code, "read");
+                self.check_refusal(user, with, f.code, call.friendship, "read");
             }
             (
                 Kind::History {
@@ -1194,21 +1238,25 @@ impl World {
 
     /// A friends-only call was accepted: they must be friends, or their
     /// friendship be changing.
-    fn check_friends_ok(&self, user: UserId, other: UserId, what: &str) {
-        let p = pair(user, other);
-        if other == user || (!self.unsettled.contains_key(&p) && !self.store.are_friends(user, other))
-        {
+    fn check_friends_ok(&self, user: UserId, other: UserId, f: Friendship, what: &str) {
+        if !f.may_be_friends {
             self.fail(format!("{what} {user}→{other} accepted (not friends)"));
         }
     }
 
     /// A call addressing `other` was refused with `code`.
-    fn check_refusal(&self, user: UserId, other: UserId, code: ErrorCode, what: &str) {
+    fn check_refusal(
+        &self,
+        user: UserId,
+        other: UserId,
+        code: ErrorCode,
+        f: Friendship,
+        what: &str,
+    ) {
         match code {
             ErrorCode::BadRequest if other == user => {}
             ErrorCode::NotFriends if other != user => {
-                let p = pair(user, other);
-                if !self.unsettled.contains_key(&p) && self.store.are_friends(user, other) {
+                if !f.may_be_strangers {
                     self.fail(format!("{what} {user}→{other} refused not_friends (friends)"));
                 }
             }
@@ -1284,18 +1332,29 @@ impl World {
                 self.fail(format!("{} jobs in flight", s.jobs_in_flight()));
             }
         }
-        let jobs_here = |s: usize| self.jobs.iter().filter(|j| j.shard == s).count();
-        for s in 0..n {
-            if self.shards[s].jobs_in_flight() > jobs_here(s) {
+        let mut jobs_here = vec![0; n];
+        for j in &self.jobs {
+            jobs_here[j.shard] += 1;
+        }
+        for (s, &here) in jobs_here.iter().enumerate() {
+            if self.shards[s].jobs_in_flight() > here {
                 self.fail(format!(
-                    "shard {s} has {} jobs in flight, the world {}",
+                    "shard {s} has {} jobs in flight, the world {here}",
                     self.shards[s].jobs_in_flight(),
-                    jobs_here(s)
                 ));
             }
         }
+        // Presence broadcasts in flight: (user, to shard).
+        let mut presence_in_flight = HashSet::new();
+        for (&(_, to), q) in &self.links {
+            for w in q {
+                if let Wire::Peer(PeerMsg::Presence { user, .. }) = w {
+                    presence_in_flight.insert((*user, to));
+                }
+            }
+        }
         for u in 1..=self.shape.users {
-            self.check_user(u);
+            self.check_user(u, &presence_in_flight);
         }
         for t in 0..self.tabs.len() {
             if self.surely_attached(t) && !self.server_has(self.tabs[t].sid) {
@@ -1307,7 +1366,7 @@ impl World {
         }
     }
 
-    fn check_user(&mut self, u: UserId) {
+    fn check_user(&mut self, u: UserId, presence_in_flight: &HashSet<(UserId, usize)>) {
         let prev = self.seen_events.remove(&u);
         let n = self.shards.len();
         let h = home_shard(u, n);
@@ -1326,11 +1385,7 @@ impl World {
             }
         }
         for (i, other) in self.shards.iter().enumerate() {
-            let in_flight = self.links.get(&(h, i)).is_some_and(|q| {
-                q.iter()
-                    .any(|w| matches!(w, Wire::Peer(PeerMsg::Presence { user, .. }) if *user == u))
-            });
-            if !in_flight && other.presence_of(u) != status {
+            if !presence_in_flight.contains(&(u, i)) && other.presence_of(u) != status {
                 self.fail(format!(
                     "shard {i} sees {u} {:?}, home shard {h} {status:?}",
                     other.presence_of(u)
@@ -1357,7 +1412,7 @@ impl World {
         if checked > s.seq {
             checked = 0; // a new session
         }
-        for e in s.events.iter().filter(|e| e.seq > checked) {
+        for e in s.events.iter().rev().take_while(|e| e.seq > checked) {
             let by = match &e.kind {
                 EventKind::Message(m) => {
                     if m.from != u && m.to != u {
