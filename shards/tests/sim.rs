@@ -695,8 +695,9 @@ fn storage_failure_answers_unavailable_and_loses_no_session() {
     assert!(matches!(r, Some(Response::Sent { .. })));
 }
 
-/// Seeds CI runs (`cargo test`), and steps per seed: about 10 s in debug.
-const CI_SEEDS: u64 = 24;
+/// Seeds CI runs (`cargo test`), and steps per seed: about 12 s of CPU in
+/// debug.
+const CI_SEEDS: u64 = 16;
 const CI_STEPS: u64 = 3_000;
 
 /// Seeded random worlds (2–4 shards, 5–10 users, small or default tab and
@@ -706,7 +707,11 @@ const CI_STEPS: u64 = 3_000;
 /// See `sim/world.rs`.
 #[test]
 fn random_worlds_keep_every_invariant() {
-    let env = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().expect(name));
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<u64>().expect(name))
+    };
     let seeds: Vec<u64> = match (env("SIM_SEED"), env("SIM_SEEDS")) {
         (Some(seed), _) => vec![seed],
         (None, Some(n)) => (1..=n).collect(),

@@ -139,17 +139,38 @@ struct Job {
 /// What a request was, for checking its reply.
 #[derive(Clone, Debug)]
 enum Kind {
-    Connect { user: UserId, name: Option<String> },
-    Poll { since: u64 },
-    Send { to: UserId, cid: Option<String> },
-    Typing { to: UserId },
+    Connect {
+        user: UserId,
+        name: Option<String>,
+    },
+    Poll {
+        since: u64,
+    },
+    Send {
+        to: UserId,
+        cid: Option<String>,
+    },
+    Typing {
+        to: UserId,
+    },
     Presence,
     Ui,
-    Read { with: UserId },
-    History { with: UserId, before: Option<MsgId>, limit: u32 },
+    Read {
+        with: UserId,
+    },
+    History {
+        with: UserId,
+        before: Option<MsgId>,
+        limit: u32,
+    },
     Leave,
-    Kick { user: UserId },
-    RosterChanged { user: UserId, version: u64 },
+    Kick {
+        user: UserId,
+    },
+    RosterChanged {
+        user: UserId,
+        version: u64,
+    },
 }
 
 /// A request awaiting its one reply.
@@ -284,6 +305,8 @@ pub struct World {
     ticking: bool,
     /// The last inputs, for the failure message.
     trace: VecDeque<String>,
+    /// How many inputs the trace keeps (`SIM_TRACE`, default 40).
+    trace_len: usize,
     pub figures: Figures,
 }
 
@@ -354,6 +377,10 @@ impl World {
             faults_on: true,
             ticking: false,
             trace: VecDeque::new(),
+            trace_len: std::env::var("SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(40),
             figures: Figures::default(),
         }
     }
@@ -374,10 +401,11 @@ impl World {
     }
 
     fn note(&mut self, line: String) {
-        if self.trace.len() >= 40 {
+        if self.trace.len() >= self.trace_len {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("[{} t={}] {line}", self.step, self.now));
+        self.trace
+            .push_back(format!("[{} t={}] {line}", self.step, self.now));
     }
 
     // ---- driving ----------------------------------------------------
@@ -518,13 +546,7 @@ impl World {
                 Err(e) => format!("{e}"),
             }
         ));
-        self.feed(
-            j.shard,
-            Input::Storage {
-                job: j.job,
-                result,
-            },
-        );
+        self.feed(j.shard, Input::Storage { job: j.job, result });
         true
     }
 
@@ -986,7 +1008,10 @@ impl World {
         };
         self.note(format!("reply #{}: {response:?}", to.req));
         if to.shard != call.conn {
-            self.fail(format!("reply #{} to shard {} not {}", to.req, to.shard, call.conn));
+            self.fail(format!(
+                "reply #{} to shard {} not {}",
+                to.req, to.shard, call.conn
+            ));
         }
         let t = call.tab;
         if let (Kind::Poll { .. }, Some(t)) = (&call.kind, t) {
@@ -1156,7 +1181,12 @@ impl World {
                     ErrorCode::Unavailable => {
                         if let Some(cid) = cid {
                             let at = self.now + self.rng.range(1, 60) * 50;
-                            self.retries.push(Retry { at, tab: t, to, cid });
+                            self.retries.push(Retry {
+                                at,
+                                tab: t,
+                                to,
+                                cid,
+                            });
                         }
                     }
                     code => self.check_refusal(user, to, code, call.friendship, "send"),
@@ -1257,7 +1287,9 @@ impl World {
             ErrorCode::BadRequest if other == user => {}
             ErrorCode::NotFriends if other != user => {
                 if !f.may_be_strangers {
-                    self.fail(format!("{what} {user}→{other} refused not_friends (friends)"));
+                    self.fail(format!(
+                        "{what} {user}→{other} refused not_friends (friends)"
+                    ));
                 }
             }
             code => self.fail(format!("{what} {user}→{other} refused {code:?}")),
@@ -1377,11 +1409,17 @@ impl World {
         // agree once the home shard's broadcasts have arrived.
         let status = home.presence_of(u);
         if (status != Status::Offline) != live.is_some() {
-            self.fail(format!("presence of {u} is {status:?}, live session: {}", live.is_some()));
+            self.fail(format!(
+                "presence of {u} is {status:?}, live session: {}",
+                live.is_some()
+            ));
         }
         if let Some(s) = live {
             if s.status != status {
-                self.fail(format!("{u} is {:?} but its replica says {status:?}", s.status));
+                self.fail(format!(
+                    "{u} is {:?} but its replica says {status:?}",
+                    s.status
+                ));
             }
         }
         for (i, other) in self.shards.iter().enumerate() {
@@ -1403,7 +1441,11 @@ impl World {
             self.fail(format!("{u} buffers {} events", s.events.len()));
         }
         if s.tabs.is_empty() != s.grace.is_armed() {
-            self.fail(format!("{u}: {} tabs, grace armed {}", s.tabs.len(), s.grace.is_armed()));
+            self.fail(format!(
+                "{u}: {} tabs, grace armed {}",
+                s.tabs.len(),
+                s.grace.is_armed()
+            ));
         }
         // Friends-only: every new event caused by another user comes from
         // someone in the roster (before or after this input).
@@ -1427,7 +1469,10 @@ impl World {
             };
             if let Some(by) = by {
                 if by != u && !roster.contains(&by) && !before.contains(&by) {
-                    self.fail(format!("{u}'s session got {:?} from non-friend {by}", e.kind));
+                    self.fail(format!(
+                        "{u}'s session got {:?} from non-friend {by}",
+                        e.kind
+                    ));
                 }
             }
         }
@@ -1473,7 +1518,10 @@ impl World {
             let busy = !self.jobs.is_empty()
                 || !self.retries.is_empty()
                 || !self.roster_todo.is_empty()
-                || self.calls.values().any(|c| !matches!(c.kind, Kind::Poll { .. }));
+                || self
+                    .calls
+                    .values()
+                    .any(|c| !matches!(c.kind, Kind::Poll { .. }));
             if !busy && round >= 2 {
                 break;
             }
