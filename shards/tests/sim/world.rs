@@ -1049,13 +1049,11 @@ impl World {
                     self.tabs[t].state = TabState::Dead;
                     return;
                 }
-                ErrorCode::Unavailable => {
-                    if !unavailable_ok {
-                        self.fail(format!(
-                            "#{} {:?} answered unavailable with no storage fault or kick since it was made: {f:?}",
-                            to.req, call.kind
-                        ));
-                    }
+                ErrorCode::Unavailable if !unavailable_ok => {
+                    self.fail(format!(
+                        "#{} {:?} answered unavailable with no storage fault or kick since it was made: {f:?}",
+                        to.req, call.kind
+                    ));
                 }
                 _ => {}
             }
