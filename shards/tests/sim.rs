@@ -2,6 +2,20 @@
 //! thread, a virtual clock, peer messages delivered in per-pair FIFO order
 //! (shuffled across pairs by a seeded generator), and an in-memory storage
 //! that executes jobs with the protocol's semantics. No sockets, no sleeps.
+//!
+//! Two kinds: scenarios (one request settled before the next, each a claim
+//! about one behaviour), and the randomized simulation (`sim/world.rs`:
+//! many requests in flight, reordering, storage faults and timeouts,
+//! clients that retry and page history, invariants after every input).
+//!
+//! Replay one seed: `SIM_SEED=n cargo test -p switchboard-shards --test sim`.
+//! Soak: `SIM_SEEDS=2000 cargo test --release -p switchboard-shards --test
+//! sim -- --nocapture` (add `SIM_STEPS=n` to change the steps per seed).
+
+#[path = "sim/store.rs"]
+mod store;
+#[path = "sim/world.rs"]
+mod world;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -681,282 +695,67 @@ fn storage_failure_answers_unavailable_and_loses_no_session() {
     assert!(matches!(r, Some(Response::Sent { .. })));
 }
 
-/// What the randomized simulation believes about one attached tab.
-struct ModelTab {
-    sid: Sid,
-    /// Last seq polled.
-    since: u64,
-    /// Message ids seen, to catch duplicates.
-    seen: std::collections::HashSet<MsgId>,
-    /// Messages this tab must still see (acknowledged while it was
-    /// attached).
-    owed: std::collections::HashSet<MsgId>,
-}
+/// Seeds CI runs (`cargo test`), and steps per seed: about 12 s of CPU in
+/// debug.
+const CI_SEEDS: u64 = 16;
+const CI_STEPS: u64 = 3_000;
 
-/// Seeded random operations on 8 users over 3 shards with virtual time,
-/// roster changes, kicks and storage failures; invariants checked after
-/// every step:
-/// - every live session's roster equals the directory (roster-changed
-///   returned, so both sides are updated);
-/// - presence: every shard's replica says a user is not offline exactly
-///   when the user has a live session (all shards agree);
-/// - no tab sees a message twice, and every acknowledged message reaches
-///   every tab of both users that was attached when it was acknowledged and
-///   still is (or that got a reset);
-/// - bounds: tabs, buffered events and timers stay within their limits.
+/// Seeded random worlds (2–4 shards, 5–10 users, small or default tab and
+/// event bounds, storage that fails, times out and commits late), many
+/// requests in flight; every reply and every invariant checked after every
+/// input, and every acknowledged message found in every tab at the end.
+/// See `sim/world.rs`.
 #[test]
-fn randomized_simulation_keeps_invariants() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
-        Err(_) => (1..=30).collect(),
+fn random_worlds_keep_every_invariant() {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<u64>().expect(name))
     };
-    for seed in seeds {
-        simulate(seed, 600);
-    }
-}
-
-fn simulate(seed: u64, steps: usize) {
-    let mut w = World::new(3, seed);
-    for u in 5..=8 {
-        w.store.names.insert(u, Arc::from(format!("user{u}")));
-    }
-    w.store.friends = vec![
-        (1, 2),
-        (1, 3),
-        (2, 3),
-        (3, 5),
-        (5, 6),
-        (6, 7),
-        (7, 8),
-        (4, 8),
-    ];
-    let users: Vec<UserId> = (1..=8).collect();
-    let mut tabs: Vec<ModelTab> = Vec::new();
-    let mut next_cid = 0u64;
-    // Users whose roster-changed call failed: the web app retries them.
-    let mut roster_retry: Vec<UserId> = Vec::new();
-    for step in 0..steps {
-        let op = w.rand() % 100;
-        let ctx = format!("seed {seed} step {step} op {op}");
-        match op {
-            0..=14 => {
-                let user = users[(w.rand() % 8) as usize];
-                let name = format!("t{}", w.rand() % 3);
-                let sid = Sid {
-                    user,
-                    secret: w.rand() as u128 | 1,
-                };
-                let r = w.call(Request::Connect {
-                    user,
-                    tab: Some(name),
-                    sid,
-                });
-                if let Some(Response::Connected(c)) = r {
-                    // Same-named tab replaced: forget it.
-                    tabs.retain(|t| {
-                        t.sid.user != user
-                            || w.shards[home_shard(user, 3)]
-                                .live_session(user)
-                                .is_some_and(|s| s.tab_index(t.sid).is_some())
-                    });
-                    tabs.push(ModelTab {
-                        sid,
-                        since: c.seq,
-                        seen: Default::default(),
-                        owed: Default::default(),
-                    });
+    let seeds: Vec<u64> = match (env("SIM_SEED"), env("SIM_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(n)) => (1..=n).collect(),
+        (None, None) => (1..=CI_SEEDS).collect(),
+    };
+    let steps = env("SIM_STEPS").unwrap_or(CI_STEPS);
+    let switches = world::Switches::from_env();
+    let started = std::time::Instant::now();
+    let mut total = world::Figures::default();
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        let run = std::panic::catch_unwind(|| {
+            let mut w = world::World::new(seed, switches);
+            w.run(steps);
+            w.figures.clone()
+        });
+        match run {
+            Ok(f) => {
+                total.steps += f.steps;
+                total.requests += f.requests;
+                total.messages += f.messages;
+                total.acked += f.acked;
+                total.in_doubt += f.in_doubt;
+                total.retries += f.retries;
+                total.resets += f.resets;
+                total.evictions += f.evictions;
+                total.history_pages += f.history_pages;
+                total.faults += f.faults;
+            }
+            Err(_) => {
+                println!("seed {seed} FAILED (message above)");
+                failed.push(seed);
+                if seeds.len() <= CI_SEEDS as usize {
+                    break; // CI: the first failure is enough
                 }
-            }
-            15..=44 if !tabs.is_empty() => {
-                let i = (w.rand() % tabs.len() as u64) as usize;
-                let from = tabs[i].sid;
-                let to = users[(w.rand() % 8) as usize];
-                next_cid += 1;
-                let cid = if w.rand().is_multiple_of(4) {
-                    Some(format!("c{}", next_cid / 2))
-                } else {
-                    None
-                };
-                let before = w.store.messages.len();
-                let r = w.call(Request::Send {
-                    sid: from,
-                    to,
-                    text: "m".into(),
-                    cid,
-                });
-                let friends = w
-                    .store
-                    .friends
-                    .contains(&(from.user.min(to), from.user.max(to)));
-                match r {
-                    Some(Response::Sent { id, .. }) => {
-                        assert!(
-                            friends || !roster_retry.is_empty(),
-                            "{ctx}: sent to a non-friend"
-                        );
-                        if w.store.messages.len() > before {
-                            for t in tabs.iter_mut() {
-                                if t.sid.user == from.user || t.sid.user == to {
-                                    t.owed.insert(id);
-                                }
-                            }
-                        }
-                    }
-                    Some(Response::Failed(f)) => {
-                        assert_eq!(w.store.messages.len(), before, "{ctx}: stored on failure");
-                        match f.code {
-                            ErrorCode::NotFriends => {
-                                assert!(!friends || !roster_retry.is_empty(), "{ctx}")
-                            }
-                            ErrorCode::BadRequest => assert_eq!(to, from.user, "{ctx}"),
-                            ErrorCode::UnknownSession | ErrorCode::Unavailable => {}
-                            other => panic!("{ctx}: {other:?}"),
-                        }
-                    }
-                    other => panic!("{ctx}: {other:?}"),
-                }
-            }
-            45..=54 if !tabs.is_empty() => {
-                let i = (w.rand() % tabs.len() as u64) as usize;
-                let sid = tabs[i].sid;
-                if w.rand().is_multiple_of(2) {
-                    w.call(Request::Leave { sid });
-                } else {
-                    let status = if w.rand().is_multiple_of(2) {
-                        Status::Away
-                    } else {
-                        Status::Online
-                    };
-                    w.call(Request::Presence { sid, status });
-                }
-            }
-            55..=64 => {
-                let ms = w.rand() % 15_000;
-                w.advance(ms);
-            }
-            65..=69 => {
-                // Toggle a friendship in the directory and tell the server.
-                let a = users[(w.rand() % 8) as usize];
-                let b = users[(w.rand() % 8) as usize];
-                if a != b {
-                    let pair = (a.min(b), a.max(b));
-                    if let Some(i) = w.store.friends.iter().position(|&p| p == pair) {
-                        w.store.friends.remove(i);
-                    } else {
-                        w.store.friends.push(pair);
-                    }
-                    roster_retry.push(a);
-                    roster_retry.push(b);
-                }
-            }
-            70..=71 => {
-                let user = users[(w.rand() % 8) as usize];
-                w.call(Request::Kick { user });
-            }
-            72..=73 => {
-                w.store.fail = !w.store.fail;
-            }
-            _ => {}
-        }
-        // The web app (re)tells the server of roster changes until it
-        // succeeds; a failure must come with an injected storage failure.
-        let mut failed = Vec::new();
-        for user in roster_retry.drain(..) {
-            match w.call(Request::RosterChanged { user }) {
-                Some(Response::Done) => {}
-                Some(Response::Failed(f)) if f.code == ErrorCode::Unavailable && w.store.fail => {
-                    failed.push(user)
-                }
-                other => panic!("{ctx}: roster-changed answered {other:?}"),
             }
         }
-        roster_retry = failed;
-        // Everyone polls (wait 0): deliveries are checked.
-        let mut alive = Vec::new();
-        for mut t in tabs.drain(..) {
-            match w.call(poll(t.sid, t.since, 0)) {
-                Some(Response::Events { seq, events }) => {
-                    for e in events {
-                        if let EventKind::Message(m) = &e.kind {
-                            assert!(t.seen.insert(m.id), "{ctx}: message {} twice", m.id);
-                            t.owed.remove(&m.id);
-                        }
-                    }
-                    t.since = seq;
-                    alive.push(t);
-                }
-                Some(Response::Reset { seq }) => {
-                    t.since = seq;
-                    t.owed.clear();
-                    alive.push(t);
-                }
-                Some(Response::Failed(f)) if f.code == ErrorCode::UnknownSession => {}
-                other => panic!("{ctx}: poll answered {other:?}"),
-            }
-        }
-        tabs = alive;
-        for t in &tabs {
-            assert!(
-                t.owed.is_empty(),
-                "{ctx}: tab {:?} never got {:?}",
-                t.sid,
-                t.owed
-            );
-        }
-        check_invariants(&w, &users, roster_retry.is_empty(), &ctx);
     }
     println!(
-        "seed {seed}: {} messages stored, {} tabs at the end, {} sessions",
-        w.store.messages.len(),
-        tabs.len(),
-        w.shards.iter().map(|s| s.session_count()).sum::<usize>()
+        "sim: {} seeds x {steps} steps in {:.1?}, switches {switches:?}: {total:?}; failed seeds: {failed:?}",
+        seeds.len(),
+        started.elapsed()
     );
-}
-
-fn check_invariants(w: &World, users: &[UserId], rosters_synced: bool, ctx: &str) {
-    let n = w.shards.len();
-    for &u in users {
-        let home = &w.shards[home_shard(u, n)];
-        let live = home.live_session(u);
-        for s in &w.shards {
-            assert_eq!(
-                s.presence_of(u) != Status::Offline,
-                live.is_some(),
-                "{ctx}: presence of {u} on shard {}",
-                s.config().shard
-            );
-            if let Some(session) = live {
-                assert_eq!(s.presence_of(u), session.status, "{ctx}: replica of {u}");
-            }
-        }
-        if let Some(session) = live {
-            let expected: Vec<UserId> = w.store.friends_of(u).iter().map(|f| f.id).collect();
-            let cached: Vec<UserId> = session.roster.keys().copied().collect();
-            if rosters_synced {
-                assert_eq!(cached, expected, "{ctx}: roster of {u}");
-            }
-            assert!(
-                session.tabs.len() <= home.config().tabs_per_user_max,
-                "{ctx}"
-            );
-            assert!(
-                session.events.len() <= home.config().events_buffered_max,
-                "{ctx}"
-            );
-            assert!(
-                session.tabs.is_empty() == session.grace.is_armed(),
-                "{ctx}: grace of {u}"
-            );
-        }
-    }
-    for s in &w.shards {
-        let bound = 2 * s.tab_count() + 2 * s.session_count();
-        assert!(
-            s.timer_count() <= bound,
-            "{ctx}: {} timers",
-            s.timer_count()
-        );
-    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
 #[test]

@@ -1,0 +1,1627 @@
+//! The randomized simulation: several shards in one thread, driven the way
+//! the engine drives them, by clients that behave like the JS client, and
+//! checked against a model after every input.
+//!
+//! What the world does, all from one seed:
+//! - requests cross the mesh from a random conn shard to the home shard,
+//!   in the same per-pair FIFO channel as peer messages; links are drained
+//!   in random order, interleaved with storage results and ticks, so many
+//!   requests are in flight at once;
+//! - every storage job gets a fate: it runs (at a random time, its answer
+//!   fed later, in random order), fails (`Backend`), or is slow: the engine
+//!   feeds `TimedOut` at its deadline while the store commits it anyway, or
+//!   never does (the in-doubt case);
+//! - the clock ticks every 50 ms, sometimes many ticks at once, crossing
+//!   poll waits, tab timeouts, grace and roster refreshes;
+//! - clients connect tabs under a handful of names (replacing, evicting),
+//!   hold polls, send with a cid and retry it after `unavailable`, page
+//!   history, mark read, save UI, type, change presence, leave; an
+//!   administrator kicks and changes friendships.
+//!
+//! What is checked: see [`World::on_reply`] (every reply), [`World::check`]
+//! (after every input) and [`World::finish`] (after quiescence).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use switchboard_shards::limits;
+use switchboard_shards::model::*;
+use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Shard};
+
+use crate::store::{pair, Store};
+
+/// The engine's tick period.
+const TICK_MS: u64 = 50;
+/// The engine's storage deadline: a job not answered by then is fed
+/// `TimedOut`.
+const STORAGE_TIMEOUT_MS: u64 = 5_000;
+/// How long after its deadline a slow job may still commit.
+const LATE_COMMIT_MS_MAX: u64 = 3_000;
+
+/// Checks that fail until a known bug in `shards/src` is fixed. Each is
+/// off by default (so CI stays green) and on with its environment
+/// variable set to `1`; flip the default once the fix lands.
+#[derive(Clone, Copy, Debug)]
+pub struct Switches {
+    /// Every acknowledged message reaches every tab, also one whose first
+    /// try timed out while the store committed it (its retry is answered
+    /// from a duplicate `Stored`). Enable once the fix for "a duplicate
+    /// Stored for a cid whose first try timed out is not delivered" lands.
+    /// `SIM_CHECK_IN_DOUBT_DELIVERY=1`.
+    pub in_doubt_delivery: bool,
+    /// Once `roster-changed` answered `Done` for a user, every live
+    /// session's roster agrees with the directory about that user's
+    /// friendships (and sends obey it). Enable once the fix for
+    /// "roster-changed acks ok even when refreshes were shed or sessions
+    /// were loading" lands. `SIM_CHECK_ROSTER_ACK=1`.
+    pub roster_ack: bool,
+}
+
+impl Switches {
+    pub fn from_env() -> Switches {
+        let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+        Switches {
+            in_doubt_delivery: on("SIM_CHECK_IN_DOUBT_DELIVERY"),
+            roster_ack: on("SIM_CHECK_ROSTER_ACK"),
+        }
+    }
+}
+
+/// What one run did, for the soak's figures.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub steps: u64,
+    pub requests: u64,
+    pub messages: u64,
+    pub acked: u64,
+    pub in_doubt: u64,
+    pub retries: u64,
+    pub resets: u64,
+    pub evictions: u64,
+    pub history_pages: u64,
+    pub faults: u64,
+}
+
+/// The seeded generator (xorshift64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What crosses a mesh channel: a request from its conn shard, or a peer
+/// message.
+enum Wire {
+    Request { reply: ReplyTo, request: Request },
+    Peer(PeerMsg),
+}
+
+/// What the world decided a storage job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Runs and is answered.
+    Runs,
+    /// Answered `Backend`, never runs.
+    Fails,
+    /// Answered `TimedOut` by the engine at its deadline; the store commits
+    /// it before or after that, or never.
+    Slow { commits: bool },
+}
+
+/// A storage job in flight.
+struct Job {
+    shard: usize,
+    job: u64,
+    request: StorageJob,
+    fate: Fate,
+    /// When it runs against the store (`None` once run, or never).
+    run_at: Option<u64>,
+    /// When its result is fed to the shard.
+    answer_at: u64,
+    /// What the store answered, once run.
+    output: Option<StorageOutput>,
+}
+
+/// What a request was, for checking its reply.
+#[derive(Clone, Debug)]
+enum Kind {
+    Connect {
+        user: UserId,
+        name: Option<String>,
+    },
+    Poll {
+        since: u64,
+    },
+    Send {
+        to: UserId,
+        cid: Option<String>,
+    },
+    Typing {
+        to: UserId,
+    },
+    Presence,
+    Ui,
+    Read {
+        with: UserId,
+    },
+    History {
+        with: UserId,
+        before: Option<MsgId>,
+        limit: u32,
+    },
+    Leave,
+    Kick {
+        user: UserId,
+    },
+    RosterChanged {
+        user: UserId,
+        version: u64,
+    },
+}
+
+/// A request awaiting its one reply.
+struct Call {
+    kind: Kind,
+    /// The model tab that made it (`None` for admin calls).
+    tab: Option<usize>,
+    /// The conn shard the reply must name.
+    conn: usize,
+    /// Faults fed and kicks answered when it was made: `unavailable` is
+    /// allowed only if one of them grew since.
+    faults: u64,
+    kicks: u64,
+    /// Whether it reached its home shard.
+    arrived: bool,
+    /// For a call addressing another user: what the directory allowed
+    /// when it reached its home shard (where friends-only is checked).
+    friendship: Friendship,
+}
+
+/// What a friends-only answer may be, as of a call's arrival.
+#[derive(Clone, Copy, Debug, Default)]
+struct Friendship {
+    /// They are friends, or their friendship is changing.
+    may_be_friends: bool,
+    /// They are not friends, or their friendship is changing.
+    may_be_strangers: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TabState {
+    Connecting,
+    Live,
+    Dead,
+}
+
+/// What a client believes about one tab.
+struct Tab {
+    user: UserId,
+    name: Option<String>,
+    sid: Sid,
+    state: TabState,
+    /// False once the model sees a reason the server may have detached it
+    /// (an eviction) that it cannot pin down.
+    certain: bool,
+    /// The newest seq seen.
+    since: u64,
+    /// Messages the tab shows: from history at connect and reset, and
+    /// from events.
+    view: HashSet<MsgId>,
+    /// Messages received as events since the last rebuild (one twice is a
+    /// duplicate delivery).
+    live: HashSet<MsgId>,
+    /// Polls the home shard holds (arrived, not answered).
+    polls_held: usize,
+    /// Polls made and not answered.
+    polls_out: usize,
+    /// When its last poll ended (or it attached): the tab-timeout clock.
+    idle_since: u64,
+    /// History paging in progress: with whom, and the oldest id so far.
+    paging: Option<(UserId, MsgId)>,
+    /// Whether the client keeps polling.
+    polls_on: bool,
+}
+
+/// A send waiting to be retried with the same cid.
+struct Retry {
+    at: u64,
+    tab: usize,
+    to: UserId,
+    cid: String,
+}
+
+/// One world's shape, drawn from its seed.
+#[derive(Clone, Debug)]
+struct Shape {
+    shards: usize,
+    users: u64,
+    tabs_max: usize,
+    events_max: usize,
+    grace_ms: u64,
+    tab_timeout_ms: u64,
+    roster_refresh_ms: u64,
+    /// Percent of jobs that fail / are slow.
+    fail_pct: u64,
+    slow_pct: u64,
+}
+
+pub struct World {
+    seed: u64,
+    rng: Rng,
+    switches: Switches,
+    shape: Shape,
+    now: u64,
+    step: u64,
+    shards: Vec<Shard>,
+    store: Store,
+    /// Mesh channels, FIFO per ordered pair `(from, to)`.
+    links: BTreeMap<(usize, usize), VecDeque<Wire>>,
+    /// Storage jobs in flight, in the order they were asked for.
+    jobs: Vec<Job>,
+    /// Requests awaiting their reply, by request number.
+    calls: HashMap<u64, Call>,
+    next_req: u64,
+    tabs: Vec<Tab>,
+    retries: Vec<Retry>,
+    /// cid → the id its first acknowledgement named.
+    acked: HashMap<(UserId, String), MsgId>,
+    /// Messages acknowledged to some try of their send.
+    acked_ids: BTreeSet<MsgId>,
+    /// Messages committed by a job the engine answered `TimedOut`.
+    in_doubt: HashSet<MsgId>,
+    /// Pairs whose friendship changed and whose `roster-changed` has not
+    /// returned since (by the directory version of the change).
+    unsettled: HashMap<(UserId, UserId), u64>,
+    /// Pairs whose friendship ever changed (their deliveries may be
+    /// dropped by the receiver's friends-only check, legitimately).
+    toggled: HashSet<(UserId, UserId)>,
+    /// Directory version: bumped by each friendship change.
+    version: u64,
+    /// Users whose `roster-changed` the web app must (re)send.
+    roster_todo: Vec<UserId>,
+    /// Non-`Runs` job results fed so far.
+    faults: u64,
+    /// Kicks answered so far.
+    kicks: u64,
+    /// Per user: the seq checked up to and the roster before this input.
+    seen_events: HashMap<UserId, (u64, BTreeSet<UserId>)>,
+    /// Whether new jobs may fail (off while quiescing).
+    faults_on: bool,
+    /// Whether the shards are ticking (checked once all have ticked).
+    ticking: bool,
+    /// The last inputs, for the failure message.
+    trace: VecDeque<String>,
+    /// How many inputs the trace keeps (`SIM_TRACE`, default 40).
+    trace_len: usize,
+    pub figures: Figures,
+}
+
+impl World {
+    pub fn new(seed: u64, switches: Switches) -> World {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        for _ in 0..4 {
+            rng.next();
+        }
+        let shape = Shape {
+            shards: rng.range(2, 4) as usize,
+            users: rng.range(5, 10),
+            tabs_max: if rng.chance(50) { 4 } else { 32 },
+            events_max: if rng.chance(50) { 16 } else { 128 },
+            grace_ms: rng.range(1, 10) * 1_000,
+            tab_timeout_ms: rng.range(15, 60) * 1_000,
+            roster_refresh_ms: rng.range(30, 300) * 1_000,
+            fail_pct: [0, 2, 5, 10][rng.below(4) as usize],
+            slow_pct: [0, 2, 5, 10][rng.below(4) as usize],
+        };
+        let shards = (0..shape.shards)
+            .map(|i| {
+                let mut c = Config::new(i, shape.shards);
+                c.grace_ms = shape.grace_ms;
+                c.tab_timeout_ms = shape.tab_timeout_ms;
+                c.roster_refresh_ms = shape.roster_refresh_ms;
+                c.events_buffered_max = shape.events_max;
+                c.tabs_per_user_max = shape.tabs_max;
+                Shard::new(c)
+            })
+            .collect();
+        let mut store = Store::default();
+        for u in 1..=shape.users {
+            store.names.insert(u, Arc::from(format!("user{u}")));
+        }
+        for a in 1..=shape.users {
+            for b in a + 1..=shape.users {
+                if rng.chance(45) {
+                    store.friends.insert((a, b));
+                }
+            }
+        }
+        World {
+            seed,
+            rng,
+            switches,
+            shape,
+            now: 1_000_000,
+            step: 0,
+            shards,
+            store,
+            links: BTreeMap::new(),
+            jobs: Vec::new(),
+            calls: HashMap::new(),
+            next_req: 0,
+            tabs: Vec::new(),
+            retries: Vec::new(),
+            acked: HashMap::new(),
+            acked_ids: BTreeSet::new(),
+            in_doubt: HashSet::new(),
+            unsettled: HashMap::new(),
+            toggled: HashSet::new(),
+            version: 0,
+            roster_todo: Vec::new(),
+            faults: 0,
+            kicks: 0,
+            seen_events: HashMap::new(),
+            faults_on: true,
+            ticking: false,
+            trace: VecDeque::new(),
+            trace_len: std::env::var("SIM_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(40),
+            figures: Figures::default(),
+        }
+    }
+
+    /// Fails the run with the seed, step, world shape and recent inputs.
+    #[track_caller]
+    fn fail(&self, what: String) -> ! {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        panic!(
+            "SIM FAILURE seed {} step {} t={}: {what}\n  replay: SIM_SEED={} cargo test -p switchboard-shards --test sim\n  shape: {:?}\n  last inputs:\n    {}",
+            self.seed,
+            self.step,
+            self.now,
+            self.seed,
+            self.shape,
+            trace.join("\n    ")
+        );
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trace.len() >= self.trace_len {
+            self.trace.pop_front();
+        }
+        self.trace
+            .push_back(format!("[{} t={}] {line}", self.step, self.now));
+    }
+
+    // ---- driving ----------------------------------------------------
+
+    /// Runs `steps` random steps, then quiesces and checks the end state.
+    pub fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.step += 1;
+            self.figures.steps += 1;
+            match self.rng.below(100) {
+                0..=39 => self.client_action(),
+                40..=69 => {
+                    if !self.deliver_one_wire() {
+                        self.tick();
+                    }
+                }
+                70..=84 => {
+                    if !self.storage_one() {
+                        self.tick();
+                    }
+                }
+                85..=96 => self.tick(),
+                _ => {
+                    // A long stretch: the clock crosses waits, timeouts and
+                    // grace while everything due is delivered.
+                    let ticks = self.rng.range(20, 400);
+                    for _ in 0..ticks {
+                        self.tick();
+                        self.drain_some(4);
+                    }
+                }
+            }
+            self.due_retries();
+        }
+        self.quiesce();
+        self.finish();
+    }
+
+    /// Advances the clock one tick and ticks every shard.
+    fn tick(&mut self) {
+        self.now += TICK_MS;
+        // One step: every shard ticks, then the invariants are checked
+        // (ticks are most inputs; checking after each would triple the
+        // run time for little: a tick takes no input from the others).
+        let first = self.rng.below(self.shards.len() as u64) as usize;
+        self.ticking = true;
+        for i in 0..self.shards.len() {
+            let s = (first + i) % self.shards.len();
+            self.feed(s, Input::Tick);
+        }
+        self.ticking = false;
+        self.check();
+    }
+
+    /// Delivers up to `n` things that are due (wires, storage events).
+    fn drain_some(&mut self, n: usize) {
+        for _ in 0..n {
+            if self.rng.chance(50) {
+                if !self.deliver_one_wire() {
+                    self.storage_one();
+                }
+            } else if !self.storage_one() {
+                self.deliver_one_wire();
+            }
+        }
+    }
+
+    /// Delivers the head of a random non-empty link.
+    fn deliver_one_wire(&mut self) -> bool {
+        let busy: Vec<(usize, usize)> = self
+            .links
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let k = busy[self.rng.below(busy.len() as u64) as usize];
+        let wire = self.links.get_mut(&k).unwrap().pop_front().unwrap();
+        match wire {
+            Wire::Request { reply, request } => self.feed_request(k.1, reply, request),
+            Wire::Peer(msg) => {
+                self.note(format!("peer {}→{}: {msg:?}", k.0, k.1));
+                self.feed(k.1, Input::Peer(msg));
+            }
+        }
+        true
+    }
+
+    /// Runs or answers one due storage job, chosen at random.
+    fn storage_one(&mut self) -> bool {
+        let now = self.now;
+        let due: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| {
+                let j = &self.jobs[i];
+                j.run_at.is_some_and(|t| t <= now)
+                    || (j.answer_at <= now && (j.fate != Fate::Runs || j.output.is_some()))
+            })
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        let i = due[self.rng.below(due.len() as u64) as usize];
+        if self.jobs[i].run_at.is_some_and(|t| t <= now) {
+            self.run_job(i);
+            return true;
+        }
+        let j = self.jobs.remove(i);
+        if j.run_at.is_some() {
+            // A slow job committing after its deadline stays in the store's
+            // hands: keep it for its commit.
+            self.jobs.insert(
+                i,
+                Job {
+                    answer_at: u64::MAX,
+                    ..j.clone_pending()
+                },
+            );
+        }
+        let result = match (j.fate, j.output) {
+            (Fate::Runs, Some(output)) => Ok(output),
+            (Fate::Runs, None) => unreachable!("answered before it ran"),
+            (Fate::Fails, _) => Err(StorageError::Backend("injected failure".into())),
+            (Fate::Slow { .. }, _) => Err(StorageError::TimedOut),
+        };
+        if result.is_err() {
+            self.faults += 1;
+            self.figures.faults += 1;
+        }
+        self.note(format!(
+            "storage {}#{} {} → {}",
+            j.shard,
+            j.job,
+            j.request.name(),
+            match &result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{e}"),
+            }
+        ));
+        self.feed(j.shard, Input::Storage { job: j.job, result });
+        true
+    }
+
+    /// Runs job `i` against the store.
+    fn run_job(&mut self, i: usize) {
+        let output = self.store.run(&self.jobs[i].request);
+        let j = &mut self.jobs[i];
+        j.run_at = None;
+        let slow = matches!(j.fate, Fate::Slow { .. });
+        if let StorageOutput::Stored {
+            message,
+            duplicate: false,
+        } = &output
+        {
+            if slow {
+                self.in_doubt.insert(message.id);
+                self.figures.in_doubt += 1;
+            }
+        }
+        let line = format!("store runs {}#{} {:?}", j.shard, j.job, j.request);
+        if slow {
+            if j.answer_at == u64::MAX {
+                // Answered already (TimedOut): nothing more to do.
+                self.jobs.remove(i);
+            }
+        } else {
+            j.output = Some(output);
+        }
+        self.note(line);
+    }
+
+    /// Feeds one input to one shard and handles what comes out.
+    fn feed(&mut self, shard: usize, input: Input) {
+        let mut out = Vec::new();
+        self.shards[shard].handle(self.now, input, &mut out);
+        let mut storage = Vec::new();
+        let mut replies = Vec::new();
+        for o in out {
+            match o {
+                Output::Reply { to, response } => replies.push((to, response)),
+                Output::Peer { shard: to, msg } => {
+                    if to == shard {
+                        self.fail(format!("shard {shard} sent itself {msg:?} over the mesh"));
+                    }
+                    self.links
+                        .entry((shard, to))
+                        .or_default()
+                        .push_back(Wire::Peer(msg));
+                }
+                Output::Storage { job, request } => storage.push((job, request)),
+            }
+        }
+        // Sessions are kept in a HashMap, so one input's jobs may come out
+        // in any order: sort them so a seed replays.
+        storage.sort_by_key(|(_, r)| format!("{r:?}"));
+        for (job, request) in storage {
+            self.add_job(shard, job, request);
+        }
+        // A connect's attach may detach tabs (same name, or one too many)
+        // whose held polls are answered first in the same input: learn of
+        // the new tab first.
+        replies.sort_by_key(|(_, r)| !matches!(r, Response::Connected(_)));
+        for (to, response) in replies {
+            self.on_reply(shard, to, response);
+        }
+        if !self.ticking {
+            self.check();
+        }
+    }
+
+    fn add_job(&mut self, shard: usize, job: u64, request: StorageJob) {
+        let (fail_pct, slow_pct) = if self.faults_on {
+            (self.shape.fail_pct, self.shape.slow_pct)
+        } else {
+            (0, 0)
+        };
+        let roll = self.rng.below(100);
+        let fate = if roll < fail_pct {
+            Fate::Fails
+        } else if roll < fail_pct + slow_pct {
+            Fate::Slow {
+                commits: self.rng.chance(60),
+            }
+        } else {
+            Fate::Runs
+        };
+        let now = self.now;
+        let (run_at, answer_at) = match fate {
+            Fate::Runs => {
+                let answer = now
+                    + if self.rng.chance(90) {
+                        self.rng.below(200)
+                    } else {
+                        self.rng.below(STORAGE_TIMEOUT_MS - TICK_MS)
+                    };
+                (Some(self.rng.range(now, answer)), answer)
+            }
+            Fate::Fails => (None, now + self.rng.below(500)),
+            Fate::Slow { commits } => {
+                let deadline = now + STORAGE_TIMEOUT_MS;
+                let run = commits.then(|| self.rng.range(now, deadline + LATE_COMMIT_MS_MAX));
+                (run, deadline)
+            }
+        };
+        self.jobs.push(Job {
+            shard,
+            job,
+            request,
+            fate,
+            run_at,
+            answer_at,
+            output: None,
+        });
+    }
+
+    // ---- clients ----------------------------------------------------
+
+    /// Sends a request from a random conn shard to its home shard.
+    fn request(&mut self, kind: Kind, tab: Option<usize>, request: Request) -> u64 {
+        self.next_req += 1;
+        self.figures.requests += 1;
+        let conn = self.rng.below(self.shards.len() as u64) as usize;
+        let reply = ReplyTo {
+            shard: conn,
+            req: self.next_req,
+        };
+        self.calls.insert(
+            reply.req,
+            Call {
+                kind,
+                tab,
+                conn,
+                faults: self.faults,
+                kicks: self.kicks,
+                arrived: false,
+                friendship: Friendship::default(),
+            },
+        );
+        if let Some(t) = tab {
+            if matches!(request, Request::Poll { .. }) {
+                self.tabs[t].polls_out += 1;
+            }
+        }
+        // Queued even on the local path (`conn == home`): a client acts
+        // after the input it reacts to, never inside it.
+        let home = home_shard(request.home_user().unwrap(), self.shards.len());
+        self.links
+            .entry((conn, home))
+            .or_default()
+            .push_back(Wire::Request { reply, request });
+        reply.req
+    }
+
+    fn feed_request(&mut self, shard: usize, reply: ReplyTo, request: Request) {
+        self.note(format!("request #{} at {shard}: {request:?}", reply.req));
+        let user = request.home_user().unwrap();
+        let other = match request {
+            Request::Send { to, .. } | Request::Typing { to, .. } => Some(to),
+            Request::Read { with, .. } => Some(with),
+            _ => None,
+        };
+        let friendship = other.map(|o| {
+            let changing = self.unsettled.contains_key(&pair(user, o));
+            let friends = self.store.are_friends(user, o);
+            Friendship {
+                may_be_friends: o != user && (friends || changing),
+                may_be_strangers: o != user && (!friends || changing),
+            }
+        });
+        let call = self.calls.get_mut(&reply.req).expect("call made");
+        call.arrived = true;
+        call.friendship = friendship.unwrap_or_default();
+        if let (Kind::Poll { .. }, Some(t)) = (&call.kind, call.tab) {
+            self.tabs[t].polls_held += 1;
+        }
+        if let Kind::Kick { user } = call.kind {
+            // Its effects (held polls answered `unknown_session`, connects
+            // waiting on a load `unavailable`) come out before its reply.
+            self.kicks += 1;
+            for tab in &mut self.tabs {
+                if tab.user == user && tab.state == TabState::Live {
+                    tab.state = TabState::Dead;
+                }
+            }
+        }
+        self.feed(shard, Input::Request { reply, request });
+    }
+
+    fn live_tabs(&self) -> Vec<usize> {
+        (0..self.tabs.len())
+            .filter(|&t| self.tabs[t].state == TabState::Live)
+            .collect()
+    }
+
+    fn random_user(&mut self) -> UserId {
+        self.rng.range(1, self.shape.users)
+    }
+
+    /// Someone to address: mostly a friend (per the directory), sometimes
+    /// anyone (maybe oneself).
+    fn someone_for(&mut self, user: UserId) -> UserId {
+        let friends = self.store.friends_of(user);
+        if !friends.is_empty() && self.rng.chance(80) {
+            friends[self.rng.below(friends.len() as u64) as usize].id
+        } else {
+            self.random_user()
+        }
+    }
+
+    fn client_action(&mut self) {
+        let live = self.live_tabs();
+        let pick = self.rng.below(100);
+        if live.is_empty() || pick < 12 {
+            return self.connect();
+        }
+        let t = live[self.rng.below(live.len() as u64) as usize];
+        let sid = self.tabs[t].sid;
+        let user = self.tabs[t].user;
+        match pick {
+            12..=29 => {
+                let wait = if self.rng.chance(30) {
+                    0
+                } else {
+                    self.rng.range(1, 30) * 1_000
+                };
+                self.poll(t, wait);
+            }
+            30..=54 => {
+                let to = self.someone_for(user);
+                let cid = self
+                    .rng
+                    .chance(90)
+                    .then(|| format!("c{}", self.next_req + 1));
+                self.send(t, to, cid);
+            }
+            55..=59 => {
+                // Typing, sometimes a burst of it (that fills a friend's
+                // buffer: a tab that is not polling then gets `reset`).
+                let to = self.someone_for(user);
+                let burst = if self.rng.chance(20) { 12 } else { 1 };
+                for i in 0..burst {
+                    let state = if i % 2 == 0 {
+                        TypingState::Typing
+                    } else {
+                        TypingState::Stopped
+                    };
+                    let r = Request::Typing { sid, to, state };
+                    self.request(Kind::Typing { to }, Some(t), r);
+                }
+            }
+            60..=62 => {
+                let status = if self.rng.chance(50) {
+                    Status::Away
+                } else {
+                    Status::Online
+                };
+                self.request(Kind::Presence, Some(t), Request::Presence { sid, status });
+            }
+            63..=65 => {
+                let state = format!("{{\"open\":[{}]}}", self.rng.below(9));
+                self.request(Kind::Ui, Some(t), Request::Ui { sid, state });
+            }
+            66..=69 => {
+                let with = self.someone_for(user);
+                let ids: Vec<MsgId> = self
+                    .store
+                    .conversation(user, with)
+                    .iter()
+                    .map(|m| m.id)
+                    .filter(|id| self.tabs[t].view.contains(id))
+                    .collect();
+                if let Some(&upto) = ids.get(self.rng.below(ids.len().max(1) as u64) as usize) {
+                    let r = Request::Read { sid, with, upto };
+                    self.request(Kind::Read { with }, Some(t), r);
+                }
+            }
+            70..=77 => {
+                // Page a conversation: continue one in progress or start.
+                let (with, before) = match self.tabs[t].paging {
+                    Some((with, oldest)) if self.rng.chance(70) => (with, Some(oldest)),
+                    _ => (self.someone_for(user), None),
+                };
+                let limit = self.rng.range(1, 6) as u32;
+                let kind = Kind::History {
+                    with,
+                    before,
+                    limit,
+                };
+                let r = Request::History {
+                    sid,
+                    with,
+                    before,
+                    limit,
+                };
+                self.request(kind, Some(t), r);
+            }
+            78..=81 => {
+                self.request(Kind::Leave, Some(t), Request::Leave { sid });
+            }
+            82..=84 => {
+                // A client stops polling (its tab will time out) or resumes.
+                self.tabs[t].polls_on = !self.tabs[t].polls_on;
+                if self.tabs[t].polls_on && self.tabs[t].polls_out == 0 {
+                    self.poll(t, 20_000);
+                }
+            }
+            85..=86 => {
+                let user = self.random_user();
+                self.request(Kind::Kick { user }, None, Request::Kick { user });
+            }
+            87..=89 => {
+                // The web app changes a friendship and tells the server.
+                let a = self.random_user();
+                let b = self.random_user();
+                if a != b {
+                    let p = pair(a, b);
+                    if !self.store.friends.remove(&p) {
+                        self.store.friends.insert(p);
+                    }
+                    self.version += 1;
+                    self.unsettled.insert(p, self.version);
+                    self.toggled.insert(p);
+                    self.note(format!("directory: friendship {p:?} toggled"));
+                    self.roster_changed(a);
+                    self.roster_changed(b);
+                }
+            }
+            _ => self.poll(t, 0),
+        }
+    }
+
+    fn connect(&mut self) {
+        let user = self.random_user();
+        let name = self
+            .rng
+            .chance(85)
+            .then(|| format!("t{}", self.rng.below(6)));
+        let sid = Sid {
+            user,
+            secret: (self.rng.next() as u128) << 64 | self.next_req as u128,
+        };
+        self.tabs.push(Tab {
+            user,
+            name: name.clone(),
+            sid,
+            state: TabState::Connecting,
+            certain: true,
+            since: 0,
+            view: HashSet::new(),
+            live: HashSet::new(),
+            polls_held: 0,
+            polls_out: 0,
+            idle_since: self.now,
+            paging: None,
+            polls_on: self.rng.chance(85),
+        });
+        let t = self.tabs.len() - 1;
+        let kind = Kind::Connect {
+            user,
+            name: name.clone(),
+        };
+        let r = Request::Connect {
+            user,
+            tab: name,
+            sid,
+        };
+        self.request(kind, Some(t), r);
+    }
+
+    fn poll(&mut self, t: usize, wait_ms: u64) {
+        let sid = self.tabs[t].sid;
+        let since = self.tabs[t].since;
+        let r = Request::Poll {
+            sid,
+            since,
+            wait_ms,
+        };
+        self.request(Kind::Poll { since }, Some(t), r);
+    }
+
+    fn send(&mut self, t: usize, to: UserId, cid: Option<String>) {
+        let sid = self.tabs[t].sid;
+        let r = Request::Send {
+            sid,
+            to,
+            text: format!("m{}", self.next_req + 1),
+            cid: cid.clone(),
+        };
+        self.request(Kind::Send { to, cid }, Some(t), r);
+    }
+
+    fn roster_changed(&mut self, user: UserId) {
+        let kind = Kind::RosterChanged {
+            user,
+            version: self.version,
+        };
+        self.request(kind, None, Request::RosterChanged { user });
+    }
+
+    /// Retries due sends, from their tab or another live tab of the user.
+    fn due_retries(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<Retry>, Vec<Retry>) =
+            self.retries.drain(..).partition(|r| r.at <= now);
+        self.retries = later;
+        for r in due {
+            let user = self.tabs[r.tab].user;
+            let tab = if self.tabs[r.tab].state == TabState::Live {
+                Some(r.tab)
+            } else {
+                self.live_tabs()
+                    .into_iter()
+                    .find(|&t| self.tabs[t].user == user)
+            };
+            if let Some(t) = tab {
+                self.figures.retries += 1;
+                self.send(t, r.to, Some(r.cid));
+            }
+        }
+        // The web app repeats roster-changed until it succeeds.
+        for user in std::mem::take(&mut self.roster_todo) {
+            self.roster_changed(user);
+        }
+    }
+
+    /// The tab's view is rebuilt from history (after connect or reset).
+    fn rebuild(&mut self, t: usize) {
+        let user = self.tabs[t].user;
+        let view = self.store.ids_of(user).collect();
+        self.tabs[t].view = view;
+        self.tabs[t].live.clear();
+    }
+
+    /// Whether the model knows the server holds tab `t` now: attached, no
+    /// eviction it cannot pin down, and not idle for the tab timeout.
+    fn surely_attached(&self, t: usize) -> bool {
+        let tab = &self.tabs[t];
+        tab.state == TabState::Live
+            && tab.certain
+            && (tab.polls_held > 0 || self.now < tab.idle_since + self.shape.tab_timeout_ms)
+    }
+
+    fn server_has(&self, sid: Sid) -> bool {
+        let home = &self.shards[home_shard(sid.user, self.shards.len())];
+        home.live_session(sid.user)
+            .is_some_and(|s| s.tab_index(sid).is_some())
+    }
+
+    // ---- checking replies ---------------------------------------------
+
+    /// One reply: exactly one per request, of a kind allowed for it, and
+    /// consistent with the model and the store.
+    fn on_reply(&mut self, shard: usize, to: ReplyTo, response: Response) {
+        let Some(call) = self.calls.remove(&to.req) else {
+            self.fail(format!(
+                "shard {shard} answered request #{} that has no reply outstanding: {response:?}",
+                to.req
+            ));
+        };
+        self.note(format!("reply #{}: {response:?}", to.req));
+        if to.shard != call.conn {
+            self.fail(format!(
+                "reply #{} to shard {} not {}",
+                to.req, to.shard, call.conn
+            ));
+        }
+        let t = call.tab;
+        if let (Kind::Poll { .. }, Some(t)) = (&call.kind, t) {
+            self.tabs[t].polls_out -= 1;
+            if call.arrived {
+                self.tabs[t].polls_held -= 1;
+            }
+            if matches!(response, Response::Events { .. } | Response::Reset { .. }) {
+                // The poll ended: the server's idle clock restarts.
+                self.tabs[t].idle_since = self.now;
+            }
+        }
+        let unavailable_ok = call.faults < self.faults || call.kicks < self.kicks;
+        if let Response::Failed(f) = &response {
+            match f.code {
+                ErrorCode::UnknownSession => {
+                    let t = t.unwrap_or_else(|| {
+                        self.fail(format!("admin call answered {f:?}"));
+                    });
+                    if self.server_has(self.tabs[t].sid) {
+                        self.fail(format!(
+                            "#{} {:?} answered unknown_session for an attached tab",
+                            to.req, call.kind
+                        ));
+                    }
+                    if matches!(call.kind, Kind::Connect { .. }) {
+                        self.fail(format!("connect answered {f:?}"));
+                    }
+                    if self.surely_attached(t) {
+                        self.fail(format!(
+                            "#{} {:?} answered unknown_session though tab {t} ({:?}) can only be attached",
+                            to.req, call.kind, self.tabs[t].sid
+                        ));
+                    }
+                    self.tabs[t].state = TabState::Dead;
+                    return;
+                }
+                ErrorCode::Unavailable if !unavailable_ok => {
+                    self.fail(format!(
+                        "#{} {:?} answered unavailable with no storage fault or kick since it was made: {f:?}",
+                        to.req, call.kind
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match (call.kind, response) {
+            (Kind::Connect { user, name }, Response::Connected(c)) => {
+                let t = t.expect("connect has a tab");
+                if c.sid != self.tabs[t].sid || c.user != user {
+                    self.fail(format!("connect answered for another tab: {c:?}"));
+                }
+                if let Some(n) = &name {
+                    if &*c.tab != n.as_str() {
+                        self.fail(format!("connect named the tab {:?}, not {n:?}", c.tab));
+                    }
+                }
+                let others: Vec<usize> = self
+                    .live_tabs()
+                    .into_iter()
+                    .filter(|&o| self.tabs[o].user == user)
+                    .collect();
+                let mut kept = 0;
+                for &o in &others {
+                    if self.tabs[o].name.as_deref() == Some(&*c.tab) {
+                        self.tabs[o].state = TabState::Dead; // replaced
+                    } else {
+                        kept += 1;
+                    }
+                }
+                // The server may evict one of them (it may hold fewer than
+                // the model: some may have timed out).
+                if kept >= self.shape.tabs_max {
+                    self.figures.evictions += 1;
+                    for o in others {
+                        self.tabs[o].certain = false;
+                    }
+                }
+                let tab = &mut self.tabs[t];
+                tab.name = Some(c.tab.to_string());
+                tab.state = TabState::Live;
+                tab.since = c.seq;
+                tab.idle_since = self.now;
+                self.rebuild(t);
+                if self.tabs[t].polls_on {
+                    let wait = self.rng.range(0, 25) * 1_000;
+                    self.poll(t, wait);
+                }
+            }
+            (Kind::Connect { .. }, Response::Failed(f)) if f.code == ErrorCode::Unavailable => {
+                self.tabs[t.unwrap()].state = TabState::Dead;
+            }
+            (Kind::Poll { since }, Response::Events { seq, events }) => {
+                let t = t.unwrap();
+                let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+                let want: Vec<u64> = (since + 1..=seq).collect();
+                if seqs != want {
+                    self.fail(format!(
+                        "poll since {since} answered seq {seq} with events {seqs:?}"
+                    ));
+                }
+                for e in events {
+                    if e.seq <= self.tabs[t].since {
+                        continue;
+                    }
+                    if let EventKind::Message(m) = &e.kind {
+                        let user = self.tabs[t].user;
+                        if m.from != user && m.to != user {
+                            self.fail(format!("tab of {user} got {m:?}"));
+                        }
+                        if self.store.message(m.id) != Some(m) {
+                            self.fail(format!("event {m:?} is not the stored message"));
+                        }
+                        if !self.tabs[t].live.insert(m.id) {
+                            self.fail(format!(
+                                "tab {t} ({:?}) got message {} twice",
+                                self.tabs[t].sid, m.id
+                            ));
+                        }
+                        self.tabs[t].view.insert(m.id);
+                    }
+                }
+                self.tabs[t].since = self.tabs[t].since.max(seq);
+                self.repoll(t);
+            }
+            (Kind::Poll { since }, Response::Reset { seq }) => {
+                let t = t.unwrap();
+                if seq < since {
+                    self.fail(format!("reset to {seq} below since {since}"));
+                }
+                self.figures.resets += 1;
+                self.tabs[t].since = self.tabs[t].since.max(seq);
+                self.rebuild(t);
+                self.repoll(t);
+            }
+            (Kind::Send { to, cid }, Response::Sent { id, ts }) => {
+                let t = t.unwrap();
+                let user = self.tabs[t].user;
+                if !call.friendship.may_be_friends {
+                    self.fail(format!("send {user}→{to} acknowledged (not friends)"));
+                }
+                let m = self.store.message(id).cloned();
+                let ok = m.as_ref().is_some_and(|m| {
+                    m.from == user && m.to == to && m.ts == ts && m.cid.as_deref() == cid.as_deref()
+                });
+                if !ok {
+                    self.fail(format!(
+                        "send {user}→{to} cid {cid:?} answered id {id} ts {ts}, store has {m:?}"
+                    ));
+                }
+                if let Some(c) = cid {
+                    let first = *self.acked.entry((user, c.clone())).or_insert(id);
+                    if first != id {
+                        self.fail(format!("cid {c} acknowledged as {first} then {id}"));
+                    }
+                }
+                if self.acked_ids.insert(id) {
+                    self.figures.acked += 1;
+                }
+            }
+            (Kind::Send { to, cid }, Response::Failed(f)) => {
+                let t = t.unwrap();
+                let user = self.tabs[t].user;
+                match f.code {
+                    ErrorCode::Unavailable => {
+                        if let Some(cid) = cid {
+                            let at = self.now + self.rng.range(1, 60) * 50;
+                            self.retries.push(Retry {
+                                at,
+                                tab: t,
+                                to,
+                                cid,
+                            });
+                        }
+                    }
+                    code => self.check_refusal(user, to, code, call.friendship, "send"),
+                }
+            }
+            (Kind::Typing { to }, Response::Done) => {
+                let user = self.tabs[t.unwrap()].user;
+                self.check_friends_ok(user, to, call.friendship, "typing");
+            }
+            (Kind::Typing { to }, Response::Failed(f)) => {
+                let user = self.tabs[t.unwrap()].user;
+                self.check_refusal(user, to, f.code, call.friendship, "typing");
+            }
+            (Kind::Read { with }, Response::Done) => {
+                let user = self.tabs[t.unwrap()].user;
+                self.check_friends_ok(user, with, call.friendship, "read");
+            }
+            (Kind::Read { with }, Response::Failed(f)) if f.code != ErrorCode::Unavailable => {
+                let user = self.tabs[t.unwrap()].user;
+                self.check_refusal(user, with, f.code, call.friendship, "read");
+            }
+            (
+                Kind::History {
+                    with,
+                    before,
+                    limit,
+                },
+                Response::History { messages, more },
+            ) => {
+                let t = t.unwrap();
+                self.check_page(t, with, before, limit, &messages, more);
+            }
+            (Kind::History { with, .. }, Response::Failed(f))
+                if f.code == ErrorCode::BadRequest =>
+            {
+                let user = self.tabs[t.unwrap()].user;
+                if with != user {
+                    self.fail(format!("history with {with} refused: {f:?}"));
+                }
+            }
+            (Kind::Leave, Response::Done) => {
+                self.tabs[t.unwrap()].state = TabState::Dead;
+            }
+            (Kind::Kick { .. }, Response::Done) => {}
+            (Kind::RosterChanged { user, version }, Response::Done) => {
+                // Pairs of `user` changed before this call are in force on
+                // both sides now.
+                if self.switches.roster_ack {
+                    self.unsettled
+                        .retain(|&(a, b), &mut v| !((a == user || b == user) && v <= version));
+                }
+            }
+            (Kind::RosterChanged { user, .. }, Response::Failed(f))
+                if f.code == ErrorCode::Unavailable =>
+            {
+                self.roster_todo.push(user);
+            }
+            (Kind::Presence | Kind::Ui, Response::Done) => {}
+            (Kind::Ui | Kind::Read { .. } | Kind::History { .. }, Response::Failed(f))
+                if f.code == ErrorCode::Unavailable => {}
+            (kind, response) => {
+                self.fail(format!("{kind:?} answered {response:?}"));
+            }
+        }
+    }
+
+    /// The client polls again after an answer (if it keeps polling).
+    fn repoll(&mut self, t: usize) {
+        let tab = &self.tabs[t];
+        if tab.state == TabState::Live && tab.polls_on && tab.polls_out == 0 {
+            let wait = if self.rng.chance(20) {
+                0
+            } else {
+                self.rng.range(1, 30) * 1_000
+            };
+            self.poll(t, wait);
+        }
+    }
+
+    /// A friends-only call was accepted: they must be friends, or their
+    /// friendship be changing.
+    fn check_friends_ok(&self, user: UserId, other: UserId, f: Friendship, what: &str) {
+        if !f.may_be_friends {
+            self.fail(format!("{what} {user}→{other} accepted (not friends)"));
+        }
+    }
+
+    /// A call addressing `other` was refused with `code`.
+    fn check_refusal(
+        &self,
+        user: UserId,
+        other: UserId,
+        code: ErrorCode,
+        f: Friendship,
+        what: &str,
+    ) {
+        match code {
+            ErrorCode::BadRequest if other == user => {}
+            ErrorCode::NotFriends if other != user => {
+                if !f.may_be_strangers {
+                    self.fail(format!(
+                        "{what} {user}→{other} refused not_friends (friends)"
+                    ));
+                }
+            }
+            code => self.fail(format!("{what} {user}→{other} refused {code:?}")),
+        }
+    }
+
+    /// A history page: in order, of this conversation, exactly the store's
+    /// newest `limit` before `before`, and `more` exactly when older ones
+    /// exist. Pages of one paging run join without gaps or duplicates.
+    fn check_page(
+        &mut self,
+        t: usize,
+        with: UserId,
+        before: Option<MsgId>,
+        limit: u32,
+        page: &[Arc<Message>],
+        more: bool,
+    ) {
+        self.figures.history_pages += 1;
+        let user = self.tabs[t].user;
+        let all = self.store.conversation(user, with);
+        // Messages committed after the read have higher ids: bound by the
+        // page's newest (or by `before`).
+        let bound = match (before, page.last()) {
+            (Some(b), _) => b,
+            (None, Some(newest)) => newest.id + 1,
+            (None, None) => {
+                // Empty at read time: nothing older than what came since.
+                if more {
+                    self.fail(format!("empty history page with more, {user}↔{with}"));
+                }
+                return;
+            }
+        };
+        let older: Vec<&Arc<Message>> = all.iter().filter(|m| m.id < bound).collect();
+        let skip = older.len().saturating_sub(limit as usize);
+        let want: Vec<MsgId> = older[skip..].iter().map(|m| m.id).collect();
+        let got: Vec<MsgId> = page.iter().map(|m| m.id).collect();
+        if got != want || more != (skip > 0) {
+            self.fail(format!(
+                "history {user}↔{with} before {before:?} limit {limit}: got {got:?} more {more}, store has {want:?} more {}",
+                skip > 0
+            ));
+        }
+        for m in page {
+            if self.store.message(m.id) != Some(m) {
+                self.fail(format!("history returned {m:?}, not the stored message"));
+            }
+        }
+        self.tabs[t].paging = match (page.first(), more) {
+            (Some(oldest), true) => Some((with, oldest.id)),
+            _ => None,
+        };
+    }
+
+    // ---- invariants after every input ---------------------------------
+
+    fn check(&mut self) {
+        let n = self.shards.len();
+        for s in &self.shards {
+            let bound = s.tab_count() + 2 * s.session_count();
+            if s.timer_count() > bound {
+                self.fail(format!(
+                    "shard {}: {} timers for {} tabs and {} sessions",
+                    s.config().shard,
+                    s.timer_count(),
+                    s.tab_count(),
+                    s.session_count()
+                ));
+            }
+            if s.jobs_in_flight() > limits::JOBS_IN_FLIGHT_MAX {
+                self.fail(format!("{} jobs in flight", s.jobs_in_flight()));
+            }
+        }
+        let mut jobs_here = vec![0; n];
+        for j in &self.jobs {
+            jobs_here[j.shard] += 1;
+        }
+        for (s, &here) in jobs_here.iter().enumerate() {
+            if self.shards[s].jobs_in_flight() > here {
+                self.fail(format!(
+                    "shard {s} has {} jobs in flight, the world {here}",
+                    self.shards[s].jobs_in_flight(),
+                ));
+            }
+        }
+        // Presence broadcasts in flight: (user, to shard).
+        let mut presence_in_flight = HashSet::new();
+        for (&(_, to), q) in &self.links {
+            for w in q {
+                if let Wire::Peer(PeerMsg::Presence { user, .. }) = w {
+                    presence_in_flight.insert((*user, to));
+                }
+            }
+        }
+        for u in 1..=self.shape.users {
+            self.check_user(u, &presence_in_flight);
+        }
+        for t in 0..self.tabs.len() {
+            if self.surely_attached(t) && !self.server_has(self.tabs[t].sid) {
+                self.fail(format!(
+                    "tab {t} ({:?}) was detached though nothing could detach it",
+                    self.tabs[t].sid
+                ));
+            }
+        }
+    }
+
+    fn check_user(&mut self, u: UserId, presence_in_flight: &HashSet<(UserId, usize)>) {
+        let prev = self.seen_events.remove(&u);
+        let n = self.shards.len();
+        let h = home_shard(u, n);
+        let home = &self.shards[h];
+        let live = home.live_session(u);
+        // Presence: the home replica (updated on the local path) says
+        // online or away exactly while the session is live; the others
+        // agree once the home shard's broadcasts have arrived.
+        let status = home.presence_of(u);
+        if (status != Status::Offline) != live.is_some() {
+            self.fail(format!(
+                "presence of {u} is {status:?}, live session: {}",
+                live.is_some()
+            ));
+        }
+        if let Some(s) = live {
+            if s.status != status {
+                self.fail(format!(
+                    "{u} is {:?} but its replica says {status:?}",
+                    s.status
+                ));
+            }
+        }
+        for (i, other) in self.shards.iter().enumerate() {
+            if !presence_in_flight.contains(&(u, i)) && other.presence_of(u) != status {
+                self.fail(format!(
+                    "shard {i} sees {u} {:?}, home shard {h} {status:?}",
+                    other.presence_of(u)
+                ));
+            }
+        }
+        let Some(s) = live else {
+            return;
+        };
+        let cfg = home.config();
+        if s.tabs.len() > cfg.tabs_per_user_max {
+            self.fail(format!("{u} has {} tabs", s.tabs.len()));
+        }
+        if s.events.len() > cfg.events_buffered_max {
+            self.fail(format!("{u} buffers {} events", s.events.len()));
+        }
+        if s.tabs.is_empty() != s.grace.is_armed() {
+            self.fail(format!(
+                "{u}: {} tabs, grace armed {}",
+                s.tabs.len(),
+                s.grace.is_armed()
+            ));
+        }
+        // Friends-only: every new event caused by another user comes from
+        // someone in the roster (before or after this input).
+        let roster: BTreeSet<UserId> = s.roster.keys().copied().collect();
+        let (mut checked, before) = prev.unwrap_or_default();
+        if checked > s.seq {
+            checked = 0; // a new session
+        }
+        for e in s.events.iter().rev().take_while(|e| e.seq > checked) {
+            let by = match &e.kind {
+                EventKind::Message(m) => {
+                    if m.from != u && m.to != u {
+                        self.fail(format!("{u}'s session got {m:?}"));
+                    }
+                    // One's own message was checked when sent.
+                    Some(m.from).filter(|&f| f != u)
+                }
+                EventKind::Typing { user, .. } | EventKind::Presence { user, .. } => Some(*user),
+                EventKind::Read { by, .. } => Some(*by).filter(|&b| b != u),
+                EventKind::Ui { .. } | EventKind::Roster { .. } => None,
+            };
+            if let Some(by) = by {
+                if by != u && !roster.contains(&by) && !before.contains(&by) {
+                    self.fail(format!(
+                        "{u}'s session got {:?} from non-friend {by}",
+                        e.kind
+                    ));
+                }
+            }
+        }
+        // Once roster-changed returned for a pair, both sides' rosters
+        // agree with the directory.
+        if self.switches.roster_ack {
+            for x in 1..=self.shape.users {
+                let p = pair(u, x);
+                if x != u
+                    && !self.unsettled.contains_key(&p)
+                    && roster.contains(&x) != self.store.are_friends(u, x)
+                {
+                    self.fail(format!(
+                        "{u}'s roster has {x}: {}, the directory says {} (roster-changed returned)",
+                        roster.contains(&x),
+                        self.store.are_friends(u, x)
+                    ));
+                }
+            }
+        }
+        let seq = s.seq;
+        self.seen_events.insert(u, (seq, roster));
+    }
+
+    // ---- the end --------------------------------------------------------
+
+    /// Stops faults and new client actions; delivers everything, lets
+    /// every slow job commit or not, keeps live tabs polling and retries
+    /// sends until none is left.
+    fn quiesce(&mut self) {
+        self.faults_on = false;
+        self.note("quiescing".into());
+        for t in self.live_tabs() {
+            self.tabs[t].polls_on = true;
+            if self.tabs[t].polls_out == 0 {
+                self.poll(t, 20_000);
+            }
+        }
+        let rounds = (STORAGE_TIMEOUT_MS + LATE_COMMIT_MS_MAX) / TICK_MS * 6;
+        for round in 0.. {
+            while self.deliver_one_wire() || self.storage_one() {}
+            self.due_retries();
+            let busy = !self.jobs.is_empty()
+                || !self.retries.is_empty()
+                || !self.roster_todo.is_empty()
+                || self
+                    .calls
+                    .values()
+                    .any(|c| !matches!(c.kind, Kind::Poll { .. }));
+            if !busy && round >= 2 {
+                break;
+            }
+            if round > rounds {
+                self.fail(format!(
+                    "no quiescence: {} jobs, {} retries, {} calls",
+                    self.jobs.len(),
+                    self.retries.len(),
+                    self.calls.len()
+                ));
+            }
+            self.tick();
+        }
+        // Every live tab catches up.
+        for t in self.live_tabs() {
+            self.poll(t, 0);
+        }
+        while self.deliver_one_wire() || self.storage_one() {}
+    }
+
+    /// After quiescence: every acknowledged message is in every live tab
+    /// of both users; then every tab leaves, every held poll is answered,
+    /// and once grace passes nothing is left.
+    fn finish(&mut self) {
+        self.figures.messages = self.store.messages.len() as u64;
+        for t in self.live_tabs() {
+            if !self.server_has(self.tabs[t].sid) {
+                continue; // detached meanwhile: it owes nothing
+            }
+            let user = self.tabs[t].user;
+            for &id in &self.acked_ids {
+                let m = self.store.message(id).expect("acked is stored");
+                if m.from != user && m.to != user {
+                    continue;
+                }
+                if self.tabs[t].view.contains(&id) {
+                    continue;
+                }
+                if m.to == user && self.toggled.contains(&pair(m.from, m.to)) {
+                    continue; // dropped by friends-only while changing
+                }
+                if self.in_doubt.contains(&id) && !self.switches.in_doubt_delivery {
+                    continue; // known bug: see Switches::in_doubt_delivery
+                }
+                let why = if self.in_doubt.contains(&id) {
+                    " (stored by a try the engine answered TimedOut; acknowledged to a retry as a duplicate)"
+                } else {
+                    ""
+                };
+                self.fail(format!(
+                    "message {id} ({}→{}, cid {:?}) acknowledged but never reached tab {t} ({:?}) of user {user}{why}",
+                    m.from, m.to, m.cid, self.tabs[t].sid
+                ));
+            }
+        }
+        for t in self.live_tabs() {
+            let sid = self.tabs[t].sid;
+            self.request(Kind::Leave, Some(t), Request::Leave { sid });
+        }
+        while self.deliver_one_wire() || self.storage_one() {}
+        if !self.calls.is_empty() {
+            let left: Vec<String> = self
+                .calls
+                .iter()
+                .map(|(r, c)| format!("#{r} {:?}", c.kind))
+                .collect();
+            self.fail(format!("requests never answered: {left:?}"));
+        }
+        let ticks = self.shape.grace_ms / TICK_MS + 2;
+        let mut tick = 0;
+        while tick < ticks || !self.jobs.is_empty() {
+            self.tick();
+            tick += 1;
+            while self.deliver_one_wire() || self.storage_one() {}
+            if tick > ticks + STORAGE_TIMEOUT_MS / TICK_MS * 2 {
+                self.fail(format!("{} storage jobs never finished", self.jobs.len()));
+            }
+        }
+        for s in &self.shards {
+            if s.session_count() != 0 || s.timer_count() != 0 || s.jobs_in_flight() != 0 {
+                self.fail(format!(
+                    "shard {} after everyone left: {} sessions, {} timers, {} jobs",
+                    s.config().shard,
+                    s.session_count(),
+                    s.timer_count(),
+                    s.jobs_in_flight()
+                ));
+            }
+        }
+    }
+}
+
+impl Job {
+    fn clone_pending(&self) -> Job {
+        Job {
+            shard: self.shard,
+            job: self.job,
+            request: self.request.clone(),
+            fate: self.fate,
+            run_at: self.run_at,
+            answer_at: self.answer_at,
+            output: None,
+        }
+    }
+}
