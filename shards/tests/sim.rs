@@ -740,6 +740,7 @@ fn random_worlds_keep_every_invariant() {
                 total.evictions += f.evictions;
                 total.history_pages += f.history_pages;
                 total.faults += f.faults;
+                total.rate_limited += f.rate_limited;
             }
             Err(_) => {
                 println!("seed {seed} FAILED (message above)");
