@@ -301,7 +301,7 @@ struct CounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 8] = [
+const COUNTERS: [CounterSpec; 23] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -341,6 +341,81 @@ const COUNTERS: [CounterSpec; 8] = [
         name: "switchboard_storage_timeouts_total",
         help: "Storage jobs that timed out.",
         value: |s| s.storage_timeouts.get(),
+    },
+    CounterSpec {
+        name: "switchboard_messages_total",
+        help: "Messages stored and delivered (not duplicates).",
+        value: |s| s.core.messages.get(),
+    },
+    CounterSpec {
+        name: "switchboard_duplicate_sends_total",
+        help: "Sends answered from a stored cid.",
+        value: |s| s.core.duplicate_sends.get(),
+    },
+    CounterSpec {
+        name: "switchboard_shed_jobs_total",
+        help: "Requests answered unavailable: too many storage jobs in flight on the shard.",
+        value: |s| s.core.shed_jobs.get(),
+    },
+    CounterSpec {
+        name: "switchboard_storage_failures_total",
+        help: "Storage jobs that failed (timed out included).",
+        value: |s| s.core.storage_failures.get(),
+    },
+    CounterSpec {
+        name: "switchboard_tab_timeouts_total",
+        help: "Tabs detached for the tab timeout.",
+        value: |s| s.core.tab_timeouts.get(),
+    },
+    CounterSpec {
+        name: "switchboard_tab_evictions_total",
+        help: "Tabs detached because their session had too many.",
+        value: |s| s.core.tab_evictions.get(),
+    },
+    CounterSpec {
+        name: "switchboard_not_friends_dropped_total",
+        help: "Deliveries dropped by the receiver's friends-only check.",
+        value: |s| s.core.not_friends_dropped.get(),
+    },
+    CounterSpec {
+        name: "switchboard_rate_limited_total",
+        help: "Calls answered rate_limited (429).",
+        value: |s| s.core.rate_limited.get(),
+    },
+    CounterSpec {
+        name: "switchboard_typing_coalesced_total",
+        help: "Typing events that replaced an earlier one from the same user.",
+        value: |s| s.core.typing_coalesced.get(),
+    },
+    CounterSpec {
+        name: "switchboard_events_dropped_total",
+        help: "Events dropped from session buffers by their count or byte bound.",
+        value: |s| s.core.events_dropped.get(),
+    },
+    CounterSpec {
+        name: "switchboard_stale_timers_total",
+        help: "Timers that fired without their owner (skipped).",
+        value: |s| s.core.stale_timers.get(),
+    },
+    CounterSpec {
+        name: "switchboard_in_doubt_delivered_total",
+        help: "Duplicate sends delivered because an earlier try of their cid failed.",
+        value: |s| s.core.in_doubt_delivered.get(),
+    },
+    CounterSpec {
+        name: "switchboard_in_doubt_dropped_total",
+        help: "Cids in doubt dropped at their per-session bound.",
+        value: |s| s.core.in_doubt_dropped.get(),
+    },
+    CounterSpec {
+        name: "switchboard_dropped_users_total",
+        help: "Sessions dropped by supervision after a panic.",
+        value: |s| s.core.dropped_users.get(),
+    },
+    CounterSpec {
+        name: "switchboard_presence_repairs_total",
+        help: "Presence replica entries repaired by a digest (a presence message was lost).",
+        value: |s| s.core.presence_repairs.get(),
     },
 ];
 

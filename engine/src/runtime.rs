@@ -32,7 +32,7 @@ use switchboard_io::deadline::{self, TimedOut};
 use switchboard_shards::model::{
     ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
 };
-use switchboard_shards::{home_shard, Input, Output, PeerMsg, Shard};
+use switchboard_shards::{home_shard, Input, Output, PeerMsg, Shard, Stats};
 use switchboard_storage::Store;
 
 use crate::limits;
@@ -68,7 +68,65 @@ impl Counter {
     }
 }
 
-/// Counters of the runtime (the shard's own are in `Shard::stats`).
+/// The shard core's counters ([`switchboard_shards::Stats`]), copied at
+/// every tick so `/metrics` (served by shard 0) reads every shard's
+/// without asking it. At most one tick (50 ms) old.
+#[derive(Default, Debug)]
+pub struct CoreStats {
+    /// Messages stored and delivered (not duplicates).
+    pub messages: Counter,
+    /// Sends answered from a stored cid.
+    pub duplicate_sends: Counter,
+    /// Requests answered unavailable: too many storage jobs in flight on the shard.
+    pub shed_jobs: Counter,
+    /// Storage jobs that failed (timed out included).
+    pub storage_failures: Counter,
+    /// Tabs detached for the tab timeout.
+    pub tab_timeouts: Counter,
+    /// Tabs detached because their session had too many.
+    pub tab_evictions: Counter,
+    /// Deliveries dropped by the receiver's friends-only check.
+    pub not_friends_dropped: Counter,
+    /// Calls answered rate_limited (429).
+    pub rate_limited: Counter,
+    /// Typing events that replaced an earlier one from the same user.
+    pub typing_coalesced: Counter,
+    /// Events dropped from session buffers by their count or byte bound.
+    pub events_dropped: Counter,
+    /// Timers that fired without their owner (skipped).
+    pub stale_timers: Counter,
+    /// Duplicate sends delivered because an earlier try of their cid failed.
+    pub in_doubt_delivered: Counter,
+    /// Cids in doubt dropped at their per-session bound.
+    pub in_doubt_dropped: Counter,
+    /// Sessions dropped by supervision after a panic.
+    pub dropped_users: Counter,
+    /// Presence replica entries repaired by a digest (a presence message was lost).
+    pub presence_repairs: Counter,
+}
+
+impl CoreStats {
+    /// Copies the shard's counters.
+    fn copy_from(&self, stats: &Stats) {
+        self.messages.set(stats.messages);
+        self.duplicate_sends.set(stats.duplicate_sends);
+        self.shed_jobs.set(stats.shed_jobs);
+        self.storage_failures.set(stats.storage_failures);
+        self.tab_timeouts.set(stats.tab_timeouts);
+        self.tab_evictions.set(stats.tab_evictions);
+        self.not_friends_dropped.set(stats.not_friends_dropped);
+        self.rate_limited.set(stats.rate_limited);
+        self.typing_coalesced.set(stats.typing_coalesced);
+        self.events_dropped.set(stats.events_dropped);
+        self.stale_timers.set(stats.stale_timers);
+        self.in_doubt_delivered.set(stats.in_doubt_delivered);
+        self.in_doubt_dropped.set(stats.in_doubt_dropped);
+        self.dropped_users.set(stats.dropped_users);
+        self.presence_repairs.set(stats.presence_repairs);
+    }
+}
+
+/// Counters of the runtime, and a copy of the shard core's.
 #[derive(Default, Debug)]
 pub struct RuntimeStats {
     /// Requests answered `unavailable` at once because
@@ -101,6 +159,8 @@ pub struct RuntimeStats {
     pub refused_connections: Counter,
     /// Open client connections.
     pub connections: Counter,
+    /// The shard core's counters, as of its last tick.
+    pub core: CoreStats,
 }
 
 /// Every shard's [`RuntimeStats`], in shard order, and which one is this
@@ -380,6 +440,16 @@ impl ShardRuntime {
 
     /// Feeds one input to the state machine and carries out what it asks.
     pub fn feed(self: &Rc<Self>, input: Input) {
+        let tick = matches!(input, Input::Tick);
+        self.feed_all(input);
+        if tick {
+            self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
+        }
+    }
+
+    /// Feeds `input`, then the failures of storage jobs that could not
+    /// start, until none is left.
+    fn feed_all(self: &Rc<Self>, input: Input) {
         let mut queue = vec![input];
         while let Some(input) = queue.pop() {
             let mut outputs = std::mem::take(&mut *self.outputs.borrow_mut());

@@ -107,6 +107,34 @@ fn a_typing_flood_gets_429_and_the_friend_still_gets_the_message_before_it() {
     assert_eq!(messages(&events), vec![(ALICE, "before the flood".into())]);
     let typing = events.iter().filter(|e| e["type"] == "typing").count();
     assert!(typing <= 1, "{typing} typing events: {events:?}");
+
+    // Operators see it: every refusal counted, coalescing too (the core's
+    // counters reach /metrics at the next tick).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        counter(&server, "switchboard_rate_limited_total"),
+        limited as u64
+    );
+    assert!(counter(&server, "switchboard_typing_coalesced_total") > 0);
+}
+
+/// The sum over shards of `/metrics` counter `name`.
+fn counter(server: &Server, name: &str) -> u64 {
+    let r = request(
+        server.admin,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("# TYPE {name} counter")),
+        "{}",
+        r.body
+    );
+    r.body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 #[test]
