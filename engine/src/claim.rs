@@ -12,22 +12,31 @@
 //! **Ports**: every shard binds the client port with SO_REUSEPORT, which
 //! also lets a second process bind it and silently take part of the
 //! connections (and the admin port, half the admin calls). So before
-//! binding, [`probe`] binds each configured address once without
-//! SO_REUSEPORT: if anything listens there, the kernel says EADDRINUSE and
-//! the server refuses to start. Port 0 is not probed (it picks a free
-//! port). A race remains: two servers starting in the same instant, in
+//! binding, [`probe`] connects to each configured address once (loopback
+//! for a wildcard address): if anything accepts, something listens there
+//! and the server refuses to start. It connects rather than binds without
+//! SO_REUSEPORT: after a crash, the dead server's accepted connections
+//! linger in FIN_WAIT for up to a minute, bound to the port without
+//! SO_REUSEADDR, and a bind probe would refuse the restart for that long
+//! (the e2e restart test caught it). Port 0 is not probed (it picks a free
+//! port). Something must keep listening for `PORT_PROBE_PATIENCE_MS` to
+//! count: a server killed a moment ago still listens briefly (its io_uring
+//! rings are torn down after it exits). A listener so overloaded that it
+//! drops the probe's SYN for `PORT_PROBE_TIMEOUT_MS` goes unseen. A race remains: two servers starting in the same instant, in
 //! different data folders, can both pass the probe before either binds
 //! (a window of a few milliseconds, between the probe and shard 0's
 //! bind). A deploy that starts one server at a time never hits it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use switchboard_io::Listener;
 
 use crate::error::Error;
+use crate::limits;
 
 /// The lock file's name in the data folder.
 pub const LOCK_FILE: &str = "switchboard.lock";
@@ -85,11 +94,28 @@ pub fn probe(listener: Listener, addr: SocketAddr) -> Result<(), Error> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match TcpListener::bind(addr) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            Err(Error::AddressInUse { listener, addr })
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let patience = Duration::from_millis(limits::PORT_PROBE_TIMEOUT_MS);
+    // A server killed a moment ago may still listen for a while: the
+    // kernel tears its io_uring rings down after the process is gone, and
+    // their pending accepts keep the listening socket open until then. A
+    // second server keeps listening; a dead one stops within this window.
+    let give_up = Instant::now() + Duration::from_millis(limits::PORT_PROBE_PATIENCE_MS);
+    loop {
+        if TcpStream::connect_timeout(&target, patience).is_err() {
+            return Ok(());
         }
-        // Dropped at once: closed before the shards bind.
-        Ok(_) | Err(_) => Ok(()),
+        // Connected, and closed at once: the other side sees a connection
+        // that never sends a byte.
+        if Instant::now() >= give_up {
+            return Err(Error::AddressInUse { listener, addr });
+        }
+        std::thread::sleep(Duration::from_millis(limits::PORT_PROBE_RETRY_MS));
     }
 }

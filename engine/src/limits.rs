@@ -104,6 +104,20 @@ pub const STORAGE_WRITE_BATCH_MAX: usize = 256;
 /// (`io_poll_find`, perf, docs/benchmarks.md); at 4096 it is 0.8%.
 pub const RING_DEPTH: usize = 4_096;
 
+/// How long the start-up port probe waits for a connection to a configured
+/// address before taking it as free (claim.rs). Loopback answers at once
+/// either way; only a listener too overloaded to take a SYN is slower.
+pub const PORT_PROBE_TIMEOUT_MS: u64 = 1_000;
+
+/// How long something must keep accepting the port probe's connections to
+/// count as another server (a killed server's listener lingers briefly
+/// while the kernel tears down its io_uring rings). A real conflict is
+/// refused after this long.
+pub const PORT_PROBE_PATIENCE_MS: u64 = 2_000;
+
+/// Pause between two port probes.
+pub const PORT_PROBE_RETRY_MS: u64 = 50;
+
 const _: () = assert!(OUTBOX_DEPTH_MAX >= 2 * REQUESTS_IN_FLIGHT_MAX + PEER_MSGS_QUEUED_MAX);
 // 9,000: `CONNECTIONS_MAX`'s default (settings.rs), one call in flight each.
 const _: () = assert!(REQUESTS_IN_FLIGHT_MAX >= 9_000);

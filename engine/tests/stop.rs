@@ -351,3 +351,38 @@ fn assert_lock_names(dir: &Path, pid: u32) {
     let text = std::fs::read_to_string(dir.join("switchboard.lock")).unwrap();
     assert_eq!(text.trim(), pid.to_string());
 }
+
+#[test]
+fn a_server_killed_with_connections_open_restarts_at_once_on_the_same_ports() {
+    // After a crash the dead server's accepted connections linger (FIN_WAIT)
+    // bound to its port; the "someone listens there" check must not take
+    // them for a second server (a bind probe did, refusing the restart for
+    // up to a minute: the e2e restart test caught it).
+    let dir = temp_dir("restart-same-ports");
+    let server = Server::start(&dir, &[]);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(s); // kept open: the server holds its end
+    }
+    let env = with(
+        &server.env,
+        &[
+            ("SWITCHBOARD_LISTEN", server.addr.to_string()),
+            ("SWITCHBOARD_ADMIN_LISTEN", server.admin.to_string()),
+        ],
+    );
+    let (addr, admin) = (server.addr, server.admin);
+    drop(server); // SIGKILL
+    let again = Server::start_env(&dir, env);
+    assert_eq!((again.addr, again.admin), (addr, admin));
+    still_serves(&again);
+    drop(open);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
