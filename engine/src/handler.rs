@@ -301,7 +301,7 @@ struct CounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 23] = [
+const COUNTERS: [CounterSpec; 25] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -336,6 +336,16 @@ const COUNTERS: [CounterSpec; 23] = [
         name: "switchboard_dropped_roster_total",
         help: "Roster messages dropped on a full outbox.",
         value: |s| s.dropped_roster.get(),
+    },
+    CounterSpec {
+        name: "switchboard_refused_connections_total",
+        help: "Client connections closed at accept: the listener held CONNECTIONS_MAX.",
+        value: |s| s.refused_connections.get(),
+    },
+    CounterSpec {
+        name: "switchboard_refused_per_address_total",
+        help: "Client connections closed at accept: their address held its share of CONNECTIONS_PER_ADDRESS_MAX.",
+        value: |s| s.refused_per_address.get(),
     },
     CounterSpec {
         name: "switchboard_storage_timeouts_total",

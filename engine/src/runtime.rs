@@ -157,6 +157,9 @@ pub struct RuntimeStats {
     pub storage_jobs_waiting: Counter,
     /// Connections refused at accept for `CONNECTIONS_MAX`.
     pub refused_connections: Counter,
+    /// Client connections closed at accept because their address held its
+    /// share of `CONNECTIONS_PER_ADDRESS_MAX`.
+    pub refused_per_address: Counter,
     /// Open client connections.
     pub connections: Counter,
     /// The shard core's counters, as of its last tick.

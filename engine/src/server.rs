@@ -698,10 +698,13 @@ fn refuse(
             }
             (admission.refused_full(), "the listener is full")
         }
-        Refused::PerAddress => (
-            admission.refused_per_address(),
-            "its address holds its share of connections",
-        ),
+        Refused::PerAddress => {
+            stats.refused_per_address.add(1);
+            (
+                admission.refused_per_address(),
+                "its address holds its share of connections",
+            )
+        }
     };
     if count.is_power_of_two() {
         warn!(
