@@ -501,8 +501,8 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
     })
 }
 
-/// Accepts connections until a stop is asked for; the listeners close
-/// when this returns. The client listener admits `CONNECTIONS_MAX` and,
+/// Accepts connections until a stop is asked for; both listeners are
+/// closed when this returns. The client listener admits `CONNECTIONS_MAX` and,
 /// from one client address, this shard's share of
 /// `CONNECTIONS_PER_ADDRESS_MAX`; the admin listener `ADMIN_CONNECTIONS_MAX`
 /// (see [`accept_loop`]).
@@ -533,8 +533,15 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         admission,
     );
     shared.stop.until_stop(accepting).await;
-    // Dropping a glommio task cancels it: the admin listener closes too.
-    drop(admin_task);
+    // The client listener is closed (dropped with `accepting`). Dropping a
+    // glommio task only marks it cancelled: its future, and the admin
+    // listener in it, would be dropped the next time the task runs, which
+    // is never if this executor ends first (a stop with nothing to drain
+    // can end it in this turn). `cancel().await` returns once the future
+    // is dropped, so the admin listener is closed before the drain begins.
+    if let Some(task) = admin_task {
+        task.cancel().await;
+    }
 }
 
 /// Whether the server keeps anything in the data folder: the embedded

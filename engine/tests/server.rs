@@ -96,6 +96,30 @@ fn a_stop_closes_the_listeners_then_storage() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A stop with nothing to drain can end a shard's executor in the turn it
+/// sees the stop. Both listeners must be closed by then (a listener left in
+/// a task that never ran again would stay bound until the process exits).
+/// Tried with one shard, where nothing else makes the executor wait, and two.
+#[test]
+fn a_stop_with_nothing_to_drain_closes_both_listeners() {
+    for shards in ["1", "2"] {
+        let dir = temp_dir(&format!("idle-stop-{shards}"));
+        let server = start(&dir, &[("SWITCHBOARD_SHARDS", shards.to_string())])
+            .expect("server starts");
+        let (client, admin) = (server.client_addr(), server.admin_addr());
+        within("stop", move || server.stop()).expect("a clean stop");
+        for addr in [client, admin] {
+            let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                ErrorKind::ConnectionRefused,
+                "{shards} shards: {addr} still accepts after the stop"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn a_listener_that_cannot_be_bound_is_an_error_and_what_started_stops() {
     let dir = temp_dir("bind");
