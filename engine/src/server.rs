@@ -21,8 +21,18 @@
 //! for its storage jobs in flight, and returns, which ends its executor.
 //! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
 //! keeps its socket until the process exits (glommio does not drop the
-//! detached tasks of an executor that has ended). Mesh messages to a shard
-//! that has already ended are dropped. Then the executors are joined, the
+//! detached tasks of an executor that has ended). For the same reason a
+//! shard that has ended never reads its mesh channels again, yet they do
+//! not close (its receiving tasks are never dropped): a message sent to it
+//! then is lost without the sender knowing, and an outbox drainer facing
+//! its full channel waits until its own executor ends. Only messages that
+//! no longer matter are sent by then: no shard ends before every shard is
+//! past its connections (`stop.rs`, phase 2), so what is left is
+//! deliveries and presence from peers' storage results and ticks, for
+//! sessions that end with the process anyway (messages are stored first).
+//! Only when the drain bound ran out can a peer's connection still call
+//! it: that call is answered only by the caller's call deadline, if the
+//! caller's shard still runs then. Then the executors are joined, the
 //! store is shut down (its db threads answer the jobs still queued, are
 //! joined, and the database is closed), and last the data folder's lock
 //! is released.
