@@ -132,12 +132,19 @@ impl Drop for Reporter {
 /// A running server. [`run`] is `start` then `wait`, with the signal
 /// thread (`signals.rs`) holding a [`StopHandle`]; tests call
 /// [`Server::stop`] or [`StopHandle::stop`].
+///
+/// Dropping a server that was neither stopped nor waited for stops it the
+/// same way, blocking until its executors are joined and its storage is
+/// closed (bounded like any stop; a failure is logged, there is no one to
+/// return it to). So its executors, its store and the data folder's lock
+/// never outlive it, also when a test fails while holding one.
 pub struct Server {
     /// The client listener's address (shared by every shard).
     client_addr: SocketAddr,
     /// The admin listener's address (shard 0).
     admin_addr: SocketAddr,
-    shards: Shards,
+    /// The shards; `None` once [`Server::wait`] took them to shut down.
+    shards: Option<Shards>,
 }
 
 /// The started shards, as the starting thread sees them.
@@ -233,14 +240,18 @@ impl Server {
 
     /// A handle that asks this server to stop, from any thread.
     pub fn stop_handle(&self) -> StopHandle {
-        self.shards.shared.stop.clone()
+        self.shards().shared.stop.clone()
+    }
+
+    fn shards(&self) -> &Shards {
+        self.shards.as_ref().expect("only `wait` and drop take the shards")
     }
 
     /// Runs until a stop is asked for or a shard fails, then stops in
     /// order (see the module doc). `Ok` after a stop that was asked for;
     /// else the first failure.
-    pub fn wait(self) -> Result<(), Error> {
-        let shards = self.shards;
+    pub fn wait(mut self) -> Result<(), Error> {
+        let shards = self.shards.take().expect("only `wait` and drop take the shards");
         let first = loop {
             match shards.reports.recv() {
                 Ok(Report::Failed(e)) => break Some(e),
@@ -268,7 +279,7 @@ impl Server {
     /// for) and, in demo mode, where to open the demo.
     fn announce(&self) {
         let (client, admin) = (self.client_addr, self.admin_addr);
-        let shared = &self.shards.shared;
+        let shared = &self.shards().shared;
         info!(
             "switchboard listening on http://{client} (admin http://{admin}), {} shards",
             shared.settings.shards
@@ -280,6 +291,20 @@ impl Server {
                 open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             println!("switchboard demo: open http://{open}/demo/");
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Stops a server nobody stopped (see [`Server`]); nothing once
+    /// [`Server::wait`] ran.
+    fn drop(&mut self) {
+        let Some(shards) = self.shards.take() else {
+            return;
+        };
+        warn!("a running server was dropped: stopping it");
+        if let Err(e) = shards.shut_down(None) {
+            error!("a dropped server failed while stopping: {e}");
         }
     }
 }
@@ -333,7 +358,7 @@ impl Shards {
         Ok(Server {
             client_addr,
             admin_addr,
-            shards: self,
+            shards: Some(self),
         })
     }
 

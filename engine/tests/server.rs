@@ -2,7 +2,8 @@
 //! port 0: `Server::start` returns once every shard listens; a stop asked
 //! for through a `StopHandle` closes the listeners, ends the shards and
 //! then closes storage (the same data folder opens again at once: redb
-//! refuses a database file still open); a listener that cannot be bound is
+//! refuses a database file still open), and so does dropping a running
+//! `Server`; a listener that cannot be bound is
 //! an `Error` returned to the caller, never a process exit. Every wait has
 //! a timeout.
 
@@ -118,6 +119,24 @@ fn a_stop_with_nothing_to_drain_closes_both_listeners() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A server dropped without `stop` or `wait` stops as if asked: its
+/// listeners close, and its storage and the data folder's lock are
+/// released (the same folder opens again at once).
+#[test]
+fn dropping_a_running_server_stops_it() {
+    let dir = temp_dir("drop");
+    let server = start(&dir, &[]).expect("server starts");
+    let (client, admin) = (server.client_addr(), server.admin_addr());
+    within("drop", move || drop(server));
+    for addr in [client, admin] {
+        let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{addr}");
+    }
+    let again = start(&dir, &[]).expect("server starts again on the same data folder");
+    within("second stop", move || again.stop()).expect("a clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
