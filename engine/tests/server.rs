@@ -3,9 +3,8 @@
 //! for through a `StopHandle` closes the listeners, ends the shards and
 //! then closes storage (the same data folder opens again at once: redb
 //! refuses a database file still open), and so does dropping a running
-//! `Server`; a listener that cannot be bound is
-//! an `Error` returned to the caller, never a process exit. Every wait has
-//! a timeout.
+//! `Server`; a listener that cannot be bound is an `Error` returned to the
+//! caller, never a process exit. Every wait has a timeout.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
