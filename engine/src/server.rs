@@ -244,14 +244,19 @@ impl Server {
     }
 
     fn shards(&self) -> &Shards {
-        self.shards.as_ref().expect("only `wait` and drop take the shards")
+        self.shards
+            .as_ref()
+            .expect("only `wait` and drop take the shards")
     }
 
     /// Runs until a stop is asked for or a shard fails, then stops in
     /// order (see the module doc). `Ok` after a stop that was asked for;
     /// else the first failure.
     pub fn wait(mut self) -> Result<(), Error> {
-        let shards = self.shards.take().expect("only `wait` and drop take the shards");
+        let shards = self
+            .shards
+            .take()
+            .expect("only `wait` and drop take the shards");
         let first = loop {
             match shards.reports.recv() {
                 Ok(Report::Failed(e)) => break Some(e),

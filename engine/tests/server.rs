@@ -104,8 +104,8 @@ fn a_stop_closes_the_listeners_then_storage() {
 fn a_stop_with_nothing_to_drain_closes_both_listeners() {
     for shards in ["1", "2"] {
         let dir = temp_dir(&format!("idle-stop-{shards}"));
-        let server = start(&dir, &[("SWITCHBOARD_SHARDS", shards.to_string())])
-            .expect("server starts");
+        let server =
+            start(&dir, &[("SWITCHBOARD_SHARDS", shards.to_string())]).expect("server starts");
         let (client, admin) = (server.client_addr(), server.admin_addr());
         within("stop", move || server.stop()).expect("a clean stop");
         for addr in [client, admin] {
