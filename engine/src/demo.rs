@@ -147,12 +147,16 @@ pub fn not_found() -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use switchboard_io::response::{status_of_reply, Encoder, Persist};
+    use serde_json::json;
+    use switchboard_io::response::{Encoder, Persist};
+    use switchboard_io::DemoUser;
     use switchboard_io::Mode;
 
     use super::*;
 
-    /// The status and body `io` sends for `reply`.
+    /// The status and body `io` sends for `reply`, read back from the bytes
+    /// it encodes (the status from the `HTTP/1.1 NNN` line, so an encoder
+    /// writing another status than the one decided is caught).
     fn body(reply: &Reply) -> (u16, String) {
         let mut out = Vec::new();
         let persist = Persist {
@@ -162,8 +166,21 @@ mod tests {
         let date = [b'D'; 29];
         Encoder::new().reply(&mut out, reply, &Mode::Json, persist, false, &date);
         let text = String::from_utf8(out).unwrap();
-        let (_, body) = text.split_once("\r\n\r\n").unwrap();
-        (status_of_reply(reply), body.to_string())
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status_line = head.lines().next().unwrap();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
+        (status, body.to_string())
+    }
+
+    /// The JSON value of a demo answer's body (it must parse).
+    fn json(reply: &Reply) -> serde_json::Value {
+        let (status, text) = body(reply);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
     }
 
     #[test]
@@ -217,5 +234,52 @@ mod tests {
             body(&open.answer("/demo/login", Some(99), secret, 0)).0,
             200
         );
+    }
+
+    /// Names are JSON strings whatever they hold: quotes, backslashes,
+    /// `</script>`, U+2028/U+2029 (valid in JSON, not in old JavaScript),
+    /// characters outside the BMP, and control characters. A directory
+    /// refuses control characters in names, so those are given to the
+    /// encoder directly; the others also come through a directory.
+    #[test]
+    fn demo_json_round_trips_names_with_any_characters() {
+        let odd = "a\"b\\c</script>\u{2028}\u{2029}é😀";
+        let control = "x\n\r\t\u{0}\u{1}\u{1f}\u{7f}\u{85}\u{2028}y";
+        let text = format!(
+            r#"{{"users":[{{"id":1,"name":{}}},{{"id":2,"name":"bob"}}],"friendships":[[1,2]]}}"#,
+            serde_json::to_string(odd).unwrap()
+        );
+        let demo = Demo::new(Some(Directory::from_json(&text).unwrap()));
+        let secret = b"s";
+        assert_eq!(
+            json(&demo.answer("/demo/users", None, secret, 0)),
+            json!({"ok": true, "users": [
+                {"id": 1, "name": odd, "friends": [2]},
+                {"id": 2, "name": "bob", "friends": [1]},
+            ]})
+        );
+        let login = json(&demo.answer("/demo/login", Some(1), secret, 0));
+        assert_eq!(login["user"], json!({"id": 1, "name": odd}));
+
+        for name in [odd, control] {
+            let users = Reply::DemoUsers(vec![DemoUser {
+                id: 7,
+                name: name.to_string(),
+                friends: vec![],
+            }]);
+            assert_eq!(
+                json(&users),
+                json!({"ok": true, "users": [{"id": 7, "name": name, "friends": []}]})
+            );
+            let token = Reply::DemoToken {
+                token: "t\"\u{2029}".to_string(),
+                user: 7,
+                name: name.to_string(),
+            };
+            assert_eq!(
+                json(&token),
+                json!({"ok": true, "token": "t\"\u{2029}", "user": {"id": 7, "name": name}})
+            );
+        }
     }
 }

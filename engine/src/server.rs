@@ -21,8 +21,18 @@
 //! for its storage jobs in flight, and returns, which ends its executor.
 //! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
 //! keeps its socket until the process exits (glommio does not drop the
-//! detached tasks of an executor that has ended). Mesh messages to a shard
-//! that has already ended are dropped. Then the executors are joined, the
+//! detached tasks of an executor that has ended). For the same reason a
+//! shard that has ended never reads its mesh channels again, yet they do
+//! not close (its receiving tasks are never dropped): a message sent to it
+//! then is lost without the sender knowing, and an outbox drainer facing
+//! its full channel waits until its own executor ends. Only messages that
+//! no longer matter are sent by then: no shard ends before every shard is
+//! past its connections (`stop.rs`, phase 2), so what is left is
+//! deliveries and presence from peers' storage results and ticks, for
+//! sessions that end with the process anyway (messages are stored first).
+//! Only when the drain bound ran out can a peer's connection still call
+//! it: that call is answered only by the caller's call deadline, if the
+//! caller's shard still runs then. Then the executors are joined, the
 //! store is shut down (its db threads answer the jobs still queued, are
 //! joined, and the database is closed), and last the data folder's lock
 //! is released.
@@ -122,12 +132,19 @@ impl Drop for Reporter {
 /// A running server. [`run`] is `start` then `wait`, with the signal
 /// thread (`signals.rs`) holding a [`StopHandle`]; tests call
 /// [`Server::stop`] or [`StopHandle::stop`].
+///
+/// Dropping a server that was neither stopped nor waited for stops it the
+/// same way, blocking until its executors are joined and its storage is
+/// closed (bounded like any stop; a failure is logged, there is no one to
+/// return it to). So its executors, its store and the data folder's lock
+/// never outlive it, also when a test fails while holding one.
 pub struct Server {
     /// The client listener's address (shared by every shard).
     client_addr: SocketAddr,
     /// The admin listener's address (shard 0).
     admin_addr: SocketAddr,
-    shards: Shards,
+    /// The shards; `None` once [`Server::wait`] took them to shut down.
+    shards: Option<Shards>,
 }
 
 /// The started shards, as the starting thread sees them.
@@ -223,14 +240,23 @@ impl Server {
 
     /// A handle that asks this server to stop, from any thread.
     pub fn stop_handle(&self) -> StopHandle {
-        self.shards.shared.stop.clone()
+        self.shards().shared.stop.clone()
+    }
+
+    fn shards(&self) -> &Shards {
+        self.shards
+            .as_ref()
+            .expect("only `wait` and drop take the shards")
     }
 
     /// Runs until a stop is asked for or a shard fails, then stops in
     /// order (see the module doc). `Ok` after a stop that was asked for;
     /// else the first failure.
-    pub fn wait(self) -> Result<(), Error> {
-        let shards = self.shards;
+    pub fn wait(mut self) -> Result<(), Error> {
+        let shards = self
+            .shards
+            .take()
+            .expect("only `wait` and drop take the shards");
         let first = loop {
             match shards.reports.recv() {
                 Ok(Report::Failed(e)) => break Some(e),
@@ -258,7 +284,7 @@ impl Server {
     /// for) and, in demo mode, where to open the demo.
     fn announce(&self) {
         let (client, admin) = (self.client_addr, self.admin_addr);
-        let shared = &self.shards.shared;
+        let shared = &self.shards().shared;
         info!(
             "switchboard listening on http://{client} (admin http://{admin}), {} shards",
             shared.settings.shards
@@ -270,6 +296,20 @@ impl Server {
                 open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             println!("switchboard demo: open http://{open}/demo/");
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Stops a server nobody stopped (see [`Server`]); nothing once
+    /// [`Server::wait`] ran.
+    fn drop(&mut self) {
+        let Some(shards) = self.shards.take() else {
+            return;
+        };
+        warn!("a running server was dropped: stopping it");
+        if let Err(e) = shards.shut_down(None) {
+            error!("a dropped server failed while stopping: {e}");
         }
     }
 }
@@ -323,7 +363,7 @@ impl Shards {
         Ok(Server {
             client_addr,
             admin_addr,
-            shards: self,
+            shards: Some(self),
         })
     }
 
@@ -501,8 +541,8 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
     })
 }
 
-/// Accepts connections until a stop is asked for; the listeners close
-/// when this returns. The client listener admits `CONNECTIONS_MAX` and,
+/// Accepts connections until a stop is asked for; both listeners are
+/// closed when this returns. The client listener admits `CONNECTIONS_MAX` and,
 /// from one client address, this shard's share of
 /// `CONNECTIONS_PER_ADDRESS_MAX`; the admin listener `ADMIN_CONNECTIONS_MAX`
 /// (see [`accept_loop`]).
@@ -533,8 +573,15 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         admission,
     );
     shared.stop.until_stop(accepting).await;
-    // Dropping a glommio task cancels it: the admin listener closes too.
-    drop(admin_task);
+    // The client listener is closed (dropped with `accepting`). Dropping a
+    // glommio task only marks it cancelled: its future, and the admin
+    // listener in it, would be dropped the next time the task runs, which
+    // is never if this executor ends first (a stop with nothing to drain
+    // can end it in this turn). `cancel().await` returns once the future
+    // is dropped, so the admin listener is closed before the drain begins.
+    if let Some(task) = admin_task {
+        task.cancel().await;
+    }
 }
 
 /// Whether the server keeps anything in the data folder: the embedded

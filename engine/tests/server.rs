@@ -2,9 +2,9 @@
 //! port 0: `Server::start` returns once every shard listens; a stop asked
 //! for through a `StopHandle` closes the listeners, ends the shards and
 //! then closes storage (the same data folder opens again at once: redb
-//! refuses a database file still open); a listener that cannot be bound is
-//! an `Error` returned to the caller, never a process exit. Every wait has
-//! a timeout.
+//! refuses a database file still open), and so does dropping a running
+//! `Server`; a listener that cannot be bound is an `Error` returned to the
+//! caller, never a process exit. Every wait has a timeout.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -91,6 +91,48 @@ fn a_stop_closes_the_listeners_then_storage() {
         assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{addr}");
     }
     // Storage was closed: the same data folder opens again.
+    let again = start(&dir, &[]).expect("server starts again on the same data folder");
+    within("second stop", move || again.stop()).expect("a clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stop with nothing to drain can end a shard's executor in the turn it
+/// sees the stop. Both listeners must be closed by then (a listener left in
+/// a task that never ran again would stay bound until the process exits).
+/// Tried with one shard, where nothing else makes the executor wait, and two.
+#[test]
+fn a_stop_with_nothing_to_drain_closes_both_listeners() {
+    for shards in ["1", "2"] {
+        let dir = temp_dir(&format!("idle-stop-{shards}"));
+        let server =
+            start(&dir, &[("SWITCHBOARD_SHARDS", shards.to_string())]).expect("server starts");
+        let (client, admin) = (server.client_addr(), server.admin_addr());
+        within("stop", move || server.stop()).expect("a clean stop");
+        for addr in [client, admin] {
+            let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                ErrorKind::ConnectionRefused,
+                "{shards} shards: {addr} still accepts after the stop"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A server dropped without `stop` or `wait` stops as if asked: its
+/// listeners close, and its storage and the data folder's lock are
+/// released (the same folder opens again at once).
+#[test]
+fn dropping_a_running_server_stops_it() {
+    let dir = temp_dir("drop");
+    let server = start(&dir, &[]).expect("server starts");
+    let (client, admin) = (server.client_addr(), server.admin_addr());
+    within("drop", move || drop(server));
+    for addr in [client, admin] {
+        let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{addr}");
+    }
     let again = start(&dir, &[]).expect("server starts again on the same data folder");
     within("second stop", move || again.stop()).expect("a clean stop");
     let _ = std::fs::remove_dir_all(&dir);

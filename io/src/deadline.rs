@@ -2,10 +2,21 @@
 //!
 //! `io` has no clock of its own (it is runtime-agnostic), so the caller
 //! brings the timer: inside `io` it is [`Handler::sleep`](crate::Handler),
-//! in the engine `glommio::timer::sleep`. Every wait with a deadline, in
-//! `io` and in the engine, goes through [`within`]: a connection's reads
-//! and writes, storage jobs, token lookups, directory reloads, health
-//! asks.
+//! in the engine `glommio::timer::sleep`. Every race of a piece of work
+//! against a timer, in `io` and in the engine, goes through [`within`]: a
+//! connection's reads, writes and lingering close (in `io`); a call to the
+//! home shard, storage jobs, token lookups, directory reloads, health asks,
+//! and the start's steps, whose deadline is the stop request (in the
+//! engine).
+//!
+//! Not every bounded wait is such a race. These check a condition against
+//! a clock instead: the stop's drain phases (the engine's `stop.rs`: a
+//! condition checked every `STOP_CHECK_MS` until an instant), a shard
+//! waiting for shard 0's client address at start (`server.rs`, 30 s, then
+//! a panic), and the binary's stop watchdog (a plain thread). And one wait
+//! has no deadline: an outbox drainer waiting for room in a peer's mesh
+//! channel (see "Supervision and the mesh under load" in
+//! `docs/architecture.md`).
 
 use std::fmt;
 use std::future::Future;

@@ -1,9 +1,17 @@
 //! Deadlines of one shard, ordered by time. Each owner (a tab, a session)
 //! remembers the deadline it armed, so a timer is removed exactly when it is
-//! re-armed or its owner goes: the set never holds stale entries and its
-//! size is bounded by the number of tabs and sessions. A session's timers
-//! sit in [`Deadline`] slots and a tab's in its [`crate::session::TabState`],
-//! so arming and disarming are paired in those two places only.
+//! re-armed or its owner goes, and the set's size is bounded by the number
+//! of tabs and sessions (one per tab, two per live session: grace and
+//! roster refresh). [`Timers::arm`] and [`Timers::disarm`] are called only
+//! by the owners' types, which keep each pair together: a session's
+//! [`Deadline`] slots (`arm` disarms the old deadline first, `disarm`), and
+//! a tab's methods in `session.rs`, which read its one timer from its
+//! [`crate::session::TabState`] (`Tab::attach` arms it, `Tab::enter`
+//! disarms the old state's and arms the new one's, `Tab::detach` disarms
+//! it). The one other remover is [`Timers::disarm_where`], for an owner
+//! whose slots cannot be trusted (supervision's `drop_user`). A timer
+//! that still outlives its owner is counted and skipped when it fires
+//! (`shard/time.rs`).
 
 use std::collections::BTreeSet;
 
