@@ -15,7 +15,10 @@ use switchboard_shards::home_shard;
 
 const T: Duration = Duration::from_secs(20);
 
-crate::both_stores!(a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab);
+crate::both_stores!(
+    a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab,
+    roster_changed_under_shed_load_answers_an_error_or_the_truth,
+);
 
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
@@ -40,6 +43,18 @@ fn message_ids(events: &[Value]) -> Vec<String> {
         .iter()
         .filter(|e| e["type"] == "message")
         .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The roster events among `events`, as (change, user id).
+fn roster_events(events: &[Value]) -> Vec<(String, u64)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "roster")
+        .map(|e| {
+            let change = e["change"].as_str().unwrap().to_string();
+            (change, e["user"]["id"].as_u64().unwrap())
+        })
         .collect()
 }
 
@@ -143,4 +158,95 @@ fn a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab(backend:
     ];
     assert_eq!(history(&server, &alice, BOB), expected);
     assert_eq!(history(&server, &bob, ALICE), expected);
+}
+
+/// Issue 8, item 2. Each shard may run one storage job at a time
+/// (`SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX=1`), and bob's shard's one is
+/// held by his send to carol, whose commit stalls 4 s. The alice–bob
+/// friendship is removed and `/roster-changed?user=alice` called: alice's
+/// shard re-reads her roster, but bob's cannot re-read his (shed). The
+/// call must not say `ok` while bob's session still holds the friendship:
+/// it answers `unavailable` (retry) — or, if it says `ok`, both sides
+/// already refuse sends. Once the stall is over a retry answers `ok` and
+/// both sides refuse sends, each told once that the other was removed.
+/// (Before the fix a shed re-read still acked `ok`: the call said `ok`
+/// and bob could go on sending to alice until his periodic refresh.)
+fn roster_changed_under_shed_load_answers_an_error_or_the_truth(backend: &Backend) {
+    assert_ne!(home_shard(ALICE, 2), home_shard(BOB, 2));
+    let dir = temp_dir("roster-shed");
+    let directory = dir.join("directory.json");
+    // Embedded: the directory file; MySQL: the friendships table.
+    let friendships = |pairs: &[(u64, u64)]| {
+        if let Some(db) = backend.mysql() {
+            return db.set_friendships(pairs);
+        }
+        let pairs: Vec<[u64; 2]> = pairs.iter().map(|&(a, b)| [a, b]).collect();
+        let json = serde_json::json!({
+            "users": [
+                {"id": ALICE, "name": "alice"},
+                {"id": BOB, "name": "bob"},
+                {"id": CAROL, "name": "carol"},
+            ],
+            "friendships": pairs,
+        });
+        std::fs::write(&directory, json.to_string()).unwrap();
+    };
+    friendships(&[(ALICE, BOB), (ALICE, CAROL), (BOB, CAROL)]);
+    let server = backend.start(
+        &dir,
+        &[
+            ("SWITCHBOARD_DIRECTORY", directory.to_str().unwrap()),
+            ("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX", "1"),
+            ("SWITCHBOARD_FAULT_COMMIT_STALL_MS", "4000"),
+            ("SWITCHBOARD_FAULT_COMMIT_STALL_COUNT", "1"),
+        ],
+    );
+    let mut alice = server.connect(ALICE, "a");
+    let mut bob = server.connect(BOB, "b");
+    // Both sides refuse a send to the other, without a storage job.
+    let both_refuse = |when: &str| {
+        for (sid, to) in [(&alice.sid, BOB), (&bob.sid, ALICE)] {
+            let (status, v) = send(&server, sid, to, "still friends?", "x");
+            assert_eq!((status, code(&v)), (403, "not_friends"), "{when}: {v}");
+        }
+    };
+
+    std::thread::scope(|scope| {
+        // Bob's send holds his shard's one job slot while its commit stalls.
+        let holder = scope.spawn(|| send(&server, &bob.sid, CAROL, "holding a slot", "h1"));
+        eventually(T, "the stalled commit", || {
+            !server.log_lines("stalling a commit").is_empty()
+        });
+        friendships(&[(ALICE, CAROL), (BOB, CAROL)]);
+        let (status, v) = server.admin_post("/roster-changed", &[("user", "1")]);
+        let held = !holder.is_finished();
+        eprintln!("roster-changed while bob's slot is held ({held}): {status} {v}");
+        match status {
+            503 => assert_eq!(code(&v), "unavailable", "{v}"),
+            200 => both_refuse("answered ok under load"),
+            _ => panic!("roster-changed under load: {status} {v}"),
+        }
+        let (status, v) = holder.join().unwrap();
+        assert_eq!(status, 200, "bob's stalled send: {v}");
+    });
+
+    // The slots are free again: a retry re-reads both sides.
+    let start = Instant::now();
+    loop {
+        let (status, v) = server.admin_post("/roster-changed", &[("user", "1")]);
+        if status == 200 {
+            break;
+        }
+        assert_eq!((status, code(&v)), (503, "unavailable"), "retry: {v}");
+        assert!(start.elapsed() < T, "roster-changed never succeeded: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    both_refuse("after the retry");
+    // Each side was told once.
+    for (tab, other) in [(&mut alice, BOB), (&mut bob, ALICE)] {
+        let removed = ("removed".to_string(), other);
+        let mut events = tab.poll_until(&server, T, |ev| roster_events(ev).contains(&removed));
+        events.extend(tab.poll(&server, 1));
+        assert_eq!(roster_events(&events), [removed], "{events:?}");
+    }
 }
