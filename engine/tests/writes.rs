@@ -142,16 +142,18 @@ fn a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab(backend:
     assert_eq!(status, 200, "second message: {v}");
     let after = v["id"].as_str().unwrap().to_string();
 
-    for (name, tab) in &mut tabs {
-        let mut events = tab.poll_until(&server, T, |ev| message_ids(ev).contains(&after));
-        // Until quiet: nothing may come twice.
-        events.extend(tab.poll(&server, 1));
-        assert_eq!(
-            message_ids(&events),
-            [stored.clone(), after.clone()],
-            "{name}: {events:?}"
-        );
-    }
+    std::thread::scope(|scope| {
+        for (name, tab) in &mut tabs {
+            let (server, stored, after) = (&server, &stored, &after);
+            scope.spawn(move || {
+                let mut events = tab.poll_until(server, T, |ev| message_ids(ev).contains(after));
+                // Until quiet: nothing may come twice.
+                events.extend(tab.poll(server, 1));
+                let expected = [stored.clone(), after.clone()];
+                assert_eq!(message_ids(&events), expected, "{name}: {events:?}");
+            });
+        }
+    });
     let expected = [
         (stored, "in doubt".to_string()),
         (after, "after".to_string()),
