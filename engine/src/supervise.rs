@@ -97,6 +97,10 @@ pub struct Faults {
     /// `SWITCHBOARD_FAULT_OUTBOX_DEPTH`: each outbox's depth instead of
     /// `OUTBOX_DEPTH_MAX`, the other mesh bounds scaled with it.
     pub outbox_depth: Option<usize>,
+    /// `SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX`: each shard's storage jobs
+    /// in flight at once, instead of `JOBS_IN_FLIGHT_MAX` (so that a test
+    /// can make it shed).
+    pub jobs_in_flight_max: Option<usize>,
 }
 
 impl Faults {
@@ -116,6 +120,7 @@ impl Faults {
             panic_user: var("SWITCHBOARD_FAULT_PANIC_USER"),
             panic_outside_user: var("SWITCHBOARD_FAULT_PANIC_OUTSIDE_USER"),
             outbox_depth: var("SWITCHBOARD_FAULT_OUTBOX_DEPTH"),
+            jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
         }
     }
 }

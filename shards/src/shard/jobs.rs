@@ -57,9 +57,10 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
-    /// Registers a job; `None` when `JOBS_IN_FLIGHT_MAX` are in flight.
-    fn start(&mut self, pending: Pending) -> Option<u64> {
-        if self.in_flight.len() >= limits::JOBS_IN_FLIGHT_MAX {
+    /// Registers a job; `None` when `max` (`JOBS_IN_FLIGHT_MAX`, or a
+    /// test's lower bound) are in flight.
+    fn start(&mut self, pending: Pending, max: usize) -> Option<u64> {
+        if self.in_flight.len() >= max {
             return None;
         }
         self.last += 1;
@@ -109,11 +110,21 @@ impl Jobs {
 impl Shard {
     /// Registers a storage job, counting it when shed.
     pub(super) fn job(&mut self, pending: Pending) -> Option<u64> {
-        let job = self.jobs.start(pending);
+        let job = self.jobs.start(pending, self.jobs_in_flight_max());
         if job.is_none() {
             self.stats.shed_jobs += 1;
         }
         job
+    }
+
+    /// `JOBS_IN_FLIGHT_MAX`, or the test-only lower bound
+    /// `Config::jobs_in_flight_max` in builds with `fault-injection`.
+    fn jobs_in_flight_max(&self) -> usize {
+        #[cfg(feature = "fault-injection")]
+        if let Some(max) = self.config.jobs_in_flight_max {
+            return max.min(limits::JOBS_IN_FLIGHT_MAX);
+        }
+        limits::JOBS_IN_FLIGHT_MAX
     }
 
     /// Asks storage for `request` on behalf of the request waiting at `to`;

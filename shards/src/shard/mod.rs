@@ -86,6 +86,11 @@ pub struct Config {
     /// [`crate::FAULT_INJECTION`]).
     #[serde(default)]
     pub panic_user: Option<UserId>,
+    /// Test-only fault: storage jobs in flight at once, instead of
+    /// `JOBS_IN_FLIGHT_MAX` (never more), so that a test can make the
+    /// shard shed jobs (honoured only with the `fault-injection` feature).
+    #[serde(default)]
+    pub jobs_in_flight_max: Option<usize>,
 }
 
 impl Config {
@@ -104,6 +109,7 @@ impl Config {
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
             presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
             panic_user: None,
+            jobs_in_flight_max: None,
         }
     }
 
