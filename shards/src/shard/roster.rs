@@ -258,7 +258,7 @@ impl Shard {
         } else {
             Response::fail(
                 ErrorCode::Unavailable,
-                "storage failed while re-reading rosters: retry",
+                "rosters could not all be re-read (storage failed or busy): retry",
             )
         };
         reply(out, wait.reply, response);
