@@ -50,6 +50,8 @@ mod requests;
 mod roster;
 mod sessions;
 mod supervision;
+#[cfg(test)]
+mod tests;
 mod time;
 
 use drain::Drain;
@@ -232,6 +234,10 @@ pub struct Stats {
     /// Replica entries a presence digest found wrong and repaired (a
     /// `Presence` message was lost).
     pub presence_repairs: u64,
+    /// Roster reads dropped because the session already held a read
+    /// issued after them (reads answered out of order).
+    #[serde(default)]
+    pub stale_roster_reads: u64,
 }
 
 /// One shard, built from parts with one job each.

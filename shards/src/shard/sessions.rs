@@ -201,7 +201,7 @@ impl Shard {
                 ui,
                 unread,
             }) => {
-                let live = LiveSession::loaded(user, name, friends, ui, unread);
+                let live = LiveSession::loaded(user, job, name, friends, ui, unread);
                 self.go_live(now, live, out);
             }
             Ok(StorageOutput::Session { name: None, .. }) => {
