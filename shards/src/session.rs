@@ -132,8 +132,8 @@ pub struct LiveSession {
     /// Cids of sends whose storage job failed (error or deadline), oldest
     /// first: storage may have committed them anyway, so a later try
     /// answered `duplicate` is delivered (see `shard::delivery`). At most
-    /// `IN_DOUBT_CIDS_MAX`; gone with the session (a fresh load reads
-    /// history instead).
+    /// `IN_DOUBT_CIDS_MAX`. When the session ends they are kept by the
+    /// shard (`IN_DOUBT_ORPHANS_MAX`) for the user's next session.
     #[serde(default)]
     pub in_doubt: VecDeque<Arc<str>>,
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::model::{
-    Friend, ReplyTo, Request, Response, Sid, StorageError, StorageJob, StorageOutput,
-    StorageResult, UserId,
+    EventKind, Friend, Message, ReplyTo, Request, Response, Sid, StorageError, StorageJob,
+    StorageOutput, StorageResult, UserId,
 };
 use crate::{Config, Input, Output, Shard};
 
@@ -197,4 +197,127 @@ fn roster_changed_leaves_alone_a_session_that_agrees_with_nothing_in_flight() {
     let (bobs, _) = w.job(is_roster_read_of(BOB));
     w.answer(bobs, read(&[]));
     assert_eq!(w.take(again), Some(Response::Done));
+}
+
+fn send(sid: Sid, to: UserId, cid: &str) -> Request {
+    Request::Send {
+        sid,
+        to,
+        text: "hi".into(),
+        cid: Some(cid.into()),
+    }
+}
+
+fn is_store(r: &StorageJob) -> bool {
+    matches!(r, StorageJob::StoreMessage { .. })
+}
+
+/// What storage answers a try of alice's cid `c1` once message 1 is
+/// stored under it.
+fn stored(duplicate: bool) -> StorageResult {
+    let message = Arc::new(Message {
+        id: 1,
+        from: ALICE,
+        to: BOB,
+        text: Arc::from("hi"),
+        ts: 1_000,
+        cid: Some(Arc::from("c1")),
+    });
+    Ok(StorageOutput::Stored { message, duplicate })
+}
+
+/// How many times bob's buffer holds message 1.
+fn bob_holds(w: &One) -> usize {
+    let session = w.shard.live_session(BOB).expect("bob is live");
+    session
+        .events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.id == 1))
+        .count()
+}
+
+/// Seed 110: alice's send was committed, but the engine answered it
+/// `TimedOut` after an administrator had kicked her; her next session's
+/// retry was answered from the duplicate and bob never got the message.
+#[test]
+fn a_send_that_timed_out_after_its_session_ended_is_delivered_on_the_next_sessions_retry() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    w.connect(BOB, &[ALICE]);
+    let first = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    let kick = w.start(Request::Kick { user: ALICE });
+    assert_eq!(w.take(kick), Some(Response::Done));
+    // Storage committed it; the engine's deadline fired first.
+    w.answer(job, Err(StorageError::TimedOut));
+    assert!(matches!(w.take(first), Some(Response::Failed(_))));
+    assert_eq!(w.shard.stats().in_doubt_orphaned, 1);
+    let a = w.connect(ALICE, &[BOB]);
+    let retry = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, stored(true));
+    assert!(matches!(w.take(retry), Some(Response::Sent { id: 1, .. })));
+    assert_eq!(bob_holds(&w), 1);
+    assert_eq!(w.shard.stats().in_doubt_delivered, 1);
+    // One more try (its answer lost, say) is not delivered again.
+    let again = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, stored(true));
+    assert!(matches!(w.take(again), Some(Response::Sent { id: 1, .. })));
+    assert_eq!(bob_holds(&w), 1);
+}
+
+/// Seed 842: alice's cid was in doubt in her session; she was kicked
+/// while her retry was in flight, and its duplicate answer found no
+/// session to settle the doubt in.
+#[test]
+fn a_retry_answered_after_its_session_ended_is_delivered_if_its_cid_was_in_doubt() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    w.connect(BOB, &[ALICE]);
+    let first = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, Err(StorageError::TimedOut));
+    assert!(matches!(w.take(first), Some(Response::Failed(_))));
+    let retry = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.start(Request::Kick { user: ALICE });
+    w.answer(job, stored(true));
+    assert!(matches!(w.take(retry), Some(Response::Sent { id: 1, .. })));
+    assert_eq!(bob_holds(&w), 1);
+    assert_eq!(w.shard.stats().in_doubt_delivered, 1);
+    // Settled: alice's next session has nothing in doubt.
+    w.connect(ALICE, &[BOB]);
+    let session = w.shard.live_session(ALICE).expect("alice is live");
+    assert!(session.in_doubt.is_empty());
+}
+
+/// Cids kept for users with no session are bounded per shard, oldest
+/// dropped and counted; a session that goes live takes its user's.
+#[test]
+fn cids_in_doubt_without_a_session_are_bounded_and_taken_by_the_next_session() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    let max = crate::limits::IN_DOUBT_ORPHANS_MAX;
+    let mut jobs = Vec::new();
+    for i in 0..=max {
+        w.start(send(a, BOB, &format!("d{i}")));
+        jobs.push(w.job(is_store).0);
+    }
+    w.start(Request::Kick { user: ALICE });
+    for job in jobs {
+        w.answer(job, Err(StorageError::Backend("injected".into())));
+    }
+    assert_eq!(w.shard.stats().in_doubt_orphaned, max as u64 + 1);
+    assert_eq!(w.shard.stats().in_doubt_dropped, 1);
+    w.connect(ALICE, &[BOB]);
+    let session = w.shard.live_session(ALICE).expect("alice is live");
+    // The session keeps the newest `IN_DOUBT_CIDS_MAX` (the rest dropped).
+    let kept = crate::limits::IN_DOUBT_CIDS_MAX;
+    assert_eq!(session.in_doubt.len(), kept);
+    assert_eq!(
+        session.in_doubt.back().map(|c| &**c),
+        Some(&*format!("d{max}"))
+    );
+    assert_eq!(w.shard.stats().in_doubt_dropped, (max + 1 - kept) as u64);
 }
