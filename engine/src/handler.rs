@@ -301,7 +301,7 @@ struct CounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 25] = [
+const COUNTERS: [CounterSpec; 27] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -426,6 +426,16 @@ const COUNTERS: [CounterSpec; 25] = [
         name: "switchboard_presence_repairs_total",
         help: "Presence replica entries repaired by a digest (a presence message was lost).",
         value: |s| s.core.presence_repairs.get(),
+    },
+    CounterSpec {
+        name: "switchboard_stale_roster_reads_total",
+        help: "Roster reads dropped because a newer read of the same session was already applied.",
+        value: |s| s.core.stale_roster_reads.get(),
+    },
+    CounterSpec {
+        name: "switchboard_in_doubt_orphaned_total",
+        help: "Cids in doubt kept by the shard because their sender had no live session.",
+        value: |s| s.core.in_doubt_orphaned.get(),
     },
 ];
 

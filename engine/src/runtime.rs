@@ -103,6 +103,10 @@ pub struct CoreStats {
     pub dropped_users: Counter,
     /// Presence replica entries repaired by a digest (a presence message was lost).
     pub presence_repairs: Counter,
+    /// Roster reads dropped because a newer read of the same session was already applied.
+    pub stale_roster_reads: Counter,
+    /// Cids in doubt kept by the shard because their sender had no live session.
+    pub in_doubt_orphaned: Counter,
 }
 
 impl CoreStats {
@@ -123,6 +127,8 @@ impl CoreStats {
         self.in_doubt_dropped.set(stats.in_doubt_dropped);
         self.dropped_users.set(stats.dropped_users);
         self.presence_repairs.set(stats.presence_repairs);
+        self.stale_roster_reads.set(stats.stale_roster_reads);
+        self.in_doubt_orphaned.set(stats.in_doubt_orphaned);
     }
 }
 

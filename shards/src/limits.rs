@@ -83,6 +83,14 @@ pub const LOADING_REREADS_MAX: usize = 16;
 /// see it from history when they next load it.
 pub const IN_DOUBT_CIDS_MAX: usize = 64;
 
+/// Cids in doubt kept per shard for users with no live session: a send
+/// whose job failed while its session was loading or gone, and the cids a
+/// session still had in doubt when it ended (kick, grace). The user's next
+/// session takes them when it goes live. One more drops the oldest
+/// (counted in `Stats::in_doubt_dropped`), with the same consequence as
+/// `IN_DOUBT_CIDS_MAX`.
+pub const IN_DOUBT_ORPHANS_MAX: usize = 1_024;
+
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.
@@ -99,6 +107,8 @@ pub const PRESENCE_DIGEST_MS_DEFAULT: u64 = 10_000;
 pub const POLL_WAIT_MS_MAX: u64 = 60_000;
 
 const _: () = assert!(CONNECTS_WAITING_MAX <= JOBS_IN_FLIGHT_MAX);
+// A session that ends can hand over every cid it has in doubt.
+const _: () = assert!(IN_DOUBT_ORPHANS_MAX >= IN_DOUBT_CIDS_MAX);
 const _: () = assert!(TABS_PER_USER_MAX >= 2);
 const _: () = assert!(EVENTS_BUFFERED_MAX >= 16);
 const _: () = assert!(EVENTS_BUFFERED_BYTES_MAX >= 8 * EVENT_BYTES_LARGEST);

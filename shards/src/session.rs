@@ -109,6 +109,14 @@ pub struct LiveSession {
     pub buckets: Buckets,
     /// Friends (id → name), as last read from the directory.
     pub roster: BTreeMap<UserId, Arc<str>>,
+    /// The storage job whose read `roster` holds: the session's load or a
+    /// roster re-read. Job numbers grow in the order jobs are issued, so a
+    /// read issued before this one that is answered after it is stale (it
+    /// may have read the directory before a change this one saw) and is
+    /// dropped (see `shard::roster`). 0 for a session handed over without
+    /// it: the next read applies.
+    #[serde(default)]
+    pub roster_read: u64,
     /// Persisted UI state (JSON object text).
     pub ui: Option<Arc<str>>,
     /// Friend id → unread messages from them (non-zero entries only).
@@ -124,17 +132,18 @@ pub struct LiveSession {
     /// Cids of sends whose storage job failed (error or deadline), oldest
     /// first: storage may have committed them anyway, so a later try
     /// answered `duplicate` is delivered (see `shard::delivery`). At most
-    /// `IN_DOUBT_CIDS_MAX`; gone with the session (a fresh load reads
-    /// history instead).
+    /// `IN_DOUBT_CIDS_MAX`. When the session ends they are kept by the
+    /// shard (`IN_DOUBT_ORPHANS_MAX`) for the user's next session.
     #[serde(default)]
     pub in_doubt: VecDeque<Arc<str>>,
 }
 
 impl LiveSession {
-    /// A session as storage loaded it: online, no tabs, no events, no
-    /// timers armed.
+    /// A session as storage loaded it by job `load`: online, no tabs, no
+    /// events, no timers armed.
     pub fn loaded(
         user: UserId,
+        load: u64,
         name: Arc<str>,
         friends: Vec<Friend>,
         ui: Option<Arc<str>>,
@@ -151,6 +160,7 @@ impl LiveSession {
             evicted_seq: 0,
             buckets: Buckets::default(),
             roster: friends.into_iter().map(|f| (f.id, f.name)).collect(),
+            roster_read: load,
             ui,
             unread: unread.into_iter().filter(|&(_, n)| n > 0).collect(),
             grace: Deadline::new(TimerKey::Grace(user)),
@@ -438,7 +448,7 @@ mod tests {
 
     #[test]
     fn buffer_answers_since_and_resets_when_too_far_behind() {
-        let mut s = LiveSession::loaded(1, Arc::from("alice"), Vec::new(), None, Vec::new());
+        let mut s = LiveSession::loaded(1, 1, Arc::from("alice"), Vec::new(), None, Vec::new());
         let mut timers = Timers::default();
         let mut out = Vec::new();
         for u in 1..=5 {

@@ -4,14 +4,84 @@
 //! the recipient's roster. Appending an event answers every held poll of
 //! the session.
 //!
+//! Sends in doubt: a send whose storage job failed may have been stored
+//! all the same, so its cid is kept in doubt until a try is answered
+//! stored — in the sender's live session (`LiveSession::in_doubt`), or,
+//! while the sender has none (loading, ended by a kick or grace), here in
+//! [`OrphanDoubts`] until their next session takes them. A duplicate whose
+//! cid was in doubt is delivered like a fresh store.
+//!
 //! Invariant: an event reaches only a live session, and one caused by
-//! another user only if that user is in its roster.
+//! another user only if that user is in its roster; a user's cids in doubt
+//! are in their live session if they have one, else in `OrphanDoubts`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::{reply, Output, PeerMsg, Shard};
+use crate::limits;
 use crate::model::{EventKind, Message, MsgId, ReplyTo, Response, UserId};
 use crate::routing::home_shard;
+
+/// Cids in doubt of users homed here with no live session, oldest first,
+/// at most `IN_DOUBT_ORPHANS_MAX`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct OrphanDoubts {
+    /// `(sender, cid)`, oldest first.
+    cids: VecDeque<(UserId, Arc<str>)>,
+}
+
+impl OrphanDoubts {
+    /// Keeps `cid` of `user` in doubt. Returns whether the oldest had to be
+    /// dropped to make room.
+    fn keep(&mut self, user: UserId, cid: Arc<str>) -> bool {
+        if self.cids.iter().any(|(u, c)| *u == user && *c == cid) {
+            return false;
+        }
+        let full = self.cids.len() >= limits::IN_DOUBT_ORPHANS_MAX;
+        if full {
+            self.cids.pop_front();
+        }
+        self.cids.push_back((user, cid));
+        full
+    }
+
+    /// A try of `user`'s `cid` was answered stored: no longer in doubt.
+    /// Returns whether it was.
+    fn settle(&mut self, user: UserId, cid: &str) -> bool {
+        match self
+            .cids
+            .iter()
+            .position(|(u, c)| *u == user && &**c == cid)
+        {
+            Some(i) => {
+                self.cids.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes every cid of `user`, oldest first.
+    fn take(&mut self, user: UserId) -> Vec<Arc<str>> {
+        let mut taken = Vec::new();
+        self.cids.retain(|(u, c)| {
+            let mine = *u == user;
+            if mine {
+                taken.push(c.clone());
+            }
+            !mine
+        });
+        taken
+    }
+
+    /// Whether no cid is kept.
+    fn is_empty(&self) -> bool {
+        self.cids.is_empty()
+    }
+}
 
 impl Shard {
     /// Sends an event caused by `from` to `to`'s home shard.
@@ -76,7 +146,9 @@ impl Shard {
     /// duplicate whose cid was in doubt (an earlier try failed, so nobody
     /// was given it) unless the sender's buffer shows it was delivered;
     /// any other duplicate was delivered by its first try. The sender is
-    /// answered either way.
+    /// answered either way. The cid is in doubt in the sender's live
+    /// session, or in `OrphanDoubts` when they have none (their session
+    /// ended, or is loading, since the failed try).
     pub(super) fn message_stored(
         &mut self,
         now: u64,
@@ -87,8 +159,12 @@ impl Shard {
         out: &mut Vec<Output>,
     ) {
         let mut deliver = !duplicate;
-        if let (Some(session), Some(cid)) = (self.sessions.live_mut(user), &message.cid) {
-            if session.settle_doubt(cid) && duplicate && !session.holds_message(message.id) {
+        if let Some(cid) = &message.cid {
+            let (was_in_doubt, buffered) = match self.sessions.live_mut(user) {
+                Some(session) => (session.settle_doubt(cid), session.holds_message(message.id)),
+                None => (self.orphan_doubts.settle(user, cid), false),
+            };
+            if was_in_doubt && duplicate && !buffered {
                 self.stats.in_doubt_delivered += 1;
                 deliver = true;
             }
@@ -111,12 +187,42 @@ impl Shard {
     }
 
     /// A send of `user`'s with `cid` failed: storage may have stored it
-    /// anyway, so its cid is in doubt until a try is answered stored.
+    /// anyway, so its cid is in doubt until a try is answered stored — in
+    /// the user's live session, or kept here while they have none.
     pub(super) fn send_in_doubt(&mut self, user: UserId, cid: Arc<str>) {
-        if let Some(session) = self.sessions.live_mut(user) {
-            if session.doubt(cid) {
-                self.stats.in_doubt_dropped += 1;
+        let dropped = match self.sessions.live_mut(user) {
+            Some(session) => session.doubt(cid),
+            None => {
+                self.stats.in_doubt_orphaned += 1;
+                self.orphan_doubts.keep(user, cid)
             }
+        };
+        self.stats.in_doubt_dropped += u64::from(dropped);
+    }
+
+    /// `user`'s session ended with `cids` in doubt: keep them for the
+    /// next.
+    pub(super) fn keep_doubts(&mut self, user: UserId, cids: VecDeque<Arc<str>>) {
+        for cid in cids {
+            self.stats.in_doubt_orphaned += 1;
+            let dropped = self.orphan_doubts.keep(user, cid);
+            self.stats.in_doubt_dropped += u64::from(dropped);
+        }
+    }
+
+    /// `user`'s session went live: it takes the cids kept in doubt for
+    /// them.
+    pub(super) fn adopt_doubts(&mut self, user: UserId) {
+        if self.orphan_doubts.is_empty() {
+            return;
+        }
+        let cids = self.orphan_doubts.take(user);
+        let Some(session) = self.sessions.live_mut(user) else {
+            unreachable!("adopt_doubts for a session not live");
+        };
+        for cid in cids {
+            let dropped = session.doubt(cid);
+            self.stats.in_doubt_dropped += u64::from(dropped);
         }
     }
 

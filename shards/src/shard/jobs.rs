@@ -101,6 +101,26 @@ impl Jobs {
         before - self.in_flight.len()
     }
 
+    /// For each user with a roster read in flight (a re-read, or the read
+    /// that starts a `roster-changed`), the newest such job. Session loads
+    /// are not in it: a loading session notes changes itself.
+    pub(super) fn roster_reads(&self) -> HashMap<UserId, u64> {
+        let mut newest = HashMap::new();
+        for (&job, pending) in &self.in_flight {
+            let user = match pending {
+                Pending::Refresh { user, .. }
+                | Pending::Reply {
+                    job: ReplyJob::RosterChanged { user },
+                    ..
+                } => *user,
+                _ => continue,
+            };
+            let n = newest.entry(user).or_insert(job);
+            *n = (*n).max(job);
+        }
+        newest
+    }
+
     /// Jobs in flight.
     pub(super) fn len(&self) -> usize {
         self.in_flight.len()
@@ -158,14 +178,16 @@ impl Shard {
         }
         match pending {
             Pending::LoadSession { user } => self.session_loaded(now, user, job, result, out),
-            Pending::Refresh { user, why } => self.roster_refreshed(now, user, why, result, out),
-            Pending::Reply { to, job } => match result {
-                Ok(output) => self.job_answered(now, to, job, output, out),
+            Pending::Refresh { user, why } => {
+                self.roster_refreshed(now, user, job, why, result, out)
+            }
+            Pending::Reply { to, job: purpose } => match result {
+                Ok(output) => self.job_answered(now, to, job, purpose, output, out),
                 Err(e) => {
                     if let ReplyJob::Send {
                         user,
                         cid: Some(cid),
-                    } = job
+                    } = purpose
                     {
                         self.send_in_doubt(user, cid);
                     }
@@ -176,18 +198,20 @@ impl Shard {
         }
     }
 
-    /// A job a request waited on succeeded: finish the request.
+    /// Job `job`, which a request waited on, succeeded: finish the
+    /// request.
     fn job_answered(
         &mut self,
         now: u64,
         to: ReplyTo,
-        job: ReplyJob,
+        job: u64,
+        purpose: ReplyJob,
         output: StorageOutput,
         out: &mut Vec<Output>,
     ) {
-        match (job, output) {
+        match (purpose, output) {
             (ReplyJob::RosterChanged { user }, StorageOutput::Roster { friends }) => {
-                self.roster_change_read(now, to, user, friends, out)
+                self.roster_change_read(now, to, user, job, friends, out)
             }
             (ReplyJob::Send { user, .. }, StorageOutput::Stored { message, duplicate }) => {
                 self.message_stored(now, to, user, message, duplicate, out)

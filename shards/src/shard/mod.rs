@@ -50,8 +50,11 @@ mod requests;
 mod roster;
 mod sessions;
 mod supervision;
+#[cfg(test)]
+mod tests;
 mod time;
 
+use delivery::OrphanDoubts;
 use drain::Drain;
 use jobs::Jobs;
 use presence::Presence;
@@ -231,13 +234,23 @@ pub struct Stats {
     /// Duplicate sends delivered because their cid was in doubt (an
     /// earlier try failed, yet storage had committed it).
     pub in_doubt_delivered: u64,
-    /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX`.
+    /// Cids in doubt dropped, oldest first, at `IN_DOUBT_CIDS_MAX` (per
+    /// session) or `IN_DOUBT_ORPHANS_MAX` (per shard).
     pub in_doubt_dropped: u64,
+    /// Cids in doubt kept for a user with no live session (their send
+    /// failed while it was loading or gone, or it ended holding them), for
+    /// their next session.
+    #[serde(default)]
+    pub in_doubt_orphaned: u64,
     /// Users dropped by supervision (`drop_user`, after a panic).
     pub dropped_users: u64,
     /// Replica entries a presence digest found wrong and repaired (a
     /// `Presence` message was lost).
     pub presence_repairs: u64,
+    /// Roster reads dropped because the session already held a read
+    /// issued after them (reads answered out of order).
+    #[serde(default)]
+    pub stale_roster_reads: u64,
 }
 
 /// One shard, built from parts with one job each.
@@ -255,6 +268,9 @@ pub struct Shard {
     jobs: Jobs,
     /// Admin `roster-changed` calls and this shard's parts of them.
     changes: RosterChanges,
+    /// Cids in doubt of users homed here with no live session.
+    #[serde(default)]
+    orphan_doubts: OrphanDoubts,
     /// Counters for metrics.
     stats: Stats,
     /// When the next presence digest goes out; `None` until the first tick
@@ -275,6 +291,7 @@ impl Shard {
             timers: Timers::default(),
             jobs: Jobs::default(),
             changes: RosterChanges::default(),
+            orphan_doubts: OrphanDoubts::default(),
             stats: Stats::default(),
             next_digest_ms: None,
             drain: Drain::Serving,

@@ -1,15 +1,24 @@
 //! Roster re-reads. Every live session re-reads its roster each
 //! `roster_refresh_ms`. An admin `roster-changed` for `user` re-reads
 //! `user`'s roster, then sends `RosterTouched` to every shard (this one
-//! included); each re-reads the rosters of its live sessions whose view of
-//! `user` disagrees, and of its sessions still loading once they are live,
-//! and acks; the admin call is answered when every shard has acked, so the
-//! change is in force on both sides when it returns `ok` — and it returns
-//! `unavailable` (retry) when any re-read failed or was shed.
+//! included); each re-reads the rosters of its live sessions that may
+//! disagree about `user` (their view differs, or a read of theirs is in
+//! flight that may have read the directory before the change), and of its
+//! sessions still loading once they are live, and acks; the admin call is
+//! answered when every shard has acked, so the change is in force on both
+//! sides when it returns `ok` — and it returns `unavailable` (retry) when
+//! any re-read failed or was shed.
+//!
+//! Reads of one session may be answered in any order (jobs run on several
+//! storage threads, and each reads the directory when it runs). A session
+//! applies a read only if it was issued after the read its roster holds
+//! (`LiveSession::roster_read`; job numbers grow in issue order); an older
+//! one is dropped and counted (`Stats::stale_roster_reads`). So once a read
+//! issued after a change is applied, no read from before it lands on top.
 //!
 //! Invariants: a live session's refresh timer is armed except while its
 //! periodic re-read is in flight; a change is answered once, after exactly
-//! `shard_count` acks.
+//! `shard_count` acks; a session's roster never goes back to an older read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +32,7 @@ use crate::model::{
     Contact, ErrorCode, EventKind, Friend, ReplyTo, Response, RosterChange, ShardId, Status,
     StorageJob, StorageOutput, StorageResult, UserId,
 };
+use crate::session::LiveSession;
 
 /// Why a roster is re-read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,18 +127,20 @@ impl Shard {
         self.ask_storage(to, job, StorageJob::LoadRoster { user }, out);
     }
 
-    /// `user`'s roster was re-read for an admin `roster-changed`: apply it
-    /// and ask every shard to refresh the other side.
+    /// `user`'s roster was re-read (job `read`) for an admin
+    /// `roster-changed`: apply it and ask every shard to refresh the other
+    /// side.
     pub(super) fn roster_change_read(
         &mut self,
         now: u64,
         to: ReplyTo,
         user: UserId,
+        read: u64,
         friends: Vec<Friend>,
         out: &mut Vec<Output>,
     ) {
         let ids: Arc<[UserId]> = friends.iter().map(|f| f.id).collect();
-        self.apply_roster(now, user, friends, out);
+        self.apply_roster(now, user, read, friends, out);
         let change = self.changes.begin(to, self.config.shard_count);
         for shard in 0..self.config.shard_count {
             let msg = PeerMsg::RosterTouched {
@@ -143,11 +155,15 @@ impl Shard {
 
     /// `PeerMsg::RosterTouched` arrived: re-read the rosters of the
     /// sessions here that may disagree with `friends` about `user`, then
-    /// ack. Those are the live sessions whose view of `user` disagrees,
-    /// and every session still loading (its load may have read the
-    /// directory before the change: it re-reads once live, see
-    /// `Session::Loading::rereads`). Users are taken in id order, so a run
-    /// replays.
+    /// ack. Those are the live sessions whose view of `user` disagrees;
+    /// the live sessions with a read in flight issued after the one they
+    /// hold (it may have read the directory before the change and land
+    /// after the ack: the re-read issued now is newer, so once it is
+    /// applied that one is dropped); and every session still loading (its
+    /// load may have read the directory before the change: it re-reads
+    /// once live, see `Session::Loading::rereads`). The directory was
+    /// reloaded before this message was sent, so a read issued now sees
+    /// the change. Users are taken in id order, so a run replays.
     ///
     /// The ack says `ok` only if every one of them re-read: a re-read shed
     /// for `JOBS_IN_FLIGHT_MAX`, sessions beyond `ROSTER_TOUCHES_MAX`, or a
@@ -162,11 +178,16 @@ impl Shard {
         change: ChangeId,
         out: &mut Vec<Output>,
     ) {
+        let reads = self.jobs.roster_reads();
+        let read_in_flight =
+            |s: &LiveSession| reads.get(&s.user).is_some_and(|&r| r > s.roster_read);
         let mut live: Vec<UserId> = self
             .sessions
             .live_ones()
             .filter(|s| s.user != user)
-            .filter(|s| s.roster.contains_key(&user) != friends.contains(&s.user))
+            .filter(|s| {
+                s.roster.contains_key(&user) != friends.contains(&s.user) || read_in_flight(s)
+            })
             .map(|s| s.user)
             .collect();
         live.sort_unstable();
@@ -264,19 +285,22 @@ impl Shard {
         reply(out, wait.reply, response);
     }
 
-    /// A roster re-read finished: apply it, re-arm the session's refresh,
-    /// and count it towards its change's ack.
+    /// The roster re-read `read` finished: apply it (unless a newer read
+    /// was), re-arm the session's refresh, and count it towards its
+    /// change's ack. A stale read still counts: the session holds a newer
+    /// one.
     pub(super) fn roster_refreshed(
         &mut self,
         now: u64,
         user: UserId,
+        read: u64,
         why: Refresh,
         result: StorageResult,
         out: &mut Vec<Output>,
     ) {
         let ok = result.is_ok();
         if let Ok(StorageOutput::Roster { friends }) = result {
-            self.apply_roster(now, user, friends, out);
+            self.apply_roster(now, user, read, friends, out);
         }
         if let Some(session) = self.sessions.live_mut(user) {
             // A change's re-read leaves a pending periodic one alone.
@@ -312,18 +336,26 @@ impl Shard {
         }
     }
 
-    /// Replaces a live session's roster with `friends`, telling its tabs
-    /// what was added and removed.
+    /// Replaces a live session's roster with `friends`, read by job
+    /// `read`, telling its tabs what was added and removed — unless the
+    /// session holds a read issued after it (then `read` is stale: it is
+    /// dropped and counted).
     fn apply_roster(
         &mut self,
         now: u64,
         user: UserId,
+        read: u64,
         friends: Vec<Friend>,
         out: &mut Vec<Output>,
     ) {
         let Some(session) = self.sessions.live_mut(user) else {
             return;
         };
+        if read < session.roster_read {
+            self.stats.stale_roster_reads += 1;
+            return;
+        }
+        session.roster_read = read;
         let new = friends.into_iter().map(|f| (f.id, f.name)).collect();
         let old = std::mem::replace(&mut session.roster, new);
         let new = &session.roster;

@@ -201,7 +201,7 @@ impl Shard {
                 ui,
                 unread,
             }) => {
-                let live = LiveSession::loaded(user, name, friends, ui, unread);
+                let live = LiveSession::loaded(user, job, name, friends, ui, unread);
                 self.go_live(now, live, out);
             }
             Ok(StorageOutput::Session { name: None, .. }) => {
@@ -251,6 +251,7 @@ impl Shard {
         else {
             unreachable!("go_live on a session not loading");
         };
+        self.adopt_doubts(user);
         self.broadcast_presence(now, user, Status::Online, out);
         for w in waiting {
             self.attach(now, w, out);
@@ -409,6 +410,9 @@ impl Shard {
         }
         live.grace.disarm(&mut self.timers);
         live.refresh.disarm(&mut self.timers);
+        // Their messages may still be stored: the next session delivers a
+        // retry's duplicate.
+        self.keep_doubts(user, std::mem::take(&mut live.in_doubt));
         self.broadcast_presence_to(now, user, Status::Offline, &live.friends(), out);
     }
 }
