@@ -148,7 +148,7 @@ pub fn not_found() -> Reply {
 #[cfg(test)]
 mod tests {
     use switchboard_io::response::{status_of_reply, Encoder, Persist};
-    use switchboard_io::Mode;
+    use switchboard_io::{Listener, Mode};
 
     use super::*;
 
@@ -160,7 +160,7 @@ mod tests {
             http10: false,
         };
         let date = [b'D'; 29];
-        Encoder::new().reply(&mut out, reply, &Mode::Json, persist, false, &date);
+        Encoder::new(Listener::Client).reply(&mut out, reply, &Mode::Json, persist, false, &date);
         let text = String::from_utf8(out).unwrap();
         let (_, body) = text.split_once("\r\n\r\n").unwrap();
         (status_of_reply(reply), body.to_string())

@@ -45,7 +45,7 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
-use switchboard_io::{Limits, Listener};
+use switchboard_io::{AdminGate, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
@@ -513,14 +513,16 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         ..Limits::default()
     };
     let admin_task = listeners.admin.map(|admin| {
-        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+        let bound = admin.local_addr().expect("a bound listener has an address");
+        let gate = AdminGate::new(bound, s.admin_token.clone());
+        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
             .with_stop(conns.clone());
         let admission = Admission::new(s.admin_connections_max, None);
         let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
     });
-    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), AdminGate::default())
         .with_demo(shared.demo.clone())
         .with_limits(limits)
         .with_stop(conns.clone());

@@ -84,8 +84,10 @@ fn get(addr: SocketAddr, path: &str, within: Duration) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(within)).unwrap();
     s.set_write_timeout(Some(within)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut answer = Vec::new();
     match s.read_to_end(&mut answer) {
         Ok(_) => {}

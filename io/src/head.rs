@@ -11,6 +11,7 @@
 
 use switchboard_shards::model::ErrorCode;
 
+use crate::call::Credentials;
 use crate::limits::{Limits, HEADERS_COUNT_MAX};
 
 /// An HTTP-level failure (PROTOCOL.md §1): answered with its own status and
@@ -159,6 +160,11 @@ pub struct Head {
     pub form_body: bool,
     /// The `Authorization` header's value, if any (admin bearer token).
     pub authorization: Option<Vec<u8>>,
+    /// The `Host` header's value, if any (the admin listener checks it).
+    pub host: Option<Vec<u8>>,
+    /// The request carries `Origin` or `Sec-Fetch-Site`: a browser sent it
+    /// (the admin listener refuses it).
+    pub from_browser: bool,
     /// Bytes of the buffer the head took (with an ignored leading empty
     /// line and the final empty line): where the body starts.
     pub len: usize,
@@ -362,6 +368,8 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
     let mut content_type: Option<&[u8]> = None;
     let mut authorization: Option<Vec<u8>> = None;
     let mut hosts = 0usize;
+    let mut host: Option<Vec<u8>> = None;
+    let mut from_browser = false;
     for h in req.headers.iter() {
         let value = h.value.trim_ascii();
         let name = h.name;
@@ -410,6 +418,10 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
             authorization = Some(value.to_vec());
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("sec-fetch-site")
+        {
+            from_browser = true;
         }
     }
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -451,8 +463,21 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         expect_continue: expect_continue && has_body && version == Version::Http11,
         form_body,
         authorization,
+        host,
+        from_browser,
         len: 0,
     })
+}
+
+impl Head {
+    /// What the admin gate reads from this head.
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            authorization: self.authorization.as_deref(),
+            host: self.host.as_deref(),
+            from_browser: self.from_browser,
+        }
+    }
 }
 
 /// `Content-Length`: digits only. Too many digits for a u64 is a declared
@@ -869,20 +894,65 @@ mod tests {
             rest
         };
         let table: &[(&str, Vec<u8>, Vec<u8>, Option<u16>)] = &[
-            ("the report: 300 KB after", b"HELLO WORLD".to_vec(), vec![b'x'; 300_000], Some(400)),
+            (
+                "the report: 300 KB after",
+                b"HELLO WORLD".to_vec(),
+                vec![b'x'; 300_000],
+                Some(400),
+            ),
             ("nothing after", b"HELLO WORLD".to_vec(), vec![], Some(400)),
             ("at the line limit", hello(line_max), vec![], Some(400)),
-            ("line limit, section at its limit", hello(line_max), fields(section_max), Some(400)),
-            ("line limit, section one over", hello(line_max), fields(section_max + 1), Some(400)),
-            ("line one over its limit", hello(line_max + 1), vec![], Some(414)),
-            ("HTTP/2.0", b"GET / HTTP/2.0".to_vec(), fields(section_max + 1), Some(400)),
+            (
+                "line limit, section at its limit",
+                hello(line_max),
+                fields(section_max),
+                Some(400),
+            ),
+            (
+                "line limit, section one over",
+                hello(line_max),
+                fields(section_max + 1),
+                Some(400),
+            ),
+            (
+                "line one over its limit",
+                hello(line_max + 1),
+                vec![],
+                Some(414),
+            ),
+            (
+                "HTTP/2.0",
+                b"GET / HTTP/2.0".to_vec(),
+                fields(section_max + 1),
+                Some(400),
+            ),
             ("two spaces", b"GET  / HTTP/1.1".to_vec(), vec![], Some(400)),
-            ("bad method token", b"G@T / HTTP/1.1".to_vec(), vec![], Some(400)),
+            (
+                "bad method token",
+                b"G@T / HTTP/1.1".to_vec(),
+                vec![],
+                Some(400),
+            ),
             ("no target", b"GET HTTP/1.1".to_vec(), vec![], Some(400)),
             // Valid lines are unchanged: they wait for the header section.
-            ("valid, nothing after", b"GET / HTTP/1.1".to_vec(), vec![], None),
-            ("valid at the line limit", request_line(line_max), fields(section_max - 1), None),
-            ("valid, section one over", b"GET / HTTP/1.1".to_vec(), fields(section_max + 1), Some(431)),
+            (
+                "valid, nothing after",
+                b"GET / HTTP/1.1".to_vec(),
+                vec![],
+                None,
+            ),
+            (
+                "valid at the line limit",
+                request_line(line_max),
+                fields(section_max - 1),
+                None,
+            ),
+            (
+                "valid, section one over",
+                b"GET / HTTP/1.1".to_vec(),
+                fields(section_max + 1),
+                Some(431),
+            ),
         ];
         for (reason, line, rest, want) in table {
             let mut line = line.clone();

@@ -104,7 +104,7 @@ pub mod response;
 
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
-pub use call::{decide, Decision, Mode};
+pub use call::{decide, AdminGate, Credentials, Decision, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
