@@ -37,6 +37,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ use switchboard_io::admission::{self, Admission, Refused, Ticket};
 use switchboard_io::{AdminGate, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
-use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
+use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
 
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
@@ -165,7 +166,10 @@ impl Server {
         // Claims first (claim.rs): a second server refuses to start before
         // it opens anything. The lock is held until storage is closed.
         let lock = match uses_data_dir(&settings) {
-            true => Some(DataDirLock::acquire(&settings.data_dir)?),
+            true => {
+                secure_data_dir(&settings.data_dir)?;
+                Some(DataDirLock::acquire(&settings.data_dir)?)
+            }
             false => None,
         };
         claim::probe(Listener::Client, settings.listen)?;
@@ -545,6 +549,24 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
 /// `DATA_DIR` does not exist).
 fn uses_data_dir(settings: &Settings) -> bool {
     settings.mysql_url.is_none() || settings.token_secret.is_none()
+}
+
+/// Makes the data folder private (0700, everything in it 0600: it holds
+/// every conversation) and logs each mode it had to tighten.
+fn secure_data_dir(data_dir: &Path) -> Result<(), Error> {
+    let changed = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
+        data_dir: data_dir.to_path_buf(),
+        source,
+    })?;
+    for t in changed {
+        warn!(
+            "data folder: {} was mode {:o}, now {:o} (readable by others before)",
+            t.path.display(),
+            t.from,
+            t.to
+        );
+    }
+    Ok(())
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker

@@ -187,3 +187,52 @@ fn admin_off_loopback_needs_a_token() {
     let mut pair = Pair::new(&server);
     pair.round_trip(&server);
 }
+
+// ---------------------------------------------------------------- files --
+
+/// Another local user can read nothing in the data folder: it is 0700 and
+/// every file in it 0600 (the store, the token secret, the lock), whatever
+/// the umask; looser modes left from before are tightened at start, and
+/// each change is logged.
+#[test]
+fn data_folder_is_private_to_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let dir = temp_dir("adv-files");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old = dir.join("old-export.json");
+    std::fs::write(&old, b"{}").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&dir, &[]);
+    for (what, from) in [(&dir, "755, now 700"), (&old, "644, now 600")] {
+        let line = format!("{} was mode {from}", what.display());
+        eventually(Duration::from_secs(5), "the change is logged", || {
+            !server.log_lines(&line).is_empty()
+        });
+    }
+    let mut env = server.env.clone();
+    drop(server);
+    // Again with the generated token secret, kept in the folder.
+    env.retain(|(k, _)| k != "SWITCHBOARD_TOKEN_SECRET");
+    let server = Server::start_env(&dir, env);
+    assert_eq!(mode(&dir), 0o700);
+    for name in [
+        "old-export.json",
+        "switchboard.redb",
+        "switchboard.lock",
+        "token_secret",
+    ] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &names {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name} in {names:?}");
+    }
+    assert!(
+        server.log_lines("was mode").is_empty(),
+        "nothing left to tighten"
+    );
+}

@@ -101,7 +101,7 @@ pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    fs::create_dir_all(data_dir)?;
+    crate::files::create_dir_private(data_dir)?;
     let mut raw = [0u8; limits::TOKEN_SECRET_BYTES];
     getrandom::getrandom(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
     let mut text = String::with_capacity(raw.len() * 2 + 1);
