@@ -244,7 +244,9 @@ fn lookup_shape_ok(token: &str) -> bool {
 
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
-        log::debug!("shard-{}: call {call:?}", self.rt.id);
+        // Never `{call:?}`: it holds tokens, message text and UI state.
+        let (name, user) = call.describe();
+        log::debug!("shard-{}: call {name} for user {user:?}", self.rt.id);
         match call {
             Call::Connect {
                 token,
