@@ -893,7 +893,10 @@ mod tests {
             rest.resize(len, b'v');
             rest
         };
-        let table: &[(&str, Vec<u8>, Vec<u8>, Option<u16>)] = &[
+        /// Why, the request line (without its line end), what follows,
+        /// and the status (`None`: more bytes needed).
+        type Case = (&'static str, Vec<u8>, Vec<u8>, Option<u16>);
+        let table: &[Case] = &[
             (
                 "the report: 300 KB after",
                 b"HELLO WORLD".to_vec(),
