@@ -27,13 +27,14 @@
 //! (a window of a few milliseconds, between the probe and shard 0's
 //! bind). A deploy that starts one server at a time never hits it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{self, Read, Seek, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use switchboard_io::Listener;
+use switchboard_storage::files;
 
 use crate::error::Error;
 use crate::limits;
@@ -57,15 +58,10 @@ impl DataDirLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(data_dir).map_err(failed)?;
+        // Private (0700 folder, 0600 file), like everything in the folder.
+        files::create_dir_private(data_dir).map_err(failed)?;
         // Not truncated on open: it holds the owner's pid until we own it.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(failed)?;
+        let mut file = files::create_file_private(&path).map_err(failed)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

@@ -150,7 +150,7 @@ mod tests {
     use serde_json::json;
     use switchboard_io::response::{Encoder, Persist};
     use switchboard_io::DemoUser;
-    use switchboard_io::Mode;
+    use switchboard_io::{Listener, Mode};
 
     use super::*;
 
@@ -164,7 +164,7 @@ mod tests {
             http10: false,
         };
         let date = [b'D'; 29];
-        Encoder::new().reply(&mut out, reply, &Mode::Json, persist, false, &date);
+        Encoder::new(Listener::Client).reply(&mut out, reply, &Mode::Json, persist, false, &date);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let status_line = head.lines().next().unwrap();

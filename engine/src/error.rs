@@ -43,6 +43,14 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// The data folder could not be made private (created 0700, its
+    /// files set to 0600).
+    DataDirMode {
+        /// The data folder.
+        data_dir: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// Some process already listens on a configured address: another
     /// server (SO_REUSEPORT would let us share its port silently).
     AddressInUse {
@@ -124,6 +132,11 @@ impl fmt::Display for Error {
                     path.display()
                 )
             }
+            Error::DataDirMode { data_dir, source } => write!(
+                f,
+                "cannot make the data folder {} private (0700, files 0600): {source}",
+                data_dir.display()
+            ),
             Error::AddressInUse { listener, addr } => write!(
                 f,
                 "cannot listen on {addr} ({} listener): another process listens there \
@@ -171,6 +184,7 @@ impl std::error::Error for Error {
             Error::EmbeddedStore { source, .. } | Error::MysqlStore { source } => Some(source),
             Error::Secret { source, .. } | Error::Bind { source, .. } => Some(source),
             Error::DataDirLock { source, .. } | Error::Signals { source } => Some(source),
+            Error::DataDirMode { source, .. } => Some(source),
             Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
             Error::Executor { source, .. } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{Call, Handler, Limits, Reply, ShardCounter, ShardHealth};
+use switchboard_io::{AdminGate, Call, Handler, Limits, Reply, ShardCounter, ShardHealth};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError, UserId};
 use switchboard_storage::token;
 
@@ -29,16 +29,14 @@ pub struct ConnHandler {
 }
 
 impl ConnHandler {
-    pub fn new(
-        rt: Rc<ShardRuntime>,
-        secret: Arc<[u8]>,
-        admin_token: Option<String>,
-    ) -> ConnHandler {
+    /// A handler for one listener of the shard; `admin` is who may call
+    /// the admin listener (the default gate, on the client listener).
+    pub fn new(rt: Rc<ShardRuntime>, secret: Arc<[u8]>, admin: AdminGate) -> ConnHandler {
         ConnHandler {
             rt,
             secret,
             io: switchboard_io::Config {
-                admin_token,
+                admin,
                 ..switchboard_io::Config::default()
             },
             demo: None,
@@ -246,7 +244,9 @@ fn lookup_shape_ok(token: &str) -> bool {
 
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
-        log::debug!("shard-{}: call {call:?}", self.rt.id);
+        // Never `{call:?}`: it holds tokens, message text and UI state.
+        let (name, user) = call.describe();
+        log::debug!("shard-{}: call {name} for user {user:?}", self.rt.id);
         match call {
             Call::Connect {
                 token,

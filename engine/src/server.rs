@@ -47,6 +47,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,10 +56,10 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
-use switchboard_io::{Limits, Listener};
+use switchboard_io::{AdminGate, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
-use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
+use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
 
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
@@ -182,7 +183,10 @@ impl Server {
         // Claims first (claim.rs): a second server refuses to start before
         // it opens anything. The lock is held until storage is closed.
         let lock = match uses_data_dir(&settings) {
-            true => Some(DataDirLock::acquire(&settings.data_dir)?),
+            true => {
+                secure_data_dir(&settings.data_dir)?;
+                Some(DataDirLock::acquire(&settings.data_dir)?)
+            }
             false => None,
         };
         claim::probe(Listener::Client, settings.listen)?;
@@ -554,14 +558,16 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         ..Limits::default()
     };
     let admin_task = listeners.admin.map(|admin| {
-        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+        let bound = admin.local_addr().expect("a bound listener has an address");
+        let gate = AdminGate::new(bound, s.admin_token.clone());
+        let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
             .with_stop(conns.clone());
         let admission = Admission::new(s.admin_connections_max, None);
         let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
     });
-    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
+    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), AdminGate::default())
         .with_demo(shared.demo.clone())
         .with_limits(limits)
         .with_stop(conns.clone());
@@ -591,6 +597,24 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
 /// `DATA_DIR` does not exist).
 fn uses_data_dir(settings: &Settings) -> bool {
     settings.mysql_url.is_none() || settings.token_secret.is_none()
+}
+
+/// Makes the data folder private (0700, everything in it 0600: it holds
+/// every conversation) and logs each mode it had to tighten.
+fn secure_data_dir(data_dir: &Path) -> Result<(), Error> {
+    let changed = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
+        data_dir: data_dir.to_path_buf(),
+        source,
+    })?;
+    for t in changed {
+        warn!(
+            "data folder: {} was mode {:o}, now {:o} (readable by others before)",
+            t.path.display(),
+            t.from,
+            t.to
+        );
+    }
+    Ok(())
 }
 
 /// Demo mode's state, if it is on: the directory the sign-in picker

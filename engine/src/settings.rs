@@ -18,12 +18,12 @@ struct Spec {
 
 const SPECS: &[Spec] = &[
     Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port)" },
-    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback)" },
+    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry no Origin" },
     Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
     Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}" },
     Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app" },
-    Spec { name: "ADMIN_TOKEN", default: "unset (no auth)", help: "bearer token the admin listener requires" },
+    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required when ADMIN_LISTEN is not on loopback" },
     Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
     Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
@@ -300,6 +300,15 @@ impl Settings {
                 "SWITCHBOARD_FIRST_BYTE_TIMEOUT_MS must be in 100..={idle_ms} (the idle timeout)"
             ));
         }
+        // Anyone who can reach a non-loopback admin listener could kick
+        // users and read /health: refuse to start open there.
+        if settings.admin_token.is_none() && !settings.admin_listen.ip().is_loopback() {
+            return Err(format!(
+                "SWITCHBOARD_ADMIN_TOKEN is required when the admin listener is not on loopback \
+                 (SWITCHBOARD_ADMIN_LISTEN is {}): set a long random token, or listen on 127.0.0.1",
+                settings.admin_listen
+            ));
+        }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
@@ -361,6 +370,20 @@ mod tests {
     }
 
     #[test]
+    fn admin_token_is_optional_only_on_loopback() {
+        for addr in ["127.0.0.1:0", "127.0.0.2:8081", "[::1]:8081"] {
+            let s = parse(&["--admin-listen", addr], &[]).unwrap();
+            assert_eq!(s.admin_token, None, "{addr}");
+        }
+        let s = parse(
+            &["--admin-listen", "0.0.0.0:8081"],
+            &[("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-token")],
+        )
+        .unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("a-long-random-token"));
+    }
+
+    #[test]
     fn demo_mode() {
         let demo = |args: &[&str], env: &[(&str, &str)]| parse(args, env).unwrap().demo;
         assert!(demo(&[], &[]));
@@ -394,6 +417,22 @@ mod tests {
             (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),
             (&["--first-byte-timeout-ms", "99"][..], "FIRST_BYTE"),
             (&["--first-byte-timeout-ms", "75001"][..], "FIRST_BYTE"),
+            (
+                &["--admin-listen", "0.0.0.0:8081"][..],
+                "ADMIN_TOKEN is required",
+            ),
+            (
+                &["--admin-listen", "10.1.2.3:8081"][..],
+                "ADMIN_TOKEN is required",
+            ),
+            (
+                &["--admin-listen", "[::]:8081"][..],
+                "ADMIN_TOKEN is required",
+            ),
+            (
+                &["--admin-listen", "0.0.0.0:8081", "--admin-token", ""][..],
+                "ADMIN_TOKEN is required",
+            ),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -122,7 +122,10 @@ fn a_typing_flood_gets_429_and_the_friend_still_gets_the_message_before_it() {
 fn counter(server: &Server, name: &str) -> u64 {
     let r = request(
         server.admin,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.admin
+        ),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(

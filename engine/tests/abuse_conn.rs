@@ -84,8 +84,10 @@ fn get(addr: SocketAddr, path: &str, within: Duration) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(within)).unwrap();
     s.set_write_timeout(Some(within)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut answer = Vec::new();
     match s.read_to_end(&mut answer) {
         Ok(_) => {}
@@ -160,7 +162,10 @@ fn a_silent_flood_from_one_address_does_not_lock_out_another() {
 fn metric_sum(server: &Server, name: &str) -> u64 {
     let r = request(
         server.admin,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.admin
+        ),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(

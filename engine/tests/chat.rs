@@ -538,14 +538,15 @@ fn tokens_forged_expired_and_unknown_users_are_unauthorized(backend: &Backend) {
 fn admin_health_and_auth(backend: &Backend) {
     let dir = temp_dir("admin");
     let server = backend.start(&dir, &[("SWITCHBOARD_ADMIN_TOKEN", "sekret")]);
+    let admin = server.admin;
     let r = request(
-        server.admin,
-        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        admin,
+        &format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(r.status, 401);
     let r = request(
-        server.admin,
-        "GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n",
+        admin,
+        &format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -558,8 +559,8 @@ fn admin_health_and_auth(backend: &Backend) {
     );
     assert_eq!(r.status, 404);
     let r = request(
-        server.admin,
-        "GET /ping HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n",
+        admin,
+        &format!("GET /ping HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(r.status, 404);
 }

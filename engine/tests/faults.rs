@@ -42,7 +42,10 @@ fn a_friend_of(user: u64) -> u64 {
 fn counter(server: &Server, name: &str) -> (u64, String) {
     let r = request(
         server.admin,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.admin
+        ),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let sum = r

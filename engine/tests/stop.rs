@@ -96,7 +96,7 @@ fn sigterm_answers_every_held_poll_before_closing_and_exits_0_keeping_acknowledg
     assert_eq!(read_answer(&mut idle).status, 200);
     let mut idle_admin = TcpStream::connect(server.admin).unwrap();
     idle_admin
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", server.admin).as_bytes())
         .unwrap();
     assert_eq!(read_answer(&mut idle_admin).status, 200);
     for (i, (_, s)) in held.iter_mut().enumerate() {

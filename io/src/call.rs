@@ -4,7 +4,9 @@
 //!
 //! The protocol fixes the order of checks, the first failure answering:
 //! HTTP-level (404, 405), the callback name, the sid or token, sizes, then
-//! content. On the admin listener the bearer token comes before routing.
+//! content. On the admin listener the [`AdminGate`] comes before routing:
+//! first who is asking (a browser, or a `Host` that is not the listener's
+//! own: 403), then the bearer token (401).
 //! A sid that parses hands every later failure to the home shard as
 //! `Request::Rejected`, so an unknown sid wins over a bad parameter; a
 //! connect with a token defers its other failures to after the token check.
@@ -12,6 +14,8 @@
 use switchboard_shards::model::{
     ErrorCode, Failure, Request, Response, Sid, Status, TypingState, UserId,
 };
+
+use std::net::{IpAddr, SocketAddr};
 
 use crate::head::{HttpError, Method};
 use crate::limits::{
@@ -122,20 +126,135 @@ fn allowed(endpoint: Endpoint, method: Method) -> Result<(), HttpError> {
     }
 }
 
+/// What the admin gate reads from a request's head (see [`AdminGate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header's value.
+    pub authorization: Option<&'a [u8]>,
+    /// The `Host` header's value.
+    pub host: Option<&'a [u8]>,
+    /// The request carries `Origin` or `Sec-Fetch-Site`: a browser sent it.
+    pub from_browser: bool,
+}
+
+/// Who may call the admin listener (docs/security.md, "Admin isolation").
+/// Admin callers are operators' tools and the web app's servers, never
+/// browsers, so:
+/// - a request carrying `Origin` or `Sec-Fetch-Site` (any value: every
+///   browser sends one on a cross-site POST, modern ones on every request)
+///   is `forbidden` (403);
+/// - so is one whose `Host` is not the listener's own address: `IP:PORT`
+///   as bound (any IP literal with that port when bound to a wildcard
+///   address), `localhost:PORT` when bound to loopback, the port left out
+///   only for port 80. A DNS-rebinding page sends its own host name, so it
+///   is refused even though its requests reach the listener;
+/// - with a token configured, `Authorization: Bearer TOKEN` is required
+///   (`unauthorized`, 401), compared in constant time. The engine refuses
+///   to start without one when the listener is not on loopback.
+///
+/// The default gate has no address and so refuses every request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminGate {
+    /// The admin listener's bound address (`None`: every `Host` is
+    /// refused).
+    pub addr: Option<SocketAddr>,
+    /// `SWITCHBOARD_ADMIN_TOKEN` (`None`: no token asked for; the engine
+    /// allows that only on loopback).
+    pub token: Option<String>,
+}
+
+impl AdminGate {
+    /// The gate of an admin listener bound at `addr`.
+    pub fn new(addr: SocketAddr, token: Option<String>) -> AdminGate {
+        AdminGate {
+            addr: Some(addr),
+            token,
+        }
+    }
+
+    /// The refusal of a request that may not reach the admin calls, if it
+    /// may not: 403 before 401.
+    fn refuse(&self, creds: Credentials<'_>) -> Option<Response> {
+        if creds.from_browser {
+            return Some(Response::fail(
+                ErrorCode::Forbidden,
+                "the admin listener does not answer browsers (Origin or Sec-Fetch-Site given)",
+            ));
+        }
+        if !creds.host.is_some_and(|host| self.host_matches(host)) {
+            return Some(Response::fail(
+                ErrorCode::Forbidden,
+                "Host is not the admin listener's address",
+            ));
+        }
+        if let Some(token) = &self.token {
+            if !bearer_matches(creds.authorization, token) {
+                return Some(Response::fail(
+                    ErrorCode::Unauthorized,
+                    "missing or wrong admin bearer token",
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether `host` names this listener (see the type's doc).
+    fn host_matches(&self, host: &[u8]) -> bool {
+        let Some(addr) = self.addr else {
+            return false;
+        };
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        // `[v6]:port`, `[v6]`, `name:port` or `name`.
+        let (name, port) = match host.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((ip, "")) => (ip, None),
+                Some((ip, after)) => match after.strip_prefix(':') {
+                    Some(port) => (ip, Some(port)),
+                    None => return false,
+                },
+                None => return false,
+            },
+            None => match host.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        let port_ok = match port {
+            // Digits only, no leading zero: `+8081` and `08081` are not it.
+            Some(port) => {
+                port.bytes().all(|b| b.is_ascii_digit())
+                    && !port.starts_with('0')
+                    && port.parse::<u16>() == Ok(addr.port())
+            }
+            None => addr.port() == 80,
+        };
+        if !port_ok {
+            return false;
+        }
+        if name.eq_ignore_ascii_case("localhost") {
+            return addr.ip().is_loopback();
+        }
+        name.parse::<IpAddr>()
+            .is_ok_and(|ip| ip == addr.ip() || addr.ip().is_unspecified())
+    }
+}
+
 /// Decides what one request is. `params` holds the query's and (for a
 /// form POST) the body's parameters, decoded with [`known_params`];
-/// `authorization` is the header's value; `admin_token` is the configured
-/// bearer token (`None`: the admin listener is open).
+/// `creds` is what the admin gate reads from the head; `admin` is the
+/// admin listener's gate (unused on the client listener).
 pub fn decide(
     listener: Listener,
     method: Method,
     path: &str,
     params: &Params,
-    authorization: Option<&[u8]>,
-    admin_token: Option<&str>,
+    creds: Credentials<'_>,
+    admin: &AdminGate,
 ) -> Decision {
     match listener {
-        Listener::Admin => decide_admin(method, path, params, authorization, admin_token),
+        Listener::Admin => decide_admin(method, path, params, creds, admin),
         Listener::Client => decide_client(method, path, params),
     }
 }
@@ -144,20 +263,15 @@ fn decide_admin(
     method: Method,
     path: &str,
     params: &Params,
-    authorization: Option<&[u8]>,
-    admin_token: Option<&str>,
+    creds: Credentials<'_>,
+    gate: &AdminGate,
 ) -> Decision {
-    // Before routing, so an unauthenticated caller cannot map the paths.
-    if let Some(token) = admin_token {
-        if !bearer_matches(authorization, token) {
-            return Decision::Answer {
-                mode: Mode::Json,
-                response: Response::fail(
-                    ErrorCode::Unauthorized,
-                    "missing or wrong admin bearer token",
-                ),
-            };
-        }
+    // Before routing, so a caller turned away cannot map the paths.
+    if let Some(response) = gate.refuse(creds) {
+        return Decision::Answer {
+            mode: Mode::Json,
+            response,
+        };
     }
     let Some(endpoint) = route(Listener::Admin, path) else {
         return Decision::Reject(HttpError::not_found());
@@ -203,7 +317,8 @@ fn admin_user(params: &Params) -> Result<UserId, Failure> {
 }
 
 /// Whether `Authorization` is `Bearer TOKEN` with the configured token.
-/// The comparison takes the same time wherever the first difference is.
+/// The comparison takes a time that depends only on the length of what was
+/// given: not on where the first difference is, nor on the token's length.
 fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
     let Some(value) = authorization else {
         return false;
@@ -214,16 +329,21 @@ fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
     if !scheme.eq_ignore_ascii_case(b"bearer") || given.first() != Some(&b' ') {
         return false;
     }
-    let given = given.trim_ascii();
-    let token = token.as_bytes();
-    if given.len() != token.len() {
-        return false;
+    constant_time_eq(given.trim_ascii(), token.as_bytes())
+}
+
+/// `given == secret`, in a time that depends only on `given.len()`: every
+/// byte of `given` is compared (with the secret's bytes, cycled), and the
+/// length difference is folded into the same accumulator.
+pub fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    if secret.is_empty() {
+        return given.is_empty();
     }
-    given
-        .iter()
-        .zip(token)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    let mut diff = u64::from(given.len() != secret.len());
+    for (i, &g) in given.iter().enumerate() {
+        diff |= u64::from(g ^ secret[i % secret.len()]);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 fn decide_client(method: Method, path: &str, params: &Params) -> Decision {
@@ -592,6 +712,12 @@ mod tests {
         /// A form-encoded body's text, if the request had one.
         form: Option<&'static str>,
         authorization: Option<&'static str>,
+        /// The `Host` header (the admin listener's own address by default).
+        host: Option<&'static str>,
+        /// An `Origin` or `Sec-Fetch-Site` header was sent.
+        from_browser: bool,
+        /// Where the admin listener is bound.
+        admin_addr: &'static str,
         admin_token: Option<&'static str>,
     }
 
@@ -603,6 +729,9 @@ mod tests {
             query: query.into(),
             form: None,
             authorization: None,
+            host: Some("127.0.0.1:8081"),
+            from_browser: false,
+            admin_addr: "127.0.0.1:8081",
             admin_token: None,
         }
     }
@@ -621,14 +750,16 @@ mod tests {
         if let Some(form) = req.form {
             params.add_form(form.as_bytes(), known_params(req.listener));
         }
-        let got = decide(
-            req.listener,
-            req.method,
-            req.path,
-            &params,
-            req.authorization.map(str::as_bytes),
-            req.admin_token,
+        let creds = Credentials {
+            authorization: req.authorization.map(str::as_bytes),
+            host: req.host.map(str::as_bytes),
+            from_browser: req.from_browser,
+        };
+        let gate = AdminGate::new(
+            req.admin_addr.parse().unwrap(),
+            req.admin_token.map(str::to_owned),
         );
+        let got = decide(req.listener, req.method, req.path, &params, creds, &gate);
         let what = format!(
             "{:?} {} ?{}",
             req.method,
@@ -696,7 +827,7 @@ mod tests {
         Want::Jsonp(name, Box::new(want))
     }
 
-    use ErrorCode::{BadRequest, NotFound, TooLarge, Unauthorized, UnknownSession};
+    use ErrorCode::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, UnknownSession};
 
     #[test]
     fn routing_before_everything() {
@@ -748,7 +879,14 @@ mod tests {
         let mut params = Params::new();
         params.add_form(at.query.as_bytes(), CLIENT_PARAMS);
         assert_eq!(
-            decide(Listener::Client, Method::Get, "/ping", &params, None, None),
+            decide(
+                Listener::Client,
+                Method::Get,
+                "/ping",
+                &params,
+                Credentials::default(),
+                &AdminGate::default()
+            ),
             Decision::Answer {
                 mode: Mode::Jsonp(name64),
                 response: Response::Done
@@ -1307,6 +1445,118 @@ mod tests {
             check(locked("/nope", wrong), Want::Fail(Unauthorized, ""));
         }
         check(locked("/nope", Some("Bearer s3cret")), Want::Reject(404));
+    }
+
+    /// The admin gate: browsers and foreign `Host`s are `forbidden`
+    /// before the token is asked for, and before routing.
+    #[test]
+    fn admin_gate_refuses_browsers_and_foreign_hosts() {
+        let at = |admin_addr, host| Req {
+            host,
+            admin_addr,
+            ..admin(Method::Post, "/kick", "user=5")
+        };
+        let kick = || Want::Call(Call::Kick { user: 5 });
+        let forbidden = || Want::Fail(Forbidden, "");
+        let table: &[(&str, Option<&str>, bool)] = &[
+            // (bound at, Host sent, answered)
+            ("127.0.0.1:8081", Some("127.0.0.1:8081"), true),
+            ("127.0.0.1:8081", Some("localhost:8081"), true),
+            ("127.0.0.1:8081", Some("LocalHost:8081"), true),
+            ("127.0.0.1:8081", Some("127.0.0.1:8080"), false),
+            ("127.0.0.1:8081", Some("127.0.0.1"), false),
+            ("127.0.0.1:8081", Some("127.0.0.2:8081"), false),
+            ("127.0.0.1:8081", Some("localhost"), false),
+            ("127.0.0.1:8081", Some("evil.example:8081"), false),
+            ("127.0.0.1:8081", Some("localhost.evil.example:8081"), false),
+            ("127.0.0.1:8081", Some("127.0.0.1:+8081"), false),
+            ("127.0.0.1:8081", Some("127.0.0.1:08081"), false),
+            ("127.0.0.1:8081", Some("127.0.0.1:8081:1"), false),
+            ("127.0.0.1:8081", Some(""), false),
+            ("127.0.0.1:8081", None, false),
+            ("127.0.0.1:80", Some("127.0.0.1"), true),
+            ("127.0.0.1:80", Some("localhost"), true),
+            ("[::1]:8081", Some("[::1]:8081"), true),
+            ("[::1]:8081", Some("localhost:8081"), true),
+            ("[::1]:8081", Some("[::2]:8081"), false),
+            ("[::1]:8081", Some("::1:8081"), false),
+            ("[::1]:8081", Some("[::1]x"), false),
+            ("10.0.0.5:8081", Some("10.0.0.5:8081"), true),
+            ("10.0.0.5:8081", Some("localhost:8081"), false),
+            ("0.0.0.0:8081", Some("10.0.0.5:8081"), true),
+            ("0.0.0.0:8081", Some("rebound.example:8081"), false),
+        ];
+        for &(bound, host, answered) in table {
+            let want = if answered { kick() } else { forbidden() };
+            check(at(bound, host), want);
+        }
+        // Any browser is refused, from any origin, even with the token.
+        check(
+            Req {
+                from_browser: true,
+                ..admin(Method::Post, "/kick", "user=5")
+            },
+            forbidden(),
+        );
+        check(
+            Req {
+                from_browser: true,
+                authorization: Some("Bearer s3cret"),
+                admin_token: Some("s3cret"),
+                ..admin(Method::Get, "/nope", "")
+            },
+            forbidden(),
+        );
+        // 403 before 401, both before routing.
+        check(
+            Req {
+                host: Some("evil.example:8081"),
+                admin_token: Some("s3cret"),
+                ..admin(Method::Get, "/nope", "")
+            },
+            forbidden(),
+        );
+        // The default gate refuses everything.
+        let mut params = Params::new();
+        params.add_form(b"user=5", ADMIN_PARAMS);
+        let creds = Credentials {
+            host: Some(b"127.0.0.1:8081"),
+            ..Credentials::default()
+        };
+        let got = decide(
+            Listener::Admin,
+            Method::Post,
+            "/kick",
+            &params,
+            creds,
+            &AdminGate::default(),
+        );
+        compare("default gate", got, Mode::Json, forbidden());
+        // The client listener ignores all of it: browsers are its callers.
+        check(
+            Req {
+                from_browser: true,
+                host: Some("chat.example"),
+                ..get("/ping", "")
+            },
+            Want::Done,
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        for (a, b, eq) in [
+            (&b""[..], &b""[..], true),
+            (b"s3cret", b"s3cret", true),
+            (b"s3cre", b"s3cret", false),
+            (b"s3crets", b"s3cret", false),
+            (b"s3cret", b"S3cret", false),
+            (b"s3crets3cret", b"s3cret", false),
+            (b"", b"s3cret", false),
+            (b"x", b"", false),
+        ] {
+            assert_eq!(constant_time_eq(a, b), eq, "{a:?} {b:?}");
+        }
     }
 
     #[test]

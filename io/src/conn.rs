@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::BodyDecoder;
-use crate::call::{decide, known_params, Decision};
+use crate::call::{decide, known_params, AdminGate, Decision};
 use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
@@ -41,10 +41,9 @@ use crate::{Handler, Listener};
 pub struct Config {
     /// Sizes and deadlines.
     pub limits: Limits,
-    /// `SWITCHBOARD_ADMIN_TOKEN`: the bearer token every admin call must
-    /// carry (`Authorization: Bearer TOKEN`). `None`: the admin listener
-    /// asks for none (it listens on loopback by default).
-    pub admin_token: Option<String>,
+    /// Who may call the admin listener: its own address (for `Host`) and
+    /// `SWITCHBOARD_ADMIN_TOKEN`. The default refuses every admin request.
+    pub admin: AdminGate,
 }
 
 /// Why a connection ended.
@@ -110,7 +109,7 @@ where
         buf: Vec::with_capacity(READ_CHUNK_BYTES),
         body: Vec::new(),
         out: Vec::new(),
-        encoder: Encoder::new(),
+        encoder: Encoder::new(listener),
         parser: HeadParser::new(),
         limits: &config.limits,
         outcome: ConnOutcome {
@@ -275,8 +274,8 @@ where
                 head.method,
                 &head.path,
                 &params,
-                head.authorization.as_deref(),
-                config.admin_token.as_deref(),
+                head.credentials(),
+                &config.admin,
             );
             let mut persist = Persist {
                 keep_alive: head.keep_alive && !handler.stopping(),

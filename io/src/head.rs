@@ -11,6 +11,7 @@
 
 use switchboard_shards::model::ErrorCode;
 
+use crate::call::Credentials;
 use crate::limits::{Limits, HEADERS_COUNT_MAX};
 
 /// An HTTP-level failure (PROTOCOL.md §1): answered with its own status and
@@ -159,6 +160,11 @@ pub struct Head {
     pub form_body: bool,
     /// The `Authorization` header's value, if any (admin bearer token).
     pub authorization: Option<Vec<u8>>,
+    /// The `Host` header's value, if any (the admin listener checks it).
+    pub host: Option<Vec<u8>>,
+    /// The request carries `Origin` or `Sec-Fetch-Site`: a browser sent it
+    /// (the admin listener refuses it).
+    pub from_browser: bool,
     /// Bytes of the buffer the head took (with an ignored leading empty
     /// line and the final empty line): where the body starts.
     pub len: usize,
@@ -249,6 +255,9 @@ impl HeadParser {
                             "empty lines before the request line",
                         ));
                     }
+                    // An unparseable request line is a bad request whatever
+                    // follows it: decide now, not at the header limits.
+                    check_request_line(&buf[start..=lf])?;
                     self.line_done = true;
                     self.scanned = lf + 1;
                     self.line_start = lf + 1;
@@ -301,6 +310,30 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
     HeadParser::new().parse(buf, limits)
 }
 
+/// The answer to an `httparse` failure.
+fn parse_error(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::Version => HttpError::bad_request("unsupported HTTP version"),
+        httparse::Error::TooManyHeaders => HttpError::headers_too_large(),
+        httparse::Error::Token | httparse::Error::NewLine => {
+            HttpError::bad_request("malformed request line")
+        }
+        _ => HttpError::bad_request("malformed header field"),
+    }
+}
+
+/// Checks a complete request line (with its line end) on its own, so a
+/// line that can never parse is refused before the header section arrives.
+/// `httparse` with room for no header stops where the headers would
+/// start: a valid line is `Partial` there.
+fn check_request_line(line: &[u8]) -> Result<(), HttpError> {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse(line) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(parse_error(e)),
+    }
+}
+
 /// Runs `httparse` on a complete head (within limits) and makes the
 /// framing decisions. `len` of the result is left for the caller.
 fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
@@ -312,14 +345,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         Ok(httparse::Status::Partial) => {
             return Err(HttpError::bad_request("malformed request head"))
         }
-        Err(httparse::Error::Version) => {
-            return Err(HttpError::bad_request("unsupported HTTP version"))
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::headers_too_large()),
-        Err(httparse::Error::Token) | Err(httparse::Error::NewLine) => {
-            return Err(HttpError::bad_request("malformed request line"))
-        }
-        Err(_) => return Err(HttpError::bad_request("malformed header field")),
+        Err(e) => return Err(parse_error(e)),
     }
     let version = match req.version {
         Some(0) => Version::Http10,
@@ -342,6 +368,8 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
     let mut content_type: Option<&[u8]> = None;
     let mut authorization: Option<Vec<u8>> = None;
     let mut hosts = 0usize;
+    let mut host: Option<Vec<u8>> = None;
+    let mut from_browser = false;
     for h in req.headers.iter() {
         let value = h.value.trim_ascii();
         let name = h.name;
@@ -390,6 +418,10 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
             authorization = Some(value.to_vec());
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("sec-fetch-site")
+        {
+            from_browser = true;
         }
     }
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -431,8 +463,21 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         expect_continue: expect_continue && has_body && version == Version::Http11,
         form_body,
         authorization,
+        host,
+        from_browser,
         len: 0,
     })
+}
+
+impl Head {
+    /// What the admin gate reads from this head.
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            authorization: self.authorization.as_deref(),
+            host: self.host.as_deref(),
+            from_browser: self.from_browser,
+        }
+    }
 }
 
 /// `Content-Length`: digits only. Too many digits for a u64 is a declared
@@ -823,6 +868,111 @@ mod tests {
             parser.parse(&over[..max + 1], &limits).unwrap_err().status,
             414
         );
+    }
+
+    /// An unparseable request line is 400 as soon as its line end arrives,
+    /// whatever follows it (nothing yet, or header bytes at and past the
+    /// header section limit, which used to make it 431); only a line over
+    /// its own limit is 414, since its end is never seen. A valid line
+    /// still waits for its headers. Each case also fed in two reads: the
+    /// line, then the rest.
+    #[test]
+    fn bad_request_line_is_400_whatever_follows() {
+        let limits = Limits::default();
+        let line_max = limits.request_line_bytes_max;
+        let section_max = limits.header_section_bytes_max;
+        // `HELLO WWW...`: a method and a target but no version.
+        let hello = |len: usize| {
+            let mut line = b"HELLO ".to_vec();
+            line.resize(len, b'W');
+            line
+        };
+        // Header bytes with no line end yet.
+        let fields = |len: usize| {
+            let mut rest = b"X: ".to_vec();
+            rest.resize(len, b'v');
+            rest
+        };
+        /// Why, the request line (without its line end), what follows,
+        /// and the status (`None`: more bytes needed).
+        type Case = (&'static str, Vec<u8>, Vec<u8>, Option<u16>);
+        let table: &[Case] = &[
+            (
+                "the report: 300 KB after",
+                b"HELLO WORLD".to_vec(),
+                vec![b'x'; 300_000],
+                Some(400),
+            ),
+            ("nothing after", b"HELLO WORLD".to_vec(), vec![], Some(400)),
+            ("at the line limit", hello(line_max), vec![], Some(400)),
+            (
+                "line limit, section at its limit",
+                hello(line_max),
+                fields(section_max),
+                Some(400),
+            ),
+            (
+                "line limit, section one over",
+                hello(line_max),
+                fields(section_max + 1),
+                Some(400),
+            ),
+            (
+                "line one over its limit",
+                hello(line_max + 1),
+                vec![],
+                Some(414),
+            ),
+            (
+                "HTTP/2.0",
+                b"GET / HTTP/2.0".to_vec(),
+                fields(section_max + 1),
+                Some(400),
+            ),
+            ("two spaces", b"GET  / HTTP/1.1".to_vec(), vec![], Some(400)),
+            (
+                "bad method token",
+                b"G@T / HTTP/1.1".to_vec(),
+                vec![],
+                Some(400),
+            ),
+            ("no target", b"GET HTTP/1.1".to_vec(), vec![], Some(400)),
+            // Valid lines are unchanged: they wait for the header section.
+            (
+                "valid, nothing after",
+                b"GET / HTTP/1.1".to_vec(),
+                vec![],
+                None,
+            ),
+            (
+                "valid at the line limit",
+                request_line(line_max),
+                fields(section_max - 1),
+                None,
+            ),
+            (
+                "valid, section one over",
+                b"GET / HTTP/1.1".to_vec(),
+                fields(section_max + 1),
+                Some(431),
+            ),
+        ];
+        for (reason, line, rest, want) in table {
+            let mut line = line.clone();
+            line.extend_from_slice(b"\r\n");
+            let mut whole = line.clone();
+            whole.extend_from_slice(rest);
+            let got = |r: Result<Option<Head>, HttpError>| match r {
+                Ok(None) => None,
+                Ok(Some(_)) => panic!("{reason}: a complete head"),
+                Err(e) => Some(e.status),
+            };
+            assert_eq!(got(parse_head(&whole, &limits)), *want, "{reason}");
+            let mut resumed = HeadParser::new();
+            let first = got(resumed.parse(&line, &limits));
+            let second = first.or_else(|| got(resumed.parse(&whole, &limits)));
+            assert_eq!(second, *want, "{reason}, in two reads");
+        }
     }
 
     /// A head whose header section (Host included) is exactly `bytes`

@@ -70,6 +70,25 @@ pub enum Call {
     Demo { path: String, user: Option<UserId> },
 }
 
+impl Call {
+    /// What a log line may say about this call: its name and the user it
+    /// names, if any. Never the token, a sid's secret, message text, cid,
+    /// tab name or UI state (docs/security.md, "What is logged"); the
+    /// user of a connect is not known until its token is checked.
+    pub fn describe(&self) -> (&'static str, Option<UserId>) {
+        match self {
+            Call::Connect { .. } => ("connect", None),
+            Call::Shard(request) => (request.name(), request.home_user()),
+            Call::Health => ("health", None),
+            Call::Metrics => ("metrics", None),
+            Call::RosterChanged { user } => ("roster_changed", Some(*user)),
+            Call::Kick { user } => ("kick", Some(*user)),
+            Call::Trace { user, .. } => ("trace", Some(*user)),
+            Call::Demo { .. } => ("demo", None),
+        }
+    }
+}
+
 /// What the connection loop needs from the runtime.
 pub trait Handler {
     /// Answers one call. May take as long as a long-poll takes.
@@ -104,8 +123,69 @@ pub mod response;
 
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
-pub use call::{decide, Decision, Mode};
+pub use call::{decide, AdminGate, Credentials, Decision, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
 pub use reply::{DemoUser, Reply, ShardCounter, ShardHealth};
+
+#[cfg(test)]
+mod tests {
+    use switchboard_shards::model::Sid;
+
+    use super::*;
+
+    /// The log text of a call (`describe`) holds no credential and no
+    /// content, whatever the call carries.
+    #[test]
+    fn call_log_text_holds_no_credential_or_content() {
+        let sid = Sid {
+            user: 7,
+            secret: 0xfeed_f00d_dead_beef_0123_4567_89ab_cdef,
+        };
+        let secret_hex = format!("{:032x}", sid.secret);
+        let calls = [
+            Call::Connect {
+                token: "7.1700000000.c0ffee-the-token".into(),
+                tab: Some("tab-name".into()),
+                deferred: None,
+            },
+            Call::Shard(Request::Send {
+                sid,
+                to: 8,
+                text: "the message text".into(),
+                cid: Some("the-cid".into()),
+            }),
+            Call::Shard(Request::Ui {
+                sid,
+                state: "{\"the\":\"ui state\"}".into(),
+            }),
+            Call::Shard(Request::Poll {
+                sid,
+                since: 1,
+                wait_ms: 0,
+            }),
+        ];
+        for call in calls {
+            let (name, user) = call.describe();
+            let text = format!("call {name} for user {user:?}");
+            for leak in [
+                "c0ffee",
+                "tab-name",
+                "message text",
+                "the-cid",
+                "ui state",
+                &secret_hex,
+            ] {
+                assert!(!text.contains(leak), "{text:?} holds {leak:?}");
+            }
+        }
+        // The Debug form is for tests only: it does hold the token.
+        let connect = Call::Connect {
+            token: "t0ken".into(),
+            tab: None,
+            deferred: None,
+        };
+        assert!(format!("{connect:?}").contains("t0ken"));
+    }
+}

@@ -15,6 +15,7 @@ use switchboard_shards::model::{
 use crate::call::Mode;
 use crate::head::HttpError;
 use crate::reply::{DemoUser, Reply, ShardCounter, ShardHealth};
+use crate::Listener;
 
 /// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
 /// With [`status_of_reply`], the only place this is decided.
@@ -101,10 +102,14 @@ pub struct Persist {
 }
 
 /// Writes answers into a caller's buffer, reusing its own body buffer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Encoder {
     /// The body being built, reused across answers.
     body: Vec<u8>,
+    /// JSON answers say `Access-Control-Allow-Origin: *`: on the client
+    /// listener only. The admin listener never invites a browser to read
+    /// its answers (docs/security.md, "Admin isolation").
+    cors: bool,
 }
 
 /// The content type of JSON answers.
@@ -115,9 +120,12 @@ const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
 const METRICS: &str = "text/plain; version=0.0.4";
 
 impl Encoder {
-    /// An encoder with an empty body buffer.
-    pub fn new() -> Encoder {
-        Encoder::default()
+    /// An encoder for answers on `listener`, with an empty body buffer.
+    pub fn new(listener: Listener) -> Encoder {
+        Encoder {
+            body: Vec::new(),
+            cors: listener == Listener::Client,
+        }
     }
 
     /// The capacity of the reused body buffer (for shrinking after a big
@@ -220,8 +228,8 @@ impl Encoder {
         match mode {
             Mode::Json => {
                 let extra = Extra {
-                    nosniff: false,
-                    cors: true,
+                    nosniff: true,
+                    cors: self.cors,
                     allow,
                 };
                 write_head(out, status, JSON, self.body.len(), extra, persist, date);
@@ -283,10 +291,12 @@ fn write_raw(
 /// Optional response headers.
 #[derive(Clone, Copy, Debug)]
 struct Extra<'a> {
-    /// `X-Content-Type-Options: nosniff` (JSONP).
+    /// `X-Content-Type-Options: nosniff` (every answer with a body meant
+    /// as one type: JSON, JSONP, pages, metrics), so a browser never runs
+    /// a JSON answer as script or renders it as HTML.
     nosniff: bool,
-    /// `Access-Control-Allow-Origin: *` (JSON mode: identity never comes
-    /// from cookies, so any origin may read answers).
+    /// `Access-Control-Allow-Origin: *` (JSON mode on the client listener:
+    /// identity never comes from cookies, so any origin may read answers).
     cors: bool,
     /// `Allow` (405).
     allow: Option<&'a str>,
@@ -949,12 +959,19 @@ mod tests {
             // JSON mode: the status tells; JSONP: always 200.
             let mut out = Vec::new();
             let failed = Response::fail(code, "m");
-            Encoder::new().response(&mut out, &failed, &Mode::Json, KEEP, false, DATE);
+            Encoder::new(Listener::Client).response(
+                &mut out,
+                &failed,
+                &Mode::Json,
+                KEEP,
+                false,
+                DATE,
+            );
             assert!(
                 out.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
                 "{code:?}"
             );
-            Encoder::new().response(
+            Encoder::new(Listener::Client).response(
                 &mut out,
                 &failed,
                 &Mode::Jsonp("cb".into()),
@@ -970,15 +987,45 @@ mod tests {
         std::str::from_utf8(out).unwrap()
     }
 
+    /// The admin listener's answers invite no browser to read them (no
+    /// CORS header), and every JSON answer says `nosniff`.
+    #[test]
+    fn admin_answers_have_no_cors_and_json_is_nosniff() {
+        let mut out = Vec::new();
+        for (listener, cors) in [(Listener::Client, true), (Listener::Admin, false)] {
+            let mut encoder = Encoder::new(listener);
+            encoder.response(&mut out, &Response::Done, &Mode::Json, KEEP, false, DATE);
+            let head = text(&out);
+            assert!(
+                head.contains("X-Content-Type-Options: nosniff\r\n"),
+                "{listener:?}"
+            );
+            assert_eq!(
+                head.contains("Access-Control-Allow-Origin"),
+                cors,
+                "{listener:?}"
+            );
+            encoder.http_error(&mut out, &HttpError::not_found(), KEEP, false, DATE);
+            assert_eq!(text(&out).contains("Access-Control"), cors, "{listener:?}");
+            let reply = Reply::Health {
+                shards: vec![],
+                timeout_ms: 1,
+            };
+            encoder.reply(&mut out, &reply, &Mode::Json, KEEP, false, DATE);
+            assert_eq!(text(&out).contains("Access-Control"), cors, "{listener:?}");
+            assert!(text(&out).contains("nosniff"), "{listener:?}");
+        }
+    }
+
     #[test]
     fn json_answer_bytes() {
         let mut out = Vec::new();
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::new(Listener::Client);
         encoder.response(&mut out, &Response::Done, &Mode::Json, KEEP, false, DATE);
         assert_eq!(
             text(&out),
             "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
-             Content-Length: 11\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\r\n{\"ok\":true}"
+             Content-Length: 11\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\n\r\n{\"ok\":true}"
         );
         let failed = Response::fail(ErrorCode::UnknownSession, "unknown session");
         let close = Persist {
@@ -991,7 +1038,7 @@ mod tests {
             text(&out),
             format!(
                 "HTTP/1.1 401 Unauthorized\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
+                 Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )
         );
@@ -1007,7 +1054,7 @@ mod tests {
     #[test]
     fn jsonp_answer_bytes() {
         let mut out = Vec::new();
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::new(Listener::Client);
         let mode = Mode::Jsonp("jQuery.cb_1".into());
         encoder.response(
             &mut out,
@@ -1043,7 +1090,7 @@ mod tests {
     #[test]
     fn handler_replies() {
         let mut out = Vec::new();
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::new(Listener::Client);
         let json = Reply::Json {
             body: r#"{"ok":false}"#.into(),
         };
@@ -1086,7 +1133,7 @@ mod tests {
     /// `Content-Length` and its body.
     fn check_reply(reply: Reply, status_line: &str, body: &str) {
         let mut out = Vec::new();
-        Encoder::new().reply(&mut out, &reply, &Mode::Json, KEEP, false, DATE);
+        Encoder::new(Listener::Client).reply(&mut out, &reply, &Mode::Json, KEEP, false, DATE);
         let out = text(&out);
         let (head, got) = out.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with(status_line), "{head}");
@@ -1202,7 +1249,7 @@ mod tests {
     #[test]
     fn http_errors_are_never_jsonp() {
         let mut out = Vec::new();
-        let mut encoder = Encoder::new();
+        let mut encoder = Encoder::new(Listener::Client);
         let close = Persist {
             keep_alive: false,
             http10: false,
@@ -1219,7 +1266,7 @@ mod tests {
             text(&out),
             format!(
                 "HTTP/1.1 405 Method Not Allowed\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n{body}",
+                 Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n{body}",
                 body.len()
             )
         );
@@ -1231,7 +1278,7 @@ mod tests {
             true,
             DATE,
         );
-        assert!(text(&out).ends_with(&format!("Content-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n", body.len())));
+        assert!(text(&out).ends_with(&format!("Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\nAllow: GET, POST\r\n\r\n", body.len())));
         for (error, status, code) in [
             (
                 HttpError::bad_request("x"),

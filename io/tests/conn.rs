@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use switchboard_io::{
-    serve, Call, CloseReason, Config, ConnOutcome, Handler, Limits, Listener, Reply,
+    serve, AdminGate, Call, CloseReason, Config, ConnOutcome, Handler, Limits, Listener, Reply,
 };
 use switchboard_shards::model::{Request, Response};
 
@@ -201,7 +201,7 @@ fn config() -> Config {
             write_timeout_ms: 1000,
             ..Limits::default()
         },
-        admin_token: Some("s3cret".into()),
+        admin: AdminGate::new("127.0.0.1:8081".parse().unwrap(), Some("s3cret".into())),
     }
 }
 
@@ -616,27 +616,43 @@ fn http10_closes_unless_kept_alive() {
 }
 
 #[test]
-fn admin_listener_needs_the_token() {
+fn admin_listener_needs_its_host_no_browser_and_the_token() {
     let (_, answers, calls) = run(Listener::Admin, config(), |mut end| async move {
         end.write_all(
-            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
-              GET /nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n\
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n\r\n\
+              GET /nope HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer nope\r\n\r\n\
+              GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer s3cret\r\n\r\n\
+              GET /poll HTTP/1.1\r\nHost: localhost:8081\r\nAuthorization: Bearer s3cret\r\n\r\n\
               GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n\
-              GET /poll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n",
+              POST /kick?user=1 HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nOrigin: null\r\n\
+              Authorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n\
+              GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nSec-Fetch-Site: same-origin\r\n\
+              Authorization: Bearer s3cret\r\n\r\n",
         )
         .await
         .unwrap();
         let mut buf = Vec::new();
         let mut answers = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..7 {
             answers.push(read_answer(&mut end, &mut buf, false).await.unwrap());
         }
         end.close().await.unwrap();
         answers
     });
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-    assert_eq!(statuses, [401, 401, 200, 404]);
+    assert_eq!(statuses, [401, 401, 200, 404, 403, 403, 403]);
     assert!(answers[0].body.contains(r#""code":"unauthorized""#));
     assert_eq!(answers[2].body, r#"{"ok":true,"shards":1}"#);
+    for a in &answers[4..] {
+        assert!(a.body.contains(r#""code":"forbidden""#), "{}", a.body);
+    }
+    for a in &answers {
+        assert!(!a.head.contains("Access-Control"), "{}", a.head);
+        assert!(
+            a.head.contains("X-Content-Type-Options: nosniff"),
+            "{}",
+            a.head
+        );
+    }
     assert_eq!(calls, [Call::Health]);
 }

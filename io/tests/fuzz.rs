@@ -5,7 +5,7 @@
 //! parsing must be prefix-monotonic: what a prefix decides (a request or an
 //! error), the whole input decides the same way.
 
-use switchboard_io::call::{decide, is_callback, known_params, Decision, Mode};
+use switchboard_io::call::{decide, is_callback, known_params, AdminGate, Decision, Mode};
 use switchboard_io::head::{parse_head, HeadParser, Method};
 use switchboard_io::query::Params;
 use switchboard_io::response::{Encoder, Persist};
@@ -121,12 +121,13 @@ fn exercise(input: &[u8], split: usize, limits: &Limits) {
     assert!(parsed.len <= input.len());
     assert!(parsed.body.len() <= limits.body_bytes_max);
     let mut out = Vec::new();
-    let mut encoder = Encoder::new();
+    let gate = AdminGate::new("127.0.0.1:8081".parse().unwrap(), Some("s3cret".into()));
     let persist = Persist {
         keep_alive: parsed.head.keep_alive,
         http10: false,
     };
     for listener in [Listener::Client, Listener::Admin] {
+        let mut encoder = Encoder::new(listener);
         let mut params = Params::new();
         params.add_form(parsed.head.query.as_bytes(), known_params(listener));
         if parsed.head.method == Method::Post && parsed.head.form_body {
@@ -137,8 +138,8 @@ fn exercise(input: &[u8], split: usize, limits: &Limits) {
             parsed.head.method,
             &parsed.head.path,
             &params,
-            parsed.head.authorization.as_deref(),
-            Some("s3cret"),
+            parsed.head.credentials(),
+            &gate,
         );
         let date = [b'D'; 29];
         match decision {

@@ -31,7 +31,9 @@ pub struct ReplyTo {
 /// One tab's credential: the user it belongs to (so any shard can route it
 /// without a lookup) and 128 random bits that make it unguessable.
 ///
-/// Text form: `{user}-{32 lowercase hex}`.
+/// Text form: `{user}-{32 lowercase hex}`, canonical only: the user id in
+/// decimal without leading zeros, so one tab has exactly one sid text.
+/// Compared with [`Sid::matches`] wherever one comes from a client.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Sid {
     /// The user whose session this tab attaches to.
@@ -41,11 +43,16 @@ pub struct Sid {
 }
 
 impl Sid {
-    /// Parses the text form; `None` for anything else (answered as
-    /// `unknown_session`, since a sid is opaque to clients).
+    /// Parses the canonical text form; `None` for anything else (answered
+    /// as `unknown_session`, since a sid is opaque to clients): a sign,
+    /// spaces, leading zeros, uppercase hex, any other length.
     pub fn parse(text: &str) -> Option<Sid> {
         let (user, secret) = text.split_once('-')?;
-        if user.is_empty() || user.len() > 20 || !user.bytes().all(|b| b.is_ascii_digit()) {
+        if user.is_empty()
+            || user.len() > 20
+            || user.starts_with('0')
+            || !user.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         if secret.len() != 32
@@ -61,6 +68,16 @@ impl Sid {
             return None;
         }
         Some(Sid { user, secret })
+    }
+
+    /// Whether `self` is `other`, in a time that does not depend on where
+    /// they differ (a sid's secret is a credential: a timing difference
+    /// must not let a client learn it piece by piece).
+    pub fn matches(&self, other: &Sid) -> bool {
+        let diff = u128::from(self.user ^ other.user) | (self.secret ^ other.secret);
+        // Both halves always folded; black_box keeps the compiler from
+        // turning the one test into two early-out compares.
+        std::hint::black_box(diff) == 0
     }
 }
 
@@ -202,6 +219,26 @@ impl Request {
             | Request::Leave { sid }
             | Request::Rejected { sid, .. } => Some(sid.user),
             Request::Health => None,
+        }
+    }
+
+    /// The call's name, for logs: never its content (text, cid, UI state,
+    /// tab name) nor its sid's secret.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Connect { .. } => "connect",
+            Request::Poll { .. } => "poll",
+            Request::Send { .. } => "send",
+            Request::Typing { .. } => "typing",
+            Request::Presence { .. } => "presence",
+            Request::Ui { .. } => "ui",
+            Request::Read { .. } => "read",
+            Request::History { .. } => "history",
+            Request::Leave { .. } => "leave",
+            Request::Rejected { .. } => "rejected",
+            Request::RosterChanged { .. } => "roster_changed",
+            Request::Kick { .. } => "kick",
+            Request::Health => "health",
         }
     }
 }
@@ -542,9 +579,45 @@ mod tests {
             "42-0123456789abcdef001122334455667",
             "42-0123456789abcdef00112233445566778",
             "+42-0123456789abcdef0011223344556677",
+            "042-0123456789abcdef0011223344556677",
+            "00-0123456789abcdef0011223344556677",
+            " 42-0123456789abcdef0011223344556677",
+            "42 -0123456789abcdef0011223344556677",
+            "42-0123456789abcdef0011223344556677 ",
+            "42-+123456789abcdef0011223344556677",
             "99999999999999999999-0123456789abcdef0011223344556677",
         ] {
             assert_eq!(Sid::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sids_match_only_themselves() {
+        let sid = Sid {
+            user: 42,
+            secret: 7,
+        };
+        assert!(sid.matches(&sid));
+        for other in [
+            Sid {
+                user: 43,
+                secret: 7,
+            },
+            Sid {
+                user: 42,
+                secret: 6,
+            },
+            Sid {
+                user: 42,
+                secret: 7 | 1 << 127,
+            },
+            Sid {
+                user: 42 | 1 << 63,
+                secret: 7,
+            },
+        ] {
+            assert!(!sid.matches(&other), "{other}");
+            assert!(!other.matches(&sid), "{other}");
         }
     }
 }

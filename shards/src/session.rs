@@ -205,9 +205,17 @@ impl LiveSession {
             .any(|e| matches!(&e.kind, EventKind::Message(m) if m.id == id))
     }
 
-    /// The tab holding `sid`.
+    /// The tab holding `sid`. Every tab's sid is compared, in constant
+    /// time (`Sid::matches`), so the time taken says nothing about which
+    /// secret came close.
     pub fn tab_index(&self, sid: Sid) -> Option<usize> {
-        self.tabs.iter().position(|t| t.sid == sid)
+        let mut found = None;
+        for (i, tab) in self.tabs.iter().enumerate() {
+            if tab.sid.matches(&sid) {
+                found = Some(i);
+            }
+        }
+        found
     }
 
     /// The friends' ids, in roster order.

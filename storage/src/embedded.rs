@@ -123,7 +123,7 @@ struct State {
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
     check_config(&config)?;
     let faults = Faults::from_env("embedded")?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
+    crate::files::create_dir_private(&config.data_dir).map_err(|source| OpenError::Io {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -136,6 +136,9 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         path: path.clone(),
         detail,
     };
+    // Created 0600 before redb opens it (redb would create it with the
+    // umask's mode); an existing file is left to `files::secure_data_dir`.
+    crate::files::create_file_private(&path).map_err(|e| db_error(e.to_string()))?;
     let db = Database::builder()
         .set_cache_size(limits::DB_CACHE_BYTES)
         .create(&path)

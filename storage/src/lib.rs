@@ -68,6 +68,7 @@ mod batch;
 pub mod directory;
 mod embedded;
 mod fault;
+pub mod files;
 pub mod limits;
 pub mod mysql;
 mod pin;

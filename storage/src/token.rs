@@ -101,7 +101,7 @@ pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    fs::create_dir_all(data_dir)?;
+    crate::files::create_dir_private(data_dir)?;
     let mut raw = [0u8; limits::TOKEN_SECRET_BYTES];
     getrandom::getrandom(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
     let mut text = String::with_capacity(raw.len() * 2 + 1);
@@ -179,10 +179,14 @@ fn mac(secret: &[u8], payload: &[u8]) -> HmacSha256 {
     mac
 }
 
-/// A token number: 1–20 ASCII digits (no sign, no spaces) that fit a u64.
+/// A token number in canonical form: 1–20 ASCII digits (no sign, no
+/// spaces, no leading zero unless it is `0`) that fit a u64. So a user and
+/// expiry have one token text, the one [`mint`] writes: a web app that
+/// signed `01.EXP` by mistake gets `malformed`, never user 1.
 fn parse_number(text: &str) -> Option<u64> {
     if text.is_empty()
         || text.len() > limits::TOKEN_NUMBER_DIGITS_MAX
+        || (text.len() > 1 && text.starts_with('0'))
         || !text.bytes().all(|b| b.is_ascii_digit())
     {
         return None;
@@ -324,6 +328,44 @@ mod tests {
         check(&format!("{}.{exp}.{sig}", "9".repeat(1000)), "huge user");
         check(&format!("7.{exp}.{sig}\n"), "trailing newline");
         check("٣.5.x", "non-ASCII digit");
+    }
+
+    /// Only the canonical text of a user and expiry is a token: one
+    /// signed over `01.EXP` (or `1.0EXP`) is malformed, not user 1, even
+    /// with a genuine signature over that text.
+    #[test]
+    fn non_canonical_numbers_are_malformed_even_when_signed() {
+        let exp = NOW + 60;
+        let signed = |payload: &str| {
+            let mut token = payload.to_string();
+            token.push('.');
+            push_hex(
+                &mut token,
+                &mac(SECRET, payload.as_bytes()).finalize().into_bytes(),
+            );
+            token
+        };
+        for payload in [
+            format!("01.{exp}"),
+            format!("007.{exp}"),
+            format!("1.0{exp}"),
+            format!("+1.{exp}"),
+            format!(" 1.{exp}"),
+            format!("1 .{exp}"),
+            format!("1.{exp} "),
+        ] {
+            assert_eq!(
+                verify(SECRET, &signed(&payload), NOW),
+                Err(TokenError::Malformed),
+                "{payload:?}"
+            );
+        }
+        assert_eq!(verify(SECRET, &signed(&format!("1.{exp}")), NOW), Ok(1));
+        // Expiry 0 is canonical (and long past).
+        assert_eq!(
+            verify(SECRET, &signed("1.0"), NOW),
+            Err(TokenError::Expired)
+        );
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {

@@ -185,7 +185,10 @@ impl Server {
         let target = format!("{path}?{}", encode(params));
         let r = request(
             self.admin,
-            &format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "POST {target} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.admin
+            ),
         );
         (
             r.status,
