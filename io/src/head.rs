@@ -159,6 +159,8 @@ pub struct Head {
     pub form_body: bool,
     /// The `Authorization` header's value, if any (admin bearer token).
     pub authorization: Option<Vec<u8>>,
+    /// The `Host` header's value, if any (the https redirect's host).
+    pub host: Option<Vec<u8>>,
     /// Bytes of the buffer the head took (with an ignored leading empty
     /// line and the final empty line): where the body starts.
     pub len: usize,
@@ -342,6 +344,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
     let mut content_type: Option<&[u8]> = None;
     let mut authorization: Option<Vec<u8>> = None;
     let mut hosts = 0usize;
+    let mut host: Option<Vec<u8>> = None;
     for h in req.headers.iter() {
         let value = h.value.trim_ascii();
         let name = h.name;
@@ -390,6 +393,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
             authorization = Some(value.to_vec());
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = Some(value.to_vec());
         }
     }
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -431,6 +435,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         expect_continue: expect_continue && has_body && version == Version::Http11,
         form_body,
         authorization,
+        host,
         len: 0,
     })
 }

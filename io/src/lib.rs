@@ -89,6 +89,13 @@ pub trait Handler {
     fn stopping(&self) -> bool {
         false
     }
+    /// Yields to the executor's other tasks if this one has run for its
+    /// time slice (the default: never yields). Called between the steps
+    /// of a TLS handshake, so a storm of handshakes takes turns with the
+    /// connections already served.
+    fn yield_if_needed(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }
 
 pub mod admission;
@@ -101,6 +108,7 @@ pub mod limits;
 pub mod query;
 pub mod reply;
 pub mod response;
+pub mod tls;
 
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};

@@ -202,6 +202,7 @@ fn config() -> Config {
             ..Limits::default()
         },
         admin_token: Some("s3cret".into()),
+        ..Config::default()
     }
 }
 
