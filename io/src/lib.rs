@@ -5,7 +5,7 @@
 //! lingering close). It knows nothing of shards or executors: the engine
 //! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
 //! [`Reply`] (typed values: the handler never picks a status or writes
-//! JSON). It is the only crate that knows serde_json.
+//! JSON). It is the only crate that knows serde_json and rustls.
 //!
 //! Codemap, in the order a request goes through it: [`limits`] (every
 //! bound, by name), [`head`] (request line and headers, framing), [`body`]
@@ -14,8 +14,10 @@
 //! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
 //! encoding), [`conn`] (the connection loop: [`serve`]), [`deadline`]
-//! (the one deadline race, also used by the engine), and [`admission`]
-//! (the engine's accept-time counts: per listener and per client address).
+//! (the one deadline race, also used by the engine), [`admission`]
+//! (the engine's accept-time counts: per listener and per client address),
+//! and [`tls`] (the certificate and its reload, the handshake, and the
+//! `TlsStream` that [`serve`] runs over).
 //!
 //! Choices where the protocol is silent: `/ping` is answered by `io`
 //! without calling the handler; a head or body that does not arrive in
