@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use switchboard_io::Listener;
+use crate::error::Port;
 use switchboard_storage::files;
 
 use crate::error::Error;
@@ -86,7 +86,7 @@ impl DataDirLock {
 /// Refuses `addr` when some process already listens there (see the module
 /// doc). Other bind failures are left to the real bind, which reports
 /// them with the shard.
-pub fn probe(listener: Listener, addr: SocketAddr) -> Result<(), Error> {
+pub fn probe(listener: Port, addr: SocketAddr) -> Result<(), Error> {
     if addr.port() == 0 {
         return Ok(());
     }

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use switchboard_io::Listener;
+use switchboard_io::tls::TlsError;
 use switchboard_shards::model::ShardId;
 use switchboard_storage::OpenError;
 
@@ -55,9 +55,15 @@ pub enum Error {
     /// server (SO_REUSEPORT would let us share its port silently).
     AddressInUse {
         /// Which listener's address.
-        listener: Listener,
+        listener: Port,
         /// The address.
         addr: SocketAddr,
+    },
+    /// The TLS certificate or key could not be used (nothing else was
+    /// started).
+    Tls {
+        /// Why.
+        source: TlsError,
     },
     /// The SIGTERM and SIGINT handlers could not be installed.
     Signals {
@@ -84,7 +90,7 @@ pub enum Error {
         /// The shard that tried.
         shard: ShardId,
         /// Which listener.
-        listener: Listener,
+        listener: Port,
         /// The address it was given.
         addr: SocketAddr,
         /// What the OS said.
@@ -143,6 +149,7 @@ impl fmt::Display for Error {
                  (another switchboard?); refusing to share the port",
                 listener_name(*listener)
             ),
+            Error::Tls { source } => write!(f, "cannot start TLS: {source}"),
             Error::Signals { source } => {
                 write!(f, "cannot install the SIGTERM/SIGINT handlers: {source}")
             }
@@ -187,14 +194,27 @@ impl std::error::Error for Error {
             Error::DataDirMode { source, .. } => Some(source),
             Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
             Error::Executor { source, .. } => Some(source),
+            Error::Tls { source } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),
         }
     }
 }
 
-fn listener_name(listener: Listener) -> &'static str {
+/// Which of the server's listeners (for errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The plain client listener (`SWITCHBOARD_LISTEN`).
+    Client,
+    /// The TLS client listener (`SWITCHBOARD_TLS_LISTEN`).
+    Tls,
+    /// The admin listener (`SWITCHBOARD_ADMIN_LISTEN`).
+    Admin,
+}
+
+fn listener_name(listener: Port) -> &'static str {
     match listener {
-        Listener::Client => "client",
-        Listener::Admin => "admin",
+        Port::Client => "client",
+        Port::Tls => "TLS client",
+        Port::Admin => "admin",
     }
 }

@@ -50,6 +50,15 @@ impl ConnHandler {
         self
     }
 
+    /// Answers with `Strict-Transport-Security` (`hsts`), or redirects
+    /// every request to https on `https_redirect` (see
+    /// [`switchboard_io::Config`]): the listeners when TLS is required.
+    pub fn with_https(mut self, hsts: bool, https_redirect: Option<u16>) -> ConnHandler {
+        self.io.hsts = hsts;
+        self.io.https_redirect = https_redirect;
+        self
+    }
+
     /// Serves the demo (see [`crate::demo`]).
     pub fn with_demo(mut self, demo: Option<Arc<Demo>>) -> ConnHandler {
         self.demo = demo;
@@ -287,6 +296,10 @@ impl Handler for ConnHandler {
 
     fn stopping(&self) -> bool {
         self.stop.as_ref().is_some_and(ConnStop::stopping)
+    }
+
+    async fn yield_if_needed(&self) {
+        glommio::yield_if_needed().await;
     }
 }
 

@@ -56,6 +56,7 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
+use switchboard_io::tls::Tls;
 use switchboard_io::{AdminGate, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
@@ -63,13 +64,13 @@ use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
 
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
-use crate::error::Error;
+use crate::error::{Error, Port};
 use crate::handler::ConnHandler;
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
-use crate::settings::Settings;
-use crate::signals::StopSignals;
+use crate::settings::{Settings, TlsMode};
+use crate::signals::{ReloadSignal, StopSignals};
 pub use crate::stop::StopHandle;
 use crate::stop::{self, ConnStop, MainPhase, Phase};
 use crate::supervise::{self, Faults};
@@ -84,6 +85,11 @@ struct Shared {
     /// The client listener's address once shard 0 bound it (port 0 picks
     /// one port for all shards).
     client_addr: OnceLock<SocketAddr>,
+    /// The TLS client listener's address once shard 0 bound it.
+    tls_addr: OnceLock<SocketAddr>,
+    /// TLS (`None`: off): the certificate every shard's handshakes use,
+    /// reloaded by SIGHUP.
+    tls: Option<Arc<Tls>>,
     /// Demo mode (`None`: off).
     demo: Option<Arc<Demo>>,
     /// Set when the server is to stop.
@@ -98,7 +104,10 @@ struct Shared {
 enum Report {
     /// It listens. Shard 0 also says where.
     Listening {
-        client: SocketAddr,
+        /// The plain client listener (`None`: off).
+        client: Option<SocketAddr>,
+        /// The TLS client listener (`None`: off).
+        tls: Option<SocketAddr>,
         admin: Option<SocketAddr>,
     },
     /// It could not start; it ends next.
@@ -140,8 +149,10 @@ impl Drop for Reporter {
 /// return it to). So its executors, its store and the data folder's lock
 /// never outlive it, also when a test fails while holding one.
 pub struct Server {
-    /// The client listener's address (shared by every shard).
-    client_addr: SocketAddr,
+    /// The client listener's address (shared by every shard; `None`: off).
+    client_addr: Option<SocketAddr>,
+    /// The TLS client listener's address (`None`: no TLS).
+    tls_addr: Option<SocketAddr>,
     /// The admin listener's address (shard 0).
     admin_addr: SocketAddr,
     /// The shards; `None` once [`Server::wait`] took them to shut down.
@@ -166,10 +177,20 @@ struct Shards {
 pub fn run(settings: Settings) -> Result<(), Error> {
     // Before the start, so a signal during it is kept, not fatal.
     let signals = StopSignals::listen()?;
+    let reload = match settings.tls {
+        Some(_) => Some(ReloadSignal::listen()?),
+        None => None,
+    };
     let server = Server::start(settings)?;
     if let Err(e) = signals.stop_on_signal(server.stop_handle()) {
         let _ = server.stop();
         return Err(e);
+    }
+    if let (Some(reload), Some(tls)) = (reload, server.tls()) {
+        if let Err(e) = reload.reload_on_signal(tls) {
+            let _ = server.stop();
+            return Err(e);
+        }
     }
     server.announce();
     server.wait()
@@ -189,8 +210,30 @@ impl Server {
             }
             false => None,
         };
-        claim::probe(Listener::Client, settings.listen)?;
-        claim::probe(Listener::Admin, settings.admin_listen)?;
+        if let Some(listen) = settings.listen {
+            claim::probe(Port::Client, listen)?;
+        }
+        if let Some(tls) = &settings.tls {
+            claim::probe(Port::Tls, tls.listen)?;
+        }
+        claim::probe(Port::Admin, settings.admin_listen)?;
+        // The certificate before storage: a bad file fails the start
+        // before anything is opened.
+        let tls = match &settings.tls {
+            None => None,
+            Some(t) => {
+                let (tls, loaded) =
+                    Tls::load(&t.cert, &t.key).map_err(|source| Error::Tls { source })?;
+                info!(
+                    "tls: {} certificate(s) from {}, key from {}, mode {:?}",
+                    loaded.chain_len,
+                    t.cert.display(),
+                    t.key.display(),
+                    t.mode
+                );
+                Some(Arc::new(tls))
+            }
+        };
         supervise::install_panic_hook();
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
@@ -215,6 +258,8 @@ impl Server {
             store,
             clock: Clock::new(),
             client_addr: OnceLock::new(),
+            tls_addr: OnceLock::new(),
+            tls,
             stats: StatsSlot::for_shards(shards),
             demo,
             stop,
@@ -232,9 +277,20 @@ impl Server {
         shards.until_listening()
     }
 
-    /// The client listener's address.
-    pub fn client_addr(&self) -> SocketAddr {
+    /// The client listener's address (`None`: `SWITCHBOARD_LISTEN=off`).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
         self.client_addr
+    }
+
+    /// The TLS client listener's address (`None`: no TLS).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The server's TLS state (`None`: no TLS), for reloading its
+    /// certificate ([`Tls::reload`]).
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.shards().shared.tls.clone()
     }
 
     /// The admin listener's address.
@@ -287,19 +343,36 @@ impl Server {
     /// Prints where the server listens (the line scripts and tests wait
     /// for) and, in demo mode, where to open the demo.
     fn announce(&self) {
-        let (client, admin) = (self.client_addr, self.admin_addr);
+        let admin = self.admin_addr;
         let shared = &self.shards().shared;
+        // The TLS line first: whoever waits for the main line has both.
+        if let Some(tls) = self.tls_addr {
+            println!("switchboard tls listening on https://{tls}");
+        }
+        let (client, scheme) = match (self.client_addr, self.tls_addr) {
+            (Some(client), _) => (client, "http"),
+            (None, Some(tls)) => (tls, "https"),
+            (None, None) => unreachable!("settings refuse LISTEN=off without TLS"),
+        };
         info!(
-            "switchboard listening on http://{client} (admin http://{admin}), {} shards",
+            "switchboard listening on {scheme}://{client} (admin http://{admin}{}), {} shards",
+            match self.tls_addr {
+                Some(tls) => format!(", TLS https://{tls}"),
+                None => String::new(),
+            },
             shared.settings.shards
         );
-        println!("switchboard listening on http://{client} admin http://{admin}");
+        println!("switchboard listening on {scheme}://{client} admin http://{admin}");
         if shared.demo.is_some() {
-            let mut open = client;
+            // Where a browser can open it: https when TLS is on.
+            let (mut open, scheme) = match self.tls_addr {
+                Some(tls) => (tls, "https"),
+                None => (client, scheme),
+            };
             if open.ip().is_unspecified() {
                 open.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            println!("switchboard demo: open http://{open}/demo/");
+            println!("switchboard demo: open {scheme}://{open}/demo/");
         }
     }
 }
@@ -349,10 +422,10 @@ impl Shards {
         let mut addrs = None;
         while listening < self.shared.settings.shards {
             match self.reports.recv() {
-                Ok(Report::Listening { client, admin }) => {
+                Ok(Report::Listening { client, tls, admin }) => {
                     listening += 1;
                     if let Some(admin) = admin {
-                        addrs = Some((client, admin));
+                        addrs = Some((client, tls, admin));
                     }
                 }
                 Ok(Report::Failed(e)) => return Err(self.abort(e)),
@@ -363,9 +436,10 @@ impl Shards {
                 Err(mpsc::RecvError) => unreachable!("every shard reports its end first"),
             }
         }
-        let (client_addr, admin_addr) = addrs.expect("shard 0 reports both addresses");
+        let (client_addr, tls_addr, admin_addr) = addrs.expect("shard 0 reports its addresses");
         Ok(Server {
             client_addr,
+            tls_addr,
             admin_addr,
             shards: Some(self),
         })
@@ -435,7 +509,8 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
     };
     let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
     reporter.send(Report::Listening {
-        client: local(&listeners.client),
+        client: listeners.client.as_ref().map(local),
+        tls: listeners.tls.as_ref().map(local),
         admin: listeners.admin.as_ref().map(local),
     });
     let conns = ConnStop::new(stop.clone());
@@ -509,8 +584,10 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
 
 /// A shard's listeners.
 struct Listeners {
-    /// The client listener (every shard, SO_REUSEPORT).
-    client: TcpListener,
+    /// The client listener (every shard, SO_REUSEPORT; `None`: off).
+    client: Option<TcpListener>,
+    /// The TLS client listener (every shard, SO_REUSEPORT; `None`: no TLS).
+    tls: Option<TcpListener>,
     /// The admin listener (shard 0 only).
     admin: Option<TcpListener>,
 }
@@ -527,21 +604,41 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
             source: source.into(),
         })
     };
+    let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
     if i != 0 {
-        let client = listen(Listener::Client, wait_for(&shared.client_addr).await)?;
+        let client = match s.listen {
+            Some(_) => Some(listen(Port::Client, wait_for(&shared.client_addr).await)?),
+            None => None,
+        };
+        let tls = match s.tls {
+            Some(_) => Some(listen(Port::Tls, wait_for(&shared.tls_addr).await)?),
+            None => None,
+        };
         return Ok(Listeners {
             client,
+            tls,
             admin: None,
         });
     }
-    let client = listen(Listener::Client, s.listen)?;
-    let admin = listen(Listener::Admin, s.admin_listen)?;
-    let bound = client
-        .local_addr()
-        .expect("a bound listener has an address");
-    let _ = shared.client_addr.set(bound);
+    let client = s
+        .listen
+        .map(|addr| listen(Port::Client, addr))
+        .transpose()?;
+    let tls = s
+        .tls
+        .as_ref()
+        .map(|t| listen(Port::Tls, t.listen))
+        .transpose()?;
+    let admin = listen(Port::Admin, s.admin_listen)?;
+    if let Some(client) = &client {
+        let _ = shared.client_addr.set(local(client));
+    }
+    if let Some(tls) = &tls {
+        let _ = shared.tls_addr.set(local(tls));
+    }
     Ok(Listeners {
         client,
+        tls,
         admin: Some(admin),
     })
 }
@@ -563,30 +660,56 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
             .with_stop(conns.clone());
-        let admission = Admission::new(s.admin_connections_max, None);
-        let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
+        let admission = Rc::new(RefCell::new(Admission::new(s.admin_connections_max, None)));
+        let accepting = accept_loop(admin, Listener::Admin, None, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
     });
-    let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), AdminGate::default())
-        .with_demo(shared.demo.clone())
-        .with_limits(limits)
-        .with_stop(conns.clone());
+    let client_handler = || {
+        ConnHandler::new(rt.clone(), shared.secret.clone(), AdminGate::default())
+            .with_demo(shared.demo.clone())
+            .with_limits(limits.clone())
+            .with_stop(conns.clone())
+    };
+    // Both client listeners count against one admission: a client gets
+    // its share of connections whichever port it uses.
     let share = admission::per_shard_share(s.connections_per_address_max, s.shards);
-    let admission = Admission::new(s.connections_max, Some(share));
-    let accepting = accept_loop(
-        listeners.client,
-        Listener::Client,
-        Rc::new(handler),
-        admission,
-    );
-    shared.stop.until_stop(accepting).await;
-    // The client listener is closed (dropped with `accepting`). Dropping a
-    // glommio task only marks it cancelled: its future, and the admin
+    let admission = Rc::new(RefCell::new(Admission::new(s.connections_max, Some(share))));
+    let required = s.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Required);
+    let tls_task = listeners.tls.map(|listener| {
+        let tls = shared
+            .tls
+            .clone()
+            .expect("a TLS listener has its certificate");
+        let handler = client_handler().with_https(required, None);
+        let accepting = accept_loop(
+            listener,
+            Listener::Client,
+            Some(tls),
+            Rc::new(handler),
+            admission.clone(),
+        );
+        glommio::spawn_local(accepting)
+    });
+    let plain_task = listeners.client.map(|listener| {
+        let tls_port = shared.tls_addr.get().map(|a| a.port());
+        let redirect = if required { tls_port } else { None };
+        let handler = client_handler().with_https(false, redirect);
+        let accepting = accept_loop(
+            listener,
+            Listener::Client,
+            None,
+            Rc::new(handler),
+            admission.clone(),
+        );
+        glommio::spawn_local(accepting)
+    });
+    shared.stop.until_stop(std::future::pending::<()>()).await;
+    // Dropping a glommio task only marks it cancelled: its future, and the
     // listener in it, would be dropped the next time the task runs, which
     // is never if this executor ends first (a stop with nothing to drain
     // can end it in this turn). `cancel().await` returns once the future
-    // is dropped, so the admin listener is closed before the drain begins.
-    if let Some(task) = admin_task {
+    // is dropped, so every listener is closed before the drain begins.
+    for task in [plain_task, tls_task, admin_task].into_iter().flatten() {
         task.cancel().await;
     }
 }
@@ -700,10 +823,10 @@ async fn wait_for(cell: &OnceLock<SocketAddr>) -> SocketAddr {
 async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
+    tls: Option<Arc<Tls>>,
     handler: Rc<ConnHandler>,
-    admission: Admission,
+    admission: Rc<RefCell<Admission>>,
 ) {
-    let admission = Rc::new(RefCell::new(admission));
     let shard = handler.rt().id;
     loop {
         glommio::yield_if_needed().await;
@@ -738,9 +861,26 @@ async fn accept_loop(
         };
         place.count();
         let handler = handler.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
-            let _outcome =
-                switchboard_io::serve(stream, kind, &*handler, handler.io_config()).await;
+            let config = handler.io_config();
+            let _outcome = match tls {
+                None => switchboard_io::serve(stream, kind, &*handler, config).await,
+                Some(tls) => {
+                    // The handshake on this connection's own task, bounded
+                    // by the handshake deadline (io/src/tls.rs).
+                    let accepted =
+                        switchboard_io::tls::accept(stream, &tls, &*handler, &config.limits).await;
+                    match accepted {
+                        Ok(stream) => switchboard_io::serve(stream, kind, &*handler, config).await,
+                        Err(refused) => {
+                            debug!("shard-{shard}: TLS connection from {peer} refused: {refused}");
+                            drop(place);
+                            return;
+                        }
+                    }
+                }
+            };
             // The connection's place is given back when `place` drops,
             // also when this task is dropped before it ends.
             drop(place);

@@ -17,7 +17,11 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
-    Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port)" },
+    Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port), or off (only with TLS_LISTEN)" },
+    Spec { name: "TLS_LISTEN", default: "unset (no TLS)", help: "TLS client listener address (port 0: pick a free port); needs TLS_CERT and TLS_KEY" },
+    Spec { name: "TLS_CERT", default: "unset", help: "PEM certificate chain, server certificate first (re-read on SIGHUP)" },
+    Spec { name: "TLS_KEY", default: "unset", help: "PEM private key, RSA or ECDSA, PKCS#8, PKCS#1 or SEC1 (re-read on SIGHUP)" },
+    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 301 to https and TLS answers carry Strict-Transport-Security" },
     Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry no Origin" },
     Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
@@ -58,8 +62,10 @@ const SPECS: &[Spec] = &[
 /// Parsed settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Client listener.
-    pub listen: SocketAddr,
+    /// Client listener (`None`: off, only the TLS listener serves).
+    pub listen: Option<SocketAddr>,
+    /// TLS: its listener, files and mode (`None`: no TLS).
+    pub tls: Option<TlsSettings>,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Executors.
@@ -104,6 +110,29 @@ pub struct Settings {
     pub mysql_queries: DirectoryQueries,
     /// Demo mode: the demo pages and `/demo/login` are served.
     pub demo: bool,
+}
+
+/// The TLS listener's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The TLS client listener.
+    pub listen: SocketAddr,
+    /// The PEM certificate chain.
+    pub cert: PathBuf,
+    /// The PEM private key.
+    pub key: PathBuf,
+    /// Whether plain HTTP is still served.
+    pub mode: TlsMode,
+}
+
+/// `SWITCHBOARD_TLS_MODE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Both listeners serve.
+    Optional,
+    /// The plain listener (if on) answers every request `301` to https;
+    /// TLS answers carry `Strict-Transport-Security`.
+    Required,
 }
 
 /// The `--help` text for the settings.
@@ -213,8 +242,45 @@ impl Settings {
                 ))
             }
         };
+        let listen = match get("LISTEN") {
+            Some("off") => None,
+            _ => Some(addr("LISTEN", "127.0.0.1:8080")?),
+        };
+        let tls = match (non_empty("TLS_LISTEN"), non_empty("TLS_CERT"), non_empty("TLS_KEY")) {
+            (None, None, None) => None,
+            (Some(_), Some(cert), Some(key)) => Some(TlsSettings {
+                listen: addr("TLS_LISTEN", "")?,
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                mode: match get("TLS_MODE").unwrap_or("optional") {
+                    "optional" => TlsMode::Optional,
+                    "required" => TlsMode::Required,
+                    other => {
+                        return Err(format!(
+                            "SWITCHBOARD_TLS_MODE: {other:?} is not optional or required"
+                        ))
+                    }
+                },
+            }),
+            _ => {
+                return Err(
+                    "SWITCHBOARD_TLS_LISTEN, SWITCHBOARD_TLS_CERT and SWITCHBOARD_TLS_KEY go together: set all three or none"
+                        .into(),
+                )
+            }
+        };
+        if tls.is_none() && non_empty("TLS_MODE").is_some() {
+            return Err("SWITCHBOARD_TLS_MODE needs SWITCHBOARD_TLS_LISTEN".into());
+        }
+        if listen.is_none() && tls.is_none() {
+            return Err(
+                "SWITCHBOARD_LISTEN=off needs SWITCHBOARD_TLS_LISTEN (no listener would serve)"
+                    .into(),
+            );
+        }
         let settings = Settings {
-            listen: addr("LISTEN", "127.0.0.1:8080")?,
+            listen,
+            tls,
             admin_listen: addr("ADMIN_LISTEN", "127.0.0.1:8081")?,
             shards,
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("./data")),
@@ -359,7 +425,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.shards, 3);
         assert_eq!(s.presence_grace_ms, 500);
-        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.listen.map(|a| a.port()), Some(0));
+        assert_eq!(s.tls, None);
         assert_eq!(s.admin_listen.port(), 8081);
         assert_eq!(s.tab_timeout_ms, 60_000);
         assert_eq!(s.connections_per_address_max, 1_000);
@@ -381,6 +448,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.admin_token.as_deref(), Some("a-long-random-token"));
+    }
+
+    #[test]
+    fn tls_settings() {
+        let tls = [
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ];
+        let s = parse(&tls, &[]).unwrap();
+        let t = s.tls.expect("TLS is on");
+        assert_eq!(t.listen.port(), 8443);
+        assert_eq!(t.mode, TlsMode::Optional);
+        assert_eq!(s.listen.map(|a| a.port()), Some(8080));
+        let required = parse(
+            &tls,
+            &[
+                ("SWITCHBOARD_TLS_MODE", "required"),
+                ("SWITCHBOARD_LISTEN", "off"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(required.tls.unwrap().mode, TlsMode::Required);
+        assert_eq!(required.listen, None);
+        let e = parse(&[&tls[..], &["--tls-mode", "always"]].concat(), &[]).unwrap_err();
+        assert!(e.contains("TLS_MODE"), "{e}");
     }
 
     #[test]
@@ -432,6 +528,30 @@ mod tests {
             (
                 &["--admin-listen", "0.0.0.0:8081", "--admin-token", ""][..],
                 "ADMIN_TOKEN is required",
+            ),
+            (&["--tls-listen", "127.0.0.1:0"][..], "go together"),
+            (
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem"][..],
+                "go together",
+            ),
+            (&["--tls-mode", "required"][..], "TLS_MODE"),
+            (&["--listen", "off"][..], "LISTEN=off"),
+            (
+                &["--tls-listen", "x", "--tls-cert", "c", "--tls-key", "k"][..],
+                "TLS_LISTEN",
+            ),
+            (
+                &[
+                    "--tls-listen",
+                    ":0",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--tls-mode",
+                    "on",
+                ][..],
+                "TLS_LISTEN",
             ),
         ] {
             let e = parse(args, &[]).unwrap_err();

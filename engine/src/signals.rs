@@ -13,12 +13,22 @@
 //! are registered before the server starts ([`StopSignals::listen`]): a
 //! signal that comes while it starts is kept and acted on once it
 //! listens, instead of killing the process mid-start.
+//!
+//! With TLS on, SIGHUP reloads the certificate ([`ReloadSignal`]): the
+//! `tls-reload` thread re-reads the PEM files (blocking reads, off the
+//! executors) and swaps the new chain in for the handshakes that follow;
+//! connections already up are untouched. A file that does not load is
+//! logged at error and the old certificate stays. Without TLS, SIGHUP
+//! keeps its default action (the process ends), as before.
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use log::{error, info};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use switchboard_io::tls::Tls;
 
 use crate::error::Error;
 use crate::limits;
@@ -95,5 +105,43 @@ fn name(signal: i32) -> &'static str {
         SIGTERM => "SIGTERM",
         SIGINT => "SIGINT",
         _ => "signal",
+    }
+}
+
+/// SIGHUP, registered: kept until [`ReloadSignal::reload_on_signal`].
+pub struct ReloadSignal {
+    signals: Signals,
+}
+
+impl ReloadSignal {
+    /// Registers the handler (before the start, like the stop signals).
+    pub fn listen() -> Result<ReloadSignal, Error> {
+        let signals = Signals::new([SIGHUP]).map_err(|source| Error::Signals { source })?;
+        Ok(ReloadSignal { signals })
+    }
+
+    /// Starts the `tls-reload` thread: each SIGHUP reloads `tls`'s files
+    /// (signals that come during a reload are merged into one more).
+    pub fn reload_on_signal(self, tls: Arc<Tls>) -> Result<(), Error> {
+        let mut signals = self.signals;
+        std::thread::Builder::new()
+            .name("tls-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    match tls.reload() {
+                        Ok(loaded) => info!(
+                            "SIGHUP: TLS certificate reloaded ({} certificate(s) from {}); new \
+                             handshakes use it",
+                            loaded.chain_len,
+                            tls.cert_path().display()
+                        ),
+                        Err(e) => {
+                            error!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
+                        }
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(|source| Error::Signals { source })
     }
 }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use switchboard_engine::error::Port;
 use switchboard_engine::settings::Settings;
 use switchboard_engine::{Error, Server};
-use switchboard_io::Listener;
 
 /// Longest wait for a start or a stop.
 const T: Duration = Duration::from_secs(20);
@@ -79,7 +79,7 @@ fn ping(stream: &mut TcpStream) -> String {
 fn a_stop_closes_the_listeners_then_storage() {
     let dir = temp_dir("stop");
     let server = start(&dir, &[]).expect("server starts");
-    let (client, admin) = (server.client_addr(), server.admin_addr());
+    let (client, admin) = (server.client_addr().unwrap(), server.admin_addr());
     let mut conn = TcpStream::connect(client).unwrap();
     assert_eq!(ping(&mut conn), "HTTP/1.1 200 OK");
 
@@ -106,7 +106,7 @@ fn a_stop_with_nothing_to_drain_closes_both_listeners() {
         let dir = temp_dir(&format!("idle-stop-{shards}"));
         let server =
             start(&dir, &[("SWITCHBOARD_SHARDS", shards.to_string())]).expect("server starts");
-        let (client, admin) = (server.client_addr(), server.admin_addr());
+        let (client, admin) = (server.client_addr().unwrap(), server.admin_addr());
         within("stop", move || server.stop()).expect("a clean stop");
         for addr in [client, admin] {
             let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
@@ -127,7 +127,7 @@ fn a_stop_with_nothing_to_drain_closes_both_listeners() {
 fn dropping_a_running_server_stops_it() {
     let dir = temp_dir("drop");
     let server = start(&dir, &[]).expect("server starts");
-    let (client, admin) = (server.client_addr(), server.admin_addr());
+    let (client, admin) = (server.client_addr().unwrap(), server.admin_addr());
     within("drop", move || drop(server));
     for addr in [client, admin] {
         let refused = TcpStream::connect(addr).map(|_| ()).unwrap_err();
@@ -144,8 +144,8 @@ fn a_listener_that_cannot_be_bound_is_an_error_and_what_started_stops() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr: SocketAddr = taken.local_addr().unwrap();
     for (which, setting) in [
-        (Listener::Admin, "SWITCHBOARD_ADMIN_LISTEN"),
-        (Listener::Client, "SWITCHBOARD_LISTEN"),
+        (Port::Admin, "SWITCHBOARD_ADMIN_LISTEN"),
+        (Port::Client, "SWITCHBOARD_LISTEN"),
     ] {
         // Found by the probe before any shard binds (a second switchboard
         // would otherwise share the port through SO_REUSEPORT).

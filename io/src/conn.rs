@@ -44,6 +44,13 @@ pub struct Config {
     /// Who may call the admin listener: its own address (for `Host`) and
     /// `SWITCHBOARD_ADMIN_TOKEN`. The default refuses every admin request.
     pub admin: AdminGate,
+    /// Every answer carries `Strict-Transport-Security` (TLS connections
+    /// when TLS is required).
+    pub hsts: bool,
+    /// `Some(port)`: every request is answered `301` to the https URL of
+    /// the same host, path and query on `port` (the plain port when TLS is
+    /// required; 443 is left out of the URL). `None`: requests are served.
+    pub https_redirect: Option<u16>,
 }
 
 /// Why a connection ended.
@@ -109,7 +116,7 @@ where
         buf: Vec::with_capacity(READ_CHUNK_BYTES),
         body: Vec::new(),
         out: Vec::new(),
-        encoder: Encoder::new(listener),
+        encoder: Encoder::new(listener).with_hsts(config.hsts),
         parser: HeadParser::new(),
         limits: &config.limits,
         outcome: ConnOutcome {
@@ -262,6 +269,36 @@ where
                 }
             }
 
+            let mut persist = Persist {
+                keep_alive: head.keep_alive && !handler.stopping(),
+                http10: head.version == Version::Http10,
+            };
+            let head_only = head.method == Method::Head;
+            if let Some(port) = config.https_redirect {
+                let date = now_date();
+                match https_location(head.host.as_deref(), port, &head.path, &head.query) {
+                    Some(location) => {
+                        self.encoder
+                            .redirect(&mut self.out, &location, persist, &date);
+                    }
+                    None => {
+                        let e = HttpError::bad_request("no valid Host to redirect to https with");
+                        return self
+                            .fail(handler, &e, CloseReason::HttpError(e.status))
+                            .await;
+                    }
+                }
+                if let Err(reason) = self.write_out(handler).await {
+                    return reason;
+                }
+                self.outcome.requests_answered += 1;
+                if !persist.keep_alive {
+                    return self.linger(handler, CloseReason::NotKeepAlive).await;
+                }
+                self.shrink();
+                continue;
+            }
+
             // Decide, call, answer.
             let known = known_params(listener);
             let mut params = Params::new();
@@ -277,11 +314,6 @@ where
                 head.credentials(),
                 &config.admin,
             );
-            let mut persist = Persist {
-                keep_alive: head.keep_alive && !handler.stopping(),
-                http10: head.version == Version::Http10,
-            };
-            let head_only = head.method == Method::Head;
             match decision {
                 Decision::Reject(e) => {
                     let date = now_date();
@@ -447,10 +479,120 @@ where
     }
 }
 
+/// The https URL a plain request is redirected to when TLS is required:
+/// the request's `Host` without its port, `port` unless it is 443, and the
+/// path and query as sent. `None` when the host is not a plain DNS name,
+/// IPv4 address or bracketed IPv6 address (it is written into `Location`:
+/// nothing else may ride along).
+pub fn https_location(host: Option<&[u8]>, port: u16, path: &str, query: &str) -> Option<String> {
+    let host = std::str::from_utf8(host?).ok()?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, rest) = v6.split_once(']')?;
+            let port_ok = rest.is_empty()
+                || rest
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if addr.is_empty()
+                || !addr
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                || !port_ok
+            {
+                return None;
+            }
+            &host[..addr.len() + 2]
+        }
+        None => {
+            let name = match host.split_once(':') {
+                Some((name, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => name,
+                Some(_) => return None,
+                None => host,
+            };
+            let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-';
+            if name.is_empty() || !name.bytes().all(ok) {
+                return None;
+            }
+            name
+        }
+    };
+    let mut url = format!("https://{name}");
+    if port != 443 {
+        url.push_str(&format!(":{port}"));
+    }
+    url.push_str(if path.is_empty() { "/" } else { path });
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(query);
+    }
+    Some(url)
+}
+
 /// The `Date` header value for now.
-fn now_date() -> [u8; 29] {
+pub(crate) fn now_date() -> [u8; 29] {
     let unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     http_date(unix_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::https_location;
+
+    fn check(host: Option<&str>, port: u16, target: (&str, &str), expected: Option<&str>) {
+        let got = https_location(host.map(str::as_bytes), port, target.0, target.1);
+        assert_eq!(got.as_deref(), expected, "{host:?} {port} {target:?}");
+    }
+
+    #[test]
+    fn https_redirect_locations() {
+        let poll = ("/poll", "sid=1&since=2");
+        check(
+            Some("chat.example.com"),
+            443,
+            poll,
+            Some("https://chat.example.com/poll?sid=1&since=2"),
+        );
+        check(
+            Some("chat.example.com:80"),
+            8443,
+            poll,
+            Some("https://chat.example.com:8443/poll?sid=1&since=2"),
+        );
+        check(
+            Some("127.0.0.1:8080"),
+            8443,
+            ("/", ""),
+            Some("https://127.0.0.1:8443/"),
+        );
+        check(
+            Some("[::1]:8080"),
+            443,
+            ("/demo/", ""),
+            Some("https://[::1]/demo/"),
+        );
+        check(
+            Some("[::1]"),
+            8443,
+            ("/x", "a=b"),
+            Some("https://[::1]:8443/x?a=b"),
+        );
+        // Nothing but a host may reach `Location`.
+        for bad in [
+            "",
+            "evil.com/x",
+            "a b",
+            "user@host",
+            "host:",
+            "host:8o",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "h\u{e9}",
+        ] {
+            check(Some(bad), 443, poll, None);
+        }
+        check(None, 443, poll, None);
+    }
 }

@@ -5,7 +5,7 @@
 //! lingering close). It knows nothing of shards or executors: the engine
 //! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
 //! [`Reply`] (typed values: the handler never picks a status or writes
-//! JSON). It is the only crate that knows serde_json.
+//! JSON). It is the only crate that knows serde_json and rustls.
 //!
 //! Codemap, in the order a request goes through it: [`limits`] (every
 //! bound, by name), [`head`] (request line and headers, framing), [`body`]
@@ -14,8 +14,10 @@
 //! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
 //! encoding), [`conn`] (the connection loop: [`serve`]), [`deadline`]
-//! (the one deadline race, also used by the engine), and [`admission`]
-//! (the engine's accept-time counts: per listener and per client address).
+//! (the one deadline race, also used by the engine), [`admission`]
+//! (the engine's accept-time counts: per listener and per client address),
+//! and [`tls`] (the certificate and its reload, the handshake, and the
+//! `TlsStream` that [`serve`] runs over).
 //!
 //! Choices where the protocol is silent: `/ping` is answered by `io`
 //! without calling the handler; a head or body that does not arrive in
@@ -108,6 +110,13 @@ pub trait Handler {
     fn stopping(&self) -> bool {
         false
     }
+    /// Yields to the executor's other tasks if this one has run for its
+    /// time slice (the default: never yields). Called between the steps
+    /// of a TLS handshake, so a storm of handshakes takes turns with the
+    /// connections already served.
+    fn yield_if_needed(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }
 
 pub mod admission;
@@ -120,6 +129,7 @@ pub mod limits;
 pub mod query;
 pub mod reply;
 pub mod response;
+pub mod tls;
 
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};

@@ -65,6 +65,30 @@ pub const LINGER_BYTES_MAX: usize = 256 * 1024;
 /// reading.
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
 
+/// A TLS handshake must complete within this long of the accept (the
+/// first byte within the first-byte timeout, as on the plain port). When it
+/// passes the connection is dropped without an answer: there is no channel
+/// to answer on yet. Then the limits above apply to the requests.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// The certificate and key files are read up to this many bytes; a larger
+/// one is refused (at start: the server does not start; at a reload: the
+/// old certificate stays). A full chain of four RSA-4096 certificates is
+/// about 8 KiB.
+pub const TLS_PEM_FILE_BYTES_MAX: usize = 1024 * 1024;
+
+/// TLS 1.2 sessions kept for session-id resumption (clients without
+/// tickets), shared by every shard; past it the oldest are forgotten and
+/// those clients do a full handshake. An entry is a few hundred bytes.
+/// Clients with tickets (every browser, TLS 1.3) need no entry: the
+/// ticket carries the session, encrypted under a key the server rotates
+/// every 6 hours.
+pub const TLS_SESSION_CACHE_ENTRIES_MAX: usize = 16 * 1024;
+
+/// TLS 1.3 tickets sent after each full handshake (each can resume one
+/// connection: a browser opens a few per origin).
+pub const TLS_TICKETS_PER_HANDSHAKE: usize = 2;
+
 /// A chunk-size line (hex size, extensions, CRLF) of a chunked body may take
 /// at most this many bytes; a longer one gets `400` and a graceful close.
 pub const CHUNK_SIZE_LINE_BYTES_MAX: usize = 1024;
@@ -191,4 +215,7 @@ const _: () = assert!(HEAD_TIMEOUT_MS <= BODY_TIMEOUT_MS);
 // size we answer before reading it (a declared 64 KiB+ body, a full head).
 const _: () = assert!(LINGER_BYTES_MAX >= BODY_BYTES_MAX + REQUEST_LINE_BYTES_MAX);
 const _: () = assert!(CHUNK_SIZE_LINE_BYTES_MAX < READ_CHUNK_BYTES);
+// A client gets at least as long to finish its handshake as to send its
+// first byte.
+const _: () = assert!(FIRST_BYTE_TIMEOUT_MS <= TLS_HANDSHAKE_TIMEOUT_MS);
 const _: () = assert!(BUFFER_RETAIN_BYTES >= READ_CHUNK_BYTES);

@@ -71,6 +71,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        301 => "Moved Permanently",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -110,7 +111,15 @@ pub struct Encoder {
     /// listener only. The admin listener never invites a browser to read
     /// its answers (docs/security.md, "Admin isolation").
     cors: bool,
+    /// Every answer carries `Strict-Transport-Security` (a TLS connection
+    /// when TLS is required).
+    hsts: bool,
 }
+
+/// The `Strict-Transport-Security` header of every TLS answer when TLS is
+/// required: browsers then use https for a year, so a first plain
+/// request (and its redirect) happens at most once.
+pub const HSTS: &str = "max-age=31536000";
 
 /// The content type of JSON answers.
 const JSON: &str = "application/json";
@@ -125,7 +134,27 @@ impl Encoder {
         Encoder {
             body: Vec::new(),
             cors: listener == Listener::Client,
+            hsts: false,
         }
+    }
+
+    /// The same encoder, every answer of which carries
+    /// `Strict-Transport-Security` when `hsts` (TLS required).
+    pub fn with_hsts(mut self, hsts: bool) -> Encoder {
+        self.hsts = hsts;
+        self
+    }
+
+    /// Writes a `301` to `location` (the plain port when TLS is required:
+    /// the https URL of the same path and query), with an empty body.
+    pub fn redirect(&mut self, out: &mut Vec<u8>, location: &str, persist: Persist, date: &[u8]) {
+        out.clear();
+        let extra = Extra {
+            location: Some(location),
+            hsts: self.hsts,
+            ..Extra::NONE
+        };
+        write_head(out, 301, JSON, 0, extra, persist, date);
     }
 
     /// The capacity of the reused body buffer (for shrinking after a big
@@ -163,10 +192,22 @@ impl Encoder {
             Reply::Json { body } => self.body.extend_from_slice(body.as_bytes()),
             Reply::Metrics { shards, counters } => {
                 write_metrics_text(&mut self.body, shards, counters);
-                return write_raw(out, status, METRICS, &self.body, persist, head_only, date);
+                let raw = Raw {
+                    status,
+                    content_type: METRICS,
+                    body: &self.body,
+                    hsts: self.hsts,
+                };
+                return write_raw(out, raw, persist, head_only, date);
             }
             Reply::File { content_type, body } => {
-                return write_raw(out, status, content_type, body, persist, head_only, date);
+                let raw = Raw {
+                    status,
+                    content_type,
+                    body,
+                    hsts: self.hsts,
+                };
+                return write_raw(out, raw, persist, head_only, date);
             }
         }
         self.finish(out, status, mode, None, persist, head_only, date);
@@ -231,6 +272,8 @@ impl Encoder {
                     nosniff: true,
                     cors: self.cors,
                     allow,
+                    location: None,
+                    hsts: self.hsts,
                 };
                 write_head(out, status, JSON, self.body.len(), extra, persist, date);
                 if !head_only {
@@ -247,6 +290,8 @@ impl Encoder {
                     nosniff: true,
                     cors: false,
                     allow,
+                    location: None,
+                    hsts: self.hsts,
                 };
                 write_head(out, 200, JAVASCRIPT, len, extra, persist, date);
                 if !head_only {
@@ -268,24 +313,27 @@ impl Encoder {
 /// Writes a non-JSON answer (a page, metrics): never JSONP-wrapped, and
 /// with `X-Content-Type-Options: nosniff` (these bodies are served to
 /// browsers: the content type given is the one meant).
-fn write_raw(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    persist: Persist,
-    head_only: bool,
-    date: &[u8],
-) {
+fn write_raw(out: &mut Vec<u8>, raw: Raw<'_>, persist: Persist, head_only: bool, date: &[u8]) {
     out.clear();
     let extra = Extra {
         nosniff: true,
+        hsts: raw.hsts,
         ..Extra::NONE
     };
-    write_head(out, status, content_type, body.len(), extra, persist, date);
+    let len = raw.body.len();
+    write_head(out, raw.status, raw.content_type, len, extra, persist, date);
     if !head_only {
-        out.extend_from_slice(body);
+        out.extend_from_slice(raw.body);
     }
+}
+
+/// A non-JSON answer's parts.
+struct Raw<'a> {
+    status: u16,
+    content_type: &'a str,
+    body: &'a [u8],
+    /// `Strict-Transport-Security` (see [`Encoder::with_hsts`]).
+    hsts: bool,
 }
 
 /// Optional response headers.
@@ -300,6 +348,10 @@ struct Extra<'a> {
     cors: bool,
     /// `Allow` (405).
     allow: Option<&'a str>,
+    /// `Location` (301).
+    location: Option<&'a str>,
+    /// `Strict-Transport-Security` (see [`Encoder::with_hsts`]).
+    hsts: bool,
 }
 
 impl Extra<'_> {
@@ -308,6 +360,8 @@ impl Extra<'_> {
         nosniff: false,
         cors: false,
         allow: None,
+        location: None,
+        hsts: false,
     };
 }
 
@@ -341,6 +395,16 @@ fn write_head(
     if let Some(allow) = extra.allow {
         out.extend_from_slice(b"Allow: ");
         out.extend_from_slice(allow.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(location) = extra.location {
+        out.extend_from_slice(b"Location: ");
+        out.extend_from_slice(location.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if extra.hsts {
+        out.extend_from_slice(b"Strict-Transport-Security: ");
+        out.extend_from_slice(HSTS.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !persist.keep_alive {

@@ -202,6 +202,7 @@ fn config() -> Config {
             ..Limits::default()
         },
         admin: AdminGate::new("127.0.0.1:8081".parse().unwrap(), Some("s3cret".into())),
+        ..Config::default()
     }
 }
 

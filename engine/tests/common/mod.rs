@@ -43,6 +43,9 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS client listener, when TLS is on (`switchboard tls
+    /// listening on https://ADDR`, printed before the listening line).
+    pub tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub env: Vec<(String, String)>,
     /// Every line the server wrote to stderr so far (also echoed to the
@@ -99,14 +102,23 @@ impl Server {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
-                if line.starts_with("switchboard listening on") {
+                if line.starts_with("switchboard listening on")
+                    || line.starts_with("switchboard tls listening on")
+                {
                     let _ = tx.send(line);
                 }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not announce its address within 30 s");
+        let mut tls = None;
+        let line = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("server did not announce its address within 30 s");
+            match line.strip_prefix("switchboard tls listening on https://") {
+                Some(addr) => tls = Some(addr.parse().unwrap()),
+                None => break line,
+            }
+        };
         // "switchboard listening on http://A admin http://B"
         let words: Vec<&str> = line.split_whitespace().collect();
         let addr = words[3].trim_start_matches("http://").parse().unwrap();
@@ -115,6 +127,7 @@ impl Server {
             child,
             addr,
             admin,
+            tls,
             data_dir: data_dir.to_path_buf(),
             env,
             log,
