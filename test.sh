@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The TLS tests make an RSA key with the openssl CLI (ring cannot).
+if ! command -v openssl >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update
+  $sudo apt-get install -y openssl
+fi
+
 echo "== cargo test --workspace"
 cargo test --workspace
 
