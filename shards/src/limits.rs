@@ -43,7 +43,9 @@ pub const JOBS_IN_FLIGHT_MAX: usize = 16_384;
 pub const TIMERS_PER_TICK_MAX: usize = 4_096;
 
 /// Roster refreshes of one roster-changed broadcast waiting on one shard.
-/// Over it the remaining sessions are refreshed by their interval instead.
+/// Over it that shard's part fails (`ok: false`), so the admin call answers
+/// `unavailable` and is retried; the sessions past the bound are re-read by
+/// their interval meanwhile.
 pub const ROSTER_TOUCHES_MAX: usize = 4_096;
 
 // Per-user rate limits (`ratelimit.rs`): `per_s` calls a second, `burst`
