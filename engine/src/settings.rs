@@ -39,6 +39,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND" },
     Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND" },
     Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND" },
+    Spec { name: "RATE_POLL", default: "10/s,burst=40", help: "/poll calls per user answered at once (wait=0, or news already there; held polls are not counted), as RATE_SEND" },
     Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
@@ -195,17 +196,17 @@ impl Settings {
             Some("0" | "off" | "false") => false,
             Some(other) => return Err(format!("SWITCHBOARD_DEMO: {other:?} is not 1, 0 or auto")),
         };
-        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
-            "on" | "1" => {
-                let mut limits = RateLimits::default();
-                for kind in Kind::ALL {
-                    let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
-                    if let Some(v) = get(&name) {
-                        limits.set(kind, rate(&name, v)?);
-                    }
-                }
-                limits
+        // Every RATE_* value is checked, also when RATE_LIMITS=off lifts
+        // them: a typo must not wait for the day the limits are turned on.
+        let mut limits = RateLimits::default();
+        for kind in Kind::ALL {
+            let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
+            if let Some(v) = get(&name) {
+                limits.set(kind, rate(&name, v)?);
             }
+        }
+        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
+            "on" | "1" => limits,
             "off" | "0" => RateLimits::unlimited(),
             other => {
                 return Err(format!(
@@ -390,6 +391,8 @@ mod tests {
             (&["--rate-ui", "5/m,burst=3"][..], "RATE_UI"),
             (&["--rate-read", "5/s, burst=3"][..], "RATE_READ"),
             (&["--rate-limits", "maybe"][..], "RATE_LIMITS"),
+            (&["--rate-limits", "off", "--rate-send", "5"][..], "RATE_SEND"),
+            (&["--rate-poll", "10/s"][..], "RATE_POLL"),
             (&["--connections-per-address-max", "0"][..], "PER_ADDRESS"),
             (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),
             (&["--first-byte-timeout-ms", "99"][..], "FIRST_BYTE"),
