@@ -89,6 +89,12 @@ pub trait Handler {
     fn stopping(&self) -> bool {
         false
     }
+    /// Resolves once a stopping server no longer waits for this connection
+    /// (the default: never). A lingering close ends then, so lingering
+    /// never holds a stop past its drain bound.
+    fn drain_over(&self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
 }
 
 pub mod admission;
