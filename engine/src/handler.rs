@@ -72,6 +72,12 @@ impl ConnHandler {
         &self.io
     }
 
+    /// The shard's word to its connections that the server stops (`None`:
+    /// never, as in a handler built for a test).
+    pub fn conn_stop(&self) -> Option<&ConnStop> {
+        self.stop.as_ref()
+    }
+
     async fn connect(
         &self,
         token: String,
@@ -247,6 +253,9 @@ fn lookup_shape_ok(token: &str) -> bool {
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         log::debug!("shard-{}: call {call:?}", self.rt.id);
+        // A stopping shard waits longer for a connection with a call in
+        // flight (stop.rs), so its answer is written.
+        let _in_flight = self.stop.as_ref().map(ConnStop::call_started);
         match call {
             Call::Connect {
                 token,
@@ -287,6 +296,13 @@ impl Handler for ConnHandler {
 
     fn stopping(&self) -> bool {
         self.stop.as_ref().is_some_and(ConnStop::stopping)
+    }
+
+    async fn drain_over(&self) {
+        match &self.stop {
+            Some(stop) => stop.drain_over().await,
+            None => std::future::pending().await,
+        }
     }
 }
 

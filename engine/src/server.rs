@@ -70,7 +70,7 @@ use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, S
 use crate::settings::Settings;
 use crate::signals::StopSignals;
 pub use crate::stop::StopHandle;
-use crate::stop::{self, ConnStop, MainPhase, Phase};
+use crate::stop::{self, ConnStop, MainPhase, OpenConn, Phase};
 use crate::supervise::{self, Faults};
 
 /// What every shard shares, read-only.
@@ -165,8 +165,10 @@ struct Shards {
 pub fn run(settings: Settings) -> Result<(), Error> {
     // Before the start, so a signal during it is kept, not fatal.
     let signals = StopSignals::listen()?;
+    let stop_timeout = limits::stop_timeout_ms(settings.storage_timeout_ms);
     let server = Server::start(settings)?;
-    if let Err(e) = signals.stop_on_signal(server.stop_handle()) {
+    let stop_timeout = Duration::from_millis(stop_timeout);
+    if let Err(e) = signals.stop_on_signal(server.stop_handle(), stop_timeout) {
         let _ = server.stop();
         return Err(e);
     }
@@ -711,6 +713,7 @@ async fn accept_loop(
             ticket: Some(ticket),
             kind,
             handler: handler.clone(),
+            _open: handler.conn_stop().map(ConnStop::opened),
         };
         place.count();
         let handler = handler.clone();
@@ -776,6 +779,9 @@ struct Admitted {
     kind: Listener,
     /// For the runtime's stats.
     handler: Rc<ConnHandler>,
+    /// Its place in the count a stopping shard waits on (client and admin
+    /// connections alike).
+    _open: Option<OpenConn>,
 }
 
 impl Admitted {

@@ -27,7 +27,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
     Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
-    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable" },
+    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable (100..=30000; it bounds a stop too: tuning/README.md)" },
     Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
     Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, comma-separated (db-i gets the (i mod n)-th); see tuning/README.md" },
     Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
@@ -301,6 +301,16 @@ impl Settings {
                 "SWITCHBOARD_FIRST_BYTE_TIMEOUT_MS must be in 100..={idle_ms} (the idle timeout)"
             ));
         }
+        let (min, max) = (
+            crate::limits::STORAGE_TIMEOUT_MS_MIN,
+            crate::limits::STORAGE_TIMEOUT_MS_MAX,
+        );
+        if !(min..=max).contains(&settings.storage_timeout_ms) {
+            return Err(format!(
+                "SWITCHBOARD_STORAGE_TIMEOUT_MS must be in {min}..={max} (the stop waits for \
+                 storage jobs, and must end within a service manager's kill timeout)"
+            ));
+        }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
@@ -397,6 +407,8 @@ mod tests {
             (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),
             (&["--first-byte-timeout-ms", "99"][..], "FIRST_BYTE"),
             (&["--first-byte-timeout-ms", "75001"][..], "FIRST_BYTE"),
+            (&["--storage-timeout-ms", "99"][..], "STORAGE_TIMEOUT"),
+            (&["--storage-timeout-ms", "30001"][..], "STORAGE_TIMEOUT"),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
