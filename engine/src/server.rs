@@ -63,7 +63,7 @@ use switchboard_storage::{Directory, EmbeddedConfig, MysqlConfig, Store};
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
 use crate::error::Error;
-use crate::handler::ConnHandler;
+use crate::handler::{ConnHandler, EdgeStats};
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
@@ -71,7 +71,7 @@ use crate::settings::Settings;
 use crate::signals::StopSignals;
 pub use crate::stop::StopHandle;
 use crate::stop::{self, ConnStop, MainPhase, OpenConn, Phase};
-use crate::supervise::{self, Faults};
+use crate::supervise::{self, Faults, Heartbeats};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -89,6 +89,10 @@ struct Shared {
     stop: StopHandle,
     /// Every shard's runtime counters, in shard order.
     stats: Arc<[RuntimeStats]>,
+    /// Every shard's edge counters (accept, token lookups), in shard order.
+    edge: Arc<[EdgeStats]>,
+    /// Every shard's last tick, for the watchdog.
+    heartbeats: Arc<Heartbeats>,
 }
 
 /// What a shard tells the thread that started the server. At most three
@@ -190,6 +194,14 @@ impl Server {
         claim::probe(Listener::Client, settings.listen)?;
         claim::probe(Listener::Admin, settings.admin_listen)?;
         supervise::install_panic_hook();
+        if switchboard_shards::FAULT_INJECTION || switchboard_storage::FAULT_INJECTION {
+            warn!(
+                "this build honours test-only fault injection (SWITCHBOARD_FAULT_* variables; \
+                 shards: {}, storage: {}): never run it in production",
+                switchboard_shards::FAULT_INJECTION,
+                switchboard_storage::FAULT_INJECTION
+            );
+        }
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -214,6 +226,8 @@ impl Server {
             clock: Clock::new(),
             client_addr: OnceLock::new(),
             stats: StatsSlot::for_shards(shards),
+            edge: (0..shards).map(|_| EdgeStats::default()).collect(),
+            heartbeats: Heartbeats::new(shards),
             demo,
             stop,
         });
@@ -227,7 +241,22 @@ impl Server {
         if let Err(e) = shards.spawn(tx) {
             return Err(shards.abort(e));
         }
-        shards.until_listening()
+        let server = shards.until_listening()?;
+        let shared = &server.shards().shared;
+        let stall_max = Faults::from_env()
+            .shard_stall_ms_max
+            .unwrap_or(limits::SHARD_STALL_MS_MAX);
+        let watched = supervise::start_watchdog(
+            shared.heartbeats.clone(),
+            shared.stop.clone(),
+            shared.store.clone(),
+            Duration::from_millis(stall_max),
+        );
+        if let Err(source) = watched {
+            let _ = server.stop();
+            return Err(Error::Watchdog { source });
+        }
+        Ok(server)
     }
 
     /// The client listener's address.
@@ -495,10 +524,13 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
         .detach();
     }
     let tick = rt.clone();
+    let heartbeats = shared.heartbeats.clone();
+    heartbeats.beat(i);
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(Duration::from_millis(limits::TICK_MS)).await;
             tick.feed(Input::Tick);
+            heartbeats.beat(i);
         }
     })
     .detach();
@@ -532,6 +564,12 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
             admin: None,
         });
     }
+    // The start-up probe (`Server::start`) ran before storage opened and
+    // the executors started; probing again here, right before the binds,
+    // leaves a window of a few milliseconds for a server started since.
+    // (A probe blocks this executor briefly: nothing is served yet.)
+    claim::probe(Listener::Client, s.listen)?;
+    claim::probe(Listener::Admin, s.admin_listen)?;
     let client = listen(Listener::Client, s.listen)?;
     let admin = listen(Listener::Admin, s.admin_listen)?;
     let bound = client
@@ -558,6 +596,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     let admin_task = listeners.admin.map(|admin| {
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
             .with_limits(limits.clone())
+            .with_edge(shared.edge.clone())
             .with_stop(conns.clone());
         let admission = Admission::new(s.admin_connections_max, None);
         let accepting = accept_loop(admin, Listener::Admin, Rc::new(handler), admission);
@@ -566,6 +605,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), s.admin_token.clone())
         .with_demo(shared.demo.clone())
         .with_limits(limits)
+        .with_edge(shared.edge.clone())
         .with_stop(conns.clone());
     let share = admission::per_shard_share(s.connections_per_address_max, s.shards);
     let admission = Admission::new(s.connections_max, Some(share));
@@ -742,10 +782,9 @@ fn refuse(
     let stats = &handler.rt().stats;
     let (count, why) = match refused {
         Refused::Full => {
-            if kind == Listener::Client {
-                stats
-                    .refused_connections
-                    .set(stats.refused_connections.get() + 1);
+            match kind {
+                Listener::Client => stats.refused_connections.add(1),
+                Listener::Admin => handler.edge().refused_admin.add(1),
             }
             (admission.refused_full(), "the listener is full")
         }

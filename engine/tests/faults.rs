@@ -175,6 +175,41 @@ fn a_panic_outside_a_shards_input_ends_the_process_at_once_non_zero() {
 }
 
 #[test]
+fn a_stuck_shard_ends_the_process_within_the_stall_bound() {
+    // The watchdog's bound is lowered to 2 s (10 s in production).
+    let dir = temp_dir("fault-stall");
+    let user = ALICE.to_string();
+    let mut server = Server::start(
+        &dir,
+        &[
+            ("SWITCHBOARD_FAULT_STALL_SHARD_USER", &user),
+            ("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX", "2000"),
+        ],
+    );
+    // The connect blocks its conn shard's executor (an hour's sleep).
+    let token = token(ALICE);
+    let target = format!("/connect?{}", encode(&[("token", &token)]));
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    use std::io::Write;
+    stream
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    eventually(T, "the stall", || !server.log_lines("blocks shard-").is_empty());
+    let stuck = Instant::now();
+    let status = server
+        .wait_exit(T)
+        .expect("the server kept running with a stuck shard");
+    assert_eq!(status.code(), Some(70), "{status}");
+    // The bound (2 s), one watchdog check (250 ms) and some slack.
+    let took = stuck.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        !server.log_lines("no tick for").is_empty(),
+        "the exit did not say why"
+    );
+}
+
+#[test]
 fn a_burst_of_replies_to_held_polls_loses_none_past_the_in_flight_bound_calls_are_shed() {
     // Outboxes of 4 messages: 1 request in flight per peer. Bob's 32
     // tabs poll one after another, so an outbox never holds more than a
