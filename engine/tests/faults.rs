@@ -102,7 +102,11 @@ fn a_panic_in_a_shard_costs_one_request_and_one_session_and_the_rest_keep_chatti
                 &[("sid", &p2.sid), ("since", &since), ("wait", "15")],
             )
         });
+        // Held: not answered half a second on (an unknown sid or news
+        // would have been answered at once), and answered below by the
+        // session's drop, as only a held poll is.
         std::thread::sleep(Duration::from_millis(500));
+        assert!(!held.is_finished(), "the poll was answered before the panic");
         let secret = "do-not-log-this-text";
         let params = [
             ("sid", p1.sid.as_str()),
