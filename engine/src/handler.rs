@@ -140,7 +140,10 @@ impl ConnHandler {
             );
         }
         if Some(user) == self.rt.faults.stall_shard_user {
-            log::warn!("fault injection: a connect of user {user} blocks shard-{}", self.rt.id);
+            log::warn!(
+                "fault injection: a connect of user {user} blocks shard-{}",
+                self.rt.id
+            );
             std::thread::sleep(Duration::from_secs(3_600));
         }
         let mut bytes = [0u8; 16];
@@ -221,8 +224,7 @@ impl ConnHandler {
     /// together, then the store's own (process-wide, shown as shard 0's).
     fn counters(&self) -> Vec<ShardCounter> {
         let all = self.rt.stats.all();
-        let mut out =
-            Vec::with_capacity((COUNTERS.len() + EDGE_COUNTERS.len()) * all.len() + 1);
+        let mut out = Vec::with_capacity((COUNTERS.len() + EDGE_COUNTERS.len()) * all.len() + 1);
         for spec in &COUNTERS {
             for (shard, stats) in all.iter().enumerate() {
                 out.push(ShardCounter {

@@ -192,7 +192,8 @@ const _: () = assert!(STORAGE_SLACK_MS >= 2 * TICK_MS);
 const _: () = assert!(CALL_MARGIN_MS >= STORAGE_SLACK_MS + 2 * TICK_MS);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
-const _: () = assert!(SHARD_STALL_MS_MAX >= 100 * TICK_MS && WATCHDOG_CHECK_MS < SHARD_STALL_MS_MAX);
+const _: () =
+    assert!(SHARD_STALL_MS_MAX >= 100 * TICK_MS && WATCHDOG_CHECK_MS < SHARD_STALL_MS_MAX);
 const _: () = assert!(TOKEN_LOOKUPS_IN_FLIGHT_MAX < STORAGE_QUEUE_DEPTH_MAX);
 const _: () =
     assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);

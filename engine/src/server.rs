@@ -5,10 +5,13 @@
 //! port, so a second server refuses to start before it opens anything);
 //! storage and the token secret; then one pinned glommio executor per
 //! shard, each joining the full mesh and starting its runtime (outbox
-//! drainers, mesh receivers, the tick); then the listeners: shard 0 binds
-//! the client listener first (so a port 0 setting means one port for every
-//! shard) and the admin listener, then every other shard binds the same
-//! client port (SO_REUSEPORT). `start` returns once every shard listens.
+//! drainers, mesh receivers, the tick); then the listeners: shard 0 probes
+//! the ports again and binds the client listener first (so a port 0
+//! setting means one port for every shard) and the admin listener, then
+//! every other shard binds the same client port (SO_REUSEPORT). `start`
+//! returns once every shard listens, having started the `watchdog` thread
+//! (`supervise.rs`: a stuck shard or a dead storage thread ends the
+//! process).
 //! When anything fails on the way, what was started is stopped as below
 //! and the error is returned.
 //!
@@ -19,7 +22,8 @@
 //! (`stop.rs`): held polls are answered, connections close after their
 //! last answer, it waits for every other shard to get that far and then
 //! for its storage jobs in flight, and returns, which ends its executor.
-//! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
+//! The drain is bounded (`DRAIN_MS_MAX`, longer while a call is in
+//! flight: `limits::drain_calls_ms`); a connection still open past it
 //! keeps its socket until the process exits (glommio does not drop the
 //! detached tasks of an executor that has ended). For the same reason a
 //! shard that has ended never reads its mesh channels again, yet they do
@@ -41,8 +45,9 @@
 //! the starting thread as an [`Error`], and every shard reports its end,
 //! whatever the cause (a drop guard: an executor that never started
 //! reports too), so [`Server::wait`] always learns of it. The exception is
-//! a panic on a running executor outside the supervised region, or a mesh
-//! peer gone while no stop was asked for: the process exits at once
+//! a panic on a running executor outside the supervised region, a stuck
+//! shard or a dead storage thread (the watchdog), or a mesh peer gone
+//! while no stop was asked for: the process exits at once
 //! ([`crate::supervise`]).
 
 use std::cell::RefCell;

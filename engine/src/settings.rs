@@ -401,7 +401,10 @@ mod tests {
             (&["--rate-ui", "5/m,burst=3"][..], "RATE_UI"),
             (&["--rate-read", "5/s, burst=3"][..], "RATE_READ"),
             (&["--rate-limits", "maybe"][..], "RATE_LIMITS"),
-            (&["--rate-limits", "off", "--rate-send", "5"][..], "RATE_SEND"),
+            (
+                &["--rate-limits", "off", "--rate-send", "5"][..],
+                "RATE_SEND",
+            ),
             (&["--rate-poll", "10/s"][..], "RATE_POLL"),
             (&["--connections-per-address-max", "0"][..], "PER_ADDRESS"),
             (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),

@@ -106,7 +106,10 @@ fn a_panic_in_a_shard_costs_one_request_and_one_session_and_the_rest_keep_chatti
         // would have been answered at once), and answered below by the
         // session's drop, as only a held poll is.
         std::thread::sleep(Duration::from_millis(500));
-        assert!(!held.is_finished(), "the poll was answered before the panic");
+        assert!(
+            !held.is_finished(),
+            "the poll was answered before the panic"
+        );
         let secret = "do-not-log-this-text";
         let params = [
             ("sid", p1.sid.as_str()),
@@ -198,7 +201,9 @@ fn a_stuck_shard_ends_the_process_within_the_stall_bound() {
     stream
         .write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .unwrap();
-    eventually(T, "the stall", || !server.log_lines("blocks shard-").is_empty());
+    eventually(T, "the stall", || {
+        !server.log_lines("blocks shard-").is_empty()
+    });
     let stuck = Instant::now();
     let status = server
         .wait_exit(T)

@@ -218,7 +218,12 @@ fn a_send_waiting_on_slow_storage_when_the_stop_comes_is_answered() {
     let mut sends: Vec<TcpStream> = (0..6)
         .map(|i| {
             let cid = format!("c{i}");
-            let params = [("sid", alice.sid.as_str()), ("to", "2"), ("text", "slow"), ("cid", &cid)];
+            let params = [
+                ("sid", alice.sid.as_str()),
+                ("to", "2"),
+                ("text", "slow"),
+                ("cid", &cid),
+            ];
             send_get(server.addr, "/send", &params)
         })
         .collect();

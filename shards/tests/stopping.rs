@@ -140,7 +140,10 @@ fn polls_answered_at_once_are_rate_limited_held_ones_are_not() {
     // next is rate_limited (and counted).
     for i in 0..40 {
         let r = w.call(poll(sid, 0));
-        assert!(matches!(r, Some(Response::Events { .. })), "poll {i}: {r:?}");
+        assert!(
+            matches!(r, Some(Response::Events { .. })),
+            "poll {i}: {r:?}"
+        );
     }
     assert!(is_rate_limited(&w.call(poll(sid, 0))));
     assert_eq!(w.shard.stats().rate_limited, 1);

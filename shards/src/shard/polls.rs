@@ -42,7 +42,11 @@ impl Shard {
         let answer_now = has_news || wait_ms == 0;
         // Only a poll answered at once costs a call from the bucket: a
         // loop of them is the flood (a held poll waits, one per tab).
-        if answer_now && !session.buckets.take(&self.config.rate_limits, Kind::Poll, now) {
+        if answer_now
+            && !session
+                .buckets
+                .take(&self.config.rate_limits, Kind::Poll, now)
+        {
             self.stats.rate_limited += 1;
             return rate_limited(out, to, Kind::Poll);
         }
