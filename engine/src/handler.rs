@@ -571,6 +571,19 @@ mod tests {
     const SECRET: &[u8] = b"handler-test-secret";
     const NOW_S: u64 = 1_700_000_000;
 
+    #[test]
+    fn token_lookups_in_flight_are_bounded_and_given_back() {
+        let in_flight = Cell::new(0);
+        let max = limits::TOKEN_LOOKUPS_IN_FLIGHT_MAX;
+        let slots: Vec<_> = (0..max)
+            .map(|i| LookupSlot::take(&in_flight).unwrap_or_else(|| panic!("slot {i}")))
+            .collect();
+        assert!(LookupSlot::take(&in_flight).is_none(), "one over the bound");
+        drop(slots);
+        assert_eq!(in_flight.get(), 0);
+        assert!(LookupSlot::take(&in_flight).is_some());
+    }
+
     /// Checks `token` with and without a token query against the expected
     /// outcome with one (`LookUp`, `User`, or `Refuse`); without a token
     /// query nothing is ever looked up.
