@@ -22,10 +22,14 @@
 //! port). Something must keep listening for `PORT_PROBE_PATIENCE_MS` to
 //! count: a server killed a moment ago still listens briefly (its io_uring
 //! rings are torn down after it exits). A listener so overloaded that it
-//! drops the probe's SYN for `PORT_PROBE_TIMEOUT_MS` goes unseen. A race remains: two servers starting in the same instant, in
-//! different data folders, can both pass the probe before either binds
-//! (a window of a few milliseconds, between the probe and shard 0's
-//! bind). A deploy that starts one server at a time never hits it.
+//! drops the probe's SYN for `PORT_PROBE_TIMEOUT_MS` goes unseen. The
+//! probe runs twice: in `Server::start` before storage opens (a conflict
+//! refuses before anything is opened), and on shard 0 right before it
+//! binds (the first probe comes before storage opens and the executors
+//! start, which can take a while). A race remains: two servers starting
+//! in the same instant, in different data folders, can both pass the
+//! second probe before either binds (a window of a few milliseconds). A
+//! deploy that starts one server at a time never hits it.
 
 use std::fs::{File, TryLockError};
 use std::io::{self, Read, Seek, Write};

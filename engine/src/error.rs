@@ -70,6 +70,11 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// The watchdog thread could not be started.
+    Watchdog {
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The token secret could not be read from or created in the data
     /// folder.
     Secret {
@@ -153,6 +158,9 @@ impl fmt::Display for Error {
             Error::Signals { source } => {
                 write!(f, "cannot install the SIGTERM/SIGINT handlers: {source}")
             }
+            Error::Watchdog { source } => {
+                write!(f, "cannot start the watchdog thread: {source}")
+            }
             Error::Secret { data_dir, source } => write!(
                 f,
                 "cannot keep the token secret in {}: {source}",
@@ -192,6 +200,7 @@ impl std::error::Error for Error {
             Error::Secret { source, .. } | Error::Bind { source, .. } => Some(source),
             Error::DataDirLock { source, .. } | Error::Signals { source } => Some(source),
             Error::DataDirMode { source, .. } => Some(source),
+            Error::Watchdog { source } => Some(source),
             Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
             Error::Executor { source, .. } => Some(source),
             Error::Tls { source } => Some(source),

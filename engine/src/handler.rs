@@ -1,6 +1,7 @@
 //! The bridge from `io`'s calls to shards: verifies tokens, draws sids,
 //! routes each call to its user's home shard, and answers admin calls.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +13,31 @@ use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
 use crate::limits;
-use crate::runtime::{RuntimeStats, ShardRuntime};
+use crate::runtime::{Counter, RuntimeStats, ShardRuntime};
 use crate::stop::ConnStop;
+
+/// Counters of one shard's connection edge (accepting, token lookups),
+/// beside the runtime's: written by that shard only, read by `/metrics`
+/// on shard 0.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Admin connections closed at accept: the admin listener held
+    /// `ADMIN_CONNECTIONS_MAX`.
+    pub refused_admin: Counter,
+    /// Token lookups answered `unavailable` at once: the shard had
+    /// `TOKEN_LOOKUPS_IN_FLIGHT_MAX` in flight.
+    pub shed_token_lookups: Counter,
+}
 
 /// One shard's handler, shared by its connections.
 pub struct ConnHandler {
     rt: Rc<ShardRuntime>,
     secret: Arc<[u8]>,
+    /// Every shard's edge counters (this one's is at `rt.id`).
+    edge: Arc<[EdgeStats]>,
+    /// Token lookups in flight on this handler's shard (only the client
+    /// handler looks tokens up), at most `TOKEN_LOOKUPS_IN_FLIGHT_MAX`.
+    token_lookups: Cell<usize>,
     io: switchboard_io::Config,
     /// Demo mode's pages and token minting (`None`: demo mode is off and
     /// demo paths are 404).
@@ -32,9 +51,12 @@ impl ConnHandler {
     /// A handler for one listener of the shard; `admin` is who may call
     /// the admin listener (the default gate, on the client listener).
     pub fn new(rt: Rc<ShardRuntime>, secret: Arc<[u8]>, admin: AdminGate) -> ConnHandler {
+        let shards = rt.count;
         ConnHandler {
             rt,
             secret,
+            edge: (0..shards).map(|_| EdgeStats::default()).collect(),
+            token_lookups: Cell::new(0),
             io: switchboard_io::Config {
                 admin,
                 ..switchboard_io::Config::default()
@@ -59,6 +81,19 @@ impl ConnHandler {
         self
     }
 
+    /// Counts into `edge` (every shard's, this one's at its id) instead
+    /// of counters of its own.
+    pub fn with_edge(mut self, edge: Arc<[EdgeStats]>) -> ConnHandler {
+        assert_eq!(edge.len(), self.rt.count, "one slot per shard");
+        self.edge = edge;
+        self
+    }
+
+    /// This shard's edge counters.
+    pub fn edge(&self) -> &EdgeStats {
+        &self.edge[self.rt.id]
+    }
+
     /// Serves the demo (see [`crate::demo`]).
     pub fn with_demo(mut self, demo: Option<Arc<Demo>>) -> ConnHandler {
         self.demo = demo;
@@ -77,6 +112,12 @@ impl ConnHandler {
 
     pub fn io_config(&self) -> &switchboard_io::Config {
         &self.io
+    }
+
+    /// The shard's word to its connections that the server stops (`None`:
+    /// never, as in a handler built for a test).
+    pub fn conn_stop(&self) -> Option<&ConnStop> {
+        self.stop.as_ref()
     }
 
     async fn connect(
@@ -105,6 +146,13 @@ impl ConnHandler {
                 "fault injection: a connect of user {user} panics outside the supervised region"
             );
         }
+        if Some(user) == self.rt.faults.stall_shard_user {
+            log::warn!(
+                "fault injection: a connect of user {user} blocks shard-{}",
+                self.rt.id
+            );
+            std::thread::sleep(Duration::from_secs(3_600));
+        }
         let mut bytes = [0u8; 16];
         if getrandom::getrandom(&mut bytes).is_err() {
             return Response::fail(ErrorCode::Unavailable, "no randomness for a session id");
@@ -120,10 +168,14 @@ impl ConnHandler {
     /// token query (a storage job: it runs on a db thread, bounded by the
     /// storage timeout like every job).
     async fn lookup_token(&self, token: String) -> Result<u64, Response> {
-        let due = Instant::now() + self.rt.storage_timeout;
         let unavailable = |e: &dyn std::fmt::Display| {
             Response::fail(ErrorCode::Unavailable, format!("token lookup: {e}"))
         };
+        let Some(_slot) = LookupSlot::take(&self.token_lookups) else {
+            self.edge().shed_token_lookups.add(1);
+            return Err(unavailable(&"too many in flight: try again"));
+        };
+        let due = Instant::now() + self.rt.storage_timeout;
         let pending = self
             .rt
             .store
@@ -175,10 +227,11 @@ impl ConnHandler {
         out
     }
 
-    /// Every shard's runtime counters, each name's shards together.
+    /// Every shard's runtime and edge counters, each name's shards
+    /// together, then the store's own (process-wide, shown as shard 0's).
     fn counters(&self) -> Vec<ShardCounter> {
         let all = self.rt.stats.all();
-        let mut out = Vec::with_capacity(COUNTERS.len() * all.len());
+        let mut out = Vec::with_capacity((COUNTERS.len() + EDGE_COUNTERS.len()) * all.len() + 1);
         for spec in &COUNTERS {
             for (shard, stats) in all.iter().enumerate() {
                 out.push(ShardCounter {
@@ -189,6 +242,23 @@ impl ConnHandler {
                 });
             }
         }
+        for spec in &EDGE_COUNTERS {
+            for (shard, stats) in self.edge.iter().enumerate() {
+                out.push(ShardCounter {
+                    name: spec.name,
+                    help: spec.help,
+                    shard,
+                    value: (spec.value)(stats),
+                });
+            }
+        }
+        out.push(ShardCounter {
+            name: "switchboard_storage_queue_shed_total",
+            help: "Storage jobs refused because the storage queue held STORAGE_QUEUE_DEPTH_MAX \
+                   (process-wide, shown as shard 0's; each failed its call, counted in storage_failures).",
+            shard: 0,
+            value: self.rt.store.stats().jobs_shed,
+        });
         out
     }
 
@@ -213,6 +283,27 @@ impl ConnHandler {
             );
         }
         self.rt.call(Request::RosterChanged { user }).await
+    }
+}
+
+/// One token lookup's place among a shard's `TOKEN_LOOKUPS_IN_FLIGHT_MAX`,
+/// given back when dropped (answered, timed out, or the caller gone).
+struct LookupSlot<'a>(&'a Cell<usize>);
+
+impl<'a> LookupSlot<'a> {
+    /// A place, unless `in_flight` already holds the bound.
+    fn take(in_flight: &'a Cell<usize>) -> Option<LookupSlot<'a>> {
+        if in_flight.get() >= limits::TOKEN_LOOKUPS_IN_FLIGHT_MAX {
+            return None;
+        }
+        in_flight.set(in_flight.get() + 1);
+        Some(LookupSlot(in_flight))
+    }
+}
+
+impl Drop for LookupSlot<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -256,6 +347,9 @@ impl Handler for ConnHandler {
         // Never `{call:?}`: it holds tokens, message text and UI state.
         let (name, user) = call.describe();
         log::debug!("shard-{}: call {name} for user {user:?}", self.rt.id);
+        // A stopping shard waits longer for a connection with a call in
+        // flight (stop.rs), so its answer is written.
+        let _in_flight = self.stop.as_ref().map(ConnStop::call_started);
         match call {
             Call::Connect {
                 token,
@@ -301,6 +395,13 @@ impl Handler for ConnHandler {
     async fn yield_if_needed(&self) {
         glommio::yield_if_needed().await;
     }
+
+    async fn drain_over(&self) {
+        match &self.stop {
+            Some(stop) => stop.drain_over().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// A runtime counter as `/metrics` shows it.
@@ -311,6 +412,30 @@ struct CounterSpec {
     help: &'static str,
     /// Its value in one shard's stats.
     value: fn(&RuntimeStats) -> u64,
+}
+
+/// The edge counters on `/metrics`, after the runtime's.
+const EDGE_COUNTERS: [EdgeCounterSpec; 2] = [
+    EdgeCounterSpec {
+        name: "switchboard_refused_admin_total",
+        help: "Admin connections closed at accept: the admin listener held ADMIN_CONNECTIONS_MAX.",
+        value: |s| s.refused_admin.get(),
+    },
+    EdgeCounterSpec {
+        name: "switchboard_shed_token_lookups_total",
+        help: "Connects answered unavailable at once: TOKEN_LOOKUPS_IN_FLIGHT_MAX token lookups in flight on the shard.",
+        value: |s| s.shed_token_lookups.get(),
+    },
+];
+
+/// An edge counter as `/metrics` shows it.
+struct EdgeCounterSpec {
+    /// The metric's name.
+    name: &'static str,
+    /// Its `# HELP` text.
+    help: &'static str,
+    /// Its value in one shard's edge stats.
+    value: fn(&EdgeStats) -> u64,
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
@@ -458,6 +583,19 @@ mod tests {
 
     const SECRET: &[u8] = b"handler-test-secret";
     const NOW_S: u64 = 1_700_000_000;
+
+    #[test]
+    fn token_lookups_in_flight_are_bounded_and_given_back() {
+        let in_flight = Cell::new(0);
+        let max = limits::TOKEN_LOOKUPS_IN_FLIGHT_MAX;
+        let slots: Vec<_> = (0..max)
+            .map(|i| LookupSlot::take(&in_flight).unwrap_or_else(|| panic!("slot {i}")))
+            .collect();
+        assert!(LookupSlot::take(&in_flight).is_none(), "one over the bound");
+        drop(slots);
+        assert_eq!(in_flight.get(), 0);
+        assert!(LookupSlot::take(&in_flight).is_some());
+    }
 
     /// Checks `token` with and without a token query against the expected
     /// outcome with one (`LookUp`, `User`, or `Refuse`); without a token

@@ -60,20 +60,87 @@ pub const STOP_CHECK_MS: u64 = 10;
 
 /// How long a stopping shard waits for its connections to answer and
 /// close, and then for the other shards' (phases 1 and 2 of `stop.rs`),
-/// from when it saw the stop. Past it the shard goes on to its storage
-/// jobs and ends; the connections still open are logged and close when
-/// the process exits. Drained connections close within milliseconds; this
-/// bounds a client that keeps one busy (a slow upload, a slow reader).
+/// from when it saw the stop, unless a connection has a call in flight
+/// (see [`drain_calls_ms`]). Past it the shard goes on to its storage jobs
+/// and ends; the connections still open are logged and close when the
+/// process exits. Drained connections close within milliseconds; this
+/// bounds a client that keeps one busy (a slow upload, a slow reader) and
+/// a lingering close (cut at this bound while stopping).
 pub const DRAIN_MS_MAX: u64 = 3_000;
 
+/// How much longer than the engine's wait for a storage job a stopping
+/// shard waits for a connection with a call in flight: the answer's hop
+/// back over the mesh and its write.
+pub const DRAIN_CALL_MARGIN_MS: u64 = 500;
+
+/// What a stop may take besides the shards' phases: joining the
+/// executors and closing storage (its db threads answer what is still
+/// queued, each job bounded by its deadline, and the database is closed).
+pub const STOP_CLOSE_MARGIN_MS: u64 = 2_000;
+
+/// The engine's wait for one storage job, for a storage timeout of
+/// `storage_timeout_ms` (`ShardRuntime::storage_patience`).
+pub const fn storage_patience_ms(storage_timeout_ms: u64) -> u64 {
+    storage_timeout_ms + STORAGE_SLACK_MS
+}
+
+/// How long a stopping shard waits for a connection with a call in flight
+/// (a send waiting on slow storage, an admin `roster-changed`): the call's
+/// storage wait plus [`DRAIN_CALL_MARGIN_MS`], and never less than
+/// [`DRAIN_MS_MAX`]. A `roster-changed` that needs two slow storage rounds
+/// may be cut at it (the web app retries).
+pub const fn drain_calls_ms(storage_timeout_ms: u64) -> u64 {
+    let calls = storage_patience_ms(storage_timeout_ms) + DRAIN_CALL_MARGIN_MS;
+    if calls > DRAIN_MS_MAX {
+        calls
+    } else {
+        DRAIN_MS_MAX
+    }
+}
+
 /// The longest a stop asked for by SIGTERM or SIGINT may take, until the
-/// process exits. Past it the binary logs what was still pending and
-/// exits with status 3. It covers the drain (`DRAIN_MS_MAX`), storage jobs
-/// in flight (the storage timeout, 5 s by default) and closing storage;
-/// keep it below the kill timeout of whatever stops the process
-/// (systemd's `TimeoutStopSec`, 90 s by default; Kubernetes'
-/// `terminationGracePeriodSeconds`, 30 s).
-pub const STOP_TIMEOUT_MS: u64 = 10_000;
+/// process exits; past it the binary logs what was still pending and
+/// exits with status 3. It is the sum of the stop's bounds: the stop
+/// reaching every shard (`STOP_CHECK_MS`), the drain
+/// ([`drain_calls_ms`], phases 1 and 2, with a peer's `STOP_CHECK_MS`
+/// late start), the storage jobs in flight (phase 3: the engine's wait
+/// for one job plus a tick), and [`STOP_CLOSE_MARGIN_MS`]. With the
+/// default 5 s storage timeout: 14.57 s. Keep it below the kill timeout of
+/// whatever stops the process (systemd's `TimeoutStopSec`, 90 s by
+/// default; Kubernetes' `terminationGracePeriodSeconds`, 30 s).
+pub const fn stop_timeout_ms(storage_timeout_ms: u64) -> u64 {
+    2 * STOP_CHECK_MS
+        + drain_calls_ms(storage_timeout_ms)
+        + storage_patience_ms(storage_timeout_ms)
+        + TICK_MS
+        + STOP_CLOSE_MARGIN_MS
+}
+
+/// The largest `STORAGE_TIMEOUT_MS` accepted: it keeps the stop bound
+/// ([`stop_timeout_ms`], 64.6 s here) below systemd's default
+/// `TimeoutStopSec` (90 s).
+pub const STORAGE_TIMEOUT_MS_MAX: u64 = 30_000;
+
+/// The smallest `STORAGE_TIMEOUT_MS` accepted (a storage round trip).
+pub const STORAGE_TIMEOUT_MS_MIN: u64 = 100;
+
+/// How long a shard may go without a tick (`TICK_MS`) before the
+/// watchdog takes its executor for stuck (an endless loop, a blocking
+/// call) and ends the process with status 70 (`supervise.rs`). Far above
+/// any turn a healthy shard takes (each yields within its time slice), so
+/// only a shard that answers nothing trips it.
+pub const SHARD_STALL_MS_MAX: u64 = 10_000;
+
+/// How often the watchdog checks the shards' ticks and the storage
+/// threads.
+pub const WATCHDOG_CHECK_MS: u64 = 250;
+
+/// Token lookups (`/connect` with a token that is not in the HMAC form,
+/// looked up by the directory's token query: a storage job each) in
+/// flight on one shard. One more is answered `unavailable` at once and
+/// counted (`shed_token_lookups`), so a flood of made-up tokens cannot
+/// fill the storage queue the shards' jobs share.
+pub const TOKEN_LOOKUPS_IN_FLIGHT_MAX: usize = 256;
 
 /// How long `/health` waits for each shard.
 pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
@@ -126,5 +193,10 @@ const _: () = assert!(CALL_MARGIN_MS >= STORAGE_SLACK_MS + 2 * TICK_MS);
 const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
 const _: () =
+    assert!(SHARD_STALL_MS_MAX >= 100 * TICK_MS && WATCHDOG_CHECK_MS < SHARD_STALL_MS_MAX);
+const _: () = assert!(TOKEN_LOOKUPS_IN_FLIGHT_MAX < STORAGE_QUEUE_DEPTH_MAX);
+const _: () =
     assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);
-const _: () = assert!(DRAIN_MS_MAX + STOP_CHECK_MS < STOP_TIMEOUT_MS / 2);
+const _: () = assert!(stop_timeout_ms(5_000) == 14_570);
+const _: () = assert!(stop_timeout_ms(STORAGE_TIMEOUT_MS_MAX) < 90_000);
+const _: () = assert!(drain_calls_ms(STORAGE_TIMEOUT_MS_MIN) == DRAIN_MS_MAX);

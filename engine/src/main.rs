@@ -5,8 +5,10 @@
 //!
 //! `serve` exits 0 after a graceful stop (SIGTERM or SIGINT, see
 //! `signals.rs`), 2 when the server cannot start (a setting, a data folder
-//! or port another server holds, storage) or a shard fails, and 3 when a
-//! stop runs past `STOP_TIMEOUT_MS` or is cut short by a second signal.
+//! or port another server holds, storage) or a shard fails, 3 when a stop
+//! runs past its bound (`limits::stop_timeout_ms`) or is cut short by a
+//! second signal, and 70 on a panic outside the supervised region, a
+//! stuck shard or a dead storage thread (`supervise.rs`).
 
 use std::collections::HashMap;
 use std::process::ExitCode;

@@ -5,10 +5,13 @@
 //! port, so a second server refuses to start before it opens anything);
 //! storage and the token secret; then one pinned glommio executor per
 //! shard, each joining the full mesh and starting its runtime (outbox
-//! drainers, mesh receivers, the tick); then the listeners: shard 0 binds
-//! the client listener first (so a port 0 setting means one port for every
-//! shard) and the admin listener, then every other shard binds the same
-//! client port (SO_REUSEPORT). `start` returns once every shard listens.
+//! drainers, mesh receivers, the tick); then the listeners: shard 0 probes
+//! the ports again and binds the client listener first (so a port 0
+//! setting means one port for every shard) and the admin listener, then
+//! every other shard binds the same client port (SO_REUSEPORT). `start`
+//! returns once every shard listens, having started the `watchdog` thread
+//! (`supervise.rs`: a stuck shard or a dead storage thread ends the
+//! process).
 //! When anything fails on the way, what was started is stopped as below
 //! and the error is returned.
 //!
@@ -19,7 +22,8 @@
 //! (`stop.rs`): held polls are answered, connections close after their
 //! last answer, it waits for every other shard to get that far and then
 //! for its storage jobs in flight, and returns, which ends its executor.
-//! The drain is bounded (`DRAIN_MS_MAX`); a connection still open past it
+//! The drain is bounded (`DRAIN_MS_MAX`, longer while a call is in
+//! flight: `limits::drain_calls_ms`); a connection still open past it
 //! keeps its socket until the process exits (glommio does not drop the
 //! detached tasks of an executor that has ended). For the same reason a
 //! shard that has ended never reads its mesh channels again, yet they do
@@ -41,8 +45,9 @@
 //! the starting thread as an [`Error`], and every shard reports its end,
 //! whatever the cause (a drop guard: an executor that never started
 //! reports too), so [`Server::wait`] always learns of it. The exception is
-//! a panic on a running executor outside the supervised region, or a mesh
-//! peer gone while no stop was asked for: the process exits at once
+//! a panic on a running executor outside the supervised region, a stuck
+//! shard or a dead storage thread (the watchdog), or a mesh peer gone
+//! while no stop was asked for: the process exits at once
 //! ([`crate::supervise`]).
 
 use std::cell::RefCell;
@@ -65,15 +70,15 @@ use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
 use crate::error::{Error, Port};
-use crate::handler::ConnHandler;
+use crate::handler::{ConnHandler, EdgeStats};
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
 use crate::settings::{Settings, TlsMode};
 use crate::signals::{ReloadSignal, StopSignals};
 pub use crate::stop::StopHandle;
-use crate::stop::{self, ConnStop, MainPhase, Phase};
-use crate::supervise::{self, Faults};
+use crate::stop::{self, ConnStop, MainPhase, OpenConn, Phase};
+use crate::supervise::{self, Faults, Heartbeats};
 
 /// What every shard shares, read-only.
 struct Shared {
@@ -96,6 +101,10 @@ struct Shared {
     stop: StopHandle,
     /// Every shard's runtime counters, in shard order.
     stats: Arc<[RuntimeStats]>,
+    /// Every shard's edge counters (accept, token lookups), in shard order.
+    edge: Arc<[EdgeStats]>,
+    /// Every shard's last tick, for the watchdog.
+    heartbeats: Arc<Heartbeats>,
 }
 
 /// What a shard tells the thread that started the server. At most three
@@ -181,8 +190,10 @@ pub fn run(settings: Settings) -> Result<(), Error> {
         Some(_) => Some(ReloadSignal::listen()?),
         None => None,
     };
+    let stop_timeout = limits::stop_timeout_ms(settings.storage_timeout_ms);
     let server = Server::start(settings)?;
-    if let Err(e) = signals.stop_on_signal(server.stop_handle()) {
+    let stop_timeout = Duration::from_millis(stop_timeout);
+    if let Err(e) = signals.stop_on_signal(server.stop_handle(), stop_timeout) {
         let _ = server.stop();
         return Err(e);
     }
@@ -235,6 +246,14 @@ impl Server {
             }
         };
         supervise::install_panic_hook();
+        if switchboard_shards::FAULT_INJECTION || switchboard_storage::FAULT_INJECTION {
+            warn!(
+                "this build honours test-only fault injection (SWITCHBOARD_FAULT_* variables; \
+                 shards: {}, storage: {}): never run it in production",
+                switchboard_shards::FAULT_INJECTION,
+                switchboard_storage::FAULT_INJECTION
+            );
+        }
         let store = match &settings.mysql_url {
             Some(url) => open_mysql(&settings, url)?,
             None => open_embedded(&settings)?,
@@ -261,6 +280,8 @@ impl Server {
             tls_addr: OnceLock::new(),
             tls,
             stats: StatsSlot::for_shards(shards),
+            edge: (0..shards).map(|_| EdgeStats::default()).collect(),
+            heartbeats: Heartbeats::new(shards),
             demo,
             stop,
         });
@@ -274,7 +295,22 @@ impl Server {
         if let Err(e) = shards.spawn(tx) {
             return Err(shards.abort(e));
         }
-        shards.until_listening()
+        let server = shards.until_listening()?;
+        let shared = &server.shards().shared;
+        let stall_max = Faults::from_env()
+            .shard_stall_ms_max
+            .unwrap_or(limits::SHARD_STALL_MS_MAX);
+        let watched = supervise::start_watchdog(
+            shared.heartbeats.clone(),
+            shared.stop.clone(),
+            shared.store.clone(),
+            Duration::from_millis(stall_max),
+        );
+        if let Err(source) = watched {
+            let _ = server.stop();
+            return Err(Error::Watchdog { source });
+        }
+        Ok(server)
     }
 
     /// The client listener's address (`None`: `SWITCHBOARD_LISTEN=off`).
@@ -572,10 +608,13 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
         .detach();
     }
     let tick = rt.clone();
+    let heartbeats = shared.heartbeats.clone();
+    heartbeats.beat(i);
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(Duration::from_millis(limits::TICK_MS)).await;
             tick.feed(Input::Tick);
+            heartbeats.beat(i);
         }
     })
     .detach();
@@ -620,6 +659,17 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
             admin: None,
         });
     }
+    // The start-up probe (`Server::start`) ran before storage opened and
+    // the executors started; probing again here, right before the binds,
+    // leaves a window of a few milliseconds for a server started since.
+    // (A probe blocks this executor briefly: nothing is served yet.)
+    if let Some(addr) = s.listen {
+        claim::probe(Port::Client, addr)?;
+    }
+    if let Some(t) = &s.tls {
+        claim::probe(Port::Tls, t.listen)?;
+    }
+    claim::probe(Port::Admin, s.admin_listen)?;
     let client = s
         .listen
         .map(|addr| listen(Port::Client, addr))
@@ -659,6 +709,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         let gate = AdminGate::new(bound, s.admin_token.clone());
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
+            .with_edge(shared.edge.clone())
             .with_stop(conns.clone());
         let admission = Rc::new(RefCell::new(Admission::new(s.admin_connections_max, None)));
         let accepting = accept_loop(admin, Listener::Admin, None, Rc::new(handler), admission);
@@ -668,6 +719,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         ConnHandler::new(rt.clone(), shared.secret.clone(), AdminGate::default())
             .with_demo(shared.demo.clone())
             .with_limits(limits.clone())
+            .with_edge(shared.edge.clone())
             .with_stop(conns.clone())
     };
     // Both client listeners count against one admission: a client gets
@@ -858,6 +910,7 @@ async fn accept_loop(
             ticket: Some(ticket),
             kind,
             handler: handler.clone(),
+            _open: handler.conn_stop().map(ConnStop::opened),
         };
         place.count();
         let handler = handler.clone();
@@ -903,10 +956,9 @@ fn refuse(
     let stats = &handler.rt().stats;
     let (count, why) = match refused {
         Refused::Full => {
-            if kind == Listener::Client {
-                stats
-                    .refused_connections
-                    .set(stats.refused_connections.get() + 1);
+            match kind {
+                Listener::Client => stats.refused_connections.add(1),
+                Listener::Admin => handler.edge().refused_admin.add(1),
             }
             (admission.refused_full(), "the listener is full")
         }
@@ -940,6 +992,9 @@ struct Admitted {
     kind: Listener,
     /// For the runtime's stats.
     handler: Rc<ConnHandler>,
+    /// Its place in the count a stopping shard waits on (client and admin
+    /// connections alike).
+    _open: Option<OpenConn>,
 }
 
 impl Admitted {

@@ -31,7 +31,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
     Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
-    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable" },
+    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable (100..=30000; it bounds a stop too: tuning/README.md)" },
     Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
     Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, comma-separated (db-i gets the (i mod n)-th); see tuning/README.md" },
     Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
@@ -43,6 +43,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND" },
     Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND" },
     Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND" },
+    Spec { name: "RATE_POLL", default: "10/s,burst=40", help: "/poll calls per user answered at once (wait=0, or news already there; held polls are not counted), as RATE_SEND" },
     Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
@@ -224,17 +225,17 @@ impl Settings {
             Some("0" | "off" | "false") => false,
             Some(other) => return Err(format!("SWITCHBOARD_DEMO: {other:?} is not 1, 0 or auto")),
         };
-        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
-            "on" | "1" => {
-                let mut limits = RateLimits::default();
-                for kind in Kind::ALL {
-                    let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
-                    if let Some(v) = get(&name) {
-                        limits.set(kind, rate(&name, v)?);
-                    }
-                }
-                limits
+        // Every RATE_* value is checked, also when RATE_LIMITS=off lifts
+        // them: a typo must not wait for the day the limits are turned on.
+        let mut limits = RateLimits::default();
+        for kind in Kind::ALL {
+            let name = format!("RATE_{}", kind.as_str().to_ascii_uppercase());
+            if let Some(v) = get(&name) {
+                limits.set(kind, rate(&name, v)?);
             }
+        }
+        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
+            "on" | "1" => limits,
             "off" | "0" => RateLimits::unlimited(),
             other => {
                 return Err(format!(
@@ -375,6 +376,16 @@ impl Settings {
                 settings.admin_listen
             ));
         }
+        let (min, max) = (
+            crate::limits::STORAGE_TIMEOUT_MS_MIN,
+            crate::limits::STORAGE_TIMEOUT_MS_MAX,
+        );
+        if !(min..=max).contains(&settings.storage_timeout_ms) {
+            return Err(format!(
+                "SWITCHBOARD_STORAGE_TIMEOUT_MS must be in {min}..={max} (the stop waits for \
+                 storage jobs, and must end within a service manager's kill timeout)"
+            ));
+        }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
@@ -509,6 +520,11 @@ mod tests {
             (&["--rate-ui", "5/m,burst=3"][..], "RATE_UI"),
             (&["--rate-read", "5/s, burst=3"][..], "RATE_READ"),
             (&["--rate-limits", "maybe"][..], "RATE_LIMITS"),
+            (
+                &["--rate-limits", "off", "--rate-send", "5"][..],
+                "RATE_SEND",
+            ),
+            (&["--rate-poll", "10/s"][..], "RATE_POLL"),
             (&["--connections-per-address-max", "0"][..], "PER_ADDRESS"),
             (&["--admin-connections-max", "0"][..], "ADMIN_CONNECTIONS"),
             (&["--first-byte-timeout-ms", "99"][..], "FIRST_BYTE"),
@@ -553,6 +569,8 @@ mod tests {
                 ][..],
                 "TLS_LISTEN",
             ),
+            (&["--storage-timeout-ms", "99"][..], "STORAGE_TIMEOUT"),
+            (&["--storage-timeout-ms", "30001"][..], "STORAGE_TIMEOUT"),
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

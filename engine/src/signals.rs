@@ -2,8 +2,10 @@
 //! send) and SIGINT (Ctrl-C) ask the server to stop gracefully (see
 //! [`crate::stop`]: held polls answered, connections closed after their
 //! last answer, storage jobs finished, storage closed), and start a
-//! watchdog: if the process has not exited `STOP_TIMEOUT_MS` later, it
-//! logs what the stop was still waiting for and exits with status 3. A
+//! watchdog: if the process has not exited within the stop bound
+//! (`limits::stop_timeout_ms` of the storage timeout: the sum of the
+//! stop's phases, 14.57 s by default), it logs what the stop was still
+//! waiting for and exits with status 3. A
 //! second SIGTERM or SIGINT during the stop does the same at once (the
 //! impatient Ctrl-C).
 //!
@@ -31,11 +33,10 @@ use signal_hook::iterator::Signals;
 use switchboard_io::tls::Tls;
 
 use crate::error::Error;
-use crate::limits;
 use crate::stop::StopHandle;
 
-/// The exit status of a stop that did not finish within
-/// `STOP_TIMEOUT_MS` (or was cut short by a second signal).
+/// The exit status of a stop that did not finish within its bound (or
+/// was cut short by a second signal).
 pub const EXIT_STOP_TIMEOUT: i32 = 3;
 
 /// How often the watchdog looks for a second signal and the deadline.
@@ -57,8 +58,9 @@ impl StopSignals {
     }
 
     /// Starts the `signals` thread: the first signal asks `stop` to stop
-    /// and starts the watchdog (see the module doc).
-    pub fn stop_on_signal(self, stop: StopHandle) -> Result<(), Error> {
+    /// and starts the watchdog, which exits 3 if the process is still
+    /// there `timeout` later (see the module doc).
+    pub fn stop_on_signal(self, stop: StopHandle, timeout: Duration) -> Result<(), Error> {
         let mut signals = self.signals;
         std::thread::Builder::new()
             .name("signals".into())
@@ -69,10 +71,10 @@ impl StopSignals {
                 info!(
                     "{}: stopping (answering held polls, closing connections; at most {} ms)",
                     name(first),
-                    limits::STOP_TIMEOUT_MS
+                    timeout.as_millis()
                 );
                 stop.stop();
-                let deadline = Instant::now() + Duration::from_millis(limits::STOP_TIMEOUT_MS);
+                let deadline = Instant::now() + timeout;
                 loop {
                     if let Some(again) = signals.pending().next() {
                         error!(
@@ -86,7 +88,7 @@ impl StopSignals {
                         error!(
                             "the stop took longer than {} ms; exiting with status {}; still \
                              pending: {}",
-                            limits::STOP_TIMEOUT_MS,
+                            timeout.as_millis(),
                             EXIT_STOP_TIMEOUT,
                             stop.pending()
                         );

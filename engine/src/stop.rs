@@ -5,27 +5,34 @@
 //! `STOP_CHECK_MS`, closes its listeners, then [`stop_shard`] goes through
 //! the [`Phase`]s in order:
 //!
-//! 1. **Connections.** Its connections are told ([`ConnStop`]): one idle
-//!    between requests closes at once, and an answer written from now on
-//!    says `Connection: close` and is followed by a graceful close. Then
+//! 1. **Connections.** Its connections, client and admin, are told
+//!    ([`ConnStop`]): one idle between requests closes at once, and an
+//!    answer written from now on says `Connection: close` and is followed
+//!    by a graceful close (its lingering cut at the drain bound). Then
 //!    the shard drains (`Input::Drain`): every held poll is answered with
 //!    no events, the ordinary answer of a poll whose wait ran out, so the
 //!    client polls again (at another server in a deploy, or this one
-//!    restarted); a poll that comes later is answered at once. The shard
-//!    waits until its connections have closed, each after writing its
-//!    last answer: polls are answered before sockets close.
+//!    restarted); a poll that comes later is answered at once; no periodic
+//!    roster re-read starts. The shard waits until its connections have
+//!    closed, each after writing its last answer: polls are answered
+//!    before sockets close.
 //! 2. **Peers.** It waits until every shard is past phase 1: until then a
 //!    peer's connections may still send requests here, and their answers
 //!    go back over the mesh, so no shard ends while another may still need
 //!    it.
 //! 3. **Jobs.** It waits until its storage jobs in flight are answered
-//!    (each is bounded by the storage timeout), and ends.
+//!    (each is bounded by the engine's wait for a job, and none is started
+//!    for nothing: no roster re-read, no poll), and ends.
 //!
 //! Phases 1 and 2 together end at `DRAIN_MS_MAX` after the shard saw the
 //! stop (a client that keeps a connection busy cannot hold the stop
-//! open); what was still open is logged. Each shard publishes its phase
-//! and counts here, so the binary's watchdog can say what a stop that ran
-//! past `STOP_TIMEOUT_MS` was still waiting for ([`StopHandle::pending`]).
+//! open), or, while a connection still has a call in flight (a send
+//! waiting on slow storage), at `limits::drain_calls_ms` (the storage wait
+//! plus a margin), so that call is answered; what was still open is
+//! logged. Each shard publishes its phase and counts here, so the binary's
+//! watchdog can say what a stop that ran past `limits::stop_timeout_ms`
+//! (the sum of these bounds) was still waiting for
+//! ([`StopHandle::pending`]).
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -164,11 +171,10 @@ impl StopHandle {
     }
 
     /// Publishes shard `shard`'s counts for [`StopHandle::pending`].
-    fn publish(&self, shard: ShardId, rt: &ShardRuntime) {
+    fn publish(&self, shard: ShardId, rt: &ShardRuntime, conns: &ConnStop) {
         let s = &self.0.shards[shard];
-        let connections = rt.stats.connections.get();
         let jobs = rt.stats.storage_jobs_waiting.get();
-        s.connections.store(connections, Ordering::Relaxed);
+        s.connections.store(conns.open() as u64, Ordering::Relaxed);
         s.storage_jobs.store(jobs, Ordering::Relaxed);
     }
 
@@ -217,10 +223,11 @@ impl StopHandle {
 }
 
 /// A shard's word to its connections that the server stops (io's
-/// `Handler::stopped` and `Handler::stopping`). One per shard, shared by
-/// its client and admin handlers. Waiting costs no timer: each waiting
-/// connection is a waiter on a semaphore with no permits, and
-/// [`ConnStop::fire`] closes it, which wakes every waiter at once.
+/// `Handler::stopped`, `stopping` and `stop_deadline`), and its count of
+/// them for the stop. One per shard, shared by its client and admin
+/// handlers. Waiting costs no timer: each waiting connection is a waiter
+/// on a semaphore with no permits, and [`ConnStop::fire`] closes it, which
+/// wakes every waiter at once.
 #[derive(Clone)]
 pub struct ConnStop {
     /// Never given permits; closed to fire.
@@ -231,6 +238,16 @@ pub struct ConnStop {
     /// stop is asked, even before this shard has seen it, so an answer a
     /// peer shard's drain sends here closes the connection after it.
     stop: StopHandle,
+    /// When the stop stops waiting for connections with no call in
+    /// flight (`DRAIN_MS_MAX` after it fired; `None` before): a lingering
+    /// close ends then.
+    drain_until: Rc<Cell<Option<Instant>>>,
+    /// This shard's open connections, client and admin (each counted by
+    /// its [`OpenConn`]).
+    open: Rc<Cell<usize>>,
+    /// This shard's connections with a call in flight (each counted by
+    /// its [`CallInFlight`]).
+    calls: Rc<Cell<usize>>,
 }
 
 impl ConnStop {
@@ -239,11 +256,16 @@ impl ConnStop {
             signal: Rc::new(Semaphore::new(0)),
             fired: Rc::new(Cell::new(false)),
             stop,
+            drain_until: Rc::new(Cell::new(None)),
+            open: Rc::new(Cell::new(0)),
+            calls: Rc::new(Cell::new(0)),
         }
     }
 
-    /// Wakes every connection waiting between requests: they close.
-    fn fire(&self) {
+    /// Wakes every connection waiting between requests: they close. A
+    /// lingering close ends at `drain_until`.
+    fn fire(&self, drain_until: Instant) {
+        self.drain_until.set(Some(drain_until));
         self.fired.set(true);
         self.signal.close();
     }
@@ -256,9 +278,60 @@ impl ConnStop {
         }
     }
 
+    /// Resolves once fired and past the drain bound for connections with
+    /// no call in flight.
+    pub async fn drain_over(&self) {
+        self.fired().await;
+        let until = self.drain_until.get().expect("set when fired");
+        let left = until.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            glommio::timer::sleep(left).await;
+        }
+    }
+
     /// Whether the server is stopping.
     pub fn stopping(&self) -> bool {
         self.fired.get() || self.stop.is_stopping()
+    }
+
+    /// Counts one more open connection until the guard drops.
+    pub fn opened(&self) -> OpenConn {
+        self.open.set(self.open.get() + 1);
+        OpenConn(self.open.clone())
+    }
+
+    /// Counts one more call in flight until the guard drops.
+    pub fn call_started(&self) -> CallInFlight {
+        self.calls.set(self.calls.get() + 1);
+        CallInFlight(self.calls.clone())
+    }
+
+    /// Open connections, client and admin.
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Connections with a call in flight.
+    pub fn calls(&self) -> usize {
+        self.calls.get()
+    }
+}
+
+/// One open connection in its shard's [`ConnStop`] count, until dropped.
+pub struct OpenConn(Rc<Cell<usize>>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// One call in flight in its shard's [`ConnStop`] count, until dropped.
+pub struct CallInFlight(Rc<Cell<usize>>);
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -266,28 +339,38 @@ impl ConnStop {
 /// doc. Returns when the shard may end.
 pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &StopHandle) {
     let i = rt.id;
-    let drain_until = Instant::now() + Duration::from_millis(limits::DRAIN_MS_MAX);
+    let saw = Instant::now();
+    let drain_until = saw + Duration::from_millis(limits::DRAIN_MS_MAX);
+    let timeout_ms = rt.storage_timeout.as_millis() as u64;
+    let calls_until = saw + Duration::from_millis(limits::drain_calls_ms(timeout_ms));
 
     stop.set_phase(i, Phase::Connections);
     // Connections first, so the drained answers already say
     // `Connection: close`.
-    conns.fire();
+    conns.fire(drain_until);
     rt.feed(Input::Drain);
-    let closed = wait_until(drain_until, || {
-        stop.publish(i, rt);
-        rt.stats.connections.get() == 0
+    // Every connection closed; or past the drain bound with no call in
+    // flight (the rest are slow clients or lingering closes); or past the
+    // bound for calls.
+    wait_until(calls_until, || {
+        stop.publish(i, rt, conns);
+        conns.open() == 0 || (conns.calls() == 0 && Instant::now() >= drain_until)
     })
     .await;
-    if !closed {
+    if conns.open() > 0 {
         warn!(
-            "shard-{i}: {} connections still open {} ms after the stop; ending without them",
-            rt.stats.connections.get(),
-            limits::DRAIN_MS_MAX
+            "shard-{i}: {} connections still open {} ms after the stop ({} with a call in \
+             flight); ending without them",
+            conns.open(),
+            saw.elapsed().as_millis(),
+            conns.calls(),
         );
     }
 
     stop.set_phase(i, Phase::Peers);
-    if !wait_until(drain_until, || stop.all_past_connections()).await {
+    // A peer saw the stop at most `STOP_CHECK_MS` after this shard.
+    let peers_until = calls_until + Duration::from_millis(limits::STOP_CHECK_MS);
+    if !wait_until(peers_until, || stop.all_past_connections()).await {
         warn!("shard-{i}: other shards still had connections at the drain deadline");
     }
 
@@ -295,7 +378,7 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     let jobs_until =
         Instant::now() + rt.storage_patience() + Duration::from_millis(limits::TICK_MS);
     if !wait_until(jobs_until, || {
-        stop.publish(i, rt);
+        stop.publish(i, rt, conns);
         rt.stats.storage_jobs_waiting.get() == 0
     })
     .await

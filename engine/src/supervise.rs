@@ -8,18 +8,32 @@
 //! connections hanging), so the panic hook ([`install_panic_hook`]) ends
 //! the process at once with [`EXIT_PANIC`], and the service manager
 //! restarts it (tuning/README.md has the systemd unit). So do the other
-//! signs of a dead shard ([`fatal`]): a mesh channel closing while no stop
-//! was asked for.
+//! signs of a dead or stuck part ([`fatal`]), which the `watchdog` thread
+//! ([`start_watchdog`]) looks for: a shard whose tick has not run for
+//! `SHARD_STALL_MS_MAX` (an endless loop or a blocking call on its
+//! executor: the shard answers nothing, and its peers' calls to it time
+//! out one by one), and a storage thread that ended while the store was
+//! not stopped (a panic on a `db-N` thread: the jobs it would run are
+//! never answered). A shard that has ended (the stop) is not watched.
+//! (The mesh receivers also call [`fatal`] when a channel closes while
+//! no stop was asked for; glommio's channels do not close while both
+//! executors live, so in practice the watchdog is what sees a dead shard.)
 //!
 //! Test-only faults ([`Faults`]) are read here too, and only in builds
 //! with the shards' `fault-injection` feature (the engine's tests).
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
 
 use log::error;
 use switchboard_shards::model::{ShardId, UserId};
+use switchboard_storage::Store;
+
+use crate::limits;
+use crate::stop::{Phase, StopHandle};
 
 /// The exit status after a panic outside the supervised region or a dead
 /// shard (`EX_SOFTWARE`).
@@ -83,6 +97,86 @@ pub fn fatal(why: std::fmt::Arguments<'_>) -> ! {
     std::process::exit(EXIT_PANIC);
 }
 
+/// Each shard's last tick, for the watchdog: written by the shard's tick
+/// task, read by the `watchdog` thread.
+#[derive(Debug)]
+pub struct Heartbeats {
+    /// When the watch began; beats are milliseconds since.
+    base: Instant,
+    /// Each shard's last beat, 1 + its milliseconds since `base` (0: the
+    /// shard has not started ticking).
+    beats: Box<[AtomicU64]>,
+}
+
+impl Heartbeats {
+    /// Heartbeats of `shards` shards, none beaten yet.
+    pub fn new(shards: usize) -> Arc<Heartbeats> {
+        Arc::new(Heartbeats {
+            base: Instant::now(),
+            beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Shard `shard` is alive now (its tick ran).
+    pub fn beat(&self, shard: ShardId) {
+        let ms = self.base.elapsed().as_millis() as u64 + 1;
+        self.beats[shard].store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago shard `shard` last beat (`None`: never).
+    fn silent_for(&self, shard: ShardId) -> Option<Duration> {
+        let beat = self.beats[shard].load(Ordering::Relaxed).checked_sub(1)?;
+        let now = self.base.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(beat)))
+    }
+}
+
+/// Starts the `watchdog` thread (see the module doc): every
+/// `WATCHDOG_CHECK_MS` it checks that every shard that has not ended beat
+/// within `stall_max`, and that no storage thread died, and ends the
+/// process with [`EXIT_PANIC`] otherwise. It returns once every shard has
+/// ended.
+pub fn start_watchdog(
+    heartbeats: Arc<Heartbeats>,
+    stop: StopHandle,
+    store: Store,
+    stall_max: Duration,
+) -> std::io::Result<()> {
+    let shards = heartbeats.beats.len();
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            let mut running = 0;
+            for shard in 0..shards {
+                if stop.phase(shard) == Phase::Ended {
+                    continue;
+                }
+                running += 1;
+                let Some(silent) = heartbeats.silent_for(shard) else {
+                    continue;
+                };
+                if silent > stall_max {
+                    fatal(format_args!(
+                        "shard-{shard}: no tick for {} ms (bound {} ms): its executor is stuck \
+                         (an endless loop or a blocking call) and answers nothing",
+                        silent.as_millis(),
+                        stall_max.as_millis()
+                    ));
+                }
+            }
+            if running == 0 {
+                return;
+            }
+            if let Some(thread) = store.dead_thread() {
+                fatal(format_args!(
+                    "storage thread {thread} died (a panic?): its jobs would go unanswered"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(limits::WATCHDOG_CHECK_MS));
+        })
+        .map(drop)
+}
+
 /// Test-only faults, read once per shard from the environment, and only
 /// when the build honours them (`switchboard_shards::FAULT_INJECTION`:
 /// the engine's tests). All off otherwise.
@@ -101,6 +195,13 @@ pub struct Faults {
     /// in flight at once, instead of `JOBS_IN_FLIGHT_MAX` (so that a test
     /// can make it shed).
     pub jobs_in_flight_max: Option<usize>,
+    /// `SWITCHBOARD_FAULT_STALL_SHARD_USER`: a `/connect` of this user
+    /// blocks its conn shard's executor for an hour (a stuck shard, for the
+    /// watchdog).
+    pub stall_shard_user: Option<UserId>,
+    /// `SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX`: the watchdog's bound
+    /// instead of `SHARD_STALL_MS_MAX` (so a test need not wait 10 s).
+    pub shard_stall_ms_max: Option<u64>,
 }
 
 impl Faults {
@@ -121,6 +222,8 @@ impl Faults {
             panic_outside_user: var("SWITCHBOARD_FAULT_PANIC_OUTSIDE_USER"),
             outbox_depth: var("SWITCHBOARD_FAULT_OUTBOX_DEPTH"),
             jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
+            stall_shard_user: var("SWITCHBOARD_FAULT_STALL_SHARD_USER"),
+            shard_stall_ms_max: var("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX"),
         }
     }
 }

@@ -109,13 +109,15 @@ fn a_typing_flood_gets_429_and_the_friend_still_gets_the_message_before_it() {
     assert!(typing <= 1, "{typing} typing events: {events:?}");
 
     // Operators see it: every refusal counted, coalescing too (the core's
-    // counters reach /metrics at the next tick).
-    std::thread::sleep(Duration::from_millis(200));
+    // counters reach /metrics at the next tick, however late it runs).
+    eventually(Duration::from_secs(10), "the counters on /metrics", || {
+        counter(&server, "switchboard_rate_limited_total") >= limited as u64
+            && counter(&server, "switchboard_typing_coalesced_total") > 0
+    });
     assert_eq!(
         counter(&server, "switchboard_rate_limited_total"),
         limited as u64
     );
-    assert!(counter(&server, "switchboard_typing_coalesced_total") > 0);
 }
 
 /// The sum over shards of `/metrics` counter `name`.

@@ -105,7 +105,14 @@ fn a_panic_in_a_shard_costs_one_request_and_one_session_and_the_rest_keep_chatti
                 &[("sid", &p2.sid), ("since", &since), ("wait", "15")],
             )
         });
+        // Held: not answered half a second on (an unknown sid or news
+        // would have been answered at once), and answered below by the
+        // session's drop, as only a held poll is.
         std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !held.is_finished(),
+            "the poll was answered before the panic"
+        );
         let secret = "do-not-log-this-text";
         let params = [
             ("sid", p1.sid.as_str()),
@@ -174,6 +181,43 @@ fn a_panic_outside_a_shards_input_ends_the_process_at_once_non_zero() {
             .log_lines("outside the supervised region: exiting")
             .is_empty(),
         "the exit was not logged"
+    );
+}
+
+#[test]
+fn a_stuck_shard_ends_the_process_within_the_stall_bound() {
+    // The watchdog's bound is lowered to 2 s (10 s in production).
+    let dir = temp_dir("fault-stall");
+    let user = ALICE.to_string();
+    let mut server = Server::start(
+        &dir,
+        &[
+            ("SWITCHBOARD_FAULT_STALL_SHARD_USER", &user),
+            ("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX", "2000"),
+        ],
+    );
+    // The connect blocks its conn shard's executor (an hour's sleep).
+    let token = token(ALICE);
+    let target = format!("/connect?{}", encode(&[("token", &token)]));
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    use std::io::Write;
+    stream
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    eventually(T, "the stall", || {
+        !server.log_lines("blocks shard-").is_empty()
+    });
+    let stuck = Instant::now();
+    let status = server
+        .wait_exit(T)
+        .expect("the server kept running with a stuck shard");
+    assert_eq!(status.code(), Some(70), "{status}");
+    // The bound (2 s), one watchdog check (250 ms) and some slack.
+    let took = stuck.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        !server.log_lines("no tick for").is_empty(),
+        "the exit did not say why"
     );
 }
 

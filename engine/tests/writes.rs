@@ -87,12 +87,13 @@ fn a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab(backend:
     assert_ne!(home_shard(ALICE, 2), home_shard(BOB, 2));
     let dir = temp_dir("stalled-commit");
     // Storage checks the deadline (1 s) before the stall; the engine gives
-    // up at 1 s + STORAGE_SLACK_MS = 2 s; the commit lands at about 2.5 s.
+    // up at 1 s + STORAGE_SLACK_MS = 2 s; the commit lands at about 4 s, so
+    // a loaded machine cannot bring it in before the engine gives up.
     let server = backend.start(
         &dir,
         &[
             ("SWITCHBOARD_STORAGE_TIMEOUT_MS", "1000"),
-            ("SWITCHBOARD_FAULT_COMMIT_STALL_MS", "2500"),
+            ("SWITCHBOARD_FAULT_COMMIT_STALL_MS", "4000"),
             ("SWITCHBOARD_FAULT_COMMIT_STALL_COUNT", "1"),
         ],
     );
@@ -166,10 +167,10 @@ fn a_stalled_commit_then_a_cid_retry_delivers_exactly_once_on_every_tab(backend:
 /// (`SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX=1`), and bob's shard's one is
 /// held by his send to carol, whose commit stalls 4 s. The alice–bob
 /// friendship is removed and `/roster-changed?user=alice` called: alice's
-/// shard re-reads her roster, but bob's cannot re-read his (shed). The
-/// call must not say `ok` while bob's session still holds the friendship:
-/// it answers `unavailable` (retry) — or, if it says `ok`, both sides
-/// already refuse sends. Once the stall is over a retry answers `ok` and
+/// shard re-reads her roster, but bob's cannot re-read his (shed, and
+/// `/metrics` counts it). The call must not say `ok` while bob's session
+/// still holds the friendship: it answers `unavailable` (retry). Once the
+/// stall is over a retry answers `ok` and
 /// both sides refuse sends, each told once that the other was removed.
 /// (Before the fix a shed re-read still acked `ok`: the call said `ok`
 /// and bob could go on sending to alice until his periodic refresh.)
@@ -221,13 +222,13 @@ fn roster_changed_under_shed_load_answers_an_error_or_the_truth(backend: &Backen
         });
         friendships(&[(ALICE, CAROL), (BOB, CAROL)]);
         let (status, v) = server.admin_post("/roster-changed", &[("user", "1")]);
-        let held = !holder.is_finished();
-        eprintln!("roster-changed while bob's slot is held ({held}): {status} {v}");
-        match status {
-            503 => assert_eq!(code(&v), "unavailable", "{v}"),
-            200 => both_refuse("answered ok under load"),
-            _ => panic!("roster-changed under load: {status} {v}"),
-        }
+        // The slot was held throughout (the stall is 4 s): bob's re-read
+        // was shed, so the only true answer is `unavailable`.
+        assert!(!holder.is_finished(), "the stall ended early: {status} {v}");
+        assert_eq!((status, code(&v)), (503, "unavailable"), "under load: {v}");
+        eventually(T, "the shed re-read on /metrics", || {
+            server.metric("switchboard_shed_jobs_total") > 0
+        });
         let (status, v) = holder.join().unwrap();
         assert_eq!(status, 200, "bob's stalled send: {v}");
     });

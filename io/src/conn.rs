@@ -10,7 +10,8 @@
 //! handler's timer by [`within`]: the first byte of the first request
 //! (quiet close, short: a socket that never speaks must not hold a slot
 //! for long), idle between requests (quiet close), head and body (408),
-//! each write (drop), lingering close. After an answer that ends the connection
+//! each write (drop), lingering close (also cut at a stopping server's drain
+//! bound). After an answer that ends the connection
 //! we close gracefully: flush, shut down our write side, then read and
 //! discard what the client still sends until it closes, the linger timeout
 //! or the linger byte limit, so the client reads the whole answer and then
@@ -440,7 +441,8 @@ where
 
     /// Lingering close: shut down our write side (the client sees the end
     /// of the answer), then read and discard until the client closes, the
-    /// linger timeout or the linger byte limit. Returns `reason`.
+    /// linger timeout, the linger byte limit or a stopping server's drain
+    /// bound (`Handler::drain_over`). Returns `reason`.
     async fn linger<H: Handler>(&mut self, handler: &H, reason: CloseReason) -> CloseReason {
         let timer = handler.sleep(ms(self.limits.write_timeout_ms));
         match within(timer, self.stream.close()).await {
@@ -450,7 +452,8 @@ where
             Ok(Err(_)) => return reason,
             Err(TimedOut) => return CloseReason::WriteTimeout,
         }
-        let mut timer = pin!(handler.sleep(ms(self.limits.linger_timeout_ms)));
+        let timer = handler.sleep(ms(self.limits.linger_timeout_ms));
+        let mut timer = pin!(futures_lite::future::or(timer, handler.drain_over()));
         while self.outcome.linger_bytes < self.limits.linger_bytes_max as u64 {
             self.buf.clear();
             match self.read_more(timer.as_mut()).await {

@@ -117,6 +117,13 @@ pub trait Handler {
     fn yield_if_needed(&self) -> impl Future<Output = ()> {
         std::future::ready(())
     }
+
+    /// Resolves once a stopping server no longer waits for this connection
+    /// (the default: never). A lingering close ends then, so lingering
+    /// never holds a stop past its drain bound.
+    fn drain_over(&self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
 }
 
 pub mod admission;

@@ -158,6 +158,9 @@ impl Future for Timer {
 #[derive(Default)]
 struct TestHandler {
     calls: RefCell<Vec<Call>>,
+    /// When the server's drain is over, as `Handler::drain_over` says
+    /// (`None`: never).
+    drain_over: Option<Instant>,
 }
 
 impl Handler for TestHandler {
@@ -187,6 +190,13 @@ impl Handler for TestHandler {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
         sleep(duration)
     }
+
+    async fn drain_over(&self) {
+        match self.drain_over {
+            Some(at) => sleep(at.saturating_duration_since(Instant::now())).await,
+            None => future::pending().await,
+        }
+    }
 }
 
 /// Short deadlines for tests.
@@ -214,7 +224,20 @@ where
     C: FnOnce(End) -> F,
     F: Future<Output = T>,
 {
-    let handler = TestHandler::default();
+    run_with(TestHandler::default(), listener, config, client)
+}
+
+/// [`run`] with `handler`.
+fn run_with<C, F, T>(
+    handler: TestHandler,
+    listener: Listener,
+    config: Config,
+    client: C,
+) -> (ConnOutcome, T, Vec<Call>)
+where
+    C: FnOnce(End) -> F,
+    F: Future<Output = T>,
+{
     let (server_end, client_end) = duplex();
     let (outcome, result) = future::block_on(future::or(
         async {
@@ -421,6 +444,32 @@ fn lingering_is_bounded_by_time() {
     });
     assert_eq!(outcome.reason, CloseReason::HttpError(400));
     assert!(start.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn lingering_ends_when_a_stopping_servers_drain_is_over() {
+    // The drain is over 100 ms from now; the linger timeout is 500 ms.
+    let handler = TestHandler {
+        drain_over: Some(Instant::now() + Duration::from_millis(100)),
+        ..TestHandler::default()
+    };
+    let start = Instant::now();
+    let (outcome, _end, _) = run_with(handler, Listener::Client, config(), |mut end| async move {
+        end.write_all(b"BAD\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            400
+        );
+        // Never close: the server gives up at the drain, not the linger
+        // timeout.
+        assert!(read_to_eof(&mut end).await.is_empty());
+        end
+    });
+    assert_eq!(outcome.reason, CloseReason::HttpError(400));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(450), "{took:?}");
 }
 
 #[test]

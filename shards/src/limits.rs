@@ -43,7 +43,9 @@ pub const JOBS_IN_FLIGHT_MAX: usize = 16_384;
 pub const TIMERS_PER_TICK_MAX: usize = 4_096;
 
 /// Roster refreshes of one roster-changed broadcast waiting on one shard.
-/// Over it the remaining sessions are refreshed by their interval instead.
+/// Over it that shard's part fails (`ok: false`), so the admin call answers
+/// `unavailable` and is retried; the sessions past the bound are re-read by
+/// their interval meanwhile.
 pub const ROSTER_TOUCHES_MAX: usize = 4_096;
 
 // Per-user rate limits (`ratelimit.rs`): `per_s` calls a second, `burst`
@@ -71,6 +73,13 @@ pub const RATE_HISTORY_DEFAULT: Rate = Rate::new(10, 30);
 /// `/connect` to a live session: every tab of a user reconnecting at once
 /// (half of `TABS_PER_USER_MAX`), then page reloads.
 pub const RATE_CONNECT_DEFAULT: Rate = Rate::new(2, 16);
+/// `/poll` answered at once (a `wait=0` poll, or one that finds news): the
+/// browser client's followers poll `wait=0` every 20 s per tab, and a
+/// leader's polls are held until news, so even a busy conversation stays
+/// far below 10 a second; 40 at once covers every tab of a user catching
+/// up after a reconnect. A held poll is not counted: it costs nothing
+/// until it is answered.
+pub const RATE_POLL_DEFAULT: Rate = Rate::new(10, 40);
 /// Roster changes one loading session remembers to re-read its roster
 /// for once loaded. One more fails that change's part (the admin call
 /// answers `unavailable` and the web app retries).

@@ -56,11 +56,15 @@ pub enum Kind {
     /// detached). Connects waiting for a session to load are bounded by
     /// `CONNECTS_WAITING_MAX` instead.
     Connect,
+    /// `/poll` answered at once (`wait=0`, or news already there): each is
+    /// a call through the home shard and an answer built. A held poll is
+    /// not counted (one per tab at a time, bounded by the tab count).
+    Poll,
 }
 
 impl Kind {
     /// Every kind, in the order buckets are kept.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Send,
         Kind::Typing,
         Kind::Presence,
@@ -68,6 +72,7 @@ impl Kind {
         Kind::Read,
         Kind::History,
         Kind::Connect,
+        Kind::Poll,
     ];
 
     /// The kind's name, as in settings (`SWITCHBOARD_RATE_SEND`) and
@@ -81,6 +86,7 @@ impl Kind {
             Kind::Read => "read",
             Kind::History => "history",
             Kind::Connect => "connect",
+            Kind::Poll => "poll",
         }
     }
 
@@ -101,6 +107,7 @@ impl Kind {
             Kind::Read => l::RATE_READ_DEFAULT,
             Kind::History => l::RATE_HISTORY_DEFAULT,
             Kind::Connect => l::RATE_CONNECT_DEFAULT,
+            Kind::Poll => l::RATE_POLL_DEFAULT,
         }
     }
 }

@@ -74,6 +74,10 @@ pub mod mysql;
 mod pin;
 pub mod token;
 
+/// Whether this build honours the test-only fault injection variables
+/// (the `fault-injection` feature): the engine warns at start when it does.
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
+
 pub use directory::{Directory, DirectoryError};
 pub use embedded::EmbeddedConfig;
 pub use mysql::{DirectoryQueries, MysqlConfig};
@@ -475,6 +479,23 @@ impl Store {
         }
     }
 
+    /// The name of a storage thread that has ended although the store was
+    /// not stopped (a panic on a `db-N` thread, say), if any. Such a store
+    /// answers the jobs that thread would have run only at its deadline,
+    /// or never: the engine's watchdog ends the process instead.
+    pub fn dead_thread(&self) -> Option<String> {
+        if self.inner.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        let threads = self
+            .inner
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dead = threads.iter().find(|t| t.is_finished())?;
+        Some(dead.thread().name().unwrap_or("db-?").to_string())
+    }
+
     /// Stops the db threads once they have answered every job already
     /// queued, and waits for them (this blocks: call it from the thread
     /// that stops the server, not from an executor). The database is
@@ -502,5 +523,50 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store over `threads`, with a queue nobody reads.
+    fn store_of(threads: Vec<JoinHandle<()>>) -> Store {
+        let (jobs, _queue) = crossbeam_channel::bounded(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        Store::from_parts(jobs, stop, threads, Arc::default(), 1, false)
+    }
+
+    #[test]
+    fn a_storage_thread_that_died_is_named_until_the_store_stops() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let keep = alive.clone();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .unwrap()
+        };
+        let waits = spawn(
+            "db-0",
+            Box::new(move || {
+                while keep.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }),
+        );
+        let store = store_of(vec![waits]);
+        assert_eq!(store.dead_thread(), None);
+        let dies = spawn("db-1", Box::new(|| panic!("a db thread dies (test)")));
+        store.inner.threads.lock().unwrap().push(dies);
+        let start = Instant::now();
+        while store.dead_thread().is_none() {
+            assert!(start.elapsed().as_secs() < 10, "never seen dead");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(store.dead_thread().as_deref(), Some("db-1"));
+        alive.store(false, Ordering::Release);
+        store.inner.stop.store(true, Ordering::Release);
+        assert_eq!(store.dead_thread(), None, "a stopped store's threads end");
     }
 }

@@ -209,6 +209,29 @@ impl Server {
         )
     }
 
+    /// The sum over shards of `/metrics` counter `name` (which must be
+    /// there).
+    pub fn metric(&self, name: &str) -> u64 {
+        let r = request(
+            self.admin,
+            &format!(
+                "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.admin
+            ),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body.contains(&format!("# TYPE {name} counter")),
+            "{}",
+            r.body
+        );
+        r.body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// Connects user `user` as tab `tab`.
     pub fn connect(&self, user: u64, tab: &str) -> Tab {
         let token = token(user);

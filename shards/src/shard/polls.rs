@@ -1,16 +1,18 @@
 //! Polls: a tab either holds one poll open or waits idle for the next
 //! (`TabState`). A poll is answered at once when there is news (or `wait`
-//! is 0), else held until an event, its wait running out, a newer poll of
+//! is 0; such polls are rate-limited per user, `Kind::Poll`), else held until an event, its wait running out, a newer poll of
 //! the same tab, a leave or a kick. A tab idle for the tab timeout is
 //! detached.
 //!
 //! Invariant: a tab's one armed timer is the one its state names (`Poll`
 //! while polling, `TabIdle` while idle); `Tab::enter` re-arms it.
 
+use super::rates::rate_limited;
 use super::sessions::Detach;
 use super::{fail, reply, Output, Shard};
 use crate::limits;
 use crate::model::{ErrorCode, ReplyTo, Response, Sid};
+use crate::ratelimit::Kind;
 use crate::session::{HeldPoll, TabState};
 
 impl Shard {
@@ -38,6 +40,16 @@ impl Shard {
         let answer = session.answer_since(since);
         let has_news = !matches!(&answer, Response::Events { events, .. } if events.is_empty());
         let answer_now = has_news || wait_ms == 0;
+        // Only a poll answered at once costs a call from the bucket: a
+        // loop of them is the flood (a held poll waits, one per tab).
+        if answer_now
+            && !session
+                .buckets
+                .take(&self.config.rate_limits, Kind::Poll, now)
+        {
+            self.stats.rate_limited += 1;
+            return rate_limited(out, to, Kind::Poll);
+        }
         let next = if answer_now {
             // The poll ends now: the idle clock restarts.
             TabState::Idle {

@@ -1,7 +1,8 @@
 //! Per-user rate limits at the door of each call: after the tab check
 //! (`unknown_session` first: an unknown sid has no user to charge), before
 //! anything else (not oneself, friends-only, storage, events). A call over
-//! its limit is answered `rate_limited` and does nothing.
+//! its limit is answered `rate_limited` and does nothing. A poll is charged
+//! only when it is to be answered at once (`polls.rs`): a held poll is not.
 //!
 //! Invariant: every call of a limited kind from a live tab takes from its
 //! user's bucket exactly once, whatever its answer later (`not_friends`
@@ -56,7 +57,7 @@ impl Shard {
     }
 }
 
-fn rate_limited(out: &mut Vec<Output>, to: ReplyTo, kind: Kind) {
+pub(super) fn rate_limited(out: &mut Vec<Output>, to: ReplyTo, kind: Kind) {
     let message = format!("too many {} calls: slow down", kind.as_str());
     fail(out, to, ErrorCode::RateLimited, &message);
 }

@@ -315,14 +315,18 @@ impl Shard {
     }
 
     /// `user`'s refresh interval ran out: re-read the roster, or try again
-    /// after another interval when too many jobs are in flight.
+    /// after another interval when too many jobs are in flight or the
+    /// shard is draining.
     pub(super) fn refresh_due(&mut self, now: u64, user: UserId, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.live_mut(user) else {
             return; // `time` checked it is there
         };
         session.refresh.disarm(&mut self.timers);
         let why = Refresh::Interval;
-        match self.job(Pending::Refresh { user, why }) {
+        // A stopping server starts no periodic re-read (its stop waits for
+        // the storage jobs in flight): the timer is re-armed as if shed.
+        let job = (!self.is_draining()).then(|| self.job(Pending::Refresh { user, why }));
+        match job.flatten() {
             Some(job) => out.push(Output::Storage {
                 job,
                 request: StorageJob::LoadRoster { user },
