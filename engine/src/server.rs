@@ -921,13 +921,28 @@ async fn accept_loop(
                 None => switchboard_io::serve(stream, kind, &*handler, config).await,
                 Some(tls) => {
                     // The handshake on this connection's own task, bounded
-                    // by the handshake deadline (io/src/tls.rs).
-                    let accepted =
-                        switchboard_io::tls::accept(stream, &tls, &*handler, &config.limits).await;
-                    match accepted {
-                        Ok(stream) => switchboard_io::serve(stream, kind, &*handler, config).await,
-                        Err(refused) => {
-                            debug!("shard-{shard}: TLS connection from {peer} refused: {refused}");
+                    // by the handshake deadline (io/src/tls.rs). Boxed: a
+                    // TLS connection's state (rustls' buffers, several KB)
+                    // must not size every plain connection's task too.
+                    let tls_path = Box::pin(async {
+                        let accepted =
+                            switchboard_io::tls::accept(stream, &tls, &*handler, &config.limits)
+                                .await;
+                        match accepted {
+                            Ok(stream) => {
+                                Some(switchboard_io::serve(stream, kind, &*handler, config).await)
+                            }
+                            Err(refused) => {
+                                debug!(
+                                    "shard-{shard}: TLS connection from {peer} refused: {refused}"
+                                );
+                                None
+                            }
+                        }
+                    });
+                    match tls_path.await {
+                        Some(outcome) => outcome,
+                        None => {
                             drop(place);
                             return;
                         }
