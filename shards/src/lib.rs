@@ -6,6 +6,7 @@
 //! reads, no randomness (sids are drawn by the caller), like `quinn-proto`.
 #![forbid(unsafe_code)]
 
+pub mod doubt;
 pub mod limits;
 pub mod model;
 pub mod ratelimit;

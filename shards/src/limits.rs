@@ -76,11 +76,13 @@ pub const RATE_CONNECT_DEFAULT: Rate = Rate::new(2, 16);
 /// answers `unavailable` and the web app retries).
 pub const LOADING_REREADS_MAX: usize = 16;
 
-/// Cids in doubt per session: sends with a cid whose storage job failed
-/// or timed out (storage may have committed them). One more drops the
-/// oldest (counted in `Stats::in_doubt_dropped`): if that message was
+/// Cids in doubt per session (`crate::doubt`): sends with a cid that
+/// have a try in flight, or whose message is not known delivered (a try
+/// failed or timed out: storage may have committed it). One more drops
+/// the oldest (counted in `Stats::in_doubt_dropped`): if that message was
 /// stored after all, a retry is answered but not delivered live, and tabs
-/// see it from history when they next load it.
+/// see it from history when they next load it. The send rate limit keeps
+/// a client's tries in flight well below it (30 at once, 5 a second).
 pub const IN_DOUBT_CIDS_MAX: usize = 64;
 
 /// Cids in doubt kept per shard for users with no live session: a send

@@ -405,6 +405,85 @@ fn a_duplicate_of_a_send_never_in_doubt_is_not_delivered_twice() {
     }
 }
 
+/// Answers job `(shard, job)` with `result`.
+fn answer(w: &mut World, (shard, job): (usize, u64), result: StorageResult) {
+    w.feed(shard, Input::Storage { job, result });
+}
+
+/// Takes the next store job out unanswered: `(shard, job)` and its request.
+fn take_store(w: &mut World) -> ((usize, u64), StorageJob) {
+    let (shard, job, request) = w.take_job(|r| matches!(r, StorageJob::StoreMessage { .. }));
+    ((shard, job), request)
+}
+
+#[test]
+fn two_tries_in_flight_the_one_that_committed_failing_last_is_delivered_once() {
+    // The client gave up on try 1 (a timeout) and retried while try 1 was
+    // still running. Try 1 commits but is answered an error (its commit
+    // ended past the engine's deadline); try 2's duplicate is answered
+    // first, before anything put the cid in doubt.
+    let (mut w, mut clients) = alice_and_bob();
+    let a1 = clients[0].sid;
+    let first = w.start(send(a1, BOB, "c1"));
+    let (try1, request) = take_store(&mut w);
+    let _ = w.store.run(request);
+    let second = w.start(send(a1, BOB, "c1"));
+    let (try2, request) = take_store(&mut w);
+    let duplicate = w.store.run(request);
+    answer(&mut w, try2, duplicate);
+    let Some(Response::Sent { id, .. }) = w.take(second) else {
+        panic!("try 2 is answered from the duplicate")
+    };
+    answer(&mut w, try1, Err(StorageError::TimedOut));
+    assert!(is_failure(&w.take(first), ErrorCode::Unavailable));
+    w.settle();
+    for c in &mut clients {
+        c.poll(&mut w);
+        assert_eq!(c.messages, vec![id], "tab {:?}", c.sid);
+    }
+}
+
+#[test]
+fn two_tries_in_flight_after_a_failed_one_deliver_once_in_either_answer_order() {
+    for fresh_first in [false, true] {
+        let (mut w, mut clients) = alice_and_bob();
+        let a1 = clients[0].sid;
+        // Try 1 fails without storing: the cid is in doubt.
+        let first = w.start(send(a1, BOB, "c1"));
+        let (try1, _) = take_store(&mut w);
+        answer(&mut w, try1, Err(StorageError::Backend("injected".into())));
+        assert!(is_failure(&w.take(first), ErrorCode::Unavailable));
+        // Tries 2 and 3 run at once: 2 stores it, 3 finds it stored.
+        let second = w.start(send(a1, BOB, "c1"));
+        let third = w.start(send(a1, BOB, "c1"));
+        let (try2, request) = take_store(&mut w);
+        let fresh = w.store.run(request);
+        let (try3, request) = take_store(&mut w);
+        let duplicate = w.store.run(request);
+        if fresh_first {
+            answer(&mut w, try2, fresh);
+            answer(&mut w, try3, duplicate);
+        } else {
+            answer(&mut w, try3, duplicate);
+            answer(&mut w, try2, fresh);
+        }
+        w.settle();
+        let Some(Response::Sent { id, .. }) = w.take(second) else {
+            panic!("try 2")
+        };
+        assert!(matches!(w.take(third), Some(Response::Sent { id: i, .. }) if i == id));
+        for c in &mut clients {
+            c.poll(&mut w);
+            assert_eq!(
+                c.messages,
+                vec![id],
+                "fresh first {fresh_first}: tab {:?}",
+                c.sid
+            );
+        }
+    }
+}
+
 #[test]
 fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
     let (mut w, _) = alice_and_bob();
@@ -421,7 +500,7 @@ fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
     assert_eq!(w.shards[alices].stats().in_doubt_dropped, 1);
     let session = w.session(ALICE).unwrap();
     assert_eq!(session.in_doubt.len(), max);
-    assert_eq!(session.in_doubt.front().map(|c| &**c), Some("d1"));
+    assert_eq!(session.in_doubt.cids().next(), Some("d1"));
 }
 
 // (b) Honest roster-changed.

@@ -14,7 +14,8 @@
 //! - the clock ticks every 50 ms, sometimes many ticks at once, crossing
 //!   poll waits, tab timeouts, grace and roster refreshes;
 //! - clients connect tabs under a handful of names (replacing, evicting),
-//!   hold polls, send with a cid and retry it after `unavailable`, page
+//!   hold polls, send with a cid and retry it after `unavailable` or, as a
+//!   client timeout would, while the first try is still in flight; page
 //!   history, mark read, save UI, type, change presence, leave; an
 //!   administrator kicks and changes friendships.
 //!
@@ -79,6 +80,8 @@ pub struct Figures {
     pub acked: u64,
     pub in_doubt: u64,
     pub retries: u64,
+    /// Retries made while the earlier try could still be in flight.
+    pub timeout_retries: u64,
     pub resets: u64,
     pub evictions: u64,
     pub history_pages: u64,
@@ -246,6 +249,11 @@ struct Retry {
     tab: usize,
     to: UserId,
     cid: String,
+    /// A client timeout's retry: due while try `#req` may still be in
+    /// flight. Made only if that try is still unanswered, or (its answer
+    /// lost on the way) sometimes anyway. `None`: a retry after
+    /// `unavailable`.
+    timeout_of: Option<u64>,
 }
 
 /// One world's shape, drawn from its seed.
@@ -792,7 +800,19 @@ impl World {
                     .rng
                     .chance(90)
                     .then(|| format!("c{}", self.next_req + 1));
-                self.send(t, to, cid);
+                let req = self.send(t, to, cid.clone());
+                if let Some(cid) = cid.filter(|_| self.rng.chance(15)) {
+                    // The client's request times out: it retries the same
+                    // cid while this try may still be in flight (its job
+                    // running, or its answer on the way).
+                    self.retries.push(Retry {
+                        at: self.now + self.rng.range(1, 100) * TICK_MS,
+                        tab: t,
+                        to,
+                        cid,
+                        timeout_of: Some(req),
+                    });
+                }
             }
             55..=59 => {
                 // Typing, sometimes a burst of it (that fills a friend's
@@ -939,7 +959,7 @@ impl World {
         self.request(Kind::Poll { since }, Some(t), r);
     }
 
-    fn send(&mut self, t: usize, to: UserId, cid: Option<String>) {
+    fn send(&mut self, t: usize, to: UserId, cid: Option<String>) -> u64 {
         let sid = self.tabs[t].sid;
         let r = Request::Send {
             sid,
@@ -947,7 +967,7 @@ impl World {
             text: format!("m{}", self.next_req + 1),
             cid: cid.clone(),
         };
-        self.request(Kind::Send { to, cid }, Some(t), r);
+        self.request(Kind::Send { to, cid }, Some(t), r)
     }
 
     fn roster_changed(&mut self, user: UserId) {
@@ -965,6 +985,12 @@ impl World {
             self.retries.drain(..).partition(|r| r.at <= now);
         self.retries = later;
         for r in due {
+            if let Some(req) = r.timeout_of {
+                let answered = !self.calls.contains_key(&req);
+                if answered && !self.rng.chance(20) {
+                    continue; // the client saw the answer in time
+                }
+            }
             let user = self.tabs[r.tab].user;
             let tab = if self.tabs[r.tab].state == TabState::Live {
                 Some(r.tab)
@@ -975,6 +1001,9 @@ impl World {
             };
             if let Some(t) = tab {
                 self.figures.retries += 1;
+                if r.timeout_of.is_some() {
+                    self.figures.timeout_retries += 1;
+                }
                 self.send(t, r.to, Some(r.cid));
             }
         }
@@ -1206,6 +1235,7 @@ impl World {
                                 tab: t,
                                 to,
                                 cid,
+                                timeout_of: None,
                             });
                         }
                     }
@@ -1291,6 +1321,7 @@ impl World {
                     tab: t.expect("a send has a tab"),
                     to: *to,
                     cid: cid.clone(),
+                    timeout_of: None,
                 });
             }
             Kind::Connect { .. } => {
