@@ -301,7 +301,7 @@ struct CounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 27] = [
+const COUNTERS: [CounterSpec; 29] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -436,6 +436,16 @@ const COUNTERS: [CounterSpec; 27] = [
         name: "switchboard_in_doubt_orphaned_total",
         help: "Cids in doubt kept by the shard because their sender had no live session.",
         value: |s| s.core.in_doubt_orphaned.get(),
+    },
+    CounterSpec {
+        name: "switchboard_resyncs_sent_total",
+        help: "Resync messages sent to a peer after deliveries to it were dropped.",
+        value: |s| s.resyncs_sent.get(),
+    },
+    CounterSpec {
+        name: "switchboard_resyncs_total",
+        help: "Live sessions whose tabs were reset because a delivery to them was dropped.",
+        value: |s| s.core.resyncs.get(),
     },
 ];
 

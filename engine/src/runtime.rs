@@ -18,7 +18,7 @@
 //! (rate-limited).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +30,9 @@ use glommio::channels::local_channel::{self, LocalSender};
 use log::{error, warn};
 use switchboard_io::deadline::{self, TimedOut};
 use switchboard_shards::model::{
-    ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
+    ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, StorageError, StorageJob, UserId,
 };
-use switchboard_shards::{home_shard, Input, Output, PeerMsg, Shard, Stats};
+use switchboard_shards::{home_shard, Input, Output, PeerMsg, Resync, Shard, Stats};
 use switchboard_storage::Store;
 
 use crate::limits;
@@ -107,6 +107,8 @@ pub struct CoreStats {
     pub stale_roster_reads: Counter,
     /// Cids in doubt kept by the shard because their sender had no live session.
     pub in_doubt_orphaned: Counter,
+    /// Live sessions whose tabs a resync reset (a delivery to them was dropped).
+    pub resyncs: Counter,
 }
 
 impl CoreStats {
@@ -129,6 +131,7 @@ impl CoreStats {
         self.presence_repairs.set(stats.presence_repairs);
         self.stale_roster_reads.set(stats.stale_roster_reads);
         self.in_doubt_orphaned.set(stats.in_doubt_orphaned);
+        self.resyncs.set(stats.resyncs);
     }
 }
 
@@ -144,6 +147,9 @@ pub struct RuntimeStats {
     pub dropped_replies: Counter,
     /// Deliveries (`PeerMsg::Deliver`) dropped on a full outbox.
     pub dropped_deliveries: Counter,
+    /// `PeerMsg::Resync` messages sent: each resets the tabs of users
+    /// whose deliveries were dropped (or of every live session on the peer).
+    pub resyncs_sent: Counter,
     /// Presence messages dropped on a full outbox (repaired by the
     /// periodic presence digest).
     pub dropped_presence: Counter,
@@ -271,6 +277,43 @@ impl Dropped {
     }
 }
 
+/// The resync one shard owes one peer: the users homed there whose
+/// deliveries it dropped, at most `RESYNC_USERS_MAX`; past that, every
+/// live session there.
+#[derive(Debug, Default)]
+struct Owed {
+    /// The users, by id.
+    users: BTreeSet<UserId>,
+    /// More than `RESYNC_USERS_MAX` were owed: resync every live session.
+    all: bool,
+}
+
+impl Owed {
+    /// Notes that a delivery to `user` was dropped.
+    fn add(&mut self, user: UserId) {
+        if self.all {
+            return;
+        }
+        self.users.insert(user);
+        if self.users.len() > limits::RESYNC_USERS_MAX {
+            self.users.clear();
+            self.all = true;
+        }
+    }
+
+    /// The message that pays it, if anything is owed; leaves it owed.
+    fn message(&self) -> Option<PeerMsg> {
+        let who = if self.all {
+            Resync::All
+        } else if self.users.is_empty() {
+            return None;
+        } else {
+            Resync::Users(self.users.iter().copied().collect())
+        };
+        Some(PeerMsg::Resync { who })
+    }
+}
+
 /// Logs one kind of event at most once per `DROP_LOG_INTERVAL_MS`,
 /// saying how many went unlogged since.
 #[derive(Debug, Default)]
@@ -355,6 +398,12 @@ pub struct ShardRuntime {
     pub clock: Clock,
     /// This shard's counters (and every other shard's, for `/metrics`).
     pub stats: StatsSlot,
+    /// `owed[peer]`: users homed on `peer` whose deliveries were dropped
+    /// on the outbox to it, owed a `PeerMsg::Resync` once it has room
+    /// (checked every tick).
+    owed: RefCell<Vec<Owed>>,
+    /// Deliveries the `drop_deliveries` fault has dropped so far.
+    fault_dropped: Cell<u64>,
     /// Rate limits of the drop and timeout logs, one per kind.
     drop_logs: [LogGate; 4],
     timeout_log: LogGate,
@@ -414,6 +463,8 @@ impl ShardRuntime {
                 all: parts.stats,
                 shard: id,
             },
+            owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
+            fault_dropped: Cell::new(0),
             drop_logs: Default::default(),
             timeout_log: LogGate::default(),
             outputs: RefCell::new(Vec::new()),
@@ -448,11 +499,33 @@ impl ShardRuntime {
     }
 
     /// Feeds one input to the state machine and carries out what it asks.
+    /// Each tick also pays the resyncs owed to peers whose outbox has room.
     pub fn feed(self: &Rc<Self>, input: Input) {
         let tick = matches!(input, Input::Tick);
         self.feed_all(input);
         if tick {
+            self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
+        }
+    }
+
+    /// Sends each peer the `PeerMsg::Resync` owed to it, if its outbox
+    /// holds fewer than `peer_msgs_queued_max` (what is owed stays owed
+    /// otherwise, for the next tick).
+    fn pay_resyncs(&self) {
+        let mut owed = self.owed.borrow_mut();
+        for (peer, o) in owed.iter_mut().enumerate() {
+            let Some(msg) = o.message() else {
+                continue;
+            };
+            let outbox = self.outbox(peer);
+            if outbox.len() >= self.bounds.peer_msgs_queued_max {
+                continue;
+            }
+            if outbox.try_send(MeshMsg::Peer(msg)).is_ok() {
+                *o = Owed::default();
+                self.stats.resyncs_sent.add(1);
+            }
         }
     }
 
@@ -564,15 +637,43 @@ impl ShardRuntime {
 
     /// Queues a peer message while the outbox holds fewer than
     /// `peer_msgs_queued_max`, so replies and admitted requests keep their
-    /// room; otherwise drops it, counted by kind.
+    /// room; otherwise drops it, counted by kind. A dropped delivery of a
+    /// message or read receipt makes its recipient owed a resync (paid on
+    /// a tick once the outbox has room): their tabs reload from history,
+    /// so what was acknowledged still reaches them.
     fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
         let outbox = self.outbox(shard);
         let kind = Dropped::of(&msg);
-        if outbox.len() >= self.bounds.peer_msgs_queued_max
+        let recipient = match &msg {
+            PeerMsg::Deliver {
+                to,
+                kind: EventKind::Message(_) | EventKind::Read { .. },
+                ..
+            } => Some(*to),
+            _ => None,
+        };
+        if recipient.is_some() && self.fault_drops_delivery()
+            || outbox.len() >= self.bounds.peer_msgs_queued_max
             || outbox.try_send(MeshMsg::Peer(msg)).is_err()
         {
             self.dropped(shard, kind);
+            if let Some(user) = recipient {
+                self.owed.borrow_mut()[shard].add(user);
+            }
         }
+    }
+
+    /// Whether the `drop_deliveries` fault drops this delivery (test-only).
+    fn fault_drops_delivery(&self) -> bool {
+        let Some(n) = self.faults.drop_deliveries else {
+            return false;
+        };
+        let dropped = self.fault_dropped.get();
+        if dropped >= n {
+            return false;
+        }
+        self.fault_dropped.set(dropped + 1);
+        true
     }
 
     fn outbox(&self, shard: ShardId) -> &LocalSender<MeshMsg> {
@@ -600,7 +701,9 @@ impl ShardRuntime {
     }
 
     fn complete(&self, req: u64, response: Response) {
-        if let Some(tx) = self.waiting.borrow_mut().remove(&req) {
+        // Bound first: the borrow ends before the send wakes the caller.
+        let waiter = self.waiting.borrow_mut().remove(&req);
+        if let Some(tx) = waiter {
             // The caller may have gone (connection closed): nothing to do.
             let _ = tx.send(response);
         }
@@ -753,6 +856,7 @@ impl Drop for Waiting<'_> {
 fn input_kind(input: &Input) -> String {
     match input {
         Input::Request { request, .. } => format!("request {}", request_kind(request)),
+        Input::Peer(PeerMsg::Resync { .. }) => "peer message resync".into(),
         Input::Peer(msg) => format!("peer message {}", Dropped::of(msg).name()),
         Input::Storage { job, result } => {
             format!("storage result of job {job} (ok: {})", result.is_ok())

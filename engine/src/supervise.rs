@@ -101,6 +101,14 @@ pub struct Faults {
     /// in flight at once, instead of `JOBS_IN_FLIGHT_MAX` (so that a test
     /// can make it shed).
     pub jobs_in_flight_max: Option<usize>,
+    /// `SWITCHBOARD_FAULT_DROP_DELIVERIES`: this many deliveries of a
+    /// message or read receipt to another shard are dropped as if its
+    /// outbox were full (the first ones sent).
+    pub drop_deliveries: Option<u64>,
+    /// `SWITCHBOARD_FAULT_PANIC_STORED_USER`: handling the storage result
+    /// of a `/send` from this user panics inside the shard, after the
+    /// shard took the job out (a supervised panic).
+    pub panic_stored_user: Option<UserId>,
 }
 
 impl Faults {
@@ -121,6 +129,8 @@ impl Faults {
             panic_outside_user: var("SWITCHBOARD_FAULT_PANIC_OUTSIDE_USER"),
             outbox_depth: var("SWITCHBOARD_FAULT_OUTBOX_DEPTH"),
             jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
+            drop_deliveries: var("SWITCHBOARD_FAULT_DROP_DELIVERIES"),
+            panic_stored_user: var("SWITCHBOARD_FAULT_PANIC_STORED_USER"),
         }
     }
 }

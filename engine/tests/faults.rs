@@ -260,3 +260,53 @@ fn a_burst_of_replies_to_held_polls_loses_none_past_the_in_flight_bound_calls_ar
         counter(&server, &format!("switchboard_dropped_{name}_total"));
     }
 }
+
+#[test]
+fn a_dropped_delivery_resets_the_recipients_tabs_so_they_reload_it_from_history() {
+    // Friends homed on different shards; the first delivery between
+    // shards is dropped as a full outbox would drop it.
+    let (x, y) = FRIENDS
+        .into_iter()
+        .find(|&(a, b)| home_shard(a, 2) != home_shard(b, 2))
+        .expect("the demo has friends on both shards");
+    let dir = temp_dir("fault-drop-delivery");
+    let server = Server::start(&dir, &[("SWITCHBOARD_FAULT_DROP_DELIVERIES", "1")]);
+    let tx = server.connect(x, "x");
+    let ty = server.connect(y, "y");
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| {
+            let since = ty.seq.to_string();
+            let asked = Instant::now();
+            let v = server.get(
+                "/poll",
+                &[("sid", &ty.sid), ("since", &since), ("wait", "20")],
+            );
+            (v, asked.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let v = send(&server, &tx.sid, y, "dropped on the way");
+        assert_eq!(v["ok"], true, "{v}");
+        let (v, waited) = held.join().unwrap();
+        // The tab is told to reload at once, not left waiting for an
+        // event that will never come.
+        assert_eq!(v["reset"], true, "the held poll: {v}");
+        assert!(waited < Duration::from_secs(5), "reset after {waited:?}");
+    });
+    let h = server.get("/history", &[("sid", &ty.sid), ("with", &x.to_string())]);
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["dropped on the way"], "{h}");
+    assert_eq!(
+        counter(&server, "switchboard_dropped_deliveries_total").0,
+        1
+    );
+    assert_eq!(counter(&server, "switchboard_resyncs_sent_total").0, 1);
+    // The shard core's counters reach /metrics at its next tick.
+    eventually(T, "switchboard_resyncs_total reaches 1", || {
+        counter(&server, "switchboard_resyncs_total").0 == 1
+    });
+}

@@ -102,8 +102,9 @@ pub struct LiveSession {
     pub events: VecDeque<Arc<Event>>,
     /// `event_bytes` summed over `events`.
     pub events_bytes: usize,
-    /// The highest seq dropped to keep the buffer within its bounds (0:
-    /// none). A poll from before it missed events: it gets `reset`.
+    /// The highest seq dropped to keep the buffer within its bounds, or
+    /// the seq of the last resync (0: none). A poll from before it missed
+    /// events: it gets `reset`.
     pub evicted_seq: u64,
     /// Rate-limit buckets, one per kind of call. They live and end with the
     /// session: a session that ends and loads again starts with full ones.
@@ -241,6 +242,30 @@ impl LiveSession {
             }
         }
         appended
+    }
+
+    /// Events meant for this session may have been lost on the way (a
+    /// delivery dropped on a full outbox): every tab must reload. The seq
+    /// moves on by one with no event and everything up to it counts as
+    /// dropped, so every held poll is answered `Reset` now and any later
+    /// poll from before it too; those tabs go idle until `idle_at_ms`.
+    pub fn resync(&mut self, idle_at_ms: u64, timers: &mut Timers, out: &mut Vec<Output>) {
+        self.seq += 1;
+        self.evicted_seq = self.seq;
+        for tab in &mut self.tabs {
+            if !tab.is_polling() {
+                continue;
+            }
+            let idle = TabState::Idle {
+                deadline_ms: idle_at_ms,
+            };
+            if let TabState::Polling(poll) = tab.enter(idle, timers) {
+                out.push(Output::Reply {
+                    to: poll.reply,
+                    response: Response::Reset { seq: self.seq },
+                });
+            }
+        }
     }
 
     /// Events after `since` (by seq: seqs may skip), or `Reset` when some

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use switchboard_shards::model::*;
 use switchboard_shards::ratelimit::RateLimits;
-use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Shard};
+use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Resync, Shard};
 
 /// Storage kept in memory, with the protocol's semantics for the jobs
 /// these tests use.
@@ -501,6 +501,50 @@ fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
     let session = w.session(ALICE).unwrap();
     assert_eq!(session.in_doubt.len(), max);
     assert_eq!(session.in_doubt.cids().next(), Some("d1"));
+}
+
+#[test]
+fn a_resync_after_a_dropped_delivery_resets_every_tab_of_the_recipient() {
+    for who in [Resync::Users(vec![BOB]), Resync::All] {
+        let mut w = World::new(2);
+        let a = w.connect(ALICE, "a1");
+        let b1 = w.connect(BOB, "b1");
+        let b2 = w.connect(BOB, "b2");
+        let since = w.session(BOB).unwrap().seq;
+        let held = w.start(Request::Poll {
+            sid: b1,
+            since,
+            wait_ms: 20_000,
+        });
+        // Alice's message is stored; its delivery to bob's shard is
+        // dropped on a full outbox.
+        let sent = w.start(send(a, BOB, "c1"));
+        w.settle_jobs_only();
+        assert!(matches!(w.take(sent), Some(Response::Sent { .. })));
+        let link = (w.home(ALICE), w.home(BOB));
+        let lost = w.links.get_mut(&link).and_then(|q| q.pop_back());
+        assert!(
+            matches!(lost, Some(PeerMsg::Deliver { to: BOB, .. })),
+            "{lost:?}"
+        );
+        w.settle();
+        assert_eq!(w.take(held), None, "still held: nothing came");
+        // The engine pays the resync it owes once the outbox has room.
+        let bobs = w.home(BOB);
+        w.feed(bobs, Input::Peer(PeerMsg::Resync { who: who.clone() }));
+        let Some(Response::Reset { seq }) = w.take(held) else {
+            panic!("{who:?}: the held poll is reset")
+        };
+        assert_eq!(seq, since + 1);
+        // The other tab, polling from before, is reset too.
+        let late = w.call(Request::Poll {
+            sid: b2,
+            since,
+            wait_ms: 0,
+        });
+        assert_eq!(late, Some(Response::Reset { seq }));
+        assert_eq!(w.shards[bobs].stats().resyncs, 1);
+    }
 }
 
 // (b) Honest roster-changed.

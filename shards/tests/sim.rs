@@ -737,6 +737,7 @@ fn random_worlds_keep_every_invariant() {
                 total.in_doubt += f.in_doubt;
                 total.retries += f.retries;
                 total.timeout_retries += f.timeout_retries;
+                total.dropped_deliveries += f.dropped_deliveries;
                 total.resets += f.resets;
                 total.evictions += f.evictions;
                 total.history_pages += f.history_pages;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::SendTry;
-use super::{reply, Output, PeerMsg, Shard};
+use super::{reply, Output, PeerMsg, Resync, Shard};
 use crate::doubt::{alone, Answer, Tries, Verdict};
 use crate::limits;
 use crate::model::{EventKind, Message, MsgId, ReplyTo, Response, UserId};
@@ -260,6 +260,27 @@ impl Shard {
                 .in_doubt
                 .adopt(cid, tries, limits::IN_DOUBT_CIDS_MAX);
             self.stats.in_doubt_dropped += u64::from(dropped);
+        }
+    }
+
+    /// `PeerMsg::Resync`: deliveries to `who` were dropped on the way, so
+    /// each of their live sessions resets its tabs (`LiveSession::resync`):
+    /// held polls are answered `reset` now, any later poll from before it
+    /// too, and the tabs reload from history, which holds every message
+    /// stored. Users in id order, so a run replays.
+    pub(super) fn resync(&mut self, now: u64, who: Resync, out: &mut Vec<Output>) {
+        let mut users = match who {
+            Resync::Users(users) => users,
+            Resync::All => self.sessions.live_ones().map(|s| s.user).collect(),
+        };
+        users.sort_unstable();
+        users.dedup();
+        let idle_at = now + self.config.tab_timeout_ms;
+        for user in users {
+            if let Some(session) = self.sessions.live_mut(user) {
+                session.resync(idle_at, &mut self.timers, out);
+                self.stats.resyncs += 1;
+            }
         }
     }
 

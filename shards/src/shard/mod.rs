@@ -173,6 +173,21 @@ pub enum PeerMsg {
     /// when a roster re-read failed (the admin call then fails too, so the
     /// web app retries).
     RosterAck { change: ChangeId, ok: bool },
+    /// Deliveries to `who` (homed on the receiving shard) were dropped on
+    /// the way (the sender's outbox was full): every tab of their live
+    /// sessions is reset, so it reloads what it missed from history
+    /// (`delivery.rs`). Sent by the engine, not by a shard core.
+    Resync { who: Resync },
+}
+
+/// Whose tabs a [`PeerMsg::Resync`] resets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resync {
+    /// These users' (by id; those with no live session are skipped).
+    Users(Vec<UserId>),
+    /// Every live session's on the receiving shard (the sender lost count
+    /// of whom it dropped deliveries to).
+    All,
 }
 
 /// Everything that drives a shard.
@@ -247,6 +262,10 @@ pub struct Stats {
     /// Replica entries a presence digest found wrong and repaired (a
     /// `Presence` message was lost).
     pub presence_repairs: u64,
+    /// Live sessions whose tabs were reset by a `PeerMsg::Resync` (a
+    /// delivery to them was dropped on the way).
+    #[serde(default)]
+    pub resyncs: u64,
     /// Roster reads dropped because the session already held a read
     /// issued after them (reads answered out of order).
     #[serde(default)]
@@ -374,6 +393,7 @@ impl Shard {
             PeerMsg::PresenceDigest { from, online } => {
                 self.presence_digest(now, from, online, out)
             }
+            PeerMsg::Resync { who } => self.resync(now, who, out),
         }
     }
 
