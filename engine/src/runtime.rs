@@ -563,19 +563,21 @@ impl ShardRuntime {
     }
 
     /// `Shard::handle` under supervision. On a panic, what it produced is
-    /// discarded (it came from half-changed state); the input's request,
-    /// if any, is answered `unavailable`; its user's session is dropped
-    /// (`Shard::drop_user`, whose outputs are carried out); and the
-    /// discarded storage jobs are returned, to be fed back as failed (the
-    /// shard registered them). A panic while dropping the user leaves the
-    /// shard unusable: the process exits.
+    /// discarded (it came from half-changed state); its user's session is
+    /// dropped (`Shard::drop_user`); the request the input was to answer
+    /// (`Shard::unanswered`: the request itself, or the one waiting on a
+    /// storage result) is answered `unavailable`, a send's try counted as
+    /// failed so its retry delivers (`Shard::answer_after_panic`); their
+    /// outputs are carried out; and the discarded storage jobs are
+    /// returned, to be fed back as failed (the shard registered them). A
+    /// panic while dropping the user or answering leaves the shard
+    /// unusable: the process exits.
     fn handle(&self, now: u64, input: Input, out: &mut Vec<Output>) -> Vec<u64> {
         let kind = input_kind(&input);
-        let reply = match &input {
-            Input::Request { reply, .. } => Some(*reply),
-            _ => None,
+        let (user, unanswered) = {
+            let shard = self.shard.borrow();
+            (shard.user_of(&input), shard.unanswered(&input))
         };
-        let user = self.shard.borrow().user_of(&input);
         let handled = supervise::supervised(|| self.shard.borrow_mut().handle(now, input, out));
         if handled.is_ok() {
             return Vec::new();
@@ -595,18 +597,19 @@ impl ShardRuntime {
                 Output::Reply { .. } | Output::Peer { .. } => None,
             })
             .collect();
-        if let Some(to) = reply {
-            let response = Response::fail(ErrorCode::Unavailable, "internal error: try again");
-            out.push(Output::Reply { to, response });
-        }
-        if let Some(user) = user {
-            let dropped =
-                supervise::supervised(|| self.shard.borrow_mut().drop_user(now, user, out));
-            if dropped.is_err() {
-                supervise::fatal(format_args!(
-                    "shard-{id}: dropping user {user} after a panic panicked too: the shard is unusable"
-                ));
+        let repaired = supervise::supervised(|| {
+            let mut shard = self.shard.borrow_mut();
+            if let Some(user) = user {
+                shard.drop_user(now, user, out);
             }
+            if let Some(u) = unanswered {
+                shard.answer_after_panic(u, out);
+            }
+        });
+        if repaired.is_err() {
+            supervise::fatal(format_args!(
+                "shard-{id}: repairing after a panic (user {user:?}) panicked too: the shard is unusable"
+            ));
         }
         jobs
     }

@@ -310,3 +310,56 @@ fn a_dropped_delivery_resets_the_recipients_tabs_so_they_reload_it_from_history(
         counter(&server, "switchboard_resyncs_total").0 == 1
     });
 }
+
+#[test]
+fn a_panic_while_handling_a_stored_send_answers_it_at_once_and_the_retry_delivers_it_once() {
+    // Handling the storage result that stored x's message panics, after
+    // the shard took the job out: the send must still be answered (not
+    // left to its call deadline), and its retry must deliver the message
+    // that was stored.
+    let (x, y) = FRIENDS
+        .into_iter()
+        .find(|&(a, b)| home_shard(a, 2) != home_shard(b, 2))
+        .expect("the demo has friends on both shards");
+    let dir = temp_dir("fault-panic-stored");
+    let panic_user = x.to_string();
+    let server = Server::start(
+        &dir,
+        &[("SWITCHBOARD_FAULT_PANIC_STORED_USER", panic_user.as_str())],
+    );
+    let tx = server.connect(x, "x");
+    let mut ty = server.connect(y, "y");
+    let to = y.to_string();
+    let params = [
+        ("sid", tx.sid.as_str()),
+        ("to", to.as_str()),
+        ("text", "stored, then a panic"),
+        ("cid", "k1"),
+    ];
+    let asked = Instant::now();
+    let (status, body) = server.get_status("/send", &params);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("internal error"), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "answered after {:?}: {body}",
+        asked.elapsed()
+    );
+    // x's session was dropped; the client connects again and retries.
+    let tx = server.connect(x, "x");
+    let params = [
+        ("sid", tx.sid.as_str()),
+        ("to", to.as_str()),
+        ("text", "stored, then a panic"),
+        ("cid", "k1"),
+    ];
+    let v = server.get("/send", &params);
+    assert_eq!(v["ok"], true, "the retry: {v}");
+    let text = "stored, then a panic".to_string();
+    let got = ty.poll_until(&server, T, |ev| messages(ev).iter().any(|m| m.1 == text));
+    let mut once = messages(&got);
+    once.extend(messages(&ty.poll(&server, 1)));
+    let copies = once.iter().filter(|m| m.1 == text).count();
+    assert_eq!(copies, 1, "{once:?}");
+    assert_eq!(counter(&server, "switchboard_panics_total").0, 1);
+}

@@ -197,6 +197,23 @@ impl InDoubt {
         }
     }
 
+    /// Sets `cid`'s entry to `tries` (removed when not open). Returns
+    /// whether the oldest had to be dropped (at `max`).
+    pub fn set(&mut self, cid: Arc<str>, tries: Tries, max: usize) -> bool {
+        match self.position(&cid) {
+            Some(i) if tries.open() => {
+                self.cids[i].1 = tries;
+                false
+            }
+            Some(i) => {
+                self.cids.remove(i);
+                false
+            }
+            None if tries.open() => self.insert(cid, tries, max),
+            None => false,
+        }
+    }
+
     /// Takes every entry, oldest first.
     pub fn take(&mut self) -> VecDeque<(Arc<str>, Tries)> {
         std::mem::take(&mut self.cids)

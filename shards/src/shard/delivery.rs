@@ -68,6 +68,23 @@ impl OrphanDoubts {
         (verdict, false)
     }
 
+    /// The state of `user`'s `cid`, if kept.
+    fn get(&self, user: UserId, cid: &str) -> Option<&Tries> {
+        self.cids
+            .iter()
+            .find(|(u, c, _)| *u == user && &**c == cid)
+            .map(|(_, _, t)| t)
+    }
+
+    /// Sets `user`'s `cid` to `tries` (removed when not open).
+    fn set(&mut self, user: UserId, cid: Arc<str>, tries: Tries) -> bool {
+        self.cids.retain(|(u, c, _)| !(*u == user && *c == cid));
+        if tries.open() {
+            return self.keep(user, cid, tries);
+        }
+        false
+    }
+
     /// Whether `user`'s `cid` is kept.
     fn has(&self, user: UserId, cid: &str) -> bool {
         self.cids.iter().any(|(u, c, _)| *u == user && &**c == cid)
@@ -233,6 +250,24 @@ impl Shard {
         self.push_event(now, user, EventKind::Message(message.clone()), out);
         let kind = EventKind::Message(message.clone());
         self.deliver(now, message.to, user, kind, out);
+    }
+
+    /// The state in doubt of `user`'s `cid`, wherever it is kept.
+    pub(super) fn doubt_of(&self, user: UserId, cid: &str) -> Option<Tries> {
+        match self.sessions.live(user) {
+            Some(session) => session.in_doubt.get(cid).cloned(),
+            None => self.orphan_doubts.get(user, cid).cloned(),
+        }
+    }
+
+    /// Sets the state in doubt of `user`'s `cid` to `tries` (after a
+    /// panic, from what it was before the input), wherever it is kept.
+    pub(super) fn restore_doubt(&mut self, user: UserId, cid: Arc<str>, tries: Tries) {
+        let dropped = match self.sessions.live_mut(user) {
+            Some(session) => session.in_doubt.set(cid, tries, limits::IN_DOUBT_CIDS_MAX),
+            None => self.orphan_doubts.set(user, cid, tries),
+        };
+        self.stats.in_doubt_dropped += u64::from(dropped);
     }
 
     /// `user`'s session ended with `cids` in doubt: keep them for the

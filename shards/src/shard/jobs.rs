@@ -87,6 +87,11 @@ impl Jobs {
         self.in_flight.remove(&job);
     }
 
+    /// What job `job` in flight is for, if it is in flight.
+    pub(super) fn pending(&self, job: u64) -> Option<&Pending> {
+        self.in_flight.get(&job)
+    }
+
     /// The user job `job` in flight is for, if it is in flight.
     pub(super) fn user_of(&self, job: u64) -> Option<UserId> {
         Some(match self.in_flight.get(&job)? {
@@ -189,6 +194,24 @@ impl Shard {
         let Some(pending) = self.jobs.finish(job) else {
             return; // its session was ended meanwhile
         };
+        #[cfg(feature = "fault-injection")]
+        if let (
+            Pending::Reply {
+                job: ReplyJob::Send(send),
+                ..
+            },
+            Ok(StorageOutput::Stored {
+                duplicate: false, ..
+            }),
+        ) = (&pending, &result)
+        {
+            if Some(send.user) == self.config.panic_stored_user {
+                panic!(
+                    "fault injection: a stored send of user {} panics",
+                    send.user
+                );
+            }
+        }
         if result.is_err() {
             self.stats.storage_failures += 1;
         }

@@ -60,6 +60,7 @@ use jobs::Jobs;
 use presence::Presence;
 use roster::RosterChanges;
 use sessions::Sessions;
+pub use supervision::Unanswered;
 
 /// A shard's settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +90,12 @@ pub struct Config {
     /// [`crate::FAULT_INJECTION`]).
     #[serde(default)]
     pub panic_user: Option<UserId>,
+    /// Test-only fault: handling the storage result that stored a message
+    /// of this user (a fresh `Stored`, not a duplicate) panics inside the
+    /// shard, after the job was taken out (honoured only with the
+    /// `fault-injection` feature).
+    #[serde(default)]
+    pub panic_stored_user: Option<UserId>,
     /// Test-only fault: storage jobs in flight at once, instead of
     /// `JOBS_IN_FLIGHT_MAX` (never more), so that a test can make the
     /// shard shed jobs (honoured only with the `fault-injection` feature).
@@ -112,6 +119,7 @@ impl Config {
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
             presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
             panic_user: None,
+            panic_stored_user: None,
             jobs_in_flight_max: None,
         }
     }
