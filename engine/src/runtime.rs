@@ -407,6 +407,9 @@ pub struct ShardRuntime {
     /// Rate limits of the drop and timeout logs, one per kind.
     drop_logs: [LogGate; 4],
     timeout_log: LogGate,
+    /// Rate limit of the panic log (a panic that repeats on every tick
+    /// must not flood the log).
+    panic_log: LogGate,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
 }
@@ -467,6 +470,7 @@ impl ShardRuntime {
             fault_dropped: Cell::new(0),
             drop_logs: Default::default(),
             timeout_log: LogGate::default(),
+            panic_log: LogGate::default(),
             outputs: RefCell::new(Vec::new()),
         });
         (rt, receivers)
@@ -584,11 +588,26 @@ impl ShardRuntime {
         }
         self.stats.panics.add(1);
         let id = self.id;
-        match user {
-            Some(user) => error!(
-                "shard-{id}: handling {kind} for user {user} panicked: dropping the user's session"
-            ),
-            None => error!("shard-{id}: handling {kind} panicked"),
+        // The input's user, and the user whose state it was changing when
+        // it panicked (a tick's timer, a presence event, ...), if another.
+        let working = self.shard.borrow().working_on();
+        let users: Vec<UserId> = match (user, working) {
+            (Some(a), Some(b)) if a != b => vec![a, b],
+            (a, b) => a.or(b).into_iter().collect(),
+        };
+        if let Some(skipped) = self.panic_log.pass(self.clock.now_ms()) {
+            let panics = self.stats.panics.get();
+            if users.is_empty() {
+                error!(
+                    "shard-{id}: handling {kind} panicked ({panics} panics in all; {skipped} more not logged)"
+                );
+            } else {
+                let names: Vec<String> = users.iter().map(u64::to_string).collect();
+                let names = names.join(" and ");
+                error!(
+                    "shard-{id}: handling {kind} for user {names} panicked: dropping that session ({panics} panics in all; {skipped} more not logged)"
+                );
+            }
         }
         let jobs = out
             .drain(..)
@@ -599,7 +618,7 @@ impl ShardRuntime {
             .collect();
         let repaired = supervise::supervised(|| {
             let mut shard = self.shard.borrow_mut();
-            if let Some(user) = user {
+            for &user in &users {
                 shard.drop_user(now, user, out);
             }
             if let Some(u) = unanswered {
@@ -608,7 +627,7 @@ impl ShardRuntime {
         });
         if repaired.is_err() {
             supervise::fatal(format_args!(
-                "shard-{id}: repairing after a panic (user {user:?}) panicked too: the shard is unusable"
+                "shard-{id}: repairing after a panic (users {users:?}) panicked too: the shard is unusable"
             ));
         }
         jobs

@@ -109,6 +109,10 @@ pub struct Faults {
     /// of a `/send` from this user panics inside the shard, after the
     /// shard took the job out (a supervised panic).
     pub panic_stored_user: Option<UserId>,
+    /// `SWITCHBOARD_FAULT_PANIC_TIMER_USER`: a held poll of this user
+    /// running out panics inside the shard, on the tick that popped its
+    /// timer (a supervised panic in an input about many users).
+    pub panic_timer_user: Option<UserId>,
 }
 
 impl Faults {
@@ -131,6 +135,7 @@ impl Faults {
             jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
             drop_deliveries: var("SWITCHBOARD_FAULT_DROP_DELIVERIES"),
             panic_stored_user: var("SWITCHBOARD_FAULT_PANIC_STORED_USER"),
+            panic_timer_user: var("SWITCHBOARD_FAULT_PANIC_TIMER_USER"),
         }
     }
 }

@@ -363,3 +363,42 @@ fn a_panic_while_handling_a_stored_send_answers_it_at_once_and_the_retry_deliver
     assert_eq!(copies, 1, "{once:?}");
     assert_eq!(counter(&server, "switchboard_panics_total").0, 1);
 }
+
+#[test]
+fn a_panic_on_a_tick_drops_the_user_whose_timer_it_fired_and_their_held_poll_is_answered() {
+    // A tick concerns many users; it pops p's poll timer, then panics.
+    // Unless p is dropped, p's tab is left polling with no timer: the
+    // held poll is never answered and the tab never times out.
+    let p = ALICE;
+    let dir = temp_dir("fault-panic-timer");
+    let user = p.to_string();
+    let server = Server::start(
+        &dir,
+        &[("SWITCHBOARD_FAULT_PANIC_TIMER_USER", user.as_str())],
+    );
+    let mut other = server.connect(BOB, "b");
+    let tab = server.connect(p, "p");
+    let since = tab.seq.to_string();
+    let asked = Instant::now();
+    let v = server.get(
+        "/poll",
+        &[("sid", &tab.sid), ("since", &since), ("wait", "1")],
+    );
+    assert_eq!(code(&v), "unknown_session", "the held poll: {v}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(counter(&server, "switchboard_panics_total").0, 1);
+    assert_eq!(
+        server
+            .log_lines(&format!("handling tick for user {p} panicked"))
+            .len(),
+        1
+    );
+    // Everyone else goes on.
+    other.poll(&server, 0);
+    let p2 = server.connect(p, "p2");
+    assert_ne!(p2.sid, tab.sid);
+}

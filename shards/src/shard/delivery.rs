@@ -156,15 +156,17 @@ impl Shard {
         kind: EventKind,
         out: &mut Vec<Output>,
     ) {
-        let Some(session) = self.sessions.live_mut(user) else {
-            return;
-        };
-        self.stats.events += 1;
-        let bounds = self.config.buffer_bounds();
-        let idle_at = now + self.config.tab_timeout_ms;
-        let appended = session.push_event(kind, bounds, idle_at, &mut self.timers, out);
-        self.stats.typing_coalesced += u64::from(appended.coalesced);
-        self.stats.events_dropped += appended.dropped as u64;
+        self.step(user, |shard| {
+            let Some(session) = shard.sessions.live_mut(user) else {
+                return;
+            };
+            shard.stats.events += 1;
+            let bounds = shard.config.buffer_bounds();
+            let idle_at = now + shard.config.tab_timeout_ms;
+            let appended = session.push_event(kind, bounds, idle_at, &mut shard.timers, out);
+            shard.stats.typing_coalesced += u64::from(appended.coalesced);
+            shard.stats.events_dropped += appended.dropped as u64;
+        });
     }
 
     /// A try of `user`'s send with `cid`, submitted at `ts_ms`, went to
@@ -312,10 +314,12 @@ impl Shard {
         users.dedup();
         let idle_at = now + self.config.tab_timeout_ms;
         for user in users {
-            if let Some(session) = self.sessions.live_mut(user) {
-                session.resync(idle_at, &mut self.timers, out);
-                self.stats.resyncs += 1;
-            }
+            self.step(user, |shard| {
+                if let Some(session) = shard.sessions.live_mut(user) {
+                    session.resync(idle_at, &mut shard.timers, out);
+                    shard.stats.resyncs += 1;
+                }
+            });
         }
     }
 

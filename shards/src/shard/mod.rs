@@ -96,6 +96,11 @@ pub struct Config {
     /// `fault-injection` feature).
     #[serde(default)]
     pub panic_stored_user: Option<UserId>,
+    /// Test-only fault: a held poll of this user running out panics inside
+    /// the shard, on the tick that popped its timer (honoured only with
+    /// the `fault-injection` feature).
+    #[serde(default)]
+    pub panic_timer_user: Option<UserId>,
     /// Test-only fault: storage jobs in flight at once, instead of
     /// `JOBS_IN_FLIGHT_MAX` (never more), so that a test can make the
     /// shard shed jobs (honoured only with the `fault-injection` feature).
@@ -120,6 +125,7 @@ impl Config {
             presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
             panic_user: None,
             panic_stored_user: None,
+            panic_timer_user: None,
             jobs_in_flight_max: None,
         }
     }
@@ -307,6 +313,11 @@ pub struct Shard {
     /// Serving, or draining because the server stops (no poll is held).
     #[serde(default)]
     drain: Drain,
+    /// The user whose state the input being handled is changing, while
+    /// it changes it (`Shard::working_on`): after a panic in an input
+    /// about many users (a tick, presence, a resync), the one to drop.
+    #[serde(skip)]
+    working_on: Option<UserId>,
 }
 
 impl Shard {
@@ -322,6 +333,7 @@ impl Shard {
             stats: Stats::default(),
             next_digest_ms: None,
             drain: Drain::Serving,
+            working_on: None,
         }
     }
 
@@ -370,6 +382,7 @@ impl Shard {
 
     /// The one entry point: feed an input at time `now_ms`, collect outputs.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
+        self.working_on = None;
         match input {
             Input::Request { reply, request } => {
                 let request = self.drain.admit(request);
@@ -403,6 +416,16 @@ impl Shard {
             }
             PeerMsg::Resync { who } => self.resync(now, who, out),
         }
+    }
+
+    /// Runs `f` as a step on `user`'s state: were it to panic,
+    /// [`Shard::working_on`] names `user` (steps nest; the outer user is
+    /// named again after an inner step).
+    fn step<R>(&mut self, user: UserId, f: impl FnOnce(&mut Shard) -> R) -> R {
+        let outer = self.working_on.replace(user);
+        let r = f(self);
+        self.working_on = outer;
+        r
     }
 
     /// Sends `msg` to `shard`: handled at once when that is this shard,

@@ -111,6 +111,18 @@ impl Shard {
         }
     }
 
+    /// The user whose state the last input was changing when it panicked
+    /// (`None` after an input that returned, or one that panicked outside
+    /// any user's step). Steps are marked in the loops of inputs about
+    /// many users: each timer fired, each event pushed (presence changes
+    /// and digests), each session resynced or drained. For such an input
+    /// `user_of` is `None`; the engine drops this user instead — a tick
+    /// that popped a poll's timer and panicked would otherwise leave that
+    /// tab polling with no timer, never answered.
+    pub fn working_on(&self) -> Option<UserId> {
+        self.working_on
+    }
+
     /// Removes `user`'s session however it was left, so the rest of the
     /// shard goes on: held polls get `unknown_session` (the tabs connect
     /// again, loading a fresh session), waiting connects `unavailable`,

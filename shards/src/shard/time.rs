@@ -32,17 +32,19 @@ impl Shard {
                 self.stats.stale_timers += 1;
                 continue;
             }
-            match key {
-                TimerKey::Poll(sid) => self.poll_timed_out(now, sid, out),
-                TimerKey::TabIdle(sid) => self.tab_timed_out(now, sid, out),
+            // The timer is popped: a panic from here on leaves its owner
+            // without it, so supervision drops that user.
+            self.step(key.user(), |shard| match key {
+                TimerKey::Poll(sid) => shard.poll_timed_out(now, sid, out),
+                TimerKey::TabIdle(sid) => shard.tab_timed_out(now, sid, out),
                 TimerKey::Grace(user) => {
-                    if let Some(session) = self.sessions.live_mut(user) {
-                        session.grace.disarm(&mut self.timers);
-                        self.end_session(now, user, Ending::GraceOver, out);
+                    if let Some(session) = shard.sessions.live_mut(user) {
+                        session.grace.disarm(&mut shard.timers);
+                        shard.end_session(now, user, Ending::GraceOver, out);
                     }
                 }
-                TimerKey::Refresh(user) => self.refresh_due(now, user, out),
-            }
+                TimerKey::Refresh(user) => shard.refresh_due(now, user, out),
+            });
         }
     }
 
