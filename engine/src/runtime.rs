@@ -12,10 +12,12 @@
 //! the input's answer and its user's session, see [`crate::supervise`]);
 //! every wait of a conn shard on a home shard has a deadline and removes
 //! its `waiting` entry however it ends; a request is sent to a peer only
-//! below `REQUESTS_IN_FLIGHT_MAX` in flight there, so its reply always
-//! finds room in the peer's outbox (see `limits::OUTBOX_DEPTH_MAX`); every
-//! message dropped on a full outbox is counted by kind and logged
-//! (rate-limited).
+//! below `REQUESTS_IN_FLIGHT_MAX` in flight there (each counted until its
+//! reply or its deadline, whether or not its caller is still there), so
+//! its reply always finds room in the peer's outbox (see
+//! `limits::OUTBOX_DEPTH_MAX`); every message dropped on a full outbox is
+//! counted by kind and logged (rate-limited), and a dropped delivery is
+//! followed by a resync of its recipient once the outbox has room.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -384,9 +386,10 @@ pub struct ShardRuntime {
     /// Bounded outboxes to the other shards (`None` at our own index); a
     /// task per peer drains each into the mesh.
     outboxes: Vec<Option<LocalSender<MeshMsg>>>,
-    /// `in_flight[peer]`: requests sent to `peer` and not yet answered
-    /// (held polls included), each counted by its [`Waiting`] guard.
-    in_flight: Vec<Cell<usize>>,
+    /// Requests sent to each peer and not yet answered (held polls
+    /// included), counted until the reply arrives or the deadline passes,
+    /// even when the caller went first.
+    in_flight: RefCell<InFlight>,
     /// The outboxes' bounds.
     bounds: MeshBounds,
     /// Test-only faults (all off outside the engine's tests).
@@ -456,7 +459,7 @@ impl ShardRuntime {
             waiting: RefCell::new(HashMap::new()),
             next_req: Cell::new(0),
             outboxes,
-            in_flight: (0..count).map(|_| Cell::new(0)).collect(),
+            in_flight: RefCell::new(InFlight::new(count)),
             bounds,
             faults: parts.faults,
             store: parts.store,
@@ -508,6 +511,7 @@ impl ShardRuntime {
         let tick = matches!(input, Input::Tick);
         self.feed_all(input);
         if tick {
+            self.in_flight.borrow_mut().sweep(self.clock.now_ms());
             self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
         }
@@ -723,6 +727,7 @@ impl ShardRuntime {
     }
 
     fn complete(&self, req: u64, response: Response) {
+        self.in_flight.borrow_mut().end(req);
         // Bound first: the borrow ends before the send wakes the caller.
         let waiter = self.waiting.borrow_mut().remove(&req);
         if let Some(tx) = waiter {
@@ -775,7 +780,7 @@ impl ShardRuntime {
     pub async fn call_on(self: &Rc<Self>, shard: ShardId, request: Request) -> Response {
         let busy = || Response::fail(ErrorCode::Unavailable, "server busy: try again");
         let remote = shard != self.id;
-        if remote && self.in_flight[shard].get() >= self.bounds.requests_in_flight_max {
+        if remote && self.in_flight(shard) >= self.bounds.requests_in_flight_max {
             self.stats.shed_requests.add(1);
             return busy();
         }
@@ -783,7 +788,7 @@ impl ShardRuntime {
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
-        let _waiting = Waiting::register(self, req, tx, remote.then_some(shard));
+        let _waiting = Waiting::register(self, req, tx);
         let reply = ReplyTo {
             shard: self.id,
             req,
@@ -801,6 +806,9 @@ impl ShardRuntime {
                 self.id
             );
             return busy();
+        } else {
+            let deadline_ms = self.clock.now_ms() + patience.as_millis() as u64;
+            self.in_flight.borrow_mut().start(req, shard, deadline_ms);
         }
         match deadline::within(glommio::timer::sleep(patience), rx).await {
             Ok(Ok(response)) => response,
@@ -837,39 +845,85 @@ impl ShardRuntime {
 
     /// Requests in flight to `peer` (0 for this shard itself).
     pub fn in_flight(&self, peer: ShardId) -> usize {
-        self.in_flight[peer].get()
+        self.in_flight.borrow().count(peer)
     }
 }
 
-/// One call's `waiting` entry, and its count in flight to a peer, both
-/// removed when this drops: answered, timed out, shed, or the caller gone.
+/// One call's `waiting` entry, removed when this drops: answered, timed
+/// out, shed, or the caller gone. (Its count in flight to a peer is not:
+/// see [`InFlight`].)
 struct Waiting<'a> {
     rt: &'a ShardRuntime,
     req: u64,
-    /// The peer it counts against (`None`: this shard).
-    peer: Option<ShardId>,
 }
 
 impl<'a> Waiting<'a> {
-    fn register(
-        rt: &'a ShardRuntime,
-        req: u64,
-        tx: oneshot::Sender<Response>,
-        peer: Option<ShardId>,
-    ) -> Waiting<'a> {
+    fn register(rt: &'a ShardRuntime, req: u64, tx: oneshot::Sender<Response>) -> Waiting<'a> {
         rt.waiting.borrow_mut().insert(req, tx);
-        if let Some(p) = peer {
-            rt.in_flight[p].set(rt.in_flight[p].get() + 1);
-        }
-        Waiting { rt, req, peer }
+        Waiting { rt, req }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.rt.waiting.borrow_mut().remove(&self.req);
-        if let Some(p) = self.peer {
-            self.rt.in_flight[p].set(self.rt.in_flight[p].get() - 1);
+    }
+}
+
+/// Requests this shard sent to peers and has not had answered, counted
+/// per peer (against `REQUESTS_IN_FLIGHT_MAX`). Each counts until its
+/// reply arrives or its call's deadline passes (swept every tick), even
+/// when its caller went first (a closed connection): the home shard still
+/// holds it — a held poll's reply can come at any moment, and it must
+/// find the room in the outbox the count reserves for it. A reply after
+/// the deadline is outside the count (`dropped_replies`, expected 0).
+#[derive(Debug)]
+struct InFlight {
+    /// Each request's peer and deadline (clock ms), by request number.
+    by_req: HashMap<u64, (ShardId, u64)>,
+    /// `(deadline_ms, req)`, earliest first, for the sweep.
+    by_deadline: BTreeSet<(u64, u64)>,
+    /// Requests counted per peer.
+    per_peer: Vec<usize>,
+}
+
+impl InFlight {
+    fn new(peers: usize) -> InFlight {
+        InFlight {
+            by_req: HashMap::new(),
+            by_deadline: BTreeSet::new(),
+            per_peer: vec![0; peers],
+        }
+    }
+
+    fn count(&self, peer: ShardId) -> usize {
+        self.per_peer[peer]
+    }
+
+    /// Request `req` went to `peer`; its call gives up at `deadline_ms`.
+    fn start(&mut self, req: u64, peer: ShardId, deadline_ms: u64) {
+        let old = self.by_req.insert(req, (peer, deadline_ms));
+        assert!(old.is_none(), "request {req} counted twice");
+        self.by_deadline.insert((deadline_ms, req));
+        self.per_peer[peer] += 1;
+    }
+
+    /// The reply to `req` arrived (a no-op for one not counted: local, or
+    /// swept).
+    fn end(&mut self, req: u64) {
+        if let Some((peer, deadline_ms)) = self.by_req.remove(&req) {
+            self.by_deadline.remove(&(deadline_ms, req));
+            self.per_peer[peer] -= 1;
+        }
+    }
+
+    /// Stops counting every request whose deadline passed by `now_ms`.
+    fn sweep(&mut self, now_ms: u64) {
+        while let Some(&(deadline_ms, req)) = self.by_deadline.first() {
+            if deadline_ms > now_ms {
+                return;
+            }
+            self.end(req);
         }
     }
 }
@@ -927,6 +981,25 @@ mod tests {
             ),
             (4, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_request_counts_in_flight_until_its_reply_or_its_deadline_not_its_caller() {
+        let mut f = InFlight::new(3);
+        f.start(1, 1, 1_000);
+        f.start(2, 1, 2_000);
+        f.start(3, 2, 500);
+        assert_eq!((f.count(1), f.count(2)), (2, 1));
+        // Request 1's caller went (its connection closed): nothing
+        // changes until its reply comes or its deadline passes.
+        f.sweep(999);
+        assert_eq!((f.count(1), f.count(2)), (2, 0));
+        f.end(1);
+        f.end(1); // a second reply, or one after the sweep: no-op
+        assert_eq!(f.count(1), 1);
+        f.sweep(2_000);
+        assert_eq!(f.count(1), 0);
+        assert!(f.by_req.is_empty() && f.by_deadline.is_empty());
     }
 
     #[test]
