@@ -301,7 +301,7 @@ struct CounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 29] = [
+const COUNTERS: [CounterSpec; 30] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -446,6 +446,11 @@ const COUNTERS: [CounterSpec; 29] = [
         name: "switchboard_resyncs_total",
         help: "Live sessions whose tabs were reset because a delivery to them was dropped.",
         value: |s| s.core.resyncs.get(),
+    },
+    CounterSpec {
+        name: "switchboard_roster_waits_expired_total",
+        help: "roster-changed calls answered unavailable because not every shard acked in time.",
+        value: |s| s.core.roster_waits_expired.get(),
     },
 ];
 

@@ -111,6 +111,8 @@ pub struct CoreStats {
     pub in_doubt_orphaned: Counter,
     /// Live sessions whose tabs a resync reset (a delivery to them was dropped).
     pub resyncs: Counter,
+    /// roster-changed calls answered unavailable because an ack never came.
+    pub roster_waits_expired: Counter,
 }
 
 impl CoreStats {
@@ -134,6 +136,7 @@ impl CoreStats {
         self.stale_roster_reads.set(stats.stale_roster_reads);
         self.in_doubt_orphaned.set(stats.in_doubt_orphaned);
         self.resyncs.set(stats.resyncs);
+        self.roster_waits_expired.set(stats.roster_waits_expired);
     }
 }
 

@@ -93,6 +93,14 @@ pub const IN_DOUBT_CIDS_MAX: usize = 64;
 /// `IN_DOUBT_CIDS_MAX`.
 pub const IN_DOUBT_ORPHANS_MAX: usize = 1_024;
 
+/// How long an admin `roster-changed` waits for every shard's ack. A
+/// `RosterTouched` or `RosterAck` dropped on a full outbox would leave it
+/// waiting for good: at this deadline (checked on tick) it is answered
+/// `unavailable` (retry) and forgotten. Above the engine's own deadline
+/// for the call (2 × (storage timeout + slack) + margin: 17 s with the
+/// defaults), so an ack that comes in time is always counted.
+pub const ROSTER_CHANGE_WAIT_MS: u64 = 60_000;
+
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.

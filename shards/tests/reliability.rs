@@ -612,6 +612,45 @@ fn roster_changed_while_a_session_loads_ends_with_the_new_roster_or_an_error() {
     assert!(is_failure(&r, ErrorCode::NotFriends), "{r:?}");
 }
 
+#[test]
+fn roster_changed_whose_touch_or_ack_is_lost_answers_unavailable_at_its_deadline_and_forgets_it() {
+    for lose in ["touch", "ack"] {
+        let mut w = World::new(2);
+        w.connect(ALICE, "a1");
+        w.connect(BOB, "b1");
+        let alices = w.home(ALICE);
+        let bobs = w.home(BOB);
+        let change = w.start(Request::RosterChanged { user: ALICE });
+        w.settle_jobs_only();
+        // One peer message of the change is dropped on a full outbox.
+        match lose {
+            "touch" => {
+                let q = w.links.get_mut(&(alices, bobs)).unwrap();
+                let lost = q.pop_front();
+                assert!(
+                    matches!(lost, Some(PeerMsg::RosterTouched { .. })),
+                    "{lost:?}"
+                );
+            }
+            _ => {
+                let touch = w.links.get_mut(&(alices, bobs)).unwrap().pop_front();
+                w.feed(bobs, Input::Peer(touch.unwrap()));
+                w.settle_jobs_only();
+                let q = w.links.get_mut(&(bobs, alices)).unwrap();
+                let lost = q.pop_back();
+                assert!(matches!(lost, Some(PeerMsg::RosterAck { .. })), "{lost:?}");
+            }
+        }
+        w.settle();
+        assert_eq!(w.take(change), None, "{lose}: still waiting");
+        assert_eq!(w.shards[alices].roster_changes_waiting(), 1);
+        w.advance(switchboard_shards::limits::ROSTER_CHANGE_WAIT_MS);
+        let r = w.take(change);
+        assert!(is_failure(&r, ErrorCode::Unavailable), "{lose}: {r:?}");
+        assert_eq!(w.shards[alices].roster_changes_waiting(), 0, "{lose}");
+    }
+}
+
 // (c) Presence replicas repair themselves.
 
 /// Drops the newest peer message from `from`'s shard to `to`'s, which

@@ -280,6 +280,11 @@ pub struct Stats {
     /// delivery to them was dropped on the way).
     #[serde(default)]
     pub resyncs: u64,
+    /// Admin `roster-changed` calls answered `unavailable` because not
+    /// every shard acked within `ROSTER_CHANGE_WAIT_MS` (a roster message
+    /// was dropped).
+    #[serde(default)]
+    pub roster_waits_expired: u64,
     /// Roster reads dropped because the session already held a read
     /// issued after them (reads answered out of order).
     #[serde(default)]
@@ -373,6 +378,11 @@ impl Shard {
     /// Storage jobs in flight.
     pub fn jobs_in_flight(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Admin `roster-changed` calls started here still waiting for acks.
+    pub fn roster_changes_waiting(&self) -> usize {
+        self.changes.waiting()
     }
 
     /// Armed timers (bounded by tabs and sessions).

@@ -1,9 +1,10 @@
 //! Time: each tick fires the timers due, at most `TIMERS_PER_TICK_MAX`
 //! (the rest fire on the next tick, so one tick never monopolises the
 //! executor), each handed to the part that armed it; then, when due, the
-//! presence digest goes out (`presence`). The digest's deadline is the
-//! shard's own (`next_digest_ms`), not an entry in `Timers`, whose size
-//! stays bounded by tabs and sessions.
+//! presence digest goes out (`presence`), and roster-change waits past
+//! their deadline are answered (`roster`). Those deadlines are the
+//! shard's own (`next_digest_ms`, each wait's), not entries in `Timers`,
+//! whose size stays bounded by tabs and sessions.
 //!
 //! Invariant: owners disarm their timers when they go or re-arm, so a
 //! popped timer finds its owner and the owner's slot names exactly that
@@ -17,10 +18,12 @@ use crate::limits;
 use crate::timers::TimerKey;
 
 impl Shard {
-    /// Fires due timers, then sends the presence digest if it is due.
+    /// Fires due timers, then sends the presence digest if it is due and
+    /// expires roster-change waits past their deadline.
     pub(super) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.fire_timers(now, out);
         self.digest_if_due(now, out);
+        self.expire_roster_waits(now, out);
     }
 
     fn fire_timers(&mut self, now: u64, out: &mut Vec<Output>) {
