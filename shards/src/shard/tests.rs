@@ -321,3 +321,33 @@ fn cids_in_doubt_without_a_session_are_bounded_and_taken_by_the_next_session() {
     let session = w.shard.live_session(user(0)).expect("live");
     assert!(session.in_doubt.is_empty());
 }
+
+/// Review A3: alice's try commits but is answered an error; her tab goes
+/// away and her session ends by grace; she comes back 80 s later, in a
+/// fresh session, and retries: bob gets the message, once.
+#[test]
+fn a_send_in_doubt_when_its_session_ended_by_grace_is_delivered_by_a_retry_80_s_later() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    w.connect(BOB, &[ALICE]);
+    let first = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, Err(StorageError::TimedOut));
+    assert!(matches!(w.take(first), Some(Response::Failed(_))));
+    let leave = w.start(Request::Leave { sid: a });
+    assert_eq!(w.take(leave), Some(Response::Done));
+    for _ in 0..800 {
+        w.now += 100;
+        w.feed(Input::Tick);
+    }
+    assert!(w.shard.live_session(ALICE).is_none(), "ended by grace");
+    // Bob's tab went quiet meanwhile: his session is kept alive by
+    // connecting again (a new tab).
+    w.connect(BOB, &[ALICE]);
+    let a = w.connect(ALICE, &[BOB]);
+    let retry = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, stored(true));
+    assert!(matches!(w.take(retry), Some(Response::Sent { id: 1, .. })));
+    assert_eq!(bob_holds(&w), 1);
+}
