@@ -224,7 +224,8 @@ impl LiveSession {
         {
             let e = self.events.pop_front().expect("more than one event");
             self.events_bytes -= event_bytes(&e.kind);
-            self.evicted_seq = e.seq;
+            // Never lowered: a resync may have moved it past every event.
+            self.evicted_seq = self.evicted_seq.max(e.seq);
             appended.dropped += 1;
         }
         for tab in &mut self.tabs {
@@ -247,11 +248,14 @@ impl LiveSession {
     /// Events meant for this session may have been lost on the way (a
     /// delivery dropped on a full outbox): every tab must reload. The seq
     /// moves on by one with no event and everything up to it counts as
-    /// dropped, so every held poll is answered `Reset` now and any later
-    /// poll from before it too; those tabs go idle until `idle_at_ms`.
+    /// dropped (the buffer is emptied), so every held poll is answered
+    /// `Reset` now and any later poll from before it too; those tabs go
+    /// idle until `idle_at_ms`.
     pub fn resync(&mut self, idle_at_ms: u64, timers: &mut Timers, out: &mut Vec<Output>) {
         self.seq += 1;
         self.evicted_seq = self.seq;
+        self.events.clear();
+        self.events_bytes = 0;
         for tab in &mut self.tabs {
             if !tab.is_polling() {
                 continue;

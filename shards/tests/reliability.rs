@@ -510,6 +510,9 @@ fn a_resync_after_a_dropped_delivery_resets_every_tab_of_the_recipient() {
         let a = w.connect(ALICE, "a1");
         let b1 = w.connect(BOB, "b1");
         let b2 = w.connect(BOB, "b2");
+        for i in 0..3 {
+            w.call(send(a, BOB, &format!("before{i}")));
+        }
         let since = w.session(BOB).unwrap().seq;
         let held = w.start(Request::Poll {
             sid: b1,
@@ -531,6 +534,7 @@ fn a_resync_after_a_dropped_delivery_resets_every_tab_of_the_recipient() {
         assert_eq!(w.take(held), None, "still held: nothing came");
         // The engine pays the resync it owes once the outbox has room.
         let bobs = w.home(BOB);
+        let held_before = w.session(BOB).unwrap().events.len();
         w.feed(bobs, Input::Peer(PeerMsg::Resync { who: who.clone() }));
         let Some(Response::Reset { seq }) = w.take(held) else {
             panic!("{who:?}: the held poll is reset")
@@ -544,6 +548,25 @@ fn a_resync_after_a_dropped_delivery_resets_every_tab_of_the_recipient() {
         });
         assert_eq!(late, Some(Response::Reset { seq }));
         assert_eq!(w.shards[bobs].stats().resyncs, 1);
+        // Still so once newer events push an older one out of the buffer
+        // (seed 325: that eviction lowered the mark below the resync's).
+        let max = w.shards[bobs].config().events_buffered_max;
+        for i in 0..=max - held_before {
+            w.call(send(a, BOB, &format!("later{i}")));
+        }
+        let s = w.session(BOB).unwrap();
+        eprintln!(
+            "DEBUG held_before {held_before} max {max} len {} evicted {} seq {} since {since}",
+            s.events.len(),
+            s.evicted_seq,
+            s.seq
+        );
+        let late = w.call(Request::Poll {
+            sid: b2,
+            since,
+            wait_ms: 0,
+        });
+        assert!(matches!(late, Some(Response::Reset { .. })), "{late:?}");
     }
 }
 
