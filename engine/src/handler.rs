@@ -439,7 +439,7 @@ struct EdgeCounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 27] = [
+const COUNTERS: [CounterSpec; 30] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -574,6 +574,21 @@ const COUNTERS: [CounterSpec; 27] = [
         name: "switchboard_in_doubt_orphaned_total",
         help: "Cids in doubt kept by the shard because their sender had no live session.",
         value: |s| s.core.in_doubt_orphaned.get(),
+    },
+    CounterSpec {
+        name: "switchboard_resyncs_sent_total",
+        help: "Resync messages sent to a peer after deliveries to it were dropped.",
+        value: |s| s.resyncs_sent.get(),
+    },
+    CounterSpec {
+        name: "switchboard_resyncs_total",
+        help: "Live sessions whose tabs were reset because a delivery to them was dropped.",
+        value: |s| s.core.resyncs.get(),
+    },
+    CounterSpec {
+        name: "switchboard_roster_waits_expired_total",
+        help: "roster-changed calls answered unavailable because not every shard acked in time.",
+        value: |s| s.core.roster_waits_expired.get(),
     },
 ];
 

@@ -18,6 +18,12 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
 /// periodic presence digest).
 pub const PEER_MSGS_QUEUED_MAX: usize = 32_768;
 
+/// Users one shard remembers, per peer, as owed a `PeerMsg::Resync` (a
+/// delivery of a message or read receipt to them was dropped on a full
+/// outbox). One more, and the shard owes that peer a resync of every live
+/// session instead (`Resync::All`): their tabs all reload from history.
+pub const RESYNC_USERS_MAX: usize = 1_024;
+
 /// Messages queued in one shard's outbox to one peer: the requests this
 /// shard has in flight to the peer, the replies to the peer's requests in
 /// flight here (each side's `REQUESTS_IN_FLIGHT_MAX`), and the peer

@@ -12,13 +12,15 @@
 //! the input's answer and its user's session, see [`crate::supervise`]);
 //! every wait of a conn shard on a home shard has a deadline and removes
 //! its `waiting` entry however it ends; a request is sent to a peer only
-//! below `REQUESTS_IN_FLIGHT_MAX` in flight there, so its reply always
-//! finds room in the peer's outbox (see `limits::OUTBOX_DEPTH_MAX`); every
-//! message dropped on a full outbox is counted by kind and logged
-//! (rate-limited).
+//! below `REQUESTS_IN_FLIGHT_MAX` in flight there (each counted until its
+//! reply or its deadline, whether or not its caller is still there), so
+//! its reply always finds room in the peer's outbox (see
+//! `limits::OUTBOX_DEPTH_MAX`); every message dropped on a full outbox is
+//! counted by kind and logged (rate-limited), and a dropped delivery is
+//! followed by a resync of its recipient once the outbox has room.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +32,9 @@ use glommio::channels::local_channel::{self, LocalSender};
 use log::{error, warn};
 use switchboard_io::deadline::{self, TimedOut};
 use switchboard_shards::model::{
-    ErrorCode, ReplyTo, Request, Response, ShardId, StorageError, StorageJob,
+    ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, StorageError, StorageJob, UserId,
 };
-use switchboard_shards::{home_shard, Input, Output, PeerMsg, Shard, Stats};
+use switchboard_shards::{home_shard, Input, Output, PeerMsg, Resync, Shard, Stats};
 use switchboard_storage::Store;
 
 use crate::limits;
@@ -107,6 +109,10 @@ pub struct CoreStats {
     pub stale_roster_reads: Counter,
     /// Cids in doubt kept by the shard because their sender had no live session.
     pub in_doubt_orphaned: Counter,
+    /// Live sessions whose tabs a resync reset (a delivery to them was dropped).
+    pub resyncs: Counter,
+    /// roster-changed calls answered unavailable because an ack never came.
+    pub roster_waits_expired: Counter,
 }
 
 impl CoreStats {
@@ -129,6 +135,8 @@ impl CoreStats {
         self.presence_repairs.set(stats.presence_repairs);
         self.stale_roster_reads.set(stats.stale_roster_reads);
         self.in_doubt_orphaned.set(stats.in_doubt_orphaned);
+        self.resyncs.set(stats.resyncs);
+        self.roster_waits_expired.set(stats.roster_waits_expired);
     }
 }
 
@@ -144,6 +152,9 @@ pub struct RuntimeStats {
     pub dropped_replies: Counter,
     /// Deliveries (`PeerMsg::Deliver`) dropped on a full outbox.
     pub dropped_deliveries: Counter,
+    /// `PeerMsg::Resync` messages sent: each resets the tabs of users
+    /// whose deliveries were dropped (or of every live session on the peer).
+    pub resyncs_sent: Counter,
     /// Presence messages dropped on a full outbox (repaired by the
     /// periodic presence digest).
     pub dropped_presence: Counter,
@@ -271,6 +282,43 @@ impl Dropped {
     }
 }
 
+/// The resync one shard owes one peer: the users homed there whose
+/// deliveries it dropped, at most `RESYNC_USERS_MAX`; past that, every
+/// live session there.
+#[derive(Debug, Default)]
+struct Owed {
+    /// The users, by id.
+    users: BTreeSet<UserId>,
+    /// More than `RESYNC_USERS_MAX` were owed: resync every live session.
+    all: bool,
+}
+
+impl Owed {
+    /// Notes that a delivery to `user` was dropped.
+    fn add(&mut self, user: UserId) {
+        if self.all {
+            return;
+        }
+        self.users.insert(user);
+        if self.users.len() > limits::RESYNC_USERS_MAX {
+            self.users.clear();
+            self.all = true;
+        }
+    }
+
+    /// The message that pays it, if anything is owed; leaves it owed.
+    fn message(&self) -> Option<PeerMsg> {
+        let who = if self.all {
+            Resync::All
+        } else if self.users.is_empty() {
+            return None;
+        } else {
+            Resync::Users(self.users.iter().copied().collect())
+        };
+        Some(PeerMsg::Resync { who })
+    }
+}
+
 /// Logs one kind of event at most once per `DROP_LOG_INTERVAL_MS`,
 /// saying how many went unlogged since.
 #[derive(Debug, Default)]
@@ -341,9 +389,10 @@ pub struct ShardRuntime {
     /// Bounded outboxes to the other shards (`None` at our own index); a
     /// task per peer drains each into the mesh.
     outboxes: Vec<Option<LocalSender<MeshMsg>>>,
-    /// `in_flight[peer]`: requests sent to `peer` and not yet answered
-    /// (held polls included), each counted by its [`Waiting`] guard.
-    in_flight: Vec<Cell<usize>>,
+    /// Requests sent to each peer and not yet answered (held polls
+    /// included), counted until the reply arrives or the deadline passes,
+    /// even when the caller went first.
+    in_flight: RefCell<InFlight>,
     /// The outboxes' bounds.
     bounds: MeshBounds,
     /// Test-only faults (all off outside the engine's tests).
@@ -355,9 +404,18 @@ pub struct ShardRuntime {
     pub clock: Clock,
     /// This shard's counters (and every other shard's, for `/metrics`).
     pub stats: StatsSlot,
+    /// `owed[peer]`: users homed on `peer` whose deliveries were dropped
+    /// on the outbox to it, owed a `PeerMsg::Resync` once it has room
+    /// (checked every tick).
+    owed: RefCell<Vec<Owed>>,
+    /// Deliveries the `drop_deliveries` fault has dropped so far.
+    fault_dropped: Cell<u64>,
     /// Rate limits of the drop and timeout logs, one per kind.
     drop_logs: [LogGate; 4],
     timeout_log: LogGate,
+    /// Rate limit of the panic log (a panic that repeats on every tick
+    /// must not flood the log).
+    panic_log: LogGate,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
 }
@@ -404,7 +462,7 @@ impl ShardRuntime {
             waiting: RefCell::new(HashMap::new()),
             next_req: Cell::new(0),
             outboxes,
-            in_flight: (0..count).map(|_| Cell::new(0)).collect(),
+            in_flight: RefCell::new(InFlight::new(count)),
             bounds,
             faults: parts.faults,
             store: parts.store,
@@ -414,8 +472,11 @@ impl ShardRuntime {
                 all: parts.stats,
                 shard: id,
             },
+            owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
+            fault_dropped: Cell::new(0),
             drop_logs: Default::default(),
             timeout_log: LogGate::default(),
+            panic_log: LogGate::default(),
             outputs: RefCell::new(Vec::new()),
         });
         (rt, receivers)
@@ -448,11 +509,34 @@ impl ShardRuntime {
     }
 
     /// Feeds one input to the state machine and carries out what it asks.
+    /// Each tick also pays the resyncs owed to peers whose outbox has room.
     pub fn feed(self: &Rc<Self>, input: Input) {
         let tick = matches!(input, Input::Tick);
         self.feed_all(input);
         if tick {
+            self.in_flight.borrow_mut().sweep(self.clock.now_ms());
+            self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
+        }
+    }
+
+    /// Sends each peer the `PeerMsg::Resync` owed to it, if its outbox
+    /// holds fewer than `peer_msgs_queued_max` (what is owed stays owed
+    /// otherwise, for the next tick).
+    fn pay_resyncs(&self) {
+        let mut owed = self.owed.borrow_mut();
+        for (peer, o) in owed.iter_mut().enumerate() {
+            let Some(msg) = o.message() else {
+                continue;
+            };
+            let outbox = self.outbox(peer);
+            if outbox.len() >= self.bounds.peer_msgs_queued_max {
+                continue;
+            }
+            if outbox.try_send(MeshMsg::Peer(msg)).is_ok() {
+                *o = Owed::default();
+                self.stats.resyncs_sent.add(1);
+            }
         }
     }
 
@@ -490,30 +574,47 @@ impl ShardRuntime {
     }
 
     /// `Shard::handle` under supervision. On a panic, what it produced is
-    /// discarded (it came from half-changed state); the input's request,
-    /// if any, is answered `unavailable`; its user's session is dropped
-    /// (`Shard::drop_user`, whose outputs are carried out); and the
-    /// discarded storage jobs are returned, to be fed back as failed (the
-    /// shard registered them). A panic while dropping the user leaves the
-    /// shard unusable: the process exits.
+    /// discarded (it came from half-changed state); its user's session is
+    /// dropped (`Shard::drop_user`); the request the input was to answer
+    /// (`Shard::unanswered`: the request itself, or the one waiting on a
+    /// storage result) is answered `unavailable`, a send's try counted as
+    /// failed so its retry delivers (`Shard::answer_after_panic`); their
+    /// outputs are carried out; and the discarded storage jobs are
+    /// returned, to be fed back as failed (the shard registered them). A
+    /// panic while dropping the user or answering leaves the shard
+    /// unusable: the process exits.
     fn handle(&self, now: u64, input: Input, out: &mut Vec<Output>) -> Vec<u64> {
         let kind = input_kind(&input);
-        let reply = match &input {
-            Input::Request { reply, .. } => Some(*reply),
-            _ => None,
+        let (user, unanswered) = {
+            let shard = self.shard.borrow();
+            (shard.user_of(&input), shard.unanswered(&input))
         };
-        let user = self.shard.borrow().user_of(&input);
         let handled = supervise::supervised(|| self.shard.borrow_mut().handle(now, input, out));
         if handled.is_ok() {
             return Vec::new();
         }
         self.stats.panics.add(1);
         let id = self.id;
-        match user {
-            Some(user) => error!(
-                "shard-{id}: handling {kind} for user {user} panicked: dropping the user's session"
-            ),
-            None => error!("shard-{id}: handling {kind} panicked"),
+        // The input's user, and the user whose state it was changing when
+        // it panicked (a tick's timer, a presence event, ...), if another.
+        let working = self.shard.borrow().working_on();
+        let users: Vec<UserId> = match (user, working) {
+            (Some(a), Some(b)) if a != b => vec![a, b],
+            (a, b) => a.or(b).into_iter().collect(),
+        };
+        if let Some(skipped) = self.panic_log.pass(self.clock.now_ms()) {
+            let panics = self.stats.panics.get();
+            if users.is_empty() {
+                error!(
+                    "shard-{id}: handling {kind} panicked ({panics} panics in all; {skipped} more not logged)"
+                );
+            } else {
+                let names: Vec<String> = users.iter().map(u64::to_string).collect();
+                let names = names.join(" and ");
+                error!(
+                    "shard-{id}: handling {kind} for user {names} panicked: dropping that session ({panics} panics in all; {skipped} more not logged)"
+                );
+            }
         }
         let jobs = out
             .drain(..)
@@ -522,18 +623,19 @@ impl ShardRuntime {
                 Output::Reply { .. } | Output::Peer { .. } => None,
             })
             .collect();
-        if let Some(to) = reply {
-            let response = Response::fail(ErrorCode::Unavailable, "internal error: try again");
-            out.push(Output::Reply { to, response });
-        }
-        if let Some(user) = user {
-            let dropped =
-                supervise::supervised(|| self.shard.borrow_mut().drop_user(now, user, out));
-            if dropped.is_err() {
-                supervise::fatal(format_args!(
-                    "shard-{id}: dropping user {user} after a panic panicked too: the shard is unusable"
-                ));
+        let repaired = supervise::supervised(|| {
+            let mut shard = self.shard.borrow_mut();
+            for &user in &users {
+                shard.drop_user(now, user, out);
             }
+            if let Some(u) = unanswered {
+                shard.answer_after_panic(u, out);
+            }
+        });
+        if repaired.is_err() {
+            supervise::fatal(format_args!(
+                "shard-{id}: repairing after a panic (users {users:?}) panicked too: the shard is unusable"
+            ));
         }
         jobs
     }
@@ -564,15 +666,43 @@ impl ShardRuntime {
 
     /// Queues a peer message while the outbox holds fewer than
     /// `peer_msgs_queued_max`, so replies and admitted requests keep their
-    /// room; otherwise drops it, counted by kind.
+    /// room; otherwise drops it, counted by kind. A dropped delivery of a
+    /// message or read receipt makes its recipient owed a resync (paid on
+    /// a tick once the outbox has room): their tabs reload from history,
+    /// so what was acknowledged still reaches them.
     fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
         let outbox = self.outbox(shard);
         let kind = Dropped::of(&msg);
-        if outbox.len() >= self.bounds.peer_msgs_queued_max
+        let recipient = match &msg {
+            PeerMsg::Deliver {
+                to,
+                kind: EventKind::Message(_) | EventKind::Read { .. },
+                ..
+            } => Some(*to),
+            _ => None,
+        };
+        if recipient.is_some() && self.fault_drops_delivery()
+            || outbox.len() >= self.bounds.peer_msgs_queued_max
             || outbox.try_send(MeshMsg::Peer(msg)).is_err()
         {
             self.dropped(shard, kind);
+            if let Some(user) = recipient {
+                self.owed.borrow_mut()[shard].add(user);
+            }
         }
+    }
+
+    /// Whether the `drop_deliveries` fault drops this delivery (test-only).
+    fn fault_drops_delivery(&self) -> bool {
+        let Some(n) = self.faults.drop_deliveries else {
+            return false;
+        };
+        let dropped = self.fault_dropped.get();
+        if dropped >= n {
+            return false;
+        }
+        self.fault_dropped.set(dropped + 1);
+        true
     }
 
     fn outbox(&self, shard: ShardId) -> &LocalSender<MeshMsg> {
@@ -600,7 +730,10 @@ impl ShardRuntime {
     }
 
     fn complete(&self, req: u64, response: Response) {
-        if let Some(tx) = self.waiting.borrow_mut().remove(&req) {
+        self.in_flight.borrow_mut().end(req);
+        // Bound first: the borrow ends before the send wakes the caller.
+        let waiter = self.waiting.borrow_mut().remove(&req);
+        if let Some(tx) = waiter {
             // The caller may have gone (connection closed): nothing to do.
             let _ = tx.send(response);
         }
@@ -650,7 +783,7 @@ impl ShardRuntime {
     pub async fn call_on(self: &Rc<Self>, shard: ShardId, request: Request) -> Response {
         let busy = || Response::fail(ErrorCode::Unavailable, "server busy: try again");
         let remote = shard != self.id;
-        if remote && self.in_flight[shard].get() >= self.bounds.requests_in_flight_max {
+        if remote && self.in_flight(shard) >= self.bounds.requests_in_flight_max {
             self.stats.shed_requests.add(1);
             return busy();
         }
@@ -658,7 +791,7 @@ impl ShardRuntime {
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
-        let _waiting = Waiting::register(self, req, tx, remote.then_some(shard));
+        let _waiting = Waiting::register(self, req, tx);
         let reply = ReplyTo {
             shard: self.id,
             req,
@@ -676,6 +809,9 @@ impl ShardRuntime {
                 self.id
             );
             return busy();
+        } else {
+            let deadline_ms = self.clock.now_ms() + patience.as_millis() as u64;
+            self.in_flight.borrow_mut().start(req, shard, deadline_ms);
         }
         match deadline::within(glommio::timer::sleep(patience), rx).await {
             Ok(Ok(response)) => response,
@@ -712,39 +848,85 @@ impl ShardRuntime {
 
     /// Requests in flight to `peer` (0 for this shard itself).
     pub fn in_flight(&self, peer: ShardId) -> usize {
-        self.in_flight[peer].get()
+        self.in_flight.borrow().count(peer)
     }
 }
 
-/// One call's `waiting` entry, and its count in flight to a peer, both
-/// removed when this drops: answered, timed out, shed, or the caller gone.
+/// One call's `waiting` entry, removed when this drops: answered, timed
+/// out, shed, or the caller gone. (Its count in flight to a peer is not:
+/// see [`InFlight`].)
 struct Waiting<'a> {
     rt: &'a ShardRuntime,
     req: u64,
-    /// The peer it counts against (`None`: this shard).
-    peer: Option<ShardId>,
 }
 
 impl<'a> Waiting<'a> {
-    fn register(
-        rt: &'a ShardRuntime,
-        req: u64,
-        tx: oneshot::Sender<Response>,
-        peer: Option<ShardId>,
-    ) -> Waiting<'a> {
+    fn register(rt: &'a ShardRuntime, req: u64, tx: oneshot::Sender<Response>) -> Waiting<'a> {
         rt.waiting.borrow_mut().insert(req, tx);
-        if let Some(p) = peer {
-            rt.in_flight[p].set(rt.in_flight[p].get() + 1);
-        }
-        Waiting { rt, req, peer }
+        Waiting { rt, req }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.rt.waiting.borrow_mut().remove(&self.req);
-        if let Some(p) = self.peer {
-            self.rt.in_flight[p].set(self.rt.in_flight[p].get() - 1);
+    }
+}
+
+/// Requests this shard sent to peers and has not had answered, counted
+/// per peer (against `REQUESTS_IN_FLIGHT_MAX`). Each counts until its
+/// reply arrives or its call's deadline passes (swept every tick), even
+/// when its caller went first (a closed connection): the home shard still
+/// holds it — a held poll's reply can come at any moment, and it must
+/// find the room in the outbox the count reserves for it. A reply after
+/// the deadline is outside the count (`dropped_replies`, expected 0).
+#[derive(Debug)]
+struct InFlight {
+    /// Each request's peer and deadline (clock ms), by request number.
+    by_req: HashMap<u64, (ShardId, u64)>,
+    /// `(deadline_ms, req)`, earliest first, for the sweep.
+    by_deadline: BTreeSet<(u64, u64)>,
+    /// Requests counted per peer.
+    per_peer: Vec<usize>,
+}
+
+impl InFlight {
+    fn new(peers: usize) -> InFlight {
+        InFlight {
+            by_req: HashMap::new(),
+            by_deadline: BTreeSet::new(),
+            per_peer: vec![0; peers],
+        }
+    }
+
+    fn count(&self, peer: ShardId) -> usize {
+        self.per_peer[peer]
+    }
+
+    /// Request `req` went to `peer`; its call gives up at `deadline_ms`.
+    fn start(&mut self, req: u64, peer: ShardId, deadline_ms: u64) {
+        let old = self.by_req.insert(req, (peer, deadline_ms));
+        assert!(old.is_none(), "request {req} counted twice");
+        self.by_deadline.insert((deadline_ms, req));
+        self.per_peer[peer] += 1;
+    }
+
+    /// The reply to `req` arrived (a no-op for one not counted: local, or
+    /// swept).
+    fn end(&mut self, req: u64) {
+        if let Some((peer, deadline_ms)) = self.by_req.remove(&req) {
+            self.by_deadline.remove(&(deadline_ms, req));
+            self.per_peer[peer] -= 1;
+        }
+    }
+
+    /// Stops counting every request whose deadline passed by `now_ms`.
+    fn sweep(&mut self, now_ms: u64) {
+        while let Some(&(deadline_ms, req)) = self.by_deadline.first() {
+            if deadline_ms > now_ms {
+                return;
+            }
+            self.end(req);
         }
     }
 }
@@ -753,6 +935,7 @@ impl Drop for Waiting<'_> {
 fn input_kind(input: &Input) -> String {
     match input {
         Input::Request { request, .. } => format!("request {}", request_kind(request)),
+        Input::Peer(PeerMsg::Resync { .. }) => "peer message resync".into(),
         Input::Peer(msg) => format!("peer message {}", Dropped::of(msg).name()),
         Input::Storage { job, result } => {
             format!("storage result of job {job} (ok: {})", result.is_ok())
@@ -801,6 +984,25 @@ mod tests {
             ),
             (4, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_request_counts_in_flight_until_its_reply_or_its_deadline_not_its_caller() {
+        let mut f = InFlight::new(3);
+        f.start(1, 1, 1_000);
+        f.start(2, 1, 2_000);
+        f.start(3, 2, 500);
+        assert_eq!((f.count(1), f.count(2)), (2, 1));
+        // Request 1's caller went (its connection closed): nothing
+        // changes until its reply comes or its deadline passes.
+        f.sweep(999);
+        assert_eq!((f.count(1), f.count(2)), (2, 0));
+        f.end(1);
+        f.end(1); // a second reply, or one after the sweep: no-op
+        assert_eq!(f.count(1), 1);
+        f.sweep(2_000);
+        assert_eq!(f.count(1), 0);
+        assert!(f.by_req.is_empty() && f.by_deadline.is_empty());
     }
 
     #[test]

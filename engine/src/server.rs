@@ -567,6 +567,8 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     config.rate_limits = s.rate_limits.clone();
     let faults = Faults::from_env();
     config.panic_user = faults.panic_user;
+    config.panic_stored_user = faults.panic_stored_user;
+    config.panic_timer_user = faults.panic_timer_user;
     config.jobs_in_flight_max = faults.jobs_in_flight_max;
     let parts = RuntimeParts {
         store: shared.store.clone(),

@@ -202,6 +202,18 @@ pub struct Faults {
     /// `SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX`: the watchdog's bound
     /// instead of `SHARD_STALL_MS_MAX` (so a test need not wait 10 s).
     pub shard_stall_ms_max: Option<u64>,
+    /// `SWITCHBOARD_FAULT_DROP_DELIVERIES`: this many deliveries of a
+    /// message or read receipt to another shard are dropped as if its
+    /// outbox were full (the first ones sent).
+    pub drop_deliveries: Option<u64>,
+    /// `SWITCHBOARD_FAULT_PANIC_STORED_USER`: handling the storage result
+    /// of a `/send` from this user panics inside the shard, after the
+    /// shard took the job out (a supervised panic).
+    pub panic_stored_user: Option<UserId>,
+    /// `SWITCHBOARD_FAULT_PANIC_TIMER_USER`: a held poll of this user
+    /// running out panics inside the shard, on the tick that popped its
+    /// timer (a supervised panic in an input about many users).
+    pub panic_timer_user: Option<UserId>,
 }
 
 impl Faults {
@@ -224,6 +236,9 @@ impl Faults {
             jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
             stall_shard_user: var("SWITCHBOARD_FAULT_STALL_SHARD_USER"),
             shard_stall_ms_max: var("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX"),
+            drop_deliveries: var("SWITCHBOARD_FAULT_DROP_DELIVERIES"),
+            panic_stored_user: var("SWITCHBOARD_FAULT_PANIC_STORED_USER"),
+            panic_timer_user: var("SWITCHBOARD_FAULT_PANIC_TIMER_USER"),
         }
     }
 }

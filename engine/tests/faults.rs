@@ -307,3 +307,145 @@ fn a_burst_of_replies_to_held_polls_loses_none_past_the_in_flight_bound_calls_ar
         counter(&server, &format!("switchboard_dropped_{name}_total"));
     }
 }
+
+#[test]
+fn a_dropped_delivery_resets_the_recipients_tabs_so_they_reload_it_from_history() {
+    // Friends homed on different shards; the first delivery between
+    // shards is dropped as a full outbox would drop it.
+    let (x, y) = FRIENDS
+        .into_iter()
+        .find(|&(a, b)| home_shard(a, 2) != home_shard(b, 2))
+        .expect("the demo has friends on both shards");
+    let dir = temp_dir("fault-drop-delivery");
+    let server = Server::start(&dir, &[("SWITCHBOARD_FAULT_DROP_DELIVERIES", "1")]);
+    let tx = server.connect(x, "x");
+    let ty = server.connect(y, "y");
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| {
+            let since = ty.seq.to_string();
+            let asked = Instant::now();
+            let v = server.get(
+                "/poll",
+                &[("sid", &ty.sid), ("since", &since), ("wait", "20")],
+            );
+            (v, asked.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let v = send(&server, &tx.sid, y, "dropped on the way");
+        assert_eq!(v["ok"], true, "{v}");
+        let (v, waited) = held.join().unwrap();
+        // The tab is told to reload at once, not left waiting for an
+        // event that will never come.
+        assert_eq!(v["reset"], true, "the held poll: {v}");
+        assert!(waited < Duration::from_secs(5), "reset after {waited:?}");
+    });
+    let h = server.get("/history", &[("sid", &ty.sid), ("with", &x.to_string())]);
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["dropped on the way"], "{h}");
+    assert_eq!(
+        counter(&server, "switchboard_dropped_deliveries_total").0,
+        1
+    );
+    assert_eq!(counter(&server, "switchboard_resyncs_sent_total").0, 1);
+    // The shard core's counters reach /metrics at its next tick.
+    eventually(T, "switchboard_resyncs_total reaches 1", || {
+        counter(&server, "switchboard_resyncs_total").0 == 1
+    });
+}
+
+#[test]
+fn a_panic_while_handling_a_stored_send_answers_it_at_once_and_the_retry_delivers_it_once() {
+    // Handling the storage result that stored x's message panics, after
+    // the shard took the job out: the send must still be answered (not
+    // left to its call deadline), and its retry must deliver the message
+    // that was stored.
+    let (x, y) = FRIENDS
+        .into_iter()
+        .find(|&(a, b)| home_shard(a, 2) != home_shard(b, 2))
+        .expect("the demo has friends on both shards");
+    let dir = temp_dir("fault-panic-stored");
+    let panic_user = x.to_string();
+    let server = Server::start(
+        &dir,
+        &[("SWITCHBOARD_FAULT_PANIC_STORED_USER", panic_user.as_str())],
+    );
+    let tx = server.connect(x, "x");
+    let mut ty = server.connect(y, "y");
+    let to = y.to_string();
+    let params = [
+        ("sid", tx.sid.as_str()),
+        ("to", to.as_str()),
+        ("text", "stored, then a panic"),
+        ("cid", "k1"),
+    ];
+    let asked = Instant::now();
+    let (status, body) = server.get_status("/send", &params);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("internal error"), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "answered after {:?}: {body}",
+        asked.elapsed()
+    );
+    // x's session was dropped; the client connects again and retries.
+    let tx = server.connect(x, "x");
+    let params = [
+        ("sid", tx.sid.as_str()),
+        ("to", to.as_str()),
+        ("text", "stored, then a panic"),
+        ("cid", "k1"),
+    ];
+    let v = server.get("/send", &params);
+    assert_eq!(v["ok"], true, "the retry: {v}");
+    let text = "stored, then a panic".to_string();
+    let got = ty.poll_until(&server, T, |ev| messages(ev).iter().any(|m| m.1 == text));
+    let mut once = messages(&got);
+    once.extend(messages(&ty.poll(&server, 1)));
+    let copies = once.iter().filter(|m| m.1 == text).count();
+    assert_eq!(copies, 1, "{once:?}");
+    assert_eq!(counter(&server, "switchboard_panics_total").0, 1);
+}
+
+#[test]
+fn a_panic_on_a_tick_drops_the_user_whose_timer_it_fired_and_their_held_poll_is_answered() {
+    // A tick concerns many users; it pops p's poll timer, then panics.
+    // Unless p is dropped, p's tab is left polling with no timer: the
+    // held poll is never answered and the tab never times out.
+    let p = ALICE;
+    let dir = temp_dir("fault-panic-timer");
+    let user = p.to_string();
+    let server = Server::start(
+        &dir,
+        &[("SWITCHBOARD_FAULT_PANIC_TIMER_USER", user.as_str())],
+    );
+    let mut other = server.connect(BOB, "b");
+    let tab = server.connect(p, "p");
+    let since = tab.seq.to_string();
+    let asked = Instant::now();
+    let v = server.get(
+        "/poll",
+        &[("sid", &tab.sid), ("since", &since), ("wait", "1")],
+    );
+    assert_eq!(code(&v), "unknown_session", "the held poll: {v}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(counter(&server, "switchboard_panics_total").0, 1);
+    assert_eq!(
+        server
+            .log_lines(&format!("handling tick for user {p} panicked"))
+            .len(),
+        1
+    );
+    // Everyone else goes on.
+    other.poll(&server, 0);
+    let p2 = server.connect(p, "p2");
+    assert_ne!(p2.sid, tab.sid);
+}

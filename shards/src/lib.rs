@@ -6,6 +6,7 @@
 //! reads, no randomness (sids are drawn by the caller), like `quinn-proto`.
 #![forbid(unsafe_code)]
 
+pub mod doubt;
 pub mod limits;
 pub mod model;
 pub mod ratelimit;
@@ -17,7 +18,8 @@ pub mod timers;
 pub use routing::home_shard;
 
 /// Whether this build honours test-only faults (`Config::panic_user`,
+/// `Config::panic_stored_user`, `Config::panic_timer_user`,
 /// `Config::jobs_in_flight_max`):
 /// the `fault-injection` feature, on only in the engine's tests.
 pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
-pub use shard::{ChangeId, Config, Input, Output, PeerMsg, Shard, Stats};
+pub use shard::{ChangeId, Config, Input, Output, PeerMsg, Resync, Shard, Stats, Unanswered};

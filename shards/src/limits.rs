@@ -85,11 +85,13 @@ pub const RATE_POLL_DEFAULT: Rate = Rate::new(10, 40);
 /// answers `unavailable` and the web app retries).
 pub const LOADING_REREADS_MAX: usize = 16;
 
-/// Cids in doubt per session: sends with a cid whose storage job failed
-/// or timed out (storage may have committed them). One more drops the
-/// oldest (counted in `Stats::in_doubt_dropped`): if that message was
+/// Cids in doubt per session (`crate::doubt`): sends with a cid that
+/// have a try in flight, or whose message is not known delivered (a try
+/// failed or timed out: storage may have committed it). One more drops
+/// the oldest (counted in `Stats::in_doubt_dropped`): if that message was
 /// stored after all, a retry is answered but not delivered live, and tabs
-/// see it from history when they next load it.
+/// see it from history when they next load it. The send rate limit keeps
+/// a client's tries in flight well below it (30 at once, 5 a second).
 pub const IN_DOUBT_CIDS_MAX: usize = 64;
 
 /// Cids in doubt kept per shard for users with no live session: a send
@@ -99,6 +101,14 @@ pub const IN_DOUBT_CIDS_MAX: usize = 64;
 /// (counted in `Stats::in_doubt_dropped`), with the same consequence as
 /// `IN_DOUBT_CIDS_MAX`.
 pub const IN_DOUBT_ORPHANS_MAX: usize = 1_024;
+
+/// How long an admin `roster-changed` waits for every shard's ack. A
+/// `RosterTouched` or `RosterAck` dropped on a full outbox would leave it
+/// waiting for good: at this deadline (checked on tick) it is answered
+/// `unavailable` (retry) and forgotten. Above the engine's own deadline
+/// for the call (2 × (storage timeout + slack) + margin: 17 s with the
+/// defaults), so an ack that comes in time is always counted.
+pub const ROSTER_CHANGE_WAIT_MS: u64 = 60_000;
 
 /// Default offline grace (PROTOCOL.md §6).
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::doubt::InDoubt;
 use crate::limits;
 use crate::model::{Event, EventKind, Friend, MsgId, ReplyTo, Response, Sid, Status, UserId};
 use crate::ratelimit::Buckets;
@@ -101,8 +102,9 @@ pub struct LiveSession {
     pub events: VecDeque<Arc<Event>>,
     /// `event_bytes` summed over `events`.
     pub events_bytes: usize,
-    /// The highest seq dropped to keep the buffer within its bounds (0:
-    /// none). A poll from before it missed events: it gets `reset`.
+    /// The highest seq dropped to keep the buffer within its bounds, or
+    /// the seq of the last resync (0: none). A poll from before it missed
+    /// events: it gets `reset`.
     pub evicted_seq: u64,
     /// Rate-limit buckets, one per kind of call. They live and end with the
     /// session: a session that ends and loads again starts with full ones.
@@ -129,13 +131,12 @@ pub struct LiveSession {
     pub refresh: Deadline,
     /// Counter for server-made tab names.
     pub tabs_named: u64,
-    /// Cids of sends whose storage job failed (error or deadline), oldest
-    /// first: storage may have committed them anyway, so a later try
-    /// answered `duplicate` is delivered (see `shard::delivery`). At most
+    /// Cids in doubt (`crate::doubt`): those with a try in flight or a
+    /// failed try not delivered since, oldest first, at most
     /// `IN_DOUBT_CIDS_MAX`. When the session ends they are kept by the
     /// shard (`IN_DOUBT_ORPHANS_MAX`) for the user's next session.
     #[serde(default)]
-    pub in_doubt: VecDeque<Arc<str>>,
+    pub in_doubt: InDoubt,
 }
 
 impl LiveSession {
@@ -166,43 +167,14 @@ impl LiveSession {
             grace: Deadline::new(TimerKey::Grace(user)),
             refresh: Deadline::new(TimerKey::Refresh(user)),
             tabs_named: 0,
-            in_doubt: VecDeque::new(),
-        }
-    }
-
-    /// Notes that a send with `cid` failed and may be stored all the same.
-    /// Returns whether the oldest cid in doubt had to be dropped to make
-    /// room (at `IN_DOUBT_CIDS_MAX`).
-    pub fn doubt(&mut self, cid: Arc<str>) -> bool {
-        if self.in_doubt.contains(&cid) {
-            return false;
-        }
-        let full = self.in_doubt.len() >= limits::IN_DOUBT_CIDS_MAX;
-        if full {
-            self.in_doubt.pop_front();
-        }
-        self.in_doubt.push_back(cid);
-        full
-    }
-
-    /// A try of `cid` was answered stored: it is no longer in doubt.
-    /// Returns whether it was.
-    pub fn settle_doubt(&mut self, cid: &str) -> bool {
-        match self.in_doubt.iter().position(|c| &**c == cid) {
-            Some(i) => {
-                self.in_doubt.remove(i);
-                true
-            }
-            None => false,
+            in_doubt: InDoubt::default(),
         }
     }
 
     /// Whether message `id` is in the buffer (its event reached this
     /// session's tabs, or they get `reset`).
     pub fn holds_message(&self, id: MsgId) -> bool {
-        self.events
-            .iter()
-            .any(|e| matches!(&e.kind, EventKind::Message(m) if m.id == id))
+        holds_message(&self.events, id)
     }
 
     /// The tab holding `sid`. Every tab's sid is compared, in constant
@@ -260,7 +232,8 @@ impl LiveSession {
         {
             let e = self.events.pop_front().expect("more than one event");
             self.events_bytes -= event_bytes(&e.kind);
-            self.evicted_seq = e.seq;
+            // Never lowered: a resync may have moved it past every event.
+            self.evicted_seq = self.evicted_seq.max(e.seq);
             appended.dropped += 1;
         }
         for tab in &mut self.tabs {
@@ -280,11 +253,45 @@ impl LiveSession {
         appended
     }
 
+    /// Events meant for this session may have been lost on the way (a
+    /// delivery dropped on a full outbox): every tab must reload. The seq
+    /// moves on by one with no event and everything up to it counts as
+    /// dropped (the buffer is emptied), so every held poll is answered
+    /// `Reset` now and any later poll from before it too; those tabs go
+    /// idle until `idle_at_ms`.
+    pub fn resync(&mut self, idle_at_ms: u64, timers: &mut Timers, out: &mut Vec<Output>) {
+        self.seq += 1;
+        self.evicted_seq = self.seq;
+        self.events.clear();
+        self.events_bytes = 0;
+        for tab in &mut self.tabs {
+            if !tab.is_polling() {
+                continue;
+            }
+            let idle = TabState::Idle {
+                deadline_ms: idle_at_ms,
+            };
+            if let TabState::Polling(poll) = tab.enter(idle, timers) {
+                out.push(Output::Reply {
+                    to: poll.reply,
+                    response: Response::Reset { seq: self.seq },
+                });
+            }
+        }
+    }
+
     /// Events after `since` (by seq: seqs may skip), or `Reset` when some
     /// were dropped by the buffer's bounds. `since` must not exceed `seq`.
     pub fn answer_since(&self, since: u64) -> Response {
         events_after(&self.events, self.seq, self.evicted_seq, since)
     }
+}
+
+/// Whether `events` hold message `id`.
+pub fn holds_message(events: &VecDeque<Arc<Event>>, id: MsgId) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Message(m) if m.id == id))
 }
 
 /// The answer to a poll from `since` of a buffer whose latest seq is `seq`

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use switchboard_shards::model::*;
 use switchboard_shards::ratelimit::RateLimits;
-use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Shard};
+use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Resync, Shard};
 
 /// Storage kept in memory, with the protocol's semantics for the jobs
 /// these tests use.
@@ -405,6 +405,85 @@ fn a_duplicate_of_a_send_never_in_doubt_is_not_delivered_twice() {
     }
 }
 
+/// Answers job `(shard, job)` with `result`.
+fn answer(w: &mut World, (shard, job): (usize, u64), result: StorageResult) {
+    w.feed(shard, Input::Storage { job, result });
+}
+
+/// Takes the next store job out unanswered: `(shard, job)` and its request.
+fn take_store(w: &mut World) -> ((usize, u64), StorageJob) {
+    let (shard, job, request) = w.take_job(|r| matches!(r, StorageJob::StoreMessage { .. }));
+    ((shard, job), request)
+}
+
+#[test]
+fn two_tries_in_flight_the_one_that_committed_failing_last_is_delivered_once() {
+    // The client gave up on try 1 (a timeout) and retried while try 1 was
+    // still running. Try 1 commits but is answered an error (its commit
+    // ended past the engine's deadline); try 2's duplicate is answered
+    // first, before anything put the cid in doubt.
+    let (mut w, mut clients) = alice_and_bob();
+    let a1 = clients[0].sid;
+    let first = w.start(send(a1, BOB, "c1"));
+    let (try1, request) = take_store(&mut w);
+    let _ = w.store.run(request);
+    let second = w.start(send(a1, BOB, "c1"));
+    let (try2, request) = take_store(&mut w);
+    let duplicate = w.store.run(request);
+    answer(&mut w, try2, duplicate);
+    let Some(Response::Sent { id, .. }) = w.take(second) else {
+        panic!("try 2 is answered from the duplicate")
+    };
+    answer(&mut w, try1, Err(StorageError::TimedOut));
+    assert!(is_failure(&w.take(first), ErrorCode::Unavailable));
+    w.settle();
+    for c in &mut clients {
+        c.poll(&mut w);
+        assert_eq!(c.messages, vec![id], "tab {:?}", c.sid);
+    }
+}
+
+#[test]
+fn two_tries_in_flight_after_a_failed_one_deliver_once_in_either_answer_order() {
+    for fresh_first in [false, true] {
+        let (mut w, mut clients) = alice_and_bob();
+        let a1 = clients[0].sid;
+        // Try 1 fails without storing: the cid is in doubt.
+        let first = w.start(send(a1, BOB, "c1"));
+        let (try1, _) = take_store(&mut w);
+        answer(&mut w, try1, Err(StorageError::Backend("injected".into())));
+        assert!(is_failure(&w.take(first), ErrorCode::Unavailable));
+        // Tries 2 and 3 run at once: 2 stores it, 3 finds it stored.
+        let second = w.start(send(a1, BOB, "c1"));
+        let third = w.start(send(a1, BOB, "c1"));
+        let (try2, request) = take_store(&mut w);
+        let fresh = w.store.run(request);
+        let (try3, request) = take_store(&mut w);
+        let duplicate = w.store.run(request);
+        if fresh_first {
+            answer(&mut w, try2, fresh);
+            answer(&mut w, try3, duplicate);
+        } else {
+            answer(&mut w, try3, duplicate);
+            answer(&mut w, try2, fresh);
+        }
+        w.settle();
+        let Some(Response::Sent { id, .. }) = w.take(second) else {
+            panic!("try 2")
+        };
+        assert!(matches!(w.take(third), Some(Response::Sent { id: i, .. }) if i == id));
+        for c in &mut clients {
+            c.poll(&mut w);
+            assert_eq!(
+                c.messages,
+                vec![id],
+                "fresh first {fresh_first}: tab {:?}",
+                c.sid
+            );
+        }
+    }
+}
+
 #[test]
 fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
     let (mut w, _) = alice_and_bob();
@@ -421,7 +500,74 @@ fn cids_in_doubt_are_bounded_per_session_dropping_the_oldest() {
     assert_eq!(w.shards[alices].stats().in_doubt_dropped, 1);
     let session = w.session(ALICE).unwrap();
     assert_eq!(session.in_doubt.len(), max);
-    assert_eq!(session.in_doubt.front().map(|c| &**c), Some("d1"));
+    assert_eq!(session.in_doubt.cids().next(), Some("d1"));
+}
+
+#[test]
+fn a_resync_after_a_dropped_delivery_resets_every_tab_of_the_recipient() {
+    for who in [Resync::Users(vec![BOB]), Resync::All] {
+        let mut w = World::new(2);
+        let a = w.connect(ALICE, "a1");
+        let b1 = w.connect(BOB, "b1");
+        let b2 = w.connect(BOB, "b2");
+        for i in 0..3 {
+            w.call(send(a, BOB, &format!("before{i}")));
+        }
+        let since = w.session(BOB).unwrap().seq;
+        let held = w.start(Request::Poll {
+            sid: b1,
+            since,
+            wait_ms: 20_000,
+        });
+        // Alice's message is stored; its delivery to bob's shard is
+        // dropped on a full outbox.
+        let sent = w.start(send(a, BOB, "c1"));
+        w.settle_jobs_only();
+        assert!(matches!(w.take(sent), Some(Response::Sent { .. })));
+        let link = (w.home(ALICE), w.home(BOB));
+        let lost = w.links.get_mut(&link).and_then(|q| q.pop_back());
+        assert!(
+            matches!(lost, Some(PeerMsg::Deliver { to: BOB, .. })),
+            "{lost:?}"
+        );
+        w.settle();
+        assert_eq!(w.take(held), None, "still held: nothing came");
+        // The engine pays the resync it owes once the outbox has room.
+        let bobs = w.home(BOB);
+        let held_before = w.session(BOB).unwrap().events.len();
+        w.feed(bobs, Input::Peer(PeerMsg::Resync { who: who.clone() }));
+        let Some(Response::Reset { seq }) = w.take(held) else {
+            panic!("{who:?}: the held poll is reset")
+        };
+        assert_eq!(seq, since + 1);
+        // The other tab, polling from before, is reset too.
+        let late = w.call(Request::Poll {
+            sid: b2,
+            since,
+            wait_ms: 0,
+        });
+        assert_eq!(late, Some(Response::Reset { seq }));
+        assert_eq!(w.shards[bobs].stats().resyncs, 1);
+        // Still so once newer events push an older one out of the buffer
+        // (seed 325: that eviction lowered the mark below the resync's).
+        let max = w.shards[bobs].config().events_buffered_max;
+        for i in 0..=max - held_before {
+            w.call(send(a, BOB, &format!("later{i}")));
+        }
+        let s = w.session(BOB).unwrap();
+        eprintln!(
+            "DEBUG held_before {held_before} max {max} len {} evicted {} seq {} since {since}",
+            s.events.len(),
+            s.evicted_seq,
+            s.seq
+        );
+        let late = w.call(Request::Poll {
+            sid: b2,
+            since,
+            wait_ms: 0,
+        });
+        assert!(matches!(late, Some(Response::Reset { .. })), "{late:?}");
+    }
 }
 
 // (b) Honest roster-changed.
@@ -487,6 +633,45 @@ fn roster_changed_while_a_session_loads_ends_with_the_new_roster_or_an_error() {
     assert!(!w.session(BOB).unwrap().roster.contains_key(&ALICE));
     let r = w.call(send(sid, ALICE, "x"));
     assert!(is_failure(&r, ErrorCode::NotFriends), "{r:?}");
+}
+
+#[test]
+fn roster_changed_whose_touch_or_ack_is_lost_answers_unavailable_at_its_deadline_and_forgets_it() {
+    for lose in ["touch", "ack"] {
+        let mut w = World::new(2);
+        w.connect(ALICE, "a1");
+        w.connect(BOB, "b1");
+        let alices = w.home(ALICE);
+        let bobs = w.home(BOB);
+        let change = w.start(Request::RosterChanged { user: ALICE });
+        w.settle_jobs_only();
+        // One peer message of the change is dropped on a full outbox.
+        match lose {
+            "touch" => {
+                let q = w.links.get_mut(&(alices, bobs)).unwrap();
+                let lost = q.pop_front();
+                assert!(
+                    matches!(lost, Some(PeerMsg::RosterTouched { .. })),
+                    "{lost:?}"
+                );
+            }
+            _ => {
+                let touch = w.links.get_mut(&(alices, bobs)).unwrap().pop_front();
+                w.feed(bobs, Input::Peer(touch.unwrap()));
+                w.settle_jobs_only();
+                let q = w.links.get_mut(&(bobs, alices)).unwrap();
+                let lost = q.pop_back();
+                assert!(matches!(lost, Some(PeerMsg::RosterAck { .. })), "{lost:?}");
+            }
+        }
+        w.settle();
+        assert_eq!(w.take(change), None, "{lose}: still waiting");
+        assert_eq!(w.shards[alices].roster_changes_waiting(), 1);
+        w.advance(switchboard_shards::limits::ROSTER_CHANGE_WAIT_MS);
+        let r = w.take(change);
+        assert!(is_failure(&r, ErrorCode::Unavailable), "{lose}: {r:?}");
+        assert_eq!(w.shards[alices].roster_changes_waiting(), 0, "{lose}");
+    }
 }
 
 // (c) Presence replicas repair themselves.

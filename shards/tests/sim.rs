@@ -736,6 +736,8 @@ fn random_worlds_keep_every_invariant() {
                 total.acked += f.acked;
                 total.in_doubt += f.in_doubt;
                 total.retries += f.retries;
+                total.timeout_retries += f.timeout_retries;
+                total.dropped_deliveries += f.dropped_deliveries;
                 total.resets += f.resets;
                 total.evictions += f.evictions;
                 total.history_pages += f.history_pages;

@@ -47,23 +47,25 @@ impl Shard {
         self.drain = Drain::Draining;
         let users: Vec<UserId> = self.sessions.live_ones().map(|s| s.user).collect();
         for user in users {
-            let session = self.sessions.live_mut(user).expect("a live session");
-            for tab in &mut session.tabs {
-                if !tab.is_polling() {
-                    continue;
+            self.step(user, |shard| {
+                let session = shard.sessions.live_mut(user).expect("a live session");
+                for tab in &mut session.tabs {
+                    if !tab.is_polling() {
+                        continue;
+                    }
+                    let idle = TabState::Idle {
+                        deadline_ms: now + shard.config.tab_timeout_ms,
+                    };
+                    let TabState::Polling(poll) = tab.enter(idle, &mut shard.timers) else {
+                        unreachable!("checked just above");
+                    };
+                    let ended = Response::Events {
+                        seq: session.seq,
+                        events: Vec::new(),
+                    };
+                    reply(out, poll.reply, ended);
                 }
-                let idle = TabState::Idle {
-                    deadline_ms: now + self.config.tab_timeout_ms,
-                };
-                let TabState::Polling(poll) = tab.enter(idle, &mut self.timers) else {
-                    unreachable!("checked just above");
-                };
-                let ended = Response::Events {
-                    seq: session.seq,
-                    events: Vec::new(),
-                };
-                reply(out, poll.reply, ended);
-            }
+            });
         }
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::roster::Refresh;
 use super::{fail, reply, Output, Shard};
+use crate::doubt::Answer;
 use crate::limits;
 use crate::model::{
     ErrorCode, ReplyTo, Response, StorageJob, StorageOutput, StorageResult, UserId,
@@ -32,9 +33,8 @@ pub(super) enum Pending {
 pub(super) enum ReplyJob {
     /// The roster re-read that starts an admin `roster-changed`.
     RosterChanged { user: UserId },
-    /// `/send` from `user`, with the client's `cid` if it gave one (a
-    /// failed try puts it in doubt).
-    Send { user: UserId, cid: Option<Arc<str>> },
+    /// A try of a `/send` (see `crate::doubt`).
+    Send(SendTry),
     /// `/read` by `user` of the conversation with `with`.
     Read { user: UserId, with: UserId },
     /// `/history` of `user`.
@@ -45,6 +45,15 @@ pub(super) enum ReplyJob {
         tab: Arc<str>,
         state: Arc<str>,
     },
+}
+
+/// One try of a `/send`: whose, with the client's `cid` if it gave one,
+/// and its submit time (the `ts` the message is stored with).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct SendTry {
+    pub(super) user: UserId,
+    pub(super) cid: Option<Arc<str>>,
+    pub(super) ts_ms: u64,
 }
 
 /// Storage jobs in flight, by job number.
@@ -78,13 +87,18 @@ impl Jobs {
         self.in_flight.remove(&job);
     }
 
+    /// What job `job` in flight is for, if it is in flight.
+    pub(super) fn pending(&self, job: u64) -> Option<&Pending> {
+        self.in_flight.get(&job)
+    }
+
     /// The user job `job` in flight is for, if it is in flight.
     pub(super) fn user_of(&self, job: u64) -> Option<UserId> {
         Some(match self.in_flight.get(&job)? {
             Pending::LoadSession { user } | Pending::Refresh { user, .. } => *user,
             Pending::Reply { job, .. } => match job {
+                ReplyJob::Send(SendTry { user, .. }) => *user,
                 ReplyJob::RosterChanged { user }
-                | ReplyJob::Send { user, .. }
                 | ReplyJob::Read { user, .. }
                 | ReplyJob::History { user }
                 | ReplyJob::SaveUi { user, .. } => *user,
@@ -148,17 +162,24 @@ impl Shard {
     }
 
     /// Asks storage for `request` on behalf of the request waiting at `to`;
-    /// answers `unavailable` when too many jobs are in flight.
+    /// answers `unavailable` when too many jobs are in flight. Returns
+    /// whether the job went out.
     pub(super) fn ask_storage(
         &mut self,
         to: ReplyTo,
         job: ReplyJob,
         request: StorageJob,
         out: &mut Vec<Output>,
-    ) {
+    ) -> bool {
         match self.job(Pending::Reply { to, job }) {
-            Some(job) => out.push(Output::Storage { job, request }),
-            None => fail(out, to, ErrorCode::Unavailable, "too many storage jobs"),
+            Some(job) => {
+                out.push(Output::Storage { job, request });
+                true
+            }
+            None => {
+                fail(out, to, ErrorCode::Unavailable, "too many storage jobs");
+                false
+            }
         }
     }
 
@@ -173,6 +194,24 @@ impl Shard {
         let Some(pending) = self.jobs.finish(job) else {
             return; // its session was ended meanwhile
         };
+        #[cfg(feature = "fault-injection")]
+        if let (
+            Pending::Reply {
+                job: ReplyJob::Send(send),
+                ..
+            },
+            Ok(StorageOutput::Stored {
+                duplicate: false, ..
+            }),
+        ) = (&pending, &result)
+        {
+            if Some(send.user) == self.config.panic_stored_user {
+                panic!(
+                    "fault injection: a stored send of user {} panics",
+                    send.user
+                );
+            }
+        }
         if result.is_err() {
             self.stats.storage_failures += 1;
         }
@@ -184,12 +223,8 @@ impl Shard {
             Pending::Reply { to, job: purpose } => match result {
                 Ok(output) => self.job_answered(now, to, job, purpose, output, out),
                 Err(e) => {
-                    if let ReplyJob::Send {
-                        user,
-                        cid: Some(cid),
-                    } = purpose
-                    {
-                        self.send_in_doubt(user, cid);
+                    if let ReplyJob::Send(send) = purpose {
+                        self.send_answered(now, send, Answer::Failed, out);
                     }
                     let message = format!("storage unavailable: {e}");
                     fail(out, to, ErrorCode::Unavailable, &message);
@@ -213,8 +248,8 @@ impl Shard {
             (ReplyJob::RosterChanged { user }, StorageOutput::Roster { friends }) => {
                 self.roster_change_read(now, to, user, job, friends, out)
             }
-            (ReplyJob::Send { user, .. }, StorageOutput::Stored { message, duplicate }) => {
-                self.message_stored(now, to, user, message, duplicate, out)
+            (ReplyJob::Send(send), StorageOutput::Stored { message, duplicate }) => {
+                self.message_stored(now, to, send, message, duplicate, out)
             }
             (
                 ReplyJob::Read { user, with },

@@ -60,6 +60,7 @@ use jobs::Jobs;
 use presence::Presence;
 use roster::RosterChanges;
 use sessions::Sessions;
+pub use supervision::Unanswered;
 
 /// A shard's settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +90,17 @@ pub struct Config {
     /// [`crate::FAULT_INJECTION`]).
     #[serde(default)]
     pub panic_user: Option<UserId>,
+    /// Test-only fault: handling the storage result that stored a message
+    /// of this user (a fresh `Stored`, not a duplicate) panics inside the
+    /// shard, after the job was taken out (honoured only with the
+    /// `fault-injection` feature).
+    #[serde(default)]
+    pub panic_stored_user: Option<UserId>,
+    /// Test-only fault: a held poll of this user running out panics inside
+    /// the shard, on the tick that popped its timer (honoured only with
+    /// the `fault-injection` feature).
+    #[serde(default)]
+    pub panic_timer_user: Option<UserId>,
     /// Test-only fault: storage jobs in flight at once, instead of
     /// `JOBS_IN_FLIGHT_MAX` (never more), so that a test can make the
     /// shard shed jobs (honoured only with the `fault-injection` feature).
@@ -112,6 +124,8 @@ impl Config {
             tabs_per_user_max: limits::TABS_PER_USER_MAX,
             presence_digest_ms: limits::PRESENCE_DIGEST_MS_DEFAULT,
             panic_user: None,
+            panic_stored_user: None,
+            panic_timer_user: None,
             jobs_in_flight_max: None,
         }
     }
@@ -173,6 +187,21 @@ pub enum PeerMsg {
     /// when a roster re-read failed (the admin call then fails too, so the
     /// web app retries).
     RosterAck { change: ChangeId, ok: bool },
+    /// Deliveries to `who` (homed on the receiving shard) were dropped on
+    /// the way (the sender's outbox was full): every tab of their live
+    /// sessions is reset, so it reloads what it missed from history
+    /// (`delivery.rs`). Sent by the engine, not by a shard core.
+    Resync { who: Resync },
+}
+
+/// Whose tabs a [`PeerMsg::Resync`] resets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resync {
+    /// These users' (by id; those with no live session are skipped).
+    Users(Vec<UserId>),
+    /// Every live session's on the receiving shard (the sender lost count
+    /// of whom it dropped deliveries to).
+    All,
 }
 
 /// Everything that drives a shard.
@@ -247,6 +276,15 @@ pub struct Stats {
     /// Replica entries a presence digest found wrong and repaired (a
     /// `Presence` message was lost).
     pub presence_repairs: u64,
+    /// Live sessions whose tabs were reset by a `PeerMsg::Resync` (a
+    /// delivery to them was dropped on the way).
+    #[serde(default)]
+    pub resyncs: u64,
+    /// Admin `roster-changed` calls answered `unavailable` because not
+    /// every shard acked within `ROSTER_CHANGE_WAIT_MS` (a roster message
+    /// was dropped).
+    #[serde(default)]
+    pub roster_waits_expired: u64,
     /// Roster reads dropped because the session already held a read
     /// issued after them (reads answered out of order).
     #[serde(default)]
@@ -280,6 +318,11 @@ pub struct Shard {
     /// Serving, or draining because the server stops (no poll is held).
     #[serde(default)]
     drain: Drain,
+    /// The user whose state the input being handled is changing, while
+    /// it changes it (`Shard::working_on`): after a panic in an input
+    /// about many users (a tick, presence, a resync), the one to drop.
+    #[serde(skip)]
+    working_on: Option<UserId>,
 }
 
 impl Shard {
@@ -295,6 +338,7 @@ impl Shard {
             stats: Stats::default(),
             next_digest_ms: None,
             drain: Drain::Serving,
+            working_on: None,
         }
     }
 
@@ -336,6 +380,11 @@ impl Shard {
         self.jobs.len()
     }
 
+    /// Admin `roster-changed` calls started here still waiting for acks.
+    pub fn roster_changes_waiting(&self) -> usize {
+        self.changes.waiting()
+    }
+
     /// Armed timers (bounded by tabs and sessions).
     pub fn timer_count(&self) -> usize {
         self.timers.len()
@@ -343,6 +392,7 @@ impl Shard {
 
     /// The one entry point: feed an input at time `now_ms`, collect outputs.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
+        self.working_on = None;
         match input {
             Input::Request { reply, request } => {
                 let request = self.drain.admit(request);
@@ -374,7 +424,18 @@ impl Shard {
             PeerMsg::PresenceDigest { from, online } => {
                 self.presence_digest(now, from, online, out)
             }
+            PeerMsg::Resync { who } => self.resync(now, who, out),
         }
+    }
+
+    /// Runs `f` as a step on `user`'s state: were it to panic,
+    /// [`Shard::working_on`] names `user` (steps nest; the outer user is
+    /// named again after an inner step).
+    fn step<R>(&mut self, user: UserId, f: impl FnOnce(&mut Shard) -> R) -> R {
+        let outer = self.working_on.replace(user);
+        let r = f(self);
+        self.working_on = outer;
+        r
     }
 
     /// Sends `msg` to `shard`: handled at once when that is this shard,

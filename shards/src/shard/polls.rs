@@ -79,6 +79,13 @@ impl Shard {
     /// idle. (`time` checked the tab is there and polling; a missing one is
     /// left alone rather than trusted.)
     pub(super) fn poll_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
+        #[cfg(feature = "fault-injection")]
+        if Some(sid.user) == self.config.panic_timer_user {
+            panic!(
+                "fault injection: a poll of user {} running out panics",
+                sid.user
+            );
+        }
         let Some(session) = self.sessions.live_mut(sid.user) else {
             return;
         };

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::jobs::ReplyJob;
+use super::jobs::{ReplyJob, SendTry};
 use super::sessions::{Detach, Ending};
 use super::{fail, reply, Output, Shard};
 use crate::model::{
@@ -186,7 +186,16 @@ impl Shard {
             cid: cid.clone(),
             ts: call.now,
         };
-        self.ask_storage(call.to, ReplyJob::Send { user, cid }, request, out);
+        let send = SendTry {
+            user,
+            cid: cid.clone(),
+            ts_ms: call.now,
+        };
+        if self.ask_storage(call.to, ReplyJob::Send(send), request, out) {
+            if let Some(cid) = cid {
+                self.send_submitted(user, cid, call.now);
+            }
+        }
     }
 
     /// `/typing`: delivered at once, never stored.

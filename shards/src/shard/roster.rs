@@ -63,6 +63,10 @@ pub(super) struct RosterChanges {
 struct ChangeWait {
     /// Where the admin call's answer goes.
     reply: ReplyTo,
+    /// When it stops waiting (`ROSTER_CHANGE_WAIT_MS` after it began):
+    /// answered `unavailable` and forgotten, an ack having been lost.
+    #[serde(default)]
+    deadline_ms: u64,
     /// Shards yet to ack.
     acks_left: usize,
     /// Whether every shard so far re-read its rosters.
@@ -83,12 +87,14 @@ struct ChangePart {
 }
 
 impl RosterChanges {
-    /// Mints a change answered at `reply` once `acks` shards acked.
-    fn begin(&mut self, reply: ReplyTo, acks: usize) -> ChangeId {
+    /// Mints a change answered at `reply` once `acks` shards acked, or
+    /// at `deadline_ms`.
+    fn begin(&mut self, reply: ReplyTo, acks: usize, deadline_ms: u64) -> ChangeId {
         self.last_change += 1;
         let change = ChangeId(self.last_change);
         let wait = ChangeWait {
             reply,
+            deadline_ms,
             acks_left: acks,
             ok: true,
         };
@@ -105,6 +111,23 @@ impl RosterChanges {
             return None;
         }
         self.waits.remove(&change)
+    }
+
+    /// Takes out every wait whose deadline passed by `now`, by change id.
+    fn expired(&mut self, now: u64) -> Vec<ChangeWait> {
+        let mut ids: Vec<ChangeId> = self
+            .waits
+            .iter()
+            .filter(|(_, w)| w.deadline_ms <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable_by_key(|c| c.0);
+        ids.iter().filter_map(|id| self.waits.remove(id)).collect()
+    }
+
+    /// Calls still waiting for acks.
+    pub(super) fn waiting(&self) -> usize {
+        self.waits.len()
     }
 
     /// Counts one re-read of part `part`; returns the finished part after
@@ -141,7 +164,8 @@ impl Shard {
     ) {
         let ids: Arc<[UserId]> = friends.iter().map(|f| f.id).collect();
         self.apply_roster(now, user, read, friends, out);
-        let change = self.changes.begin(to, self.config.shard_count);
+        let deadline = now + limits::ROSTER_CHANGE_WAIT_MS;
+        let change = self.changes.begin(to, self.config.shard_count, deadline);
         for shard in 0..self.config.shard_count {
             let msg = PeerMsg::RosterTouched {
                 user,
@@ -283,6 +307,21 @@ impl Shard {
             )
         };
         reply(out, wait.reply, response);
+    }
+
+    /// Answers `unavailable` every admin call whose acks did not all come
+    /// within `ROSTER_CHANGE_WAIT_MS` (a `RosterTouched` or `RosterAck`
+    /// was dropped on a full outbox), and forgets it. A late ack then
+    /// finds no wait and is ignored.
+    pub(super) fn expire_roster_waits(&mut self, now: u64, out: &mut Vec<Output>) {
+        for wait in self.changes.expired(now) {
+            self.stats.roster_waits_expired += 1;
+            let response = Response::fail(
+                ErrorCode::Unavailable,
+                "not every shard acknowledged the change in time: retry",
+            );
+            reply(out, wait.reply, response);
+        }
     }
 
     /// The roster re-read `read` finished: apply it (unless a newer read

@@ -412,7 +412,7 @@ impl Shard {
         live.refresh.disarm(&mut self.timers);
         // Their messages may still be stored: the next session delivers a
         // retry's duplicate.
-        self.keep_doubts(user, std::mem::take(&mut live.in_doubt));
+        self.keep_doubts(user, live.in_doubt.take());
         self.broadcast_presence_to(now, user, Status::Offline, &live.friends(), out);
     }
 }

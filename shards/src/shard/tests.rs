@@ -297,27 +297,57 @@ fn a_retry_answered_after_its_session_ended_is_delivered_if_its_cid_was_in_doubt
 #[test]
 fn cids_in_doubt_without_a_session_are_bounded_and_taken_by_the_next_session() {
     let mut w = One::new(|_| {});
-    let a = w.connect(ALICE, &[BOB]);
     let max = crate::limits::IN_DOUBT_ORPHANS_MAX;
-    let mut jobs = Vec::new();
+    // Users 100.. each send once, are kicked with the try in flight, and
+    // the try fails.
+    let user = |i: usize| 100 + i as UserId;
     for i in 0..=max {
+        let a = w.connect(user(i), &[BOB]);
         w.start(send(a, BOB, &format!("d{i}")));
-        jobs.push(w.job(is_store).0);
-    }
-    w.start(Request::Kick { user: ALICE });
-    for job in jobs {
+        let (job, _) = w.job(is_store);
+        w.start(Request::Kick { user: user(i) });
         w.answer(job, Err(StorageError::Backend("injected".into())));
     }
     assert_eq!(w.shard.stats().in_doubt_orphaned, max as u64 + 1);
     assert_eq!(w.shard.stats().in_doubt_dropped, 1);
-    w.connect(ALICE, &[BOB]);
-    let session = w.shard.live_session(ALICE).expect("alice is live");
-    // The session keeps the newest `IN_DOUBT_CIDS_MAX` (the rest dropped).
-    let kept = crate::limits::IN_DOUBT_CIDS_MAX;
-    assert_eq!(session.in_doubt.len(), kept);
+    w.connect(user(max), &[BOB]);
+    let session = w.shard.live_session(user(max)).expect("live");
     assert_eq!(
-        session.in_doubt.back().map(|c| &**c),
-        Some(&*format!("d{max}"))
+        session.in_doubt.cids().collect::<Vec<_>>(),
+        [format!("d{max}")]
     );
-    assert_eq!(w.shard.stats().in_doubt_dropped, (max + 1 - kept) as u64);
+    // The oldest was dropped.
+    w.connect(user(0), &[BOB]);
+    let session = w.shard.live_session(user(0)).expect("live");
+    assert!(session.in_doubt.is_empty());
+}
+
+/// Review A3: alice's try commits but is answered an error; her tab goes
+/// away and her session ends by grace; she comes back 80 s later, in a
+/// fresh session, and retries: bob gets the message, once.
+#[test]
+fn a_send_in_doubt_when_its_session_ended_by_grace_is_delivered_by_a_retry_80_s_later() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    w.connect(BOB, &[ALICE]);
+    let first = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, Err(StorageError::TimedOut));
+    assert!(matches!(w.take(first), Some(Response::Failed(_))));
+    let leave = w.start(Request::Leave { sid: a });
+    assert_eq!(w.take(leave), Some(Response::Done));
+    for _ in 0..800 {
+        w.now += 100;
+        w.feed(Input::Tick);
+    }
+    assert!(w.shard.live_session(ALICE).is_none(), "ended by grace");
+    // Bob's tab went quiet meanwhile: his session is kept alive by
+    // connecting again (a new tab).
+    w.connect(BOB, &[ALICE]);
+    let a = w.connect(ALICE, &[BOB]);
+    let retry = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    w.answer(job, stored(true));
+    assert!(matches!(w.take(retry), Some(Response::Sent { id: 1, .. })));
+    assert_eq!(bob_holds(&w), 1);
 }

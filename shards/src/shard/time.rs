@@ -1,9 +1,10 @@
 //! Time: each tick fires the timers due, at most `TIMERS_PER_TICK_MAX`
 //! (the rest fire on the next tick, so one tick never monopolises the
 //! executor), each handed to the part that armed it; then, when due, the
-//! presence digest goes out (`presence`). The digest's deadline is the
-//! shard's own (`next_digest_ms`), not an entry in `Timers`, whose size
-//! stays bounded by tabs and sessions.
+//! presence digest goes out (`presence`), and roster-change waits past
+//! their deadline are answered (`roster`). Those deadlines are the
+//! shard's own (`next_digest_ms`, each wait's), not entries in `Timers`,
+//! whose size stays bounded by tabs and sessions.
 //!
 //! Invariant: owners disarm their timers when they go or re-arm, so a
 //! popped timer finds its owner and the owner's slot names exactly that
@@ -17,10 +18,12 @@ use crate::limits;
 use crate::timers::TimerKey;
 
 impl Shard {
-    /// Fires due timers, then sends the presence digest if it is due.
+    /// Fires due timers, then sends the presence digest if it is due and
+    /// expires roster-change waits past their deadline.
     pub(super) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.fire_timers(now, out);
         self.digest_if_due(now, out);
+        self.expire_roster_waits(now, out);
     }
 
     fn fire_timers(&mut self, now: u64, out: &mut Vec<Output>) {
@@ -32,17 +35,19 @@ impl Shard {
                 self.stats.stale_timers += 1;
                 continue;
             }
-            match key {
-                TimerKey::Poll(sid) => self.poll_timed_out(now, sid, out),
-                TimerKey::TabIdle(sid) => self.tab_timed_out(now, sid, out),
+            // The timer is popped: a panic from here on leaves its owner
+            // without it, so supervision drops that user.
+            self.step(key.user(), |shard| match key {
+                TimerKey::Poll(sid) => shard.poll_timed_out(now, sid, out),
+                TimerKey::TabIdle(sid) => shard.tab_timed_out(now, sid, out),
                 TimerKey::Grace(user) => {
-                    if let Some(session) = self.sessions.live_mut(user) {
-                        session.grace.disarm(&mut self.timers);
-                        self.end_session(now, user, Ending::GraceOver, out);
+                    if let Some(session) = shard.sessions.live_mut(user) {
+                        session.grace.disarm(&mut shard.timers);
+                        shard.end_session(now, user, Ending::GraceOver, out);
                     }
                 }
-                TimerKey::Refresh(user) => self.refresh_due(now, user, out),
-            }
+                TimerKey::Refresh(user) => shard.refresh_due(now, user, out),
+            });
         }
     }
 

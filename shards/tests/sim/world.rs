@@ -11,10 +11,14 @@
 //!   fed later, in random order), fails (`Backend`), or is slow: the engine
 //!   feeds `TimedOut` at its deadline while the store commits it anyway, or
 //!   never does (the in-doubt case);
+//! - a few deliveries of messages and read receipts between shards are
+//!   dropped, as a full outbox drops them, and the recipient is sent a
+//!   `Resync` on the next tick, as the engine does;
 //! - the clock ticks every 50 ms, sometimes many ticks at once, crossing
 //!   poll waits, tab timeouts, grace and roster refreshes;
 //! - clients connect tabs under a handful of names (replacing, evicting),
-//!   hold polls, send with a cid and retry it after `unavailable`, page
+//!   hold polls, send with a cid and retry it after `unavailable` or, as a
+//!   client timeout would, while the first try is still in flight; page
 //!   history, mark read, save UI, type, change presence, leave; an
 //!   administrator kicks and changes friendships.
 //!
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use switchboard_shards::limits;
 use switchboard_shards::model::*;
 use switchboard_shards::ratelimit::RateLimits;
-use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Shard};
+use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Resync, Shard};
 
 use crate::store::{pair, Store};
 
@@ -79,6 +83,10 @@ pub struct Figures {
     pub acked: u64,
     pub in_doubt: u64,
     pub retries: u64,
+    /// Retries made while the earlier try could still be in flight.
+    pub timeout_retries: u64,
+    /// Deliveries dropped on the way (each owes a resync).
+    pub dropped_deliveries: u64,
     pub resets: u64,
     pub evictions: u64,
     pub history_pages: u64,
@@ -246,6 +254,11 @@ struct Retry {
     tab: usize,
     to: UserId,
     cid: String,
+    /// A client timeout's retry: due while try `#req` may still be in
+    /// flight. Made only if that try is still unanswered, or (its answer
+    /// lost on the way) sometimes anyway. `None`: a retry after
+    /// `unavailable`.
+    timeout_of: Option<u64>,
 }
 
 /// One world's shape, drawn from its seed.
@@ -261,6 +274,10 @@ struct Shape {
     /// Percent of jobs that fail / are slow.
     fail_pct: u64,
     slow_pct: u64,
+    /// Percent of deliveries of messages and read receipts between shards
+    /// dropped on the way (a full outbox); the engine then owes the
+    /// recipient a `Resync`, sent on its next tick.
+    drop_pct: u64,
     /// Whether the per-user rate limits are on (the defaults) or lifted:
     /// with them on, any limited call may be answered `rate_limited`; with
     /// them off, none may.
@@ -309,6 +326,8 @@ pub struct World {
     seen_events: HashMap<UserId, (u64, BTreeSet<UserId>)>,
     /// Whether new jobs may fail (off while quiescing).
     faults_on: bool,
+    /// Per link: recipients of deliveries dropped on it, owed a resync.
+    owed: BTreeMap<(usize, usize), BTreeSet<UserId>>,
     /// Whether the shards are ticking (checked once all have ticked).
     ticking: bool,
     /// The last inputs, for the failure message.
@@ -334,6 +353,7 @@ impl World {
             roster_refresh_ms: rng.range(30, 300) * 1_000,
             fail_pct: [0, 2, 5, 10][rng.below(4) as usize],
             slow_pct: [0, 2, 5, 10][rng.below(4) as usize],
+            drop_pct: [0, 0, 1, 5][rng.below(4) as usize],
             rate_limited: rng.chance(50),
         };
         let shards = (0..shape.shards)
@@ -387,6 +407,7 @@ impl World {
             kicks: 0,
             seen_events: HashMap::new(),
             faults_on: true,
+            owed: BTreeMap::new(),
             ticking: false,
             trace: VecDeque::new(),
             trace_len: std::env::var("SIM_TRACE")
@@ -456,9 +477,16 @@ impl World {
         self.finish();
     }
 
-    /// Advances the clock one tick and ticks every shard.
+    /// Advances the clock one tick and ticks every shard; the engine pays
+    /// the resyncs it owes (its outboxes always have room again here).
     fn tick(&mut self) {
         self.now += TICK_MS;
+        for ((from, to), users) in std::mem::take(&mut self.owed) {
+            let who = Resync::Users(users.into_iter().collect());
+            let msg = PeerMsg::Resync { who };
+            let link = self.links.entry((from, to)).or_default();
+            link.push_back(Wire::Peer(msg));
+        }
         // One step: every shard ticks, then the invariants are checked
         // (ticks are most inputs; checking after each would triple the
         // run time for little: a tick takes no input from the others).
@@ -602,6 +630,19 @@ impl World {
                 Output::Peer { shard: to, msg } => {
                     if to == shard {
                         self.fail(format!("shard {shard} sent itself {msg:?} over the mesh"));
+                    }
+                    if let PeerMsg::Deliver {
+                        to: user,
+                        kind: EventKind::Message(_) | EventKind::Read { .. },
+                        ..
+                    } = &msg
+                    {
+                        if self.faults_on && self.rng.chance(self.shape.drop_pct) {
+                            self.note(format!("dropped {shard}→{to}: {msg:?}"));
+                            self.figures.dropped_deliveries += 1;
+                            self.owed.entry((shard, to)).or_default().insert(*user);
+                            continue;
+                        }
                     }
                     self.links
                         .entry((shard, to))
@@ -792,7 +833,19 @@ impl World {
                     .rng
                     .chance(90)
                     .then(|| format!("c{}", self.next_req + 1));
-                self.send(t, to, cid);
+                let req = self.send(t, to, cid.clone());
+                if let Some(cid) = cid.filter(|_| self.rng.chance(15)) {
+                    // The client's request times out: it retries the same
+                    // cid while this try may still be in flight (its job
+                    // running, or its answer on the way).
+                    self.retries.push(Retry {
+                        at: self.now + self.rng.range(1, 100) * TICK_MS,
+                        tab: t,
+                        to,
+                        cid,
+                        timeout_of: Some(req),
+                    });
+                }
             }
             55..=59 => {
                 // Typing, sometimes a burst of it (that fills a friend's
@@ -939,7 +992,7 @@ impl World {
         self.request(Kind::Poll { since }, Some(t), r);
     }
 
-    fn send(&mut self, t: usize, to: UserId, cid: Option<String>) {
+    fn send(&mut self, t: usize, to: UserId, cid: Option<String>) -> u64 {
         let sid = self.tabs[t].sid;
         let r = Request::Send {
             sid,
@@ -947,7 +1000,7 @@ impl World {
             text: format!("m{}", self.next_req + 1),
             cid: cid.clone(),
         };
-        self.request(Kind::Send { to, cid }, Some(t), r);
+        self.request(Kind::Send { to, cid }, Some(t), r)
     }
 
     fn roster_changed(&mut self, user: UserId) {
@@ -965,6 +1018,12 @@ impl World {
             self.retries.drain(..).partition(|r| r.at <= now);
         self.retries = later;
         for r in due {
+            if let Some(req) = r.timeout_of {
+                let answered = !self.calls.contains_key(&req);
+                if answered && !self.rng.chance(20) {
+                    continue; // the client saw the answer in time
+                }
+            }
             let user = self.tabs[r.tab].user;
             let tab = if self.tabs[r.tab].state == TabState::Live {
                 Some(r.tab)
@@ -975,6 +1034,9 @@ impl World {
             };
             if let Some(t) = tab {
                 self.figures.retries += 1;
+                if r.timeout_of.is_some() {
+                    self.figures.timeout_retries += 1;
+                }
                 self.send(t, r.to, Some(r.cid));
             }
         }
@@ -1206,6 +1268,7 @@ impl World {
                                 tab: t,
                                 to,
                                 cid,
+                                timeout_of: None,
                             });
                         }
                     }
@@ -1291,6 +1354,7 @@ impl World {
                     tab: t.expect("a send has a tab"),
                     to: *to,
                     cid: cid.clone(),
+                    timeout_of: None,
                 });
             }
             Kind::Connect { .. } => {
