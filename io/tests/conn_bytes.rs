@@ -41,7 +41,7 @@ use common::{mutate, Rng, SEEDS};
 
 /// Cases per run: enough to cover the seeds' shapes many times over, few
 /// enough to stay within a few seconds of `cargo test`.
-const CASES: usize = 4_000;
+const CASES: usize = 3_000;
 
 /// Poll rounds one case may take before it counts as a hang (a loop that
 /// keeps moving but never ends).
