@@ -31,7 +31,8 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use switchboard_io::head::{parse_head, Method};
 use switchboard_io::response::{reason, CONTINUE};
 use switchboard_io::{
-    parse_request, serve, Call, CloseReason, Config, ConnOutcome, Handler, Limits, Listener, Reply,
+    parse_request, serve, AdminGate, Call, CloseReason, Config, ConnOutcome, Handler, Limits,
+    Listener, Reply,
 };
 use switchboard_shards::model::{ErrorCode, Failure, Request, Response};
 
@@ -621,7 +622,8 @@ fn any_bytes_in_any_chunks_get_whole_answers_or_a_clean_close() {
             } else {
                 tiny.clone()
             },
-            admin_token: Some("s3cret".into()),
+            admin: AdminGate::new("127.0.0.1:8081".parse().unwrap(), Some("s3cret".into())),
+            ..Config::default()
         };
         let listener = if rng.below(5) == 0 {
             Listener::Admin
