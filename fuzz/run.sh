@@ -25,7 +25,7 @@ for target in $targets; do
         echo "!! $target failed: see $log and fuzz/artifacts/$target/"
         status=1
     fi
-    grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true
     grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
 done
 exit $status

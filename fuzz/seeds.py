@@ -99,15 +99,44 @@ for i, req in enumerate(REQUESTS):
     # Tiny limits and a split in the middle, for a few.
     if i % 4 == 0:
         write("head", bytes([1, 40, 60]) + raw)
-    # call: raw-request mode on both listeners, good and bad auth.
-    write("call", bytes([1 | (2 if "Authorization" in req or "/kick" in req or "/trace" in req else 0), 0]) + raw)
+    # call: raw-request mode on both listeners, good and bad auth, the
+    # gate bound at 127.0.0.1:8081 (these Hosts are not its own).
+    write("call", bytes([1 | (2 if "Authorization" in req or "/kick" in req or "/trace" in req else 0), 0, 0]) + raw)
+
+# call: admin requests that pass the gate, and browsers and foreign Hosts
+# that do not (`gate` byte: address index | hsts << 3 | host << 5).
+ADMIN = [
+    ("GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer s3cret\r\n\r\n", 0),
+    ("GET /metrics HTTP/1.1\r\nHost: localhost:8081\r\nAuthorization: Bearer s3cret\r\n\r\n", 0 | 8),
+    ("GET /health HTTP/1.1\r\nHost: [::1]:8081\r\nAuthorization: bearer  s3cret \r\n\r\n", 1),
+    ("POST /kick?user=1 HTTP/1.1\r\nHost: 10.1.2.3:8081\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n", 2),
+    ("POST /trace?user=5&level=debug HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n", 4),
+    ("POST /roster-changed HTTP/1.1\r\nHost: 10.0.0.5:8081\r\nAuthorization: Bearer s3cret\r\n"
+     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\nuser=7", 3),
+    ("GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer s3cret\r\nOrigin: https://evil.example\r\n\r\n", 0),
+    ("GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nSec-Fetch-Site: cross-site\r\n\r\n", 0),
+    ("GET /health HTTP/1.1\r\nHost: evil.example:8081\r\nAuthorization: Bearer s3cret\r\n\r\n", 0),
+    ("GET /health HTTP/1.1\r\nHost: 127.0.0.1:08081\r\nAuthorization: Bearer s3cret\r\n\r\n", 0),
+    ("GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer wrong\r\n\r\n", 0),
+]
+for req, gate in ADMIN:
+    write("call", bytes([1 | 2, 0, gate]) + req.encode())
 
 for query, body in FORMS:
     data = query.encode() + (b"\xff" + body.encode() if body is not None else b"")
     write("query", bytes([0]) + data)
     # call: structured mode, path chosen by the query's look.
     for path_index in (1, 2):
-        write("call", bytes([path_index << 2, 1]) + data)
+        write("call", bytes([path_index << 2, 1, 0]) + data)
+
+# call: structured mode on the admin listener, `Host` from the table (own,
+# localhost, foreign, absent) or from the input (before `0xfe`), with and
+# without a browser's headers. `auth` 1 << 2: `Bearer s3cret`.
+for path, query in [(10, ""), (13, "user=3"), (14, "user=3&level=off")]:
+    for host in (0, 1, 4, 6):
+        for browser in (0, 0x10):
+            write("call", bytes([path << 2 | 2, 1 << 2 | (1 if path != 10 else 0), host << 5 | browser]) + query.encode())
+    write("call", bytes([path << 2 | 2, 1 << 2, 7 << 5]) + b"[::1]:8081\xfe" + query.encode())
 
 for i, cb in enumerate(CALLBACKS):
     write("callback", bytes([(i % 6) << 1 | (i & 1)]) + cb.encode())

@@ -18,7 +18,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_io::call::{decide, is_callback, known_params, Decision, Mode};
+use switchboard_io::call::{
+    decide, is_callback, known_params, AdminGate, Credentials, Decision, Mode,
+};
 use switchboard_io::head::Method;
 use switchboard_io::limits::CALLBACK_BYTES_MAX;
 use switchboard_io::query::Params;
@@ -62,9 +64,17 @@ fuzz_target!(|data: &[u8]| {
     let mut params = Params::new();
     params.add_form(&query, known_params(Listener::Client));
     let path = PATHS[usize::from(mode >> 1) % PATHS.len()];
-    let decision = decide(Listener::Client, Method::Get, path, &params, None, None);
+    let gate = AdminGate::default();
+    let decision = decide(
+        Listener::Client,
+        Method::Get,
+        path,
+        &params,
+        Credentials::default(),
+        &gate,
+    );
     let mut out = Vec::new();
-    let mut encoder = Encoder::new();
+    let mut encoder = Encoder::new(Listener::Client);
     let persist = Persist {
         keep_alive: true,
         http10: false,
@@ -85,8 +95,8 @@ fuzz_target!(|data: &[u8]| {
                     p.add_form(b"callback=a..b", known_params(Listener::Client));
                     p
                 },
-                None,
-                None,
+                Credentials::default(),
+                &gate,
             ) {
                 Decision::Reject(e) => e,
                 other => panic!("a..b: {other:?}"),
@@ -123,6 +133,16 @@ fn check_envelope(out: &[u8], name: &str) {
         + 4;
     let head = std::str::from_utf8(&out[..end]).expect("an ASCII head");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nContent-Type: application/javascript"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nX-Content-Type-Options: nosniff\r\n"),
+        "{head}"
+    );
+    // JSONP is read by a script tag, never through CORS.
+    assert!(!head.contains("Access-Control-Allow-Origin"), "{head}");
     let length: usize = head
         .split("\r\n")
         .find_map(|l| l.strip_prefix("Content-Length: "))
