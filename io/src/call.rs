@@ -206,16 +206,24 @@ impl AdminGate {
         let Ok(host) = std::str::from_utf8(host) else {
             return false;
         };
-        // `[v6]:port`, `[v6]`, `name:port` or `name`.
+        // `[v6]:port`, `[v6]`, `name:port` or `name`. Brackets hold an
+        // IPv6 literal only (RFC 3986): `[127.0.0.1]` and `[localhost]`
+        // are not hosts (the fuzz target `call` found them accepted).
         let (name, port) = match host.strip_prefix('[') {
-            Some(rest) => match rest.split_once(']') {
-                Some((ip, "")) => (ip, None),
-                Some((ip, after)) => match after.strip_prefix(':') {
-                    Some(port) => (ip, Some(port)),
+            Some(rest) => {
+                let (ip, port) = match rest.split_once(']') {
+                    Some((ip, "")) => (ip, None),
+                    Some((ip, after)) => match after.strip_prefix(':') {
+                        Some(port) => (ip, Some(port)),
+                        None => return false,
+                    },
                     None => return false,
-                },
-                None => return false,
-            },
+                };
+                if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                (ip, port)
+            }
             None => match host.split_once(':') {
                 Some((name, port)) => (name, Some(port)),
                 None => (host, None),
@@ -1481,6 +1489,10 @@ mod tests {
             ("[::1]:8081", Some("[::2]:8081"), false),
             ("[::1]:8081", Some("::1:8081"), false),
             ("[::1]:8081", Some("[::1]x"), false),
+            // Brackets hold IPv6 only (found by the fuzz target `call`).
+            ("127.0.0.1:8081", Some("[127.0.0.1]:8081"), false),
+            ("127.0.0.1:8081", Some("[localhost]:8081"), false),
+            ("0.0.0.0:8081", Some("[10.0.0.1]:8081"), false),
             ("10.0.0.5:8081", Some("10.0.0.5:8081"), true),
             ("10.0.0.5:8081", Some("localhost:8081"), false),
             ("0.0.0.0:8081", Some("10.0.0.5:8081"), true),
