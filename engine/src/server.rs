@@ -776,14 +776,16 @@ fn uses_data_dir(settings: &Settings) -> bool {
     settings.mysql_url.is_none() || settings.token_secret.is_none()
 }
 
-/// Makes the data folder private (0700, everything in it 0600: it holds
-/// every conversation) and logs each mode it had to tighten.
+/// Makes the data folder private (it holds every conversation): clears the
+/// group and other bits of the folder and of the server's own files in it,
+/// logging each change, and warns about anything else there that group or
+/// others can reach.
 fn secure_data_dir(data_dir: &Path) -> Result<(), Error> {
-    let changed = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
+    let secured = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
         data_dir: data_dir.to_path_buf(),
         source,
     })?;
-    for t in changed {
+    for t in secured.tightened {
         warn!(
             "data folder: {} was mode {:o}, now {:o} (readable by others before)",
             t.path.display(),
