@@ -214,6 +214,13 @@ impl Server {
     pub fn start(settings: Settings) -> Result<Server, Error> {
         // Claims first (claim.rs): a second server refuses to start before
         // it opens anything. The lock is held until storage is closed.
+        if settings.admin_token_is_short() {
+            warn!(
+                "SWITCHBOARD_ADMIN_TOKEN is shorter than {} bytes (allowed only because the \
+                 admin listener is on loopback): use a long random token",
+                crate::limits::ADMIN_TOKEN_BYTES_MIN
+            );
+        }
         let lock = match uses_data_dir(&settings) {
             true => {
                 secure_data_dir(&settings.data_dir)?;
@@ -792,6 +799,20 @@ fn secure_data_dir(data_dir: &Path) -> Result<(), Error> {
             t.from,
             t.to
         );
+    }
+    for e in secured.exposed {
+        match e.error {
+            Some(error) => warn!(
+                "data folder: {} is mode {:o}, open to group or others, and could not be tightened: {error}",
+                e.path.display(),
+                e.mode
+            ),
+            None => warn!(
+                "data folder: {} is mode {:o}, open to group or others (not a Switchboard file: left as it is)",
+                e.path.display(),
+                e.mode
+            ),
+        }
     }
     Ok(())
 }

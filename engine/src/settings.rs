@@ -27,7 +27,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
     Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}" },
     Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app" },
-    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required when ADMIN_LISTEN is not on loopback" },
+    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required, and at least 32 bytes (e.g. openssl rand -hex 32), when ADMIN_LISTEN is not on loopback; shorter on loopback is a warning. A wrong token gets 401 and the connection closed" },
     Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
     Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
@@ -376,6 +376,18 @@ impl Settings {
                 settings.admin_listen
             ));
         }
+        let min = crate::limits::ADMIN_TOKEN_BYTES_MIN;
+        if let Some(token) = &settings.admin_token {
+            if token.len() < min && !settings.admin_listen.ip().is_loopback() {
+                return Err(format!(
+                    "SWITCHBOARD_ADMIN_TOKEN is {} bytes: at least {min} are required when the \
+                     admin listener is not on loopback (SWITCHBOARD_ADMIN_LISTEN is {}); \
+                     generate one, e.g. `openssl rand -hex 32`",
+                    token.len(),
+                    settings.admin_listen
+                ));
+            }
+        }
         let (min, max) = (
             crate::limits::STORAGE_TIMEOUT_MS_MIN,
             crate::limits::STORAGE_TIMEOUT_MS_MAX,
@@ -390,6 +402,17 @@ impl Settings {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Whether the admin token is set but shorter than
+    /// [`crate::limits::ADMIN_TOKEN_BYTES_MIN`] (allowed only on loopback;
+    /// the server warns).
+    pub fn admin_token_is_short(&self) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < crate::limits::ADMIN_TOKEN_BYTES_MIN)
     }
 }
 
@@ -453,12 +476,37 @@ mod tests {
             let s = parse(&["--admin-listen", addr], &[]).unwrap();
             assert_eq!(s.admin_token, None, "{addr}");
         }
+        let long = "a-long-random-token-of-32-bytes!";
         let s = parse(
             &["--admin-listen", "0.0.0.0:8081"],
-            &[("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-token")],
+            &[("SWITCHBOARD_ADMIN_TOKEN", long)],
         )
         .unwrap();
-        assert_eq!(s.admin_token.as_deref(), Some("a-long-random-token"));
+        assert_eq!(s.admin_token.as_deref(), Some(long));
+        assert!(!s.admin_token_is_short());
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_off_loopback_and_allowed_on_it() {
+        let short = "a-31-byte-admin-token-too-short";
+        assert_eq!(short.len(), crate::limits::ADMIN_TOKEN_BYTES_MIN - 1);
+        for addr in ["0.0.0.0:8081", "10.1.2.3:8081", "[::]:8081"] {
+            let e = parse(
+                &["--admin-listen", addr],
+                &[("SWITCHBOARD_ADMIN_TOKEN", short)],
+            )
+            .unwrap_err();
+            assert!(e.contains("at least 32 are required"), "{addr}: {e}");
+            assert!(!e.contains(short), "the token is not echoed: {e}");
+        }
+        for addr in ["127.0.0.1:8081", "[::1]:8081"] {
+            let s = parse(
+                &["--admin-listen", addr],
+                &[("SWITCHBOARD_ADMIN_TOKEN", short)],
+            )
+            .unwrap();
+            assert!(s.admin_token_is_short(), "{addr}");
+        }
     }
 
     #[test]

@@ -164,7 +164,7 @@ fn admin_off_loopback_needs_a_token() {
         &dir,
         &[
             ("SWITCHBOARD_ADMIN_LISTEN", "0.0.0.0:0"),
-            ("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-admin-token"),
+            ("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-admin-token-32-bytes"),
         ],
     );
     let admin = SocketAddr::from(([127, 0, 0, 1], server.admin.port()));
@@ -177,11 +177,11 @@ fn admin_off_loopback_needs_a_token() {
     };
     assert_eq!(ask("").status, 401);
     assert_eq!(
-        ask("Authorization: Bearer a-long-random-admin-toke\r\n").status,
+        ask("Authorization: Bearer a-long-random-admin-token-32-byte\r\n").status,
         401
     );
     assert_eq!(
-        ask("Authorization: Bearer a-long-random-admin-token\r\n").status,
+        ask("Authorization: Bearer a-long-random-admin-token-32-bytes\r\n").status,
         200
     );
     let mut pair = Pair::new(&server);
