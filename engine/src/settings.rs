@@ -47,7 +47,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
-    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
+    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
     Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)" },
