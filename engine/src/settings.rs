@@ -21,7 +21,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "TLS_LISTEN", default: "unset (no TLS)", help: "TLS client listener address (port 0: pick a free port); needs TLS_CERT and TLS_KEY" },
     Spec { name: "TLS_CERT", default: "unset", help: "PEM certificate chain, server certificate first (re-read on SIGHUP)" },
     Spec { name: "TLS_KEY", default: "unset", help: "PEM private key, RSA or ECDSA, PKCS#8, PKCS#1 or SEC1 (re-read on SIGHUP)" },
-    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 301 to https and TLS answers carry Strict-Transport-Security" },
+    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 308 (Permanent Redirect: same method and body) to https and TLS answers carry Strict-Transport-Security" },
     Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry no Origin" },
     Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
@@ -131,7 +131,7 @@ pub struct TlsSettings {
 pub enum TlsMode {
     /// Both listeners serve.
     Optional,
-    /// The plain listener (if on) answers every request `301` to https;
+    /// The plain listener (if on) answers every request `308` to https;
     /// TLS answers carry `Strict-Transport-Security`.
     Required,
 }

@@ -48,7 +48,7 @@ pub struct Config {
     /// Every answer carries `Strict-Transport-Security` (TLS connections
     /// when TLS is required).
     pub hsts: bool,
-    /// `Some(port)`: every request is answered `301` to the https URL of
+    /// `Some(port)`: every request is answered `308` to the https URL of
     /// the same host, path and query on `port` (the plain port when TLS is
     /// required; 443 is left out of the URL). `None`: requests are served.
     pub https_redirect: Option<u16>,
