@@ -74,13 +74,20 @@ mod tests {
 
     #[test]
     fn dependencies_are_capped_at_warn() {
-        for target in ["switchboard", "switchboard_engine::server", "switchboard_io::tls"] {
+        for target in [
+            "switchboard",
+            "switchboard_engine::server",
+            "switchboard_io::tls",
+        ] {
             assert!(passes(target, Level::Trace, LevelFilter::Trace), "{target}");
             assert!(passes(target, Level::Debug, LevelFilter::Debug), "{target}");
             assert!(!passes(target, Level::Debug, LevelFilter::Info), "{target}");
         }
         for target in ["rustls::server::hs", "glommio::reactor", "mysql"] {
-            assert!(!passes(target, Level::Trace, LevelFilter::Trace), "{target}");
+            assert!(
+                !passes(target, Level::Trace, LevelFilter::Trace),
+                "{target}"
+            );
             assert!(!passes(target, Level::Info, LevelFilter::Trace), "{target}");
             assert!(passes(target, Level::Warn, LevelFilter::Trace), "{target}");
             assert!(passes(target, Level::Error, LevelFilter::Info), "{target}");

@@ -164,7 +164,10 @@ fn admin_off_loopback_needs_a_token() {
         &dir,
         &[
             ("SWITCHBOARD_ADMIN_LISTEN", "0.0.0.0:0"),
-            ("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-admin-token-32-bytes"),
+            (
+                "SWITCHBOARD_ADMIN_TOKEN",
+                "a-long-random-admin-token-32-bytes",
+            ),
         ],
     );
     let admin = SocketAddr::from(([127, 0, 0, 1], server.admin.port()));

@@ -711,8 +711,10 @@ fn admin_listener_needs_its_host_no_browser_and_the_token() {
 #[test]
 fn a_wrong_admin_token_closes_the_connection() {
     for auth in ["", "Authorization: Bearer nope\r\n"] {
-        let (outcome, (answer, rest), calls) =
-            run(Listener::Admin, config(), |mut end| async move {
+        let (outcome, (answer, rest), calls) = run(
+            Listener::Admin,
+            config(),
+            |mut end| async move {
                 let guesses = format!(
                     "GET /nope HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n{auth}\r\n\
                      GET /health HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nAuthorization: Bearer s3cret\r\n\r\n"
@@ -722,10 +724,15 @@ fn a_wrong_admin_token_closes_the_connection() {
                 let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
                 let rest = read_answer(&mut end, &mut buf, false).await;
                 (answer, rest)
-            });
+            },
+        );
         assert_eq!(answer.status, 401, "{auth:?}");
         assert!(answer.body.contains(r#""code":"unauthorized""#));
-        assert!(answer.head.contains("Connection: close\r\n"), "{}", answer.head);
+        assert!(
+            answer.head.contains("Connection: close\r\n"),
+            "{}",
+            answer.head
+        );
         assert!(rest.is_none(), "nothing after the 401 is answered");
         assert!(calls.is_empty());
         assert_eq!(outcome.requests_answered, 1);
