@@ -44,7 +44,7 @@ use crate::error::Error;
 use crate::limits;
 
 /// The lock file's name in the data folder.
-pub const LOCK_FILE: &str = "switchboard.lock";
+pub const LOCK_FILE: &str = files::LOCK_FILE_NAME;
 
 /// The exclusive lock on a data folder; released when dropped.
 #[derive(Debug)]

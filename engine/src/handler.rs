@@ -168,12 +168,19 @@ impl ConnHandler {
     /// token query (a storage job: it runs on a db thread, bounded by the
     /// storage timeout like every job).
     async fn lookup_token(&self, token: String) -> Result<u64, Response> {
+        // The client gets a fixed text: the storage error (a MySQL
+        // server's message, say) is for the log, not the internet. The
+        // token is in neither.
         let unavailable = |e: &dyn std::fmt::Display| {
-            Response::fail(ErrorCode::Unavailable, format!("token lookup: {e}"))
+            log::warn!("token lookup failed: {e}");
+            Response::fail(ErrorCode::Unavailable, LOOKUP_UNAVAILABLE)
         };
         let Some(_slot) = LookupSlot::take(&self.token_lookups) else {
             self.edge().shed_token_lookups.add(1);
-            return Err(unavailable(&"too many in flight: try again"));
+            return Err(Response::fail(
+                ErrorCode::Unavailable,
+                "token lookup: too many in flight: try again",
+            ));
         };
         let due = Instant::now() + self.rt.storage_timeout;
         let pending = self
@@ -285,6 +292,10 @@ impl ConnHandler {
         self.rt.call(Request::RosterChanged { user }).await
     }
 }
+
+/// What a client is told when its token could not be looked up (the
+/// cause is logged, never sent).
+const LOOKUP_UNAVAILABLE: &str = "token lookup unavailable: try again";
 
 /// One token lookup's place among a shard's `TOKEN_LOOKUPS_IN_FLIGHT_MAX`,
 /// given back when dropped (answered, timed out, or the caller gone).

@@ -151,6 +151,11 @@ pub const TOKEN_LOOKUPS_IN_FLIGHT_MAX: usize = 256;
 /// How long `/health` waits for each shard.
 pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
+/// The shortest `SWITCHBOARD_ADMIN_TOKEN`, in bytes, allowed when the admin
+/// listener is not on loopback (on loopback a shorter one is a warning):
+/// 32 random bytes are out of reach of guessing, even a connection a guess.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;
+
 /// A `/connect` token that is not in the HMAC form is looked up in the
 /// directory (a storage job) only if it has from `TOKEN_LOOKUP_CHARS_MIN`
 /// to `TOKEN_LOOKUP_CHARS_MAX` characters, each of `[A-Za-z0-9._~+/=-]`

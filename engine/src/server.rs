@@ -214,6 +214,13 @@ impl Server {
     pub fn start(settings: Settings) -> Result<Server, Error> {
         // Claims first (claim.rs): a second server refuses to start before
         // it opens anything. The lock is held until storage is closed.
+        if settings.admin_token_is_short() {
+            warn!(
+                "SWITCHBOARD_ADMIN_TOKEN is shorter than {} bytes (allowed only because the \
+                 admin listener is on loopback): use a long random token",
+                crate::limits::ADMIN_TOKEN_BYTES_MIN
+            );
+        }
         let lock = match uses_data_dir(&settings) {
             true => {
                 secure_data_dir(&settings.data_dir)?;
@@ -776,20 +783,36 @@ fn uses_data_dir(settings: &Settings) -> bool {
     settings.mysql_url.is_none() || settings.token_secret.is_none()
 }
 
-/// Makes the data folder private (0700, everything in it 0600: it holds
-/// every conversation) and logs each mode it had to tighten.
+/// Makes the data folder private (it holds every conversation): clears the
+/// group and other bits of the folder and of the server's own files in it,
+/// logging each change, and warns about anything else there that group or
+/// others can reach.
 fn secure_data_dir(data_dir: &Path) -> Result<(), Error> {
-    let changed = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
+    let secured = files::secure_data_dir(data_dir).map_err(|source| Error::DataDirMode {
         data_dir: data_dir.to_path_buf(),
         source,
     })?;
-    for t in changed {
+    for t in secured.tightened {
         warn!(
             "data folder: {} was mode {:o}, now {:o} (readable by others before)",
             t.path.display(),
             t.from,
             t.to
         );
+    }
+    for e in secured.exposed {
+        match e.error {
+            Some(error) => warn!(
+                "data folder: {} is mode {:o}, open to group or others, and could not be tightened: {error}",
+                e.path.display(),
+                e.mode
+            ),
+            None => warn!(
+                "data folder: {} is mode {:o}, open to group or others (not a Switchboard file: left as it is)",
+                e.path.display(),
+                e.mode
+            ),
+        }
     }
     Ok(())
 }

@@ -20,14 +20,14 @@ const SPECS: &[Spec] = &[
     Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port), or off (only with TLS_LISTEN)" },
     Spec { name: "TLS_LISTEN", default: "unset (no TLS)", help: "TLS client listener address (port 0: pick a free port); needs TLS_CERT and TLS_KEY" },
     Spec { name: "TLS_CERT", default: "unset", help: "PEM certificate chain, server certificate first (re-read on SIGHUP)" },
-    Spec { name: "TLS_KEY", default: "unset", help: "PEM private key, RSA or ECDSA, PKCS#8, PKCS#1 or SEC1 (re-read on SIGHUP)" },
-    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 301 to https and TLS answers carry Strict-Transport-Security" },
-    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry no Origin" },
+    Spec { name: "TLS_KEY", default: "unset", help: "PEM private key: RSA, ECDSA P-256/P-384 or Ed25519, as PKCS#8, PKCS#1 (RSA) or SEC1 (ECDSA) (re-read on SIGHUP)" },
+    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 308 (Permanent Redirect: same method and body) to https and TLS answers carry Strict-Transport-Security" },
+    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry neither Origin nor Sec-Fetch-Site (browsers are refused)" },
     Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
     Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}" },
     Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app" },
-    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required when ADMIN_LISTEN is not on loopback" },
+    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required, and at least 32 bytes (e.g. openssl rand -hex 32), when ADMIN_LISTEN is not on loopback; shorter on loopback is a warning. A wrong token gets 401 and the connection closed" },
     Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
     Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
     Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
@@ -47,7 +47,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
-    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace" },
+    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
     Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)" },
@@ -131,7 +131,7 @@ pub struct TlsSettings {
 pub enum TlsMode {
     /// Both listeners serve.
     Optional,
-    /// The plain listener (if on) answers every request `301` to https;
+    /// The plain listener (if on) answers every request `308` to https;
     /// TLS answers carry `Strict-Transport-Security`.
     Required,
 }
@@ -376,6 +376,18 @@ impl Settings {
                 settings.admin_listen
             ));
         }
+        let min = crate::limits::ADMIN_TOKEN_BYTES_MIN;
+        if let Some(token) = &settings.admin_token {
+            if token.len() < min && !settings.admin_listen.ip().is_loopback() {
+                return Err(format!(
+                    "SWITCHBOARD_ADMIN_TOKEN is {} bytes: at least {min} are required when the \
+                     admin listener is not on loopback (SWITCHBOARD_ADMIN_LISTEN is {}); \
+                     generate one, e.g. `openssl rand -hex 32`",
+                    token.len(),
+                    settings.admin_listen
+                ));
+            }
+        }
         let (min, max) = (
             crate::limits::STORAGE_TIMEOUT_MS_MIN,
             crate::limits::STORAGE_TIMEOUT_MS_MAX,
@@ -390,6 +402,17 @@ impl Settings {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Whether the admin token is set but shorter than
+    /// [`crate::limits::ADMIN_TOKEN_BYTES_MIN`] (allowed only on loopback;
+    /// the server warns).
+    pub fn admin_token_is_short(&self) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < crate::limits::ADMIN_TOKEN_BYTES_MIN)
     }
 }
 
@@ -453,12 +476,37 @@ mod tests {
             let s = parse(&["--admin-listen", addr], &[]).unwrap();
             assert_eq!(s.admin_token, None, "{addr}");
         }
+        let long = "a-long-random-token-of-32-bytes!";
         let s = parse(
             &["--admin-listen", "0.0.0.0:8081"],
-            &[("SWITCHBOARD_ADMIN_TOKEN", "a-long-random-token")],
+            &[("SWITCHBOARD_ADMIN_TOKEN", long)],
         )
         .unwrap();
-        assert_eq!(s.admin_token.as_deref(), Some("a-long-random-token"));
+        assert_eq!(s.admin_token.as_deref(), Some(long));
+        assert!(!s.admin_token_is_short());
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_off_loopback_and_allowed_on_it() {
+        let short = "a-31-byte-admin-token-too-short";
+        assert_eq!(short.len(), crate::limits::ADMIN_TOKEN_BYTES_MIN - 1);
+        for addr in ["0.0.0.0:8081", "10.1.2.3:8081", "[::]:8081"] {
+            let e = parse(
+                &["--admin-listen", addr],
+                &[("SWITCHBOARD_ADMIN_TOKEN", short)],
+            )
+            .unwrap_err();
+            assert!(e.contains("at least 32 are required"), "{addr}: {e}");
+            assert!(!e.contains(short), "the token is not echoed: {e}");
+        }
+        for addr in ["127.0.0.1:8081", "[::1]:8081"] {
+            let s = parse(
+                &["--admin-listen", addr],
+                &[("SWITCHBOARD_ADMIN_TOKEN", short)],
+            )
+            .unwrap();
+            assert!(s.admin_token_is_short(), "{addr}");
+        }
     }
 
     #[test]

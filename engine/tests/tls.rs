@@ -436,10 +436,24 @@ fn required_mode_redirects_the_plain_port_and_tls_answers_carry_hsts() {
             plain.port()
         ),
     );
-    assert_eq!(answer.status, 301);
+    assert_eq!(answer.status, 308);
     assert_eq!(
         answer.headers["location"],
         format!("https://127.0.0.1:{tls_port}/poll?sid=abc&since=3")
+    );
+    // 308, not 301: a POST is repeated as a POST, with its body.
+    let answer = request(
+        plain,
+        &format!(
+            "POST /send HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b",
+            plain.port()
+        ),
+    );
+    assert_eq!(answer.status, 308);
+    assert_eq!(
+        answer.headers["location"],
+        format!("https://127.0.0.1:{tls_port}/send")
     );
     // A Host that is not a host is not echoed.
     let answer = request(plain, "GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n");

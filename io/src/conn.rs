@@ -34,7 +34,7 @@ use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
 use crate::query::Params;
-use crate::response::{http_date, Encoder, Persist, CONTINUE};
+use crate::response::{http_date, status_of_response, Encoder, Persist, CONTINUE};
 use crate::{Handler, Listener};
 
 /// What a connection needs to know besides its stream.
@@ -48,7 +48,7 @@ pub struct Config {
     /// Every answer carries `Strict-Transport-Security` (TLS connections
     /// when TLS is required).
     pub hsts: bool,
-    /// `Some(port)`: every request is answered `301` to the https URL of
+    /// `Some(port)`: every request is answered `308` to the https URL of
     /// the same host, path and query on `port` (the plain port when TLS is
     /// required; 443 is left out of the URL). `None`: requests are served.
     pub https_redirect: Option<u16>,
@@ -79,6 +79,9 @@ pub enum CloseReason {
     /// The request could not be read (400, 413, 414, 431: the status):
     /// answered, graceful close.
     HttpError(u16),
+    /// An admin request without the right bearer token: 401 with
+    /// `Connection: close`, graceful close (each guess costs a connection).
+    Unauthorized,
     /// An answer could not be written within the write timeout: dropped.
     WriteTimeout,
     /// Reading failed.
@@ -315,6 +318,7 @@ where
                 head.credentials(),
                 &config.admin,
             );
+            let mut refused = false;
             match decision {
                 Decision::Reject(e) => {
                     let date = now_date();
@@ -322,6 +326,12 @@ where
                         .http_error(&mut self.out, &e, persist, head_only, &date);
                 }
                 Decision::Answer { mode, response } => {
+                    // A wrong admin token ends the connection: guesses
+                    // pipelined on one connection would cost nothing.
+                    if listener == Listener::Admin && status_of_response(&response) == 401 {
+                        persist.keep_alive = false;
+                        refused = true;
+                    }
                     let date = now_date();
                     self.encoder.response(
                         &mut self.out,
@@ -346,6 +356,9 @@ where
                 return reason;
             }
             self.outcome.requests_answered += 1;
+            if refused {
+                return self.linger(handler, CloseReason::Unauthorized).await;
+            }
             if !head.keep_alive {
                 return self.linger(handler, CloseReason::NotKeepAlive).await;
             }

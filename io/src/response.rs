@@ -71,7 +71,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
-        301 => "Moved Permanently",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -145,8 +145,10 @@ impl Encoder {
         self
     }
 
-    /// Writes a `301` to `location` (the plain port when TLS is required:
-    /// the https URL of the same path and query), with an empty body.
+    /// Writes a `308` to `location` (the plain port when TLS is required:
+    /// the https URL of the same path and query), with an empty body. 308,
+    /// not 301: the client repeats the same method and body (a 301 lets a
+    /// POST turn into a GET).
     pub fn redirect(&mut self, out: &mut Vec<u8>, location: &str, persist: Persist, date: &[u8]) {
         out.clear();
         let extra = Extra {
@@ -154,7 +156,7 @@ impl Encoder {
             hsts: self.hsts,
             ..Extra::NONE
         };
-        write_head(out, 301, JSON, 0, extra, persist, date);
+        write_head(out, 308, JSON, 0, extra, persist, date);
     }
 
     /// The capacity of the reused body buffer (for shrinking after a big
@@ -348,7 +350,7 @@ struct Extra<'a> {
     cors: bool,
     /// `Allow` (405).
     allow: Option<&'a str>,
-    /// `Location` (301).
+    /// `Location` (308).
     location: Option<&'a str>,
     /// `Strict-Transport-Security` (see [`Encoder::with_hsts`]).
     hsts: bool,
@@ -1079,6 +1081,23 @@ mod tests {
             assert_eq!(text(&out).contains("Access-Control"), cors, "{listener:?}");
             assert!(text(&out).contains("nosniff"), "{listener:?}");
         }
+    }
+
+    #[test]
+    fn the_https_redirect_is_a_308() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new(Listener::Client).with_hsts(true);
+        encoder.redirect(&mut out, "https://example.com/send", KEEP, DATE);
+        let head = text(&out);
+        assert!(
+            head.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("Location: https://example.com/send\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("Content-Length: 0\r\n"), "{head}");
     }
 
     #[test]

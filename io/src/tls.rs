@@ -443,12 +443,12 @@ impl<S> fmt::Debug for TlsStream<S> {
 /// `std::io::Read`/`Write` over a poll function: `Pending` becomes
 /// `WouldBlock`, with the waker registered, as rustls's `read_tls` and
 /// `write_tls` want.
-struct Sync<'a, 'b, S> {
+struct SyncIo<'a, 'b, S> {
     io: &'a mut S,
     cx: &'a mut Context<'b>,
 }
 
-impl<S: AsyncRead + Unpin> Read for Sync<'_, '_, S> {
+impl<S: AsyncRead + Unpin> Read for SyncIo<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match Pin::new(&mut *self.io).poll_read(self.cx, buf) {
             Poll::Ready(r) => r,
@@ -457,7 +457,7 @@ impl<S: AsyncRead + Unpin> Read for Sync<'_, '_, S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Write for Sync<'_, '_, S> {
+impl<S: AsyncWrite + Unpin> Write for SyncIo<'_, '_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
             Poll::Ready(r) => r,
@@ -521,7 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Reads one batch of records from the transport into rustls
     /// (`Ok(0)`: end of stream).
     fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut sync = Sync {
+        let mut sync = SyncIo {
             io: &mut self.io,
             cx,
         };
@@ -536,7 +536,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// transport blocks (`Pending`) or fails.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
-            let mut sync = Sync {
+            let mut sync = SyncIo {
                 io: &mut self.io,
                 cx: &mut *cx,
             };

@@ -86,7 +86,7 @@ impl EmbeddedConfig {
 }
 
 /// The database file's name inside `data_dir`.
-const DB_FILE_NAME: &str = "switchboard.redb";
+pub(crate) const DB_FILE_NAME: &str = "switchboard.redb";
 /// The schema this code reads and writes (`meta["schema_version"]`).
 const SCHEMA_VERSION: u64 = 1;
 const META_SCHEMA_VERSION: &str = "schema_version";

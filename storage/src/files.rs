@@ -1,30 +1,49 @@
-//! The data folder is private to the server's user: the folder 0700 and
-//! everything in it 0600 (the redb file, the token secret, the lock file,
-//! anything else found there), whatever the umask. Conversations are in
-//! that folder, so any other local user who could read it could read
-//! every conversation.
+//! The data folder is private to the server's user: created 0700, and
+//! every file the server writes there created 0600, whatever the umask.
+//! Conversations are in that folder, so any other local user who could
+//! read it could read every conversation.
 //!
 //! Two halves: whatever the server creates there is created private
 //! ([`create_dir_private`], [`create_file_private`]: the mode is given at
 //! creation, so there is no window where it is readable), and at start
 //! [`secure_data_dir`] tightens what an older version or an operator left
-//! looser, and says what it changed so the server can log it. Only
-//! permission bits that grant something to group or others are removed;
-//! the owner's bits are set to `rw` (files) or `rwx` (folders). Symbolic
-//! links are left alone and not followed (their own mode means nothing on
-//! Linux; what they point to is the operator's choice).
+//! looser, and says what it changed so the server can log it. It touches
+//! only the folder itself and the files the server owns there
+//! ([`KNOWN_FILES`] and the token secret's temporary files), and from
+//! those it only clears the group and other bits: the owner's bits (and
+//! setuid/setgid/sticky) are kept. Known files are opened with
+//! `O_NOFOLLOW` and changed through the open handle, so a symbolic link is
+//! never followed and nothing can be swapped in between the check and the
+//! change. Anything else in the folder is the operator's: it is left as it
+//! is, and reported when group or others can reach it.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::limits::DATA_DIR_DEPTH_MAX;
-
-/// The mode of the data folder and of every folder in it.
+/// The mode the data folder is created with.
 pub const DIR_MODE: u32 = 0o700;
-/// The mode of every file in the data folder.
+/// The mode every file the server writes in the data folder is created with.
 pub const FILE_MODE: u32 = 0o600;
+/// The permission bits that grant something to group or others.
+pub const GROUP_OTHER: u32 = 0o077;
+
+/// The lock file's name inside the data folder.
+pub const LOCK_FILE_NAME: &str = "switchboard.lock";
+
+/// The files the server writes in the data folder, whose modes
+/// [`secure_data_dir`] tightens.
+pub const KNOWN_FILES: [&str; 3] = [
+    crate::embedded::DB_FILE_NAME,
+    LOCK_FILE_NAME,
+    crate::token::SECRET_FILE_NAME,
+];
+
+/// How the token secret's temporary files are named (`.token_secret.tmp.`
+/// then the process id and a random suffix); left behind only by a crash
+/// between writing and linking.
+pub const SECRET_TMP_PREFIX: &str = ".token_secret.tmp.";
 
 /// One mode [`secure_data_dir`] changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +54,28 @@ pub struct Tightened {
     pub from: u32,
     /// Its permission bits now.
     pub to: u32,
+}
+
+/// Something in the data folder that group or others can reach and that
+/// [`secure_data_dir`] left as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposed {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Why it was not changed: `None` for an entry that is not the
+    /// server's, or the error met changing one that is.
+    pub error: Option<String>,
+}
+
+/// What [`secure_data_dir`] did and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secured {
+    /// The modes it tightened.
+    pub tightened: Vec<Tightened>,
+    /// What it left reachable by group or others.
+    pub exposed: Vec<Exposed>,
 }
 
 /// Creates `dir` (and its missing parents) with mode 0700 if absent. An
@@ -55,50 +96,94 @@ pub fn create_file_private(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
-/// Makes `dir` private: creates it 0700 if absent, then sets it and every
-/// folder in it (to [`DATA_DIR_DEPTH_MAX`] levels) to 0700 and every file
-/// to 0600 where they were anything else. Returns what changed.
-pub fn secure_data_dir(dir: &Path) -> io::Result<Vec<Tightened>> {
-    create_dir_private(dir)?;
-    let mut changed = Vec::new();
-    tighten(dir, DIR_MODE, &mut changed)?;
-    walk(dir, 0, &mut changed)?;
-    Ok(changed)
+/// Whether `name` is one of the files the server writes in the data folder.
+pub fn is_known_file(name: &str) -> bool {
+    KNOWN_FILES.contains(&name) || name.starts_with(SECRET_TMP_PREFIX)
 }
 
-/// Tightens what is inside `dir`, `depth` levels below the data folder.
-fn walk(dir: &Path, depth: usize, changed: &mut Vec<Tightened>) -> io::Result<()> {
+/// Makes `dir` private: creates it 0700 if absent; clears the group and
+/// other bits of the folder (following it if it is a symbolic link: the
+/// operator named it) and of the server's own files in it (never following
+/// a link); reports anything else in it that group or others can reach.
+/// An error on the folder itself is returned; an error on one of its files
+/// is reported in [`Secured::exposed`].
+pub fn secure_data_dir(dir: &Path) -> io::Result<Secured> {
+    create_dir_private(dir)?;
+    let mut secured = Secured::default();
+    // The folder, through an open handle: what is checked is what is changed.
+    let folder = fs::File::open(dir)?;
+    if let Some(t) = tighten(&folder, dir)? {
+        secured.tightened.push(t);
+    }
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let kind = entry.file_type()?;
         let path = entry.path();
-        if kind.is_symlink() {
+        let known = entry.file_name().to_str().is_some_and(is_known_file);
+        if known {
+            match tighten_file(&path) {
+                Ok(Some(t)) => secured.tightened.push(t),
+                Ok(None) => {}
+                Err((mode, e)) => secured.exposed.push(Exposed {
+                    path,
+                    mode,
+                    error: Some(e.to_string()),
+                }),
+            }
             continue;
         }
-        if kind.is_dir() {
-            tighten(&path, DIR_MODE, changed)?;
-            if depth < DATA_DIR_DEPTH_MAX {
-                walk(&path, depth + 1, changed)?;
-            }
-        } else {
-            tighten(&path, FILE_MODE, changed)?;
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue; // gone meanwhile
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.file_type().is_symlink() && mode & GROUP_OTHER != 0 {
+            secured.exposed.push(Exposed {
+                path,
+                mode,
+                error: None,
+            });
         }
     }
-    Ok(())
+    Ok(secured)
 }
 
-/// Sets `path`'s permission bits to `mode` if they differ.
-fn tighten(path: &Path, mode: u32, changed: &mut Vec<Tightened>) -> io::Result<()> {
-    let from = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
-    if from != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        changed.push(Tightened {
-            path: path.to_path_buf(),
-            from,
-            to: mode,
-        });
+/// Clears the group and other bits of the server's file at `path`, opened
+/// without following a symbolic link (and without blocking on a FIFO).
+/// Only a regular file is changed. On error, returns the mode it had (0 if
+/// unknown) with the error.
+fn tighten_file(path: &Path) -> Result<Option<Tightened>, (u32, io::Error)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let mode = fs::symlink_metadata(path).map_or(0, |m| m.permissions().mode() & 0o7777);
+            (mode, e)
+        })?;
+    let meta = file.metadata().map_err(|e| (0, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_file() {
+        if mode & GROUP_OTHER == 0 {
+            return Ok(None);
+        }
+        return Err((mode, io::Error::other("not a regular file")));
     }
-    Ok(())
+    tighten(&file, path).map_err(|e| (mode, e))
+}
+
+/// Clears the group and other bits of the open `file` (at `path`) if any
+/// are set.
+fn tighten(file: &fs::File, path: &Path) -> io::Result<Option<Tightened>> {
+    let from = file.metadata()?.permissions().mode() & 0o7777;
+    let to = from & !GROUP_OTHER;
+    if from == to {
+        return Ok(None);
+    }
+    file.set_permissions(fs::Permissions::from_mode(to))?;
+    Ok(Some(Tightened {
+        path: path.to_path_buf(),
+        from,
+        to,
+    }))
 }
 
 #[cfg(test)]
@@ -107,6 +192,10 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(path: &Path, m: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(m)).unwrap();
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -118,10 +207,14 @@ mod tests {
         dir
     }
 
+    fn rel(dir: &Path, path: &Path) -> String {
+        path.strip_prefix(dir).unwrap().display().to_string()
+    }
+
     #[test]
     fn a_new_data_folder_is_private() {
         let dir = temp_dir("new").join("nested");
-        assert_eq!(secure_data_dir(&dir).unwrap(), vec![]);
+        assert_eq!(secure_data_dir(&dir).unwrap(), Secured::default());
         assert_eq!(mode(&dir), DIR_MODE);
         let file = dir.join("f");
         create_file_private(&file).unwrap();
@@ -130,53 +223,93 @@ mod tests {
     }
 
     #[test]
-    fn looser_modes_are_tightened_and_reported() {
+    fn known_files_lose_group_and_other_bits_and_the_rest_is_reported() {
         let dir = temp_dir("loose");
-        fs::create_dir_all(dir.join("cache/deeper")).unwrap();
-        for (path, m) in [
-            (dir.clone(), 0o755),
-            (dir.join("cache"), 0o777),
-            (dir.join("cache/deeper"), 0o700),
-        ] {
-            fs::set_permissions(&path, fs::Permissions::from_mode(m)).unwrap();
-        }
+        fs::create_dir_all(dir.join("cache")).unwrap();
+        set_mode(&dir, 0o755);
+        set_mode(&dir.join("cache"), 0o777);
+        let tmp = format!("{SECRET_TMP_PREFIX}1.2");
         for (name, m) in [
             ("switchboard.redb", 0o644),
             ("token_secret", 0o600),
-            ("switchboard.lock", 0o666),
-            ("cache/deeper/x", 0o640),
-            ("setuid", 0o4755),
+            ("switchboard.lock", 0o4766),
+            (tmp.as_str(), 0o640),
+            ("notes.txt", 0o644),
+            ("script.sh", 0o755),
+            ("private", 0o600),
         ] {
             fs::write(dir.join(name), b"x").unwrap();
-            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(m)).unwrap();
+            set_mode(&dir.join(name), m);
         }
-        std::os::unix::fs::symlink("/etc/hostname", dir.join("link")).unwrap();
-        let mut changed = secure_data_dir(&dir).unwrap();
-        changed.sort_by(|a, b| a.path.cmp(&b.path));
-        let got: Vec<(String, u32, u32)> = changed
+        let outside = temp_dir("loose-outside");
+        fs::write(&outside, b"x").unwrap();
+        set_mode(&outside, 0o644);
+        // A link in a known file's place is not followed, nor is any other.
+        fs::rename(dir.join("token_secret"), dir.join("secret-moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("token_secret")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+
+        let mut secured = secure_data_dir(&dir).unwrap();
+        secured.tightened.sort_by(|a, b| a.path.cmp(&b.path));
+        secured.exposed.sort_by(|a, b| a.path.cmp(&b.path));
+        let tightened: Vec<(String, u32, u32)> = secured
+            .tightened
             .iter()
-            .map(|t| {
-                let rel = t.path.strip_prefix(&dir).unwrap();
-                (rel.display().to_string(), t.from, t.to)
-            })
+            .map(|t| (rel(&dir, &t.path), t.from, t.to))
             .collect();
         assert_eq!(
-            got,
+            tightened,
             vec![
                 ("".to_string(), 0o755, 0o700),
-                ("cache".into(), 0o777, 0o700),
-                ("cache/deeper/x".into(), 0o640, 0o600),
-                ("setuid".into(), 0o4755, 0o600),
-                ("switchboard.lock".into(), 0o666, 0o600),
+                (tmp.clone(), 0o640, 0o600),
+                ("switchboard.lock".into(), 0o4766, 0o4700),
                 ("switchboard.redb".into(), 0o644, 0o600),
             ]
         );
-        for name in ["switchboard.redb", "token_secret", "cache/deeper/x"] {
-            assert_eq!(mode(&dir.join(name)), FILE_MODE, "{name}");
-        }
-        assert_eq!(mode(&dir.join("cache/deeper")), DIR_MODE);
+        let exposed: Vec<(String, u32, bool)> = secured
+            .exposed
+            .iter()
+            .map(|e| (rel(&dir, &e.path), e.mode, e.error.is_some()))
+            .collect();
+        assert_eq!(
+            exposed,
+            vec![
+                ("cache".to_string(), 0o777, false),
+                ("notes.txt".into(), 0o644, false),
+                ("script.sh".into(), 0o755, false),
+                // The link's own mode, with the O_NOFOLLOW error.
+                ("token_secret".into(), 0o777, true),
+            ]
+        );
+        // Not the server's: left as they were; the link's target untouched.
+        assert_eq!(mode(&dir.join("cache")), 0o777);
+        assert_eq!(mode(&dir.join("script.sh")), 0o755);
+        assert_eq!(mode(&outside), 0o644);
         // Nothing left to change the second time.
-        assert_eq!(secure_data_dir(&dir).unwrap(), vec![]);
+        assert!(secure_data_dir(&dir).unwrap().tightened.is_empty());
         fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&outside).unwrap();
+    }
+
+    #[test]
+    fn a_linked_data_folder_is_followed_without_complaint() {
+        let real = temp_dir("real");
+        fs::create_dir_all(&real).unwrap();
+        set_mode(&real, 0o750);
+        let link = temp_dir("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let secured = secure_data_dir(&link).unwrap();
+        assert_eq!(
+            secured.tightened,
+            vec![Tightened {
+                path: link.clone(),
+                from: 0o750,
+                to: 0o700
+            }]
+        );
+        assert_eq!(mode(&real), 0o700);
+        assert_eq!(secure_data_dir(&link).unwrap(), Secured::default());
+        fs::remove_file(&link).unwrap();
+        fs::remove_dir_all(&real).unwrap();
     }
 }

@@ -169,8 +169,3 @@ const _: () = assert!(FRIENDS_PER_USER_MAX < USERS_MAX);
 const _: () = assert!(TOKEN_SECRET_BYTES >= 32);
 const _: () = assert!(mysql_pool_size_default(1) > 1);
 const _: () = assert!(FRIENDS_PER_USER_MAX as u64 <= SEED_USERS_MAX);
-
-/// How many folder levels below the data folder the start-up permission
-/// sweep (`files::secure_data_dir`) descends. The server makes no folders
-/// there; this bounds the walk over whatever an operator left.
-pub const DATA_DIR_DEPTH_MAX: usize = 8;

@@ -109,7 +109,8 @@ pub fn load_or_create_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
     text.push('\n');
 
     let tmp = data_dir.join(format!(
-        ".{SECRET_FILE_NAME}.tmp.{}.{:x}",
+        "{}{}.{:x}",
+        crate::files::SECRET_TMP_PREFIX,
         std::process::id(),
         u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"))
     ));
