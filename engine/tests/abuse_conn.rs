@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{eventually, request, temp_dir, Server};
+use common::{eventually, temp_dir, Server};
 use socket2::{Domain, Socket, Type};
 
 /// The flood's size: more than the two shards' default `CONNECTIONS_MAX`
@@ -153,31 +153,9 @@ fn a_silent_flood_from_one_address_does_not_lock_out_another() {
     assert!(open > 0, "the flood's first connections are admitted");
     eprintln!("{open} of {n} silent connections held open");
     // Operators see every refusal.
-    let refused = metric_sum(&server, "switchboard_refused_per_address_total");
+    let refused = server.metric("switchboard_refused_per_address_total");
     assert!(refused as usize >= n - open, "{refused} refusals counted");
     drop(silent);
-}
-
-/// The sum over shards of `/metrics` counter `name`.
-fn metric_sum(server: &Server, name: &str) -> u64 {
-    let r = request(
-        server.admin,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.admin
-        ),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(
-        r.body.contains(&format!("# TYPE {name} counter")),
-        "{}",
-        r.body
-    );
-    r.body
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 #[test]
