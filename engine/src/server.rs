@@ -439,7 +439,11 @@ impl Shards {
     /// reporter (the last sender of `tx`: dropped here when done).
     fn spawn(&mut self, tx: mpsc::Sender<Report>) -> Result<(), Error> {
         let settings = &self.shared.settings;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            settings.shard_cores.len(),
+            settings.shards,
+            "a server's settings come from Settings::parse, which places every shard"
+        );
         let ends = mesh::build::<MeshMsg>(settings.shards, limits::MESH_CHANNEL_DEPTH_MAX);
         for (shard, ends) in ends.into_iter().enumerate() {
             let shared = self.shared.clone();
@@ -448,7 +452,7 @@ impl Shards {
                 tx: tx.clone(),
                 stop: self.shared.stop.clone(),
             };
-            let executor = LocalExecutorBuilder::new(Placement::Fixed(shard % cores))
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(settings.shard_cores[shard]))
                 .name(&format!("shard-{shard}"))
                 .ring_depth(limits::RING_DEPTH)
                 .spawn(move || async move { shard_main(shared, ends, reporter).await })

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::cores;
 use switchboard_shards::ratelimit::{Kind, Rate, RateLimits};
 use switchboard_storage::DirectoryQueries;
 
@@ -14,50 +16,64 @@ struct Spec {
     name: &'static str,
     default: &'static str,
     help: &'static str,
+    /// What `--help` shows after the flag: the value's placeholder (`ADDR`,
+    /// `N`, `MS`). In brackets (`[on|off]`) for an on/off setting, whose
+    /// flag may stand alone and then means on: `--demo` is `--demo on`
+    /// when nothing or another flag follows it.
+    value: &'static str,
+}
+
+impl Spec {
+    /// Whether the flag may stand alone (`--demo` for `--demo on`).
+    fn is_switch(&self) -> bool {
+        self.value.starts_with('[')
+    }
 }
 
 const SPECS: &[Spec] = &[
-    Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port), or off (only with TLS_LISTEN)" },
-    Spec { name: "TLS_LISTEN", default: "unset (no TLS)", help: "TLS client listener address (port 0: pick a free port); needs TLS_CERT and TLS_KEY" },
-    Spec { name: "TLS_CERT", default: "unset", help: "PEM certificate chain, server certificate first (re-read on SIGHUP)" },
-    Spec { name: "TLS_KEY", default: "unset", help: "PEM private key: RSA, ECDSA P-256/P-384 or Ed25519, as PKCS#8, PKCS#1 (RSA) or SEC1 (ECDSA) (re-read on SIGHUP)" },
-    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 308 (Permanent Redirect: same method and body) to https and TLS answers carry Strict-Transport-Security" },
-    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry neither Origin nor Sec-Fetch-Site (browsers are refused)" },
-    Spec { name: "SHARDS", default: "all cores", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS" },
-    Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)" },
-    Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}" },
-    Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app" },
-    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required, and at least 32 bytes (e.g. openssl rand -hex 32), when ADMIN_LISTEN is not on loopback; shorter on loopback is a warning. A wrong token gets 401 and the connection closed" },
-    Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went" },
-    Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached" },
-    Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often" },
-    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable (100..=30000; it bounds a stop too: tuning/README.md)" },
-    Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)" },
-    Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, comma-separated (db-i gets the (i mod n)-th); see tuning/README.md" },
-    Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept" },
-    Spec { name: "RATE_LIMITS", default: "on", help: "per-user rate limits (the RATE_* settings): on, or off to lift them all (load tests: bench runs set it)" },
-    Spec { name: "RATE_SEND", default: "5/s,burst=30", help: "/send calls per user: RATE/s,burst=N (N at once, then RATE a second), or off; over it: 429 rate_limited" },
-    Spec { name: "RATE_TYPING", default: "4/s,burst=8", help: "/typing calls per user, as RATE_SEND" },
-    Spec { name: "RATE_PRESENCE", default: "2/s,burst=10", help: "/presence calls per user, as RATE_SEND" },
-    Spec { name: "RATE_UI", default: "5/s,burst=20", help: "/ui calls per user, as RATE_SEND" },
-    Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND" },
-    Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND" },
-    Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND" },
-    Spec { name: "RATE_POLL", default: "10/s,burst=40", help: "/poll calls per user answered at once (wait=0, or news already there; held polls are not counted), as RATE_SEND" },
-    Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)" },
-    Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)" },
-    Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept" },
-    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)" },
-    Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)" },
-    Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)" },
-    Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)" },
-    Spec { name: "MYSQL_BATCH_MAX", default: "256", help: "most sends committed together in one transaction (one multi-row INSERT)" },
-    Spec { name: "MYSQL_BATCH_WAIT_MS", default: "0", help: "longest wait for more sends to join a commit (0–100; never past a deadline)" },
-    Spec { name: "MYSQL_TOKEN_SQL", default: "unset (HMAC tokens only)", help: "SQL, one ?: token → user id; tokens not in HMAC form are looked up with it" },
-    Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)" },
-    Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)" },
-    Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)" },
-    Spec { name: "DEMO", default: "auto (on with the built-in demo users)", help: "demo mode, 1 or 0: serves the chat demo at /demo/ and mints a token for any user at /demo/login (never on a real site)" },
+    Spec { name: "LISTEN", default: "127.0.0.1:8080", help: "client listener address (port 0: pick a free port), or off (only with TLS_LISTEN)", value: "ADDR" },
+    Spec { name: "TLS_LISTEN", default: "unset (no TLS)", help: "TLS client listener address (port 0: pick a free port); needs TLS_CERT and TLS_KEY", value: "ADDR" },
+    Spec { name: "TLS_CERT", default: "unset", help: "PEM certificate chain, server certificate first (re-read on SIGHUP)", value: "FILE" },
+    Spec { name: "TLS_KEY", default: "unset", help: "PEM private key: RSA, ECDSA P-256/P-384 or Ed25519, as PKCS#8, PKCS#1 (RSA) or SEC1 (ECDSA) (re-read on SIGHUP)", value: "FILE" },
+    Spec { name: "TLS_MODE", default: "optional", help: "optional: both listeners serve; required: the plain listener answers 308 (Permanent Redirect: same method and body) to https and TLS answers carry Strict-Transport-Security", value: "MODE" },
+    Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry neither Origin nor Sec-Fetch-Site (browsers are refused)", value: "ADDR" },
+    Spec { name: "SHARDS", default: "all cores (the process's affinity mask), or one per SHARD_CORES", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS. More than the cores this process may run on is refused (see SHARDS_OVERCOMMIT)", value: "N" },
+    Spec { name: "SHARD_CORES", default: "the process's allowed cores in order", help: "cores to pin the shards to, like 1-3,5 (shard i gets the i-th listed core): each in the process's affinity mask, none twice, as many as SHARDS; `switchboard tune` suggests one", value: "LIST" },
+    Spec { name: "SHARDS_OVERCOMMIT", default: "off", help: "allow more shards than cores: shard i takes the (i mod n)-th allowed core and shards sharing a core wait for each other's turns (development machines only)", value: "[on|off]" },
+    Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)", value: "DIR" },
+    Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}", value: "FILE" },
+    Spec { name: "TOKEN_SECRET", default: "random, kept in DATA_DIR/token_secret", help: "HMAC-SHA256 secret shared with the web app", value: "SECRET" },
+    Spec { name: "ADMIN_TOKEN", default: "unset (no auth; only allowed on loopback)", help: "bearer token the admin listener requires (Authorization: Bearer TOKEN); required, and at least 32 bytes (e.g. openssl rand -hex 32), when ADMIN_LISTEN is not on loopback; shorter on loopback is a warning. A wrong token gets 401 and the connection closed", value: "TOKEN" },
+    Spec { name: "PRESENCE_GRACE_MS", default: "10000", help: "offline grace after a user's last tab went", value: "MS" },
+    Spec { name: "TAB_TIMEOUT_MS", default: "60000", help: "a tab with no poll outstanding this long is detached", value: "MS" },
+    Spec { name: "ROSTER_REFRESH_MS", default: "300000", help: "rosters are re-read from the directory this often", value: "MS" },
+    Spec { name: "STORAGE_TIMEOUT_MS", default: "5000", help: "deadline of every storage job; past it the call answers unavailable (100..=30000; it bounds a stop too: tuning/README.md)", value: "MS" },
+    Spec { name: "DB_THREADS", default: "2", help: "blocking storage threads (db-0, db-1, ...)", value: "N" },
+    Spec { name: "DB_CORES", default: "unpinned", help: "cores to pin the db-N threads to, like 0,4 or 0-1 (db-i gets the (i mod n)-th); see tuning/README.md", value: "LIST" },
+    Spec { name: "CONNECTIONS_MAX", default: "9000", help: "open client connections per shard; more are closed at accept", value: "N" },
+    Spec { name: "RATE_LIMITS", default: "on", help: "per-user rate limits (the RATE_* settings): on, or off to lift them all (load tests: bench runs set it)", value: "[on|off]" },
+    Spec { name: "RATE_SEND", default: "5/s,burst=30", help: "/send calls per user: RATE/s,burst=N (N at once, then RATE a second), or off; over it: 429 rate_limited", value: "RATE" },
+    Spec { name: "RATE_TYPING", default: "4/s,burst=8", help: "/typing calls per user, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_PRESENCE", default: "2/s,burst=10", help: "/presence calls per user, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_UI", default: "5/s,burst=20", help: "/ui calls per user, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_READ", default: "5/s,burst=20", help: "/read calls per user, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_HISTORY", default: "10/s,burst=30", help: "/history calls per user, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_CONNECT", default: "2/s,burst=16", help: "/connect calls per user to a live session, as RATE_SEND", value: "RATE" },
+    Spec { name: "RATE_POLL", default: "10/s,burst=40", help: "/poll calls per user answered at once (wait=0, or news already there; held polls are not counted), as RATE_SEND", value: "RATE" },
+    Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)", value: "N" },
+    Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)", value: "MS" },
+    Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept", value: "N" },
+    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)", value: "LEVEL" },
+    Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)", value: "URL" },
+    Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)", value: "N" },
+    Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)", value: "MS" },
+    Spec { name: "MYSQL_BATCH_MAX", default: "256", help: "most sends committed together in one transaction (one multi-row INSERT)", value: "N" },
+    Spec { name: "MYSQL_BATCH_WAIT_MS", default: "0", help: "longest wait for more sends to join a commit (0–100; never past a deadline)", value: "MS" },
+    Spec { name: "MYSQL_TOKEN_SQL", default: "unset (HMAC tokens only)", help: "SQL, one ?: token → user id; tokens not in HMAC form are looked up with it", value: "SQL" },
+    Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)", value: "SQL" },
+    Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)", value: "SQL" },
+    Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)", value: "SQL" },
+    Spec { name: "DEMO", default: "auto (on with the built-in demo users)", help: "demo mode, on or off (the flag alone: on): serves the chat demo at /demo/ and mints a token for any user at /demo/login (never on a real site)", value: "[on|off|auto]" },
 ];
 
 /// Parsed settings.
@@ -71,6 +87,10 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Executors.
     pub shards: usize,
+    /// The core of each shard: shard `i` is pinned to `shard_cores[i]`,
+    /// one per shard ([`cores::place`]). Empty from [`Settings::read`],
+    /// which leaves the placement to its caller.
+    pub shard_cores: Vec<usize>,
     /// Embedded store's folder.
     pub data_dir: PathBuf,
     /// Embedded directory file (`None`: demo users).
@@ -140,21 +160,38 @@ pub enum TlsMode {
 pub fn help() -> String {
     let mut s = String::new();
     for spec in SPECS {
-        s.push_str(&format!(
-            "  --{:<22} SWITCHBOARD_{:<20}\n      {} (default: {})\n",
+        let flag = format!(
+            "--{} {}",
             spec.name.to_ascii_lowercase().replace('_', "-"),
-            spec.name,
-            spec.help,
-            spec.default
+            spec.value
+        );
+        s.push_str(&format!(
+            "  {flag:<34} SWITCHBOARD_{}\n      {} (default: {})\n",
+            spec.name, spec.help, spec.default
         ));
     }
     s
 }
 
 impl Settings {
-    /// Reads settings from `args` (flags, `--name value` or `--name=value`)
-    /// over `env` (variables). Unknown flags are errors.
+    /// Reads settings from `args` (flags, `--name value` or `--name=value`;
+    /// an on/off flag alone means on) over `env` (variables), and places
+    /// the shards on the cores this process may run on
+    /// ([`cores::place`]). Unknown flags are errors.
     pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Settings, String> {
+        let (mut settings, ask) = Settings::read(args, env)?;
+        settings.shard_cores = cores::place(&ask, settings.shards, &cores::allowed())?;
+        Ok(settings)
+    }
+
+    /// Reads and checks settings as [`Settings::parse`] does, but leaves
+    /// the shards unplaced (`shard_cores` empty) and returns what was
+    /// asked of their placement: `switchboard tune` judges it instead of
+    /// refusing it.
+    pub fn read(
+        args: &[String],
+        env: &HashMap<String, String>,
+    ) -> Result<(Settings, cores::Ask), String> {
         let mut values: HashMap<&'static str, String> = HashMap::new();
         for spec in SPECS {
             if let Some(v) = env.get(&format!("SWITCHBOARD_{}", spec.name)) {
@@ -177,6 +214,13 @@ impl Settings {
             };
             let value = match inline {
                 Some(v) => v,
+                None if spec.is_switch() => match args.get(i + 1) {
+                    Some(word) if !word.starts_with("--") => {
+                        i += 1;
+                        word.clone()
+                    }
+                    _ => "on".to_string(),
+                },
                 None => {
                     i += 1;
                     args.get(i)
@@ -203,11 +247,21 @@ impl Settings {
             })
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = num("SHARDS", get("SHARDS"), cores)?;
+        let non_empty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
+        let ask = cores::Ask {
+            shards: get("SHARDS")
+                .map(|v| num("SHARDS", Some(v), 0))
+                .transpose()?,
+            cores: non_empty("SHARD_CORES")
+                .map(|list| cores::parse_list(&list))
+                .transpose()
+                .map_err(|e| format!("SWITCHBOARD_SHARD_CORES: {e}"))?,
+            overcommit: switch("SHARDS_OVERCOMMIT", get("SHARDS_OVERCOMMIT"))?,
+        };
+        let shards = ask.shard_count(cores);
         if shards == 0 || shards > 256 {
             return Err(format!("SWITCHBOARD_SHARDS: {shards} is not in 1..=256"));
         }
-        let non_empty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
         let log = match get("LOG").unwrap_or("info") {
             "error" => log::LevelFilter::Error,
             "warn" => log::LevelFilter::Warn,
@@ -221,9 +275,7 @@ impl Settings {
                 get("DIRECTORY").is_none_or(str::is_empty)
                     && get("MYSQL_URL").is_none_or(str::is_empty)
             }
-            Some("1" | "on" | "true") => true,
-            Some("0" | "off" | "false") => false,
-            Some(other) => return Err(format!("SWITCHBOARD_DEMO: {other:?} is not 1, 0 or auto")),
+            Some(v) => switch("DEMO", Some(v)).map_err(|e| format!("{e}, or auto"))?,
         };
         // Every RATE_* value is checked, also when RATE_LIMITS=off lifts
         // them: a typo must not wait for the day the limits are turned on.
@@ -234,14 +286,10 @@ impl Settings {
                 limits.set(kind, rate(&name, v)?);
             }
         }
-        let rate_limits = match get("RATE_LIMITS").unwrap_or("on") {
-            "on" | "1" => limits,
-            "off" | "0" => RateLimits::unlimited(),
-            other => {
-                return Err(format!(
-                    "SWITCHBOARD_RATE_LIMITS: {other:?} is not on or off"
-                ))
-            }
+        let rate_limits = match get("RATE_LIMITS") {
+            None => limits,
+            v @ Some(_) if switch("RATE_LIMITS", v)? => limits,
+            Some(_) => RateLimits::unlimited(),
         };
         let listen = match get("LISTEN") {
             Some("off") => None,
@@ -284,6 +332,7 @@ impl Settings {
             tls,
             admin_listen: addr("ADMIN_LISTEN", "127.0.0.1:8081")?,
             shards,
+            shard_cores: Vec::new(),
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("./data")),
             directory: non_empty("DIRECTORY").map(PathBuf::from),
             token_secret: non_empty("TOKEN_SECRET"),
@@ -293,17 +342,10 @@ impl Settings {
             roster_refresh_ms: num("ROSTER_REFRESH_MS", get("ROSTER_REFRESH_MS"), 300_000)?,
             storage_timeout_ms: num("STORAGE_TIMEOUT_MS", get("STORAGE_TIMEOUT_MS"), 5_000)?,
             db_threads: num("DB_THREADS", get("DB_THREADS"), 2)?,
-            db_cores: match non_empty("DB_CORES") {
-                None => None,
-                Some(list) => Some(
-                    list.split(',')
-                        .map(|c| c.trim().parse::<usize>())
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| {
-                            format!("SWITCHBOARD_DB_CORES: {list:?} is not a list of core numbers like 1 or 1,3")
-                        })?,
-                ),
-            },
+            db_cores: non_empty("DB_CORES")
+                .map(|list| cores::parse_list(&list))
+                .transpose()
+                .map_err(|e| format!("SWITCHBOARD_DB_CORES: {e}"))?,
             connections_max: num("CONNECTIONS_MAX", get("CONNECTIONS_MAX"), 9_000)?,
             rate_limits,
             connections_per_address_max: num(
@@ -316,11 +358,7 @@ impl Settings {
                 get("FIRST_BYTE_TIMEOUT_MS"),
                 switchboard_io::limits::FIRST_BYTE_TIMEOUT_MS,
             )?,
-            admin_connections_max: num(
-                "ADMIN_CONNECTIONS_MAX",
-                get("ADMIN_CONNECTIONS_MAX"),
-                64,
-            )?,
+            admin_connections_max: num("ADMIN_CONNECTIONS_MAX", get("ADMIN_CONNECTIONS_MAX"), 64)?,
             log,
             mysql_url: non_empty("MYSQL_URL"),
             mysql_pool_size: num(
@@ -401,7 +439,7 @@ impl Settings {
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
         }
-        Ok(settings)
+        Ok((settings, ask))
     }
 }
 
@@ -413,6 +451,15 @@ impl Settings {
         self.admin_token
             .as_ref()
             .is_some_and(|t| t.len() < crate::limits::ADMIN_TOKEN_BYTES_MIN)
+    }
+}
+
+/// An on/off setting: on, 1 or true; off, 0 or false; unset is off.
+fn switch(name: &str, v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None | Some("off" | "0" | "false") => Ok(false),
+        Some("on" | "1" | "true") => Ok(true),
+        Some(other) => Err(format!("SWITCHBOARD_{name}: {other:?} is not on or off")),
     }
 }
 
@@ -450,14 +497,14 @@ mod tests {
     #[test]
     fn flags_override_env_and_defaults_apply() {
         let s = parse(
-            &["--shards", "3", "--presence-grace-ms=500"],
+            &["--shards", "1", "--presence-grace-ms=500"],
             &[
                 ("SWITCHBOARD_SHARDS", "2"),
                 ("SWITCHBOARD_LISTEN", "127.0.0.1:0"),
             ],
         )
         .unwrap();
-        assert_eq!(s.shards, 3);
+        assert_eq!(s.shards, 1);
         assert_eq!(s.presence_grace_ms, 500);
         assert_eq!(s.listen.map(|a| a.port()), Some(0));
         assert_eq!(s.tls, None);
@@ -549,6 +596,131 @@ mod tests {
         assert!(parse(&["--demo", "maybe"], &[])
             .unwrap_err()
             .contains("DEMO"));
+    }
+
+    #[test]
+    fn on_off_flags_may_stand_alone() {
+        let demo = |args: &[&str]| parse(args, &[]).unwrap().demo;
+        let users = ["--directory", "users.json"];
+        assert!(demo(&[&users[..], &["--demo"]].concat()));
+        assert!(demo(&["--demo", "--directory", "users.json"]));
+        assert!(!demo(&["--demo", "false"]));
+        assert!(!demo(&["--demo", "off"]));
+        assert!(!demo(&["--demo=0"]));
+        assert!(demo(&[&users[..], &["--demo", "true"]].concat()));
+        assert!(!demo(&[&users[..], &["--demo", "auto"]].concat()));
+        // A switch followed by another flag stands alone; followed by
+        // anything else, that is its value.
+        let s = parse(&["--demo", "--shards", "1"], &[]).unwrap();
+        assert!(s.demo);
+        assert_eq!(s.shards, 1);
+        let e = parse(&["--demo", "maybe"], &[]).unwrap_err();
+        assert!(
+            e.contains("SWITCHBOARD_DEMO: \"maybe\" is not on or off, or auto"),
+            "{e}"
+        );
+        let off = parse(&["--rate-limits", "off"], &[]).unwrap();
+        assert_eq!(off.rate_limits, RateLimits::unlimited());
+        let on = parse(
+            &["--rate-limits", "--rate-limits=false", "--rate-limits"],
+            &[("SWITCHBOARD_RATE_LIMITS", "off")],
+        )
+        .unwrap();
+        assert_eq!(on.rate_limits, RateLimits::default());
+        // Every switch takes the flag alone and the usual words.
+        for spec in SPECS.iter().filter(|s| s.is_switch()) {
+            let flag = format!("--{}", spec.name.to_ascii_lowercase().replace('_', "-"));
+            for args in [vec![flag.as_str()], vec![&flag, "off"], vec![&flag, "1"]] {
+                let args = [&args[..], &["--shards", "1"]].concat();
+                assert!(parse(&args, &[]).is_ok(), "{args:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn help_shows_a_placeholder_for_every_value() {
+        let text = help();
+        for want in [
+            "--listen ADDR ",
+            "--shards N ",
+            "--shard-cores LIST ",
+            "--data-dir DIR ",
+            "--storage-timeout-ms MS ",
+            "--rate-send RATE ",
+            "--demo [on|off|auto] ",
+            "--rate-limits [on|off] ",
+            "--shards-overcommit [on|off] ",
+        ] {
+            assert!(text.contains(want), "--help shows {want:?}:\n{text}");
+        }
+        for spec in SPECS {
+            assert!(!spec.value.is_empty(), "{} has a placeholder", spec.name);
+            let flag = spec.name.to_ascii_lowercase().replace('_', "-");
+            assert!(text.contains(&format!("--{flag} {} ", spec.value)));
+        }
+    }
+
+    #[test]
+    fn shards_are_placed_on_the_allowed_cores() {
+        let allowed = cores::allowed();
+        let (first, last) = (allowed[0], allowed[allowed.len() - 1]);
+        let s = parse(&[], &[]).unwrap();
+        assert_eq!(s.shard_cores.len(), s.shards);
+        assert_eq!(s.shard_cores, allowed[..s.shards]);
+
+        // A list: shard i on the i-th core, SHARDS taken from its length.
+        let list = format!("{last},{first}");
+        let s = parse(&["--shard-cores", &list], &[]).unwrap();
+        let want: Vec<usize> = if first == last {
+            vec![first]
+        } else {
+            vec![last, first]
+        };
+        if first != last {
+            assert_eq!(s.shard_cores, want);
+            assert_eq!(s.shards, 2);
+        }
+        let s = parse(
+            &["--shards", &want.len().to_string()],
+            &[("SWITCHBOARD_SHARD_CORES", &cores::format_list(&want))],
+        )
+        .unwrap();
+        assert_eq!(s.shard_cores, want);
+
+        // More shards than cores: refused, or shared when asked for.
+        let over = (allowed.len() + 1).to_string();
+        let e = parse(&["--shards", &over], &[]).unwrap_err();
+        assert!(e.contains("SHARDS_OVERCOMMIT"), "{e}");
+        let s = parse(&["--shards", &over, "--shards-overcommit"], &[]).unwrap();
+        assert_eq!(s.shard_cores[allowed.len()], first);
+
+        let (read, ask) =
+            Settings::read(&["--shards".into(), over.clone()], &HashMap::new()).unwrap();
+        assert!(
+            read.shard_cores.is_empty(),
+            "read leaves the shards unplaced"
+        );
+        assert_eq!(ask.shards, Some(allowed.len() + 1));
+    }
+
+    #[test]
+    fn bad_core_lists_are_refused() {
+        for (list, needle) in [
+            ("8191", "may not run on"),
+            ("0,0", "twice"),
+            ("0,x", "SHARD_CORES: \"x\" is not a core number"),
+            ("3-1", "backwards"),
+        ] {
+            let e = parse(&["--shard-cores", list], &[]).unwrap_err();
+            assert!(e.contains(needle), "{list}: {e}");
+        }
+        let e = parse(&["--shard-cores", "0", "--shards", "2"], &[]).unwrap_err();
+        assert!(
+            e.contains("SHARDS is 2 but SWITCHBOARD_SHARD_CORES lists 1 cores"),
+            "{e}"
+        );
+        let s = parse(&["--db-cores", "0-1,0"], &[]).unwrap();
+        assert_eq!(s.db_cores, Some(vec![0, 1, 0]));
     }
 
     #[test]
