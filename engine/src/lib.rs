@@ -26,6 +26,7 @@ pub mod settings;
 pub mod signals;
 pub mod stop;
 pub mod supervise;
+pub mod tune;
 
 pub use error::Error;
 pub use server::{run, Server};

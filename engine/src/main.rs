@@ -1,21 +1,24 @@
 //! The `switchboard` binary: `switchboard [serve] [--setting value ...]`,
 //! `switchboard token USER_ID [--ttl-s N]`, `switchboard migrate`,
 //! `switchboard seed-demo --users N --friends K [--seed S] [--reset]`,
-//! `switchboard check-directory USER_ID [OTHER_ID]`, `switchboard --help`.
+//! `switchboard check-directory USER_ID [OTHER_ID]`,
+//! `switchboard tune [--strict]`, `switchboard --help`,
+//! `switchboard --version`.
 //!
 //! `serve` exits 0 after a graceful stop (SIGTERM or SIGINT, see
 //! `signals.rs`), 2 when the server cannot start (a setting, a data folder
 //! or port another server holds, storage) or a shard fails, 3 when a stop
 //! runs past its bound (`limits::stop_timeout_ms`) or is cut short by a
 //! second signal, and 70 on a panic outside the supervised region, a
-//! stuck shard or a dead storage thread (`supervise.rs`).
+//! stuck shard or a dead storage thread (`supervise.rs`). `tune` exits 0,
+//! or 1 with `--strict` when it warns, or 2 on a bad setting.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_engine::settings::{self, Settings};
-use switchboard_engine::{logger, server};
+use switchboard_engine::{logger, server, tune};
 
 const USAGE: &str = "\
 switchboard: a web chat server (HTTP long-polling, JSONP), sharded thread-per-core.
@@ -35,7 +38,21 @@ Usage:
   switchboard check-directory USER_ID [OTHER_ID] [SETTINGS]
                                         run the MySQL directory queries for USER_ID (and whether
                                         OTHER_ID is a friend) and print what they return
-  switchboard --help                    this text
+  switchboard tune [--strict] [SETTINGS]
+                                        read this machine (cores, SMT, NUMA, limits, sysctls, io_uring)
+                                        and print a shard and db-thread layout, the settings, sysctls
+                                        and systemd lines to apply, and warnings; --strict: exit 1
+                                        when there is a warning
+  switchboard --help, -h                this text
+  switchboard --version, -V             the version and git commit
+
+Admin endpoints (on ADMIN_LISTEN; with ADMIN_TOKEN set, Authorization: Bearer TOKEN):
+  GET  /health                          every shard's state: 200, or 503 when one is not up
+  GET  /metrics                         counters and gauges, Prometheus text format
+  POST /roster-changed?user=ID          re-read ID's friends after the web app changed them; answers
+                                        once every shard has applied it
+  POST /kick?user=ID                    end all of ID's tabs and sessions now
+  POST /trace?user=ID&level=debug|off   start or stop recording ID's debug records to a trace file
 
 Settings (flag, environment variable; the flag wins):
 ";
@@ -47,16 +64,21 @@ fn main() -> ExitCode {
         print!("{USAGE}{}", settings::help());
         return ExitCode::SUCCESS;
     }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("{}", version());
+        return ExitCode::SUCCESS;
+    }
     let command = match args.first().map(String::as_str) {
         Some("serve") => {
             args.remove(0);
             "serve"
         }
-        Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory")) => {
+        Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory" | "tune")) => {
             let c = match c {
                 "token" => "token",
                 "migrate" => "migrate",
                 "seed-demo" => "seed-demo",
+                "tune" => "tune",
                 _ => "check-directory",
             };
             args.remove(0);
@@ -73,7 +95,18 @@ fn main() -> ExitCode {
         "migrate" => migrate(args, &env),
         "seed-demo" => seed_demo(args, &env),
         "check-directory" => check_directory(args, &env),
+        "tune" => tune(args, &env),
         _ => serve(args, &env),
+    }
+}
+
+/// `switchboard 0.1.0`, and the git commit it was built from when the
+/// build knew it (`build.rs`).
+fn version() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match env!("SWITCHBOARD_GIT_COMMIT") {
+        "" => format!("switchboard {version}"),
+        commit => format!("switchboard {version} (git {commit})"),
     }
 }
 
@@ -273,4 +306,23 @@ fn check_directory(mut args: Vec<String>, env: &HashMap<String, String>) -> Exit
         }
         Err(e) => fail(format!("check-directory: {e}")),
     }
+}
+
+fn tune(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    let strict = match args.iter().position(|a| a == "--strict") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    let (settings, ask) = match Settings::read(&args, env) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let facts = tune::machine::read();
+    let plan = tune::Plan::of(&settings, ask);
+    let advice = tune::advise(&facts, &plan);
+    print!("{}", tune::render(&facts, &plan, &advice));
+    ExitCode::from(advice.exit_code(strict))
 }
