@@ -345,13 +345,23 @@ pub struct Advice {
     pub fds_needed: u64,
     /// Locked memory the shards register with io_uring.
     pub memlock_needed: u64,
-    /// `(name, value)` sysctls to set, with the value now (`None`: not
-    /// read). Only those below what Switchboard wants.
-    pub sysctls: Vec<(&'static str, u64, Option<u64>)>,
+    /// Sysctls to raise: only those below what Switchboard wants.
+    pub sysctls: Vec<Sysctl>,
     /// What to fix: placement, then limits, then kernel features.
     pub warnings: Vec<Warning>,
     /// Why the layout is what it is, one sentence each.
     pub notes: Vec<String>,
+}
+
+/// A sysctl to raise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Its name, like `net.core.somaxconn`.
+    pub name: &'static str,
+    /// The value to set.
+    pub want: u64,
+    /// Its value now (`None`: not read).
+    pub now: Option<u64>,
 }
 
 impl Advice {
@@ -427,11 +437,12 @@ fn kept_free(cores: &[Core]) -> Vec<usize> {
     free
 }
 
-/// The recommended CPUs for `n` shards: the first thread of the free
-/// physical cores (on one node when they fit), then of the kept-free
-/// ones, then SMT siblings, then (overcommitted) round-robin.
-fn recommend(cores: &[Core], free: &[usize], n: usize) -> Vec<usize> {
-    let spare: Vec<usize> = (0..cores.len()).filter(|i| !free.contains(i)).collect();
+/// The recommended CPUs for `n` shards: the first thread of the spare
+/// physical cores (all but the `kept` ones; on one node when they fit),
+/// then of the kept ones, then SMT siblings, then (overcommitted)
+/// round-robin.
+fn recommend(cores: &[Core], kept: &[usize], n: usize) -> Vec<usize> {
+    let spare: Vec<usize> = (0..cores.len()).filter(|i| !kept.contains(i)).collect();
     let mut order: Vec<usize> = Vec::new();
     let mut nodes: Vec<usize> = spare.iter().map(|&i| cores[i].node).collect();
     nodes.dedup();
@@ -449,7 +460,7 @@ fn recommend(cores: &[Core], free: &[usize], n: usize) -> Vec<usize> {
             .filter(|i| !order.contains(i))
             .collect::<Vec<_>>(),
     );
-    order.extend(free);
+    order.extend(kept);
     let mut cpus: Vec<usize> = order.iter().map(|&i| cores[i].threads[0]).collect();
     let most_threads = cores.iter().map(|c| c.threads.len()).max().unwrap_or(1);
     for t in 1..most_threads {
@@ -465,19 +476,19 @@ fn recommend(cores: &[Core], free: &[usize], n: usize) -> Vec<usize> {
 /// machine `facts` describes.
 pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
     let cores = physical_cores(facts);
-    let free = kept_free(&cores);
+    let kept = kept_free(&cores);
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
 
     // Shards.
     let listed = plan.ask.cores.is_some();
-    let n = plan.ask.shard_count(cores.len() - free.len());
+    let n = plan.ask.shard_count(cores.len() - kept.len());
     if let Err(reason) = cores::place(&plan.ask, n, &facts.allowed) {
         warnings.push(Warning::Placement(reason));
     }
     let shard_cores = match &plan.ask.cores {
         Some(list) => list.clone(),
-        None => recommend(&cores, &free, n),
+        None => recommend(&cores, &kept, n),
     };
     let core_of = |cpu: usize| cores.iter().position(|c| c.threads.contains(&cpu));
     let mut busy: Vec<usize> = Vec::new(); // physical cores running a shard
@@ -487,8 +498,8 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
             continue; // the same CPU twice: a placement warning already
         }
         match core_of(cpu) {
-            Some(i) if busy.contains(&i) => shared.push(cpu),
-            Some(i) => busy.push(i),
+            Some(core) if busy.contains(&core) => shared.push(cpu),
+            Some(core) => busy.push(core),
             None => {}
         }
     }
@@ -503,7 +514,7 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
         cpus.dedup();
         warnings.push(Warning::SmtShared { cores: cpus });
     }
-    let kept: Vec<usize> = free
+    let kept_threads: Vec<usize> = kept
         .iter()
         .filter(|i| !busy.contains(i))
         .flat_map(|&i| cores[i].threads.clone())
@@ -561,12 +572,12 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
             "the shard cores are SWITCHBOARD_SHARD_CORES as set; the rest follows from them".into(),
         );
     }
-    if !kept.is_empty() {
+    if !kept_threads.is_empty() {
         notes.push(format!(
             "CPUs {} (the first physical core of each NUMA node with {KEEP_FREE_FROM_CORES} or more) are kept \
              free of shards: the kernel's timers and interrupts land on core 0 by default, and \
              the db threads and a local MySQL need somewhere to run that does not preempt a shard",
-            cores::format_list(&kept)
+            cores::format_list(&kept_threads)
         ));
     } else if cores.len() < KEEP_FREE_FROM_CORES && !listed {
         notes.push(format!(
@@ -611,8 +622,35 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
         ),
     }
 
-    // Limits.
-    let fds_needed = shard_cores.len() as u64 * plan.connections_max as u64
+    let shards = shard_cores.len();
+    let (fds_needed, memlock_needed, sysctls) = limits(facts, plan, shards, &mut warnings);
+    kernel(facts, &mut warnings);
+
+    Advice {
+        layout: Layout {
+            shard_cores,
+            listed,
+            db_cores,
+            kept_free: kept_threads,
+            idle_siblings,
+        },
+        fds_needed,
+        memlock_needed,
+        sysctls,
+        warnings,
+        notes,
+    }
+}
+
+/// The open files and locked memory the plan needs (warned about when the
+/// limits are lower), and the sysctls to raise.
+fn limits(
+    facts: &Facts,
+    plan: &Plan,
+    shards: usize,
+    warnings: &mut Vec<Warning>,
+) -> (u64, u64, Vec<Sysctl>) {
+    let fds_needed = shards as u64 * plan.connections_max as u64
         + plan.admin_connections_max as u64
         + plan.mysql_pool.unwrap_or(0) as u64
         + FDS_MARGIN;
@@ -635,7 +673,7 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
             need: fds_needed,
         });
     }
-    let memlock_needed = shard_cores.len() as u64 * GLOMMIO_RINGS * GLOMMIO_IO_MEMORY_BYTES;
+    let memlock_needed = shards as u64 * GLOMMIO_RINGS * GLOMMIO_IO_MEMORY_BYTES;
     if facts.memlock.below(GLOMMIO_MEMLOCK_MIN_BYTES) {
         let soft = facts.memlock.soft.unwrap_or(0);
         warnings.push(Warning::MemlockTooLowToStart { soft });
@@ -658,18 +696,34 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
         ("net.ipv4.tcp_max_syn_backlog", facts.tcp_max_syn_backlog),
     ] {
         if now.is_none_or(|v| v < BACKLOG_SYSCTL_WANT) {
-            sysctls.push((name, BACKLOG_SYSCTL_WANT, now));
+            sysctls.push(Sysctl {
+                name,
+                want: BACKLOG_SYSCTL_WANT,
+                now,
+            });
         }
     }
     let nofile_want = round_up(fds_needed, 1_000);
     if facts.nr_open.is_some_and(|v| v < nofile_want) {
-        sysctls.push(("fs.nr_open", nofile_want, facts.nr_open));
+        sysctls.push(Sysctl {
+            name: "fs.nr_open",
+            want: nofile_want,
+            now: facts.nr_open,
+        });
     }
     if facts.file_max.is_some_and(|v| v < 2 * nofile_want) {
-        sysctls.push(("fs.file-max", 2 * nofile_want, facts.file_max));
+        sysctls.push(Sysctl {
+            name: "fs.file-max",
+            want: 2 * nofile_want,
+            now: facts.file_max,
+        });
     }
 
-    // Kernel features.
+    (fds_needed, memlock_needed, sysctls)
+}
+
+/// Warnings about the kernel and io_uring.
+fn kernel(facts: &Facts, warnings: &mut Vec<Warning>) {
     if let Some((major, minor)) = kernel_version(&facts.kernel) {
         if (major, minor) < KERNEL_MIN {
             warnings.push(Warning::KernelTooOld {
@@ -689,21 +743,6 @@ pub fn advise(facts: &Facts, plan: &Plan) -> Advice {
         warnings.push(Warning::ExecutorFails {
             reason: reason.clone(),
         });
-    }
-
-    Advice {
-        layout: Layout {
-            shard_cores,
-            listed,
-            db_cores,
-            kept_free: kept,
-            idle_siblings,
-        },
-        fds_needed,
-        memlock_needed,
-        sysctls,
-        warnings,
-        notes,
     }
 }
 
@@ -917,7 +956,7 @@ pub fn render(facts: &Facts, plan: &Plan, advice: &Advice) -> String {
     if advice.sysctls.is_empty() {
         let _ = writeln!(s, "  # nothing to raise");
     }
-    for (name, want, now) in &advice.sysctls {
+    for Sysctl { name, want, now } in &advice.sysctls {
         let _ = writeln!(s, "  {name} = {want}    # now {}", opt(*now));
     }
 

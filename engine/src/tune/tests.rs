@@ -329,8 +329,13 @@ fn low_limits_and_a_closed_io_uring_are_warned_about() {
             },
         ]
     );
+    let sysctls: Vec<_> = advice
+        .sysctls
+        .iter()
+        .map(|s| (s.name, s.want, s.now))
+        .collect();
     assert_eq!(
-        advice.sysctls,
+        sysctls,
         [
             ("net.core.somaxconn", 4_096, Some(128)),
             ("net.ipv4.tcp_max_syn_backlog", 4_096, Some(512)),
