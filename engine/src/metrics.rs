@@ -600,6 +600,47 @@ fn storage(out: &mut Vec<Family>, all: &[RuntimeStats], store: &StoreStats) {
         "Write jobs answered from committed transactions (over write_batches: the mean batch).",
         store.write_jobs,
     ));
+    out.push(counter(
+        "switchboard_storage_late_batches_total",
+        "Storage batches that went past a job's deadline (running, or picked up late); each is \
+         logged once with where it waited (at most one line a second).",
+        store.late_batches,
+    ));
+    let mut threads = Builder::new(
+        "switchboard_storage_threads",
+        Kind::Gauge,
+        "db-N threads, by state: busy (running a batch) or idle (waiting for work).",
+    );
+    let busy = store.threads_busy as u64;
+    threads.sample(vec![("state", "busy".into())], Value::Int(busy));
+    let idle = (store.threads as u64).saturating_sub(busy);
+    threads.sample(vec![("state", "idle".into())], Value::Int(idle));
+    out.push(threads.done());
+    let mut pool = Builder::new(
+        "switchboard_mysql_pool_connections",
+        Kind::Gauge,
+        "MySQL pool connections, by state: idle or in_use (absent with the embedded store).",
+    );
+    let mut pool_max = Builder::new(
+        "switchboard_mysql_pool_connections_max",
+        Kind::Gauge,
+        "The MySQL pool's size, MYSQL_POOL_SIZE (absent with the embedded store).",
+    );
+    let mut waiting = Builder::new(
+        "switchboard_mysql_pool_waiting",
+        Kind::Gauge,
+        "db-N threads waiting for a MySQL pool connection (absent with the embedded store).",
+    );
+    if let Some(p) = store.pool {
+        let in_use = p.connections.saturating_sub(p.idle) as u64;
+        pool.sample(vec![("state", "idle".into())], Value::Int(p.idle as u64));
+        pool.sample(vec![("state", "in_use".into())], Value::Int(in_use));
+        pool_max.sample(Vec::new(), Value::Int(p.max as u64));
+        waiting.sample(Vec::new(), Value::Int(p.waiting as u64));
+    }
+    out.push(pool.done());
+    out.push(pool_max.done());
+    out.push(waiting.done());
     let mut in_flight = Builder::new(
         "switchboard_storage_jobs_in_flight",
         Kind::Gauge,
