@@ -12,7 +12,10 @@
 //! - **Every job is answered exactly once**: with its result, with
 //!   `TimedOut` when its deadline passed before it ran (see below), or
 //!   with `Backend` when it fails (or when the store stopped before
-//!   running it). Every failure is logged once, with job name and user.
+//!   running it). Every failure is logged once, with job name and user;
+//!   a job past its deadline once with its batch, saying where the batch
+//!   waited and how long (the db thread, the pool checkout, statement,
+//!   write lock or commit, the queue: see [`watch`], rate-limited).
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
