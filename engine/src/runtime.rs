@@ -822,9 +822,11 @@ impl ShardRuntime {
     }
 
     /// Puts `msg` in the outbox to `shard` without waiting, counting it
-    /// (`PeerStats::queued`) when it fits.
-    fn enqueue(&self, shard: ShardId, msg: MeshMsg) -> glommio::Result<(), MeshMsg> {
-        self.outbox(shard).try_send(msg)?;
+    /// (`PeerStats::queued`) when it fits; else says why not.
+    fn enqueue(&self, shard: ShardId, msg: MeshMsg) -> Result<(), String> {
+        self.outbox(shard)
+            .try_send(msg)
+            .map_err(|e| e.to_string())?;
         self.stats.peers[shard].queued.add(1);
         Ok(())
     }

@@ -168,7 +168,7 @@ pub fn start_watchdog(
         .name("watchdog".into())
         .spawn(move || loop {
             let mut running = 0;
-            for shard in 0..shards {
+            for (shard, lag) in lags.iter_mut().enumerate() {
                 if stop.phase(shard) == Phase::Ended {
                     continue;
                 }
@@ -176,7 +176,7 @@ pub fn start_watchdog(
                 let Some(silent) = heartbeats.silent_for(shard) else {
                     continue;
                 };
-                lags[shard].check(&heartbeats, shard, silent, stall_max);
+                lag.check(&heartbeats, shard, silent, stall_max);
                 if silent > stall_max {
                     fatal(format_args!(
                         "shard-{shard}: no tick for {} ms (bound {} ms): its executor is stuck \

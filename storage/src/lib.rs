@@ -15,7 +15,7 @@
 //!   running it). Every failure is logged once, with job name and user;
 //!   a job past its deadline once with its batch, saying where the batch
 //!   waited and how long (the db thread, the pool checkout, statement,
-//!   write lock or commit, the queue: see [`watch`], rate-limited).
+//!   write lock or commit, the queue: see `watch.rs`, rate-limited).
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
