@@ -202,14 +202,15 @@ fn counters_and_histograms_move_as_traffic_flows() {
         assert_eq!(sum(&m, "switchboard_mesh_dropped_total", &labels), 0.0);
     }
 
-    // The loop lag of each shard: ticks every 50 ms, each well under a
-    // second late on an idle server.
+    // The loop lag of each shard: a tick every 50 ms, each a little late.
     for shard in ["0", "1"] {
         let labels = [("shard", shard)];
         let ticks = sum(&m, "switchboard_loop_lag_seconds_count", &labels);
         assert!(ticks >= 5.0, "shard {shard}: {ticks} ticks");
+        // Under the watchdog's 10 s (a loaded test machine can make it
+        // seconds).
         let last = sum(&m, "switchboard_loop_lag_last_seconds", &labels);
-        assert!((0.0..1.0).contains(&last), "shard {shard}: {last}");
+        assert!((0.0..10.0).contains(&last), "shard {shard}: {last}");
     }
     // The process: RSS between 1 MB and 4 GB, a handful of fds.
     let rss = sum(&m, "process_resident_memory_bytes", &[]);
@@ -380,6 +381,25 @@ fn a_slow_commit_is_logged_once_with_where_it_waited(backend: &Backend) {
     assert_eq!(sum(&m, "switchboard_storage_late_batches_total", &[]), 1.0);
 }
 
+/// The shard's lines in the server's log, in order: its lag warnings
+/// (`true`) and its episodes' ends (`false`).
+fn lag_lines(server: &Server, shard: &str) -> Vec<(bool, String)> {
+    let warned = format!("{shard}: loop lagging");
+    let ended = format!("{shard}: loop lag back under");
+    let log = server.log.lock().unwrap();
+    log.iter()
+        .filter_map(|l| match () {
+            () if l.contains(&warned) => Some((true, l.clone())),
+            () if l.contains(&ended) => Some((false, l.clone())),
+            () => None,
+        })
+        .collect()
+}
+
+/// Alice's connects block her conn shard 0.8 s each (a test fault), twice
+/// in a row: one episode of that shard, so one warning, then, 5 s after
+/// the last late tick, one line saying it ended. (Another shard may lag
+/// too on a loaded machine: only the stalled shards' lines are counted.)
 #[test]
 fn a_lagging_shard_is_warned_about_once_per_episode() {
     let dir = temp_dir("metrics-lag");
@@ -393,28 +413,39 @@ fn a_lagging_shard_is_warned_about_once_per_episode() {
             ("SWITCHBOARD_FAULT_STALL_SHARD_MS", "800"),
         ],
     );
-    // Two stalls of her conn shard, 0.8 s each, in one episode.
     for tab in ["a1", "a2"] {
         server.connect(ALICE, tab);
     }
-    eventually(T, "the lag warning", || {
-        !server.log_lines("loop lagging").is_empty()
-    });
-    let warned = server.log_lines("loop lagging");
-    assert_eq!(warned.len(), 1, "{warned:#?}");
-    assert!(warned[0].contains("(bound 200 ms"), "{}", warned[0]);
+    // "fault injection: a connect of user 1 blocks shard-N for 800 ms"
+    let mut stalled: Vec<String> = server
+        .log_lines("fault injection: a connect of user")
+        .iter()
+        .filter_map(|l| {
+            l.split(" blocks ")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    stalled.dedup();
+    assert!(!stalled.is_empty());
+    for shard in &stalled {
+        eventually(T, "the episode's end", || {
+            lag_lines(&server, shard).iter().any(|(warn, _)| !warn)
+        });
+        let lines = lag_lines(&server, shard);
+        // Its first episode: one warning, then its end.
+        let first_end = lines.iter().position(|(warn, _)| !warn).unwrap();
+        assert_eq!(first_end, 1, "{lines:#?}");
+        assert!(lines[0].1.contains("(bound 200 ms"), "{}", lines[0].1);
+        assert!(lines[1].1.contains("back under 200 ms"), "{}", lines[1].1);
+    }
     // The histogram has the stalls: ticks over half a second late.
     let m = scrape(&server);
     let late = sum(&m, "switchboard_loop_lag_seconds_count", &[])
         - sum(&m, "switchboard_loop_lag_seconds_bucket", &[("le", "0.5")]);
     assert!(late >= 2.0, "{late}");
-    // Quiet for LOOP_LAG_QUIET_MS (5 s): the episode ends, once.
-    eventually(T, "the episode's end", || {
-        !server.log_lines("loop lag back under 200 ms").is_empty()
-    });
-    let ended = server.log_lines("loop lag back under");
-    assert_eq!(ended.len(), 1, "{ended:#?}");
-    assert_eq!(server.log_lines("loop lagging").len(), 1);
 }
 
 /// docs/grafana-dashboard.json: valid JSON, a Prometheus datasource
