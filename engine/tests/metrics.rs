@@ -379,6 +379,15 @@ fn a_slow_commit_is_logged_once_with_where_it_waited(backend: &Backend) {
     assert_eq!(about.len(), 1, "{about:#?}");
     let m = scrape(&server);
     assert_eq!(sum(&m, "switchboard_storage_late_batches_total", &[]), 1.0);
+    // The pool: MySQL's sizes; the embedded store has none.
+    if backend.mysql().is_some() {
+        let max = sum(&m, "switchboard_mysql_pool_connections_max", &[]);
+        let open = sum(&m, "switchboard_mysql_pool_connections", &[]);
+        assert!(max >= 2.0 && (1.0..=max).contains(&open), "{open} of {max}");
+        assert_eq!(sum(&m, "switchboard_mysql_pool_waiting", &[]), 0.0);
+    } else {
+        assert!(!has_family(&m, "switchboard_mysql_pool_connections"));
+    }
 }
 
 /// The shard's lines in the server's log, in order: its lag warnings
