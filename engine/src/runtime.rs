@@ -202,6 +202,9 @@ pub struct RuntimeStats {
     pub histograms: Box<[Published]>,
     /// How late this shard's last tick fired, in microseconds.
     pub loop_lag_last_us: Counter,
+    /// When this shard's last tick ran (its clock's ms): a conn shard
+    /// whose call timed out tells from it whether the home shard is stuck.
+    pub last_tick_ms: Counter,
     /// The mesh as this shard sees it, by peer (its own index unused).
     pub peers: Box<[PeerStats]>,
     /// The shard core's counters, as of its last tick.
@@ -244,6 +247,7 @@ impl RuntimeStats {
             requests: metrics::request_counters(),
             histograms: metrics::published_series(),
             loop_lag_last_us: Counter::default(),
+            last_tick_ms: Counter::default(),
             peers: (0..shards).map(|_| PeerStats::default()).collect(),
             core: CoreStats::default(),
         }
@@ -980,8 +984,9 @@ impl ShardRuntime {
 
     /// The forensics of a call past its deadline (see [`Late`]): what it
     /// waited for, where, and how long, with what the conn shard can see
-    /// of the home shard (its storage jobs waiting, how late its last
-    /// tick fired) and of the mesh between them.
+    /// of the home shard without asking it (how long since its last tick,
+    /// which says whether it is stuck, and how late that tick was; its
+    /// storage jobs waiting) and of the mesh between them.
     fn late_call_line(&self, late: &Late, user: Option<UserId>) -> String {
         let home = late.home;
         let peer = &self.stats.all()[home];
@@ -999,13 +1004,14 @@ impl ShardRuntime {
         let who = user.map_or(String::new(), |u| format!(" for user {u}"));
         format!(
             "{}{who} had no answer from its home shard-{home} after {} ms (its deadline: {} ms), \
-             {route}; shard-{home} has {} storage jobs waiting and its last tick fired {} ms \
-             late; the storage queue holds {} jobs",
+             {route}; shard-{home} last ticked {} ms ago ({} ms late), has {} storage jobs \
+             waiting; the storage queue holds {} jobs",
             late.what,
             late.waited.as_millis(),
             late.patience.as_millis(),
-            peer.storage_jobs_waiting.get(),
+            self.clock.now_ms().saturating_sub(peer.last_tick_ms.get()),
             peer.loop_lag_last_us.get() / 1000,
+            peer.storage_jobs_waiting.get(),
             self.store.stats().queue_len
         )
     }

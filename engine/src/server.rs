@@ -631,6 +631,7 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
             glommio::timer::sleep(period).await;
             let lag = asked.elapsed().saturating_sub(period);
             tick.stats.loop_lag_last_us.set(lag.as_micros() as u64);
+            tick.stats.last_tick_ms.set(tick.clock.now_ms());
             tick.record(Series::LoopLag, lag);
             tick.feed(Input::Tick);
             heartbeats.beat(i, lag);

@@ -559,3 +559,102 @@ fn metric_names(expr: &str) -> Vec<String> {
     }
     names
 }
+
+/// A call whose home shard does not answer by the call's deadline: the
+/// conn shard logs one line saying what it waited for (the call and its
+/// user), where (conn shard → home shard over the mesh) and how long.
+/// Alice's connect blocks her conn shard for 7.5 s (a test fault; the
+/// watchdog's bound is raised past it); meanwhile `/typing` calls of a
+/// user homed there, on new connections, reach it from the other shard
+/// and wait out their deadline (storage timeout 0.1 s + 1 s slack + 5 s).
+#[test]
+fn a_call_past_its_deadline_is_logged_with_where_it_waited() {
+    let dir = temp_dir("metrics-late-call");
+    let alice = ALICE.to_string();
+    let server = start(
+        &dir,
+        &[
+            ("SWITCHBOARD_RATE_LIMITS", "off"),
+            ("SWITCHBOARD_STORAGE_TIMEOUT_MS", "100"),
+            ("SWITCHBOARD_FAULT_STALL_SHARD_USER", &alice),
+            ("SWITCHBOARD_FAULT_STALL_SHARD_MS", "7500"),
+            ("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX", "30000"),
+        ],
+    );
+    let others: Vec<(u64, Tab)> = [BOB, CAROL, DAVE]
+        .into_iter()
+        .map(|u| (u, server.connect(u, "t")))
+        .collect();
+    let addr = server.addr;
+    let stall = std::thread::spawn(move || {
+        let target = format!("/connect?{}", encode(&[("token", &token(ALICE))]));
+        request(
+            addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+    });
+    let mut stalled = String::new();
+    eventually(T, "the stall", || {
+        stalled = server
+            .log_lines("fault injection: a connect of user")
+            .first()
+            .and_then(|l| {
+                l.split(" blocks shard-")
+                    .nth(1)?
+                    .split(' ')
+                    .next()
+                    .map(String::from)
+            })
+            .unwrap_or_default();
+        !stalled.is_empty()
+    });
+    let home: usize = stalled.parse().unwrap();
+    let Some((user, tab)) = others.iter().find(|(u, _)| home_shard(*u, 2) == home) else {
+        panic!("no test user homed on shard-{home}");
+    };
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let params = [("sid", tab.sid.as_str()), ("to", "1"), ("state", "typing")];
+            let target = format!("/typing?{}", encode(&params));
+            std::thread::spawn(move || {
+                request(
+                    addr,
+                    &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+                )
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = calls
+        .into_iter()
+        .map(|c| c.join().unwrap().status)
+        .collect();
+    assert_eq!(stall.join().unwrap().status, 200);
+    let other = 1 - home;
+    let route = format!("over the mesh (conn shard-{other} → home shard-{home}");
+    let lines = server.log_lines("had no answer from its home shard");
+    assert!(
+        statuses.contains(&503) && !lines.is_empty(),
+        "{statuses:?} {lines:#?}"
+    );
+    let line = &lines[0];
+    assert!(
+        line.contains(&format!(
+            "typing for user {user} had no answer from its home shard-{home} after "
+        )),
+        "{line}"
+    );
+    assert!(line.contains(&route), "{line}");
+    assert!(line.contains("(its deadline: 6100 ms)"), "{line}");
+    // And that the home shard was stuck: no tick for seconds.
+    let since: u64 = line
+        .split(&format!("shard-{home} last ticked "))
+        .nth(1)
+        .and_then(|rest| rest.split(" ms ago").next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no last tick in {line}"));
+    assert!(since >= 5_000, "{line}");
+    // One line per timed-out call, at most one a second: the calls that
+    // timed out together are one line and a count.
+    let timeouts = statuses.iter().filter(|s| **s == 503).count();
+    assert!(lines.len() <= timeouts, "{lines:#?}");
+}
