@@ -474,7 +474,7 @@ impl Backend {
                 friendships: 0,
             }));
         }
-        let tokens = self.tokens_to_look_up(sorted.tokens, now);
+        let tokens = self.tokens_to_look_up(sorted.tokens, now, &watch.thread);
         let (reads, writes) = (sorted.reads, sorted.writes);
         if reads.is_empty() && writes.is_empty() && tokens.is_empty() {
             return;
@@ -526,23 +526,38 @@ impl Backend {
 
     /// Answers the token lookups that need no query (picked up late:
     /// `TimedOut`; longer than any token: unknown) and returns the rest.
-    fn tokens_to_look_up(&self, tokens: Vec<TokenReply>, now: Instant) -> Vec<TokenReply> {
+    /// Late ones are logged like late jobs: one line per batch, through
+    /// the same rate limit.
+    fn tokens_to_look_up(
+        &self,
+        tokens: Vec<TokenReply>,
+        now: Instant,
+        thread: &str,
+    ) -> Vec<TokenReply> {
         let mut ready = Vec::with_capacity(tokens.len());
+        let mut late_ones = (0, Duration::ZERO);
         for t in tokens {
             match Pickup::at(now, t.deadline) {
                 Pickup::Late(late) => {
                     self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "storage: lookup_token timed out: waited {} past its deadline for a \
-                         db thread (all busy)",
-                        ms(late)
-                    );
                     let _ = t.reply.send(Err(StorageError::TimedOut));
+                    late_ones = (late_ones.0 + 1, late_ones.1.max(late));
                 }
                 Pickup::InTime if t.token.len() > limits::TOKEN_LOOKUP_BYTES_MAX => {
                     let _ = t.reply.send(Ok(None));
                 }
                 Pickup::InTime => ready.push(t),
+            }
+        }
+        if let (n @ 1.., late) = late_ones {
+            self.counters.late_batches.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = self.pickup_gate.pass() {
+                log::warn!(
+                    "storage: {thread}: lookup_token ×{n} timed out in the queue: picked up {} \
+                     past its deadline (every db thread was busy); answered TimedOut, not run \
+                     ({skipped} more late batches not logged)",
+                    ms(late)
+                );
             }
         }
         ready
