@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{AdminGate, Call, Handler, Limits, Reply, ShardCounter, ShardHealth};
+use switchboard_io::{AdminGate, Call, Endpoint, Handler, Limits, Outcome, Reply, ShardHealth};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError, UserId};
 use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
 use crate::limits;
-use crate::runtime::{Counter, RuntimeStats, ShardRuntime};
+use crate::metrics::{self, JobKind, Series};
+use crate::runtime::{Counter, ShardRuntime};
 use crate::stop::ConnStop;
 
 /// Counters of one shard's connection edge (accepting, token lookups),
@@ -147,11 +148,12 @@ impl ConnHandler {
             );
         }
         if Some(user) == self.rt.faults.stall_shard_user {
+            let ms = self.rt.faults.stall_shard_ms.unwrap_or(3_600_000);
             log::warn!(
-                "fault injection: a connect of user {user} blocks shard-{}",
+                "fault injection: a connect of user {user} blocks shard-{} for {ms} ms",
                 self.rt.id
             );
-            std::thread::sleep(Duration::from_secs(3_600));
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let mut bytes = [0u8; 16];
         if getrandom::getrandom(&mut bytes).is_err() {
@@ -182,7 +184,8 @@ impl ConnHandler {
                 "token lookup: too many in flight: try again",
             ));
         };
-        let due = Instant::now() + self.rt.storage_timeout;
+        let submitted = Instant::now();
+        let due = submitted + self.rt.storage_timeout;
         let pending = self
             .rt
             .store
@@ -192,6 +195,8 @@ impl ConnHandler {
         let answer = deadline::within(late, pending)
             .await
             .unwrap_or(Err(StorageError::TimedOut));
+        let took = submitted.elapsed();
+        self.rt.record(Series::Job(JobKind::LookupToken), took);
         match answer {
             Ok(Some(user)) => Ok(user),
             Ok(None) => Err(Response::fail(
@@ -216,10 +221,12 @@ impl ConnHandler {
                             shard,
                             sessions,
                             tabs,
+                            polls,
                         }) => ShardHealth::Up {
                             shard,
                             sessions,
                             tabs,
+                            polls,
                         },
                         Ok(_) => ShardHealth::Refused { shard },
                         Err(TimedOut) => ShardHealth::Silent { shard },
@@ -234,43 +241,9 @@ impl ConnHandler {
         out
     }
 
-    /// Every shard's runtime and edge counters, each name's shards
-    /// together, then the store's own (process-wide, shown as shard 0's).
-    fn counters(&self) -> Vec<ShardCounter> {
-        let all = self.rt.stats.all();
-        let mut out = Vec::with_capacity((COUNTERS.len() + EDGE_COUNTERS.len()) * all.len() + 1);
-        for spec in &COUNTERS {
-            for (shard, stats) in all.iter().enumerate() {
-                out.push(ShardCounter {
-                    name: spec.name,
-                    help: spec.help,
-                    shard,
-                    value: (spec.value)(stats),
-                });
-            }
-        }
-        for spec in &EDGE_COUNTERS {
-            for (shard, stats) in self.edge.iter().enumerate() {
-                out.push(ShardCounter {
-                    name: spec.name,
-                    help: spec.help,
-                    shard,
-                    value: (spec.value)(stats),
-                });
-            }
-        }
-        out.push(ShardCounter {
-            name: "switchboard_storage_queue_shed_total",
-            help: "Storage jobs refused because the storage queue held STORAGE_QUEUE_DEPTH_MAX \
-                   (process-wide, shown as shard 0's; each failed its call, counted in storage_failures).",
-            shard: 0,
-            value: self.rt.store.stats().jobs_shed,
-        });
-        out
-    }
-
     async fn roster_changed(&self, user: u64) -> Response {
-        let due = Instant::now() + self.rt.storage_timeout;
+        let submitted = Instant::now();
+        let due = submitted + self.rt.storage_timeout;
         let reload = match self.rt.store.reload_directory(due) {
             Ok(p) => p,
             Err(e) => {
@@ -278,7 +251,10 @@ impl ConnHandler {
             }
         };
         let late = glommio::timer::sleep(self.rt.storage_patience());
-        let failed = match deadline::within(late, reload).await {
+        let reloaded = deadline::within(late, reload).await;
+        let took = submitted.elapsed();
+        self.rt.record(Series::Job(JobKind::ReloadDirectory), took);
+        let failed = match reloaded {
             Ok(Ok(_)) => None,
             Ok(Err(reload_error)) => Some(reload_error.to_string()),
             Err(TimedOut) => Some(TimedOut.to_string()),
@@ -374,7 +350,7 @@ impl Handler for ConnHandler {
             },
             Call::Metrics => Reply::Metrics {
                 shards: self.shard_health().await,
-                counters: self.counters(),
+                families: metrics::families(&self.rt, &self.edge),
             },
             Call::RosterChanged { user } => Reply::Shard(self.roster_changed(user).await),
             Call::Kick { user } => Reply::Shard(self.rt.call(Request::Kick { user }).await),
@@ -390,6 +366,10 @@ impl Handler for ConnHandler {
 
     async fn sleep(&self, duration: Duration) {
         glommio::timer::sleep(duration).await;
+    }
+
+    fn answered(&self, endpoint: Endpoint, outcome: Outcome, took: Option<Duration>) {
+        self.rt.answered(endpoint, outcome, took);
     }
 
     async fn stopped(&self) {
@@ -414,194 +394,6 @@ impl Handler for ConnHandler {
         }
     }
 }
-
-/// A runtime counter as `/metrics` shows it.
-struct CounterSpec {
-    /// The metric's name.
-    name: &'static str,
-    /// Its `# HELP` text.
-    help: &'static str,
-    /// Its value in one shard's stats.
-    value: fn(&RuntimeStats) -> u64,
-}
-
-/// The edge counters on `/metrics`, after the runtime's.
-const EDGE_COUNTERS: [EdgeCounterSpec; 2] = [
-    EdgeCounterSpec {
-        name: "switchboard_refused_admin_total",
-        help: "Admin connections closed at accept: the admin listener held ADMIN_CONNECTIONS_MAX.",
-        value: |s| s.refused_admin.get(),
-    },
-    EdgeCounterSpec {
-        name: "switchboard_shed_token_lookups_total",
-        help: "Connects answered unavailable at once: TOKEN_LOOKUPS_IN_FLIGHT_MAX token lookups in flight on the shard.",
-        value: |s| s.shed_token_lookups.get(),
-    },
-];
-
-/// An edge counter as `/metrics` shows it.
-struct EdgeCounterSpec {
-    /// The metric's name.
-    name: &'static str,
-    /// Its `# HELP` text.
-    help: &'static str,
-    /// Its value in one shard's edge stats.
-    value: fn(&EdgeStats) -> u64,
-}
-
-/// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 30] = [
-    CounterSpec {
-        name: "switchboard_panics_total",
-        help: "Panics caught while a shard handled an input (each cost its user's session).",
-        value: |s| s.panics.get(),
-    },
-    CounterSpec {
-        name: "switchboard_call_timeouts_total",
-        help: "Calls answered unavailable because the home shard did not answer by the deadline.",
-        value: |s| s.call_timeouts.get(),
-    },
-    CounterSpec {
-        name: "switchboard_shed_requests_total",
-        help: "Requests answered unavailable at once: too many in flight to their home shard.",
-        value: |s| s.shed_requests.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_replies_total",
-        help: "Replies dropped on a full outbox.",
-        value: |s| s.dropped_replies.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_deliveries_total",
-        help: "Deliveries dropped on a full outbox.",
-        value: |s| s.dropped_deliveries.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_presence_total",
-        help: "Presence messages dropped on a full outbox (repaired by the presence digest).",
-        value: |s| s.dropped_presence.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_roster_total",
-        help: "Roster messages dropped on a full outbox.",
-        value: |s| s.dropped_roster.get(),
-    },
-    CounterSpec {
-        name: "switchboard_refused_connections_total",
-        help: "Client connections closed at accept: the listener held CONNECTIONS_MAX.",
-        value: |s| s.refused_connections.get(),
-    },
-    CounterSpec {
-        name: "switchboard_refused_per_address_total",
-        help: "Client connections closed at accept: their address held its share of CONNECTIONS_PER_ADDRESS_MAX.",
-        value: |s| s.refused_per_address.get(),
-    },
-    CounterSpec {
-        name: "switchboard_storage_timeouts_total",
-        help: "Storage jobs that timed out.",
-        value: |s| s.storage_timeouts.get(),
-    },
-    CounterSpec {
-        name: "switchboard_messages_total",
-        help: "Messages stored and delivered (not duplicates).",
-        value: |s| s.core.messages.get(),
-    },
-    CounterSpec {
-        name: "switchboard_duplicate_sends_total",
-        help: "Sends answered from a stored cid.",
-        value: |s| s.core.duplicate_sends.get(),
-    },
-    CounterSpec {
-        name: "switchboard_shed_jobs_total",
-        help: "Requests answered unavailable: too many storage jobs in flight on the shard.",
-        value: |s| s.core.shed_jobs.get(),
-    },
-    CounterSpec {
-        name: "switchboard_storage_failures_total",
-        help: "Storage jobs that failed (timed out included).",
-        value: |s| s.core.storage_failures.get(),
-    },
-    CounterSpec {
-        name: "switchboard_tab_timeouts_total",
-        help: "Tabs detached for the tab timeout.",
-        value: |s| s.core.tab_timeouts.get(),
-    },
-    CounterSpec {
-        name: "switchboard_tab_evictions_total",
-        help: "Tabs detached because their session had too many.",
-        value: |s| s.core.tab_evictions.get(),
-    },
-    CounterSpec {
-        name: "switchboard_not_friends_dropped_total",
-        help: "Deliveries dropped by the receiver's friends-only check.",
-        value: |s| s.core.not_friends_dropped.get(),
-    },
-    CounterSpec {
-        name: "switchboard_rate_limited_total",
-        help: "Calls answered rate_limited (429).",
-        value: |s| s.core.rate_limited.get(),
-    },
-    CounterSpec {
-        name: "switchboard_typing_coalesced_total",
-        help: "Typing events that replaced an earlier one from the same user.",
-        value: |s| s.core.typing_coalesced.get(),
-    },
-    CounterSpec {
-        name: "switchboard_events_dropped_total",
-        help: "Events dropped from session buffers by their count or byte bound.",
-        value: |s| s.core.events_dropped.get(),
-    },
-    CounterSpec {
-        name: "switchboard_stale_timers_total",
-        help: "Timers that fired without their owner (skipped).",
-        value: |s| s.core.stale_timers.get(),
-    },
-    CounterSpec {
-        name: "switchboard_in_doubt_delivered_total",
-        help: "Duplicate sends delivered because an earlier try of their cid failed.",
-        value: |s| s.core.in_doubt_delivered.get(),
-    },
-    CounterSpec {
-        name: "switchboard_in_doubt_dropped_total",
-        help: "Cids in doubt dropped at their per-session bound.",
-        value: |s| s.core.in_doubt_dropped.get(),
-    },
-    CounterSpec {
-        name: "switchboard_dropped_users_total",
-        help: "Sessions dropped by supervision after a panic.",
-        value: |s| s.core.dropped_users.get(),
-    },
-    CounterSpec {
-        name: "switchboard_presence_repairs_total",
-        help: "Presence replica entries repaired by a digest (a presence message was lost).",
-        value: |s| s.core.presence_repairs.get(),
-    },
-    CounterSpec {
-        name: "switchboard_stale_roster_reads_total",
-        help: "Roster reads dropped because a newer read of the same session was already applied.",
-        value: |s| s.core.stale_roster_reads.get(),
-    },
-    CounterSpec {
-        name: "switchboard_in_doubt_orphaned_total",
-        help: "Cids in doubt kept by the shard because their sender had no live session.",
-        value: |s| s.core.in_doubt_orphaned.get(),
-    },
-    CounterSpec {
-        name: "switchboard_resyncs_sent_total",
-        help: "Resync messages sent to a peer after deliveries to it were dropped.",
-        value: |s| s.resyncs_sent.get(),
-    },
-    CounterSpec {
-        name: "switchboard_resyncs_total",
-        help: "Live sessions whose tabs were reset because a delivery to them was dropped.",
-        value: |s| s.core.resyncs.get(),
-    },
-    CounterSpec {
-        name: "switchboard_roster_waits_expired_total",
-        help: "roster-changed calls answered unavailable because not every shard acked in time.",
-        value: |s| s.core.roster_waits_expired.get(),
-    },
-];
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ pub mod handler;
 pub mod limits;
 pub mod logger;
 pub mod mesh;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod settings;

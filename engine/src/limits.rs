@@ -141,6 +141,18 @@ pub const SHARD_STALL_MS_MAX: u64 = 10_000;
 /// threads.
 pub const WATCHDOG_CHECK_MS: u64 = 250;
 
+/// `SWITCHBOARD_LOOP_LAG_WARN_MS`'s default: a shard whose tick fires
+/// this much later than due (its executor busy or blocked that long) is
+/// reported by the watchdog, once per episode. A healthy shard's ticks
+/// are a millisecond or two late at most; at this lag every call on the
+/// shard waits half a second.
+pub const LOOP_LAG_WARN_MS_DEFAULT: u64 = 500;
+
+/// A lagging episode (see [`LOOP_LAG_WARN_MS_DEFAULT`]) ends after this
+/// long without a late tick; the next late tick is then a new episode,
+/// warned about again.
+pub const LOOP_LAG_QUIET_MS: u64 = 5_000;
+
 /// Token lookups (`/connect` with a token that is not in the HMAC form,
 /// looked up by the directory's token query: a storage job each) in
 /// flight on one shard. One more is answered `unavailable` at once and
@@ -205,6 +217,9 @@ const _: () = assert!(HEALTH_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(STOP_CHECK_MS <= TICK_MS);
 const _: () =
     assert!(SHARD_STALL_MS_MAX >= 100 * TICK_MS && WATCHDOG_CHECK_MS < SHARD_STALL_MS_MAX);
+const _: () =
+    assert!(LOOP_LAG_WARN_MS_DEFAULT > TICK_MS && LOOP_LAG_WARN_MS_DEFAULT < SHARD_STALL_MS_MAX);
+const _: () = assert!(LOOP_LAG_QUIET_MS > WATCHDOG_CHECK_MS);
 const _: () = assert!(TOKEN_LOOKUPS_IN_FLIGHT_MAX < STORAGE_QUEUE_DEPTH_MAX);
 const _: () =
     assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);

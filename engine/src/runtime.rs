@@ -38,6 +38,7 @@ use switchboard_shards::{home_shard, Input, Output, PeerMsg, Resync, Shard, Stat
 use switchboard_storage::Store;
 
 use crate::limits;
+use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
 use crate::supervise::{self, Faults};
 
 /// What travels between shards.
@@ -113,6 +114,12 @@ pub struct CoreStats {
     pub resyncs: Counter,
     /// roster-changed calls answered unavailable because an ack never came.
     pub roster_waits_expired: Counter,
+    /// Events appended to session buffers (deliveries).
+    pub deliveries: Counter,
+    /// Messages appended to their recipient's buffer.
+    pub messages_delivered: Counter,
+    /// Presence changes broadcast by their user's home shard.
+    pub presence_changes: Counter,
 }
 
 impl CoreStats {
@@ -137,11 +144,14 @@ impl CoreStats {
         self.in_doubt_orphaned.set(stats.in_doubt_orphaned);
         self.resyncs.set(stats.resyncs);
         self.roster_waits_expired.set(stats.roster_waits_expired);
+        self.deliveries.set(stats.events);
+        self.messages_delivered.set(stats.messages_delivered);
+        self.presence_changes.set(stats.presence_changes);
     }
 }
 
 /// Counters of the runtime, and a copy of the shard core's.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct RuntimeStats {
     /// Requests answered `unavailable` at once because
     /// `REQUESTS_IN_FLIGHT_MAX` were in flight to their home shard (or,
@@ -179,8 +189,74 @@ pub struct RuntimeStats {
     pub refused_per_address: Counter,
     /// Open client connections.
     pub connections: Counter,
+    /// Open admin connections (shard 0 only).
+    pub admin_connections: Counter,
+    /// Connections closed before they were served, by
+    /// [`Refusal`](crate::metrics::Refusal) (in `Refusal::ALL` order).
+    pub refused: [Counter; Refusal::ALL.len()],
+    /// Requests answered on this conn shard, by endpoint and outcome
+    /// ([`metrics::request_index`]).
+    pub requests: Box<[Counter]>,
+    /// This shard's latency histograms as of its last tick, by
+    /// [`Series`] ([`metrics::Recorder::publish`]).
+    pub histograms: Box<[Published]>,
+    /// How late this shard's last tick fired, in microseconds.
+    pub loop_lag_last_us: Counter,
+    /// When this shard's last tick ran (its clock's ms): a conn shard
+    /// whose call timed out tells from it whether the home shard is stuck.
+    pub last_tick_ms: Counter,
+    /// The mesh as this shard sees it, by peer (its own index unused).
+    pub peers: Box<[PeerStats]>,
     /// The shard core's counters, as of its last tick.
     pub core: CoreStats,
+}
+
+/// One shard's traffic with one peer. Each count is written by this
+/// shard only; a pair's queue depth is what one side sent less what the
+/// other received.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Messages this shard put in its outbox to the peer.
+    pub queued: Counter,
+    /// Messages this shard received from the peer (and handled).
+    pub received: Counter,
+    /// Messages to the peer dropped on a full outbox, by [`Dropped`]
+    /// kind (reply, delivery, presence, roster).
+    pub dropped: [Counter; 4],
+}
+
+impl RuntimeStats {
+    /// Zeroed stats of a shard in a process of `shards` shards.
+    pub fn new(shards: usize) -> RuntimeStats {
+        RuntimeStats {
+            shed_requests: Counter::default(),
+            dropped_replies: Counter::default(),
+            dropped_deliveries: Counter::default(),
+            resyncs_sent: Counter::default(),
+            dropped_presence: Counter::default(),
+            dropped_roster: Counter::default(),
+            call_timeouts: Counter::default(),
+            panics: Counter::default(),
+            storage_timeouts: Counter::default(),
+            storage_jobs_waiting: Counter::default(),
+            refused_connections: Counter::default(),
+            refused_per_address: Counter::default(),
+            connections: Counter::default(),
+            admin_connections: Counter::default(),
+            refused: Default::default(),
+            requests: metrics::request_counters(),
+            histograms: metrics::published_series(),
+            loop_lag_last_us: Counter::default(),
+            last_tick_ms: Counter::default(),
+            peers: (0..shards).map(|_| PeerStats::default()).collect(),
+            core: CoreStats::default(),
+        }
+    }
+
+    /// Counts a connection closed before it was served.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].add(1);
+    }
 }
 
 /// Every shard's [`RuntimeStats`], in shard order, and which one is this
@@ -196,7 +272,7 @@ pub struct StatsSlot {
 impl StatsSlot {
     /// Stats for `shards` shards, one slot each.
     pub fn for_shards(shards: usize) -> Arc<[RuntimeStats]> {
-        (0..shards).map(|_| RuntimeStats::default()).collect()
+        (0..shards).map(|_| RuntimeStats::new(shards)).collect()
     }
 
     /// Every shard's stats, in shard order.
@@ -254,7 +330,7 @@ impl MeshBounds {
 
 /// What a full outbox dropped, for counting and logging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dropped {
+pub enum Dropped {
     Reply,
     Delivery,
     Presence,
@@ -272,7 +348,16 @@ impl Dropped {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Every kind, in index order (`kind as usize`).
+    pub const ALL: [Dropped; 4] = [
+        Dropped::Reply,
+        Dropped::Delivery,
+        Dropped::Presence,
+        Dropped::Roster,
+    ];
+
+    /// Its name (the `kind` label).
+    pub fn name(self) -> &'static str {
         match self {
             Dropped::Reply => "reply",
             Dropped::Delivery => "delivery",
@@ -418,6 +503,10 @@ pub struct ShardRuntime {
     panic_log: LogGate,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
+    /// This shard's latency histograms since its last tick (published at
+    /// each tick into `stats.histograms`). Borrowed only to record or
+    /// publish, never across an `.await`.
+    recorder: RefCell<Recorder>,
 }
 
 /// What [`ShardRuntime::new`] needs besides the shard.
@@ -478,6 +567,7 @@ impl ShardRuntime {
             timeout_log: LogGate::default(),
             panic_log: LogGate::default(),
             outputs: RefCell::new(Vec::new()),
+            recorder: RefCell::new(Recorder::default()),
         });
         (rt, receivers)
     }
@@ -517,6 +607,32 @@ impl ShardRuntime {
             self.in_flight.borrow_mut().sweep(self.clock.now_ms());
             self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
+            self.recorder.borrow_mut().publish(&self.stats.histograms);
+        }
+    }
+
+    /// Records one observation of `series` on this shard (published at
+    /// the next tick).
+    pub fn record(&self, series: Series, took: Duration) {
+        self.recorder.borrow_mut().record(series, took);
+    }
+
+    /// Counts and times a request answered on this conn shard (see
+    /// `io::Handler::answered`): polls are timed apart, and a request
+    /// that could not be read is counted, not timed.
+    pub fn answered(
+        &self,
+        endpoint: switchboard_io::Endpoint,
+        outcome: switchboard_io::Outcome,
+        took: Option<Duration>,
+    ) {
+        self.stats.requests[metrics::request_index(endpoint, outcome)].add(1);
+        if let Some(took) = took {
+            let series = match endpoint {
+                switchboard_io::Endpoint::Poll => Series::Poll,
+                e => Series::Request(e),
+            };
+            self.record(series, took);
         }
     }
 
@@ -533,7 +649,7 @@ impl ShardRuntime {
             if outbox.len() >= self.bounds.peer_msgs_queued_max {
                 continue;
             }
-            if outbox.try_send(MeshMsg::Peer(msg)).is_ok() {
+            if self.enqueue(peer, MeshMsg::Peer(msg)).is_ok() {
                 *o = Owed::default();
                 self.stats.resyncs_sent.add(1);
             }
@@ -642,12 +758,12 @@ impl ShardRuntime {
 
     /// Handles a message from another shard.
     pub fn on_mesh(self: &Rc<Self>, from: ShardId, msg: MeshMsg) {
+        self.stats.peers[from].received.add(1);
         match msg {
             MeshMsg::Request { reply, request } => self.feed(Input::Request { reply, request }),
             MeshMsg::Reply { req, response } => self.complete(req, response),
             MeshMsg::Peer(p) => self.feed(Input::Peer(p)),
         }
-        let _ = from;
     }
 
     fn deliver_reply(&self, to: ReplyTo, response: Response) {
@@ -659,7 +775,7 @@ impl ShardRuntime {
             req: to.req,
             response,
         };
-        if self.outbox(to.shard).try_send(msg).is_err() {
+        if self.enqueue(to.shard, msg).is_err() {
             self.dropped(to.shard, Dropped::Reply);
         }
     }
@@ -683,7 +799,7 @@ impl ShardRuntime {
         };
         if recipient.is_some() && self.fault_drops_delivery()
             || outbox.len() >= self.bounds.peer_msgs_queued_max
-            || outbox.try_send(MeshMsg::Peer(msg)).is_err()
+            || self.enqueue(shard, MeshMsg::Peer(msg)).is_err()
         {
             self.dropped(shard, kind);
             if let Some(user) = recipient {
@@ -709,6 +825,21 @@ impl ShardRuntime {
         self.outboxes[shard].as_ref().expect("no outbox to self")
     }
 
+    /// Puts `msg` in the outbox to `shard` without waiting, counting it
+    /// (`PeerStats::queued`) when it fits; else says why not.
+    fn enqueue(&self, shard: ShardId, msg: MeshMsg) -> Result<(), String> {
+        self.outbox(shard)
+            .try_send(msg)
+            .map_err(|e| e.to_string())?;
+        self.stats.peers[shard].queued.add(1);
+        Ok(())
+    }
+
+    /// Messages in the outbox to `peer` now.
+    pub fn outbox_len(&self, peer: ShardId) -> usize {
+        self.outboxes[peer].as_ref().map_or(0, |o| o.len())
+    }
+
     /// Counts a message dropped on the outbox to `shard` and logs it
     /// (at most once per `DROP_LOG_INTERVAL_MS` per kind).
     fn dropped(&self, shard: ShardId, kind: Dropped) {
@@ -719,6 +850,7 @@ impl ShardRuntime {
             Dropped::Roster => (&self.stats.dropped_roster, &self.drop_logs[3]),
         };
         counter.add(1);
+        self.stats.peers[shard].dropped[kind as usize].add(1);
         if let Some(skipped) = gate.pass(self.clock.now_ms()) {
             error!(
                 "shard-{}: outbox to shard-{shard} full: dropped a {} message ({} in all; {skipped} more not logged)",
@@ -742,9 +874,15 @@ impl ShardRuntime {
     /// Starts a storage job; its result is fed back when it completes or
     /// the engine's timer for it fires (`STORAGE_SLACK_MS` after storage's
     /// own deadline, so storage normally answers `TimedOut` first).
+    ///
+    /// A job's failure is logged once, by storage (which knows where it
+    /// waited: see `switchboard_storage`'s forensics), not here; this
+    /// times it (`Series::Job`) and counts its timeouts.
     fn start_job(self: &Rc<Self>, job: u64, request: StorageJob) -> Result<(), StorageError> {
-        let deadline = Instant::now() + self.storage_timeout;
+        let submitted = Instant::now();
+        let deadline = submitted + self.storage_timeout;
         let what = request.name();
+        let kind = JobKind::of(&request);
         let user = request.user();
         let pending = self.store.submit(request, deadline)?;
         let rt = self.clone();
@@ -756,15 +894,17 @@ impl ShardRuntime {
             let result = deadline::within(glommio::timer::sleep(patience), pending)
                 .await
                 .unwrap_or(Err(StorageError::TimedOut));
-            log::debug!("shard-{}: job {job} {what} done: {}", rt.id, result.is_ok());
-            if let Err(e) = &result {
-                if *e == StorageError::TimedOut {
-                    rt.stats.storage_timeouts.add(1);
+            rt.record(Series::Job(kind), submitted.elapsed());
+            log::debug!(
+                "shard-{}: job {job} {what} for user {user} done: {}",
+                rt.id,
+                match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
                 }
-                warn!(
-                    "shard-{}: storage job {what} for user {user} failed: {e}",
-                    rt.id
-                );
+            );
+            if result == Err(StorageError::TimedOut) {
+                rt.stats.storage_timeouts.add(1);
             }
             rt.feed(Input::Storage { job, result });
             let waiting = &rt.stats.storage_jobs_waiting;
@@ -788,6 +928,8 @@ impl ShardRuntime {
             return busy();
         }
         let patience = self.call_patience(&request);
+        let (what, user) = (request.name(), request.home_user());
+        let started = Instant::now();
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
@@ -798,10 +940,7 @@ impl ShardRuntime {
         };
         if !remote {
             self.feed(Input::Request { reply, request });
-        } else if let Err(e) = self
-            .outbox(shard)
-            .try_send(MeshMsg::Request { reply, request })
-        {
+        } else if let Err(e) = self.enqueue(shard, MeshMsg::Request { reply, request }) {
             // Never expected: the in-flight bound keeps room for requests.
             self.stats.shed_requests.add(1);
             error!(
@@ -821,9 +960,17 @@ impl ShardRuntime {
             Err(TimedOut) => {
                 self.stats.call_timeouts.add(1);
                 if let Some(skipped) = self.timeout_log.pass(self.clock.now_ms()) {
+                    let late = Late {
+                        what,
+                        home: shard,
+                        waited: started.elapsed(),
+                        patience,
+                    };
                     warn!(
-                        "shard-{}: no answer from shard-{shard} within {patience:?} ({} in all; {skipped} more not logged)",
+                        user = user, shard = self.id;
+                        "shard-{}: {} ({} in all; {skipped} more not logged)",
                         self.id,
+                        self.late_call_line(&late, user),
                         self.stats.call_timeouts.get()
                     );
                 }
@@ -833,6 +980,40 @@ impl ShardRuntime {
                 )
             }
         }
+    }
+
+    /// The forensics of a call past its deadline (see [`Late`]): what it
+    /// waited for, where, and how long, with what the conn shard can see
+    /// of the home shard without asking it (how long since its last tick,
+    /// which says whether it is stuck, and how late that tick was; its
+    /// storage jobs waiting) and of the mesh between them.
+    fn late_call_line(&self, late: &Late, user: Option<UserId>) -> String {
+        let home = late.home;
+        let peer = &self.stats.all()[home];
+        let route = if home == self.id {
+            format!("on the local path (shard-{home} is its conn and home shard)")
+        } else {
+            format!(
+                "over the mesh (conn shard-{} → home shard-{home}: outbox holds {} messages, {} \
+                 requests in flight there)",
+                self.id,
+                self.outbox_len(home),
+                self.in_flight(home)
+            )
+        };
+        let who = user.map_or(String::new(), |u| format!(" for user {u}"));
+        format!(
+            "{}{who} had no answer from its home shard-{home} after {} ms (its deadline: {} ms), \
+             {route}; shard-{home} last ticked {} ms ago ({} ms late), has {} storage jobs \
+             waiting; the storage queue holds {} jobs",
+            late.what,
+            late.waited.as_millis(),
+            late.patience.as_millis(),
+            self.clock.now_ms().saturating_sub(peer.last_tick_ms.get()),
+            peer.loop_lag_last_us.get() / 1000,
+            peer.storage_jobs_waiting.get(),
+            self.store.stats().queue_len
+        )
     }
 
     /// Sends `request` to its user's home shard and waits for the answer.
@@ -850,6 +1031,18 @@ impl ShardRuntime {
     pub fn in_flight(&self, peer: ShardId) -> usize {
         self.in_flight.borrow().count(peer)
     }
+}
+
+/// A call that passed its deadline, for its one log line.
+struct Late {
+    /// The request's name (`send`, `poll`, ...).
+    what: &'static str,
+    /// Its home shard.
+    home: ShardId,
+    /// How long it waited, from its start.
+    waited: Duration,
+    /// Its deadline, from its start.
+    patience: Duration,
 }
 
 /// One call's `waiting` entry, removed when this drops: answered, timed

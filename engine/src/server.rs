@@ -62,7 +62,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
 use switchboard_io::tls::Tls;
-use switchboard_io::{AdminGate, Limits, Listener};
+use switchboard_io::{AdminGate, CloseReason, Limits, Listener};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
@@ -73,6 +73,7 @@ use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
 use crate::limits;
 use crate::mesh::{self, Mesh, MeshEnds};
+use crate::metrics::{Refusal, Series};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
 use crate::settings::{Settings, TlsMode};
 use crate::signals::{ReloadSignal, StopSignals};
@@ -278,6 +279,7 @@ impl Server {
         let demo = demo_mode(&settings);
         let stop = StopHandle::new(settings.shards);
         let shards = settings.shards;
+        let lag_bound = Duration::from_millis(settings.loop_lag_warn_ms);
         let shared = Arc::new(Shared {
             settings,
             secret,
@@ -288,7 +290,7 @@ impl Server {
             tls,
             stats: StatsSlot::for_shards(shards),
             edge: (0..shards).map(|_| EdgeStats::default()).collect(),
-            heartbeats: Heartbeats::new(shards),
+            heartbeats: Heartbeats::new(shards, lag_bound),
             demo,
             stop,
         });
@@ -622,12 +624,21 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
     }
     let tick = rt.clone();
     let heartbeats = shared.heartbeats.clone();
-    heartbeats.beat(i);
+    heartbeats.beat(i, Duration::ZERO);
     glommio::spawn_local(async move {
+        let period = Duration::from_millis(limits::TICK_MS);
         loop {
-            glommio::timer::sleep(Duration::from_millis(limits::TICK_MS)).await;
+            // The loop's lag: how much later than asked the timer fired,
+            // that is how long the executor was busy (or blocked) with
+            // other work when it was due.
+            let asked = Instant::now();
+            glommio::timer::sleep(period).await;
+            let lag = asked.elapsed().saturating_sub(period);
+            tick.stats.loop_lag_last_us.set(lag.as_micros() as u64);
+            tick.stats.last_tick_ms.set(tick.clock.now_ms());
+            tick.record(Series::LoopLag, lag);
             tick.feed(Input::Tick);
-            heartbeats.beat(i);
+            heartbeats.beat(i, lag);
         }
     })
     .detach();
@@ -946,7 +957,7 @@ async fn accept_loop(
         let tls = tls.clone();
         glommio::spawn_local(async move {
             let config = handler.io_config();
-            let _outcome = match tls {
+            let outcome = match tls {
                 None => switchboard_io::serve(stream, kind, &*handler, config).await,
                 Some(tls) => {
                     // The handshake on this connection's own task, bounded
@@ -965,6 +976,7 @@ async fn accept_loop(
                                 debug!(
                                     "shard-{shard}: TLS connection from {peer} refused: {refused}"
                                 );
+                                handler.rt().stats.refuse(Refusal::TlsHandshake);
                                 None
                             }
                         }
@@ -978,6 +990,9 @@ async fn accept_loop(
                     }
                 }
             };
+            if outcome.reason == CloseReason::FirstByteTimeout {
+                handler.rt().stats.refuse(Refusal::FirstByteTimeout);
+            }
             // The connection's place is given back when `place` drops,
             // also when this task is dropped before it ends.
             drop(place);
@@ -1001,13 +1016,20 @@ fn refuse(
     let (count, why) = match refused {
         Refused::Full => {
             match kind {
-                Listener::Client => stats.refused_connections.add(1),
-                Listener::Admin => handler.edge().refused_admin.add(1),
+                Listener::Client => {
+                    stats.refused_connections.add(1);
+                    stats.refuse(Refusal::ConnectionsMax);
+                }
+                Listener::Admin => {
+                    handler.edge().refused_admin.add(1);
+                    stats.refuse(Refusal::Admin);
+                }
             }
             (admission.refused_full(), "the listener is full")
         }
         Refused::PerAddress => {
             stats.refused_per_address.add(1);
+            stats.refuse(Refusal::PerAddress);
             (
                 admission.refused_per_address(),
                 "its address holds its share of connections",
@@ -1032,7 +1054,7 @@ struct Admitted {
     admission: Rc<RefCell<Admission>>,
     /// Its place (`None` once given back).
     ticket: Option<Ticket>,
-    /// Which listener: only the client listener's count is in the stats.
+    /// Which listener (each has its own open count in the stats).
     kind: Listener,
     /// For the runtime's stats.
     handler: Rc<ConnHandler>,
@@ -1042,11 +1064,13 @@ struct Admitted {
 }
 
 impl Admitted {
-    /// Mirrors the client listener's open count in the runtime's stats.
+    /// Mirrors the listener's open count in the runtime's stats.
     fn count(&self) {
-        if self.kind == Listener::Client {
-            let open = self.admission.borrow().open();
-            self.handler.rt().stats.connections.set(open as u64);
+        let open = self.admission.borrow().open() as u64;
+        let stats = &self.handler.rt().stats;
+        match self.kind {
+            Listener::Client => stats.connections.set(open),
+            Listener::Admin => stats.admin_connections.set(open),
         }
     }
 }

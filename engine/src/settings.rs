@@ -63,6 +63,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "CONNECTIONS_PER_ADDRESS_MAX", default: "1000", help: "open client connections from one client address (IPv4 /32, IPv6 /64) per process: each shard admits ceil(this / SHARDS), more are closed at accept (loopback too)", value: "N" },
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)", value: "MS" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept", value: "N" },
+    Spec { name: "LOOP_LAG_WARN_MS", default: "500", help: "the watchdog warns, once per episode, when a shard's loop runs this late (a tick that fired or is due that much after its time; 10..=9999: a shard with no tick for 10 s ends the process)", value: "MS" },
     Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)", value: "LEVEL" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)", value: "URL" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)", value: "N" },
@@ -117,6 +118,9 @@ pub struct Settings {
     pub first_byte_timeout_ms: u64,
     /// Open admin connections.
     pub admin_connections_max: usize,
+    /// A shard whose tick fires this much late is lagging (the watchdog
+    /// warns once per episode).
+    pub loop_lag_warn_ms: u64,
     /// Log level.
     pub log: log::LevelFilter,
     /// MySQL URL (`None`: the embedded store).
@@ -358,7 +362,16 @@ impl Settings {
                 get("FIRST_BYTE_TIMEOUT_MS"),
                 switchboard_io::limits::FIRST_BYTE_TIMEOUT_MS,
             )?,
-            admin_connections_max: num("ADMIN_CONNECTIONS_MAX", get("ADMIN_CONNECTIONS_MAX"), 64)?,
+            admin_connections_max: num(
+                "ADMIN_CONNECTIONS_MAX",
+                get("ADMIN_CONNECTIONS_MAX"),
+                64,
+            )?,
+            loop_lag_warn_ms: num(
+                "LOOP_LAG_WARN_MS",
+                get("LOOP_LAG_WARN_MS"),
+                crate::limits::LOOP_LAG_WARN_MS_DEFAULT,
+            )?,
             log,
             mysql_url: non_empty("MYSQL_URL"),
             mysql_pool_size: num(
@@ -434,6 +447,13 @@ impl Settings {
             return Err(format!(
                 "SWITCHBOARD_STORAGE_TIMEOUT_MS must be in {min}..={max} (the stop waits for \
                  storage jobs, and must end within a service manager's kill timeout)"
+            ));
+        }
+        let stall_ms = crate::limits::SHARD_STALL_MS_MAX;
+        if !(10..stall_ms).contains(&settings.loop_lag_warn_ms) {
+            return Err(format!(
+                "SWITCHBOARD_LOOP_LAG_WARN_MS must be in 10..{stall_ms} (a shard with no tick \
+                 for {stall_ms} ms ends the process)"
             ));
         }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {

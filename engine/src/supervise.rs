@@ -15,6 +15,9 @@
 //! out one by one), and a storage thread that ended while the store was
 //! not stopped (a panic on a `db-N` thread: the jobs it would run are
 //! never answered). A shard that has ended (the stop) is not watched.
+//! Before that, it warns once per episode when a shard's loop lags past
+//! `SWITCHBOARD_LOOP_LAG_WARN_MS` (a tick that fired that late, or is
+//! that overdue): the shard still works, everything on it waits.
 //! (The mesh receivers also call [`fatal`] when a channel closes while
 //! no stop was asked for; glommio's channels do not close while both
 //! executors live, so in practice the watchdog is what sees a dead shard.)
@@ -28,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use log::error;
+use log::{error, warn};
 use switchboard_shards::model::{ShardId, UserId};
 use switchboard_storage::Store;
 
@@ -97,8 +100,8 @@ pub fn fatal(why: std::fmt::Arguments<'_>) -> ! {
     std::process::exit(EXIT_PANIC);
 }
 
-/// Each shard's last tick, for the watchdog: written by the shard's tick
-/// task, read by the `watchdog` thread.
+/// Each shard's last tick and its lag, for the watchdog: written by the
+/// shard's tick task only, read by the `watchdog` thread.
 #[derive(Debug)]
 pub struct Heartbeats {
     /// When the watch began; beats are milliseconds since.
@@ -106,21 +109,38 @@ pub struct Heartbeats {
     /// Each shard's last beat, 1 + its milliseconds since `base` (0: the
     /// shard has not started ticking).
     beats: Box<[AtomicU64]>,
+    /// A tick that fires later than this is a lagging loop
+    /// (`SWITCHBOARD_LOOP_LAG_WARN_MS`).
+    lag_bound: Duration,
+    /// Each shard's ticks that fired later than `lag_bound`.
+    overs: Box<[AtomicU64]>,
+    /// Each shard's lag at its last such tick, in milliseconds.
+    over_lag_ms: Box<[AtomicU64]>,
 }
 
 impl Heartbeats {
-    /// Heartbeats of `shards` shards, none beaten yet.
-    pub fn new(shards: usize) -> Arc<Heartbeats> {
+    /// Heartbeats of `shards` shards, none beaten yet; a tick later than
+    /// `lag_bound` counts as lagging.
+    pub fn new(shards: usize, lag_bound: Duration) -> Arc<Heartbeats> {
+        let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
         Arc::new(Heartbeats {
             base: Instant::now(),
-            beats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            beats: zeros(),
+            lag_bound,
+            overs: zeros(),
+            over_lag_ms: zeros(),
         })
     }
 
-    /// Shard `shard` is alive now (its tick ran).
-    pub fn beat(&self, shard: ShardId) {
+    /// Shard `shard` is alive now: its tick ran, `lag` later than due.
+    pub fn beat(&self, shard: ShardId, lag: Duration) {
         let ms = self.base.elapsed().as_millis() as u64 + 1;
         self.beats[shard].store(ms, Ordering::Relaxed);
+        if lag > self.lag_bound {
+            self.over_lag_ms[shard].store(lag.as_millis() as u64, Ordering::Relaxed);
+            let overs = &self.overs[shard];
+            overs.store(overs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// How long ago shard `shard` last beat (`None`: never).
@@ -143,11 +163,12 @@ pub fn start_watchdog(
     stall_max: Duration,
 ) -> std::io::Result<()> {
     let shards = heartbeats.beats.len();
+    let mut lags: Vec<LagWatch> = (0..shards).map(|_| LagWatch::default()).collect();
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || loop {
             let mut running = 0;
-            for shard in 0..shards {
+            for (shard, lag) in lags.iter_mut().enumerate() {
                 if stop.phase(shard) == Phase::Ended {
                     continue;
                 }
@@ -155,6 +176,7 @@ pub fn start_watchdog(
                 let Some(silent) = heartbeats.silent_for(shard) else {
                     continue;
                 };
+                lag.check(&heartbeats, shard, silent, stall_max);
                 if silent > stall_max {
                     fatal(format_args!(
                         "shard-{shard}: no tick for {} ms (bound {} ms): its executor is stuck \
@@ -177,6 +199,87 @@ pub fn start_watchdog(
         .map(drop)
 }
 
+/// The watchdog's view of one shard's loop lag: a lagging episode starts
+/// at the first check that sees a tick later than the bound (one that
+/// fired late, or one overdue now), is reported then, once, at warn, and
+/// ends after `LOOP_LAG_QUIET_MS` without one (reported at info with its
+/// worst lag). So a shard that lags on and off is one warning, not one
+/// per tick, and a stuck shard is reported well before the exit.
+#[derive(Debug, Default)]
+struct LagWatch {
+    /// The shard's count of late ticks at the last check.
+    overs_seen: u64,
+    /// The episode under way, if any.
+    episode: Option<Episode>,
+}
+
+/// A lagging episode of one shard.
+#[derive(Debug)]
+struct Episode {
+    /// When the watchdog first saw it.
+    since: Instant,
+    /// The last check that saw a late tick.
+    last_seen: Instant,
+    /// The worst lag seen in it.
+    worst: Duration,
+}
+
+impl LagWatch {
+    /// Looks at shard `shard`, silent for `silent` since its last tick.
+    fn check(&mut self, beats: &Heartbeats, shard: ShardId, silent: Duration, stall_max: Duration) {
+        let bound = beats.lag_bound;
+        let overs = beats.overs[shard].load(Ordering::Relaxed);
+        let overdue = silent.saturating_sub(Duration::from_millis(limits::TICK_MS));
+        let late = if overs != self.overs_seen {
+            Some(Duration::from_millis(
+                beats.over_lag_ms[shard].load(Ordering::Relaxed),
+            ))
+        } else if overdue > bound {
+            Some(overdue)
+        } else {
+            None
+        };
+        self.overs_seen = overs;
+        let now = Instant::now();
+        match (late, &mut self.episode) {
+            (Some(lag), None) => {
+                warn!(
+                    shard = shard;
+                    "shard-{shard}: loop lagging: a tick {} ms late (bound {} ms, \
+                     SWITCHBOARD_LOOP_LAG_WARN_MS): everything on this shard waits that long; \
+                     the watchdog ends the process at {} ms without a tick",
+                    lag.as_millis(),
+                    bound.as_millis(),
+                    stall_max.as_millis()
+                );
+                self.episode = Some(Episode {
+                    since: now,
+                    last_seen: now,
+                    worst: lag,
+                });
+            }
+            (Some(lag), Some(e)) => {
+                e.last_seen = now;
+                e.worst = e.worst.max(lag);
+            }
+            (None, Some(e))
+                if now - e.last_seen >= Duration::from_millis(limits::LOOP_LAG_QUIET_MS) =>
+            {
+                log::info!(
+                    shard = shard;
+                    "shard-{shard}: loop lag back under {} ms: the episode lasted {} ms, its \
+                     worst tick was {} ms late",
+                    bound.as_millis(),
+                    (e.last_seen - e.since).as_millis(),
+                    e.worst.as_millis()
+                );
+                self.episode = None;
+            }
+            (None, _) => {}
+        }
+    }
+}
+
 /// Test-only faults, read once per shard from the environment, and only
 /// when the build honours them (`switchboard_shards::FAULT_INJECTION`:
 /// the engine's tests). All off otherwise.
@@ -197,8 +300,11 @@ pub struct Faults {
     pub jobs_in_flight_max: Option<usize>,
     /// `SWITCHBOARD_FAULT_STALL_SHARD_USER`: a `/connect` of this user
     /// blocks its conn shard's executor for an hour (a stuck shard, for the
-    /// watchdog).
+    /// watchdog), or for `stall_shard_ms`.
     pub stall_shard_user: Option<UserId>,
+    /// `SWITCHBOARD_FAULT_STALL_SHARD_MS`: how long that connect blocks
+    /// (a lagging shard rather than a stuck one).
+    pub stall_shard_ms: Option<u64>,
     /// `SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX`: the watchdog's bound
     /// instead of `SHARD_STALL_MS_MAX` (so a test need not wait 10 s).
     pub shard_stall_ms_max: Option<u64>,
@@ -235,6 +341,7 @@ impl Faults {
             outbox_depth: var("SWITCHBOARD_FAULT_OUTBOX_DEPTH"),
             jobs_in_flight_max: var("SWITCHBOARD_FAULT_JOBS_IN_FLIGHT_MAX"),
             stall_shard_user: var("SWITCHBOARD_FAULT_STALL_SHARD_USER"),
+            stall_shard_ms: var("SWITCHBOARD_FAULT_STALL_SHARD_MS"),
             shard_stall_ms_max: var("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX"),
             drop_deliveries: var("SWITCHBOARD_FAULT_DROP_DELIVERIES"),
             panic_stored_user: var("SWITCHBOARD_FAULT_PANIC_STORED_USER"),

@@ -154,7 +154,7 @@ fn locked_messages_table_fails_sends_at_deadline_while_chat_stays_fast() {
     // `unavailable` meant "not stored": the timed-out sends were rolled back.
     assert_eq!(stored_texts(db), ["before", "after"]);
     // And the log said what the stuck sends were waiting for.
-    let lines = server.log_lines("timed out");
+    let lines = server.log_lines("past its deadline");
     assert!(
         lines
             .iter()

@@ -64,9 +64,10 @@ pub fn known_params(listener: Listener) -> &'static [&'static str] {
     }
 }
 
-/// Every endpoint of both listeners.
+/// Every endpoint of both listeners, and two names for the rest (for
+/// metrics: [`endpoint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     Connect,
     Poll,
     Send,
@@ -82,6 +83,72 @@ enum Endpoint {
     RosterChanged,
     Kick,
     Trace,
+    /// The demo's pages and `/demo/login` (client listener).
+    Demo,
+    /// No such path (404), or a request that could not be read far
+    /// enough to know its path.
+    Other,
+}
+
+impl Endpoint {
+    /// Every endpoint, in [`Endpoint::index`] order.
+    pub const ALL: [Endpoint; 17] = [
+        Endpoint::Connect,
+        Endpoint::Poll,
+        Endpoint::Send,
+        Endpoint::Typing,
+        Endpoint::Presence,
+        Endpoint::Ui,
+        Endpoint::Read,
+        Endpoint::History,
+        Endpoint::Leave,
+        Endpoint::Ping,
+        Endpoint::Health,
+        Endpoint::Metrics,
+        Endpoint::RosterChanged,
+        Endpoint::Kick,
+        Endpoint::Trace,
+        Endpoint::Demo,
+        Endpoint::Other,
+    ];
+
+    /// Its place in [`Endpoint::ALL`] (for arrays of counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name in metrics: the path without `/`, `_` for `-`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Connect => "connect",
+            Endpoint::Poll => "poll",
+            Endpoint::Send => "send",
+            Endpoint::Typing => "typing",
+            Endpoint::Presence => "presence",
+            Endpoint::Ui => "ui",
+            Endpoint::Read => "read",
+            Endpoint::History => "history",
+            Endpoint::Leave => "leave",
+            Endpoint::Ping => "ping",
+            Endpoint::Health => "health",
+            Endpoint::Metrics => "metrics",
+            Endpoint::RosterChanged => "roster_changed",
+            Endpoint::Kick => "kick",
+            Endpoint::Trace => "trace",
+            Endpoint::Demo => "demo",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// The endpoint a request for `path` on `listener` is counted under:
+/// its own, [`Endpoint::Demo`] for the demo's paths, or
+/// [`Endpoint::Other`].
+pub fn endpoint(listener: Listener, path: &str) -> Endpoint {
+    if listener == Listener::Client && is_demo_path(path) {
+        return Endpoint::Demo;
+    }
+    route(listener, path).unwrap_or(Endpoint::Other)
 }
 
 /// The endpoint at `path` on `listener`: admin paths do not exist on the
@@ -684,6 +751,28 @@ pub fn is_callback(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_have_one_index_each_and_paths_map_to_them() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i, "{e:?}");
+        }
+        let table = [
+            (Listener::Client, "/send", Endpoint::Send),
+            (Listener::Client, "/ping", Endpoint::Ping),
+            (Listener::Client, "/demo/login", Endpoint::Demo),
+            (Listener::Client, "/", Endpoint::Demo),
+            (Listener::Client, "/metrics", Endpoint::Other),
+            (Listener::Admin, "/metrics", Endpoint::Metrics),
+            (Listener::Admin, "/roster-changed", Endpoint::RosterChanged),
+            (Listener::Admin, "/demo/", Endpoint::Other),
+            (Listener::Admin, "/send", Endpoint::Other),
+        ];
+        for (listener, path, expected) in table {
+            assert_eq!(endpoint(listener, path), expected, "{listener:?} {path}");
+        }
+        assert_eq!(Endpoint::RosterChanged.name(), "roster_changed");
+    }
 
     const SID: &str = "42-0123456789abcdef0011223344556677";
 

@@ -24,17 +24,17 @@
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::BodyDecoder;
-use crate::call::{decide, known_params, AdminGate, Decision};
+use crate::call::{decide, endpoint, known_params, AdminGate, Decision, Endpoint};
 use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
 use crate::query::Params;
-use crate::response::{http_date, status_of_response, Encoder, Persist, CONTINUE};
+use crate::response::{http_date, status_of_response, Encoder, Outcome, Persist, CONTINUE};
 use crate::{Handler, Listener};
 
 /// What a connection needs to know besides its stream.
@@ -273,6 +273,10 @@ where
                 }
             }
 
+            // The request is read: its answer's time starts (a long-poll's
+            // includes its hold).
+            let started = Instant::now();
+            let counted_as = endpoint(listener, &head.path);
             let mut persist = Persist {
                 keep_alive: head.keep_alive && !handler.stopping(),
                 http10: head.version == Version::Http10,
@@ -284,6 +288,8 @@ where
                     Some(location) => {
                         self.encoder
                             .redirect(&mut self.out, &location, persist, &date);
+                        let took = Some(started.elapsed());
+                        handler.answered(counted_as, Outcome::Redirect, took);
                     }
                     None => {
                         let e = HttpError::bad_request("no valid Host to redirect to https with");
@@ -319,11 +325,12 @@ where
                 &config.admin,
             );
             let mut refused = false;
-            match decision {
+            let outcome = match decision {
                 Decision::Reject(e) => {
                     let date = now_date();
                     self.encoder
                         .http_error(&mut self.out, &e, persist, head_only, &date);
+                    Outcome::Failed(e.code)
                 }
                 Decision::Answer { mode, response } => {
                     // A wrong admin token ends the connection: guesses
@@ -341,6 +348,7 @@ where
                         head_only,
                         &date,
                     );
+                    Outcome::of_response(&response)
                 }
                 Decision::Call { mode, call } => {
                     let reply = handler.call(call).await;
@@ -350,8 +358,10 @@ where
                     let date = now_date();
                     self.encoder
                         .reply(&mut self.out, &reply, &mode, persist, head_only, &date);
+                    Outcome::of_reply(&reply)
                 }
-            }
+            };
+            handler.answered(counted_as, outcome, Some(started.elapsed()));
             if let Err(reason) = self.write_out(handler).await {
                 return reason;
             }
@@ -445,6 +455,7 @@ where
         let date = now_date();
         self.encoder
             .http_error(&mut self.out, error, persist, false, &date);
+        handler.answered(Endpoint::Other, Outcome::Failed(error.code), None);
         if let Err(reason) = self.write_out(handler).await {
             return reason;
         }

@@ -13,7 +13,8 @@
 //! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
 //! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
-//! encoding), [`conn`] (the connection loop: [`serve`]), [`deadline`]
+//! encoding), [`metrics`] (`/metrics` as typed families and their
+//! Prometheus text), [`conn`] (the connection loop: [`serve`]), [`deadline`]
 //! (the one deadline race, also used by the engine), [`admission`]
 //! (the engine's accept-time counts: per listener and per client address),
 //! and [`tls`] (the certificate and its reload, the handshake, and the
@@ -118,6 +119,16 @@ pub trait Handler {
         std::future::ready(())
     }
 
+    /// Called once per request answered, when its answer is encoded and
+    /// before it is written: the endpoint it was counted under, how it
+    /// ended, and how long its answer took from the end of its head and
+    /// body (`None` for a request that could not be read: a malformed or
+    /// oversized head or body, a slow client). For metrics; called on the
+    /// connection's task, so it must be cheap. The default does nothing.
+    fn answered(&self, endpoint: Endpoint, outcome: Outcome, elapsed: Option<Duration>) {
+        let _ = (endpoint, outcome, elapsed);
+    }
+
     /// Resolves once a stopping server no longer waits for this connection
     /// (the default: never). A lingering close ends then, so lingering
     /// never holds a stop past its drain bound.
@@ -133,6 +144,7 @@ pub mod conn;
 pub mod deadline;
 pub mod head;
 pub mod limits;
+pub mod metrics;
 pub mod query;
 pub mod reply;
 pub mod response;
@@ -140,11 +152,12 @@ pub mod tls;
 
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
-pub use call::{decide, AdminGate, Credentials, Decision, Mode};
+pub use call::{decide, endpoint, AdminGate, Credentials, Decision, Endpoint, Mode};
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
-pub use reply::{DemoUser, Reply, ShardCounter, ShardHealth};
+pub use reply::{DemoUser, Reply, ShardHealth};
+pub use response::Outcome;
 
 #[cfg(test)]
 mod tests {

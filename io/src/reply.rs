@@ -5,8 +5,11 @@
 
 use switchboard_shards::model::{Response, ShardId, UserId};
 
+use crate::metrics::Family;
+
 /// What the handler answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// (`PartialEq` only: metrics carry floats.)
+#[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
     /// A protocol response (a shard's answer, or a failure the handler
     /// decided on, such as a bad token), encoded per the protocol: JSON
@@ -20,13 +23,14 @@ pub enum Reply {
         /// How long each shard was given to answer (for the message).
         timeout_ms: u64,
     },
-    /// Admin `/metrics`: the Prometheus text of the shards' answers and
-    /// counters, 200.
+    /// Admin `/metrics`: the Prometheus text of the shards' answers (their
+    /// sessions, tabs, held polls and whether they answered), then the
+    /// engine's metric families, 200.
     Metrics {
         /// One entry per shard.
         shards: Vec<ShardHealth>,
-        /// Counters, each name's shards together.
-        counters: Vec<ShardCounter>,
+        /// Every other metric, in the order written.
+        families: Vec<Family>,
     },
     /// A call the protocol names but this build does not do yet
     /// (`/trace`): 501 with code `not_found` and this message.
@@ -73,6 +77,8 @@ pub enum ShardHealth {
         sessions: u64,
         /// Tabs attached to them.
         tabs: u64,
+        /// Polls held open on it (one per polling tab).
+        polls: u64,
     },
     /// It answered in time, but not with its counts (the ask was shed:
     /// the outbox to it was full). Not healthy; it did answer.
@@ -96,20 +102,6 @@ impl ShardHealth {
             | ShardHealth::Silent { shard } => shard,
         }
     }
-}
-
-/// One shard's value of one counter (Prometheus `counter`), for
-/// `/metrics`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShardCounter {
-    /// The metric's name, `switchboard_..._total`.
-    pub name: &'static str,
-    /// What it counts (its `# HELP` line).
-    pub help: &'static str,
-    /// The shard it is about.
-    pub shard: ShardId,
-    /// Its value.
-    pub value: u64,
 }
 
 /// A user the demo's sign-in picker offers.

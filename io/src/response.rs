@@ -14,7 +14,8 @@ use switchboard_shards::model::{
 
 use crate::call::Mode;
 use crate::head::HttpError;
-use crate::reply::{DemoUser, Reply, ShardCounter, ShardHealth};
+use crate::metrics::{self, Family};
+use crate::reply::{DemoUser, Reply, ShardHealth};
 use crate::Listener;
 
 /// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
@@ -55,6 +56,76 @@ pub fn status_of_reply(reply: &Reply) -> u16 {
         | Reply::DemoUsers(_)
         | Reply::DemoToken { .. }
         | Reply::Json { .. } => 200,
+    }
+}
+
+/// How a request ended, for metrics: decided with its status, from the
+/// same typed values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with what it asked for (any 2xx).
+    Ok,
+    /// Answered `308` to https (TLS required).
+    Redirect,
+    /// Answered with this protocol error code (in JSON or JSONP).
+    Failed(ErrorCode),
+}
+
+impl Outcome {
+    /// How many outcomes there are ([`Outcome::index`] is below it).
+    pub const COUNT: usize = 2 + ErrorCode::ALL.len();
+
+    /// Its place among the [`Outcome::COUNT`] (for arrays of counters).
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Redirect => 1,
+            Outcome::Failed(code) => 2 + code as usize,
+        }
+    }
+
+    /// The outcome at `index` (the inverse of [`Outcome::index`]).
+    pub fn from_index(index: usize) -> Outcome {
+        match index {
+            0 => Outcome::Ok,
+            1 => Outcome::Redirect,
+            i => Outcome::Failed(ErrorCode::ALL[i - 2]),
+        }
+    }
+
+    /// Its name in metrics: `ok`, `redirect`, or the error code.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Redirect => "redirect",
+            Outcome::Failed(code) => code.as_str(),
+        }
+    }
+
+    /// The outcome of a protocol response.
+    pub fn of_response(response: &Response) -> Outcome {
+        match response {
+            Response::Failed(failure) => Outcome::Failed(failure.code),
+            _ => Outcome::Ok,
+        }
+    }
+
+    /// The outcome of a handler's reply: the error code its body carries
+    /// (see [`status_of_reply`]), else `ok`.
+    pub fn of_reply(reply: &Reply) -> Outcome {
+        match reply {
+            Reply::Shard(response) => Outcome::of_response(response),
+            Reply::Health { shards, .. } if !all_up(shards) => {
+                Outcome::Failed(ErrorCode::Unavailable)
+            }
+            Reply::NotBuilt { .. } => Outcome::Failed(NOT_BUILT_CODE),
+            Reply::Health { .. }
+            | Reply::Metrics { .. }
+            | Reply::File { .. }
+            | Reply::DemoUsers(_)
+            | Reply::DemoToken { .. }
+            | Reply::Json { .. } => Outcome::Ok,
+        }
     }
 }
 
@@ -192,8 +263,8 @@ impl Encoder {
                 write_demo_token_json(&mut self.body, token, *user, name);
             }
             Reply::Json { body } => self.body.extend_from_slice(body.as_bytes()),
-            Reply::Metrics { shards, counters } => {
-                write_metrics_text(&mut self.body, shards, counters);
+            Reply::Metrics { shards, families } => {
+                write_metrics_text(&mut self.body, shards, families);
                 let raw = Raw {
                     status,
                     content_type: METRICS,
@@ -571,6 +642,7 @@ pub fn write_response_json(out: &mut Vec<u8>, response: &Response) {
             shard,
             sessions,
             tabs,
+            ..
         } => {
             out.extend_from_slice(b"{\"ok\":true,\"shard\":");
             push_u64(out, *shard as u64);
@@ -623,47 +695,40 @@ fn write_health_json(out: &mut Vec<u8>, shards: &[ShardHealth], timeout_ms: u64)
     out.extend_from_slice(b"]}");
 }
 
-/// The `/metrics` text: sessions and tabs of the shards that answered with
-/// their counts, and whether each shard answered at all.
-fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth], counters: &[ShardCounter]) {
-    out.extend_from_slice(b"# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n");
-    for health in shards {
-        if let ShardHealth::Up {
-            shard, sessions, ..
-        } = health
-        {
-            let _ = writeln!(out, "switchboard_sessions{{shard=\"{shard}\"}} {sessions}");
-        }
-    }
-    out.extend_from_slice(
-        b"# HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n",
+/// The `/metrics` text: sessions, tabs and held polls of the shards that
+/// answered with their counts, whether each shard answered at all, then
+/// the engine's families.
+fn write_metrics_text(out: &mut Vec<u8>, shards: &[ShardHealth], families: &[Family]) {
+    let up = |name, help| Family::new(name, help, metrics::Kind::Gauge);
+    let mut sessions = up("switchboard_sessions", "Sessions owned by each shard.");
+    let mut tabs = up("switchboard_tabs", "Tabs attached on each shard.");
+    let mut polls = up(
+        "switchboard_held_polls",
+        "Polls held open on each shard (one per polling tab).",
+    );
+    let mut shard_up = up(
+        "switchboard_shard_up",
+        "Whether the shard answered within the health timeout.",
     );
     for health in shards {
-        if let ShardHealth::Up { shard, tabs, .. } = health {
-            let _ = writeln!(out, "switchboard_tabs{{shard=\"{shard}\"}} {tabs}");
+        let label = || vec![("shard", health.shard().to_string())];
+        if let ShardHealth::Up {
+            sessions: s,
+            tabs: t,
+            polls: p,
+            ..
+        } = *health
+        {
+            sessions.push(label(), metrics::Value::Int(s));
+            tabs.push(label(), metrics::Value::Int(t));
+            polls.push(label(), metrics::Value::Int(p));
         }
+        // A shard that refused the ask did answer.
+        let answered = !matches!(health, ShardHealth::Silent { .. });
+        shard_up.push(label(), metrics::Value::Int(u64::from(answered)));
     }
-    out.extend_from_slice(b"# HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n");
-    for health in shards {
-        let up = u8::from(!matches!(health, ShardHealth::Silent { .. }));
-        let _ = writeln!(
-            out,
-            "switchboard_shard_up{{shard=\"{}\"}} {up}",
-            health.shard()
-        );
-    }
-    let mut last = "";
-    for c in counters {
-        if c.name != last {
-            let _ = writeln!(
-                out,
-                "# HELP {} {}\n# TYPE {} counter",
-                c.name, c.help, c.name
-            );
-            last = c.name;
-        }
-        let _ = writeln!(out, "{}{{shard=\"{}\"}} {}", c.name, c.shard, c.value);
-    }
+    metrics::write_text(out, &[sessions, tabs, polls, shard_up]);
+    metrics::write_text(out, families);
 }
 
 /// `{"ok":true,"users":[{"id":1,"name":"..","friends":[2,3]},..]}`.
@@ -869,6 +934,7 @@ mod tests {
                 shard: 2,
                 sessions: 10,
                 tabs: 12,
+                polls: 7,
             },
             r#"{"ok":true,"shard":2,"sessions":10,"tabs":12}"#,
         );
@@ -1004,6 +1070,30 @@ mod tests {
                 r#"{"ok":true,"sid":"1-000000000000000000000000000000ab","tab":"t1","user":{"id":1,"name":"ålice"},"seq":7,"#,
                 r#""roster":[],"ui":null,"unread":{}}"#
             ),
+        );
+    }
+
+    #[test]
+    fn outcomes_have_one_index_each_and_name_their_code() {
+        for i in 0..Outcome::COUNT {
+            assert_eq!(Outcome::from_index(i).index(), i);
+        }
+        let failed = |code| Outcome::Failed(code);
+        assert_eq!(failed(ErrorCode::NotFound).index(), Outcome::COUNT - 1);
+        assert_eq!(failed(ErrorCode::NotFriends).name(), "not_friends");
+        assert_eq!(Outcome::Redirect.name(), "redirect");
+        let down = Reply::Health {
+            shards: vec![ShardHealth::Silent { shard: 0 }],
+            timeout_ms: 1,
+        };
+        assert_eq!(Outcome::of_reply(&down), failed(ErrorCode::Unavailable));
+        let not_built = Reply::NotBuilt { message: "x" };
+        assert_eq!(Outcome::of_reply(&not_built), failed(ErrorCode::NotFound));
+        let shed = Reply::Shard(Response::fail(ErrorCode::RateLimited, "slow down"));
+        assert_eq!(Outcome::of_reply(&shed), failed(ErrorCode::RateLimited));
+        assert_eq!(
+            Outcome::of_reply(&Reply::Shard(Response::Done)),
+            Outcome::Ok
         );
     }
 
@@ -1233,6 +1323,7 @@ mod tests {
             shard,
             sessions: 3,
             tabs: 4,
+            polls: 2,
         };
         check_reply(
             Reply::Health {
@@ -1265,26 +1356,24 @@ mod tests {
         check_reply(
             Reply::Metrics {
                 shards: some_down,
-                counters: vec![
-                    ShardCounter {
-                        name: "switchboard_panics_total",
-                        help: "Panics caught.",
-                        shard: 0,
-                        value: 2,
-                    },
-                    ShardCounter {
-                        name: "switchboard_panics_total",
-                        help: "Panics caught.",
-                        shard: 1,
-                        value: 0,
-                    },
-                ],
+                families: vec![{
+                    let mut panics = Family::new(
+                        "switchboard_panics_total",
+                        "Panics caught.",
+                        metrics::Kind::Counter,
+                    );
+                    panics.push(vec![("shard", "0".into())], metrics::Value::Int(2));
+                    panics.push(vec![("shard", "1".into())], metrics::Value::Int(0));
+                    panics
+                }],
             },
             "HTTP/1.1 200 OK\r\n",
             "# HELP switchboard_sessions Sessions owned by each shard.\n# TYPE switchboard_sessions gauge\n\
              switchboard_sessions{shard=\"0\"} 3\n\
              # HELP switchboard_tabs Tabs attached on each shard.\n# TYPE switchboard_tabs gauge\n\
              switchboard_tabs{shard=\"0\"} 4\n\
+             # HELP switchboard_held_polls Polls held open on each shard (one per polling tab).\n# TYPE switchboard_held_polls gauge\n\
+             switchboard_held_polls{shard=\"0\"} 2\n\
              # HELP switchboard_shard_up Whether the shard answered within the health timeout.\n# TYPE switchboard_shard_up gauge\n\
              switchboard_shard_up{shard=\"0\"} 1\nswitchboard_shard_up{shard=\"1\"} 1\nswitchboard_shard_up{shard=\"2\"} 0\n\
              # HELP switchboard_panics_total Panics caught.\n# TYPE switchboard_panics_total counter\n\

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use switchboard_io::{
-    serve, AdminGate, Call, CloseReason, Config, ConnOutcome, Handler, Limits, Listener, Reply,
+    serve, AdminGate, Call, CloseReason, Config, ConnOutcome, Endpoint, Handler, Limits, Listener,
+    Outcome, Reply,
 };
-use switchboard_shards::model::{Request, Response};
+use switchboard_shards::model::{ErrorCode, Request, Response};
 
 const SID: &str = "42-0123456789abcdef0011223344556677";
 
@@ -161,6 +162,8 @@ struct TestHandler {
     /// When the server's drain is over, as `Handler::drain_over` says
     /// (`None`: never).
     drain_over: Option<Instant>,
+    /// What `Handler::answered` was told, in order.
+    answered: RefCell<Vec<(Endpoint, Outcome, Option<Duration>)>>,
 }
 
 impl Handler for TestHandler {
@@ -189,6 +192,12 @@ impl Handler for TestHandler {
 
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
         sleep(duration)
+    }
+
+    fn answered(&self, endpoint: Endpoint, outcome: Outcome, elapsed: Option<Duration>) {
+        self.answered
+            .borrow_mut()
+            .push((endpoint, outcome, elapsed));
     }
 
     async fn drain_over(&self) {
@@ -738,4 +747,71 @@ fn a_wrong_admin_token_closes_the_connection() {
         assert_eq!(outcome.requests_answered, 1);
         assert_eq!(outcome.reason, CloseReason::Unauthorized);
     }
+}
+
+/// Every answer is reported once to `Handler::answered`, in order, with
+/// the endpoint it is counted under, its outcome (the error code its body
+/// carries) and how long it took; a request that could not be read is
+/// reported with no time.
+#[test]
+fn every_answer_is_reported_with_its_endpoint_outcome_and_time() {
+    let handler = TestHandler::default();
+    let config = config();
+    let (server_end, mut client) = duplex();
+    let requests = format!(
+        "GET /poll?sid={SID}&since=30 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
+         DELETE /send HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /send?sid=x HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /ping HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /demo/ HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /bad\x01target HTTP/1.1\r\n\r\n"
+    );
+    let statuses = future::block_on(future::or(
+        async {
+            let client_side = async {
+                client.write_all(requests.as_bytes()).await.unwrap();
+                let mut buf = Vec::new();
+                let mut statuses = Vec::new();
+                while let Some(a) = read_answer(&mut client, &mut buf, false).await {
+                    statuses.push(a.status);
+                }
+                statuses
+            };
+            let (_, statuses) = future::zip(
+                serve(server_end, Listener::Client, &handler, &config),
+                client_side,
+            )
+            .await;
+            Some(statuses)
+        },
+        async {
+            sleep(Duration::from_secs(5)).await;
+            None
+        },
+    ))
+    .expect("test timed out");
+    assert_eq!(statuses, [200, 404, 405, 401, 200, 200, 400]);
+    let answered = handler.answered.into_inner();
+    let got: Vec<(Endpoint, Outcome)> = answered.iter().map(|&(e, o, _)| (e, o)).collect();
+    assert_eq!(
+        got,
+        [
+            (Endpoint::Poll, Outcome::Ok),
+            (Endpoint::Other, Outcome::Failed(ErrorCode::NotFound)),
+            (Endpoint::Send, Outcome::Failed(ErrorCode::BadRequest)),
+            (Endpoint::Send, Outcome::Failed(ErrorCode::UnknownSession)),
+            (Endpoint::Ping, Outcome::Ok),
+            (Endpoint::Demo, Outcome::Ok),
+            (Endpoint::Other, Outcome::Failed(ErrorCode::BadRequest)),
+        ]
+    );
+    // The poll took its 30 ms; the rest were read, so they have a time;
+    // the malformed head has none.
+    assert!(
+        answered[0].2.unwrap() >= Duration::from_millis(30),
+        "{answered:?}"
+    );
+    assert!(answered[..6].iter().all(|a| a.2.is_some()), "{answered:?}");
+    assert_eq!(answered[6].2, None);
 }

@@ -259,6 +259,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` is its place).
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::UnknownSession,
+        ErrorCode::NotFriends,
+        ErrorCode::Forbidden,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::NotFound,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -402,12 +415,14 @@ pub enum Response {
         messages: Vec<Arc<Message>>,
         more: bool,
     },
-    /// `/health` from one shard: its id and how many sessions and tabs it
-    /// owns.
+    /// `/health` from one shard: its id and how many sessions, tabs and
+    /// held polls it owns (`/health` shows the first three, `/metrics`
+    /// all).
     Health {
         shard: ShardId,
         sessions: u64,
         tabs: u64,
+        polls: u64,
     },
     /// Success with nothing more to say (`typing`, `presence`, `ui`,
     /// `read`, `leave`, admin calls).

@@ -3,7 +3,8 @@
 //! envelope needs ([`triage`]).
 //!
 //! The triage answers at once what needs no database: a job picked up
-//! after its deadline (`TimedOut`, counted and logged) and a write whose
+//! after its deadline (`TimedOut`, counted, and logged once per batch by
+//! [`watch::log_late_pickup`]) and a write whose
 //! sizes are over the [`limits`] (`Backend`, counted and logged). What is
 //! left comes back sorted: reads, writes (sizes checked), directory
 //! reloads and token lookups. Reloads and lookups keep their deadline:
@@ -14,6 +15,7 @@
 //! Invariant: every envelope of the batch is in exactly one of the four
 //! lists or has been answered, exactly once.
 
+use crate::watch::{self, LogGate, Queued};
 use crate::{limits, Counters, Envelope, ReloadResult, TokenLookupResult, Work};
 use futures_channel::oneshot;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +87,8 @@ pub(crate) struct Reply {
     pub(crate) reply: oneshot::Sender<StorageResult>,
     /// When its waiter gives up on it.
     pub(crate) deadline: Instant,
+    /// When it was queued and behind how many jobs.
+    pub(crate) queued: Queued,
 }
 
 /// A token lookup, not yet answered.
@@ -95,6 +99,8 @@ pub(crate) struct TokenReply {
     pub(crate) reply: oneshot::Sender<TokenLookupResult>,
     /// When its waiter gives up on it.
     pub(crate) deadline: Instant,
+    /// When it was queued and behind how many jobs.
+    pub(crate) queued: Queued,
 }
 
 /// A directory reload, not yet answered.
@@ -119,40 +125,51 @@ pub(crate) struct Sorted {
     pub(crate) tokens: Vec<TokenReply>,
 }
 
+/// Who is triaging a batch, for the line of its late jobs.
+pub(crate) struct Triage<'a> {
+    /// The db thread (`db-N`).
+    pub(crate) thread: &'a str,
+    /// The rate limit of that line (one per store).
+    pub(crate) gate: &'a LogGate,
+    /// The store's counters.
+    pub(crate) counters: &'a Counters,
+}
+
 /// Empties `batch` into [`Sorted`], answering late jobs `TimedOut` and
 /// oversized writes `Backend` on the way (see the module documentation).
-/// `now` is when the batch was picked up; `waited(late)` says, for the
-/// log line of a late job, where it waited (built only for late jobs).
-pub(crate) fn triage(
-    batch: &mut Vec<Envelope>,
-    now: Instant,
-    counters: &Counters,
-    waited: impl Fn(Duration) -> String,
-) -> Sorted {
+/// `now` is when the batch was picked up; the late jobs of the batch get
+/// one line ([`watch::log_late_pickup`]).
+pub(crate) fn triage(batch: &mut Vec<Envelope>, now: Instant, who: &Triage<'_>) -> Sorted {
+    let counters = who.counters;
     let mut sorted = Sorted::default();
-    for Envelope { work, deadline } in batch.drain(..) {
+    let mut late_jobs = Vec::new();
+    let mut latest = Duration::ZERO;
+    for Envelope {
+        work,
+        deadline,
+        queued,
+    } in batch.drain(..)
+    {
         match work {
             Work::ReloadDirectory { reply } => sorted.reloads.push(ReloadReply { reply, deadline }),
             Work::LookupToken { token, reply } => sorted.tokens.push(TokenReply {
                 token,
                 reply,
                 deadline,
+                queued,
             }),
             Work::Job { job, reply } => {
                 if let Pickup::Late(late) = Pickup::at(now, deadline) {
                     counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "storage: {} for user {} timed out: {}",
-                        job.name(),
-                        job.user(),
-                        waited(late)
-                    );
                     let _ = reply.send(Err(StorageError::TimedOut));
+                    latest = latest.max(late);
+                    late_jobs.push((job, queued));
                 } else if !is_write(&job) {
                     sorted.reads.push(Reply {
                         job,
                         reply,
                         deadline,
+                        queued,
                     });
                 } else if let Err(e) = check_sizes(&job) {
                     fail(counters, &job, reply, &e);
@@ -161,37 +178,33 @@ pub(crate) fn triage(
                         job,
                         reply,
                         deadline,
+                        queued,
                     });
                 }
             }
         }
     }
+    if !late_jobs.is_empty() {
+        let jobs: Vec<&StorageJob> = late_jobs.iter().map(|(j, _)| j).collect();
+        let queued: Vec<Queued> = late_jobs.iter().map(|(_, q)| *q).collect();
+        watch::log_late_pickup(who.thread, &jobs, &queued, latest, now, who.gate, counters);
+    }
     sorted
 }
 
-/// Answers `TimedOut` (counted, logged once) each of `writes` whose
-/// deadline has passed at `now`, and returns the others in order. Called
-/// by each backend at its last deadline check before the writes run
-/// (embedded: holding redb's write lock); `waited` says where the late
-/// ones waited, for the log line (built only for them).
-pub(crate) fn time_out_late(
-    writes: Vec<Reply>,
-    now: Instant,
-    counters: &Counters,
-    waited: impl Fn(Duration) -> String,
-) -> Vec<Reply> {
+/// Answers `TimedOut` (counted) each of `writes` whose deadline has
+/// passed at `now`, and returns the others in order. Called by each
+/// backend at its last deadline check before the writes run (embedded:
+/// holding redb's write lock). Not logged here: the batch is then past
+/// its earliest deadline, so its watch logs it once, with what it waited
+/// for ([`watch`]).
+pub(crate) fn time_out_late(writes: Vec<Reply>, now: Instant, counters: &Counters) -> Vec<Reply> {
     let mut in_time = Vec::with_capacity(writes.len());
     for w in writes {
         match Pickup::at(now, w.deadline) {
             Pickup::InTime => in_time.push(w),
-            Pickup::Late(late) => {
+            Pickup::Late(_) => {
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "storage: {} for user {} timed out: {}",
-                    w.job.name(),
-                    w.job.user(),
-                    waited(late)
-                );
                 let _ = w.reply.send(Err(StorageError::TimedOut));
             }
         }
@@ -272,7 +285,15 @@ mod tests {
             now - Duration::from_millis(due_ms.unsigned_abs())
         };
         let work = Work::Job { job, reply };
-        (Envelope { work, deadline }, rx)
+        let queued = Queued { at: now, behind: 0 };
+        (
+            Envelope {
+                work,
+                deadline,
+                queued,
+            },
+            rx,
+        )
     }
 
     fn send(text_bytes: usize) -> StorageJob {
@@ -299,7 +320,13 @@ mod tests {
         let counters = Counters::default();
         let (env, mut rx) = envelope(job, now, due_ms);
         let mut batch = vec![env];
-        let sorted = triage(&mut batch, now, &counters, |late| format!("{late:?}"));
+        let gate = LogGate::default();
+        let who = Triage {
+            thread: "db-0",
+            gate: &gate,
+            counters: &counters,
+        };
+        let sorted = triage(&mut batch, now, &who);
         assert!(batch.is_empty(), "the batch is drained");
         let got = match (sorted.reads.len(), sorted.writes.len()) {
             (1, 0) => Outcome::Read,

@@ -13,6 +13,12 @@
 //! one write transaction at a time, so several db threads queue on it;
 //! meanwhile they serve reads.
 //!
+//! **Forensics.** Each db thread tells its [`Watch`] what its batch waits
+//! for (the read transaction, the write lock, the writes, the commit and
+//! its fsync); a batch past its earliest deadline is logged once, by
+//! `db-watch` while it waits or by its thread at its end, with that wait
+//! (see [`crate::watch`]).
+//!
 //! **Deadlines.** A job's deadline is checked at pickup (the triage) and,
 //! for a write, again right after `begin_write()` returns, that is while
 //! holding redb's write lock ([`State::run_writes`]): a write whose
@@ -24,11 +30,13 @@
 //! take back a commit that started in time), and the engine waits a
 //! slack past the deadline for it.
 
-use crate::batch::{self, Pickup, Reply};
+use crate::batch::{self, Pickup, Reply, Triage};
 use crate::directory::Directory;
 use crate::fault::Faults;
+use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
 use crate::{
-    limits, Counters, DirectoryReloaded, Envelope, OpenError, ReloadError, ReloadResult, Store,
+    limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, ReloadError, ReloadResult,
+    Store,
 };
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
@@ -118,6 +126,10 @@ struct State {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
+    /// The rate limit of late batches' lines (see [`crate::watch`]).
+    late_gate: LogGate,
+    /// The rate limit of the lines of jobs picked up late.
+    pickup_gate: LogGate,
 }
 
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
@@ -162,17 +174,33 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         directory_path: config.directory.clone(),
         counters: counters.clone(),
         faults,
+        late_gate: LogGate::default(),
+        pickup_gate: LogGate::default(),
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(config.db_threads);
-    for i in 0..config.db_threads {
-        let core = config.pin_to.as_ref().map(|cores| cores[i % cores.len()]);
-        let (state, queue, thread_stop) = (state.clone(), queue.clone(), stop.clone());
-        let batch_max = config.write_batch_max;
-        let spawned = std::thread::Builder::new()
-            .name(format!("db-{i}"))
-            .spawn(move || run(&state, &queue, &thread_stop, batch_max, core));
+    let watches: Vec<Arc<Watch>> = (0..config.db_threads)
+        .map(|i| Arc::new(Watch::new(format!("db-{i}"))))
+        .collect();
+    let mut threads = Vec::with_capacity(config.db_threads + 1);
+    for i in 0..=config.db_threads {
+        let (state, thread_stop) = (state.clone(), stop.clone());
+        let spawned = if i < config.db_threads {
+            let core = config.pin_to.as_ref().map(|cores| cores[i % cores.len()]);
+            let (queue, watch) = (queue.clone(), watches[i].clone());
+            let batch_max = config.write_batch_max;
+            std::thread::Builder::new()
+                .name(format!("db-{i}"))
+                .spawn(move || run(&state, &queue, &thread_stop, batch_max, core, &watch))
+        } else {
+            let watches = watches.clone();
+            std::thread::Builder::new()
+                .name("db-watch".into())
+                .spawn(move || {
+                    let (gate, counters) = (&state.late_gate, &state.counters);
+                    watch::watch_loop(&watches, &thread_stop, gate, counters, String::new)
+                })
+        };
         match spawned {
             Ok(thread) => threads.push(thread),
             Err(e) => {
@@ -184,14 +212,16 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
             }
         }
     }
-    Ok(Store::from_parts(
+    Ok(Store::from_parts(Parts {
         jobs,
         stop,
         threads,
         counters,
-        config.queue_depth,
-        false,
-    ))
+        queue_depth: config.queue_depth,
+        token_lookup: false,
+        watches,
+        pool: None,
+    }))
 }
 
 fn check_config(config: &EmbeddedConfig) -> Result<(), OpenError> {
@@ -254,22 +284,26 @@ fn run(
     stop: &AtomicBool,
     batch_max: usize,
     core: Option<usize>,
+    watch: &Watch,
 ) {
     crate::pin::pin_db_thread(core);
     let mut batch = Vec::with_capacity(batch_max);
     while batch::next_batch(queue, stop, &mut batch, batch_max) {
-        state.run_batch(&mut batch);
+        state.run_batch(&mut batch, watch);
     }
 }
 
 impl State {
     /// Runs one drained batch: the shared triage ([`batch::triage`]), then
     /// reloads, token lookups, reads, and the writes' group commit.
-    fn run_batch(&self, batch: &mut Vec<Envelope>) {
+    fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
         let now = Instant::now();
-        let sorted = batch::triage(batch, now, &self.counters, |late| {
-            format!("picked up {} ms after its deadline", late.as_millis())
-        });
+        let who = Triage {
+            thread: &watch.thread,
+            gate: &self.pickup_gate,
+            counters: &self.counters,
+        };
+        let sorted = batch::triage(batch, now, &who);
         for reload in sorted.reloads {
             let result = match Pickup::at(now, reload.deadline) {
                 Pickup::Late(late) => {
@@ -288,11 +322,34 @@ impl State {
             // The embedded directory has HMAC tokens only.
             let _ = lookup.reply.send(Ok(None));
         }
-        if !sorted.reads.is_empty() {
-            self.run_reads(sorted.reads);
+        let (reads, writes) = (sorted.reads, sorted.writes);
+        if reads.is_empty() && writes.is_empty() {
+            return;
         }
-        if !sorted.writes.is_empty() {
-            self.run_writes(sorted.writes);
+        let all = || reads.iter().chain(&writes);
+        let queued: Vec<_> = all().map(|r| r.queued).collect();
+        let batch = BatchInfo {
+            jobs: all().map(|r| &r.job),
+            tokens: 0,
+            deadline: all().map(|r| r.deadline).min().expect("non-empty"),
+            queued: &queued,
+            picked_up: now,
+        };
+        let first = if reads.is_empty() {
+            Waiting::WriteLock
+        } else {
+            Waiting::Reads
+        };
+        watch.begin(batch, first);
+        if !reads.is_empty() {
+            self.run_reads(reads);
+        }
+        if !writes.is_empty() {
+            watch.step(Waiting::WriteLock);
+            self.run_writes(writes, watch);
+        }
+        if let Some(late) = watch.end() {
+            watch::log_late(late, "", &self.late_gate, &self.counters);
         }
     }
 
@@ -375,23 +432,19 @@ impl State {
     /// deadline for it are answered `TimedOut` and not run, so nothing
     /// answered `TimedOut` is stored. The commit itself may end after the
     /// deadlines of the writes it answers `Ok`.
-    fn run_writes(&self, writes: Vec<Reply>) {
+    fn run_writes(&self, writes: Vec<Reply>, watch: &Watch) {
         let txn = match self.db.begin_write().ctx("begin write") {
             Ok(txn) => txn,
             Err(e) => return self.fail_writes(writes, &e),
         };
         let locked = Instant::now();
-        let writes = batch::time_out_late(writes, locked, &self.counters, |late| {
-            format!(
-                "its deadline passed {} ms before it got the write lock",
-                late.as_millis()
-            )
-        });
+        watch.step(Waiting::Writes);
+        let writes = batch::time_out_late(writes, locked, &self.counters);
         if writes.is_empty() {
             // Nothing written: the transaction is dropped, which aborts it.
             return;
         }
-        let outcome = self.commit_writes(txn, &writes);
+        let outcome = self.commit_writes(txn, &writes, watch);
         match outcome {
             Ok(outputs) => {
                 self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
@@ -412,6 +465,7 @@ impl State {
         &self,
         mut txn: WriteTransaction,
         writes: &[Reply],
+        watch: &Watch,
     ) -> Result<Vec<StorageOutput>, String> {
         txn.set_durability(Durability::Immediate)
             .ctx("set durability")?;
@@ -428,6 +482,7 @@ impl State {
         };
         // A slow fsync, when a test injects one: after the deadline check,
         // before the commit, holding the write lock.
+        watch.step(Waiting::Commit);
         self.faults.stall_commit();
         txn.commit().ctx("commit")?;
         Ok(outputs)

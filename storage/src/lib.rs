@@ -12,7 +12,10 @@
 //! - **Every job is answered exactly once**: with its result, with
 //!   `TimedOut` when its deadline passed before it ran (see below), or
 //!   with `Backend` when it fails (or when the store stopped before
-//!   running it). Every failure is logged once, with job name and user.
+//!   running it). Every failure is logged once, with job name and user;
+//!   a job past its deadline once with its batch, saying where the batch
+//!   waited and how long (the db thread, the pool checkout, statement,
+//!   write lock or commit, the queue: see `watch.rs`, rate-limited).
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
@@ -73,6 +76,7 @@ pub mod limits;
 pub mod mysql;
 mod pin;
 pub mod token;
+mod watch;
 
 /// Whether this build honours the test-only fault injection variables
 /// (the `fault-injection` feature): the engine warns at start when it does.
@@ -95,6 +99,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use switchboard_shards::model::{StorageError, StorageJob, StorageResult, UserId};
+use watch::{Queued, Watch};
 
 /// The handle the engine uses to reach storage, whatever the backend.
 /// Cheap to clone and `Send + Sync`: every executor keeps one. When the
@@ -121,6 +126,10 @@ struct Inner {
     queue_depth: usize,
     /// Whether the backend can look tokens up ([`Store::lookup_token`]).
     token_lookup: bool,
+    /// Each db thread's watch (what it is doing, for [`StoreStats`]).
+    watches: Vec<Arc<Watch>>,
+    /// The MySQL pool's `(max, connections, idle)`, if there is one.
+    pool: Option<PoolState>,
 }
 
 /// One unit of work in the queue, with when it must be started by.
@@ -131,6 +140,9 @@ pub(crate) struct Envelope {
     /// a write is checked against it again right before its last point
     /// of no return (see the crate documentation).
     pub(crate) deadline: Instant,
+    /// When it was queued and behind how many jobs (for the line of a
+    /// late batch: [`watch`]).
+    pub(crate) queued: Queued,
 }
 
 /// The kinds of work a db thread does.
@@ -171,6 +183,9 @@ pub(crate) struct Counters {
     pub(crate) write_batches: AtomicU64,
     /// Write jobs answered from committed transactions.
     pub(crate) write_jobs: AtomicU64,
+    /// Batches past a deadline (each logged once, rate-limited: see
+    /// [`watch`]), and batches with jobs picked up after theirs.
+    pub(crate) late_batches: AtomicU64,
 }
 
 /// A snapshot of the store's counters (for `/metrics`).
@@ -195,7 +210,54 @@ pub struct StoreStats {
     pub queue_len: usize,
     /// The queue's capacity.
     pub queue_depth: usize,
+    /// Batches that went past a job's deadline: each is logged once, at
+    /// warn, with where it waited (rate-limited; all are counted).
+    pub late_batches: u64,
+    /// The `db-N` threads.
+    pub threads: usize,
+    /// Of them, those running a batch now.
+    pub threads_busy: usize,
+    /// The MySQL pool now (`None`: the embedded store, which has none).
+    pub pool: Option<PoolStats>,
 }
+
+/// The MySQL connection pool's state (r2d2's `state()` and the db
+/// threads' checkouts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections the pool may hold (`MYSQL_POOL_SIZE`).
+    pub max: usize,
+    /// Connections open now, idle or checked out.
+    pub connections: usize,
+    /// Of them, idle in the pool.
+    pub idle: usize,
+    /// db threads waiting for a connection now.
+    pub waiting: usize,
+}
+
+/// What a backend hands [`Store::from_parts`].
+pub(crate) struct Parts {
+    /// The bounded job queue into the db threads.
+    pub(crate) jobs: Sender<Envelope>,
+    /// Set once to tell the threads to drain the queue and exit.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// The threads (db threads and `db-watch`).
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    /// Counters shared with the threads.
+    pub(crate) counters: Arc<Counters>,
+    /// The queue's capacity.
+    pub(crate) queue_depth: usize,
+    /// Whether the backend looks tokens up.
+    pub(crate) token_lookup: bool,
+    /// Each db thread's watch, for [`StoreStats`].
+    pub(crate) watches: Vec<Arc<Watch>>,
+    /// The MySQL pool's state (`None`: no pool).
+    pub(crate) pool: Option<PoolState>,
+}
+
+/// Reads a backend's pool state (r2d2's `state()`: its own lock, taken
+/// only at scrape time, never on a request's path).
+pub(crate) type PoolState = Box<dyn Fn() -> (usize, usize, usize) + Send + Sync>;
 
 /// Why [`Store::open_embedded`] failed.
 #[derive(Debug)]
@@ -362,22 +424,17 @@ impl Store {
     }
 
     /// Wraps started threads into a store (for the backends).
-    pub(crate) fn from_parts(
-        jobs: Sender<Envelope>,
-        stop: Arc<AtomicBool>,
-        threads: Vec<JoinHandle<()>>,
-        counters: Arc<Counters>,
-        queue_depth: usize,
-        token_lookup: bool,
-    ) -> Store {
+    pub(crate) fn from_parts(parts: Parts) -> Store {
         Store {
             inner: Arc::new(Inner {
-                jobs,
-                stop,
-                threads: Mutex::new(threads),
-                counters,
-                queue_depth,
-                token_lookup,
+                jobs: parts.jobs,
+                stop: parts.stop,
+                threads: Mutex::new(parts.threads),
+                counters: parts.counters,
+                queue_depth: parts.queue_depth,
+                token_lookup: parts.token_lookup,
+                watches: parts.watches,
+                pool: parts.pool,
             }),
         }
     }
@@ -429,7 +486,16 @@ impl Store {
         what: impl FnOnce() -> String,
     ) -> Result<(), StorageError> {
         let counters = &self.inner.counters;
-        match self.inner.jobs.try_send(Envelope { work, deadline }) {
+        let queued = Queued {
+            at: Instant::now(),
+            behind: self.inner.jobs.len(),
+        };
+        let envelope = Envelope {
+            work,
+            deadline,
+            queued,
+        };
+        match self.inner.jobs.try_send(envelope) {
             Ok(()) => {
                 counters.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -476,6 +542,28 @@ impl Store {
             write_jobs: c.write_jobs.load(Ordering::Relaxed),
             queue_len: self.inner.jobs.len(),
             queue_depth: self.inner.queue_depth,
+            late_batches: c.late_batches.load(Ordering::Relaxed),
+            threads: self.inner.watches.len(),
+            threads_busy: self
+                .inner
+                .watches
+                .iter()
+                .filter(|w| w.busy() != watch::IDLE)
+                .count(),
+            pool: self.inner.pool.as_ref().map(|state| {
+                let (max, connections, idle) = state();
+                PoolStats {
+                    max,
+                    connections,
+                    idle,
+                    waiting: self
+                        .inner
+                        .watches
+                        .iter()
+                        .filter(|w| w.busy() == watch::CHECKOUT)
+                        .count(),
+                }
+            }),
         }
     }
 
@@ -534,7 +622,16 @@ mod tests {
     fn store_of(threads: Vec<JoinHandle<()>>) -> Store {
         let (jobs, _queue) = crossbeam_channel::bounded(1);
         let stop = Arc::new(AtomicBool::new(false));
-        Store::from_parts(jobs, stop, threads, Arc::default(), 1, false)
+        Store::from_parts(Parts {
+            jobs,
+            stop,
+            threads,
+            counters: Arc::default(),
+            queue_depth: 1,
+            token_lookup: false,
+            watches: Vec::new(),
+            pool: None,
+        })
     }
 
     #[test]

@@ -143,6 +143,7 @@ impl Shard {
         if let EventKind::Message(m) = &kind {
             if m.to == to {
                 *session.unread.entry(from).or_insert(0) += 1;
+                self.stats.messages_delivered += 1;
             }
         }
         self.push_event(now, to, kind, out);

@@ -289,6 +289,14 @@ pub struct Stats {
     /// issued after them (reads answered out of order).
     #[serde(default)]
     pub stale_roster_reads: u64,
+    /// Presence changes broadcast by their user's home shard (online,
+    /// away, offline; each to every shard).
+    #[serde(default)]
+    pub presence_changes: u64,
+    /// Messages appended to their recipient's buffer (on the recipient's
+    /// home shard, after its friends-only check).
+    #[serde(default)]
+    pub messages_delivered: u64,
 }
 
 /// One shard, built from parts with one job each.
@@ -358,6 +366,11 @@ impl Shard {
     /// Tabs attached to sessions homed here.
     pub fn tab_count(&self) -> usize {
         self.sessions.tab_count()
+    }
+
+    /// Polls held open by tabs of sessions homed here.
+    pub fn held_poll_count(&self) -> usize {
+        self.sessions.held_poll_count()
     }
 
     /// A user's session, live or loading, if homed here.

@@ -73,6 +73,7 @@ impl Shard {
         friends: &[UserId],
         out: &mut Vec<Output>,
     ) {
+        self.stats.presence_changes += 1;
         let n = self.config.shard_count;
         let mut notify: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for &f in friends {

@@ -77,6 +77,7 @@ impl Shard {
                     shard: self.config.shard,
                     sessions: self.sessions.len() as u64,
                     tabs: self.tab_count() as u64,
+                    polls: self.held_poll_count() as u64,
                 };
                 reply(out, to, health);
             }

@@ -87,6 +87,13 @@ impl Sessions {
         self.live_ones().map(|s| s.tabs.len()).sum()
     }
 
+    /// Polls held open (tabs polling) in sessions homed here.
+    pub(super) fn held_poll_count(&self) -> usize {
+        self.live_ones()
+            .map(|s| s.tabs.iter().filter(|t| t.is_polling()).count())
+            .sum()
+    }
+
     /// The live session holding `sid` and the tab's index, the tab noted as
     /// seen at `now`; answers `unknown_session` at `to` and returns `None`
     /// otherwise.

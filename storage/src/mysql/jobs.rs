@@ -6,9 +6,10 @@
 //! run in one transaction: see [`super::write`].
 
 use super::conn::DbConn;
-use super::{DirectoryQueries, Watch};
+use super::DirectoryQueries;
 use crate::fault::Faults;
 use crate::limits;
+use crate::watch::{cut, Waiting, Watch};
 use mysql::prelude::Queryable;
 use std::sync::Arc;
 use switchboard_shards::model::{Friend, Message, MsgId, StorageJob, StorageOutput, UserId};
@@ -46,7 +47,7 @@ impl Ctx<'_> {
         shown: &str,
         f: impl FnOnce(&mut mysql::Conn, &str) -> Result<T, mysql::Error>,
     ) -> Sql<T> {
-        self.watch.query(shown);
+        self.watch.step(Waiting::Query(what, cut(shown)));
         self.conn.run(|c| f(c, sql)).map_err(|e| (what, e))
     }
 

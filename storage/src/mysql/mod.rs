@@ -41,9 +41,10 @@ mod write;
 pub use schema::{Migrated, SCHEMA_VERSION};
 pub use seed::{seed_demo, Seeded};
 
-use crate::batch::{self, Pickup, Reply, TokenReply};
+use crate::batch::{self, Pickup, Reply, TokenReply, Triage};
 use crate::fault::Faults;
-use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Store, Work};
+use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
+use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, Store, Work};
 use conn::{DbConn, ErrorLog, Manager, SessionLimits};
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
@@ -51,7 +52,7 @@ use jobs::Ctx;
 use mysql::prelude::Queryable;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use switchboard_shards::model::{StorageError, StorageJob, StorageOutput, StorageResult, UserId};
@@ -272,18 +273,31 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         counters: counters.clone(),
         watches,
         faults,
+        late_gate: LogGate::default(),
+        pickup_gate: LogGate::default(),
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = start_threads(&backend, &queue, &stop, config.pin_to.as_deref())?;
-    Ok(Store::from_parts(
+    let pool = backend.pool.clone();
+    let max = config.pool_size;
+    Ok(Store::from_parts(Parts {
         jobs,
         stop,
         threads,
         counters,
-        config.queue_depth,
-        config.queries.token_sql.is_some(),
-    ))
+        queue_depth: config.queue_depth,
+        token_lookup: config.queries.token_sql.is_some(),
+        watches: backend.watches.clone(),
+        pool: Some(Box::new(move || {
+            let state = pool.state();
+            (
+                max,
+                state.connections as usize,
+                state.idle_connections as usize,
+            )
+        })),
+    }))
 }
 
 /// One connection now, outside the pool, to refuse a wrong schema or a
@@ -346,7 +360,11 @@ fn start_threads(
         let (backend, stop) = (backend.clone(), stop.clone());
         started = spawn(
             "db-watch".to_string(),
-            Box::new(move || watch_loop(&backend, &stop)),
+            Box::new(move || {
+                let (watches, gate) = (&backend.watches, &backend.late_gate);
+                let extra = || backend.pool_line();
+                watch::watch_loop(watches, &stop, gate, &backend.counters, extra)
+            }),
         );
     }
     if let Err(e) = started {
@@ -376,179 +394,10 @@ struct Backend {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
-}
-
-/// What a db thread is doing now, for the `db-watch` thread.
-pub(crate) struct Watch {
-    /// The thread's name (`db-N`).
-    thread: String,
-    /// The thread's state, changed by the thread, read by `db-watch`.
-    slot: Mutex<Doing>,
-}
-
-/// A db thread's state as `db-watch` sees it.
-enum Doing {
-    /// Waiting for work in the queue (nothing to watch).
-    Idle,
-    /// Running a batch.
-    Batch(Activity),
-}
-
-/// What a batch waits for now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Waiting {
-    /// A connection from the pool (every batch's first wait).
-    Checkout,
-    /// The answer to this statement (on one line, cut by [`cut`]).
-    Query(String),
-}
-
-impl std::fmt::Display for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Waiting::Checkout => f.write_str("a pool connection (checkout)"),
-            Waiting::Query(sql) => write!(f, "query `{sql}`"),
-        }
-    }
-}
-
-/// One batch in progress.
-struct Activity {
-    /// Its jobs and users, e.g. `store_message ×3 for users 1, 2`.
-    jobs: String,
-    /// The earliest deadline of its jobs.
-    deadline: Instant,
-    /// What it waits for now.
-    waiting: Waiting,
-    /// Since when it waits for that.
-    since: Instant,
-    /// The longest finished wait of the batch and what it was for (the
-    /// statement that blocked is often done by the time a late batch is
-    /// logged: a server-side limit interrupted it); `None` until the
-    /// first wait ends.
-    longest: Option<(Waiting, Duration)>,
-    /// Whether `db-watch` already logged this batch.
-    reported: bool,
-}
-
-impl Watch {
-    fn new(thread: String) -> Watch {
-        Watch {
-            thread,
-            slot: Mutex::new(Doing::Idle),
-        }
-    }
-
-    fn with(&self, f: impl FnOnce(&mut Doing)) {
-        f(&mut self.slot.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-
-    /// A batch starts, with a pool checkout.
-    fn begin(&self, jobs: String, deadline: Instant) {
-        self.with(|slot| {
-            *slot = Doing::Batch(Activity {
-                jobs,
-                deadline,
-                waiting: Waiting::Checkout,
-                since: Instant::now(),
-                longest: None,
-                reported: false,
-            })
-        });
-    }
-
-    /// The batch now waits for `sql`.
-    pub(crate) fn query(&self, sql: &str) {
-        self.with(|slot| {
-            if let Doing::Batch(a) = slot {
-                let now = Instant::now();
-                let took = now - a.since;
-                let done = std::mem::replace(&mut a.waiting, Waiting::Query(cut(sql)));
-                if a.longest.as_ref().is_none_or(|(_, d)| took > *d) {
-                    a.longest = Some((done, took));
-                }
-                a.since = now;
-            }
-        });
-    }
-
-    /// The batch is done. Returns the timed-out line when it ran past its
-    /// deadline and `db-watch` had not reported it yet (it ended between
-    /// two looks).
-    fn end(&self) -> Option<String> {
-        let mut line = None;
-        self.with(|slot| {
-            if let Doing::Batch(a) = std::mem::replace(slot, Doing::Idle) {
-                let now = Instant::now();
-                if !a.reported && now > a.deadline {
-                    line = Some(a.timed_out_line(&self.thread, now));
-                }
-            }
-        });
-        line
-    }
-}
-
-impl Activity {
-    /// The one line saying which batch timed out and what it waited for.
-    fn timed_out_line(&self, thread: &str, now: Instant) -> String {
-        let current = now.saturating_duration_since(self.since);
-        let (waiting, waited, verb) = match &self.longest {
-            Some((waiting, took)) if *took > current => (waiting, *took, "waited"),
-            _ => (&self.waiting, current, "has waited"),
-        };
-        format!(
-            "storage: {} timed out: {} past its deadline; {thread} {verb} {} ms for {waiting}",
-            self.jobs,
-            ms(now.saturating_duration_since(self.deadline)),
-            waited.as_millis(),
-        )
-    }
-}
-
-/// `sql` on one line, at most [`limits::LOG_SQL_CHARS_MAX`] characters
-/// (reads no further than that into a long statement).
-fn cut(sql: &str) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    for word in sql.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-            n += 1;
-        }
-        for ch in word.chars() {
-            if n >= limits::LOG_SQL_CHARS_MAX {
-                out.push('…');
-                return out;
-            }
-            out.push(ch);
-            n += 1;
-        }
-    }
-    out
-}
-
-/// `db-watch`: logs each batch still running past its deadline, once.
-fn watch_loop(backend: &Backend, stop: &AtomicBool) {
-    let interval = Duration::from_millis(limits::DB_WATCH_INTERVAL_MS);
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(interval);
-        let now = Instant::now();
-        for watch in &backend.watches {
-            let mut line = None;
-            watch.with(|slot| {
-                let Doing::Batch(a) = slot else { return };
-                if a.reported || now < a.deadline {
-                    return;
-                }
-                a.reported = true;
-                line = Some(a.timed_out_line(&watch.thread, now));
-            });
-            if let Some(line) = line {
-                backend.log_timed_out(&line);
-            }
-        }
-    }
+    /// The rate limit of late batches' lines (see [`crate::watch`]).
+    late_gate: LogGate,
+    /// The rate limit of the lines of jobs picked up late.
+    pickup_gate: LogGate,
 }
 
 fn ms(d: Duration) -> String {
@@ -590,66 +439,20 @@ fn is_send(envelope: &Envelope) -> bool {
     )
 }
 
-/// `store_message ×3, load_session for users 1, 2` (at most 8 users).
-fn summary<'a>(jobs: impl Iterator<Item = &'a StorageJob>, tokens: usize) -> String {
-    let mut names: Vec<(&'static str, usize)> = Vec::new();
-    let mut users: Vec<UserId> = Vec::new();
-    for job in jobs {
-        match names.iter_mut().find(|(n, _)| *n == job.name()) {
-            Some((_, count)) => *count += 1,
-            None => names.push((job.name(), 1)),
-        }
-        if !users.contains(&job.user()) {
-            users.push(job.user());
-        }
-    }
-    if tokens > 0 {
-        names.push(("lookup_token", tokens));
-    }
-    let mut text = String::new();
-    for (n, (name, count)) in names.iter().enumerate() {
-        if n > 0 {
-            text.push_str(", ");
-        }
-        text.push_str(name);
-        if *count > 1 {
-            let _ = write!(text, " ×{count}");
-        }
-    }
-    if !users.is_empty() {
-        text.push_str(if users.len() == 1 {
-            " for user "
-        } else {
-            " for users "
-        });
-        for (n, user) in users.iter().take(8).enumerate() {
-            if n > 0 {
-                text.push_str(", ");
-            }
-            let _ = write!(text, "{user}");
-        }
-        if users.len() > 8 {
-            let _ = write!(text, " and {} more", users.len() - 8);
-        }
-    }
-    text
-}
-
 impl Backend {
-    /// Logs a timed-out batch with the pool's state.
-    fn log_timed_out(&self, line: &str) {
+    /// What a late batch's line says of the pool.
+    fn pool_line(&self) -> String {
         let state = self.pool.state();
-        log::warn!(
-            "{line} (pool: {} of {} connections idle)",
-            state.idle_connections,
-            state.connections
-        );
+        format!(
+            " (pool: {} of {} connections idle)",
+            state.idle_connections, state.connections
+        )
     }
 
     /// Ends the watch of a batch, logging it if it ran late unreported.
     fn end_watch(&self, watch: &Watch) {
-        if let Some(line) = watch.end() {
-            self.log_timed_out(&line);
+        if let Some(late) = watch.end() {
+            watch::log_late(late, &self.pool_line(), &self.late_gate, &self.counters);
         }
     }
 
@@ -658,13 +461,12 @@ impl Backend {
     /// and the writes' group commit. Every envelope is answered once.
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
         let now = Instant::now();
-        let threads = self.watches.len();
-        let sorted = batch::triage(batch, now, &self.counters, |late| {
-            format!(
-                "waited {} past its deadline in the queue for a db thread (all {threads} busy)",
-                ms(late)
-            )
-        });
+        let who = Triage {
+            thread: &watch.thread,
+            gate: &self.pickup_gate,
+            counters: &self.counters,
+        };
+        let sorted = batch::triage(batch, now, &who);
         for reload in sorted.reloads {
             // Rosters are read from the database at every load.
             let _ = reload.reply.send(Ok(DirectoryReloaded {
@@ -672,7 +474,7 @@ impl Backend {
                 friendships: 0,
             }));
         }
-        let tokens = self.tokens_to_look_up(sorted.tokens, now);
+        let tokens = self.tokens_to_look_up(sorted.tokens, now, &watch.thread);
         let (reads, writes) = (sorted.reads, sorted.writes);
         if reads.is_empty() && writes.is_empty() && tokens.is_empty() {
             return;
@@ -684,8 +486,21 @@ impl Backend {
             .chain(tokens.iter().map(|t| t.deadline));
         let latest = deadlines.clone().max().expect("non-empty");
         let earliest = deadlines.min().expect("non-empty");
-        let jobs = summary(reads.iter().chain(&writes).map(|r| &r.job), tokens.len());
-        watch.begin(jobs.clone(), earliest);
+        let (jobs, _) = watch::summary(reads.iter().chain(&writes).map(|r| &r.job), tokens.len());
+        let queued: Vec<_> = reads
+            .iter()
+            .chain(&writes)
+            .map(|r| r.queued)
+            .chain(tokens.iter().map(|t| t.queued))
+            .collect();
+        let batch = BatchInfo {
+            jobs: reads.iter().chain(&writes).map(|r| &r.job),
+            tokens: tokens.len(),
+            deadline: earliest,
+            queued: &queued,
+            picked_up: now,
+        };
+        watch.begin(batch, Waiting::Checkout);
         let mut conn = match self.check_out(latest) {
             Ok(conn) => conn,
             Err(what) => {
@@ -711,23 +526,38 @@ impl Backend {
 
     /// Answers the token lookups that need no query (picked up late:
     /// `TimedOut`; longer than any token: unknown) and returns the rest.
-    fn tokens_to_look_up(&self, tokens: Vec<TokenReply>, now: Instant) -> Vec<TokenReply> {
+    /// Late ones are logged like late jobs: one line per batch, through
+    /// the same rate limit.
+    fn tokens_to_look_up(
+        &self,
+        tokens: Vec<TokenReply>,
+        now: Instant,
+        thread: &str,
+    ) -> Vec<TokenReply> {
         let mut ready = Vec::with_capacity(tokens.len());
+        let mut late_ones = (0, Duration::ZERO);
         for t in tokens {
             match Pickup::at(now, t.deadline) {
                 Pickup::Late(late) => {
                     self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "storage: lookup_token timed out: waited {} past its deadline for a \
-                         db thread (all busy)",
-                        ms(late)
-                    );
                     let _ = t.reply.send(Err(StorageError::TimedOut));
+                    late_ones = (late_ones.0 + 1, late_ones.1.max(late));
                 }
                 Pickup::InTime if t.token.len() > limits::TOKEN_LOOKUP_BYTES_MAX => {
                     let _ = t.reply.send(Ok(None));
                 }
                 Pickup::InTime => ready.push(t),
+            }
+        }
+        if let (n @ 1.., late) = late_ones {
+            self.counters.late_batches.fetch_add(1, Ordering::Relaxed);
+            if let Some(skipped) = self.pickup_gate.pass() {
+                log::warn!(
+                    "storage: {thread}: lookup_token ×{n} timed out in the queue: picked up {} \
+                     past its deadline (every db thread was busy); answered TimedOut, not run \
+                     ({skipped} more late batches not logged)",
+                    ms(late)
+                );
             }
         }
         ready
@@ -832,13 +662,7 @@ impl Backend {
     /// Answers `TimedOut` the writes whose deadline passed while the
     /// batch's checkout and reads ran, and returns the others.
     fn drop_late_writes(&self, writes: Vec<Reply>) -> Vec<Reply> {
-        batch::time_out_late(writes, Instant::now(), &self.counters, |late| {
-            format!(
-                "its deadline passed {} before the write transaction (while the batch's \
-                 checkout and reads ran)",
-                ms(late)
-            )
-        })
+        batch::time_out_late(writes, Instant::now(), &self.counters)
     }
 
     /// Answers each write of a committed batch with its output.
