@@ -362,11 +362,7 @@ impl Settings {
                 get("FIRST_BYTE_TIMEOUT_MS"),
                 switchboard_io::limits::FIRST_BYTE_TIMEOUT_MS,
             )?,
-            admin_connections_max: num(
-                "ADMIN_CONNECTIONS_MAX",
-                get("ADMIN_CONNECTIONS_MAX"),
-                64,
-            )?,
+            admin_connections_max: num("ADMIN_CONNECTIONS_MAX", get("ADMIN_CONNECTIONS_MAX"), 64)?,
             loop_lag_warn_ms: num(
                 "LOOP_LAG_WARN_MS",
                 get("LOOP_LAG_WARN_MS"),
