@@ -377,3 +377,43 @@ pub fn coordinator_cmd(args: &[String]) -> Result<ExitCode, String> {
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<PeerOptions, String> {
+        let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+        PeerOptions::parse(&args).map(|(o, _)| o)
+    }
+
+    #[test]
+    fn defaults_are_issue_11s_workload_and_wait_follows_the_protocol() {
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.proto, o.users, o.friends, o.lattice, o.rate, o.wait_s),
+            (Proto::Jsonp, 1000, 10, true, 1000.0, 25)
+        );
+        assert_eq!((o.warmup_s, o.duration_s), (5.0, 60.0));
+        assert_eq!(parse("--proto bosh").unwrap().wait_s, 60);
+        assert_eq!(parse("--proto bosh --wait-s 30").unwrap().wait_s, 30);
+        assert_eq!(parse("--rate 0").unwrap().rate, 0.0);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for (args, why) in [
+            ("--proto xmpp", "unknown protocol"),
+            ("--wait-s 61", "wait above the servers' 60 s"),
+            ("--wait-s 0", "no long-poll"),
+            ("--workers 0", "no worker"),
+            ("--users 9001", "over 20,000 fds in one worker"),
+            ("--rate -1", "negative rate"),
+            ("--text-bytes 10", "too short for the stamp"),
+            ("--addr localhost", "not an address"),
+        ] {
+            assert!(parse(args).is_err(), "{args}: {why}");
+        }
+        assert!(parse("--users 9001 --workers 2").is_ok());
+    }
+}
