@@ -84,10 +84,13 @@ stop() {
   pid=$(beam_pid) || return 0
   ctl stop >/dev/null 2>&1 || true
   for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   kill "$pid" 2>/dev/null || true
+  # The node started epmd; stop it too when no other node is registered
+  # (what `ejabberdctl stopped` does).
+  epmd -names 2>/dev/null | grep -q name || epmd -kill >/dev/null 2>&1 || true
 }
 
 case $cmd in
