@@ -61,7 +61,8 @@ sb_start() { # USERS
     SWITCHBOARD_LISTEN=127.0.0.1:$SB_PORT SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$SB_ADMIN_PORT \
     "$S" >"$OUT/sb-server.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 100); do
+  # Up to 60 s: a loaded machine has been seen to take 20 s.
+  for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$SB_PORT/ping" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
