@@ -16,6 +16,16 @@ use std::fmt::Write as _;
 
 /// The namespace of every BOSH `<body>`.
 pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// The content type of every request.
+pub const CONTENT_TYPE: &str = "text/xml; charset=utf-8";
+
+/// The login's stanzas after SASL: bind the resource `r`, start the
+/// session, fetch the roster, announce presence.
+pub const BIND: &str = "<iq type='set' id='b1' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
+pub const SESSION: &str = "<iq type='set' id='s1' xmlns='jabber:client'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>";
+pub const ROSTER_GET: &str =
+    "<iq type='get' id='r1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'/></iq>";
+pub const PRESENCE: &str = "<presence xmlns='jabber:client'/>";
 
 /// The session creation request (XEP-0124 §7.1, XEP-0206 §4): `hold=1`,
 /// so the server holds at most one request and answers the older one when

@@ -53,11 +53,26 @@ pub struct PeerResult {
     pub errors: BTreeMap<String, u64>,
     /// Other counts (see the report).
     pub counters: BTreeMap<String, u64>,
-    /// Acknowledged sends: `(key, recipient)`; the key is `sender << 32 | n`.
-    pub acked: Vec<(u64, u64)>,
+    /// Acknowledged sends.
+    pub acked: Vec<Acked>,
+    /// Every successful connect (login): `(user, unix µs)`, to tell a
+    /// lost message's story.
+    pub connects: Vec<(u64, u64)>,
     /// Receipts by message key: at its recipient, and back at its sender.
     pub receipts: Vec<(u64, u32)>,
     pub echoes: Vec<(u64, u32)>,
+}
+
+/// One acknowledged send.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// `sender << 32 | n`, the n-th message of the sender.
+    pub key: u64,
+    /// The recipient.
+    pub to: u64,
+    /// The slot's due time and the acknowledgement, unix µs.
+    pub due_us: u64,
+    pub acked_us: u64,
 }
 
 #[derive(Default)]
@@ -67,7 +82,8 @@ struct Stats {
     counters: BTreeMap<&'static str, u64>,
     requests_measured: u64,
     requests_total: u64,
-    acked: Vec<(u64, u64)>,
+    acked: Vec<Acked>,
+    connects: Vec<(u64, u64)>,
     receipts: HashMap<u64, u32>,
     echoes: HashMap<u64, u32>,
 }
@@ -147,8 +163,6 @@ struct Ctx {
     /// The run's start (unix ms), shared by all workers: makes cids unique
     /// per run (Switchboard remembers cids).
     run_id: u64,
-    /// Content type of every BOSH request.
-    bosh_type: &'static str,
 }
 
 /// What the tab learned from one answer.
@@ -322,7 +336,7 @@ impl Ctx {
         let answer = conn
             .post(
                 &self.o.bosh_path,
-                self.bosh_type,
+                bosh::CONTENT_TYPE,
                 body.as_bytes(),
                 self.deadline(),
             )
@@ -359,9 +373,9 @@ impl Ctx {
             Proto::Bosh => self.bosh_setup(tab, conn, friends).await,
         };
         if ok {
-            self.stats
-                .borrow_mut()
-                .record("req_connect", started.elapsed().as_micros() as u64);
+            let mut stats = self.stats.borrow_mut();
+            stats.record("req_connect", started.elapsed().as_micros() as u64);
+            stats.connects.push((tab.user, now_us()));
         } else {
             self.stats.borrow_mut().count("connect_failures", 1);
         }
@@ -385,55 +399,36 @@ impl Ctx {
         let Some(sid) = sid.filter(|_| matches!(outcome, Outcome::Ok)) else {
             return false;
         };
-        let user = format!("user{}", tab.user);
-        let steps: [(String, &str); 5] = [
-            (bosh::auth_plain(&user, &self.o.password), "<success"),
-            (String::new(), "<bind"), // the restart: features with bind
-            (
-                "<iq type='set' id='b1' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>".into(),
-                "type='result'",
-            ),
-            (
-                "<iq type='set' id='s1' xmlns='jabber:client'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>".into(),
-                "type='result'",
-            ),
-            (
-                "<iq type='get' id='r1' xmlns='jabber:client'><query xmlns='jabber:iq:roster'/></iq>".into(),
-                "type='result'",
-            ),
+        // Each step's answer must hold its mark; the roster's items are
+        // counted against the graph.
+        let auth = bosh::auth_plain(&format!("user{}", tab.user), &self.o.password);
+        let steps: [(Option<&str>, &str); 6] = [
+            (Some(&auth), "<success"),
+            (None, "<bind"), // the stream restart: features offer bind
+            (Some(bosh::BIND), "type='result'"),
+            (Some(bosh::SESSION), "type='result'"),
+            (Some(bosh::ROSTER_GET), "type='result'"),
+            // Initial presence: friends online learn of it, and theirs
+            // comes back (on this answer or a later one).
+            (Some(bosh::PRESENCE), ""),
         ];
-        for (i, (payload, want)) in steps.iter().enumerate() {
-            if i == 1 {
-                bosh::restart(&mut body, tab.next_rid(), &sid, domain);
-            } else {
-                bosh::request(&mut body, tab.next_rid(), &sid, payload);
+        for (payload, mark) in steps {
+            match payload {
+                Some(p) => bosh::request(&mut body, tab.next_rid(), &sid, p),
+                None => bosh::restart(&mut body, tab.next_rid(), &sid, domain),
             }
             let outcome = self
                 .bosh_post(tab, conn, &body, |a| {
-                    if i == 4 && a.count("<item ") != friends {
+                    if payload == Some(bosh::ROSTER_GET) && a.count("<item ") != friends {
                         self.stats.borrow_mut().count("roster_mismatch", 1);
                     }
-                    a.has(want)
+                    a.has(mark)
                 })
                 .await;
             if !matches!(outcome, Outcome::Ok) {
-                self.stats.borrow_mut().count("bosh_setup_step_failed", 1);
+                self.stats.borrow_mut().count("bosh_login_step_failed", 1);
                 return false;
             }
-        }
-        // Initial presence: friends online learn of it, and their presence
-        // comes back (on this answer or a later one).
-        bosh::request(
-            &mut body,
-            tab.next_rid(),
-            &sid,
-            "<presence xmlns='jabber:client'/>",
-        );
-        if !matches!(
-            self.bosh_post(tab, conn, &body, |_| true).await,
-            Outcome::Ok
-        ) {
-            return false;
         }
         *tab.sid.borrow_mut() = Some(sid);
         true
@@ -508,7 +503,12 @@ impl Ctx {
         let ok = matches!(outcome, Outcome::Ok);
         let mut stats = self.stats.borrow_mut();
         if ok {
-            stats.acked.push((key, p.to));
+            stats.acked.push(Acked {
+                key,
+                to: p.to,
+                due_us: p.due_us,
+                acked_us: now_us(),
+            });
             stats.count("sends_acked", 1);
             if measuring {
                 stats.count("sends_acked_measured", 1);
@@ -555,7 +555,6 @@ pub fn run(o: PeerOptions, index: usize, start_unix_ms: u64) -> Result<PeerResul
         stopping: Cell::new(false),
         stop: Notify::new(),
         run_id: start_unix_ms,
-        bosh_type: "text/xml; charset=utf-8",
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -572,6 +571,7 @@ pub fn run(o: PeerOptions, index: usize, start_unix_ms: u64) -> Result<PeerResul
         requests_total: stats.requests_total,
         errors: stats.errors,
         acked: stats.acked,
+        connects: stats.connects,
         receipts: stats.receipts.into_iter().collect(),
         echoes: stats.echoes.into_iter().collect(),
         ..Default::default()

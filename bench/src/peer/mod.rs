@@ -368,6 +368,7 @@ pub fn coordinator_cmd(args: &[String]) -> Result<ExitCode, String> {
             _ => None,
         },
         generator_wall_s: gen_wall_s,
+        measure_from_us: sched.measure_from_us,
     };
     let clean = report::report(&run)?;
     std::thread::sleep(Duration::from_millis(10));

@@ -11,7 +11,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::client::PeerResult;
+use super::client::{Acked, PeerResult};
 use super::{PeerOptions, Proto};
 use crate::procstat::ServerSample;
 use crate::report::{hgrm, ms};
@@ -27,6 +27,9 @@ pub struct PeerRun {
     pub generator_cpu_s: Option<f64>,
     /// The window as the coordinator measured it (between its samples).
     pub generator_wall_s: f64,
+    /// The window's start, unix µs (times in the lost-message examples
+    /// count from it).
+    pub measure_from_us: u64,
 }
 
 /// The delivery check's counts.
@@ -43,7 +46,12 @@ struct Delivery {
     /// Echoes at the sender (Switchboard): missing and beyond one.
     echoes_missing: u64,
     echoes_duplicated: u64,
+    /// The first few lost messages.
+    lost_examples: Vec<Acked>,
 }
+
+/// How many lost messages the report tells about.
+const LOST_EXAMPLES_MAX: usize = 5;
 
 fn check_delivery(workers: &[PeerResult], expect_echo: bool) -> Delivery {
     let mut receipts: HashMap<u64, u64> = HashMap::new();
@@ -58,10 +66,16 @@ fn check_delivery(workers: &[PeerResult], expect_echo: bool) -> Delivery {
     }
     let mut d = Delivery::default();
     for w in workers {
-        for &(key, _to) in &w.acked {
+        for a in &w.acked {
+            let key = a.key;
             d.acked += 1;
             match receipts.remove(&key) {
-                None => d.lost += 1,
+                None => {
+                    d.lost += 1;
+                    if d.lost_examples.len() < LOST_EXAMPLES_MAX {
+                        d.lost_examples.push(*a);
+                    }
+                }
                 Some(n) => d.duplicated += n - 1,
             }
             let e = echoes.remove(&key).unwrap_or(0);
@@ -227,6 +241,30 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
         "delivery check: {} acked messages, {} lost, {} duplicated at the recipient, {} deliveries of unacknowledged sends{echo}",
         d.acked, d.lost, d.duplicated, d.unacked_delivered
     );
+    let at = |us: u64| (us as f64 - run.measure_from_us as f64) / 1000.0;
+    for a in &d.lost_examples {
+        let (from, n) = (a.key >> 32, a.key & 0xffff_ffff);
+        let logins = |user: u64| -> Vec<String> {
+            let mut l: Vec<u64> = run
+                .workers
+                .iter()
+                .flat_map(|w| &w.connects)
+                .filter(|c| c.0 == user)
+                .map(|c| c.1)
+                .collect();
+            l.sort_unstable();
+            l.into_iter().map(|t| format!("{:.1}", at(t))).collect()
+        };
+        let _ = writeln!(
+            t,
+            "  lost: user {from} message {n} to user {}: due at {:.1} ms, acknowledged at {:.1} ms (from the window's start); logins of the recipient at {:?} ms, of the sender at {:?} ms",
+            a.to,
+            at(a.due_us),
+            at(a.acked_us),
+            logins(a.to),
+            logins(from)
+        );
+    }
     let bad = d.lost > 0 || d.duplicated > 0 || d.echoes_missing > 0 || d.echoes_duplicated > 0;
     if bad {
         let _ = writeln!(t);
@@ -281,7 +319,15 @@ mod tests {
 
     fn worker(acked: &[(u64, u64)], receipts: &[(u64, u32)], echoes: &[(u64, u32)]) -> PeerResult {
         PeerResult {
-            acked: acked.to_vec(),
+            acked: acked
+                .iter()
+                .map(|&(key, to)| Acked {
+                    key,
+                    to,
+                    due_us: 0,
+                    acked_us: 0,
+                })
+                .collect(),
             receipts: receipts.to_vec(),
             echoes: echoes.to_vec(),
             ..Default::default()
@@ -313,11 +359,13 @@ mod tests {
                 unacked_delivered: 1,
                 echoes_missing: 0,
                 echoes_duplicated: 1,
+                lost_examples: vec![],
             }
         );
         let ws = [worker(&[(k(1, 1), 2), (k(1, 2), 2)], &[(k(1, 2), 1)], &[])];
         let d = check_delivery(&ws, false);
         assert_eq!((d.lost, d.duplicated, d.echoes_missing), (1, 0, 0));
+        assert_eq!(d.lost_examples[0].key, k(1, 1));
         let d = check_delivery(&ws, true);
         assert_eq!(d.echoes_missing, 2);
     }
