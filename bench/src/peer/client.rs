@@ -55,9 +55,13 @@ pub struct PeerResult {
     pub counters: BTreeMap<String, u64>,
     /// Acknowledged sends.
     pub acked: Vec<Acked>,
-    /// Every successful connect (login): `(user, unix µs)`, to tell a
-    /// lost message's story.
+    /// Every successful connect (login): `(user, unix µs)`. The delivery
+    /// check expects a message only at a recipient logged in before it was
+    /// sent, and tells a lost message's story with them.
     pub connects: Vec<(u64, u64)>,
+    /// When the tabs stopped polling (unix µs): a message acknowledged
+    /// less than the drain before it is not checked.
+    pub stopped_us: u64,
     /// Receipts by message key: at its recipient, and back at its sender.
     pub receipts: Vec<(u64, u32)>,
     pub echoes: Vec<(u64, u32)>,
@@ -70,8 +74,10 @@ pub struct Acked {
     pub key: u64,
     /// The recipient.
     pub to: u64,
-    /// The slot's due time and the acknowledgement, unix µs.
+    /// The slot's due time, the moment the request went out, and the
+    /// acknowledgement, unix µs.
     pub due_us: u64,
+    pub sent_us: u64,
     pub acked_us: u64,
 }
 
@@ -84,6 +90,7 @@ struct Stats {
     requests_total: u64,
     acked: Vec<Acked>,
     connects: Vec<(u64, u64)>,
+    stopped_us: u64,
     receipts: HashMap<u64, u32>,
     echoes: HashMap<u64, u32>,
 }
@@ -135,6 +142,8 @@ struct Tab {
     wake: Notify,
     /// Messages this user sent (the low half of the message key).
     sent: Cell<u32>,
+    /// When the last login completed (unix µs; 0 before the first).
+    login_us: Cell<u64>,
 }
 
 impl Tab {
@@ -207,7 +216,11 @@ impl Ctx {
             return;
         }
         *stats.receipts.entry(key).or_insert(0) += 1;
-        if stamp >= self.sched.measure_from_us && stamp < self.sched.measure_to_us {
+        if stamp < tab.login_us.get() {
+            // Due before the recipient was there to get it (a login late
+            // or lost): not the server's latency, and not checked.
+            stats.count("received_due_before_login", 1);
+        } else if stamp >= self.sched.measure_from_us && stamp < self.sched.measure_to_us {
             stats.record("e2e", now_us().saturating_sub(stamp));
             stats.count("deliveries_measured", 1);
         }
@@ -376,6 +389,7 @@ impl Ctx {
             let mut stats = self.stats.borrow_mut();
             stats.record("req_connect", started.elapsed().as_micros() as u64);
             stats.connects.push((tab.user, now_us()));
+            tab.login_us.set(now_us());
         } else {
             self.stats.borrow_mut().count("connect_failures", 1);
         }
@@ -478,6 +492,7 @@ impl Ctx {
                 Instant::now().duration_since(p.due).as_micros() as u64,
             );
         }
+        let sent_us = now_us();
         let outcome = match self.o.proto {
             Proto::Jsonp => {
                 buf.clear();
@@ -507,6 +522,7 @@ impl Ctx {
                 key,
                 to: p.to,
                 due_us: p.due_us,
+                sent_us,
                 acked_us: now_us(),
             });
             stats.count("sends_acked", 1);
@@ -536,6 +552,7 @@ pub fn run(o: PeerOptions, index: usize, start_unix_ms: u64) -> Result<PeerResul
                 queue: RefCell::new(VecDeque::new()),
                 wake: Notify::new(),
                 sent: Cell::new(0),
+                login_us: Cell::new(0),
             })
         })
         .collect();
@@ -572,6 +589,7 @@ pub fn run(o: PeerOptions, index: usize, start_unix_ms: u64) -> Result<PeerResul
         errors: stats.errors,
         acked: stats.acked,
         connects: stats.connects,
+        stopped_us: stats.stopped_us,
         receipts: stats.receipts.into_iter().collect(),
         echoes: stats.echoes.into_iter().collect(),
         ..Default::default()
@@ -619,6 +637,7 @@ async fn drive(ctx: Rc<Ctx>) {
     }
     tokio::time::sleep(Duration::from_secs_f64(ctx.o.drain_s)).await;
     ctx.stopping.set(true);
+    ctx.stats.borrow_mut().stopped_us = now_us();
     ctx.stop.notify_waiters();
     for tab in &ctx.tabs {
         tab.wake.notify_one();

@@ -36,7 +36,13 @@ pub struct PeerRun {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Delivery {
     acked: u64,
-    /// Acknowledged messages their recipient never saw.
+    /// Acknowledged messages not checked: sent to a user not yet logged
+    /// in (Switchboard keeps it in history, ejabberd offline: neither owes
+    /// it to a poll), or acknowledged less than the drain before the tabs
+    /// stopped (its delivery may come after).
+    unchecked_offline: u64,
+    unchecked_late: u64,
+    /// Checked messages their recipient never saw.
     lost: u64,
     /// Receipts beyond the first, at recipients.
     duplicated: u64,
@@ -53,9 +59,10 @@ struct Delivery {
 /// How many lost messages the report tells about.
 const LOST_EXAMPLES_MAX: usize = 5;
 
-fn check_delivery(workers: &[PeerResult], expect_echo: bool) -> Delivery {
+fn check_delivery(workers: &[PeerResult], expect_echo: bool, drain_us: u64) -> Delivery {
     let mut receipts: HashMap<u64, u64> = HashMap::new();
     let mut echoes: HashMap<u64, u64> = HashMap::new();
+    let mut first_login: HashMap<u64, u64> = HashMap::new();
     for w in workers {
         for &(k, n) in &w.receipts {
             *receipts.entry(k).or_insert(0) += n as u64;
@@ -63,13 +70,28 @@ fn check_delivery(workers: &[PeerResult], expect_echo: bool) -> Delivery {
         for &(k, n) in &w.echoes {
             *echoes.entry(k).or_insert(0) += n as u64;
         }
+        for &(user, at) in &w.connects {
+            let t = first_login.entry(user).or_insert(at);
+            *t = (*t).min(at);
+        }
     }
+    let stopped_us = workers.iter().map(|w| w.stopped_us).min().unwrap_or(0);
     let mut d = Delivery::default();
     for w in workers {
         for a in &w.acked {
             let key = a.key;
             d.acked += 1;
-            match receipts.remove(&key) {
+            let got = receipts.remove(&key);
+            let echoed = echoes.remove(&key).unwrap_or(0);
+            if first_login.get(&a.to).is_none_or(|&t| t > a.sent_us) {
+                d.unchecked_offline += 1;
+                continue;
+            }
+            if a.acked_us + drain_us > stopped_us {
+                d.unchecked_late += 1;
+                continue;
+            }
+            match got {
                 None => {
                     d.lost += 1;
                     if d.lost_examples.len() < LOST_EXAMPLES_MAX {
@@ -78,12 +100,11 @@ fn check_delivery(workers: &[PeerResult], expect_echo: bool) -> Delivery {
                 }
                 Some(n) => d.duplicated += n - 1,
             }
-            let e = echoes.remove(&key).unwrap_or(0);
             if expect_echo {
-                d.echoes_missing += u64::from(e == 0);
-                d.echoes_duplicated += e.saturating_sub(1);
+                d.echoes_missing += u64::from(echoed == 0);
+                d.echoes_duplicated += echoed.saturating_sub(1);
             } else {
-                d.echoes_duplicated += e;
+                d.echoes_duplicated += echoed;
             }
         }
     }
@@ -117,7 +138,11 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
         requests_total += w.requests_total;
     }
     let c = |k: &str| counters.get(k).copied().unwrap_or(0);
-    let d = check_delivery(&run.workers, o.proto == Proto::Jsonp);
+    let d = check_delivery(
+        &run.workers,
+        o.proto == Proto::Jsonp,
+        (o.drain_s * 1e6) as u64,
+    );
     let dur = o.duration_s;
     let messages = c("sends_acked_measured");
     let messages_per_s = messages as f64 / dur;
@@ -238,8 +263,14 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
     };
     let _ = writeln!(
         t,
-        "delivery check: {} acked messages, {} lost, {} duplicated at the recipient, {} deliveries of unacknowledged sends{echo}",
-        d.acked, d.lost, d.duplicated, d.unacked_delivered
+        "delivery check: {} acked messages ({} not checked: {} to a user not yet logged in, {} acknowledged within the drain of the end), {} lost, {} duplicated at the recipient, {} deliveries of unacknowledged sends{echo}",
+        d.acked,
+        d.unchecked_offline + d.unchecked_late,
+        d.unchecked_offline,
+        d.unchecked_late,
+        d.lost,
+        d.duplicated,
+        d.unacked_delivered
     );
     let at = |us: u64| (us as f64 - run.measure_from_us as f64) / 1000.0;
     for a in &d.lost_examples {
@@ -301,6 +332,7 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
         "messages_per_s": messages_per_s, "offered_per_s": offered_per_s,
         "requests_per_s": requests_per_s,
         "acked": d.acked, "lost": d.lost, "duplicated": d.duplicated,
+        "unchecked_offline": d.unchecked_offline, "unchecked_late": d.unchecked_late,
         "unacked_delivered": d.unacked_delivered,
         "echoes_missing": d.echoes_missing, "echoes_duplicated": d.echoes_duplicated,
         "errors": errors, "counters": counters, "histograms": pct,
@@ -324,12 +356,15 @@ mod tests {
                 .map(|&(key, to)| Acked {
                     key,
                     to,
-                    due_us: 0,
-                    acked_us: 0,
+                    due_us: 100,
+                    sent_us: 100,
+                    acked_us: 200,
                 })
                 .collect(),
             receipts: receipts.to_vec(),
             echoes: echoes.to_vec(),
+            connects: (1..=9).map(|u| (u, 50)).collect(),
+            stopped_us: 10_000,
             ..Default::default()
         }
     }
@@ -351,22 +386,32 @@ mod tests {
             ),
         ];
         assert_eq!(
-            check_delivery(&ws, true),
+            check_delivery(&ws, true, 1000),
             Delivery {
                 acked: 3,
-                lost: 0,
                 duplicated: 1,
                 unacked_delivered: 1,
-                echoes_missing: 0,
                 echoes_duplicated: 1,
-                lost_examples: vec![],
+                ..Default::default()
             }
         );
         let ws = [worker(&[(k(1, 1), 2), (k(1, 2), 2)], &[(k(1, 2), 1)], &[])];
-        let d = check_delivery(&ws, false);
+        let d = check_delivery(&ws, false, 1000);
         assert_eq!((d.lost, d.duplicated, d.echoes_missing), (1, 0, 0));
         assert_eq!(d.lost_examples[0].key, k(1, 1));
-        let d = check_delivery(&ws, true);
+        let d = check_delivery(&ws, true, 1000);
         assert_eq!(d.echoes_missing, 2);
+    }
+
+    #[test]
+    fn messages_to_users_not_yet_logged_in_or_acknowledged_at_the_end_are_not_checked() {
+        let k = |user: u64, n: u64| user << 32 | n;
+        let mut w = worker(&[(k(1, 1), 2), (k(1, 2), 3), (k(1, 3), 4)], &[], &[]);
+        w.connects.retain(|&(u, _)| u != 2); // user 2 never logged in
+        w.connects.retain(|&(u, _)| u != 3);
+        w.connects.push((3, 150)); // user 3 logged in after the send went out
+        w.acked[2].acked_us = 9_500; // within the drain of the stop
+        let d = check_delivery(&[w], false, 1000);
+        assert_eq!((d.lost, d.unchecked_offline, d.unchecked_late), (0, 2, 1));
     }
 }
