@@ -142,7 +142,7 @@ struct Tab {
     wake: Notify,
     /// Messages this user sent (the low half of the message key).
     sent: Cell<u32>,
-    /// When the last login completed (unix µs; 0 before the first).
+    /// When the last login completed (unix µs); 0 while logging in.
     login_us: Cell<u64>,
 }
 
@@ -216,7 +216,7 @@ impl Ctx {
             return;
         }
         *stats.receipts.entry(key).or_insert(0) += 1;
-        if stamp < tab.login_us.get() {
+        if tab.login_us.get() == 0 || stamp < tab.login_us.get() {
             // Due before the recipient was there to get it (a login late
             // or lost): not the server's latency, and not checked.
             stats.count("received_due_before_login", 1);
@@ -723,6 +723,7 @@ async fn run_tab(ctx: Rc<Ctx>, tab: Rc<Tab>, connect_at: Instant) {
                         Outcome::Gone => {
                             ctx.stats.borrow_mut().count("reconnects", 1);
                             *tab.sid.borrow_mut() = None;
+                            tab.login_us.set(0);
                             connected = false;
                         }
                         Outcome::Failed => tokio::time::sleep(RETRY_PAUSE).await,
