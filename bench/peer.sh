@@ -15,7 +15,7 @@
 # POINTS: USERS:RATE pairs, rate 0 = idle (default: the points,
 #   "1000:1000 5000:1000 1000:1500 1000:2000 5000:0").
 # RUNS (3), DURATION (60 s window), WARMUP (5 s), RAMP (s; default
-#   max(10, users/250)), WORKERS (generator processes, 1), SHARDS (2),
+#   max(10, users/100)), WORKERS (generator processes, 1), SHARDS (2),
 #   SERVERS ("switchboard ejabberd"), OUT (/tmp/sb-peer),
 #   SB_PORT/SB_ADMIN_PORT (8080/8081), EJ_PORT (5280; see
 #   bench/ejabberd/ejabberd.sh for its other settings).
@@ -78,7 +78,9 @@ trap stop_all EXIT
 
 run() { # SERVER USERS RATE N
   server=$1; users=$2; rate=$3; n=$4
-  ramp=${RAMP:-$(( users / 250 > 10 ? users / 250 : 10 ))}
+  # ejabberd's logins (8 requests each, presence to and from friends) are
+  # slower than Switchboard's connects: 100 a second keeps them ahead.
+  ramp=${RAMP:-$(( users / 100 > 10 ? users / 100 : 10 ))}
   label=$server-$users-$rate-$n
   f=$OUT/$label.txt
   if [ "$server" = switchboard ]; then
@@ -100,7 +102,7 @@ run() { # SERVER USERS RATE N
   else
     "$EJ" stop "$OUT/ejabberd"
   fi
-  grep -E '^(e2e|messages|server|generator|delivery|errors|!!!)' "$f" | sed "s/^/  [$label] /"
+  grep -E '^(e2e|messages|server|generator|logins|delivery|errors|!!!)' "$f" | sed "s/^/  [$label] /"
 }
 
 echo "machine: $(nproc) cores, $(uname -r), load $(cat /proc/loadavg)"

@@ -4,8 +4,8 @@
 # config, mnesia spool, logs, pid file; node EJ_NODE, BOSH on
 # 127.0.0.1:EJ_PORT/bosh. No systemd: `ejabberdctl start` (detached) with
 # --config-dir/--spool/--logs/--ctl-config of our own. Run as root (the
-# Debian ejabberdctl then runs the node as the `ejabberd` user) or as the
-# `ejabberd` user.
+# node then runs as the `ejabberd` user, by setpriv) or as the `ejabberd`
+# user.
 #
 #   bench/ejabberd/ejabberd.sh users DIR U     users 1..U and their lattice rosters,
 #                                              imported once into DIR/spool-U
@@ -60,8 +60,21 @@ EOF
   owner "$DIR"
 }
 
+# As root, become the ejabberd user with setpriv rather than letting
+# ejabberdctl `su` to it: su's PAM session drops the open-files limit to
+# 1024, and at 1000 users (2000 connections) ejabberd then fails accepts
+# ("too many open files"). HOME is where the ejabberd user's Erlang cookie is.
+ulimit -n "$(ulimit -Hn)"
+as_ejabberd() { # COMMAND...: as the ejabberd user (we are root) or as we are
+  if [ "$(id -u)" = 0 ]; then
+    env HOME=/var/lib/ejabberd setpriv --reuid=ejabberd --regid=ejabberd --init-groups "$@"
+  else
+    "$@"
+  fi
+}
+
 ctl() { # ARGS: ejabberdctl on our node and files
-  ejabberdctl --config-dir "$DIR" --config "$DIR/ejabberd.yml" --ctl-config "$DIR/ejabberdctl.cfg" \
+  as_ejabberd ejabberdctl --config-dir "$DIR" --config "$DIR/ejabberd.yml" --ctl-config "$DIR/ejabberdctl.cfg" \
     --spool "$DIR/spool" --logs "$DIR/logs" --node "$EJ_NODE" "$@"
 }
 
@@ -116,6 +129,8 @@ users)
 start)
   U=$1
   [ -d "$DIR/spool-$U" ] || { echo "no $DIR/spool-$U: run '$0 users $DIR $U' first" >&2; exit 1; }
+  [ "$(ulimit -n)" -ge $((2 * U + 1000)) ] ||
+    echo "warning: open-files limit $(ulimit -n) is below 2 connections per user" >&2
   stop
   configure
   rm -rf "$DIR/spool"

@@ -248,6 +248,30 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
             "ms_cpu_per_msg": per_msg(cpu), "us_cpu_per_request": per_req(cpu),
         });
     }
+    // Every user should be logged in before the window opens.
+    let mut first_login: HashMap<u64, u64> = HashMap::new();
+    for &(user, at) in run.workers.iter().flat_map(|w| &w.connects) {
+        let t = first_login.entry(user).or_insert(at);
+        *t = (*t).min(at);
+    }
+    let last_login_ms = first_login
+        .values()
+        .max()
+        .map(|&t| (t as f64 - run.measure_from_us as f64) / 1000.0);
+    let _ = writeln!(
+        t,
+        "logins: {} of {} users, the last {}",
+        first_login.len(),
+        o.users,
+        match last_login_ms {
+            None => "never".to_string(),
+            Some(ms) if ms < 0.0 => format!("{:.1} s before the window", -ms / 1000.0),
+            Some(ms) => format!(
+                "{:.1} s INTO the window (a longer --ramp-s or --warmup-s would keep logins out of it)",
+                ms / 1000.0
+            ),
+        }
+    );
     let _ = writeln!(t, "errors: {errors:?}");
     let _ = writeln!(t, "counters: {counters:?}");
     let echo = if o.proto == Proto::Jsonp {
@@ -331,6 +355,7 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
         "wait_s": o.wait_s, "workers": o.workers, "duration_s": o.duration_s,
         "messages_per_s": messages_per_s, "offered_per_s": offered_per_s,
         "requests_per_s": requests_per_s,
+        "logins": first_login.len(), "last_login_ms": last_login_ms,
         "acked": d.acked, "lost": d.lost, "duplicated": d.duplicated,
         "unchecked_offline": d.unchecked_offline, "unchecked_late": d.unchecked_late,
         "unacked_delivered": d.unacked_delivered,
