@@ -78,7 +78,7 @@ trap stop_all EXIT
 
 run() { # SERVER USERS RATE N
   server=$1; users=$2; rate=$3; n=$4
-  # ejabberd's logins (8 requests each, presence to and from friends) are
+  # ejabberd's logins (7 requests each, presence to and from friends) are
   # slower than Switchboard's connects: 100 a second keeps them ahead.
   ramp=${RAMP:-$(( users / 100 > 10 ? users / 100 : 10 ))}
   label=$server-$users-$rate-$n
