@@ -3,7 +3,9 @@
 //! nearest users on either side. Every user has exactly `friends` friends,
 //! and the same (users, friends, seed) gives the same graph in every
 //! process, so the workers and the server's directory file agree without
-//! passing the graph around.
+//! passing the graph around. The *lattice* is the same ring in id order
+//! (user i is a friend of i±1 … i±friends/2, wrapping around): the graph
+//! of issue 11's workload, the same for every seed.
 
 use std::fmt::Write as _;
 
@@ -42,7 +44,8 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn new(users: usize, friends: usize, seed: u64) -> Result<Graph, String> {
+    /// The ring in a seeded random order, or in id order (`lattice`).
+    pub fn new(users: usize, friends: usize, seed: u64, lattice: bool) -> Result<Graph, String> {
         if users < 2 {
             return Err("--users must be at least 2".into());
         }
@@ -53,9 +56,11 @@ impl Graph {
         }
         let mut ring: Vec<u64> = (1..=users as u64).collect();
         let mut rng = Rng::new(seed);
-        for i in (1..ring.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            ring.swap(i, j);
+        if !lattice {
+            for i in (1..ring.len()).rev() {
+                let j = rng.below(i as u64 + 1) as usize;
+                ring.swap(i, j);
+            }
         }
         let mut lists = vec![Vec::with_capacity(friends); users];
         for p in 0..users {
@@ -106,6 +111,33 @@ impl Graph {
         s.push_str("]}\n");
         s
     }
+
+    /// The same users and friendships as an XEP-0227 (PIEFXIS) file for
+    /// `ejabberdctl import_piefxis`: user `userID` with `password`, a roster
+    /// of its friends with subscription `both` (presence flows both ways,
+    /// as between Switchboard friends).
+    pub fn piefxis(&self, domain: &str, password: &str) -> String {
+        let mut s = String::with_capacity(self.users() * (60 + 70 * self.friends[0].len()));
+        s.push_str(
+            "<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns='urn:xmpp:pie:0'>\n",
+        );
+        let _ = writeln!(s, "<host jid='{domain}'>");
+        for id in 1..=self.users() as u64 {
+            let _ = write!(
+                s,
+                "<user name='user{id}' password='{password}'><query xmlns='jabber:iq:roster'>"
+            );
+            for f in self.friends_of(id) {
+                let _ = write!(
+                    s,
+                    "<item jid='user{f}@{domain}' name='user{f}' subscription='both'/>"
+                );
+            }
+            s.push_str("</query></user>\n");
+        }
+        s.push_str("</host>\n</server-data>\n");
+        s
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +146,7 @@ mod tests {
 
     #[test]
     fn every_user_has_exactly_k_mutual_friends_and_seed_fixes_the_graph() {
-        let g = Graph::new(101, 8, 7).unwrap();
+        let g = Graph::new(101, 8, 7, false).unwrap();
         for u in 1..=101u64 {
             let f = g.friends_of(u);
             assert_eq!(f.len(), 8, "user {u}");
@@ -123,14 +155,39 @@ mod tests {
                 assert!(g.friends_of(v).contains(&u), "{u} <-> {v}");
             }
         }
-        assert_eq!(g.friends, Graph::new(101, 8, 7).unwrap().friends);
-        assert_ne!(g.friends, Graph::new(101, 8, 8).unwrap().friends);
+        assert_eq!(g.friends, Graph::new(101, 8, 7, false).unwrap().friends);
+        assert_ne!(g.friends, Graph::new(101, 8, 8, false).unwrap().friends);
+    }
+
+    #[test]
+    fn the_lattice_befriends_the_nearest_ids_wrapping_around() {
+        let g = Graph::new(1000, 10, 7, true).unwrap();
+        assert_eq!(g.friends_of(1), &[2, 3, 4, 5, 6, 996, 997, 998, 999, 1000]);
+        assert_eq!(
+            g.friends_of(500),
+            &[495, 496, 497, 498, 499, 501, 502, 503, 504, 505]
+        );
+        assert_eq!(g.friends, Graph::new(1000, 10, 8, true).unwrap().friends);
+    }
+
+    #[test]
+    fn piefxis_lists_every_user_with_its_roster() {
+        let g = Graph::new(4, 2, 1, true).unwrap();
+        let x = g.piefxis("localhost", "pw");
+        assert!(x.contains("<host jid='localhost'>"));
+        assert!(x.contains(
+            "<user name='user1' password='pw'><query xmlns='jabber:iq:roster'>\
+             <item jid='user2@localhost' name='user2' subscription='both'/>\
+             <item jid='user4@localhost' name='user4' subscription='both'/></query></user>"
+        ));
+        assert_eq!(x.matches("<user ").count(), 4);
+        assert_eq!(x.matches("<item ").count(), 8);
     }
 
     #[test]
     fn bad_shapes_are_refused() {
-        assert!(Graph::new(10, 3, 1).is_err());
-        assert!(Graph::new(10, 10, 1).is_err());
-        assert!(Graph::new(1, 2, 1).is_err());
+        assert!(Graph::new(10, 3, 1, false).is_err());
+        assert!(Graph::new(10, 10, 1, true).is_err());
+        assert!(Graph::new(1, 2, 1, false).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! A minimal HTTP/1.1 keep-alive client, just what a browser's `<script>`
-//! tag or XHR sends: `GET path?query` with a Host header, answers with a
-//! Content-Length body (all the server sends), JSONP bodies unwrapped.
-//! One request at a time per connection, buffers reused.
+//! tag or XHR sends: `GET path?query` with a Host header (or a `POST` with
+//! a body, as a BOSH client's XHR), answers with a Content-Length body (all
+//! Switchboard and ejabberd send), JSONP bodies unwrapped. One request at a
+//! time per connection, buffers reused.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,17 +104,7 @@ impl Conn {
         }
         self.req
             .extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n");
-        let (status, start, end) = match tokio::time::timeout(deadline, self.exchange(true)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.stream = None;
-                return Err(e);
-            }
-            Err(_) => {
-                self.stream = None;
-                return Err(Failure::Timeout);
-            }
-        };
+        let (status, start, end) = self.finish(deadline).await?;
         let mut body = &self.buf[start..end];
         if let Some(cb) = jsonp {
             // `/**/NAME(JSON);` when the server accepted the callback.
@@ -123,6 +114,48 @@ impl Conn {
             }
         }
         Ok(Answer { status, body })
+    }
+
+    /// `POST target` with `body` of `content_type`, waiting at most
+    /// `deadline` for the whole answer. Reopens a connection closed while
+    /// idle once, like `get` (a BOSH request repeated with its `rid` is
+    /// answered from the server's cache, so a repeat is harmless).
+    pub async fn post(
+        &mut self,
+        target: &str,
+        content_type: &str,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<Answer<'_>, Failure> {
+        use std::io::Write as _;
+        self.req.clear();
+        let _ = write!(
+            self.req,
+            "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.req.extend_from_slice(body);
+        let (status, start, end) = self.finish(deadline).await?;
+        Ok(Answer {
+            status,
+            body: &self.buf[start..end],
+        })
+    }
+
+    /// Sends `req` and reads the answer within `deadline`; a failure drops
+    /// the connection (the next request opens a new one).
+    async fn finish(&mut self, deadline: Duration) -> Result<(u16, usize, usize), Failure> {
+        match tokio::time::timeout(deadline, self.exchange(true)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(Failure::Timeout)
+            }
+        }
     }
 
     /// Writes the request and reads one answer into `buf`; returns the

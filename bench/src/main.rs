@@ -11,6 +11,7 @@
 mod graph;
 mod http;
 mod options;
+mod peer;
 mod procstat;
 mod report;
 mod worker;
@@ -24,8 +25,10 @@ const USAGE: &str = "\
 switchboard-bench: drive a running Switchboard server like browsers do, and measure it.
 
 Usage:
-  switchboard-bench graph --users U --friends K --seed S --out dir.json
-        write the synthetic graph as the server's directory file (SWITCHBOARD_DIRECTORY)
+  switchboard-bench graph --users U --friends K [--seed S | --lattice 1] --out dir.json
+        write the synthetic graph as the server's directory file (SWITCHBOARD_DIRECTORY);
+        with --format piefxis [--xmpp-domain localhost --password pw], as users and
+        rosters for `ejabberdctl import_piefxis` (bench/ejabberd/)
   switchboard-bench run [OPTIONS]
         run a load: ramp (connects), warm-up, measured phase, drain; then the table,
         a SUMMARY JSON line and one .hgrm file per histogram in --out.
@@ -34,16 +37,29 @@ Usage:
 Options of run (the graph options must match the server's directory file):
 ";
 
+const PEER_USAGE: &str = "
+  switchboard-bench peer [OPTIONS]
+        issue 11's workload: one tab per user with a poll connection and a send
+        connection, open-loop messages to random friends, against Switchboard (JSONP)
+        or ejabberd (BOSH); server and generator CPU per message and per request,
+        latency, RSS per user. Exits 1 when a message was lost or duplicated.
+        bench/peer.sh runs both servers back to back.
+
+Options of peer:
+";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}{}", options::help());
+        print!("{USAGE}{}{PEER_USAGE}{}", options::help(), peer::help());
         return ExitCode::SUCCESS;
     }
     let result = match args[0].as_str() {
         "graph" => graph_cmd(&args[1..]),
         "run" => run_cmd(&args[1..]),
         "worker" => worker_cmd(&args[1..]),
+        "peer" => peer::coordinator_cmd(&args[1..]),
+        "peer-worker" => peer::worker_cmd(&args[1..]),
         other => Err(format!("unknown command {other:?} (see --help)")),
     };
     match result {
@@ -58,11 +74,25 @@ fn main() -> ExitCode {
 fn graph_cmd(args: &[String]) -> Result<ExitCode, String> {
     let (o, extra) = Options::parse(args)?;
     let out = extra.get("out").cloned().unwrap_or_else(|| o.out.clone());
-    let g = graph::Graph::new(o.users, o.friends, o.seed)?;
-    std::fs::write(&out, g.directory_json()).map_err(|e| format!("{out}: {e}"))?;
+    let g = graph::Graph::new(o.users, o.friends, o.seed, o.lattice)?;
+    let text = match extra.get("format").map_or("directory", |f| f.as_str()) {
+        "directory" => g.directory_json(),
+        "piefxis" => g.piefxis(
+            extra.get("xmpp-domain").map_or("localhost", |d| d.as_str()),
+            extra.get("password").map_or("pw", |p| p.as_str()),
+        ),
+        other => return Err(format!("--format {other:?}: directory or piefxis")),
+    };
+    std::fs::write(&out, text).map_err(|e| format!("{out}: {e}"))?;
     eprintln!(
-        "wrote {out}: {} users, {} friends each, seed {}",
-        o.users, o.friends, o.seed
+        "wrote {out}: {} users, {} friends each, {}",
+        o.users,
+        o.friends,
+        if o.lattice {
+            "lattice".to_string()
+        } else {
+            format!("seed {}", o.seed)
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -90,7 +120,7 @@ fn run_cmd(args: &[String]) -> Result<ExitCode, String> {
         return Err(format!("unknown option --{k} (see --help)"));
     }
     // Fail early on a bad graph shape, before forking.
-    graph::Graph::new(o.users, o.friends, o.seed)?;
+    graph::Graph::new(o.users, o.friends, o.seed, o.lattice)?;
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out))?;
     let epoch = Instant::now();
     // Workers start together, a moment from now (they build the graph first).

@@ -4,10 +4,78 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-struct Spec {
-    name: &'static str,
-    default: &'static str,
-    help: &'static str,
+/// One option: its name (without `--`), default (as typed) and help line.
+pub struct Spec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Option values as typed, by name, with the table's defaults for the
+/// ones not given.
+pub struct Flags {
+    specs: &'static [Spec],
+    values: HashMap<&'static str, String>,
+}
+
+impl Flags {
+    /// Parses `--name value` / `--name=value` against `specs`; returns the
+    /// values and the flags the table does not know (the caller's own).
+    pub fn parse(
+        specs: &'static [Spec],
+        args: &[String],
+    ) -> Result<(Flags, HashMap<String, String>), String> {
+        let mut values: HashMap<&'static str, String> = HashMap::new();
+        let mut extra = HashMap::new();
+        let mut i = 0;
+        while i < args.len() {
+            let Some(flag) = args[i].strip_prefix("--") else {
+                return Err(format!("unexpected argument {:?}", args[i]));
+            };
+            let (flag, inline) = match flag.split_once('=') {
+                Some((f, v)) => (f.to_string(), Some(v.to_string())),
+                None => (flag.to_string(), None),
+            };
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("--{flag} needs a value"))?
+                }
+            };
+            match specs.iter().find(|s| s.name == flag) {
+                Some(spec) => {
+                    values.insert(spec.name, value);
+                }
+                None => {
+                    extra.insert(flag, value);
+                }
+            }
+            i += 1;
+        }
+        Ok((Flags { specs, values }, extra))
+    }
+
+    /// The value of `name` (a name of the table), or its default.
+    pub fn get(&self, name: &str) -> String {
+        self.values.get(name).cloned().unwrap_or_else(|| {
+            self.specs
+                .iter()
+                .find(|s| s.name == name)
+                .expect("a name of the option table")
+                .default
+                .to_string()
+        })
+    }
+
+    /// The value of `name` parsed as a number.
+    pub fn num<T: std::str::FromStr>(&self, name: &str) -> Result<T, String> {
+        let v = self.get(name);
+        v.parse()
+            .map_err(|_| format!("--{name}: {v:?} is not a valid number"))
+    }
 }
 
 const SPECS: &[Spec] = &[
@@ -15,6 +83,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "users", default: "1000", help: "users in the graph (ids 1..=users)" },
     Spec { name: "friends", default: "8", help: "friends per user (even)" },
     Spec { name: "seed", default: "1", help: "graph and choice seed (same seed, same graph)" },
+    Spec { name: "lattice", default: "0", help: "1: friends by id (i±1 … i±friends/2) instead of a seeded random ring" },
     Spec { name: "secret", default: "bench-secret", help: "token secret (the server's SWITCHBOARD_TOKEN_SECRET)" },
     Spec { name: "tabs", default: "1", help: "tabs per user" },
     Spec { name: "live-users", default: "all", help: "users (lowest ids first) whose tabs long-poll; the others' tabs are idle" },
@@ -40,8 +109,13 @@ const SPECS: &[Spec] = &[
 ];
 
 pub fn help() -> String {
+    help_of(SPECS)
+}
+
+/// `--help` lines of one option table.
+pub fn help_of(specs: &[Spec]) -> String {
     let mut s = String::new();
-    for spec in SPECS {
+    for spec in specs {
         s.push_str(&format!(
             "  --{:<16} {} (default: {})\n",
             spec.name, spec.help, spec.default
@@ -57,6 +131,8 @@ pub struct Options {
     pub users: usize,
     pub friends: usize,
     pub seed: u64,
+    /// Friends by id rather than on a shuffled ring (graph.rs).
+    pub lattice: bool,
     pub secret: String,
     pub tabs: usize,
     pub live_users: usize,
@@ -86,46 +162,8 @@ impl Options {
     /// Parses `--name value` / `--name=value`; returns the options and the
     /// flags this table does not know (the caller's own).
     pub fn parse(args: &[String]) -> Result<(Options, HashMap<String, String>), String> {
-        let mut values: HashMap<&'static str, String> = HashMap::new();
-        let mut extra = HashMap::new();
-        let mut i = 0;
-        while i < args.len() {
-            let Some(flag) = args[i].strip_prefix("--") else {
-                return Err(format!("unexpected argument {:?}", args[i]));
-            };
-            let (flag, inline) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_string(), Some(v.to_string())),
-                None => (flag.to_string(), None),
-            };
-            let value = match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| format!("--{flag} needs a value"))?
-                }
-            };
-            match SPECS.iter().find(|s| s.name == flag) {
-                Some(spec) => {
-                    values.insert(spec.name, value);
-                }
-                None => {
-                    extra.insert(flag, value);
-                }
-            }
-            i += 1;
-        }
-        let get = |n: &str| -> String {
-            values.get(n).cloned().unwrap_or_else(|| {
-                SPECS
-                    .iter()
-                    .find(|s| s.name == n)
-                    .expect("spec")
-                    .default
-                    .to_string()
-            })
-        };
+        let (flags, extra) = Flags::parse(SPECS, args)?;
+        let get = |n: &str| flags.get(n);
         fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
             v.parse()
                 .map_err(|_| format!("--{name}: {v:?} is not a valid number"))
@@ -151,6 +189,7 @@ impl Options {
             users,
             friends: num("friends", get("friends"))?,
             seed: num("seed", get("seed"))?,
+            lattice: num::<u8>("lattice", get("lattice"))? == 1,
             secret: get("secret"),
             tabs,
             live_users: live_users.min(users),

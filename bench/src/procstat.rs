@@ -57,6 +57,13 @@ pub fn sample(pid: u32, epoch: Instant) -> Option<ServerSample> {
     })
 }
 
+/// User + system CPU seconds of a process so far (a worker of the bench:
+/// its share of the generator's CPU over a window).
+pub fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_s_from_stat(&stat, false)
+}
+
 /// CPU seconds of this process's waited-for children (the workers).
 pub fn children_cpu_s() -> f64 {
     std::fs::read_to_string("/proc/self/stat")

@@ -103,12 +103,12 @@ fn sum_maps(maps: impl Iterator<Item = BTreeMap<String, u64>>) -> BTreeMap<Strin
     out
 }
 
-fn ms(us: u64) -> f64 {
+pub(crate) fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
 /// The standard HdrHistogram percentile distribution (values in ms).
-fn hgrm(h: &Histogram<u64>) -> String {
+pub(crate) fn hgrm(h: &Histogram<u64>) -> String {
     let mut s = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
     if h.is_empty() {
         s.push_str("#[Mean    =        0.000, StdDeviation   =        0.000]\n#[Max     =        0.000, Total count    =            0]\n");

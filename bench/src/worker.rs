@@ -74,6 +74,26 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(o: &Options, start_unix_ms: u64) -> Schedule {
+        Schedule::of_phases(
+            start_unix_ms,
+            o.ramp_s,
+            o.warmup_s,
+            o.duration_s,
+            o.measure_ramp,
+        )
+    }
+
+    /// Connects from `start_unix_ms` for `ramp_s`, then traffic; measured
+    /// after `warmup_s` more (or from the start, with `measure_ramp`) for
+    /// `duration_s` (for the whole ramp + warm-up + duration, with
+    /// `measure_ramp`).
+    pub fn of_phases(
+        start_unix_ms: u64,
+        ramp_s: f64,
+        warmup_s: f64,
+        duration_s: f64,
+        measure_ramp: bool,
+    ) -> Schedule {
         let now_i = Instant::now();
         let now_ms = now_us() / 1000;
         let start = if start_unix_ms > now_ms {
@@ -81,11 +101,11 @@ impl Schedule {
         } else {
             now_i
         };
-        let traffic = start + Duration::from_secs_f64(o.ramp_s);
-        let (lead_s, length_s) = if o.measure_ramp {
-            (0.0, o.ramp_s + o.warmup_s + o.duration_s)
+        let traffic = start + Duration::from_secs_f64(ramp_s);
+        let (lead_s, length_s) = if measure_ramp {
+            (0.0, ramp_s + warmup_s + duration_s)
         } else {
-            (o.ramp_s + o.warmup_s, o.duration_s)
+            (ramp_s + warmup_s, duration_s)
         };
         let measure_from = start + Duration::from_secs_f64(lead_s);
         let measure_to = measure_from + Duration::from_secs_f64(length_s);
@@ -100,7 +120,7 @@ impl Schedule {
         }
     }
 
-    fn measuring(&self, at: Instant) -> bool {
+    pub fn measuring(&self, at: Instant) -> bool {
         at >= self.measure_from && at < self.measure_to
     }
 }
@@ -198,45 +218,45 @@ struct Ctx {
 
 /// The parts of any answer the bench reads.
 #[derive(Deserialize)]
-struct Reply<'a> {
-    ok: bool,
+pub(crate) struct Reply<'a> {
+    pub ok: bool,
     #[serde(default, borrow)]
-    error: Option<ErrorBody<'a>>,
+    pub error: Option<ErrorBody<'a>>,
     #[serde(default)]
-    sid: Option<String>,
+    pub sid: Option<String>,
     #[serde(default)]
-    seq: Option<u64>,
+    pub seq: Option<u64>,
     #[serde(default)]
-    reset: bool,
+    pub reset: bool,
     #[serde(default, borrow)]
-    events: Vec<Event<'a>>,
+    pub events: Vec<Event<'a>>,
     #[serde(default)]
-    roster: Vec<RosterEntry>,
+    pub roster: Vec<RosterEntry>,
 }
 
 #[derive(Deserialize)]
-struct ErrorBody<'a> {
+pub(crate) struct ErrorBody<'a> {
     #[serde(borrow)]
-    code: Cow<'a, str>,
+    pub code: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
-struct RosterEntry {
-    id: u64,
-    presence: String,
+pub(crate) struct RosterEntry {
+    pub id: u64,
+    pub presence: String,
 }
 
 #[derive(Deserialize)]
-struct Event<'a> {
+pub(crate) struct Event<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    pub text: Option<Cow<'a, str>>,
     /// A user id (presence, typing) or an object (roster).
     #[serde(default)]
-    user: Option<serde_json::Value>,
+    pub user: Option<serde_json::Value>,
     #[serde(default, borrow)]
-    status: Option<Cow<'a, str>>,
+    pub status: Option<Cow<'a, str>>,
 }
 
 /// What one tab knows: its sid, its seq, its view of friends' presence.
@@ -472,7 +492,7 @@ impl Ctx {
 }
 
 /// `k{key}t{us}x...` → (key, us).
-fn parse_text(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_text(text: &str) -> Option<(u64, u64)> {
     let rest = text.strip_prefix('k')?;
     let (key, rest) = rest.split_once('t')?;
     let stamp = rest.split('x').next()?;
@@ -481,7 +501,7 @@ fn parse_text(text: &str) -> Option<(u64, u64)> {
 
 /// Runs one worker to its end and returns its result.
 pub fn run(o: Options, index: usize, start_unix_ms: u64) -> Result<WorkerResult, String> {
-    let graph = Graph::new(o.users, o.friends, o.seed)?;
+    let graph = Graph::new(o.users, o.friends, o.seed, o.lattice)?;
     let sched = Schedule::new(&o, start_unix_ms);
     let owned: Vec<u64> = (1..=o.users as u64)
         .filter(|u| ((u - 1) as usize) % o.workers == index)
