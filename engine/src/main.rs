@@ -68,16 +68,22 @@ fn main() -> ExitCode {
         }
         _ => "serve",
     };
-    match command {
+    let code = match command {
         "token" => token(args, &env),
         "migrate" => migrate(args, &env),
         "seed-demo" => seed_demo(args, &env),
         "check-directory" => check_directory(args, &env),
         _ => serve(args, &env),
-    }
+    };
+    // Records still queued for the `log` thread would die with the
+    // process.
+    logger::flush();
+    code
 }
 
 fn fail(message: String) -> ExitCode {
+    // The log's last lines first: they say what led here.
+    logger::flush();
     eprintln!("switchboard: {message}");
     ExitCode::from(2)
 }
@@ -87,7 +93,7 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    logger::init(settings.log);
+    logger::init(settings.log.clone());
     match server::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),
@@ -180,7 +186,7 @@ fn mysql_settings(
         .mysql_url
         .clone()
         .ok_or("needs SWITCHBOARD_MYSQL_URL or --mysql-url")?;
-    logger::init(settings.log);
+    logger::init(settings.log.clone());
     Ok((settings, url))
 }
 

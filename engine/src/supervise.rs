@@ -65,11 +65,16 @@ pub fn install_panic_hook() {
                 .map_or_else(|| "an unknown place".to_string(), ToString::to_string);
             if SUPERVISED.with(Cell::get) {
                 error!(
+                    shard;
                     "shard-{shard}: panic at {at} (caught: costs one input and its user's session)"
                 );
                 return;
             }
-            error!("shard-{shard}: panic at {at} outside the supervised region: exiting");
+            error!(shard; "shard-{shard}: panic at {at} outside the supervised region: exiting");
+            // The log's last lines (this one included) before the
+            // previous hook's message and the exit: bounded, so a stderr
+            // nobody reads cannot hold the exit.
+            crate::logger::flush();
             previous(info);
             std::process::exit(EXIT_PANIC);
         }));
@@ -94,6 +99,7 @@ pub fn supervised<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
 /// [`EXIT_PANIC`] at once (never a silent half-dead process).
 pub fn fatal(why: std::fmt::Arguments<'_>) -> ! {
     error!("{why}: exiting so the service manager restarts the server");
+    crate::logger::flush();
     std::process::exit(EXIT_PANIC);
 }
 
