@@ -642,7 +642,18 @@ impl ShardRuntime {
                 self.feed(Input::Request { reply, request })
             }
             MeshMsg::Reply { req, response } => self.complete(req, response),
-            MeshMsg::Peer(p) => self.feed(Input::Peer(p)),
+            MeshMsg::Peer(p) => {
+                if let PeerMsg::Deliver { to, from: user, kind } = &p {
+                    if trace::is_traced(*user) {
+                        debug!(
+                            user = *user, shard = self.id;
+                            "delivery of a {} to user {to}: arrived from shard-{from} (the mesh hop in)",
+                            kind.name()
+                        );
+                    }
+                }
+                self.feed(Input::Peer(p))
+            }
         }
     }
 
@@ -692,6 +703,15 @@ impl ShardRuntime {
     /// a tick once the outbox has room): their tabs reload from history,
     /// so what was acknowledged still reaches them.
     fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
+        if let PeerMsg::Deliver { to, from: user, kind } = &msg {
+            if trace::is_traced(*user) {
+                debug!(
+                    user = *user, shard = self.id;
+                    "delivery of a {} to user {to}: sent to its home shard-{shard} (the mesh hop out)",
+                    kind.name()
+                );
+            }
+        }
         let outbox = self.outbox(shard);
         let kind = Dropped::of(&msg);
         let recipient = match &msg {

@@ -72,6 +72,7 @@ use crate::demo::Demo;
 use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
 use crate::limits;
+use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
 use crate::settings::{Settings, TlsMode};
@@ -716,10 +717,16 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     let admin_task = listeners.admin.map(|admin| {
         let bound = admin.local_addr().expect("a bound listener has an address");
         let gate = AdminGate::new(bound, s.admin_token.clone());
+        let traces = TraceConfig {
+            data_dir: s.data_dir.clone(),
+            duration: Duration::from_millis(s.trace_ms),
+            bytes_max: s.trace_bytes_max,
+        };
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
             .with_edge(shared.edge.clone())
-            .with_stop(conns.clone());
+            .with_stop(conns.clone())
+            .with_traces(traces);
         let admission = Rc::new(RefCell::new(Admission::new(s.admin_connections_max, None)));
         let accepting = accept_loop(admin, Listener::Admin, None, Rc::new(handler), admission);
         glommio::spawn_local(accepting)

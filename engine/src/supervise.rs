@@ -81,9 +81,11 @@ pub fn install_panic_hook() {
     });
 }
 
-/// Marks the calling thread as shard `shard`'s executor (for the hook).
+/// Marks the calling thread as shard `shard`'s executor (for the hook,
+/// and for log lines: `shard-3`).
 pub fn on_executor(shard: ShardId) {
     EXECUTOR.with(|e| e.set(Some(shard)));
+    crate::logger::label_thread(format!("shard-{shard}"));
 }
 
 /// Runs `f`, catching a panic in it. The state `f` touched may be half

@@ -93,6 +93,13 @@ pub enum Note {
     /// An event for the user was refused by the receiving side's
     /// friends-only check (`from` is not in their roster).
     NotFriends { kind: &'static str, from: UserId },
+    /// An event the user caused reached `to`'s home shard: appended to
+    /// their session, or not (`outcome` says why).
+    DeliveredTo {
+        to: UserId,
+        kind: &'static str,
+        outcome: &'static str,
+    },
     /// A tab was attached; the session now has `tabs`.
     TabAttached { tabs: usize },
     /// A tab was detached; the session now has `tabs`.
@@ -123,6 +130,9 @@ impl fmt::Display for Note {
                 f,
                 "event {kind} from user {from} refused: not in the roster (friends-only)"
             ),
+            Note::DeliveredTo { to, kind, outcome } => {
+                write!(f, "delivery of a {kind} to user {to}: {outcome}")
+            }
             Note::TabAttached { tabs } => write!(f, "tab attached ({tabs} now)"),
             Note::TabDetached { why, tabs } => write!(f, "tab detached: {why} ({tabs} left)"),
             Note::PollHeld { since, wait_ms } => {

@@ -71,7 +71,7 @@ enum Control {
     Stop {
         user: UserId,
         data_dir: std::path::PathBuf,
-        reply: oneshot::Sender<trace::Changed>,
+        reply: oneshot::Sender<Result<trace::Changed, trace::TraceError>>,
     },
     Read {
         user: UserId,
@@ -92,6 +92,21 @@ struct Logger {
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+thread_local! {
+    /// The name lines from this thread show, when set
+    /// ([`label_thread`]): glommio names an executor's thread
+    /// `shard-0-1` (its name, then its own executor number).
+    static LABEL: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+}
+
+/// Names the calling thread in log lines (`shard-3`), in place of its
+/// thread name (once; later calls change nothing).
+pub fn label_thread(name: String) {
+    LABEL.with(|l| {
+        let _ = l.set(name);
+    });
+}
 
 /// Records dropped because the queue was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -215,14 +230,14 @@ impl Log for Logger {
         if !stderr && trace.is_none() {
             return;
         }
-        let thread = std::thread::current();
-        let text = format_line(
-            utc::now_unix_ms(),
-            level,
-            thread.name().unwrap_or("?"),
-            record,
-            more,
-        );
+        let now_ms = utc::now_unix_ms();
+        let text = LABEL.with(|label| match label.get() {
+            Some(name) => format_line(now_ms, level, name, record, more),
+            None => {
+                let thread = std::thread::current();
+                format_line(now_ms, level, thread.name().unwrap_or("?"), record, more)
+            }
+        });
         match self.lines.try_send(Line {
             text,
             stderr,

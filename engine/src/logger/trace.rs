@@ -54,6 +54,11 @@ pub fn any() -> bool {
     REGISTRY.active.load(Ordering::Relaxed) > 0
 }
 
+/// How many users are traced.
+pub fn count() -> usize {
+    REGISTRY.active.load(Ordering::Relaxed)
+}
+
 /// Whether `user` is traced: with nobody traced, one relaxed load.
 pub fn is_traced(user: UserId) -> bool {
     any()
@@ -176,7 +181,10 @@ pub fn start(
 }
 
 /// Asks the `log` thread to stop tracing `user` (nothing if not traced).
-pub fn stop(user: UserId, data_dir: PathBuf) -> Result<oneshot::Receiver<Changed>, TraceError> {
+pub fn stop(
+    user: UserId,
+    data_dir: PathBuf,
+) -> Result<oneshot::Receiver<Result<Changed, TraceError>>, TraceError> {
     let (reply, answer) = oneshot::channel();
     super::control(Control::Stop {
         user,

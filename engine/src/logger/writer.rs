@@ -111,7 +111,7 @@ impl Writer {
                 data_dir,
                 reply,
             } => {
-                let _ = reply.send(self.traces.stop(user, &data_dir, now));
+                let _ = reply.send(Ok(self.traces.stop(user, &data_dir, now)));
             }
             Control::Read {
                 user,

@@ -147,13 +147,21 @@ impl Shard {
         kind: EventKind,
         out: &mut Vec<Output>,
     ) {
+        let name = kind.name();
+        // What the sender's trace says of it, on the recipient's shard.
+        let sent = |outcome| Note::DeliveredTo {
+            to,
+            kind: name,
+            outcome,
+        };
         let Some(session) = self.sessions.live_mut(to) else {
+            self.note(now, from, sent("no live session there: not appended"), out);
             return;
         };
         if !session.roster.contains_key(&from) {
             self.stats.not_friends_dropped += 1;
-            let kind = kind.name();
-            self.note(now, to, Note::NotFriends { kind, from }, out);
+            self.note(now, to, Note::NotFriends { kind: name, from }, out);
+            self.note(now, from, sent("refused: not in their roster"), out);
             return;
         }
         if let EventKind::Message(m) = &kind {
@@ -162,6 +170,7 @@ impl Shard {
             }
         }
         self.push_event(now, to, kind, out);
+        self.note(now, from, sent("appended"), out);
     }
 
     /// Appends an event to a live session (answering its held polls).

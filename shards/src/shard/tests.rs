@@ -405,6 +405,11 @@ fn only_traced_users_get_notes_until_their_trace_ends() {
             seq: 2,
             from: Some(BOB),
         },
+        Note::DeliveredTo {
+            to: BOB,
+            kind: "typing",
+            outcome: "appended",
+        },
         Note::RateLimited { call: "typing" },
         Note::PollHeld {
             since: 2,
