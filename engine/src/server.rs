@@ -518,7 +518,7 @@ impl Shards {
                     shard: ended,
                     source: slot @ None,
                 }) if *ended == shard => *slot = Some(e),
-                Some(_) => error!("shard-{shard} failed while stopping: {e}"),
+                Some(_) => error!(shard; "shard-{shard} failed while stopping: {e}"),
                 None => {
                     first = Some(Error::ShardEnded {
                         shard,
@@ -560,7 +560,7 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
     let conns = ConnStop::new(stop.clone());
     serve(&shared, &rt, listeners, &conns).await;
     stop::stop_shard(&rt, &conns, &stop).await;
-    debug!("shard-{i}: stopped");
+    debug!(shard = i; "shard-{i}: stopped");
 }
 
 /// Builds the shard's runtime and starts its tasks: one outbox drainer
@@ -597,7 +597,7 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
                     if !stop.is_stopping() {
                         supervise::fatal(format_args!("shard-{i}: mesh to shard-{peer} closed"));
                     }
-                    debug!("mesh to shard-{peer} closed while stopping");
+                    debug!(shard = i; "mesh to shard-{peer} closed while stopping");
                     return;
                 }
             }
@@ -918,7 +918,7 @@ async fn accept_loop(
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!("accept on {kind:?} listener failed: {e}");
+                warn!(shard; "shard-{shard}: accept on {kind:?} listener failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -966,6 +966,7 @@ async fn accept_loop(
                             }
                             Err(refused) => {
                                 debug!(
+                                    shard;
                                     "shard-{shard}: TLS connection from {peer} refused: {refused}"
                                 );
                                 None
@@ -1019,6 +1020,7 @@ fn refuse(
     };
     if count.is_power_of_two() {
         warn!(
+            shard;
             "shard-{shard}: {kind:?} connection from {} closed at accept: {why} \
              ({count} refused so far for this, {} open, {} from that address)",
             peer.ip(),

@@ -141,10 +141,11 @@ pub(crate) fn triage(
             Work::Job { job, reply } => {
                 if let Pickup::Late(late) = Pickup::at(now, deadline) {
                     counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    let user = job.user();
                     log::warn!(
-                        "storage: {} for user {} timed out: {}",
+                        user;
+                        "storage: {} for user {user} timed out: {}",
                         job.name(),
-                        job.user(),
                         waited(late)
                     );
                     let _ = reply.send(Err(StorageError::TimedOut));
@@ -186,10 +187,11 @@ pub(crate) fn time_out_late(
             Pickup::InTime => in_time.push(w),
             Pickup::Late(late) => {
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                let user = w.job.user();
                 log::warn!(
-                    "storage: {} for user {} timed out: {}",
+                    user;
+                    "storage: {} for user {user} timed out: {}",
                     w.job.name(),
-                    w.job.user(),
                     waited(late)
                 );
                 let _ = w.reply.send(Err(StorageError::TimedOut));
@@ -207,11 +209,8 @@ pub(crate) fn fail(
     what: &str,
 ) {
     counters.failed.fetch_add(1, Ordering::Relaxed);
-    log::error!(
-        "storage: {} for user {} failed: {what}",
-        job.name(),
-        job.user()
-    );
+    let user = job.user();
+    log::error!(user; "storage: {} for user {user} failed: {what}", job.name());
     let _ = reply.send(Err(StorageError::Backend(what.to_string())));
 }
 
