@@ -519,7 +519,10 @@ fn lookup_shape_ok(token: &str) -> bool {
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         // Never `{call:?}`: it holds tokens, message text and UI state.
+        // The admin's own `/trace` calls name a user but are not theirs:
+        // they stay out of the user's trace.
         let (name, user) = call.describe();
+        let user = user.filter(|_| !matches!(call, Call::Trace { .. } | Call::TraceRead { .. }));
         let shard = self.rt.id;
         match user {
             Some(user) => log::debug!(user, shard; "call {name} on conn shard-{shard}"),

@@ -258,8 +258,8 @@ impl Files {
             t.until = now + config.duration;
             t.bytes_max = config.bytes_max;
             let line = format!(
-                "trace of user {user} started again: ends in {} s or at {} bytes",
-                config.duration.as_secs(),
+                "trace of user {user} started again: ends in {} ms or at {} bytes",
+                config.duration.as_millis(),
                 config.bytes_max
             );
             self.note(i, &line);
@@ -283,8 +283,8 @@ impl Files {
         });
         let i = self.open.len() - 1;
         let line = format!(
-            "trace of user {user} started: ends in {} s or at {} bytes",
-            config.duration.as_secs(),
+            "trace of user {user} started: ends in {} ms or at {} bytes",
+            config.duration.as_millis(),
             config.bytes_max
         );
         self.note(i, &line);
@@ -328,8 +328,8 @@ impl Files {
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some(i) = self.open.iter().position(|t| t.until <= now) {
             let why = format!(
-                "its time bound ({} s) passed",
-                self.open[i].duration.as_secs()
+                "its time bound ({} ms) passed",
+                self.open[i].duration.as_millis()
             );
             self.end(i, &why);
         }
@@ -535,7 +535,7 @@ mod tests {
         files.expire(t0 + Duration::from_secs(1));
         assert!(!is_traced(1) && is_traced(2));
         let text = std::fs::read_to_string(path_of(&dir, 1)).unwrap();
-        assert!(text.contains("ended: its time bound (1 s) passed"), "{text}");
+        assert!(text.contains("ended: its time bound (1000 ms) passed"), "{text}");
         let c = files.start(99, &config(&dir, 60, 1_000), t0).unwrap();
         assert!(c.status.on);
         assert_eq!(c.snapshot.users.len(), TRACED_USERS_MAX);
