@@ -275,5 +275,6 @@ const _: () = assert!(stop_timeout_ms(5_000) == 14_570);
 const _: () = assert!(stop_timeout_ms(STORAGE_TIMEOUT_MS_MAX) < 90_000);
 const _: () = assert!(drain_calls_ms(STORAGE_TIMEOUT_MS_MIN) == DRAIN_MS_MAX);
 const _: () = assert!(LOG_REPEAT_BURST >= 1 && LOG_REPEAT_MS >= 1_000);
-const _: () = assert!(TRACE_READ_BYTES_MAX >= (TRACE_LINES_SHOWN_MAX * LOG_LINE_BYTES_MAX / 4) as u64);
+const _: () =
+    assert!(TRACE_READ_BYTES_MAX >= (TRACE_LINES_SHOWN_MAX * LOG_LINE_BYTES_MAX / 4) as u64);
 const _: () = assert!(TRACE_ACK_TIMEOUT_MS > TICK_MS);

@@ -643,7 +643,12 @@ impl ShardRuntime {
             }
             MeshMsg::Reply { req, response } => self.complete(req, response),
             MeshMsg::Peer(p) => {
-                if let PeerMsg::Deliver { to, from: user, kind } = &p {
+                if let PeerMsg::Deliver {
+                    to,
+                    from: user,
+                    kind,
+                } = &p
+                {
                     if trace::is_traced(*user) {
                         debug!(
                             user = *user, shard = self.id;
@@ -703,7 +708,12 @@ impl ShardRuntime {
     /// a tick once the outbox has room): their tabs reload from history,
     /// so what was acknowledged still reaches them.
     fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
-        if let PeerMsg::Deliver { to, from: user, kind } = &msg {
+        if let PeerMsg::Deliver {
+            to,
+            from: user,
+            kind,
+        } = &msg
+        {
             if trace::is_traced(*user) {
                 debug!(
                     user = *user, shard = self.id;

@@ -667,7 +667,10 @@ mod tests {
             &[("SWITCHBOARD_TRACE_BYTES_MAX", "4096")],
         )
         .unwrap();
-        assert_eq!(s.log.level_of("switchboard_storage::batch"), LevelFilter::Debug);
+        assert_eq!(
+            s.log.level_of("switchboard_storage::batch"),
+            LevelFilter::Debug
+        );
         assert_eq!(s.log.level_of("switchboard_engine"), LevelFilter::Warn);
         assert_eq!((s.trace_ms, s.trace_bytes_max), (1_000, 4_096));
         // The defaults --help prints are the ones used.

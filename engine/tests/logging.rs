@@ -162,13 +162,33 @@ fn no_token_sid_secret_or_content_reaches_any_log_line_at_trace_level() {
     };
     let sent = call(
         "/send",
-        &[("sid", &sid_a), ("to", "2"), ("text", "text-Zq7-secret"), ("cid", "cid-Zq7-private")],
+        &[
+            ("sid", &sid_a),
+            ("to", "2"),
+            ("text", "text-Zq7-secret"),
+            ("cid", "cid-Zq7-private"),
+        ],
     );
     let id = sent["id"].as_str().unwrap().to_string();
-    call("/ui", &[("sid", &sid_a), ("state", r#"{"zq7ui":"layout-Zq7-private"}"#)]);
-    call("/typing", &[("sid", &sid_a), ("to", "2"), ("state", "typing")]);
-    call("/send", &[("sid", &sid_b), ("to", "1"), ("text", "reply-Zq7-secret")]);
-    call("/poll", &[("sid", &sid_a), ("since", &seq_a), ("wait", "0")]);
+    call(
+        "/ui",
+        &[
+            ("sid", &sid_a),
+            ("state", r#"{"zq7ui":"layout-Zq7-private"}"#),
+        ],
+    );
+    call(
+        "/typing",
+        &[("sid", &sid_a), ("to", "2"), ("state", "typing")],
+    );
+    call(
+        "/send",
+        &[("sid", &sid_b), ("to", "1"), ("text", "reply-Zq7-secret")],
+    );
+    call(
+        "/poll",
+        &[("sid", &sid_a), ("since", &seq_a), ("wait", "0")],
+    );
     call("/read", &[("sid", &sid_b), ("with", "1"), ("upto", &id)]);
     call("/history", &[("sid", &sid_a), ("with", "2")]);
     call("/presence", &[("sid", &sid_a), ("status", "away")]);
@@ -214,8 +234,15 @@ fn no_token_sid_secret_or_content_reaches_any_log_line_at_trace_level() {
             "stderr has no {needle:?}: {stderr:#?}"
         );
     }
-    for needle in ["call send on conn shard-", "storage job save_ui", "presence away"] {
-        assert!(traced.contains(needle), "the trace has no {needle:?}:\n{traced}");
+    for needle in [
+        "call send on conn shard-",
+        "storage job save_ui",
+        "presence away",
+    ] {
+        assert!(
+            traced.contains(needle),
+            "the trace has no {needle:?}:\n{traced}"
+        );
     }
     assert!(read_back.contains("call leave"), "{read_back}");
     let sig = |t: &str| t.rsplit('.').next().unwrap().to_string();
@@ -233,8 +260,14 @@ fn no_token_sid_secret_or_content_reaches_any_log_line_at_trace_level() {
     ];
     let places: [(&str, Vec<String>); 3] = [
         ("stderr", stderr),
-        ("the trace file", traced.lines().map(str::to_string).collect()),
-        ("GET /trace", read_back.lines().map(str::to_string).collect()),
+        (
+            "the trace file",
+            traced.lines().map(str::to_string).collect(),
+        ),
+        (
+            "GET /trace",
+            read_back.lines().map(str::to_string).collect(),
+        ),
     ];
     for (place, lines) in &places {
         assert!(!lines.is_empty(), "{place} is empty");

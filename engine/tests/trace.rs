@@ -31,7 +31,11 @@ fn start(name: &str, extra: &[(&str, &str)]) -> Server {
 
 /// `POST /trace?user=USER&level=LEVEL`: status and JSON.
 fn set_trace(server: &Server, user: u64, level: &str) -> (u16, Value) {
-    let a = server.admin_call("POST", "/trace", &[("user", &user.to_string()), ("level", level)]);
+    let a = server.admin_call(
+        "POST",
+        "/trace",
+        &[("user", &user.to_string()), ("level", level)],
+    );
     let v = serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{e}: {}", a.body));
     (a.status, v)
 }
@@ -53,7 +57,10 @@ fn records(text: &str) -> Vec<&str> {
 }
 
 fn send(server: &Server, sid: &str, to: u64, text: &str) {
-    let v = server.get("/send", &[("sid", sid), ("to", &to.to_string()), ("text", text)]);
+    let v = server.get(
+        "/send",
+        &[("sid", sid), ("to", &to.to_string()), ("text", text)],
+    );
     assert_eq!(v["ok"], true, "{v}");
 }
 
@@ -101,14 +108,26 @@ fn a_traced_users_trace_holds_their_send_and_its_hops_and_no_one_elses_requests(
         })
     };
     while !crossed(&read_trace(&server, a)) {
-        assert!(start.elapsed() < Duration::from_secs(20), "no poll crossed shards");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no poll crossed shards"
+        );
         let since = ta.seq.to_string();
-        server.get("/poll", &[("sid", &ta.sid), ("since", &since), ("wait", "0")]);
+        server.get(
+            "/poll",
+            &[("sid", &ta.sid), ("since", &since), ("wait", "0")],
+        );
     }
 
     let text = read_trace(&server, a);
-    assert!(text.starts_with(&format!("# trace of user {a}: on, ")), "{text}");
-    assert!(text.contains(&format!("# file: {}\n", file.display())), "{text}");
+    assert!(
+        text.starts_with(&format!("# trace of user {a}: on, ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("# file: {}\n", file.display())),
+        "{text}"
+    );
     let lines = records(&text);
     let expect = |needle: &str| {
         assert!(
@@ -120,7 +139,9 @@ fn a_traced_users_trace_holds_their_send_and_its_hops_and_no_one_elses_requests(
     let other = 1 - home_a;
     // The send: its call, its storage job and time, its answer.
     expect("call send on conn shard-");
-    expect(&format!("storage job store_message submitted {me}shard={home_a}"));
+    expect(&format!(
+        "storage job store_message submitted {me}shard={home_a}"
+    ));
     expect("storage job store_message done in ");
     expect("send: ok in ");
     // Its hop to b's home shard and what became of it there.
@@ -132,26 +153,43 @@ fn a_traced_users_trace_holds_their_send_and_its_hops_and_no_one_elses_requests(
         "delivery of a message to user {b}: arrived from shard-{home_a} (the mesh hop in) \
          {me}shard={home_b}"
     ));
-    expect(&format!("delivery of a message to user {b}: appended {me}shard={home_b}"));
+    expect(&format!(
+        "delivery of a message to user {b}: appended {me}shard={home_b}"
+    ));
     // A request's hop from its conn shard to a's home shard and back,
     // timed at both ends.
-    expect(&format!("poll: sent to home shard-{home_a} (the mesh hop out) {me}shard={other}"));
-    expect(&format!("poll: arrived from conn shard-{other} (the mesh hop in) {me}shard={home_a}"));
-    expect(&format!("on this home shard, back to conn shard-{other} {me}shard={home_a}"));
-    expect(&format!("(home shard-{home_a}, a round trip over the mesh) {me}shard={other}"));
+    expect(&format!(
+        "poll: sent to home shard-{home_a} (the mesh hop out) {me}shard={other}"
+    ));
+    expect(&format!(
+        "poll: arrived from conn shard-{other} (the mesh hop in) {me}shard={home_a}"
+    ));
+    expect(&format!(
+        "on this home shard, back to conn shard-{other} {me}shard={home_a}"
+    ));
+    expect(&format!(
+        "(home shard-{home_a}, a round trip over the mesh) {me}shard={other}"
+    ));
     // The core's decisions: presence, the tab, b's messages and presence.
-    expect(&format!("presence online (session loaded): broadcast to 2 shards {me}"));
+    expect(&format!(
+        "presence online (session loaded): broadcast to 2 shards {me}"
+    ));
     expect(&format!("tab attached (1 now) {me}"));
     expect(&format!("event presence appended at seq 1 (from user {b})"));
     // Every record is about a (the trace's own start line aside).
     for line in &lines {
         assert!(
-            line.ends_with(&format!("user={a}")) || line.contains(&me) || line.contains("trace of user"),
+            line.ends_with(&format!("user={a}"))
+                || line.contains(&me)
+                || line.contains("trace of user"),
             "a line not about user {a}: {line}\n{text}"
         );
     }
     for other in [c, c_friend] {
-        assert!(!text.contains(&format!("user={other}")), "user {other} in a's trace:\n{text}");
+        assert!(
+            !text.contains(&format!("user={other}")),
+            "user {other} in a's trace:\n{text}"
+        );
     }
     // The file is the server's own: 0600.
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -160,12 +198,26 @@ fn a_traced_users_trace_holds_their_send_and_its_hops_and_no_one_elses_requests(
     // Off: the trace says so last, and what follows is not recorded.
     let (status, v) = set_trace(&server, a, "off");
     assert_eq!(status, 200, "{v}");
-    assert_eq!((v["trace"].as_str(), v["traced"].as_u64()), (Some("off"), Some(0)));
-    let sends = |t: &str| records(t).iter().filter(|l| l.contains("call send")).count();
+    assert_eq!(
+        (v["trace"].as_str(), v["traced"].as_u64()),
+        (Some("off"), Some(0))
+    );
+    let sends = |t: &str| {
+        records(t)
+            .iter()
+            .filter(|l| l.contains("call send"))
+            .count()
+    };
     let before = read_trace(&server, a);
-    assert!(before.starts_with(&format!("# trace of user {a}: off")), "{before}");
     assert!(
-        records(&before).last().unwrap().contains("stopped by the admin call (level=off)"),
+        before.starts_with(&format!("# trace of user {a}: off")),
+        "{before}"
+    );
+    assert!(
+        records(&before)
+            .last()
+            .unwrap()
+            .contains("stopped by the admin call (level=off)"),
         "{before}"
     );
     send(&server, &ta.sid, b, "after the trace");
@@ -192,11 +244,18 @@ fn traces_end_by_their_time_and_size_bounds_and_at_most_eight_run_at_once() {
     let file_b = server.data_dir.join("traces").join(format!("user-{b}.log"));
     let start = Instant::now();
     while !read_trace(&server, b).contains("ended: its size bound (4096 bytes) was reached") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", read_trace(&server, b));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            read_trace(&server, b)
+        );
         send(&server, &tb.sid, a, "to fill the trace");
     }
     let size = std::fs::metadata(&file_b).unwrap().len();
-    assert!(size <= 4096 + 200, "{size} bytes: the bound and its last line");
+    assert!(
+        size <= 4096 + 200,
+        "{size} bytes: the bound and its last line"
+    );
     send(&server, &tb.sid, a, "not recorded");
     assert_eq!(std::fs::metadata(&file_b).unwrap().len(), size);
     assert!(read_trace(&server, b).starts_with(&format!("# trace of user {b}: off")));
@@ -209,7 +268,11 @@ fn traces_end_by_their_time_and_size_bounds_and_at_most_eight_run_at_once() {
     send(&server, &ta.sid, b, "recorded");
     let start = Instant::now();
     while !read_trace(&server, a).contains("ended: its time bound (2000 ms) passed") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", read_trace(&server, a));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            read_trace(&server, a)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(started.elapsed() >= Duration::from_millis(1_900));
@@ -249,8 +312,18 @@ fn trace_calls_answer_clear_errors() {
     for (method, params, status, needle) in [
         ("GET", &[][..], 400, "`user`"),
         ("POST", &[("user", "5")][..], 400, "`level`"),
-        ("POST", &[("user", "5"), ("level", "trace")][..], 400, "`level`"),
-        ("POST", &[("user", "0"), ("level", "debug")][..], 400, "`user`"),
+        (
+            "POST",
+            &[("user", "5"), ("level", "trace")][..],
+            400,
+            "`level`",
+        ),
+        (
+            "POST",
+            &[("user", "0"), ("level", "debug")][..],
+            400,
+            "`user`",
+        ),
     ] {
         let a = server.admin_call(method, "/trace", params);
         assert_eq!(a.status, status, "{method} {params:?}: {}", a.body);

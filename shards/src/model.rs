@@ -194,7 +194,9 @@ pub enum Request {
     Health,
     /// Admin: the users traced from now on (the engine's whole set, sent
     /// to every shard at each change; answered `Done` by every shard).
-    Trace { traced: crate::trace::Traced },
+    Trace {
+        traced: crate::trace::Traced,
+    },
     /// A sid-bearing call whose other parameters failed decoding: the home
     /// shard checks the sid first (PROTOCOL.md §1 order: sid, then sizes,
     /// then content) and then answers `failure`.

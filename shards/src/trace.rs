@@ -114,7 +114,11 @@ impl fmt::Display for Note {
             Note::RateLimited { call } => {
                 write!(f, "rate limit hit: a {call} call answered rate_limited")
             }
-            Note::Presence { status, why, shards } => write!(
+            Note::Presence {
+                status,
+                why,
+                shards,
+            } => write!(
                 f,
                 "presence {} ({why}): broadcast to {shards} shards",
                 status.as_str()

@@ -158,7 +158,9 @@ impl World {
                 }
                 Output::Storage { job, request } => self.jobs.push((shard, job, request)),
                 // Nobody is traced here: a note would be a cost to untraced users.
-                Output::Trace { user, .. } => panic!("a trace note for user {user}, whom nobody traces"),
+                Output::Trace { user, .. } => {
+                    panic!("a trace note for user {user}, whom nobody traces")
+                }
             }
         }
     }

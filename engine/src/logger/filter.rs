@@ -119,9 +119,12 @@ impl Filter {
         }
         // Longest first; equal lengths are distinct modules, so the order
         // among them does not matter (but is fixed, for `PartialEq`).
-        filter
-            .directives
-            .sort_by(|a, b| b.module.len().cmp(&a.module.len()).then(a.module.cmp(&b.module)));
+        filter.directives.sort_by(|a, b| {
+            b.module
+                .len()
+                .cmp(&a.module.len())
+                .then(a.module.cmp(&b.module))
+        });
         Ok(filter)
     }
 
@@ -209,9 +212,26 @@ mod tests {
     #[test]
     fn a_bare_level_is_the_default_and_dependencies_are_capped_at_warn() {
         let table: &[(&str, &[(&str, LevelFilter)])] = &[
-            ("info", &[("switchboard", Info), ("switchboard_engine::server", Info), ("rustls::server::hs", Warn)]),
-            ("trace", &[("switchboard_io::tls", Trace), ("glommio::reactor", Warn), ("mysql", Warn)]),
-            ("error", &[("switchboard_storage", Error), ("rustls", Error)]),
+            (
+                "info",
+                &[
+                    ("switchboard", Info),
+                    ("switchboard_engine::server", Info),
+                    ("rustls::server::hs", Warn),
+                ],
+            ),
+            (
+                "trace",
+                &[
+                    ("switchboard_io::tls", Trace),
+                    ("glommio::reactor", Warn),
+                    ("mysql", Warn),
+                ],
+            ),
+            (
+                "error",
+                &[("switchboard_storage", Error), ("rustls", Error)],
+            ),
             ("off", &[("switchboard_engine", Off), ("rustls", Off)]),
             ("DEBUG", &[("switchboard_engine", Debug)]),
         ];
@@ -250,12 +270,19 @@ mod tests {
         // Given in either order.
         check(
             "switchboard_engine::runtime=debug,switchboard_engine=warn",
-            &[("switchboard_engine::runtime", Debug), ("switchboard_engine", Warn)],
+            &[
+                ("switchboard_engine::runtime", Debug),
+                ("switchboard_engine", Warn),
+            ],
         );
         // The last directive for a module wins.
         check(
             "error,switchboard_io=trace,switchboard_storage=info,switchboard_storage=debug",
-            &[("switchboard_io::conn", Trace), ("switchboard_storage", Debug), ("switchboard", Error)],
+            &[
+                ("switchboard_io::conn", Trace),
+                ("switchboard_storage", Debug),
+                ("switchboard", Error),
+            ],
         );
     }
 
@@ -263,9 +290,16 @@ mod tests {
     fn naming_a_dependency_lifts_its_cap() {
         check(
             "info,rustls=debug",
-            &[("rustls::server", Debug), ("glommio", Warn), ("switchboard_io", Info)],
+            &[
+                ("rustls::server", Debug),
+                ("glommio", Warn),
+                ("switchboard_io", Info),
+            ],
         );
-        check("trace,glommio=off", &[("glommio::executor", Off), ("mysql", Warn)]);
+        check(
+            "trace,glommio=off",
+            &[("glommio::executor", Off), ("mysql", Warn)],
+        );
     }
 
     #[test]

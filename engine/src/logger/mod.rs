@@ -338,7 +338,13 @@ mod tests {
     fn a_line_has_time_level_thread_target_message_and_key_values() {
         let target = "switchboard_engine::runtime";
         assert_eq!(
-            line(Level::Warn, target, format_args!("call timed out"), &KVS, More::NONE),
+            line(
+                Level::Warn,
+                target,
+                format_args!("call timed out"),
+                &KVS,
+                More::NONE
+            ),
             "2026-11-29T22:41:07.123Z WARN  shard-1 switchboard_engine::runtime: call timed out \
              user=42 shard=1 req=917\n"
         );
@@ -346,10 +352,22 @@ mod tests {
             count: 37,
             over_ms: 10_000,
         };
-        assert!(line(Level::Warn, target, format_args!("call timed out"), &KVS, more)
-            .contains("call timed out (37 more like this in the last 10 s) user=42"));
+        assert!(line(
+            Level::Warn,
+            target,
+            format_args!("call timed out"),
+            &KVS,
+            more
+        )
+        .contains("call timed out (37 more like this in the last 10 s) user=42"));
         assert_eq!(
-            line(Level::Info, "switchboard", format_args!("listening"), &NONE, More::NONE),
+            line(
+                Level::Info,
+                "switchboard",
+                format_args!("listening"),
+                &NONE,
+                More::NONE
+            ),
             "2026-11-29T22:41:07.123Z INFO  shard-1 switchboard: listening\n"
         );
     }
@@ -380,9 +398,18 @@ mod tests {
             More::NONE,
         );
         assert_eq!(l.matches('\n').count(), 1, "{l:?}");
-        assert!(l.ends_with("failed: bad\\nthing\\r\\u{1b}[31m\\tend\n"), "{l:?}");
+        assert!(
+            l.ends_with("failed: bad\\nthing\\r\\u{1b}[31m\\tend\n"),
+            "{l:?}"
+        );
         let long = "é".repeat(limits::LOG_LINE_BYTES_MAX);
-        let l = line(Level::Info, "switchboard", format_args!("{long}"), &NONE, More::NONE);
+        let l = line(
+            Level::Info,
+            "switchboard",
+            format_args!("{long}"),
+            &NONE,
+            More::NONE,
+        );
         assert!(l.len() <= limits::LOG_LINE_BYTES_MAX, "{}", l.len());
         assert!(l.ends_with("…\n"));
     }

@@ -206,16 +206,30 @@ mod tests {
             assert_eq!(sites.check(SITE, t0 + i), Some(More::NONE), "record {i}");
         }
         for i in 0..37 {
-            assert_eq!(sites.check(SITE, t0 + burst + i), None, "record {}", burst + i);
+            assert_eq!(
+                sites.check(SITE, t0 + burst + i),
+                None,
+                "record {}",
+                burst + i
+            );
         }
         // Still the same window.
         assert_eq!(sites.check(SITE, t0 + LOG_REPEAT_MS - 1), None);
         let later = t0 + LOG_REPEAT_MS + 2_000;
         let more = sites.check(SITE, later).expect("a new window");
-        assert_eq!(more, More { count: 38, over_ms: LOG_REPEAT_MS + 2_000 });
+        assert_eq!(
+            more,
+            More {
+                count: 38,
+                over_ms: LOG_REPEAT_MS + 2_000
+            }
+        );
         assert_eq!(
             more.to_string(),
-            format!(" (38 more like this in the last {} s)", LOG_REPEAT_MS / 1_000 + 2)
+            format!(
+                " (38 more like this in the last {} s)",
+                LOG_REPEAT_MS / 1_000 + 2
+            )
         );
         // The new window's burst counts the line that reported.
         for _ in 1..burst {
@@ -245,7 +259,16 @@ mod tests {
         sites.sweep(100 + LOG_REPEAT_MS - 1, |s, m| reports.push((*s, m)));
         assert!(reports.is_empty(), "the window is not over: {reports:?}");
         sites.sweep(100 + LOG_REPEAT_MS, |s, m| reports.push((*s, m)));
-        assert_eq!(reports, [(SITE, More { count: 3, over_ms: LOG_REPEAT_MS })]);
+        assert_eq!(
+            reports,
+            [(
+                SITE,
+                More {
+                    count: 3,
+                    over_ms: LOG_REPEAT_MS
+                }
+            )]
+        );
         sites.sweep(100 + 5 * LOG_REPEAT_MS, |s, m| reports.push((*s, m)));
         assert_eq!(reports.len(), 1, "nothing more to report");
         // After the sweep the site starts a fresh window: its burst passes.
@@ -257,7 +280,10 @@ mod tests {
     #[test]
     fn nothing_left_out_shows_nothing() {
         assert_eq!(More::NONE.to_string(), "");
-        let m = More { count: 1, over_ms: 1 };
+        let m = More {
+            count: 1,
+            over_ms: 1,
+        };
         assert_eq!(m.to_string(), " (1 more like this in the last 1 s)");
     }
 }

@@ -474,10 +474,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-trace-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-trace-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -516,7 +514,10 @@ mod tests {
         files.write(42, &"x".repeat(997));
         assert!(!is_traced(42), "ended by its size");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("ended: its size bound (1000 bytes)"), "{text}");
+        assert!(
+            text.contains("ended: its size bound (1000 bytes)"),
+            "{text}"
+        );
         assert!(!text.contains("xxx"));
         assert_eq!(log::max_level(), log::LevelFilter::Info);
 
@@ -535,7 +536,10 @@ mod tests {
         files.expire(t0 + Duration::from_secs(1));
         assert!(!is_traced(1) && is_traced(2));
         let text = std::fs::read_to_string(path_of(&dir, 1)).unwrap();
-        assert!(text.contains("ended: its time bound (1000 ms) passed"), "{text}");
+        assert!(
+            text.contains("ended: its time bound (1000 ms) passed"),
+            "{text}"
+        );
         let c = files.start(99, &config(&dir, 60, 1_000), t0).unwrap();
         assert!(c.status.on);
         assert_eq!(c.snapshot.users.len(), TRACED_USERS_MAX);
@@ -548,7 +552,11 @@ mod tests {
         assert!(!any());
         let lines = files.read(99, &dir, t0).unwrap();
         assert!(!lines.status.on);
-        assert!(lines.text.contains("stopped by the admin call"), "{}", lines.text);
+        assert!(
+            lines.text.contains("stopped by the admin call"),
+            "{}",
+            lines.text
+        );
         assert_eq!(
             files.read(77, &dir, t0).map(|_| ()),
             Err(TraceError::NotFound(path_of(&dir, 77)))
@@ -566,7 +574,11 @@ mod tests {
         let files = Files::new(log::LevelFilter::Info);
         let lines = files.read(5, &dir, Instant::now()).unwrap();
         assert_eq!(lines.count, limits::TRACE_LINES_SHOWN_MAX);
-        assert!(lines.text.starts_with("line 800\n"), "{}", &lines.text[..20]);
+        assert!(
+            lines.text.starts_with("line 800\n"),
+            "{}",
+            &lines.text[..20]
+        );
         assert!(lines.text.ends_with("line 999\n"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -169,7 +169,9 @@ impl Server {
         self.env
             .iter()
             .find(|(k, _)| k == "SWITCHBOARD_ADMIN_TOKEN")
-            .map_or(String::new(), |(_, t)| format!("Authorization: Bearer {t}\r\n"))
+            .map_or(String::new(), |(_, t)| {
+                format!("Authorization: Bearer {t}\r\n")
+            })
     }
 
     /// Calls an admin endpoint (`method` `GET` or `POST`), with the

@@ -10,11 +10,11 @@
 use super::rates::rate_limited;
 use super::sessions::Detach;
 use super::{fail, note_if_traced, reply, Output, Shard};
-use crate::trace::Note;
 use crate::limits;
 use crate::model::{ErrorCode, ReplyTo, Response, Sid};
 use crate::ratelimit::Kind;
 use crate::session::{HeldPoll, TabState};
+use crate::trace::Note;
 
 impl Shard {
     /// `/poll`: events after `since`, now or when they come.

@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Output, PeerMsg, Shard};
-use crate::trace::Note;
 use crate::model::{EventKind, ShardId, Status, UserId};
 use crate::routing::home_shard;
+use crate::trace::Note;
 
 /// This shard's replica of every user's presence.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -79,7 +79,16 @@ impl Shard {
     ) {
         let n = self.config.shard_count;
         let shards = n;
-        self.note(now, user, Note::Presence { status, why, shards }, out);
+        self.note(
+            now,
+            user,
+            Note::Presence {
+                status,
+                why,
+                shards,
+            },
+            out,
+        );
         let mut notify: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for &f in friends {
             notify[home_shard(f, n)].push(f);

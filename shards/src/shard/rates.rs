@@ -9,10 +9,10 @@
 //! and `bad_request` answers count too: probing is not free).
 
 use super::{fail, note_if_traced, Output, Shard};
-use crate::trace::Note;
 use crate::model::{ErrorCode, ReplyTo, Sid, UserId};
 use crate::ratelimit::Kind;
 use crate::session::LiveSession;
+use crate::trace::Note;
 
 impl Shard {
     /// The live session holding `sid` and the tab's index, as

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::Pending;
 use super::{fail, note_if_traced, reply, Output, Shard};
-use crate::trace::Note;
 use crate::limits;
 use crate::model::{
     Connected, Contact, ErrorCode, ReplyTo, Response, Sid, Status, StorageJob, StorageOutput,
     StorageResult, UserId,
 };
 use crate::session::{LiveSession, Session, Tab, WaitingConnect};
+use crate::trace::Note;
 
 /// The sessions of users homed here, live or loading.
 #[derive(Debug, Default, Serialize, Deserialize)]
