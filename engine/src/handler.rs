@@ -6,13 +6,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use switchboard_io::deadline::{self, TimedOut};
-use switchboard_io::{AdminGate, Call, Endpoint, Handler, Limits, Outcome, Reply, ShardHealth};
+use switchboard_io::{
+    AdminGate, Call, Endpoint, Handler, Limits, Outcome, Reply, ShardHealth, TraceState,
+};
 use switchboard_shards::model::{ErrorCode, Request, Response, Sid, StorageError, UserId};
+use switchboard_shards::trace::Traced;
 use switchboard_storage::token;
 
 use crate::demo::{self, Demo};
 use crate::limits;
+use crate::logger::trace;
 use crate::metrics::{self, JobKind, Series};
 use crate::runtime::{Counter, ShardRuntime};
 use crate::stop::ConnStop;
@@ -46,6 +51,9 @@ pub struct ConnHandler {
     /// Tells connections the server stops (`None`: never, as in a handler
     /// built for a test).
     stop: Option<ConnStop>,
+    /// Where per-user traces go and their bounds (`None`: admin `/trace`
+    /// answers `unavailable`; only the admin listener's handler has it).
+    traces: Option<Arc<trace::TraceConfig>>,
 }
 
 impl ConnHandler {
@@ -64,7 +72,14 @@ impl ConnHandler {
             },
             demo: None,
             stop: None,
+            traces: None,
         }
+    }
+
+    /// Answers admin `/trace` calls with traces under `config`.
+    pub fn with_traces(mut self, config: trace::TraceConfig) -> ConnHandler {
+        self.traces = Some(Arc::new(config));
+        self
     }
 
     /// Runs connections with `limits` instead of the defaults.
@@ -149,10 +164,8 @@ impl ConnHandler {
         }
         if Some(user) == self.rt.faults.stall_shard_user {
             let ms = self.rt.faults.stall_shard_ms.unwrap_or(3_600_000);
-            log::warn!(
-                "fault injection: a connect of user {user} blocks shard-{} for {ms} ms",
-                self.rt.id
-            );
+            let shard = self.rt.id;
+            log::warn!(user, shard; "fault injection: a connect of user {user} blocks shard-{shard} for {ms} ms");
             std::thread::sleep(Duration::from_millis(ms));
         }
         let mut bytes = [0u8; 16];
@@ -241,6 +254,108 @@ impl ConnHandler {
         out
     }
 
+    /// Admin `POST /trace`: the `log` thread starts (`debug`) or stops
+    /// `user`'s trace, then every shard takes the new set of traced users
+    /// ([`ConnHandler::share_traced`]); answered once every shard has. A
+    /// start that not every shard took is undone.
+    async fn trace(&self, user: UserId, debug: bool) -> Reply {
+        let Some(config) = &self.traces else {
+            return unavailable("per-user traces are not served here".into());
+        };
+        let asked = if debug {
+            trace::start(user, (**config).clone())
+        } else {
+            trace::stop(user, config.data_dir.clone())
+        };
+        let changed = match asked {
+            Ok(answer) => log_thread(answer).await,
+            Err(e) => Err(e),
+        };
+        let changed = match changed {
+            Ok(changed) => changed,
+            Err(e) => return trace_failed(e),
+        };
+        let traced = changed.snapshot.users.len();
+        if let Err(shard) = self.share_traced(&changed.snapshot).await {
+            let wait = limits::TRACE_ACK_TIMEOUT_MS;
+            if debug {
+                // Undo, as far as the log thread takes it: the registry
+                // decides what is recorded.
+                if let Ok(answer) = trace::stop(user, config.data_dir.clone()) {
+                    if let Ok(undone) = log_thread(answer).await {
+                        let _ = self.share_traced(&undone.snapshot).await;
+                    }
+                }
+                return unavailable(format!(
+                    "shard-{shard} did not take the trace within {wait} ms: not started, try again"
+                ));
+            }
+            return unavailable(format!(
+                "the trace is stopped (nothing more is recorded), but shard-{shard} did not \
+                 acknowledge within {wait} ms"
+            ));
+        }
+        log::info!(
+            user;
+            "trace of user {user} {} by the admin call ({traced} users traced)",
+            if debug { "started" } else { "stopped" }
+        );
+        Reply::Trace(trace_state(&changed.status, traced))
+    }
+
+    /// Gives every shard the traced set `snapshot` (this shard's clock
+    /// turns each trace's time left into a deadline), all at once, each
+    /// within `TRACE_ACK_TIMEOUT_MS`. `Err(shard)`: one that did not take
+    /// it.
+    async fn share_traced(&self, snapshot: &trace::Snapshot) -> Result<(), usize> {
+        let now = self.rt.clock.now_ms();
+        let users = snapshot
+            .users
+            .iter()
+            .map(|&(user, left)| (user, now + left.as_millis() as u64))
+            .collect();
+        let traced = Traced::new(snapshot.generation, users);
+        let timeout = Duration::from_millis(limits::TRACE_ACK_TIMEOUT_MS);
+        let tasks: Vec<_> = (0..self.rt.count)
+            .map(|shard| {
+                let rt = self.rt.clone();
+                let traced = traced.clone();
+                glommio::spawn_local(async move {
+                    let ask = rt.call_on(shard, Request::Trace { traced });
+                    let answer = deadline::within(glommio::timer::sleep(timeout), ask).await;
+                    matches!(answer, Ok(Response::Done))
+                })
+            })
+            .collect();
+        let mut first_failed = None;
+        for (shard, task) in tasks.into_iter().enumerate() {
+            if !task.await && first_failed.is_none() {
+                first_failed = Some(shard);
+            }
+        }
+        first_failed.map_or(Ok(()), Err)
+    }
+
+    /// Admin `GET /trace`: the newest lines of `user`'s trace file, read
+    /// by the `log` thread.
+    async fn trace_read(&self, user: UserId) -> Reply {
+        let Some(config) = &self.traces else {
+            return unavailable("per-user traces are not served here".into());
+        };
+        let lines = match trace::read(user, config.data_dir.clone()) {
+            Ok(answer) => log_thread(answer).await,
+            Err(e) => Err(e),
+        };
+        match lines {
+            Ok(lines) => Reply::TraceLines {
+                state: trace_state(&lines.status, trace::count()),
+                lines: lines.text,
+                count: lines.count,
+            },
+            Err(e) => trace_failed(e),
+        }
+    }
+
     async fn roster_changed(&self, user: u64) -> Response {
         let submitted = Instant::now();
         let due = submitted + self.rt.storage_timeout;
@@ -266,6 +381,47 @@ impl ConnHandler {
             );
         }
         self.rt.call(Request::RosterChanged { user }).await
+    }
+}
+
+/// `unavailable` with `message`.
+fn unavailable(message: String) -> Reply {
+    Reply::Shard(Response::fail(ErrorCode::Unavailable, message))
+}
+
+/// A `/trace` call that failed: `not_found` for a user with no trace
+/// file, `unavailable` for the rest (too many traced, the file system,
+/// the `log` thread busy).
+fn trace_failed(e: trace::TraceError) -> Reply {
+    let code = match e {
+        trace::TraceError::NotFound(_) => ErrorCode::NotFound,
+        _ => ErrorCode::Unavailable,
+    };
+    Reply::Shard(Response::fail(code, e.to_string()))
+}
+
+/// What `/trace` says about a trace.
+fn trace_state(status: &trace::Status, traced: usize) -> TraceState {
+    TraceState {
+        user: status.user,
+        on: status.on,
+        file: status.path.display().to_string(),
+        bytes: status.bytes,
+        bytes_max: status.bytes_max,
+        ends_in_ms: status.ends_in.map(|d| d.as_millis() as u64),
+        traced,
+    }
+}
+
+/// Waits for the `log` thread's answer, at most `TRACE_CONTROL_WAIT_MS`
+/// (it may be stuck writing a stderr nobody reads).
+async fn log_thread<T>(
+    answer: oneshot::Receiver<Result<T, trace::TraceError>>,
+) -> Result<T, trace::TraceError> {
+    let wait = glommio::timer::sleep(Duration::from_millis(limits::TRACE_CONTROL_WAIT_MS));
+    match deadline::within(wait, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(oneshot::Canceled)) | Err(TimedOut) => Err(trace::TraceError::Busy),
     }
 }
 
@@ -332,8 +488,15 @@ fn lookup_shape_ok(token: &str) -> bool {
 impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         // Never `{call:?}`: it holds tokens, message text and UI state.
+        // The admin's own `/trace` calls name a user but are not theirs:
+        // they stay out of the user's trace.
         let (name, user) = call.describe();
-        log::debug!("shard-{}: call {name} for user {user:?}", self.rt.id);
+        let user = user.filter(|_| !matches!(call, Call::Trace { .. } | Call::TraceRead { .. }));
+        let shard = self.rt.id;
+        match user {
+            Some(user) => log::debug!(user, shard; "call {name} on conn shard-{shard}"),
+            None => log::debug!(shard; "call {name} on conn shard-{shard}"),
+        }
         // A stopping shard waits longer for a connection with a call in
         // flight (stop.rs), so its answer is written.
         let _in_flight = self.stop.as_ref().map(ConnStop::call_started);
@@ -358,9 +521,8 @@ impl Handler for ConnHandler {
                 Some(d) => d.answer(&path, user, &self.secret, self.rt.clock.now_ms() / 1000),
                 None => demo::not_found(),
             },
-            Call::Trace { .. } => Reply::NotBuilt {
-                message: "per-user traces are not built yet",
-            },
+            Call::Trace { user, debug } => self.trace(user, debug).await,
+            Call::TraceRead { user } => self.trace_read(user).await,
         }
     }
 

@@ -49,10 +49,6 @@ pub const STORAGE_SLACK_MS: u64 = 1_000;
 /// Past it the call is answered `unavailable` and its waiting entry goes.
 pub const CALL_MARGIN_MS: u64 = 5_000;
 
-/// Drops and timeouts of one kind are logged at most once per this, with
-/// how many were not logged since.
-pub const DROP_LOG_INTERVAL_MS: u64 = 1_000;
-
 /// How often each shard fires its timers (poll waits, tab timeouts, grace,
 /// roster refresh): the granularity of every shard deadline. The armed
 /// tick timer also makes each reactor re-check its shared channels at
@@ -208,6 +204,73 @@ pub const PORT_PROBE_PATIENCE_MS: u64 = 2_000;
 /// Pause between two port probes.
 pub const PORT_PROBE_RETRY_MS: u64 = 50;
 
+/// Log records queued for the `log` thread (`logger/`), each one
+/// formatted line. When full, a record is counted
+/// (`switchboard_log_dropped_total`, and a line once stderr takes records
+/// again) and dropped: the thread that logs never waits (an executor
+/// must not block because stderr is a slow pipe).
+pub const LOG_QUEUE_DEPTH_MAX: usize = 4_096;
+
+/// The longest log line, in bytes: a longer message is cut (at a
+/// character boundary) and ends in `…`. With [`LOG_QUEUE_DEPTH_MAX`] it
+/// bounds the queue's memory (16 MiB at most, a few hundred KiB in
+/// practice).
+pub const LOG_LINE_BYTES_MAX: usize = 4_096;
+
+/// A call site's warnings (and errors) are written at most
+/// [`LOG_REPEAT_BURST`] times per this window; the rest are counted and
+/// the count is written with the next one (or by the `log` thread when
+/// the window ends): `(37 more like this in the last 10 s)`.
+pub const LOG_REPEAT_MS: u64 = 10_000;
+
+/// See [`LOG_REPEAT_MS`]. More than one, so a loop that reports a few
+/// distinct things at start (one line per file) is not cut.
+pub const LOG_REPEAT_BURST: u32 = 5;
+
+/// Call sites whose warnings are rate-limited: each claims a slot on its
+/// first warning. A site that finds none free (of the few it may use) is
+/// not limited.
+pub const LOG_CALLSITES_MAX: usize = 256;
+
+/// How long a flush (`logger::flush`: a graceful stop, the panic hook's
+/// exit, a fatal error) waits for the `log` thread to write what is
+/// queued. Past it the process goes on (exits) without those lines: a
+/// stderr nobody reads must not hold an exit.
+pub const LOG_FLUSH_WAIT_MS: u64 = 2_000;
+
+/// Requests to the `log` thread (trace start, stop and reads; flushes)
+/// queued at once. One more trace request is answered `unavailable`.
+pub const LOG_CONTROL_DEPTH_MAX: usize = 16;
+
+/// How long an admin `/trace` call waits for the `log` thread to open,
+/// close or read a trace file (it may be stuck writing a stderr nobody
+/// reads). Past it the call answers `unavailable`.
+pub const TRACE_CONTROL_WAIT_MS: u64 = 2_000;
+
+/// How long `POST /trace` waits for every shard to take the new set of
+/// traced users. Past it the call answers `unavailable` (a start is
+/// undone first).
+pub const TRACE_ACK_TIMEOUT_MS: u64 = 1_000;
+
+/// The newest lines `GET /trace` answers.
+pub const TRACE_LINES_SHOWN_MAX: usize = 200;
+
+/// The most of a trace file's end `GET /trace` reads (the newest lines
+/// must fit: [`LOG_LINE_BYTES_MAX`] bounds each).
+pub const TRACE_READ_BYTES_MAX: u64 = 256 * 1024;
+
+/// The default time bound of a trace (`SWITCHBOARD_TRACE_MS`): it ends by
+/// itself this long after it started (or was started again).
+pub const TRACE_MS_DEFAULT: u64 = 600_000;
+
+/// The default size bound of a trace file (`SWITCHBOARD_TRACE_BYTES_MAX`):
+/// the line that would pass it ends the trace instead.
+pub const TRACE_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
+
+/// Cross-shard requests about traced users a home shard times at once
+/// (from arrival to its reply going back). More are traced untimed.
+pub const TRACE_HOPS_TIMED_MAX: usize = 1_024;
+
 const _: () = assert!(OUTBOX_DEPTH_MAX >= 2 * REQUESTS_IN_FLIGHT_MAX + PEER_MSGS_QUEUED_MAX);
 // 9,000: `CONNECTIONS_MAX`'s default (settings.rs), one call in flight each.
 const _: () = assert!(REQUESTS_IN_FLIGHT_MAX >= 9_000);
@@ -226,3 +289,7 @@ const _: () =
 const _: () = assert!(stop_timeout_ms(5_000) == 14_570);
 const _: () = assert!(stop_timeout_ms(STORAGE_TIMEOUT_MS_MAX) < 90_000);
 const _: () = assert!(drain_calls_ms(STORAGE_TIMEOUT_MS_MIN) == DRAIN_MS_MAX);
+const _: () = assert!(LOG_REPEAT_BURST >= 1 && LOG_REPEAT_MS >= 1_000);
+const _: () =
+    assert!(TRACE_READ_BYTES_MAX >= (TRACE_LINES_SHOWN_MAX * LOG_LINE_BYTES_MAX / 4) as u64);
+const _: () = assert!(TRACE_ACK_TIMEOUT_MS > TICK_MS);

@@ -90,14 +90,18 @@ fn main() -> ExitCode {
         }
         _ => "serve",
     };
-    match command {
+    let code = match command {
         "token" => token(args, &env),
         "migrate" => migrate(args, &env),
         "seed-demo" => seed_demo(args, &env),
         "check-directory" => check_directory(args, &env),
         "tune" => tune(args, &env),
         _ => serve(args, &env),
-    }
+    };
+    // Records still queued for the `log` thread would die with the
+    // process.
+    logger::flush();
+    code
 }
 
 /// `switchboard 0.1.0`, and the git commit it was built from when the
@@ -111,6 +115,8 @@ fn version() -> String {
 }
 
 fn fail(message: String) -> ExitCode {
+    // The log's last lines first: they say what led here.
+    logger::flush();
     eprintln!("switchboard: {message}");
     ExitCode::from(2)
 }
@@ -120,7 +126,7 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    logger::init(settings.log);
+    logger::init(settings.log.clone());
     match server::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),
@@ -213,7 +219,7 @@ fn mysql_settings(
         .mysql_url
         .clone()
         .ok_or("needs SWITCHBOARD_MYSQL_URL or --mysql-url")?;
-    logger::init(settings.log);
+    logger::init(settings.log.clone());
     Ok((settings, url))
 }
 

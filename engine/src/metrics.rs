@@ -34,7 +34,6 @@
 //! hold included, buckets up to the 60 s wait) and left out of
 //! `switchboard_request_duration_seconds`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram as Hdr;
@@ -716,13 +715,13 @@ fn process(out: &mut Vec<Family>) {
         max_fds(),
     ));
     let mut dropped = Builder::new(
-        "switchboard_log_records_dropped_total",
+        "switchboard_log_dropped_total",
         Kind::Counter,
         "Log records dropped because the logger's queue was full.",
     );
     dropped.sample(
         Vec::new(),
-        Value::Int(LOG_RECORDS_DROPPED.load(Ordering::Relaxed)),
+        Value::Int(crate::logger::dropped_records()),
     );
     out.push(dropped.done());
     let mut info = Builder::new(
@@ -737,12 +736,6 @@ fn process(out: &mut Vec<Family>) {
     out.push(info.done());
 }
 
-/// Log records the logger dropped because its queue was full. The logger
-/// adds to it (issue 10's logger never blocks an executor: past its
-/// bound a record is counted here instead); `/metrics` shows it as
-/// `switchboard_log_records_dropped_total`. A logger that never drops
-/// leaves it at 0.
-pub static LOG_RECORDS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A runtime counter as `/metrics` shows it.
 struct CounterSpec {

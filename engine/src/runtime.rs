@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
-use log::{error, warn};
+use log::{debug, error, warn};
 use switchboard_io::deadline::{self, TimedOut};
 use switchboard_shards::model::{
     ErrorCode, EventKind, ReplyTo, Request, Response, ShardId, StorageError, StorageJob, UserId,
@@ -38,6 +38,7 @@ use switchboard_shards::{home_shard, Input, Output, PeerMsg, Resync, Shard, Stat
 use switchboard_storage::Store;
 
 use crate::limits;
+use crate::logger::trace;
 use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
 use crate::supervise::{self, Faults};
 
@@ -404,29 +405,6 @@ impl Owed {
     }
 }
 
-/// Logs one kind of event at most once per `DROP_LOG_INTERVAL_MS`,
-/// saying how many went unlogged since.
-#[derive(Debug, Default)]
-struct LogGate {
-    /// When the next line may be written (clock ms).
-    next_ms: Cell<u64>,
-    /// Events not logged since the last line.
-    skipped: Cell<u64>,
-}
-
-impl LogGate {
-    /// `Some(events not logged before this one)` when this one is to be
-    /// logged.
-    fn pass(&self, now_ms: u64) -> Option<u64> {
-        if now_ms < self.next_ms.get() {
-            self.skipped.set(self.skipped.get() + 1);
-            return None;
-        }
-        self.next_ms.set(now_ms + limits::DROP_LOG_INTERVAL_MS);
-        Some(self.skipped.replace(0))
-    }
-}
-
 /// The clock every shard reads: unix milliseconds, but advancing with the
 /// monotonic clock so deadlines never go backwards.
 #[derive(Clone, Copy, Debug)]
@@ -495,12 +473,11 @@ pub struct ShardRuntime {
     owed: RefCell<Vec<Owed>>,
     /// Deliveries the `drop_deliveries` fault has dropped so far.
     fault_dropped: Cell<u64>,
-    /// Rate limits of the drop and timeout logs, one per kind.
-    drop_logs: [LogGate; 4],
-    timeout_log: LogGate,
-    /// Rate limit of the panic log (a panic that repeats on every tick
-    /// must not flood the log).
-    panic_log: LogGate,
+    /// Cross-shard requests about traced users this shard (as home shard)
+    /// is answering: when each arrived, its name and user, by the conn
+    /// shard's `ReplyTo`, to time the hop (at most `TRACE_HOPS_TIMED_MAX`;
+    /// empty, and never looked at, while nobody is traced).
+    traced_hops: RefCell<HashMap<ReplyTo, (Instant, &'static str, UserId)>>,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
     /// This shard's latency histograms since its last tick (published at
@@ -563,9 +540,7 @@ impl ShardRuntime {
             },
             owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
             fault_dropped: Cell::new(0),
-            drop_logs: Default::default(),
-            timeout_log: LogGate::default(),
-            panic_log: LogGate::default(),
+            traced_hops: RefCell::new(HashMap::new()),
             outputs: RefCell::new(Vec::new()),
             recorder: RefCell::new(Recorder::default()),
         });
@@ -683,6 +658,18 @@ impl ShardRuntime {
                             });
                         }
                     }
+                    // The core's copy of the traced set may outlive a
+                    // trace the engine ended (its size bound): the
+                    // registry decides.
+                    Output::Trace { user, note } => {
+                        if trace::is_traced(user) {
+                            debug!(
+                                target: "switchboard_shards::trace",
+                                user, shard = self.id;
+                                "{note}"
+                            );
+                        }
+                    }
                 }
             }
             *self.outputs.borrow_mut() = outputs;
@@ -718,25 +705,30 @@ impl ShardRuntime {
             (Some(a), Some(b)) if a != b => vec![a, b],
             (a, b) => a.or(b).into_iter().collect(),
         };
-        if let Some(skipped) = self.panic_log.pass(self.clock.now_ms()) {
-            let panics = self.stats.panics.get();
-            if users.is_empty() {
-                error!(
-                    "shard-{id}: handling {kind} panicked ({panics} panics in all; {skipped} more not logged)"
-                );
-            } else {
-                let names: Vec<String> = users.iter().map(u64::to_string).collect();
-                let names = names.join(" and ");
-                error!(
-                    "shard-{id}: handling {kind} for user {names} panicked: dropping that session ({panics} panics in all; {skipped} more not logged)"
-                );
-            }
+        // A panic that repeats on every tick does not flood the log: the
+        // logger limits repeats per call site.
+        let panics = self.stats.panics.get();
+        match users[..] {
+            [] => error!(
+                shard = id;
+                "shard-{id}: handling {kind} panicked ({panics} panics in all)"
+            ),
+            [user] => error!(
+                user, shard = id;
+                "shard-{id}: handling {kind} for user {user} panicked: dropping that session \
+                 ({panics} panics in all)"
+            ),
+            [user, other, ..] => error!(
+                user, other, shard = id;
+                "shard-{id}: handling {kind} for user {user} and {other} panicked: dropping \
+                 those sessions ({panics} panics in all)"
+            ),
         }
         let jobs = out
             .drain(..)
             .filter_map(|o| match o {
                 Output::Storage { job, .. } => Some(job),
-                Output::Reply { .. } | Output::Peer { .. } => None,
+                Output::Reply { .. } | Output::Peer { .. } | Output::Trace { .. } => None,
             })
             .collect();
         let repaired = supervise::supervised(|| {
@@ -760,9 +752,43 @@ impl ShardRuntime {
     pub fn on_mesh(self: &Rc<Self>, from: ShardId, msg: MeshMsg) {
         self.stats.peers[from].received.add(1);
         match msg {
-            MeshMsg::Request { reply, request } => self.feed(Input::Request { reply, request }),
+            MeshMsg::Request { reply, request } => {
+                if let Some(user) = request.home_user().filter(|&u| trace::is_traced(u)) {
+                    self.traced_arrival(from, reply, user, request.name());
+                }
+                self.feed(Input::Request { reply, request })
+            }
             MeshMsg::Reply { req, response } => self.complete(req, response),
-            MeshMsg::Peer(p) => self.feed(Input::Peer(p)),
+            MeshMsg::Peer(p) => {
+                if let PeerMsg::Deliver {
+                    to,
+                    from: user,
+                    kind,
+                } = &p
+                {
+                    if trace::is_traced(*user) {
+                        debug!(
+                            user = *user, shard = self.id;
+                            "delivery of a {} to user {to}: arrived from shard-{from} (the mesh hop in)",
+                            kind.name()
+                        );
+                    }
+                }
+                self.feed(Input::Peer(p))
+            }
+        }
+    }
+
+    /// A request about traced `user` came from shard `from`: noted, and
+    /// timed until its reply goes back.
+    fn traced_arrival(&self, from: ShardId, reply: ReplyTo, user: UserId, name: &'static str) {
+        debug!(
+            user, shard = self.id, req = reply.req;
+            "{name}: arrived from conn shard-{from} (the mesh hop in)"
+        );
+        let mut hops = self.traced_hops.borrow_mut();
+        if hops.len() < limits::TRACE_HOPS_TIMED_MAX {
+            hops.insert(reply, (Instant::now(), name, user));
         }
     }
 
@@ -770,6 +796,18 @@ impl ShardRuntime {
         if to.shard == self.id {
             self.complete(to.req, response);
             return;
+        }
+        if !self.traced_hops.borrow().is_empty() {
+            let hop = self.traced_hops.borrow_mut().remove(&to);
+            if let Some((arrived, name, user)) = hop {
+                debug!(
+                    user, shard = self.id, req = to.req;
+                    "{name}: {} after {} µs on this home shard, back to conn shard-{}",
+                    outcome(&response),
+                    arrived.elapsed().as_micros(),
+                    to.shard
+                );
+            }
         }
         let msg = MeshMsg::Reply {
             req: to.req,
@@ -787,6 +825,20 @@ impl ShardRuntime {
     /// a tick once the outbox has room): their tabs reload from history,
     /// so what was acknowledged still reaches them.
     fn send_peer(&self, shard: ShardId, msg: PeerMsg) {
+        if let PeerMsg::Deliver {
+            to,
+            from: user,
+            kind,
+        } = &msg
+        {
+            if trace::is_traced(*user) {
+                debug!(
+                    user = *user, shard = self.id;
+                    "delivery of a {} to user {to}: sent to its home shard-{shard} (the mesh hop out)",
+                    kind.name()
+                );
+            }
+        }
         let outbox = self.outbox(shard);
         let kind = Dropped::of(&msg);
         let recipient = match &msg {
@@ -840,24 +892,35 @@ impl ShardRuntime {
         self.outboxes[peer].as_ref().map_or(0, |o| o.len())
     }
 
-    /// Counts a message dropped on the outbox to `shard` and logs it
-    /// (at most once per `DROP_LOG_INTERVAL_MS` per kind).
+    /// Counts a message dropped on the outbox to `shard` and logs it (the
+    /// logger limits repeats per call site: one per kind).
     fn dropped(&self, shard: ShardId, kind: Dropped) {
-        let (counter, gate) = match kind {
-            Dropped::Reply => (&self.stats.dropped_replies, &self.drop_logs[0]),
-            Dropped::Delivery => (&self.stats.dropped_deliveries, &self.drop_logs[1]),
-            Dropped::Presence => (&self.stats.dropped_presence, &self.drop_logs[2]),
-            Dropped::Roster => (&self.stats.dropped_roster, &self.drop_logs[3]),
+        let counter = match kind {
+            Dropped::Reply => &self.stats.dropped_replies,
+            Dropped::Delivery => &self.stats.dropped_deliveries,
+            Dropped::Presence => &self.stats.dropped_presence,
+            Dropped::Roster => &self.stats.dropped_roster,
         };
         counter.add(1);
         self.stats.peers[shard].dropped[kind as usize].add(1);
-        if let Some(skipped) = gate.pass(self.clock.now_ms()) {
-            error!(
-                "shard-{}: outbox to shard-{shard} full: dropped a {} message ({} in all; {skipped} more not logged)",
-                self.id,
-                kind.name(),
-                counter.get()
-            );
+        let (id, all) = (self.id, counter.get());
+        match kind {
+            Dropped::Reply => error!(
+                shard = id;
+                "shard-{id}: outbox to shard-{shard} full: dropped a reply ({all} in all)"
+            ),
+            Dropped::Delivery => error!(
+                shard = id;
+                "shard-{id}: outbox to shard-{shard} full: dropped a delivery ({all} in all)"
+            ),
+            Dropped::Presence => error!(
+                shard = id;
+                "shard-{id}: outbox to shard-{shard} full: dropped a presence message ({all} in all)"
+            ),
+            Dropped::Roster => error!(
+                shard = id;
+                "shard-{id}: outbox to shard-{shard} full: dropped a roster message ({all} in all)"
+            ),
         }
     }
 
@@ -889,20 +952,19 @@ impl ShardRuntime {
         let patience = self.storage_patience();
         let waiting = &self.stats.storage_jobs_waiting;
         waiting.add(1);
+        let shard = self.id;
+        debug!(user, shard, job; "storage job {what} submitted");
         glommio::spawn_local(async move {
-            log::debug!("shard-{}: job {job} {what} for user {user} waiting", rt.id);
             let result = deadline::within(glommio::timer::sleep(patience), pending)
                 .await
                 .unwrap_or(Err(StorageError::TimedOut));
-            rt.record(Series::Job(kind), submitted.elapsed());
-            log::debug!(
-                "shard-{}: job {job} {what} for user {user} done: {}",
-                rt.id,
-                match &result {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e.to_string(),
-                }
-            );
+            let took = submitted.elapsed();
+            rt.record(Series::Job(kind), took);
+            let ms = took.as_secs_f64() * 1e3;
+            match &result {
+                Ok(_) => debug!(user, shard, job; "storage job {what} done in {ms:.3} ms"),
+                Err(e) => debug!(user, shard, job; "storage job {what} failed in {ms:.3} ms: {e}"),
+            }
             if result == Err(StorageError::TimedOut) {
                 rt.stats.storage_timeouts.add(1);
             }
@@ -928,7 +990,7 @@ impl ShardRuntime {
             return busy();
         }
         let patience = self.call_patience(&request);
-        let (what, user) = (request.name(), request.home_user());
+        let what = request.name();
         let started = Instant::now();
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
@@ -938,48 +1000,67 @@ impl ShardRuntime {
             shard: self.id,
             req,
         };
+        let user = request.home_user();
+        let name = request.name();
+        // A traced user's request is timed and its hops noted; nobody
+        // else's (one relaxed load while nobody is traced).
+        let traced = user
+            .filter(|&u| trace::is_traced(u))
+            .map(|u| (u, Instant::now()));
+        let id = self.id;
         if !remote {
             self.feed(Input::Request { reply, request });
         } else if let Err(e) = self.enqueue(shard, MeshMsg::Request { reply, request }) {
             // Never expected: the in-flight bound keeps room for requests.
             self.stats.shed_requests.add(1);
-            error!(
-                "shard-{}: outbox to shard-{shard} full, request shed: {e}",
-                self.id
-            );
+            error!(shard = id, req; "shard-{id}: outbox to shard-{shard} full, request shed: {e}");
             return busy();
         } else {
             let deadline_ms = self.clock.now_ms() + patience.as_millis() as u64;
             self.in_flight.borrow_mut().start(req, shard, deadline_ms);
+            if let Some((user, _)) = traced {
+                debug!(user, shard = id, req; "{name}: sent to home shard-{shard} (the mesh hop out)");
+            }
         }
-        match deadline::within(glommio::timer::sleep(patience), rx).await {
+        let response = match deadline::within(glommio::timer::sleep(patience), rx).await {
             Ok(Ok(response)) => response,
             Ok(Err(oneshot::Canceled)) => {
                 Response::fail(ErrorCode::Unavailable, "request dropped: try again")
             }
             Err(TimedOut) => {
                 self.stats.call_timeouts.add(1);
-                if let Some(skipped) = self.timeout_log.pass(self.clock.now_ms()) {
-                    let late = Late {
-                        what,
-                        home: shard,
-                        waited: started.elapsed(),
-                        patience,
-                    };
-                    warn!(
-                        user = user, shard = self.id;
-                        "shard-{}: {} ({} in all; {skipped} more not logged)",
-                        self.id,
-                        self.late_call_line(&late, user),
-                        self.stats.call_timeouts.get()
-                    );
+                let late = Late {
+                    what,
+                    home: shard,
+                    waited: started.elapsed(),
+                    patience,
+                };
+                let line = self.late_call_line(&late, user);
+                let all = self.stats.call_timeouts.get();
+                match user {
+                    Some(user) => warn!(user, shard = id, req; "shard-{id}: {line} ({all} in all)"),
+                    None => warn!(shard = id, req; "shard-{id}: {line} ({all} in all)"),
                 }
                 Response::fail(
                     ErrorCode::Unavailable,
                     "no answer from the home shard: try again",
                 )
             }
+        };
+        if let Some((user, started)) = traced {
+            let path = if remote {
+                format!("home shard-{shard}, a round trip over the mesh")
+            } else {
+                "home shard is this conn shard, no hop".to_string()
+            };
+            debug!(
+                user, shard = id, req;
+                "{name}: {} in {} µs ({path})",
+                outcome(&response),
+                started.elapsed().as_micros()
+            );
         }
+        response
     }
 
     /// The forensics of a call past its deadline (see [`Late`]): what it
@@ -1124,6 +1205,15 @@ impl InFlight {
     }
 }
 
+/// A response's outcome, for a trace: `ok`, `reset`, or its error code.
+fn outcome(response: &Response) -> &'static str {
+    match response {
+        Response::Failed(f) => f.code.as_str(),
+        Response::Reset { .. } => "reset",
+        _ => "ok",
+    }
+}
+
 /// What an input is, for logs (never its content: it may quote users).
 fn input_kind(input: &Input) -> String {
     match input {
@@ -1153,6 +1243,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::RosterChanged { .. } => "roster_changed",
         Request::Kick { .. } => "kick",
         Request::Health => "health",
+        Request::Trace { .. } => "trace",
     }
 }
 
@@ -1196,17 +1287,5 @@ mod tests {
         f.sweep(2_000);
         assert_eq!(f.count(1), 0);
         assert!(f.by_req.is_empty() && f.by_deadline.is_empty());
-    }
-
-    #[test]
-    fn log_gate_passes_once_per_interval_and_counts_the_rest() {
-        let gate = LogGate::default();
-        let step = limits::DROP_LOG_INTERVAL_MS;
-        let check = |now, expected| assert_eq!(gate.pass(now), expected, "at {now}");
-        check(1_000, Some(0));
-        check(1_001, None);
-        check(1_000 + step - 1, None);
-        check(1_000 + step, Some(2));
-        check(1_000 + 2 * step, Some(0));
     }
 }

@@ -72,6 +72,7 @@ use crate::demo::Demo;
 use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
 use crate::limits;
+use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::metrics::{Refusal, Series};
 use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
@@ -523,7 +524,7 @@ impl Shards {
                     shard: ended,
                     source: slot @ None,
                 }) if *ended == shard => *slot = Some(e),
-                Some(_) => error!("shard-{shard} failed while stopping: {e}"),
+                Some(_) => error!(shard; "shard-{shard} failed while stopping: {e}"),
                 None => {
                     first = Some(Error::ShardEnded {
                         shard,
@@ -565,7 +566,7 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
     let conns = ConnStop::new(stop.clone());
     serve(&shared, &rt, listeners, &conns).await;
     stop::stop_shard(&rt, &conns, &stop).await;
-    debug!("shard-{i}: stopped");
+    debug!(shard = i; "shard-{i}: stopped");
 }
 
 /// Builds the shard's runtime and starts its tasks: one outbox drainer
@@ -602,7 +603,7 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
                     if !stop.is_stopping() {
                         supervise::fatal(format_args!("shard-{i}: mesh to shard-{peer} closed"));
                     }
-                    debug!("mesh to shard-{peer} closed while stopping");
+                    debug!(shard = i; "mesh to shard-{peer} closed while stopping");
                     return;
                 }
             }
@@ -731,10 +732,16 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     let admin_task = listeners.admin.map(|admin| {
         let bound = admin.local_addr().expect("a bound listener has an address");
         let gate = AdminGate::new(bound, s.admin_token.clone());
+        let traces = TraceConfig {
+            data_dir: s.data_dir.clone(),
+            duration: Duration::from_millis(s.trace_ms),
+            bytes_max: s.trace_bytes_max,
+        };
         let handler = ConnHandler::new(rt.clone(), shared.secret.clone(), gate)
             .with_limits(limits.clone())
             .with_edge(shared.edge.clone())
-            .with_stop(conns.clone());
+            .with_stop(conns.clone())
+            .with_traces(traces);
         let admission = Rc::new(RefCell::new(Admission::new(s.admin_connections_max, None)));
         let accepting = accept_loop(admin, Listener::Admin, None, Rc::new(handler), admission);
         glommio::spawn_local(accepting)
@@ -926,7 +933,7 @@ async fn accept_loop(
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!("accept on {kind:?} listener failed: {e}");
+                warn!(shard; "shard-{shard}: accept on {kind:?} listener failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -974,6 +981,7 @@ async fn accept_loop(
                             }
                             Err(refused) => {
                                 debug!(
+                                    shard;
                                     "shard-{shard}: TLS connection from {peer} refused: {refused}"
                                 );
                                 handler.rt().stats.refuse(Refusal::TlsHandshake);
@@ -1038,6 +1046,7 @@ fn refuse(
     };
     if count.is_power_of_two() {
         warn!(
+            shard;
             "shard-{shard}: {kind:?} connection from {} closed at accept: {why} \
              ({count} refused so far for this, {} open, {} from that address)",
             peer.ip(),

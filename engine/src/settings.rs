@@ -64,7 +64,9 @@ const SPECS: &[Spec] = &[
     Spec { name: "FIRST_BYTE_TIMEOUT_MS", default: "5000", help: "a new connection that sends no byte this long is closed quietly (100 to 75000; between requests the 75 s idle timeout applies)", value: "MS" },
     Spec { name: "ADMIN_CONNECTIONS_MAX", default: "64", help: "open admin connections; more are closed at accept", value: "N" },
     Spec { name: "LOOP_LAG_WARN_MS", default: "500", help: "the watchdog warns, once per episode, when a shard's loop runs this late (a tick that fired or is due that much after its time; 10..=9999: a shard with no tick for 10 s ends the process)", value: "MS" },
-    Spec { name: "LOG", default: "info", help: "log level: error, warn, info, debug, trace (Switchboard's own records; dependencies such as rustls are capped at warn)", value: "LEVEL" },
+    Spec { name: "LOG", default: "info", help: "which records are logged, per module, in env_logger's syntax: a level (off, error, warn, info, debug, trace) and/or MODULE=LEVEL, comma-separated, e.g. warn,switchboard_storage=debug (the longest matching module wins; dependencies such as rustls are capped at warn unless named)", value: "FILTER" },
+    Spec { name: "TRACE_MS", default: "600000", help: "a per-user trace (admin POST /trace) ends by itself this long after it started (1000..=86400000)", value: "MS" },
+    Spec { name: "TRACE_BYTES_MAX", default: "16777216", help: "a per-user trace ends when its file (DATA_DIR/traces/user-ID.log) would pass this many bytes (4096..=1073741824)", value: "BYTES" },
     Spec { name: "MYSQL_URL", default: "unset (embedded store)", help: "use MySQL instead of the embedded store: mysql://USER:PASSWORD@HOST:3306/DATABASE (run `switchboard migrate` first)", value: "URL" },
     Spec { name: "MYSQL_POOL_SIZE", default: "2 × cores + 2", help: "pooled MySQL connections, one db-N thread each (at least 2)", value: "N" },
     Spec { name: "MYSQL_CONNECT_TIMEOUT_MS", default: "2000", help: "MySQL TCP connect and handshake timeout (the pool reconnects in the background)", value: "MS" },
@@ -121,8 +123,12 @@ pub struct Settings {
     /// A shard whose tick fires this much late is lagging (the watchdog
     /// warns once per episode).
     pub loop_lag_warn_ms: u64,
-    /// Log level.
-    pub log: log::LevelFilter,
+    /// Which records are logged, per module (`SWITCHBOARD_LOG`).
+    pub log: crate::logger::Filter,
+    /// A per-user trace ends this long after it started.
+    pub trace_ms: u64,
+    /// A per-user trace ends when its file would pass this many bytes.
+    pub trace_bytes_max: u64,
     /// MySQL URL (`None`: the embedded store).
     pub mysql_url: Option<String>,
     /// Pooled MySQL connections (= its db threads).
@@ -266,14 +272,8 @@ impl Settings {
         if shards == 0 || shards > 256 {
             return Err(format!("SWITCHBOARD_SHARDS: {shards} is not in 1..=256"));
         }
-        let log = match get("LOG").unwrap_or("info") {
-            "error" => log::LevelFilter::Error,
-            "warn" => log::LevelFilter::Warn,
-            "info" => log::LevelFilter::Info,
-            "debug" => log::LevelFilter::Debug,
-            "trace" => log::LevelFilter::Trace,
-            other => return Err(format!("SWITCHBOARD_LOG: {other:?} is not a log level")),
-        };
+        let log = crate::logger::Filter::parse(get("LOG").unwrap_or("info"))
+            .map_err(|e| format!("SWITCHBOARD_LOG: {e}"))?;
         let demo = match get("DEMO") {
             None | Some("auto") => {
                 get("DIRECTORY").is_none_or(str::is_empty)
@@ -369,6 +369,16 @@ impl Settings {
                 crate::limits::LOOP_LAG_WARN_MS_DEFAULT,
             )?,
             log,
+            trace_ms: num(
+                "TRACE_MS",
+                get("TRACE_MS"),
+                crate::limits::TRACE_MS_DEFAULT,
+            )?,
+            trace_bytes_max: num(
+                "TRACE_BYTES_MAX",
+                get("TRACE_BYTES_MAX"),
+                crate::limits::TRACE_BYTES_MAX_DEFAULT,
+            )?,
             mysql_url: non_empty("MYSQL_URL"),
             mysql_pool_size: num(
                 "MYSQL_POOL_SIZE",
@@ -451,6 +461,14 @@ impl Settings {
                 "SWITCHBOARD_LOOP_LAG_WARN_MS must be in 10..{stall_ms} (a shard with no tick \
                  for {stall_ms} ms ends the process)"
             ));
+        }
+        if !(1_000..=86_400_000).contains(&settings.trace_ms) {
+            return Err("SWITCHBOARD_TRACE_MS must be in 1000..=86400000 (1 s to a day)".into());
+        }
+        if !(4_096..=1 << 30).contains(&settings.trace_bytes_max) {
+            return Err(
+                "SWITCHBOARD_TRACE_BYTES_MAX must be in 4096..=1073741824 (4 KiB to 1 GiB)".into(),
+            );
         }
         if settings.tab_timeout_ms < 1_000 || settings.roster_refresh_ms < 1_000 {
             return Err("timeouts and intervals must be at least 1000 ms".into());
@@ -743,6 +761,13 @@ mod tests {
             (&["--shards"][..], "needs a value"),
             (&["stray"][..], "unexpected"),
             (&["--log", "loud"][..], "LOG"),
+            (&["--log", "info,debug"][..], "more than one default"),
+            (&["--log", "switchboard_storage=chatty"][..], "not a level"),
+            (&["--log", ""][..], "empty"),
+            (&["--trace-ms", "999"][..], "TRACE_MS"),
+            (&["--trace-ms", "86400001"][..], "TRACE_MS"),
+            (&["--trace-bytes-max", "4095"][..], "TRACE_BYTES_MAX"),
+            (&["--trace-bytes-max", "lots"][..], "TRACE_BYTES_MAX"),
             (&["--db-cores", "1,x"][..], "DB_CORES"),
             (&["--rate-send", "5"][..], "RATE_SEND"),
             (&["--rate-send", "5/s,burst=0"][..], "RATE_SEND"),
@@ -804,6 +829,39 @@ mod tests {
         ] {
             let e = parse(args, &[]).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_filter_and_trace_bounds() {
+        use log::LevelFilter;
+        let s = parse(&[], &[]).unwrap();
+        assert_eq!(s.log, crate::logger::Filter::level(LevelFilter::Info));
+        assert_eq!(
+            (s.trace_ms, s.trace_bytes_max),
+            (
+                crate::limits::TRACE_MS_DEFAULT,
+                crate::limits::TRACE_BYTES_MAX_DEFAULT
+            )
+        );
+        let s = parse(
+            &["--log", "warn,switchboard_storage=debug", "--trace-ms=1000"],
+            &[("SWITCHBOARD_TRACE_BYTES_MAX", "4096")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.log.level_of("switchboard_storage::batch"),
+            LevelFilter::Debug
+        );
+        assert_eq!(s.log.level_of("switchboard_engine"), LevelFilter::Warn);
+        assert_eq!((s.trace_ms, s.trace_bytes_max), (1_000, 4_096));
+        // The defaults --help prints are the ones used.
+        for (name, value) in [
+            ("TRACE_MS", crate::limits::TRACE_MS_DEFAULT),
+            ("TRACE_BYTES_MAX", crate::limits::TRACE_BYTES_MAX_DEFAULT),
+        ] {
+            let spec = SPECS.iter().find(|s| s.name == name).unwrap();
+            assert_eq!(spec.default, value.to_string(), "{name}");
         }
     }
 

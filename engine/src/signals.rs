@@ -82,6 +82,7 @@ impl StopSignals {
                             name(again),
                             stop.pending()
                         );
+                        crate::logger::flush();
                         std::process::exit(EXIT_STOP_TIMEOUT);
                     }
                     if Instant::now() >= deadline {
@@ -92,6 +93,7 @@ impl StopSignals {
                             EXIT_STOP_TIMEOUT,
                             stop.pending()
                         );
+                        crate::logger::flush();
                         std::process::exit(EXIT_STOP_TIMEOUT);
                     }
                     std::thread::sleep(Duration::from_millis(WATCH_MS));

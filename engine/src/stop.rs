@@ -359,6 +359,7 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     .await;
     if conns.open() > 0 {
         warn!(
+            shard = i;
             "shard-{i}: {} connections still open {} ms after the stop ({} with a call in \
              flight); ending without them",
             conns.open(),
@@ -371,7 +372,7 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     // A peer saw the stop at most `STOP_CHECK_MS` after this shard.
     let peers_until = calls_until + Duration::from_millis(limits::STOP_CHECK_MS);
     if !wait_until(peers_until, || stop.all_past_connections()).await {
-        warn!("shard-{i}: other shards still had connections at the drain deadline");
+        warn!(shard = i; "shard-{i}: other shards still had connections at the drain deadline");
     }
 
     stop.set_phase(i, Phase::Jobs);
@@ -384,11 +385,12 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     .await
     {
         warn!(
+            shard = i;
             "shard-{i}: {} storage jobs unanswered past the storage timeout; ending without them",
             rt.stats.storage_jobs_waiting.get()
         );
     }
-    debug!("shard-{i}: drained");
+    debug!(shard = i; "shard-{i}: drained");
 }
 
 /// Checks `done` every `STOP_CHECK_MS` until it holds (`true`) or `until`

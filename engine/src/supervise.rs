@@ -68,20 +68,27 @@ pub fn install_panic_hook() {
                 .map_or_else(|| "an unknown place".to_string(), ToString::to_string);
             if SUPERVISED.with(Cell::get) {
                 error!(
+                    shard;
                     "shard-{shard}: panic at {at} (caught: costs one input and its user's session)"
                 );
                 return;
             }
-            error!("shard-{shard}: panic at {at} outside the supervised region: exiting");
+            error!(shard; "shard-{shard}: panic at {at} outside the supervised region: exiting");
+            // The log's last lines (this one included) before the
+            // previous hook's message and the exit: bounded, so a stderr
+            // nobody reads cannot hold the exit.
+            crate::logger::flush();
             previous(info);
             std::process::exit(EXIT_PANIC);
         }));
     });
 }
 
-/// Marks the calling thread as shard `shard`'s executor (for the hook).
+/// Marks the calling thread as shard `shard`'s executor (for the hook,
+/// and for log lines: `shard-3`).
 pub fn on_executor(shard: ShardId) {
     EXECUTOR.with(|e| e.set(Some(shard)));
+    crate::logger::label_thread(format!("shard-{shard}"));
 }
 
 /// Runs `f`, catching a panic in it. The state `f` touched may be half
@@ -97,6 +104,7 @@ pub fn supervised<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
 /// [`EXIT_PANIC`] at once (never a silent half-dead process).
 pub fn fatal(why: std::fmt::Arguments<'_>) -> ! {
     error!("{why}: exiting so the service manager restarts the server");
+    crate::logger::flush();
     std::process::exit(EXIT_PANIC);
 }
 

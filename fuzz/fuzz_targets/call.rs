@@ -401,6 +401,7 @@ fn check_call(req: &Req, call: &Call, params: &Params, refusal: Option<ErrorCode
             | Call::RosterChanged { .. }
             | Call::Kick { .. }
             | Call::Trace { .. }
+            | Call::TraceRead { .. }
     );
     assert_eq!(admin, req.listener == Listener::Admin, "{call:?}");
     assert_eq!(
@@ -408,7 +409,10 @@ fn check_call(req: &Req, call: &Call, params: &Params, refusal: Option<ErrorCode
         "an admin call past a refusing gate: {call:?}"
     );
     match call {
-        Call::RosterChanged { user } | Call::Kick { user } | Call::Trace { user, .. } => {
+        Call::RosterChanged { user }
+        | Call::Kick { user }
+        | Call::Trace { user, .. }
+        | Call::TraceRead { user } => {
             assert!(*user > 0);
             assert_eq!(value(params, "user").parse::<u64>().ok(), Some(*user));
         }

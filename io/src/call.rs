@@ -178,7 +178,7 @@ fn route(listener: Listener, path: &str) -> Option<Endpoint> {
 fn allowed(endpoint: Endpoint, method: Method) -> Result<(), HttpError> {
     let allow = match endpoint {
         Endpoint::Health | Endpoint::Metrics => "GET",
-        Endpoint::RosterChanged | Endpoint::Kick | Endpoint::Trace => "POST",
+        Endpoint::RosterChanged | Endpoint::Kick => "POST",
         _ => "GET, POST",
     };
     let ok = match method {
@@ -361,7 +361,12 @@ fn decide_admin(
         Endpoint::Metrics => Ok(Call::Metrics),
         Endpoint::RosterChanged => admin_user(params).map(|user| Call::RosterChanged { user }),
         Endpoint::Kick => admin_user(params).map(|user| Call::Kick { user }),
+        // GET reads the trace; POST starts or stops it (a GET never
+        // changes anything: its `level` is ignored like any unknown name).
         Endpoint::Trace => admin_user(params).and_then(|user| {
+            if method == Method::Get {
+                return Ok(Call::TraceRead { user });
+            }
             let debug = match required(params, "level")? {
                 "debug" => true,
                 "off" => false,
@@ -1500,6 +1505,22 @@ mod tests {
         check(
             open(Method::Post, "/trace", "user=5&level=on"),
             Want::Fail(BadRequest, "`level`"),
+        );
+        check(
+            open(Method::Post, "/trace", "user=5"),
+            Want::Fail(BadRequest, "`level`"),
+        );
+        check(
+            open(Method::Get, "/trace", "user=5"),
+            Want::Call(Call::TraceRead { user: 5 }),
+        );
+        check(
+            open(Method::Get, "/trace", "user=5&level=off"),
+            Want::Call(Call::TraceRead { user: 5 }),
+        );
+        check(
+            open(Method::Get, "/trace", ""),
+            Want::Fail(BadRequest, "`user`"),
         );
         check(
             open(Method::Post, "/kick", ""),

@@ -64,8 +64,11 @@ pub enum Call {
     RosterChanged { user: UserId },
     /// Admin `POST /kick?user=ID`.
     Kick { user: UserId },
-    /// Admin `POST /trace?user=ID&level=debug|off`.
+    /// Admin `POST /trace?user=ID&level=debug|off`: start (`debug`) or
+    /// stop a per-user trace.
     Trace { user: UserId, debug: bool },
+    /// Admin `GET /trace?user=ID`: the newest lines of a user's trace.
+    TraceRead { user: UserId },
     /// Client `GET /`, `/demo` and `/demo/...`: the demo's pages and its
     /// token minting (`/demo/login?user=ID`), answered by the engine only
     /// in demo mode (else 404), always as JSON or raw bytes, never JSONP.
@@ -87,6 +90,7 @@ impl Call {
             Call::RosterChanged { user } => ("roster_changed", Some(*user)),
             Call::Kick { user } => ("kick", Some(*user)),
             Call::Trace { user, .. } => ("trace", Some(*user)),
+            Call::TraceRead { user } => ("trace_read", Some(*user)),
             Call::Demo { .. } => ("demo", None),
         }
     }
@@ -156,7 +160,7 @@ pub use call::{decide, endpoint, AdminGate, Credentials, Decision, Endpoint, Mod
 pub use conn::{serve, CloseReason, Config, ConnOutcome};
 pub use head::HttpError;
 pub use limits::Limits;
-pub use reply::{DemoUser, Reply, ShardHealth};
+pub use reply::{DemoUser, Reply, ShardHealth, TraceState};
 pub use response::Outcome;
 
 #[cfg(test)]

@@ -32,11 +32,19 @@ pub enum Reply {
         /// Every other metric, in the order written.
         families: Vec<Family>,
     },
-    /// A call the protocol names but this build does not do yet
-    /// (`/trace`): 501 with code `not_found` and this message.
-    NotBuilt {
-        /// Says what is missing.
-        message: &'static str,
+    /// Admin `POST /trace`: where the user's trace stands after the
+    /// call, 200 JSON.
+    Trace(TraceState),
+    /// Admin `GET /trace`: the newest lines of the user's trace file, 200
+    /// `text/plain`, after a few `#` lines saying where the trace stands
+    /// and where its file is.
+    TraceLines {
+        /// Where the trace stands.
+        state: TraceState,
+        /// The newest lines, each ending in a newline.
+        lines: String,
+        /// How many lines `lines` holds.
+        count: usize,
     },
     /// A file for browsers (a demo page): 200 with its content type, never
     /// JSONP, with `X-Content-Type-Options: nosniff`.
@@ -64,6 +72,25 @@ pub enum Reply {
         /// The JSON object.
         body: String,
     },
+}
+
+/// Where one user's per-user trace stands (admin `/trace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceState {
+    /// The user traced.
+    pub user: UserId,
+    /// Whether their records are being written to the file now.
+    pub on: bool,
+    /// The trace file's path.
+    pub file: String,
+    /// Bytes in the file.
+    pub bytes: u64,
+    /// The size bound that ends it (on only).
+    pub bytes_max: u64,
+    /// Milliseconds until the time bound ends it (on only).
+    pub ends_in_ms: Option<u64>,
+    /// How many users are traced now.
+    pub traced: usize,
 }
 
 /// One shard's answer to a health ask.

@@ -15,7 +15,7 @@ use switchboard_shards::model::{
 use crate::call::Mode;
 use crate::head::HttpError;
 use crate::metrics::{self, Family};
-use crate::reply::{DemoUser, Reply, ShardHealth};
+use crate::reply::{DemoUser, Reply, ShardHealth, TraceState};
 use crate::Listener;
 
 /// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
@@ -42,16 +42,15 @@ pub fn status_of_response(response: &Response) -> u16 {
 }
 
 /// The HTTP status of a handler's reply in JSON mode (JSONP: always 200).
-/// The error codes that go with them: a health failure is `unavailable`,
-/// a call not built yet is `not_found` (there is nothing there yet) sent
-/// with 501 (so monitoring tells it from a wrong path).
+/// The error code that goes with one: a health failure is `unavailable`.
 pub fn status_of_reply(reply: &Reply) -> u16 {
     match reply {
         Reply::Shard(response) => status_of_response(response),
         Reply::Health { shards, .. } if all_up(shards) => 200,
         Reply::Health { .. } => status_of(ErrorCode::Unavailable),
-        Reply::NotBuilt { .. } => 501,
         Reply::Metrics { .. }
+        | Reply::Trace(_)
+        | Reply::TraceLines { .. }
         | Reply::File { .. }
         | Reply::DemoUsers(_)
         | Reply::DemoToken { .. }
@@ -118,19 +117,18 @@ impl Outcome {
             Reply::Health { shards, .. } if !all_up(shards) => {
                 Outcome::Failed(ErrorCode::Unavailable)
             }
-            Reply::NotBuilt { .. } => Outcome::Failed(NOT_BUILT_CODE),
             Reply::Health { .. }
             | Reply::Metrics { .. }
             | Reply::File { .. }
             | Reply::DemoUsers(_)
             | Reply::DemoToken { .. }
-            | Reply::Json { .. } => Outcome::Ok,
+            | Reply::Json { .. }
+            | Reply::Trace(_)
+            | Reply::TraceLines { .. } => Outcome::Ok,
         }
     }
 }
 
-/// The error code of [`Reply::NotBuilt`] (see [`status_of_reply`]).
-const NOT_BUILT_CODE: ErrorCode = ErrorCode::NotFound;
 
 /// Whether every shard answered its health ask with its counts.
 fn all_up(shards: &[ShardHealth]) -> bool {
@@ -198,6 +196,8 @@ const JSON: &str = "application/json";
 const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
 /// The content type of `/metrics` (Prometheus text format).
 const METRICS: &str = "text/plain; version=0.0.4";
+/// The content type of `GET /trace`.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Encoder {
     /// An encoder for answers on `listener`, with an empty body buffer.
@@ -255,8 +255,20 @@ impl Encoder {
             Reply::Health { shards, timeout_ms } => {
                 write_health_json(&mut self.body, shards, *timeout_ms);
             }
-            Reply::NotBuilt { message } => {
-                write_failure_json(&mut self.body, NOT_BUILT_CODE, message);
+            Reply::Trace(state) => write_trace_json(&mut self.body, state),
+            Reply::TraceLines {
+                state,
+                lines,
+                count,
+            } => {
+                write_trace_text(&mut self.body, state, lines, *count);
+                let raw = Raw {
+                    status,
+                    content_type: TEXT,
+                    body: &self.body,
+                    hsts: self.hsts,
+                };
+                return write_raw(out, raw, persist, head_only, date);
             }
             Reply::DemoUsers(users) => write_demo_users_json(&mut self.body, users),
             Reply::DemoToken { token, user, name } => {
@@ -755,6 +767,63 @@ fn write_demo_users_json(out: &mut Vec<u8>, users: &[DemoUser]) {
 }
 
 /// `{"ok":true,"token":"..","user":{"id":N,"name":".."}}`.
+/// `POST /trace`: `{"ok":true,"user":42,"trace":"on","file":"...",
+/// "bytes":0,"bytes_max":16777216,"ends_in_ms":600000,"traced":1}`; off:
+/// `{"ok":true,"user":42,"trace":"off","file":"...","traced":0}`.
+fn write_trace_json(out: &mut Vec<u8>, state: &TraceState) {
+    out.extend_from_slice(b"{\"ok\":true,\"user\":");
+    push_u64(out, state.user);
+    out.extend_from_slice(if state.on {
+        b",\"trace\":\"on\",\"file\":"
+    } else {
+        b",\"trace\":\"off\",\"file\":"
+    });
+    push_str(out, &state.file);
+    if state.on {
+        out.extend_from_slice(b",\"bytes\":");
+        push_u64(out, state.bytes);
+        out.extend_from_slice(b",\"bytes_max\":");
+        push_u64(out, state.bytes_max);
+        if let Some(ms) = state.ends_in_ms {
+            out.extend_from_slice(b",\"ends_in_ms\":");
+            push_u64(out, ms);
+        }
+    }
+    out.extend_from_slice(b",\"traced\":");
+    push_u64(out, state.traced as u64);
+    out.push(b'}');
+}
+
+/// `GET /trace`: three `#` lines (where the trace stands, its file, how
+/// many lines follow), then the newest lines of the file.
+fn write_trace_text(out: &mut Vec<u8>, state: &TraceState, lines: &str, count: usize) {
+    let w = |out: &mut Vec<u8>, args: std::fmt::Arguments| {
+        out.write_fmt(args)
+            .expect("formatting into a Vec cannot fail")
+    };
+    if state.on {
+        let ends_s = state.ends_in_ms.unwrap_or(0).div_ceil(1_000);
+        w(
+            out,
+            format_args!(
+                "# trace of user {}: on, {} of {} bytes, ends in {ends_s} s\n",
+                state.user, state.bytes, state.bytes_max
+            ),
+        );
+    } else {
+        w(
+            out,
+            format_args!(
+                "# trace of user {}: off ({} bytes in the file)\n",
+                state.user, state.bytes
+            ),
+        );
+    }
+    w(out, format_args!("# file: {}\n", state.file));
+    w(out, format_args!("# the newest {count} lines:\n"));
+    out.extend_from_slice(lines.as_bytes());
+}
+
 fn write_demo_token_json(out: &mut Vec<u8>, token: &str, user: u64, name: &str) {
     out.extend_from_slice(b"{\"ok\":true,\"token\":");
     push_str(out, token);
@@ -1087,8 +1156,6 @@ mod tests {
             timeout_ms: 1,
         };
         assert_eq!(Outcome::of_reply(&down), failed(ErrorCode::Unavailable));
-        let not_built = Reply::NotBuilt { message: "x" };
-        assert_eq!(Outcome::of_reply(&not_built), failed(ErrorCode::NotFound));
         let shed = Reply::Shard(Response::fail(ErrorCode::RateLimited, "slow down"));
         assert_eq!(Outcome::of_reply(&shed), failed(ErrorCode::RateLimited));
         assert_eq!(
@@ -1305,6 +1372,7 @@ mod tests {
     /// Encodes `reply` in JSON mode and checks its status line, its
     /// `Content-Length` and its body.
     fn check_reply(reply: Reply, status_line: &str, body: &str) {
+        let text_plain = matches!(reply, Reply::TraceLines { .. });
         let mut out = Vec::new();
         Encoder::new(Listener::Client).reply(&mut out, &reply, &Mode::Json, KEEP, false, DATE);
         let out = text(&out);
@@ -1314,6 +1382,12 @@ mod tests {
             head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
             "{head}"
         );
+        if text_plain {
+            assert!(
+                head.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"),
+                "{head}"
+            );
+        }
         assert_eq!(got, body);
     }
 
@@ -1379,12 +1453,55 @@ mod tests {
              # HELP switchboard_panics_total Panics caught.\n# TYPE switchboard_panics_total counter\n\
              switchboard_panics_total{shard=\"0\"} 2\nswitchboard_panics_total{shard=\"1\"} 0\n",
         );
+        let on = TraceState {
+            user: 42,
+            on: true,
+            file: "/d/traces/user-42.log".into(),
+            bytes: 120,
+            bytes_max: 4096,
+            ends_in_ms: Some(59_001),
+            traced: 1,
+        };
         check_reply(
-            Reply::NotBuilt {
-                message: "per-user traces are not built yet",
+            Reply::Trace(on.clone()),
+            "HTTP/1.1 200 OK\r\n",
+            concat!(
+                r#"{"ok":true,"user":42,"trace":"on","file":"/d/traces/user-42.log","#,
+                r#""bytes":120,"bytes_max":4096,"ends_in_ms":59001,"traced":1}"#
+            ),
+        );
+        let off = TraceState {
+            on: false,
+            bytes: 300,
+            bytes_max: 0,
+            ends_in_ms: None,
+            traced: 0,
+            ..on.clone()
+        };
+        check_reply(
+            Reply::Trace(off.clone()),
+            "HTTP/1.1 200 OK\r\n",
+            r#"{"ok":true,"user":42,"trace":"off","file":"/d/traces/user-42.log","traced":0}"#,
+        );
+        check_reply(
+            Reply::TraceLines {
+                state: on,
+                lines: "a\nb\n".into(),
+                count: 2,
             },
-            "HTTP/1.1 501 Not Implemented\r\n",
-            r#"{"ok":false,"error":{"code":"not_found","message":"per-user traces are not built yet"}}"#,
+            "HTTP/1.1 200 OK\r\n",
+            "# trace of user 42: on, 120 of 4096 bytes, ends in 60 s\n\
+             # file: /d/traces/user-42.log\n# the newest 2 lines:\na\nb\n",
+        );
+        check_reply(
+            Reply::TraceLines {
+                state: off,
+                lines: String::new(),
+                count: 0,
+            },
+            "HTTP/1.1 200 OK\r\n",
+            "# trace of user 42: off (300 bytes in the file)\n\
+             # file: /d/traces/user-42.log\n# the newest 0 lines:\n",
         );
         check_reply(
             Reply::DemoUsers(vec![

@@ -14,6 +14,7 @@ pub mod routing;
 pub mod session;
 pub mod shard;
 pub mod timers;
+pub mod trace;
 
 pub use routing::home_shard;
 

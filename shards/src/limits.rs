@@ -30,6 +30,11 @@ pub const EVENT_BYTES_LARGEST: usize = 16_000 + 256 + EVENT_BYTES_OVERHEAD;
 /// has gone longest without polling (its sid answers `unknown_session`).
 pub const TABS_PER_USER_MAX: usize = 32;
 
+/// Users traced at once (admin `/trace`, the old system's lager
+/// `trace_file`). The engine refuses one more (`unavailable`); a shard
+/// keeps no more than this many in its copy of the set.
+pub const TRACED_USERS_MAX: usize = 8;
+
 /// Connects waiting while a session loads from storage. One more is
 /// answered `unavailable`.
 pub const CONNECTS_WAITING_MAX: usize = 64;

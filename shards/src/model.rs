@@ -192,6 +192,11 @@ pub enum Request {
     },
     /// Admin: is this shard answering? Answered by every shard.
     Health,
+    /// Admin: the users traced from now on (the engine's whole set, sent
+    /// to every shard at each change; answered `Done` by every shard).
+    Trace {
+        traced: crate::trace::Traced,
+    },
     /// A sid-bearing call whose other parameters failed decoding: the home
     /// shard checks the sid first (PROTOCOL.md §1 order: sid, then sizes,
     /// then content) and then answers `failure`.
@@ -218,7 +223,7 @@ impl Request {
             | Request::History { sid, .. }
             | Request::Leave { sid }
             | Request::Rejected { sid, .. } => Some(sid.user),
-            Request::Health => None,
+            Request::Health | Request::Trace { .. } => None,
         }
     }
 
@@ -239,6 +244,7 @@ impl Request {
             Request::RosterChanged { .. } => "roster_changed",
             Request::Kick { .. } => "kick",
             Request::Health => "health",
+            Request::Trace { .. } => "trace",
         }
     }
 }
@@ -367,6 +373,21 @@ pub enum EventKind {
         change: RosterChange,
         user: Contact,
     },
+}
+
+impl EventKind {
+    /// The event's type, as the protocol names it (for logs and traces:
+    /// never its content).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Message(_) => "message",
+            EventKind::Presence { .. } => "presence",
+            EventKind::Typing { .. } => "typing",
+            EventKind::Ui { .. } => "ui",
+            EventKind::Read { .. } => "read",
+            EventKind::Roster { .. } => "roster",
+        }
+    }
 }
 
 /// One event in a session's buffer. Shared by every tab that polls it.

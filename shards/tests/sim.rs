@@ -205,6 +205,10 @@ impl World {
                     self.links.entry((shard, to)).or_default().push_back(msg);
                 }
                 Output::Storage { job, request } => self.jobs.push_back((shard, job, request)),
+                // Nobody is traced here: a note would be a cost to untraced users.
+                Output::Trace { user, .. } => {
+                    panic!("a trace note for user {user}, whom nobody traces")
+                }
             }
         }
     }

@@ -42,6 +42,10 @@ impl One {
             match o {
                 Output::Reply { to, response } => self.replies.push((to.req, response)),
                 Output::Storage { job, request } => self.jobs.push((job, request)),
+                // Nobody is traced here: a note would be a cost to untraced users.
+                Output::Trace { user, .. } => {
+                    panic!("a trace note for user {user}, whom nobody traces")
+                }
                 Output::Peer { msg, .. } => panic!("one shard sent a peer message: {msg:?}"),
             }
         }

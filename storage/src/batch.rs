@@ -220,11 +220,8 @@ pub(crate) fn fail(
     what: &str,
 ) {
     counters.failed.fetch_add(1, Ordering::Relaxed);
-    log::error!(
-        "storage: {} for user {} failed: {what}",
-        job.name(),
-        job.user()
-    );
+    let user = job.user();
+    log::error!(user; "storage: {} for user {user} failed: {what}", job.name());
     let _ = reply.send(Err(StorageError::Backend(what.to_string())));
 }
 

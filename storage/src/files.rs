@@ -96,6 +96,68 @@ pub fn create_file_private(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
+/// The folder of per-user traces inside the data folder.
+pub const TRACES_DIR_NAME: &str = "traces";
+
+/// Opens a per-user trace file at `path` for writing, emptied: created
+/// with mode 0600, or an existing one cut to nothing and its group and
+/// other bits cleared through the open handle. Never follows a symbolic
+/// link (`O_NOFOLLOW`: a link there is an error, so a trace cannot be
+/// made to overwrite another file) and never blocks on a FIFO
+/// (`O_NONBLOCK`); anything but a regular file is refused.
+pub fn create_trace_file(path: &Path) -> io::Result<fs::File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    tighten(&file, path)?;
+    Ok(file)
+}
+
+/// Opens the per-user trace file at `path` for reading, never following a
+/// symbolic link nor blocking on a FIFO; anything but a regular file is
+/// refused.
+pub fn open_trace_file(path: &Path) -> io::Result<fs::File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Makes `DATA_DIR/traces` (and the data folder, if absent) with mode
+/// 0700, and checks it is a folder of its own, not a symbolic link; a
+/// folder left open to group or others is tightened. Returns its path.
+pub fn create_traces_dir(data_dir: &Path) -> io::Result<PathBuf> {
+    let dir = data_dir.join(TRACES_DIR_NAME);
+    create_dir_private(&dir)?;
+    let meta = fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a folder (a symbolic link?)",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & GROUP_OTHER != 0 {
+        let folder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)?;
+        tighten(&folder, &dir)?;
+    }
+    Ok(dir)
+}
+
 /// Whether `name` is one of the files the server writes in the data folder.
 pub fn is_known_file(name: &str) -> bool {
     KNOWN_FILES.contains(&name) || name.starts_with(SECRET_TMP_PREFIX)
@@ -311,5 +373,43 @@ mod tests {
         assert_eq!(secure_data_dir(&link).unwrap(), Secured::default());
         fs::remove_file(&link).unwrap();
         fs::remove_dir_all(&real).unwrap();
+    }
+
+    #[test]
+    fn trace_files_are_private_emptied_and_never_through_a_link() {
+        let data = temp_dir("traces");
+        let dir = create_traces_dir(&data).unwrap();
+        assert_eq!(dir, data.join(TRACES_DIR_NAME));
+        assert_eq!(mode(&dir), 0o700);
+        let path = dir.join("user-42.log");
+        fs::write(&path, "old lines\n").unwrap();
+        set_mode(&path, 0o644);
+        let file = create_trace_file(&path).unwrap();
+        drop(file);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "", "emptied");
+        assert!(open_trace_file(&path).is_ok());
+        // A link where a trace goes is refused, and its target untouched.
+        let target = data.join("elsewhere.txt");
+        fs::write(&target, "keep me").unwrap();
+        let link = dir.join("user-7.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create_trace_file(&link).is_err());
+        assert!(open_trace_file(&link).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep me");
+        // So is a traces folder that is a link, and one left open is
+        // tightened.
+        let other = temp_dir("traces-other");
+        fs::create_dir_all(&other).unwrap();
+        let data2 = temp_dir("traces-linked");
+        fs::create_dir_all(&data2).unwrap();
+        std::os::unix::fs::symlink(&other, data2.join(TRACES_DIR_NAME)).unwrap();
+        assert!(create_traces_dir(&data2).is_err());
+        set_mode(&dir, 0o755);
+        create_traces_dir(&data).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for d in [&data, &other, &data2] {
+            fs::remove_dir_all(d).unwrap();
+        }
     }
 }

@@ -454,7 +454,7 @@ impl Store {
         deadline: Instant,
     ) -> Result<PendingToken, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Work::LookupToken { token, reply }, deadline, || {
+        self.enqueue(Work::LookupToken { token, reply }, deadline, None, || {
             "token lookup".to_string()
         })?;
         Ok(Answer { rx })
@@ -470,7 +470,7 @@ impl Store {
     pub fn submit(&self, job: StorageJob, deadline: Instant) -> Result<Pending, StorageError> {
         let (name, user) = (job.name(), job.user());
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Work::Job { job, reply }, deadline, || {
+        self.enqueue(Work::Job { job, reply }, deadline, Some(user), || {
             format!("{name} for user {user}")
         })?;
         Ok(Answer { rx })
@@ -478,11 +478,13 @@ impl Store {
 
     /// Puts `work` in the job queue without waiting: a full queue is
     /// `Overloaded`, a stopped store `Backend`; both are counted and logged
-    /// once, naming `what()` (only built then: this is the request path).
+    /// once (repeats are limited by the logger), naming `what()` (only
+    /// built then: this is the request path) and the `user` it is for.
     fn enqueue(
         &self,
         work: Work,
         deadline: Instant,
+        user: Option<UserId>,
         what: impl FnOnce() -> String,
     ) -> Result<(), StorageError> {
         let counters = &self.inner.counters;
@@ -502,11 +504,13 @@ impl Store {
             }
             Err(TrySendError::Full(_)) => {
                 counters.shed.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "storage: {} shed: job queue full ({} jobs)",
-                    what(),
-                    self.inner.queue_depth
-                );
+                let depth = self.inner.queue_depth;
+                match user {
+                    Some(user) => {
+                        log::warn!(user; "storage: {} shed: job queue full ({depth} jobs)", what())
+                    }
+                    None => log::warn!("storage: {} shed: job queue full ({depth} jobs)", what()),
+                }
                 Err(StorageError::Overloaded)
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -524,7 +528,7 @@ impl Store {
     /// read from the database at every roster load). Never blocks, like [`Store::submit`].
     pub fn reload_directory(&self, deadline: Instant) -> Result<PendingReload, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Work::ReloadDirectory { reply }, deadline, || {
+        self.enqueue(Work::ReloadDirectory { reply }, deadline, None, || {
             "directory reload".to_string()
         })?;
         Ok(Answer { rx })

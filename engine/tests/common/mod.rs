@@ -51,12 +51,30 @@ pub struct Server {
     /// Every line the server wrote to stderr so far (also echoed to the
     /// test's stderr).
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The server's stderr pipe, held open and never read
+    /// ([`Stderr::Unread`]).
+    unread_stderr: Option<std::process::ChildStderr>,
+}
+
+/// What the harness does with the server's stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stderr {
+    /// Read every line (into [`Server::log`], echoed).
+    Read,
+    /// Hold the pipe open and never read it: once the pipe's buffer is
+    /// full (64 KiB on Linux), a write to stderr blocks.
+    Unread,
 }
 
 impl Server {
     /// Starts a server with 2 shards (so conversations cross shards), a
     /// short grace and the test secret, plus `extra` settings.
     pub fn start(data_dir: &Path, extra: &[(&str, &str)]) -> Server {
+        Self::start_with(data_dir, extra, Stderr::Read)
+    }
+
+    /// [`Server::start`] with the server's stderr handled as `stderr` says.
+    pub fn start_with(data_dir: &Path, extra: &[(&str, &str)], stderr: Stderr) -> Server {
         let mut env: Vec<(String, String)> = vec![
             ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
@@ -76,10 +94,14 @@ impl Server {
             env.retain(|(k2, _)| k2 != k);
             env.push((k.to_string(), v.to_string()));
         }
-        Self::start_env(data_dir, env)
+        Self::start_env_with(data_dir, env, stderr)
     }
 
     pub fn start_env(data_dir: &Path, env: Vec<(String, String)>) -> Server {
+        Self::start_env_with(data_dir, env, Stderr::Read)
+    }
+
+    pub fn start_env_with(data_dir: &Path, env: Vec<(String, String)>, mode: Stderr) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.env_clear()
             .envs(env.iter().cloned())
@@ -89,14 +111,20 @@ impl Server {
         let mut child = cmd.spawn().expect("start switchboard");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
-        let log_lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("{line}");
-                log_lines.lock().unwrap().push(line);
+        let mut unread_stderr = None;
+        match mode {
+            Stderr::Unread => unread_stderr = Some(stderr),
+            Stderr::Read => {
+                let log_lines = log.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        eprintln!("{line}");
+                        log_lines.lock().unwrap().push(line);
+                    }
+                });
             }
-        });
+        }
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -131,7 +159,34 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             env,
             log,
+            unread_stderr,
         }
+    }
+
+    /// The `Authorization` header line for admin calls, when the server
+    /// has an admin token (empty otherwise).
+    pub fn admin_auth(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "SWITCHBOARD_ADMIN_TOKEN")
+            .map_or(String::new(), |(_, t)| {
+                format!("Authorization: Bearer {t}\r\n")
+            })
+    }
+
+    /// Calls an admin endpoint (`method` `GET` or `POST`), with the
+    /// listener's `Host` and the admin token if there is one.
+    pub fn admin_call(&self, method: &str, path: &str, params: &[(&str, &str)]) -> Answer {
+        let target = format!("{path}?{}", encode(params));
+        request(
+            self.admin,
+            &format!(
+                "{method} {target} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                self.admin,
+                self.admin_auth()
+            ),
+        )
     }
 
     /// The server's stderr lines so far that contain `needle`.
@@ -199,8 +254,9 @@ impl Server {
         let r = request(
             self.admin,
             &format!(
-                "POST {target} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                self.admin
+                "POST {target} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                self.admin,
+                self.admin_auth()
             ),
         );
         (
@@ -215,8 +271,9 @@ impl Server {
         let r = request(
             self.admin,
             &format!(
-                "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.admin
+                "GET /metrics HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
+                self.admin,
+                self.admin_auth()
             ),
         );
         assert_eq!(r.status, 200, "{}", r.body);

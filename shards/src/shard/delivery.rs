@@ -23,12 +23,26 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::SendTry;
-use super::{reply, Output, PeerMsg, Resync, Shard};
+use super::{note_if_traced, reply, Output, PeerMsg, Resync, Shard};
 use crate::doubt::{alone, Answer, Tries, Verdict};
 use crate::limits;
 use crate::model::{EventKind, Message, MsgId, ReplyTo, Response, UserId};
 use crate::routing::home_shard;
 use crate::session::holds_message;
+use crate::trace::Note;
+
+/// The other user an event is about (its sender, the friend whose
+/// presence or roster entry changed...), for a trace; `None` for the
+/// session's own UI state.
+fn other_user(kind: &EventKind) -> Option<UserId> {
+    match kind {
+        EventKind::Message(m) => Some(m.from),
+        EventKind::Presence { user, .. } | EventKind::Typing { user, .. } => Some(*user),
+        EventKind::Read { by, .. } => Some(*by),
+        EventKind::Roster { user, .. } => Some(user.id),
+        EventKind::Ui { .. } => None,
+    }
+}
 
 /// Cids in doubt of users homed here with no live session, oldest first,
 /// at most `IN_DOUBT_ORPHANS_MAX`.
@@ -133,11 +147,21 @@ impl Shard {
         kind: EventKind,
         out: &mut Vec<Output>,
     ) {
+        let name = kind.name();
+        // What the sender's trace says of it, on the recipient's shard.
+        let sent = |outcome| Note::DeliveredTo {
+            to,
+            kind: name,
+            outcome,
+        };
         let Some(session) = self.sessions.live_mut(to) else {
+            self.note(now, from, sent("no live session there: not appended"), out);
             return;
         };
         if !session.roster.contains_key(&from) {
             self.stats.not_friends_dropped += 1;
+            self.note(now, to, Note::NotFriends { kind: name, from }, out);
+            self.note(now, from, sent("refused: not in their roster"), out);
             return;
         }
         if let EventKind::Message(m) = &kind {
@@ -147,6 +171,7 @@ impl Shard {
             }
         }
         self.push_event(now, to, kind, out);
+        self.note(now, from, sent("appended"), out);
     }
 
     /// Appends an event to a live session (answering its held polls).
@@ -164,9 +189,20 @@ impl Shard {
             shard.stats.events += 1;
             let bounds = shard.config.buffer_bounds();
             let idle_at = now + shard.config.tab_timeout_ms;
+            let name = kind.name();
+            let from = other_user(&kind).filter(|&u| u != user);
             let appended = session.push_event(kind, bounds, idle_at, &mut shard.timers, out);
             shard.stats.typing_coalesced += u64::from(appended.coalesced);
             shard.stats.events_dropped += appended.dropped as u64;
+            if !shard.traced.is_empty() {
+                let seq = session.seq;
+                let note = Note::Event {
+                    kind: name,
+                    seq,
+                    from,
+                };
+                note_if_traced(&shard.traced, now, user, note, out);
+            }
         });
     }
 

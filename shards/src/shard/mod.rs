@@ -39,6 +39,7 @@ use crate::model::{
 use crate::ratelimit::RateLimits;
 use crate::session::{BufferBounds, LiveSession, Session};
 use crate::timers::Timers;
+use crate::trace::{Note, Traced};
 
 mod delivery;
 mod drain;
@@ -229,6 +230,9 @@ pub enum Output {
     Peer { shard: ShardId, msg: PeerMsg },
     /// Run a storage job and feed its result back as `Input::Storage`.
     Storage { job: u64, request: StorageJob },
+    /// Something happened to a traced user (`crate::trace`): for their
+    /// trace, never acted on.
+    Trace { user: UserId, note: Note },
 }
 
 /// Counters for metrics. Monotonic.
@@ -326,6 +330,9 @@ pub struct Shard {
     /// Serving, or draining because the server stops (no poll is held).
     #[serde(default)]
     drain: Drain,
+    /// The users traced (a copy of the engine's set, see `crate::trace`).
+    #[serde(default)]
+    traced: Traced,
     /// The user whose state the input being handled is changing, while
     /// it changes it (`Shard::working_on`): after a panic in an input
     /// about many users (a tick, presence, a resync), the one to drop.
@@ -346,6 +353,7 @@ impl Shard {
             stats: Stats::default(),
             next_digest_ms: None,
             drain: Drain::Serving,
+            traced: Traced::default(),
             working_on: None,
         }
     }
@@ -451,6 +459,16 @@ impl Shard {
         r
     }
 
+    /// Notes `note` for `user`'s trace, if they are traced at `now`.
+    fn note(&self, now: u64, user: UserId, note: Note, out: &mut Vec<Output>) {
+        note_if_traced(&self.traced, now, user, note, out);
+    }
+
+    /// Users in this shard's copy of the traced set.
+    pub fn traced_count(&self) -> usize {
+        self.traced.len()
+    }
+
     /// Sends `msg` to `shard`: handled at once when that is this shard,
     /// otherwise over the mesh.
     fn send_to(&mut self, now: u64, shard: ShardId, msg: PeerMsg, out: &mut Vec<Output>) {
@@ -459,6 +477,14 @@ impl Shard {
         } else {
             out.push(Output::Peer { shard, msg });
         }
+    }
+}
+
+/// Notes `note` for `user`'s trace if `traced` holds them at `now` (for
+/// callers holding a borrow of another part of the shard).
+fn note_if_traced(traced: &Traced, now: u64, user: UserId, note: Note, out: &mut Vec<Output>) {
+    if traced.on(user, now) {
+        out.push(Output::Trace { user, note });
     }
 }
 

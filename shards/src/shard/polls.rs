@@ -9,11 +9,12 @@
 
 use super::rates::rate_limited;
 use super::sessions::Detach;
-use super::{fail, reply, Output, Shard};
+use super::{fail, note_if_traced, reply, Output, Shard};
 use crate::limits;
 use crate::model::{ErrorCode, ReplyTo, Response, Sid};
 use crate::ratelimit::Kind;
 use crate::session::{HeldPoll, TabState};
+use crate::trace::Note;
 
 impl Shard {
     /// `/poll`: events after `since`, now or when they come.
@@ -48,6 +49,8 @@ impl Shard {
                 .take(&self.config.rate_limits, Kind::Poll, now)
         {
             self.stats.rate_limited += 1;
+            let call = Kind::Poll.as_str();
+            note_if_traced(&self.traced, now, sid.user, Note::RateLimited { call }, out);
             return rate_limited(out, to, Kind::Poll);
         }
         let next = if answer_now {
@@ -72,6 +75,9 @@ impl Shard {
         }
         if answer_now {
             reply(out, to, answer);
+        } else {
+            let note = Note::PollHeld { since, wait_ms };
+            note_if_traced(&self.traced, now, sid.user, note, out);
         }
     }
 

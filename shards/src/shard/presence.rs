@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{Output, PeerMsg, Shard};
 use crate::model::{EventKind, ShardId, Status, UserId};
 use crate::routing::home_shard;
+use crate::trace::Note;
 
 /// This shard's replica of every user's presence.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -51,16 +52,18 @@ impl Presence {
 }
 
 impl Shard {
-    /// Tells every shard the new presence of `user`, whose session is live.
+    /// Tells every shard the new presence of `user`, whose session is
+    /// live; `why` is the decision's reason, for a trace.
     pub(super) fn broadcast_presence(
         &mut self,
         now: u64,
         user: UserId,
         status: Status,
+        why: &'static str,
         out: &mut Vec<Output>,
     ) {
         let friends = self.sessions.live(user).expect("live session").friends();
-        self.broadcast_presence_to(now, user, status, &friends, out);
+        self.broadcast_presence_to(now, user, status, why, &friends, out);
     }
 
     /// Tells every shard `user`'s new presence, each with the friends it
@@ -70,11 +73,23 @@ impl Shard {
         now: u64,
         user: UserId,
         status: Status,
+        why: &'static str,
         friends: &[UserId],
         out: &mut Vec<Output>,
     ) {
         self.stats.presence_changes += 1;
         let n = self.config.shard_count;
+        let shards = n;
+        self.note(
+            now,
+            user,
+            Note::Presence {
+                status,
+                why,
+                shards,
+            },
+            out,
+        );
         let mut notify: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for &f in friends {
             notify[home_shard(f, n)].push(f);

@@ -8,10 +8,11 @@
 //! user's bucket exactly once, whatever its answer later (`not_friends`
 //! and `bad_request` answers count too: probing is not free).
 
-use super::{fail, Output, Shard};
+use super::{fail, note_if_traced, Output, Shard};
 use crate::model::{ErrorCode, ReplyTo, Sid, UserId};
 use crate::ratelimit::Kind;
 use crate::session::LiveSession;
+use crate::trace::Note;
 
 impl Shard {
     /// The live session holding `sid` and the tab's index, as
@@ -29,6 +30,8 @@ impl Shard {
         let (session, i) = self.sessions.tab(now, sid, to, out)?;
         if !session.buckets.take(&self.config.rate_limits, kind, now) {
             self.stats.rate_limited += 1;
+            let call = kind.as_str();
+            note_if_traced(&self.traced, now, sid.user, Note::RateLimited { call }, out);
             rate_limited(out, to, kind);
             return None;
         }
@@ -52,6 +55,8 @@ impl Shard {
             return true;
         }
         self.stats.rate_limited += 1;
+        let call = Kind::Connect.as_str();
+        self.note(now, user, Note::RateLimited { call }, out);
         rate_limited(out, to, Kind::Connect);
         false
     }

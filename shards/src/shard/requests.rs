@@ -81,6 +81,10 @@ impl Shard {
                 };
                 reply(out, to, health);
             }
+            Request::Trace { traced } => {
+                self.traced.replace(traced);
+                reply(out, to, Response::Done);
+            }
             Request::RosterChanged { user } => self.roster_changed(to, user, out),
             Request::Kick { user } => {
                 self.end_session(now, user, Ending::Kicked, out);
@@ -132,6 +136,7 @@ impl Shard {
             }
             Request::Connect { .. }
             | Request::Health
+            | Request::Trace { .. }
             | Request::RosterChanged { .. }
             | Request::Kick { .. }
             | Request::Poll { .. } => unreachable!("handled by request()"),
@@ -221,7 +226,7 @@ impl Shard {
         let user = session.user;
         if session.status != status {
             session.status = status;
-            self.broadcast_presence(call.now, user, status, out);
+            self.broadcast_presence(call.now, user, status, "presence call", out);
         }
         reply(out, call.to, Response::Done);
     }

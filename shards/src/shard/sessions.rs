@@ -13,13 +13,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::Pending;
-use super::{fail, reply, Output, Shard};
+use super::{fail, note_if_traced, reply, Output, Shard};
 use crate::limits;
 use crate::model::{
     Connected, Contact, ErrorCode, ReplyTo, Response, Sid, Status, StorageJob, StorageOutput,
     StorageResult, UserId,
 };
 use crate::session::{LiveSession, Session, Tab, WaitingConnect};
+use crate::trace::Note;
 
 /// The sessions of users homed here, live or loading.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -259,7 +260,7 @@ impl Shard {
             unreachable!("go_live on a session not loading");
         };
         self.adopt_doubts(user);
-        self.broadcast_presence(now, user, Status::Online, out);
+        self.broadcast_presence(now, user, Status::Online, "session loaded", out);
         for w in waiting {
             self.attach(now, w, out);
         }
@@ -311,6 +312,8 @@ impl Shard {
         let idle_at = now + self.config.tab_timeout_ms;
         let tab = Tab::attach(c.sid, name.clone(), now, idle_at, &mut self.timers);
         session.tabs.push(tab);
+        let tabs = session.tabs.len();
+        self.note(now, user, Note::TabAttached { tabs }, out);
         let connected = self.connected(user, c.sid, name);
         reply(out, c.reply, Response::Connected(Box::new(connected)));
     }
@@ -351,6 +354,16 @@ impl Shard {
             return;
         };
         let tab = session.tabs.remove(i);
+        if !self.traced.is_empty() {
+            let why = match why {
+                Detach::Left => "left",
+                Detach::Replaced => "replaced by a newer tab",
+                Detach::TimedOut => "timed out",
+            };
+            let tabs = session.tabs.len();
+            let note = Note::TabDetached { why, tabs };
+            note_if_traced(&self.traced, now, sid.user, note, out);
+        }
         if let Some(poll) = tab.detach(&mut self.timers) {
             let response = match why {
                 Detach::Left => Response::Events {
@@ -420,6 +433,10 @@ impl Shard {
         // Their messages may still be stored: the next session delivers a
         // retry's duplicate.
         self.keep_doubts(user, live.in_doubt.take());
-        self.broadcast_presence_to(now, user, Status::Offline, &live.friends(), out);
+        let why = match ending {
+            Ending::Kicked => "kicked",
+            Ending::GraceOver => "grace over after the last tab",
+        };
+        self.broadcast_presence_to(now, user, Status::Offline, why, &live.friends(), out);
     }
 }

@@ -161,6 +161,7 @@ impl Shard {
                 self.keep_doubts(user, live.in_doubt.take());
             }
         }
-        self.broadcast_presence_to(now, user, Status::Offline, &friends, out);
+        let why = "session dropped after a panic";
+        self.broadcast_presence_to(now, user, Status::Offline, why, &friends, out);
     }
 }

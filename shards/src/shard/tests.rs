@@ -8,6 +8,7 @@ use crate::model::{
     EventKind, Friend, Message, ReplyTo, Request, Response, Sid, StorageError, StorageJob,
     StorageOutput, StorageResult, UserId,
 };
+use crate::trace::{Note, Traced};
 use crate::{Config, Input, Output, Shard};
 
 const ALICE: UserId = 1;
@@ -21,6 +22,8 @@ struct One {
     jobs: Vec<(u64, StorageJob)>,
     /// Replies, by request number.
     replies: Vec<(u64, Response)>,
+    /// Trace notes, oldest first.
+    notes: Vec<(UserId, Note)>,
     next_req: u64,
 }
 
@@ -34,6 +37,7 @@ impl One {
             now: 1_000,
             jobs: Vec::new(),
             replies: Vec::new(),
+            notes: Vec::new(),
             next_req: 0,
         }
     }
@@ -46,6 +50,7 @@ impl One {
                 Output::Reply { to, response } => self.replies.push((to.req, response)),
                 Output::Storage { job, request } => self.jobs.push((job, request)),
                 Output::Peer { msg, .. } => panic!("one shard sent a peer message: {msg:?}"),
+                Output::Trace { user, note } => self.notes.push((user, note)),
             }
         }
     }
@@ -350,4 +355,74 @@ fn a_send_in_doubt_when_its_session_ended_by_grace_is_delivered_by_a_retry_80_s_
     w.answer(job, stored(true));
     assert!(matches!(w.take(retry), Some(Response::Sent { id: 1, .. })));
     assert_eq!(bob_holds(&w), 1);
+}
+
+/// A traced user's decisions are noted (presence, tabs, events, a
+/// rate-limit hit, a held poll) until their trace's time bound; an
+/// untraced user's never, even in the same exchanges.
+#[test]
+fn only_traced_users_get_notes_until_their_trace_ends() {
+    use crate::model::{Status, TypingState};
+    use crate::ratelimit::{Kind, Rate};
+    let mut w = One::new(|c| c.rate_limits.set(Kind::Typing, Some(Rate::new(1, 1))));
+    let until = w.now + 60_000;
+    let traced = Traced::new(1, vec![(ALICE, until)]);
+    let req = w.start(Request::Trace { traced });
+    assert_eq!(w.take(req), Some(Response::Done));
+    let alice = w.connect(ALICE, &[BOB]);
+    let bob = w.connect(BOB, &[ALICE]);
+    let typing = |sid, to| Request::Typing {
+        sid,
+        to,
+        state: TypingState::Typing,
+    };
+    for _ in 0..2 {
+        w.start(typing(bob, ALICE));
+        w.start(typing(alice, BOB));
+    }
+    let since = w.shard.live_session(ALICE).unwrap().seq;
+    w.start(Request::Poll {
+        sid: alice,
+        since,
+        wait_ms: 10_000,
+    });
+    assert!(w.notes.iter().all(|(u, _)| *u == ALICE), "{:?}", w.notes);
+    let notes: Vec<Note> = w.notes.drain(..).map(|(_, n)| n).collect();
+    let expected = [
+        Note::Presence {
+            status: Status::Online,
+            why: "session loaded",
+            shards: 1,
+        },
+        Note::TabAttached { tabs: 1 },
+        Note::Event {
+            kind: "presence",
+            seq: 1,
+            from: Some(BOB),
+        },
+        Note::Event {
+            kind: "typing",
+            seq: 2,
+            from: Some(BOB),
+        },
+        Note::DeliveredTo {
+            to: BOB,
+            kind: "typing",
+            outcome: "appended",
+        },
+        Note::RateLimited { call: "typing" },
+        Note::PollHeld {
+            since: 2,
+            wait_ms: 10_000,
+        },
+    ];
+    assert_eq!(notes, expected);
+    // The trace ends by its time bound: nothing more is noted.
+    w.now = until;
+    w.feed(Input::Tick);
+    w.now += 2_000;
+    w.start(typing(bob, ALICE));
+    w.start(Request::Leave { sid: alice });
+    assert_eq!(w.notes, []);
+    assert_eq!(w.shard.traced_count(), 0);
 }

@@ -1,8 +1,9 @@
 //! Time: each tick fires the timers due, at most `TIMERS_PER_TICK_MAX`
 //! (the rest fire on the next tick, so one tick never monopolises the
 //! executor), each handed to the part that armed it; then, when due, the
-//! presence digest goes out (`presence`), and roster-change waits past
-//! their deadline are answered (`roster`). Those deadlines are the
+//! presence digest goes out (`presence`), roster-change waits past
+//! their deadline are answered (`roster`), and traces past their time
+//! bound are forgotten (`crate::trace`). Those deadlines are the
 //! shard's own (`next_digest_ms`, each wait's), not entries in `Timers`,
 //! whose size stays bounded by tabs and sessions.
 //!
@@ -24,6 +25,7 @@ impl Shard {
         self.fire_timers(now, out);
         self.digest_if_due(now, out);
         self.expire_roster_waits(now, out);
+        self.traced.expire(now);
     }
 
     fn fire_timers(&mut self, now: u64, out: &mut Vec<Output>) {

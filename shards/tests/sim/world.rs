@@ -650,6 +650,10 @@ impl World {
                         .push_back(Wire::Peer(msg));
                 }
                 Output::Storage { job, request } => storage.push((job, request)),
+                // Nobody is traced here: a note would be a cost to untraced users.
+                Output::Trace { user, .. } => {
+                    panic!("a trace note for user {user}, whom nobody traces")
+                }
             }
         }
         // Sessions are kept in a HashMap, so one input's jobs may come out

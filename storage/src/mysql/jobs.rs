@@ -123,6 +123,7 @@ impl Ctx<'_> {
         })?;
         if over {
             log::error!(
+                user;
                 "storage: user {user} has more than {max} friends; the roster keeps the first {max}"
             );
         }

@@ -1,0 +1,585 @@
+//! Per-user traces (the old system's lager `trace_file`): while a user is
+//! traced, every record about them at `debug` or above (a record is about
+//! a user when it carries the key-value `user=ID`) is also written to a
+//! file of their own, `DATA_DIR/traces/user-ID.log`, whatever
+//! `SWITCHBOARD_LOG` says.
+//!
+//! Two halves:
+//! - [`is_traced`], on every thread: the registry of traced users, a few
+//!   atomics (a count, then at most `TRACED_USERS_MAX` ids). With nobody
+//!   traced it is one relaxed load, so untraced users' traffic pays
+//!   nothing; formatting happens only for records that are written.
+//! - [`Files`], on the `log` thread only: opens, writes, reads and closes
+//!   the trace files, and is the registry's only writer. Executors ask it
+//!   by message ([`start`], [`stop`], [`read`]) and wait for a oneshot
+//!   answer, never for the file system.
+//!
+//! Bounds: at most `TRACED_USERS_MAX` users at once (one more is refused);
+//! each trace ends by itself after its time bound (`SWITCHBOARD_TRACE_MS`)
+//! and when its next line would pass its size bound
+//! (`SWITCHBOARD_TRACE_BYTES_MAX`); the file's last line says why it
+//! ended. A trace started again for a traced user restarts its time bound
+//! and keeps its file; a new trace empties the file.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use switchboard_shards::limits::TRACED_USERS_MAX;
+use switchboard_shards::model::UserId;
+use switchboard_storage::files;
+
+use super::{utc, Control};
+use crate::limits;
+
+/// Who is traced: written by the `log` thread, read anywhere.
+struct Registry {
+    /// How many of `users` are set (0: nobody is traced, the fast path).
+    active: AtomicUsize,
+    /// Traced users' ids; 0 is a free slot (user ids are positive).
+    users: [AtomicU64; TRACED_USERS_MAX],
+}
+
+static REGISTRY: Registry = Registry {
+    active: AtomicUsize::new(0),
+    users: [const { AtomicU64::new(0) }; TRACED_USERS_MAX],
+};
+
+/// Whether anyone is traced.
+pub fn any() -> bool {
+    REGISTRY.active.load(Ordering::Relaxed) > 0
+}
+
+/// How many users are traced.
+pub fn count() -> usize {
+    REGISTRY.active.load(Ordering::Relaxed)
+}
+
+/// Whether `user` is traced: with nobody traced, one relaxed load.
+pub fn is_traced(user: UserId) -> bool {
+    any()
+        && REGISTRY
+            .users
+            .iter()
+            .any(|u| u.load(Ordering::Relaxed) == user)
+}
+
+/// Where traces go and their bounds (settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// The data folder (traces go in its `traces` folder).
+    pub data_dir: PathBuf,
+    /// A trace ends by itself this long after it started.
+    pub duration: Duration,
+    /// A trace ends when its file would pass this many bytes.
+    pub bytes_max: u64,
+}
+
+/// Where one user's trace stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The user.
+    pub user: UserId,
+    /// Whether their records are being written to the file now.
+    pub on: bool,
+    /// The trace file.
+    pub path: PathBuf,
+    /// Bytes in the file (when on: written so far by this trace).
+    pub bytes: u64,
+    /// The size bound (0 when off and unknown).
+    pub bytes_max: u64,
+    /// How long until the time bound ends it (on only).
+    pub ends_in: Option<Duration>,
+}
+
+/// Every traced user and how long each trace has left, as of one change
+/// of the registry: what the shards are sent, so their copies of the set
+/// match it. `generation` grows with each change, so a shard keeps the
+/// newest whatever order two admin calls' broadcasts arrive in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Counts the registry's changes.
+    pub generation: u64,
+    /// `(user, time left)`, one per traced user.
+    pub users: Vec<(UserId, Duration)>,
+}
+
+/// What a start or stop answers: the user's trace, and the set the shards
+/// are to hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub status: Status,
+    pub snapshot: Snapshot,
+}
+
+/// The newest lines of a trace file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lines {
+    pub status: Status,
+    /// The newest lines (at most `TRACE_LINES_SHOWN_MAX`), each ending in
+    /// a newline.
+    pub text: String,
+    /// How many lines `text` holds.
+    pub count: usize,
+}
+
+/// Why a trace request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceError {
+    /// `TRACED_USERS_MAX` users are traced already.
+    TooMany,
+    /// The trace file or its folder could not be made, opened or read.
+    File(String),
+    /// The user has no trace file.
+    NotFound(PathBuf),
+    /// The `log` thread did not take or answer the request in time (its
+    /// queue full, or it is stuck writing a stderr nobody reads), or the
+    /// logger does not run.
+    Busy,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceError::TooMany => write!(
+                f,
+                "{TRACED_USERS_MAX} users are traced already (the most at once): stop one first \
+                 (level=off) or wait for one to end"
+            ),
+            TraceError::File(e) => write!(f, "trace file: {e}"),
+            TraceError::NotFound(path) => write!(f, "no trace file at {}", path.display()),
+            TraceError::Busy => write!(f, "the log thread did not answer in time: try again"),
+        }
+    }
+}
+
+/// The trace file of `user` under `data_dir`.
+pub fn path_of(data_dir: &Path, user: UserId) -> PathBuf {
+    data_dir
+        .join(files::TRACES_DIR_NAME)
+        .join(format!("user-{user}.log"))
+}
+
+/// Asks the `log` thread to start tracing `user` (or restart the time
+/// bound of their trace); the answer comes on the returned receiver.
+pub fn start(
+    user: UserId,
+    config: TraceConfig,
+) -> Result<oneshot::Receiver<Result<Changed, TraceError>>, TraceError> {
+    let (reply, answer) = oneshot::channel();
+    super::control(Control::Start {
+        user,
+        config,
+        reply,
+    })
+    .map_err(|_| TraceError::Busy)?;
+    Ok(answer)
+}
+
+/// Asks the `log` thread to stop tracing `user` (nothing if not traced).
+pub fn stop(
+    user: UserId,
+    data_dir: PathBuf,
+) -> Result<oneshot::Receiver<Result<Changed, TraceError>>, TraceError> {
+    let (reply, answer) = oneshot::channel();
+    super::control(Control::Stop {
+        user,
+        data_dir,
+        reply,
+    })
+    .map_err(|_| TraceError::Busy)?;
+    Ok(answer)
+}
+
+/// Asks the `log` thread for the newest lines of `user`'s trace file.
+pub fn read(
+    user: UserId,
+    data_dir: PathBuf,
+) -> Result<oneshot::Receiver<Result<Lines, TraceError>>, TraceError> {
+    let (reply, answer) = oneshot::channel();
+    super::control(Control::Read {
+        user,
+        data_dir,
+        reply,
+    })
+    .map_err(|_| TraceError::Busy)?;
+    Ok(answer)
+}
+
+/// One open trace (log thread only).
+#[derive(Debug)]
+struct Open {
+    user: UserId,
+    path: PathBuf,
+    file: File,
+    /// Bytes written by this trace.
+    bytes: u64,
+    bytes_max: u64,
+    /// Its time bound, and when it passes.
+    duration: Duration,
+    until: Instant,
+}
+
+/// The open traces: the `log` thread's, and the registry's only writer.
+#[derive(Debug)]
+pub(super) struct Files {
+    open: Vec<Open>,
+    /// Counts the registry's changes (see [`Snapshot`]).
+    generation: u64,
+    /// The filter's most verbose level: `log`'s max level while nobody is
+    /// traced (while someone is, at least `debug`, so `debug!` reaches the
+    /// logger, which writes it to the trace if it is about them).
+    filter_max: log::LevelFilter,
+}
+
+impl Files {
+    pub(super) fn new(filter_max: log::LevelFilter) -> Files {
+        Files {
+            open: Vec::with_capacity(TRACED_USERS_MAX),
+            generation: 0,
+            filter_max,
+        }
+    }
+
+    /// Starts a trace of `user`, or restarts the time bound of theirs.
+    pub(super) fn start(
+        &mut self,
+        user: UserId,
+        config: &TraceConfig,
+        now: Instant,
+    ) -> Result<Changed, TraceError> {
+        if let Some(i) = self.find(user) {
+            let t = &mut self.open[i];
+            t.duration = config.duration;
+            t.until = now + config.duration;
+            t.bytes_max = config.bytes_max;
+            let line = format!(
+                "trace of user {user} started again: ends in {} ms or at {} bytes",
+                config.duration.as_millis(),
+                config.bytes_max
+            );
+            self.note(i, &line);
+            return Ok(self.changed(user, now));
+        }
+        if self.open.len() >= TRACED_USERS_MAX {
+            return Err(TraceError::TooMany);
+        }
+        let path = path_of(&config.data_dir, user);
+        let file = files::create_traces_dir(&config.data_dir)
+            .and_then(|_| files::create_trace_file(&path))
+            .map_err(|e| TraceError::File(format!("{}: {e}", path.display())))?;
+        self.open.push(Open {
+            user,
+            path,
+            file,
+            bytes: 0,
+            bytes_max: config.bytes_max,
+            duration: config.duration,
+            until: now + config.duration,
+        });
+        let i = self.open.len() - 1;
+        let line = format!(
+            "trace of user {user} started: ends in {} ms or at {} bytes",
+            config.duration.as_millis(),
+            config.bytes_max
+        );
+        self.note(i, &line);
+        self.registry_changed();
+        Ok(self.changed(user, now))
+    }
+
+    /// Stops `user`'s trace, if any.
+    pub(super) fn stop(&mut self, user: UserId, data_dir: &Path, now: Instant) -> Changed {
+        if let Some(i) = self.find(user) {
+            self.end(i, "stopped by the admin call (level=off)");
+        }
+        let mut changed = self.changed(user, now);
+        changed.status.path = path_of(data_dir, user);
+        changed
+    }
+
+    /// Writes `line` (a formatted record, ending in a newline) to `user`'s
+    /// trace, if traced; a line that would pass the size bound ends it
+    /// instead.
+    pub(super) fn write(&mut self, user: UserId, line: &str) {
+        let Some(i) = self.find(user) else {
+            return; // ended meanwhile
+        };
+        let t = &mut self.open[i];
+        if t.bytes + line.len() as u64 > t.bytes_max {
+            let why = format!("its size bound ({} bytes) was reached", t.bytes_max);
+            self.end(i, &why);
+            return;
+        }
+        match t.file.write_all(line.as_bytes()) {
+            Ok(()) => t.bytes += line.len() as u64,
+            Err(e) => {
+                let why = format!("writing it failed: {e}");
+                self.end(i, &why);
+            }
+        }
+    }
+
+    /// Ends every trace whose time bound passed by `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
+        while let Some(i) = self.open.iter().position(|t| t.until <= now) {
+            let why = format!(
+                "its time bound ({} ms) passed",
+                self.open[i].duration.as_millis()
+            );
+            self.end(i, &why);
+        }
+    }
+
+    /// When the next trace ends by its time bound.
+    pub(super) fn next_end(&self) -> Option<Instant> {
+        self.open.iter().map(|t| t.until).min()
+    }
+
+    /// The newest lines of `user`'s trace file (read on the `log` thread:
+    /// executors never touch the file).
+    pub(super) fn read(
+        &self,
+        user: UserId,
+        data_dir: &Path,
+        now: Instant,
+    ) -> Result<Lines, TraceError> {
+        let path = path_of(data_dir, user);
+        let mut file = files::open_trace_file(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => TraceError::NotFound(path.clone()),
+            _ => TraceError::File(format!("{}: {e}", path.display())),
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| TraceError::File(e.to_string()))?
+            .len();
+        let from = len.saturating_sub(limits::TRACE_READ_BYTES_MAX);
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(from))
+            .and_then(|_| {
+                file.take(limits::TRACE_READ_BYTES_MAX)
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(|e| TraceError::File(format!("{}: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&bytes);
+        // Read from the middle: the first line is cut, leave it out.
+        let text = match from {
+            0 => &text[..],
+            _ => text.split_once('\n').map_or("", |(_, rest)| rest),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = &lines[lines.len().saturating_sub(limits::TRACE_LINES_SHOWN_MAX)..];
+        let mut out = String::with_capacity(text.len().min(64 * 1024));
+        for line in shown {
+            out.push_str(line);
+            out.push('\n');
+        }
+        let mut status = self.status(user, now);
+        status.path = path;
+        if !status.on {
+            status.bytes = len;
+        }
+        Ok(Lines {
+            status,
+            text: out,
+            count: shown.len(),
+        })
+    }
+
+    fn find(&self, user: UserId) -> Option<usize> {
+        self.open.iter().position(|t| t.user == user)
+    }
+
+    /// Writes a line of the trace's own (its start or end) to trace `i`,
+    /// outside its size bound.
+    fn note(&mut self, i: usize, what: &str) {
+        let t = &mut self.open[i];
+        let mut line = String::with_capacity(96);
+        utc::write_utc(&mut line, utc::now_unix_ms());
+        line.push_str(" INFO  log switchboard_engine::logger::trace: ");
+        line.push_str(what);
+        line.push('\n');
+        let _ = t.file.write_all(line.as_bytes());
+    }
+
+    /// Ends trace `i`: its last line says why; the file closes.
+    fn end(&mut self, i: usize, why: &str) {
+        let user = self.open[i].user;
+        self.note(i, &format!("trace of user {user} ended: {why}"));
+        self.open.swap_remove(i);
+        self.registry_changed();
+    }
+
+    /// Makes the registry match `open`, and `log`'s max level with it.
+    fn registry_changed(&mut self) {
+        self.generation += 1;
+        for (i, slot) in REGISTRY.users.iter().enumerate() {
+            let user = self.open.get(i).map_or(0, |t| t.user);
+            slot.store(user, Ordering::Relaxed);
+        }
+        REGISTRY.active.store(self.open.len(), Ordering::Release);
+        let max = if self.open.is_empty() {
+            self.filter_max
+        } else {
+            self.filter_max.max(log::LevelFilter::Debug)
+        };
+        log::set_max_level(max);
+    }
+
+    fn status(&self, user: UserId, now: Instant) -> Status {
+        match self.find(user) {
+            Some(i) => {
+                let t = &self.open[i];
+                Status {
+                    user,
+                    on: true,
+                    path: t.path.clone(),
+                    bytes: t.bytes,
+                    bytes_max: t.bytes_max,
+                    ends_in: Some(t.until.saturating_duration_since(now)),
+                }
+            }
+            None => Status {
+                user,
+                on: false,
+                path: PathBuf::new(),
+                bytes: 0,
+                bytes_max: 0,
+                ends_in: None,
+            },
+        }
+    }
+
+    fn changed(&self, user: UserId, now: Instant) -> Changed {
+        Changed {
+            status: self.status(user, now),
+            snapshot: Snapshot {
+                generation: self.generation,
+                users: self
+                    .open
+                    .iter()
+                    .map(|t| (t.user, t.until.saturating_duration_since(now)))
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-trace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn config(dir: &Path, secs: u64, bytes_max: u64) -> TraceConfig {
+        TraceConfig {
+            data_dir: dir.to_path_buf(),
+            duration: Duration::from_secs(secs),
+            bytes_max,
+        }
+    }
+
+    /// The registry is process-wide, so one test drives it start to end.
+    #[test]
+    fn traces_start_record_end_by_their_bounds_and_are_read_back() {
+        let dir = temp_dir("files");
+        let mut files = Files::new(log::LevelFilter::Info);
+        let t0 = Instant::now();
+        assert!(!is_traced(42));
+
+        let c = files.start(42, &config(&dir, 60, 1_000), t0).unwrap();
+        assert!(c.status.on && is_traced(42) && !is_traced(43));
+        assert_eq!(c.snapshot.users, vec![(42, Duration::from_secs(60))]);
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        let path = path_of(&dir, 42);
+        assert_eq!(c.status.path, path);
+        files.write(42, "one\n");
+        files.write(43, "not traced\n");
+        let lines = files.read(42, &dir, t0).unwrap();
+        assert_eq!(lines.count, 2, "{}", lines.text);
+        assert!(lines.text.contains("trace of user 42 started"));
+        assert!(lines.text.ends_with("one\n"));
+        assert!(!path_of(&dir, 43).exists());
+
+        // The size bound: the line that would pass it ends the trace.
+        files.write(42, &"x".repeat(997));
+        assert!(!is_traced(42), "ended by its size");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("ended: its size bound (1000 bytes)"),
+            "{text}"
+        );
+        assert!(!text.contains("xxx"));
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
+
+        // The time bound, and the most at once.
+        for user in 1..=TRACED_USERS_MAX as u64 {
+            let secs = if user == 1 { 1 } else { 60 };
+            files.start(user, &config(&dir, secs, 1_000), t0).unwrap();
+        }
+        assert_eq!(
+            files.start(99, &config(&dir, 60, 1_000), t0),
+            Err(TraceError::TooMany)
+        );
+        assert_eq!(files.next_end(), Some(t0 + Duration::from_secs(1)));
+        files.expire(t0 + Duration::from_millis(999));
+        assert!(is_traced(1));
+        files.expire(t0 + Duration::from_secs(1));
+        assert!(!is_traced(1) && is_traced(2));
+        let text = std::fs::read_to_string(path_of(&dir, 1)).unwrap();
+        assert!(
+            text.contains("ended: its time bound (1000 ms) passed"),
+            "{text}"
+        );
+        let c = files.start(99, &config(&dir, 60, 1_000), t0).unwrap();
+        assert!(c.status.on);
+        assert_eq!(c.snapshot.users.len(), TRACED_USERS_MAX);
+
+        // Stop, then the file stays readable.
+        for user in (2..=TRACED_USERS_MAX as u64).chain([99]) {
+            let c = files.stop(user, &dir, t0);
+            assert!(!c.status.on);
+        }
+        assert!(!any());
+        let lines = files.read(99, &dir, t0).unwrap();
+        assert!(!lines.status.on);
+        assert!(
+            lines.text.contains("stopped by the admin call"),
+            "{}",
+            lines.text
+        );
+        assert_eq!(
+            files.read(77, &dir, t0).map(|_| ()),
+            Err(TraceError::NotFound(path_of(&dir, 77)))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reading_shows_only_the_newest_lines() {
+        let dir = temp_dir("read");
+        let path = path_of(&dir, 5);
+        files::create_traces_dir(&dir).unwrap();
+        let many: String = (0..1_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, many).unwrap();
+        let files = Files::new(log::LevelFilter::Info);
+        let lines = files.read(5, &dir, Instant::now()).unwrap();
+        assert_eq!(lines.count, limits::TRACE_LINES_SHOWN_MAX);
+        assert!(
+            lines.text.starts_with("line 800\n"),
+            "{}",
+            &lines.text[..20]
+        );
+        assert!(lines.text.ends_with("line 999\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,345 @@
+//! Per-user traces (admin `/trace`), on the real binary over real
+//! sockets: a traced user's trace holds their requests, their send and its
+//! hops between shards, their storage jobs; an untraced user's requests
+//! never appear; `level=off` stops it; the time and size bounds end it;
+//! at most `TRACED_USERS_MAX` users are traced at once.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use switchboard_shards::home_shard;
+use switchboard_shards::limits::TRACED_USERS_MAX;
+
+/// The demo directory's friendships.
+const FRIENDS: [(u64, u64); 7] = [(1, 2), (1, 3), (2, 3), (2, 4), (3, 5), (4, 6), (5, 6)];
+
+const ADMIN_TOKEN: &str = "trace-test-admin-token-0123456789abcdef";
+
+fn start(name: &str, extra: &[(&str, &str)]) -> Server {
+    let dir = temp_dir(name);
+    let mut all = vec![
+        ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SWITCHBOARD_RATE_LIMITS", "off"),
+    ];
+    all.extend_from_slice(extra);
+    Server::start(&dir, &all)
+}
+
+/// `POST /trace?user=USER&level=LEVEL`: status and JSON.
+fn set_trace(server: &Server, user: u64, level: &str) -> (u16, Value) {
+    let a = server.admin_call(
+        "POST",
+        "/trace",
+        &[("user", &user.to_string()), ("level", level)],
+    );
+    let v = serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{e}: {}", a.body));
+    (a.status, v)
+}
+
+/// `GET /trace?user=USER`: the text, after checking its status and type.
+fn read_trace(server: &Server, user: u64) -> String {
+    let a = server.admin_call("GET", "/trace", &[("user", &user.to_string())]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.headers.get("content-type").map(String::as_str),
+        Some("text/plain; charset=utf-8")
+    );
+    a.body
+}
+
+/// The lines of `text` that are records (not the `#` head).
+fn records(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.starts_with('#')).collect()
+}
+
+fn send(server: &Server, sid: &str, to: u64, text: &str) {
+    let v = server.get(
+        "/send",
+        &[("sid", sid), ("to", &to.to_string()), ("text", text)],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn a_traced_users_trace_holds_their_send_and_its_hops_and_no_one_elses_requests() {
+    // Two friends homed on different shards, and a third user, untraced,
+    // who chats with a friend of their own meanwhile.
+    let (a, b) = FRIENDS
+        .into_iter()
+        .find(|&(a, b)| home_shard(a, 2) != home_shard(b, 2))
+        .expect("the demo has friends on both shards");
+    let (c, c_friend) = FRIENDS
+        .into_iter()
+        .find(|&(x, y)| ![a, b].contains(&x) && ![a, b].contains(&y))
+        .expect("a pair of friends who are neither");
+    let (home_a, home_b) = (home_shard(a, 2), home_shard(b, 2));
+    let server = start("trace-send", &[]);
+
+    let (status, v) = set_trace(&server, a, "debug");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["trace"], "on", "{v}");
+    assert_eq!(v["traced"], 1, "{v}");
+    let file = server.data_dir.join("traces").join(format!("user-{a}.log"));
+    assert_eq!(v["file"], file.display().to_string());
+    assert_eq!(v["ends_in_ms"], 600_000, "the default time bound: {v}");
+
+    let ta = server.connect(a, "a");
+    let mut tb = server.connect(b, "b");
+    let tc = server.connect(c, "c");
+    let mut tcf = server.connect(c_friend, "cf");
+    send(&server, &ta.sid, b, "hello across shards");
+    let got = tb.poll_until(&server, Duration::from_secs(5), |e| !messages(e).is_empty());
+    assert_eq!(messages(&got), [(a, "hello across shards".to_string())]);
+    send(&server, &tc.sid, c_friend, "not traced");
+    tcf.poll_until(&server, Duration::from_secs(5), |e| !messages(e).is_empty());
+    // A request that crosses from its conn shard to a's home shard: the
+    // kernel spreads connections over the shards, so some poll lands on
+    // the other one (each with probability 1/2).
+    let start = Instant::now();
+    let crossed = |t: &str| {
+        t.lines().any(|l| {
+            l.contains("poll: ok in ")
+                && l.contains("a round trip over the mesh")
+                && l.contains(&format!("user={a} "))
+        })
+    };
+    while !crossed(&read_trace(&server, a)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no poll crossed shards"
+        );
+        let since = ta.seq.to_string();
+        server.get(
+            "/poll",
+            &[("sid", &ta.sid), ("since", &since), ("wait", "0")],
+        );
+    }
+
+    let text = read_trace(&server, a);
+    assert!(
+        text.starts_with(&format!("# trace of user {a}: on, ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("# file: {}\n", file.display())),
+        "{text}"
+    );
+    let lines = records(&text);
+    let expect = |needle: &str| {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "no line with {needle:?} in the trace:\n{text}"
+        )
+    };
+    let me = format!("user={a} ");
+    let other = 1 - home_a;
+    // The send: its call, its storage job and time, its answer.
+    expect("call send on conn shard-");
+    expect(&format!(
+        "storage job store_message submitted {me}shard={home_a}"
+    ));
+    expect("storage job store_message done in ");
+    expect("send: ok in ");
+    // Its hop to b's home shard and what became of it there.
+    expect(&format!(
+        "delivery of a message to user {b}: sent to its home shard-{home_b} (the mesh hop out) \
+         {me}shard={home_a}"
+    ));
+    expect(&format!(
+        "delivery of a message to user {b}: arrived from shard-{home_a} (the mesh hop in) \
+         {me}shard={home_b}"
+    ));
+    expect(&format!(
+        "delivery of a message to user {b}: appended {me}shard={home_b}"
+    ));
+    // A request's hop from its conn shard to a's home shard and back,
+    // timed at both ends.
+    expect(&format!(
+        "poll: sent to home shard-{home_a} (the mesh hop out) {me}shard={other}"
+    ));
+    expect(&format!(
+        "poll: arrived from conn shard-{other} (the mesh hop in) {me}shard={home_a}"
+    ));
+    expect(&format!(
+        "on this home shard, back to conn shard-{other} {me}shard={home_a}"
+    ));
+    expect(&format!(
+        "(home shard-{home_a}, a round trip over the mesh) {me}shard={other}"
+    ));
+    // The core's decisions: presence, the tab, b's messages and presence.
+    expect(&format!(
+        "presence online (session loaded): broadcast to 2 shards {me}"
+    ));
+    expect(&format!("tab attached (1 now) {me}"));
+    expect(&format!("event presence appended at seq 1 (from user {b})"));
+    // Every record is about a (the trace's own start line aside).
+    for line in &lines {
+        assert!(
+            line.ends_with(&format!("user={a}"))
+                || line.contains(&me)
+                || line.contains("trace of user"),
+            "a line not about user {a}: {line}\n{text}"
+        );
+    }
+    for other in [c, c_friend] {
+        assert!(
+            !text.contains(&format!("user={other}")),
+            "user {other} in a's trace:\n{text}"
+        );
+    }
+    // The file is the server's own: 0600.
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Off: the trace says so last, and what follows is not recorded.
+    let (status, v) = set_trace(&server, a, "off");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["trace"].as_str(), v["traced"].as_u64()),
+        (Some("off"), Some(0))
+    );
+    let sends = |t: &str| {
+        records(t)
+            .iter()
+            .filter(|l| l.contains("call send"))
+            .count()
+    };
+    let before = read_trace(&server, a);
+    assert!(
+        before.starts_with(&format!("# trace of user {a}: off")),
+        "{before}"
+    );
+    assert!(
+        records(&before)
+            .last()
+            .unwrap()
+            .contains("stopped by the admin call (level=off)"),
+        "{before}"
+    );
+    send(&server, &ta.sid, b, "after the trace");
+    let after = read_trace(&server, a);
+    assert_eq!(sends(&after), sends(&before), "{after}");
+    assert_eq!(records(&after).len(), records(&before).len(), "{after}");
+}
+
+#[test]
+fn traces_end_by_their_time_and_size_bounds_and_at_most_eight_run_at_once() {
+    let server = start(
+        "trace-bounds",
+        &[
+            ("SWITCHBOARD_TRACE_MS", "2000"),
+            ("SWITCHBOARD_TRACE_BYTES_MAX", "4096"),
+        ],
+    );
+    // The size bound: a few sends of b's fill 4 KiB; the line that would
+    // pass it ends the trace instead.
+    let (a, b) = (ALICE, BOB);
+    assert_eq!(set_trace(&server, b, "debug").0, 200);
+    let ta = server.connect(a, "a");
+    let tb = server.connect(b, "b");
+    let file_b = server.data_dir.join("traces").join(format!("user-{b}.log"));
+    let start = Instant::now();
+    while !read_trace(&server, b).contains("ended: its size bound (4096 bytes) was reached") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            read_trace(&server, b)
+        );
+        send(&server, &tb.sid, a, "to fill the trace");
+    }
+    let size = std::fs::metadata(&file_b).unwrap().len();
+    assert!(
+        size <= 4096 + 200,
+        "{size} bytes: the bound and its last line"
+    );
+    send(&server, &tb.sid, a, "not recorded");
+    assert_eq!(std::fs::metadata(&file_b).unwrap().len(), size);
+    assert!(read_trace(&server, b).starts_with(&format!("# trace of user {b}: off")));
+
+    // The time bound: 2 s after it started, a's trace ends by itself.
+    let (status, v) = set_trace(&server, a, "debug");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ends_in_ms"], 2000, "{v}");
+    let started = Instant::now();
+    send(&server, &ta.sid, b, "recorded");
+    let start = Instant::now();
+    while !read_trace(&server, a).contains("ended: its time bound (2000 ms) passed") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            read_trace(&server, a)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1_900));
+    let file_a = server.data_dir.join("traces").join(format!("user-{a}.log"));
+    let size = std::fs::metadata(&file_a).unwrap().len();
+    send(&server, &ta.sid, b, "not recorded");
+    assert_eq!(std::fs::metadata(&file_a).unwrap().len(), size);
+
+    // At most TRACED_USERS_MAX at once; one more is refused, clearly.
+    let users: Vec<u64> = (100..100 + TRACED_USERS_MAX as u64).collect();
+    for (i, &u) in users.iter().enumerate() {
+        let (status, v) = set_trace(&server, u, "debug");
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["traced"], i as u64 + 1, "{v}");
+    }
+    let (status, v) = set_trace(&server, 999, "debug");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("8 users are traced already"), "{message}");
+    assert_eq!(set_trace(&server, users[0], "off").0, 200);
+    assert_eq!(set_trace(&server, 999, "debug").0, 200);
+    // Started again, a trace keeps its file and restarts its time bound.
+    let (status, v) = set_trace(&server, 999, "debug");
+    assert_eq!((status, v["traced"].as_u64()), (200, Some(8)), "{v}");
+    assert!(read_trace(&server, 999).contains("trace of user 999 started again"));
+}
+
+#[test]
+fn trace_calls_answer_clear_errors() {
+    let server = start("trace-errors", &[]);
+    // Never traced: no file.
+    let a = server.admin_call("GET", "/trace", &[("user", "5")]);
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(a.body.contains("\"not_found\""), "{}", a.body);
+    assert!(a.body.contains("no trace file at"), "{}", a.body);
+    for (method, params, status, needle) in [
+        ("GET", &[][..], 400, "`user`"),
+        ("POST", &[("user", "5")][..], 400, "`level`"),
+        (
+            "POST",
+            &[("user", "5"), ("level", "trace")][..],
+            400,
+            "`level`",
+        ),
+        (
+            "POST",
+            &[("user", "0"), ("level", "debug")][..],
+            400,
+            "`user`",
+        ),
+    ] {
+        let a = server.admin_call(method, "/trace", params);
+        assert_eq!(a.status, status, "{method} {params:?}: {}", a.body);
+        assert!(a.body.contains(needle), "{method} {params:?}: {}", a.body);
+    }
+    // Off for a user never traced: nothing to stop, answered all the same.
+    let (status, v) = set_trace(&server, 5, "off");
+    assert_eq!((status, v["trace"].as_str()), (200, Some("off")), "{v}");
+    // Without the admin token: refused before anything.
+    let r = request(
+        server.admin,
+        &format!(
+            "POST /trace?user=5&level=debug HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            server.admin
+        ),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(!server.data_dir.join("traces").join("user-5.log").exists());
+}
