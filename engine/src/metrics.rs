@@ -719,10 +719,7 @@ fn process(out: &mut Vec<Family>) {
         Kind::Counter,
         "Log records dropped because the logger's queue was full.",
     );
-    dropped.sample(
-        Vec::new(),
-        Value::Int(crate::logger::dropped_records()),
-    );
+    dropped.sample(Vec::new(), Value::Int(crate::logger::dropped_records()));
     out.push(dropped.done());
     let mut info = Builder::new(
         "switchboard_build_info",
@@ -735,7 +732,6 @@ fn process(out: &mut Vec<Family>) {
     );
     out.push(info.done());
 }
-
 
 /// A runtime counter as `/metrics` shows it.
 struct CounterSpec {

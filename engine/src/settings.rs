@@ -369,11 +369,7 @@ impl Settings {
                 crate::limits::LOOP_LAG_WARN_MS_DEFAULT,
             )?,
             log,
-            trace_ms: num(
-                "TRACE_MS",
-                get("TRACE_MS"),
-                crate::limits::TRACE_MS_DEFAULT,
-            )?,
+            trace_ms: num("TRACE_MS", get("TRACE_MS"), crate::limits::TRACE_MS_DEFAULT)?,
             trace_bytes_max: num(
                 "TRACE_BYTES_MAX",
                 get("TRACE_BYTES_MAX"),

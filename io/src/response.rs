@@ -129,7 +129,6 @@ impl Outcome {
     }
 }
 
-
 /// Whether every shard answered its health ask with its counts.
 fn all_up(shards: &[ShardHealth]) -> bool {
     shards.iter().all(|s| matches!(s, ShardHealth::Up { .. }))

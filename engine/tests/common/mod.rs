@@ -284,7 +284,9 @@ impl Server {
         );
         r.body
             .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
+            // Labelled samples (`name{shard="0"} 3`) and an unlabelled
+            // one (`name 3`), never another family's (`name_more 3`).
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     }
