@@ -34,7 +34,7 @@ pub mod utc;
 mod writer;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -143,11 +143,47 @@ pub fn init(filter: Filter) {
 }
 
 fn spawn_thread(lines: Receiver<Line>, control: Receiver<Control>, max: log::LevelFilter) {
+    let stderr = dup_stderr();
     // If the thread cannot start, the queue fills and every record is
     // counted as dropped: the server still runs.
     let _ = std::thread::Builder::new()
         .name("log".into())
-        .spawn(move || writer::run(lines, control, max));
+        .spawn(move || writer::run(lines, control, max, stderr));
+}
+
+/// A descriptor of the `log` thread's own for stderr (a close-on-exec
+/// `dup` of fd 2), so its writes take no lock of std's (`None`: fd 2 is
+/// not open).
+fn dup_stderr() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on fd 2 touches no memory; a non-negative result is a
+    // new descriptor that nothing else owns.
+    let fd = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: `fd` is open and owned by nobody else (above).
+    (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Writes `text` to stderr (fd 2) from a helper thread and waits for it
+/// at most `wait`; whether it was written. For the exit paths' own lines
+/// (`main`'s last message, the panic hook's): a plain `eprintln!` would
+/// block for ever on a stderr nobody reads, and hold the exit with it.
+/// Past `wait` the helper is left blocked, and the process exits anyway.
+pub fn write_stderr_bounded(text: &str, wait: Duration) -> bool {
+    let text = text.as_bytes().to_vec();
+    let (done, written) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("stderr".into())
+        .spawn(move || {
+            use std::io::Write;
+            use std::os::fd::FromRawFd;
+            // SAFETY: fd 2 stays open for the process's life; the
+            // `ManuallyDrop` never closes it. No std lock is taken.
+            let mut fd2 = std::mem::ManuallyDrop::new(unsafe {
+                std::fs::File::from_raw_fd(libc::STDERR_FILENO)
+            });
+            let _ = done.send(fd2.write_all(&text).is_ok());
+        });
+    spawned.is_ok() && written.recv_timeout(wait).unwrap_or(false)
 }
 
 /// Records dropped so far because the log queue was full (stderr slower
@@ -156,25 +192,35 @@ pub fn dropped_records() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Set when a flush gave up waiting, until the `log` thread answers a
+/// flush again: meanwhile a flush does not wait (an exit path that
+/// flushes twice waits once).
+static STALLED: AtomicBool = AtomicBool::new(false);
+
 /// Waits until every record queued before this call is written, at most
 /// `LOG_FLUSH_WAIT_MS` (the `log` thread may be stuck on a stderr nobody
-/// reads). Safe from any thread but the `log` thread; a no-op before
-/// [`init`].
-pub fn flush() {
+/// reads), and not at all while an earlier flush is still unanswered.
+/// Whether it was written (true before [`init`]: nothing is queued).
+/// Safe from any thread but the `log` thread.
+pub fn flush() -> bool {
     let Some(logger) = LOGGER.get() else {
-        return;
+        return true;
     };
+    if STALLED.load(Ordering::Relaxed) {
+        return false;
+    }
     let wait = Duration::from_millis(limits::LOG_FLUSH_WAIT_MS);
     let deadline = Instant::now() + wait;
     let (done, finished) = crossbeam_channel::bounded(1);
-    if logger
+    let flushed = logger
         .control
         .send_timeout(Control::Flush { done }, wait)
-        .is_err()
-    {
-        return;
+        .is_ok()
+        && finished.recv_deadline(deadline).is_ok();
+    if !flushed {
+        STALLED.store(true, Ordering::Relaxed);
     }
-    let _ = finished.recv_deadline(deadline);
+    flushed
 }
 
 /// Offers a request to the `log` thread without waiting.

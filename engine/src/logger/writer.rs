@@ -4,7 +4,13 @@
 //! limit and a full queue left out. The only thread that may block on
 //! stderr: when it does, the queue fills and records are dropped and
 //! counted instead of anyone waiting.
+//!
+//! It writes through a descriptor of its own (a `dup` of fd 2 made at
+//! start), never through `std::io::stderr()`: std's stderr lock, held
+//! while blocked on a full pipe, would also block every `eprintln!` and
+//! the default panic hook's message, and with them the exit paths.
 
+use std::fs::File;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,9 @@ const HOUSEKEEPING_MS: u64 = 1_000;
 struct Writer {
     /// Lines for stderr, written together (reused).
     out: Vec<u8>,
+    /// Where they go: the `log` thread's own copy of fd 2 (`None`: there
+    /// was none to copy, and stderr lines are lost).
+    stderr: Option<File>,
     /// The open traces.
     traces: Files,
     /// `DROPPED` when last reported, and when.
@@ -35,10 +44,16 @@ struct Writer {
     housekept: Instant,
 }
 
-pub(super) fn run(lines: Receiver<Line>, control: Receiver<Control>, max: log::LevelFilter) {
+pub(super) fn run(
+    lines: Receiver<Line>,
+    control: Receiver<Control>,
+    max: log::LevelFilter,
+    stderr: Option<File>,
+) {
     let now = Instant::now();
     let mut w = Writer {
         out: Vec::with_capacity(64 * 1024),
+        stderr,
         traces: Files::new(max),
         dropped_reported: 0,
         dropped_at: now,
@@ -84,15 +99,17 @@ impl Writer {
         }
     }
 
-    /// Writes the stderr lines gathered so far (blocking, if stderr does).
+    /// Writes the stderr lines gathered so far (blocking, if stderr does:
+    /// on this thread's own descriptor, so no lock is held meanwhile).
     fn write_out(&mut self) {
         if self.out.is_empty() {
             return;
         }
-        let mut stderr = std::io::stderr().lock();
-        // Nothing to do if stderr is gone; the lines are lost either way.
-        let _ = stderr.write_all(&self.out);
-        let _ = stderr.flush();
+        if let Some(stderr) = &mut self.stderr {
+            // Nothing to do if stderr is gone; the lines are lost either
+            // way.
+            let _ = stderr.write_all(&self.out);
+        }
         self.out.clear();
     }
 
@@ -130,6 +147,7 @@ impl Writer {
                     self.take(line);
                 }
                 self.write_out();
+                super::STALLED.store(false, std::sync::atomic::Ordering::Relaxed);
                 let _ = done.send(());
             }
         }
