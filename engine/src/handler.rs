@@ -257,7 +257,8 @@ impl ConnHandler {
     /// Admin `POST /trace`: the `log` thread starts (`debug`) or stops
     /// `user`'s trace, then every shard takes the new set of traced users
     /// ([`ConnHandler::share_traced`]); answered once every shard has. A
-    /// start that not every shard took is undone.
+    /// start that not every shard took is undone: a new trace ends, a
+    /// restarted one gets its bounds back.
     async fn trace(&self, user: UserId, debug: bool) -> Reply {
         let Some(config) = &self.traces else {
             return unavailable("per-user traces are not served here".into());
@@ -278,17 +279,33 @@ impl ConnHandler {
         let traced = changed.snapshot.users.len();
         if let Err(shard) = self.share_traced(&changed.snapshot).await {
             let wait = limits::TRACE_ACK_TIMEOUT_MS;
-            if debug {
-                // Undo, as far as the log thread takes it: the registry
-                // decides what is recorded.
-                if let Ok(answer) = trace::stop(user, config.data_dir.clone()) {
-                    if let Ok(undone) = log_thread(answer).await {
-                        let _ = self.share_traced(&undone.snapshot).await;
+            if let Some(started) = changed.started {
+                // Undo, as far as the log thread takes it (the registry
+                // decides what is recorded): a new trace ends, a restarted
+                // one keeps its old bounds.
+                let undone = match trace::undo(user, started, config.data_dir.clone()) {
+                    Ok(answer) => log_thread(answer).await,
+                    Err(e) => Err(e),
+                };
+                let what = match started {
+                    trace::Started::New => "not started",
+                    trace::Started::Restarted(_) => {
+                        "not started again (the running trace keeps its bounds)"
                     }
-                }
-                return unavailable(format!(
-                    "shard-{shard} did not take the trace within {wait} ms: not started, try again"
-                ));
+                };
+                return match undone {
+                    Ok(undone) => {
+                        let _ = self.share_traced(&undone.snapshot).await;
+                        unavailable(format!(
+                            "shard-{shard} did not take the trace within {wait} ms: {what}, try \
+                             again"
+                        ))
+                    }
+                    Err(e) => unavailable(format!(
+                        "shard-{shard} did not take the trace within {wait} ms, and undoing the \
+                         start failed ({e}): see GET /trace"
+                    )),
+                };
             }
             return unavailable(format!(
                 "the trace is stopped (nothing more is recorded), but shard-{shard} did not \

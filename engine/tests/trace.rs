@@ -343,3 +343,96 @@ fn trace_calls_answer_clear_errors() {
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(!server.data_dir.join("traces").join("user-5.log").exists());
 }
+
+/// Blocks shard-1's executor for the `SWITCHBOARD_FAULT_STALL_SHARD_MS`
+/// the server was started with: a connect of `ALICE` (the stall user)
+/// blocks its conn shard, which the kernel picks, so this tries until the
+/// connect lands on shard-1 (waiting out each stall of shard-0). The
+/// connect's thread, done when the stall ends.
+fn stall_shard_1(server: &Server) -> std::thread::JoinHandle<()> {
+    for _ in 0..12 {
+        let before = server.log_lines("blocks shard-").len();
+        let (addr, target) = (
+            server.addr,
+            format!("/connect?{}", encode(&[("token", &token(ALICE))])),
+        );
+        let connect = std::thread::spawn(move || {
+            request(
+                addr,
+                &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            );
+        });
+        eventually(Duration::from_secs(20), "the stall", || {
+            server.log_lines("blocks shard-").len() > before
+        });
+        let stalled = server.log_lines("blocks shard-");
+        if stalled.last().unwrap().contains("blocks shard-1 ") {
+            return connect;
+        }
+        connect.join().unwrap();
+    }
+    panic!("12 connects in a row landed on shard-0");
+}
+
+#[test]
+fn a_trace_start_that_a_shard_does_not_take_is_undone_and_a_restart_keeps_the_running_trace() {
+    // The admin listener is on shard-0; shard-1 is stalled 8 s, so it
+    // takes no new set within `TRACE_ACK_TIMEOUT_MS` (1 s).
+    let server = start(
+        "trace-undo",
+        &[
+            ("SWITCHBOARD_TRACE_MS", "60000"),
+            ("SWITCHBOARD_FAULT_STALL_SHARD_USER", "1"),
+            ("SWITCHBOARD_FAULT_STALL_SHARD_MS", "8000"),
+            ("SWITCHBOARD_FAULT_SHARD_STALL_MS_MAX", "60000"),
+        ],
+    );
+    let (running, new) = (5, 6);
+    let (status, v) = set_trace(&server, running, "debug");
+    assert_eq!(status, 200, "{v}");
+    let started_by = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let stall = stall_shard_1(&server);
+
+    // A restart not taken: the running trace keeps its bounds.
+    let (status, v) = set_trace(&server, running, "debug");
+    assert_eq!(status, 503, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("shard-1 did not take the trace")
+            && message.contains("not started again (the running trace keeps its bounds)"),
+        "{message}"
+    );
+    // A new trace not taken: not started.
+    let (status, v) = set_trace(&server, new, "debug");
+    assert_eq!(status, 503, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(": not started, try again"), "{message}");
+    stall.join().unwrap();
+
+    let asked = Instant::now();
+    let text = read_trace(&server, running);
+    assert!(
+        text.starts_with(&format!("# trace of user {running}: on, ")),
+        "the failed restart stopped the trace:\n{text}"
+    );
+    assert!(text.contains("as before"), "{text}");
+    let ends_s: u64 = text
+        .split("ends in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    let left_ms = 60_000 - asked.duration_since(started_by).as_millis() as u64;
+    assert!(
+        ends_s <= left_ms.div_ceil(1_000),
+        "ends in {ends_s} s: the time bound was restarted, not kept ({left_ms} ms left)"
+    );
+    let text = read_trace(&server, new);
+    assert!(
+        text.starts_with(&format!("# trace of user {new}: off")),
+        "{text}"
+    );
+    assert!(text.contains("ended: not started after all"), "{text}");
+    assert_eq!(set_trace(&server, new, "debug").0, 200);
+}

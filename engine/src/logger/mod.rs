@@ -60,7 +60,9 @@ struct Line {
     trace: Option<UserId>,
 }
 
-/// A request to the `log` thread, answered by message.
+/// A request to the `log` thread, answered by message. A start, stop or
+/// read whose caller stopped waiting (its reply's receiver dropped: the
+/// admin call answered `unavailable`) is not carried out.
 #[derive(Debug)]
 enum Control {
     Start {
@@ -70,6 +72,13 @@ enum Control {
     },
     Stop {
         user: UserId,
+        data_dir: std::path::PathBuf,
+        reply: oneshot::Sender<Result<trace::Changed, trace::TraceError>>,
+    },
+    /// Undo a start (carried out even when nobody waits for the answer).
+    Undo {
+        user: UserId,
+        started: trace::Started,
         data_dir: std::path::PathBuf,
         reply: oneshot::Sender<Result<trace::Changed, trace::TraceError>>,
     },

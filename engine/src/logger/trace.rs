@@ -114,6 +114,30 @@ pub struct Snapshot {
 pub struct Changed {
     pub status: Status,
     pub snapshot: Snapshot,
+    /// What a start changed, for [`undo`]: `Some` for a start (the
+    /// trace's bounds before it, `None` inside for a new trace), `None`
+    /// for a stop or an undo.
+    pub started: Option<Started>,
+}
+
+/// What one start did: opened a new trace, or restarted the time bound of
+/// a running one (whose bounds before are kept, to be put back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// A new trace (its file emptied).
+    New,
+    /// A running trace's bounds, before the restart.
+    Restarted(Bounds),
+}
+
+/// A running trace's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Its time bound, and when it passes.
+    duration: Duration,
+    until: Instant,
+    /// Its size bound.
+    bytes_max: u64,
 }
 
 /// The newest lines of a trace file.
@@ -174,6 +198,26 @@ pub fn start(
     super::control(Control::Start {
         user,
         config,
+        reply,
+    })
+    .map_err(|_| TraceError::Busy)?;
+    Ok(answer)
+}
+
+/// Asks the `log` thread to undo what a start of `user`'s trace did
+/// (`started`, from its answer), because not every shard took it: a new
+/// trace ends, a restarted one gets its bounds back. Carried out even if
+/// nobody waits for the answer.
+pub fn undo(
+    user: UserId,
+    started: Started,
+    data_dir: PathBuf,
+) -> Result<oneshot::Receiver<Result<Changed, TraceError>>, TraceError> {
+    let (reply, answer) = oneshot::channel();
+    super::control(Control::Undo {
+        user,
+        started,
+        data_dir,
         reply,
     })
     .map_err(|_| TraceError::Busy)?;
@@ -254,6 +298,11 @@ impl Files {
     ) -> Result<Changed, TraceError> {
         if let Some(i) = self.find(user) {
             let t = &mut self.open[i];
+            let before = Bounds {
+                duration: t.duration,
+                until: t.until,
+                bytes_max: t.bytes_max,
+            };
             t.duration = config.duration;
             t.until = now + config.duration;
             t.bytes_max = config.bytes_max;
@@ -263,7 +312,11 @@ impl Files {
                 config.bytes_max
             );
             self.note(i, &line);
-            return Ok(self.changed(user, now));
+            // The shards' copies hold deadlines: a new one is a change.
+            self.generation += 1;
+            let mut changed = self.changed(user, now);
+            changed.started = Some(Started::Restarted(before));
+            return Ok(changed);
         }
         if self.open.len() >= TRACED_USERS_MAX {
             return Err(TraceError::TooMany);
@@ -289,7 +342,46 @@ impl Files {
         );
         self.note(i, &line);
         self.registry_changed();
-        Ok(self.changed(user, now))
+        let mut changed = self.changed(user, now);
+        changed.started = Some(Started::New);
+        Ok(changed)
+    }
+
+    /// Undoes what a start of `user`'s trace did (`started`): a new trace
+    /// ends, a restarted one gets its bounds back (and ends at the next
+    /// look if they passed meanwhile). Nothing if it ended meanwhile.
+    pub(super) fn undo(
+        &mut self,
+        user: UserId,
+        started: Started,
+        data_dir: &Path,
+        now: Instant,
+    ) -> Changed {
+        if let Some(i) = self.find(user) {
+            match started {
+                Started::New => self.end(
+                    i,
+                    "not started after all (not every shard took it, or the admin call gave up)",
+                ),
+                Started::Restarted(before) => {
+                    let t = &mut self.open[i];
+                    t.duration = before.duration;
+                    t.until = before.until;
+                    t.bytes_max = before.bytes_max;
+                    let line = format!(
+                        "trace of user {user}: not started again after all (not every shard took \
+                         it, or the admin call gave up): ends in {} ms or at {} bytes, as before",
+                        before.until.saturating_duration_since(now).as_millis(),
+                        before.bytes_max
+                    );
+                    self.note(i, &line);
+                    self.generation += 1;
+                }
+            }
+        }
+        let mut changed = self.changed(user, now);
+        changed.status.path = path_of(data_dir, user);
+        changed
     }
 
     /// Stops `user`'s trace, if any.
@@ -456,6 +548,7 @@ impl Files {
 
     fn changed(&self, user: UserId, now: Instant) -> Changed {
         Changed {
+            started: None,
             status: self.status(user, now),
             snapshot: Snapshot {
                 generation: self.generation,
@@ -500,12 +593,28 @@ mod tests {
         assert!(c.status.on && is_traced(42) && !is_traced(43));
         assert_eq!(c.snapshot.users, vec![(42, Duration::from_secs(60))]);
         assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        assert_eq!(c.started, Some(Started::New));
         let path = path_of(&dir, 42);
         assert_eq!(c.status.path, path);
+        // A restart that not every shard took is undone: the trace keeps
+        // its old bounds.
+        let t1 = t0 + Duration::from_secs(1);
+        let again = files.start(42, &config(&dir, 120, 2_000), t1).unwrap();
+        assert!(again.snapshot.generation > c.snapshot.generation);
+        assert_eq!(again.status.ends_in, Some(Duration::from_secs(120)));
+        let Some(started @ Started::Restarted(_)) = again.started else {
+            panic!("{again:?}");
+        };
+        let undone = files.undo(42, started, &dir, t1);
+        assert!(undone.status.on && is_traced(42));
+        assert_eq!(undone.status.ends_in, Some(Duration::from_secs(59)));
+        assert_eq!(undone.status.bytes_max, 1_000);
+        assert!(undone.snapshot.generation > again.snapshot.generation);
         files.write(42, "one\n");
         files.write(43, "not traced\n");
         let lines = files.read(42, &dir, t0).unwrap();
-        assert_eq!(lines.count, 2, "{}", lines.text);
+        assert_eq!(lines.count, 4, "{}", lines.text);
+        assert!(lines.text.contains("as before"), "{}", lines.text);
         assert!(lines.text.contains("trace of user 42 started"));
         assert!(lines.text.ends_with("one\n"));
         assert!(!path_of(&dir, 43).exists());
@@ -561,6 +670,12 @@ mod tests {
             files.read(77, &dir, t0).map(|_| ()),
             Err(TraceError::NotFound(path_of(&dir, 77)))
         );
+        // A new trace that not every shard took is undone: it ends.
+        let c = files.start(55, &config(&dir, 60, 1_000), t0).unwrap();
+        let undone = files.undo(55, c.started.unwrap(), &dir, t0);
+        assert!(!undone.status.on && !is_traced(55) && !any());
+        let text = std::fs::read_to_string(path_of(&dir, 55)).unwrap();
+        assert!(text.contains("ended: not started after all"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
-use super::trace::Files;
+use super::trace::{Changed, Files};
 use super::{utc, Control, Line, DROPPED, SITES};
 use crate::limits;
 
@@ -50,15 +50,7 @@ pub(super) fn run(
     max: log::LevelFilter,
     stderr: Option<File>,
 ) {
-    let now = Instant::now();
-    let mut w = Writer {
-        out: Vec::with_capacity(64 * 1024),
-        stderr,
-        traces: Files::new(max),
-        dropped_reported: 0,
-        dropped_at: now,
-        housekept: now,
-    };
+    let mut w = Writer::new(max, stderr);
     loop {
         let housekeeping = w.housekept + Duration::from_millis(HOUSEKEEPING_MS);
         let wake = w
@@ -89,6 +81,18 @@ pub(super) fn run(
 }
 
 impl Writer {
+    fn new(max: log::LevelFilter, stderr: Option<File>) -> Writer {
+        let now = Instant::now();
+        Writer {
+            out: Vec::with_capacity(64 * 1024),
+            stderr,
+            traces: Files::new(max),
+            dropped_reported: 0,
+            dropped_at: now,
+            housekept: now,
+        }
+    }
+
     /// Routes one line.
     fn take(&mut self, line: Line) {
         if let Some(user) = line.trace {
@@ -116,12 +120,24 @@ impl Writer {
     fn answer(&mut self, request: Control, lines: &Receiver<Line>) {
         let now = Instant::now();
         match request {
+            // A caller that stopped waiting answered `unavailable` ("try
+            // again"): its request is not carried out (an undo always is).
+            Control::Start { reply, .. } | Control::Stop { reply, .. } if reply.is_canceled() => {}
+            Control::Read { reply, .. } if reply.is_canceled() => {}
             Control::Start {
                 user,
                 config,
                 reply,
             } => {
-                let _ = reply.send(self.traces.start(user, &config, now));
+                let result = self.traces.start(user, &config, now);
+                if let Err(Ok(Changed {
+                    started: Some(started),
+                    ..
+                })) = reply.send(result)
+                {
+                    // The caller gave up meanwhile: as if never asked.
+                    self.traces.undo(user, started, &config.data_dir, now);
+                }
             }
             Control::Stop {
                 user,
@@ -129,6 +145,14 @@ impl Writer {
                 reply,
             } => {
                 let _ = reply.send(Ok(self.traces.stop(user, &data_dir, now)));
+            }
+            Control::Undo {
+                user,
+                started,
+                data_dir,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.traces.undo(user, started, &data_dir, now)));
             }
             Control::Read {
                 user,
@@ -189,5 +213,56 @@ impl Writer {
             self.dropped_reported = dropped;
             self.dropped_at = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use futures_channel::oneshot;
+
+    use super::*;
+    use crate::logger::trace::{self, TraceConfig};
+
+    #[test]
+    fn a_start_or_stop_whose_caller_gave_up_is_not_carried_out() {
+        let dir = std::env::temp_dir().join(format!("switchboard-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut w = Writer::new(log::LevelFilter::Info, None);
+        let (_lines_tx, lines) = crossbeam_channel::bounded(1);
+        // The admin call answered `unavailable` after 2 s and dropped its
+        // receiver; the start reaches the log thread later.
+        let user = 4_242;
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        let config = TraceConfig {
+            data_dir: dir.clone(),
+            duration: Duration::from_secs(60),
+            bytes_max: 4_096,
+        };
+        w.answer(
+            Control::Start {
+                user,
+                config,
+                reply,
+            },
+            &lines,
+        );
+        assert!(!trace::is_traced(user), "started for a caller that gave up");
+        assert!(!trace::path_of(&dir, user).exists());
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        let data_dir: PathBuf = dir.clone();
+        w.answer(
+            Control::Stop {
+                user,
+                data_dir,
+                reply,
+            },
+            &lines,
+        );
+        assert!(!trace::is_traced(user));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
