@@ -19,7 +19,11 @@
 //! and when its next line would pass its size bound
 //! (`SWITCHBOARD_TRACE_BYTES_MAX`); the file's last line says why it
 //! ended. A trace started again for a traced user restarts its time bound
-//! and keeps its file; a new trace empties the file.
+//! and keeps its file; a new trace empties the file. Ended traces' files
+//! stay until a new trace starts: then the oldest past
+//! `TRACE_FILES_KEPT_MAX` files or `TRACE_FILES_KEPT_BYTES_MAX` bytes are
+//! deleted. The set of traced users lives in memory only: a restart of
+//! the server ends every trace (its file stays, without an end line).
 
 use std::fmt;
 use std::fs::File;
@@ -322,8 +326,32 @@ impl Files {
             return Err(TraceError::TooMany);
         }
         let path = path_of(&config.data_dir, user);
-        let file = files::create_traces_dir(&config.data_dir)
-            .and_then(|_| files::create_trace_file(&path))
+        let dir = files::create_traces_dir(&config.data_dir)
+            .map_err(|e| TraceError::File(format!("{}: {e}", path.display())))?;
+        // Old traces' files go before a new one comes (its own included:
+        // it is emptied).
+        let keep: Vec<&Path> = self
+            .open
+            .iter()
+            .map(|t| t.path.as_path())
+            .chain([path.as_path()])
+            .collect();
+        let deleted = prune(
+            &dir,
+            &keep,
+            limits::TRACE_FILES_KEPT_MAX,
+            limits::TRACE_FILES_KEPT_BYTES_MAX,
+        );
+        if deleted > 0 {
+            log::info!(
+                "deleted the {deleted} oldest ended trace files in {} (at most {} kept, {} bytes \
+                 together)",
+                dir.display(),
+                limits::TRACE_FILES_KEPT_MAX,
+                limits::TRACE_FILES_KEPT_BYTES_MAX
+            );
+        }
+        let file = files::create_trace_file(&path)
             .map_err(|e| TraceError::File(format!("{}: {e}", path.display())))?;
         self.open.push(Open {
             user,
@@ -562,6 +590,57 @@ impl Files {
     }
 }
 
+/// Whether `name` is a trace file's (`user-ID.log`).
+fn is_trace_file_name(name: &str) -> bool {
+    name.strip_prefix("user-")
+        .and_then(|rest| rest.strip_suffix(".log"))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes the oldest ended trace files in the traces folder `dir` (by
+/// their last write), so that at most `files_max` remain, together at
+/// most `bytes_max`. Never deletes a file named as one in `keep` (the
+/// running traces', the one about to be made), nor anything that is not a
+/// regular file named like a trace's; looks at most at
+/// `TRACE_DIR_ENTRIES_SCANNED_MAX` entries. How many it deleted.
+fn prune(dir: &Path, keep: &[&Path], files_max: usize, bytes_max: u64) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut ended = Vec::new();
+    for entry in entries
+        .take(limits::TRACE_DIR_ENTRIES_SCANNED_MAX)
+        .flatten()
+    {
+        let name = entry.file_name();
+        let named = name.to_str().is_some_and(is_trace_file_name);
+        if !named || keep.iter().any(|k| k.file_name() == Some(&name)) {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a link is not a trace file.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            ended.push((written, meta.len(), path));
+        }
+    }
+    // Newest first: those kept.
+    ended.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+    let (mut kept, mut bytes, mut deleted) = (0, 0u64, 0);
+    for (_, len, path) in ended {
+        if kept < files_max && bytes + len <= bytes_max {
+            kept += 1;
+            bytes += len;
+        } else if std::fs::remove_file(&path).is_ok() {
+            deleted += 1;
+        }
+    }
+    deleted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +755,58 @@ mod tests {
         assert!(!undone.status.on && !is_traced(55) && !any());
         let text = std::fs::read_to_string(path_of(&dir, 55)).unwrap();
         assert!(text.contains("ended: not started after all"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ended_trace_files_past_the_bounds_are_deleted_oldest_first_and_nothing_else() {
+        let dir = temp_dir("prune");
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(3_600);
+        // Users 1..=10, each file 100 bytes, user 1 the oldest.
+        for user in 1..=10u64 {
+            let path = dir.join(format!("user-{user}.log"));
+            std::fs::write(&path, [b'x'; 100]).unwrap();
+            let file = File::options().write(true).open(&path).unwrap();
+            file.set_modified(t0 + Duration::from_secs(user)).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), "not a trace").unwrap();
+        std::fs::write(dir.join("user-x.log"), "not a trace").unwrap();
+        std::os::unix::fs::symlink(dir.join("user-10.log"), dir.join("user-11.log")).unwrap();
+        let left = || {
+            let mut users: Vec<u64> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().unwrap();
+                    let id = name.strip_prefix("user-")?.strip_suffix(".log")?;
+                    id.parse().ok()
+                })
+                .collect();
+            users.sort();
+            users
+        };
+        // User 2's trace runs (old as its file is), user 12's starts.
+        let running = dir.join("user-2.log");
+        let new = dir.join("user-12.log");
+        let keep = [running.as_path(), new.as_path()];
+        assert_eq!(prune(&dir, &keep, 6, u64::MAX), 3, "{:?}", left());
+        assert_eq!(left(), [2, 5, 6, 7, 8, 9, 10, 11]);
+        // The bytes bound: 3 files of 100 bytes fit in 350.
+        assert_eq!(prune(&dir, &keep, 6, 350), 3);
+        assert_eq!(left(), [2, 8, 9, 10, 11]);
+        assert_eq!(prune(&dir, &keep, 6, 350), 0, "nothing more");
+        // What is not a trace file is left alone: the link was never
+        // counted, and still points at user 10's file.
+        assert!(dir.join("notes.txt").exists() && dir.join("user-x.log").exists());
+        assert!(std::fs::symlink_metadata(dir.join("user-11.log"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(is_trace_file_name("user-42.log"));
+        for name in ["user-.log", "user-42.log.bak", "user-4x2.log", "x-42.log"] {
+            assert!(!is_trace_file_name(name), "{name}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
