@@ -474,10 +474,8 @@ pub struct ShardRuntime {
     /// Deliveries the `drop_deliveries` fault has dropped so far.
     fault_dropped: Cell<u64>,
     /// Cross-shard requests about traced users this shard (as home shard)
-    /// is answering: when each arrived, its name and user, by the conn
-    /// shard's `ReplyTo`, to time the hop (at most `TRACE_HOPS_TIMED_MAX`;
-    /// empty, and never looked at, while nobody is traced).
-    traced_hops: RefCell<HashMap<ReplyTo, (Instant, &'static str, UserId)>>,
+    /// is answering, to time each hop (see [`TracedHops`]).
+    traced_hops: RefCell<TracedHops>,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
     /// This shard's latency histograms since its last tick (published at
@@ -540,7 +538,7 @@ impl ShardRuntime {
             },
             owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
             fault_dropped: Cell::new(0),
-            traced_hops: RefCell::new(HashMap::new()),
+            traced_hops: RefCell::new(TracedHops::default()),
             outputs: RefCell::new(Vec::new()),
             recorder: RefCell::new(Recorder::default()),
         });
@@ -580,6 +578,9 @@ impl ShardRuntime {
         self.feed_all(input);
         if tick {
             self.in_flight.borrow_mut().sweep(self.clock.now_ms());
+            self.traced_hops
+                .borrow_mut()
+                .sweep(Instant::now(), trace::any());
             self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
             self.recorder.borrow_mut().publish(&self.stats.histograms);
@@ -754,7 +755,8 @@ impl ShardRuntime {
         match msg {
             MeshMsg::Request { reply, request } => {
                 if let Some(user) = request.home_user().filter(|&u| trace::is_traced(u)) {
-                    self.traced_arrival(from, reply, user, request.name());
+                    let patience = self.call_patience(&request);
+                    self.traced_arrival(from, reply, user, request.name(), patience);
                 }
                 self.feed(Input::Request { reply, request })
             }
@@ -780,16 +782,30 @@ impl ShardRuntime {
     }
 
     /// A request about traced `user` came from shard `from`: noted, and
-    /// timed until its reply goes back.
-    fn traced_arrival(&self, from: ShardId, reply: ReplyTo, user: UserId, name: &'static str) {
+    /// timed until its reply goes back (or its conn shard's `patience`
+    /// runs out).
+    fn traced_arrival(
+        &self,
+        from: ShardId,
+        reply: ReplyTo,
+        user: UserId,
+        name: &'static str,
+        patience: Duration,
+    ) {
         debug!(
             user, shard = self.id, req = reply.req;
             "{name}: arrived from conn shard-{from} (the mesh hop in)"
         );
-        let mut hops = self.traced_hops.borrow_mut();
-        if hops.len() < limits::TRACE_HOPS_TIMED_MAX {
-            hops.insert(reply, (Instant::now(), name, user));
-        }
+        let now = Instant::now();
+        self.traced_hops.borrow_mut().arrived(
+            reply,
+            Hop {
+                arrived: now,
+                until: now + patience,
+                name,
+                user,
+            },
+        );
     }
 
     fn deliver_reply(&self, to: ReplyTo, response: Response) {
@@ -797,17 +813,21 @@ impl ShardRuntime {
             self.complete(to.req, response);
             return;
         }
-        if !self.traced_hops.borrow().is_empty() {
-            let hop = self.traced_hops.borrow_mut().remove(&to);
-            if let Some((arrived, name, user)) = hop {
-                debug!(
-                    user, shard = self.id, req = to.req;
-                    "{name}: {} after {} µs on this home shard, back to conn shard-{}",
-                    outcome(&response),
-                    arrived.elapsed().as_micros(),
-                    to.shard
-                );
-            }
+        let hop = self.traced_hops.borrow_mut().departed(to);
+        if let Some(Hop {
+            arrived,
+            name,
+            user,
+            ..
+        }) = hop
+        {
+            debug!(
+                user, shard = self.id, req = to.req;
+                "{name}: {} after {} µs on this home shard, back to conn shard-{}",
+                outcome(&response),
+                arrived.elapsed().as_micros(),
+                to.shard
+            );
         }
         let msg = MeshMsg::Reply {
             req: to.req,
@@ -1114,6 +1134,66 @@ impl ShardRuntime {
     }
 }
 
+/// Cross-shard requests about traced users a home shard is answering, by
+/// the conn shard's `ReplyTo`, to time each hop from arrival to reply (at
+/// most `TRACE_HOPS_TIMED_MAX`; more go untimed). An entry goes when its
+/// reply goes back, or at the first tick after its call's deadline (its
+/// conn shard gave up; a reply may never come), and every entry goes at
+/// a tick while nobody is traced. So it is empty, and never looked at but
+/// by the tick, while nobody is traced.
+#[derive(Debug, Default)]
+struct TracedHops {
+    by_reply: HashMap<ReplyTo, Hop>,
+}
+
+/// One timed hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hop {
+    /// When the request arrived.
+    arrived: Instant,
+    /// When its conn shard stops waiting for the reply (its deadline,
+    /// counted from the arrival: a little later than the conn shard's).
+    until: Instant,
+    /// The request's name.
+    name: &'static str,
+    /// Its user.
+    user: UserId,
+}
+
+impl TracedHops {
+    /// A request arrived: timed, if fewer than `TRACE_HOPS_TIMED_MAX` are.
+    fn arrived(&mut self, reply: ReplyTo, hop: Hop) {
+        if self.by_reply.len() < limits::TRACE_HOPS_TIMED_MAX {
+            self.by_reply.insert(reply, hop);
+        }
+    }
+
+    /// Its reply goes back: the hop, if it was timed.
+    fn departed(&mut self, reply: ReplyTo) -> Option<Hop> {
+        if self.by_reply.is_empty() {
+            return None;
+        }
+        self.by_reply.remove(&reply)
+    }
+
+    /// At a tick: forgets every hop whose call's deadline passed by
+    /// `now`, or every hop if nobody is traced (`traced` false).
+    fn sweep(&mut self, now: Instant, traced: bool) {
+        if self.by_reply.is_empty() {
+            return;
+        }
+        if traced {
+            self.by_reply.retain(|_, hop| hop.until > now);
+        } else {
+            self.by_reply = HashMap::new();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_reply.len()
+    }
+}
+
 /// A call that passed its deadline, for its one log line.
 struct Late {
     /// The request's name (`send`, `poll`, ...).
@@ -1268,6 +1348,39 @@ mod tests {
             ),
             (4, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_traced_hop_is_forgotten_at_its_reply_its_deadline_or_when_nobody_is_traced() {
+        let t0 = Instant::now();
+        let hop = |secs: u64| Hop {
+            arrived: t0,
+            until: t0 + Duration::from_secs(secs),
+            name: "poll",
+            user: 42,
+        };
+        let to = |req: u64| ReplyTo { shard: 1, req };
+        let mut hops = TracedHops::default();
+        hops.arrived(to(1), hop(10));
+        hops.arrived(to(2), hop(20));
+        hops.arrived(to(3), hop(30));
+        assert_eq!(hops.departed(to(1)), Some(hop(10)));
+        assert_eq!(hops.departed(to(1)), None);
+        // Request 2 is never answered (its conn shard gave up at its
+        // deadline): it goes at the first tick past it.
+        hops.sweep(t0 + Duration::from_secs(19), true);
+        assert_eq!(hops.len(), 2);
+        hops.sweep(t0 + Duration::from_secs(20), true);
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops.departed(to(2)), None);
+        // Nobody traced any more: all go.
+        hops.sweep(t0, false);
+        assert_eq!(hops.len(), 0);
+        // The bound: more arrivals go untimed.
+        for req in 0..limits::TRACE_HOPS_TIMED_MAX as u64 + 5 {
+            hops.arrived(to(req), hop(10));
+        }
+        assert_eq!(hops.len(), limits::TRACE_HOPS_TIMED_MAX);
     }
 
     #[test]
