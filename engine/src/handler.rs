@@ -506,11 +506,18 @@ impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         // Never `{call:?}`: it holds tokens, message text and UI state.
         // The admin's own `/trace` calls name a user but are not theirs:
-        // they stay out of the user's trace.
+        // they stay out of the user's trace. A sid's user is only claimed
+        // until its home shard checks the secret: `sid_user=`, which no
+        // trace takes (the runtime's outcome line says `user=` once the
+        // home shard accepted the sid).
         let (name, user) = call.describe();
         let user = user.filter(|_| !matches!(call, Call::Trace { .. } | Call::TraceRead { .. }));
+        let claimed = matches!(&call, Call::Shard(request) if request.user_is_claimed());
         let shard = self.rt.id;
         match user {
+            Some(sid_user) if claimed => {
+                log::debug!(sid_user, shard; "call {name} on conn shard-{shard}")
+            }
             Some(user) => log::debug!(user, shard; "call {name} on conn shard-{shard}"),
             None => log::debug!(shard; "call {name} on conn shard-{shard}"),
         }

@@ -39,6 +39,20 @@ use switchboard_storage::Store;
 
 use crate::limits;
 use crate::logger::trace;
+
+/// `debug!` about `user`: keyed `user=` when `verified` (so it also goes
+/// to their trace), `sid_user=` when only a sid claims the user, its home
+/// shard not having accepted it (stderr only: a forged sid `42-anything`
+/// must not write into user 42's trace).
+macro_rules! debug_about {
+    ($verified:expr, $user:expr, $($key:ident = $value:expr),+; $($arg:tt)+) => {
+        if $verified {
+            debug!(user = $user, $($key = $value),+; $($arg)+)
+        } else {
+            debug!(sid_user = $user, $($key = $value),+; $($arg)+)
+        }
+    };
+}
 use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
 use crate::supervise::{self, Faults};
 
@@ -755,8 +769,15 @@ impl ShardRuntime {
         match msg {
             MeshMsg::Request { reply, request } => {
                 if let Some(user) = request.home_user().filter(|&u| trace::is_traced(u)) {
-                    let patience = self.call_patience(&request);
-                    self.traced_arrival(from, reply, user, request.name(), patience);
+                    let now = Instant::now();
+                    let hop = Hop {
+                        arrived: now,
+                        until: now + self.call_patience(&request),
+                        name: request.name(),
+                        user,
+                        claimed: request.user_is_claimed(),
+                    };
+                    self.traced_arrival(from, reply, hop);
                 }
                 self.feed(Input::Request { reply, request })
             }
@@ -781,31 +802,16 @@ impl ShardRuntime {
         }
     }
 
-    /// A request about traced `user` came from shard `from`: noted, and
-    /// timed until its reply goes back (or its conn shard's `patience`
-    /// runs out).
-    fn traced_arrival(
-        &self,
-        from: ShardId,
-        reply: ReplyTo,
-        user: UserId,
-        name: &'static str,
-        patience: Duration,
-    ) {
-        debug!(
-            user, shard = self.id, req = reply.req;
+    /// A request about a traced user came from shard `from`: noted (about
+    /// `sid_user=` while only its sid claims the user), and timed until
+    /// its reply goes back (or its conn shard stops waiting).
+    fn traced_arrival(&self, from: ShardId, reply: ReplyTo, hop: Hop) {
+        let name = hop.name;
+        debug_about!(
+            !hop.claimed, hop.user, shard = self.id, req = reply.req;
             "{name}: arrived from conn shard-{from} (the mesh hop in)"
         );
-        let now = Instant::now();
-        self.traced_hops.borrow_mut().arrived(
-            reply,
-            Hop {
-                arrived: now,
-                until: now + patience,
-                name,
-                user,
-            },
-        );
+        self.traced_hops.borrow_mut().arrived(reply, hop);
     }
 
     fn deliver_reply(&self, to: ReplyTo, response: Response) {
@@ -818,11 +824,13 @@ impl ShardRuntime {
             arrived,
             name,
             user,
+            claimed,
             ..
         }) = hop
         {
-            debug!(
-                user, shard = self.id, req = to.req;
+            // The sid was checked by now: `user=` if it was accepted.
+            debug_about!(
+                !claimed || sid_accepted(&response), user, shard = self.id, req = to.req;
                 "{name}: {} after {} µs on this home shard, back to conn shard-{}",
                 outcome(&response),
                 arrived.elapsed().as_micros(),
@@ -1022,6 +1030,9 @@ impl ShardRuntime {
         };
         let user = request.home_user();
         let name = request.name();
+        // Until the home shard accepts the sid, its user is only claimed:
+        // lines about it say `sid_user=` (see `debug_about!`).
+        let claimed = request.user_is_claimed();
         // A traced user's request is timed and its hops noted; nobody
         // else's (one relaxed load while nobody is traced).
         let traced = user
@@ -1039,14 +1050,20 @@ impl ShardRuntime {
             let deadline_ms = self.clock.now_ms() + patience.as_millis() as u64;
             self.in_flight.borrow_mut().start(req, shard, deadline_ms);
             if let Some((user, _)) = traced {
-                debug!(user, shard = id, req; "{name}: sent to home shard-{shard} (the mesh hop out)");
+                debug_about!(
+                    !claimed, user, shard = id, req = req;
+                    "{name}: sent to home shard-{shard} (the mesh hop out)"
+                );
             }
         }
-        let response = match deadline::within(glommio::timer::sleep(patience), rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(oneshot::Canceled)) => {
-                Response::fail(ErrorCode::Unavailable, "request dropped: try again")
-            }
+        // `reached`: the home shard answered (and so checked the sid).
+        let (response, reached) = match deadline::within(glommio::timer::sleep(patience), rx).await
+        {
+            Ok(Ok(response)) => (response, true),
+            Ok(Err(oneshot::Canceled)) => (
+                Response::fail(ErrorCode::Unavailable, "request dropped: try again"),
+                false,
+            ),
             Err(TimedOut) => {
                 self.stats.call_timeouts.add(1);
                 let late = Late {
@@ -1058,12 +1075,18 @@ impl ShardRuntime {
                 let line = self.late_call_line(&late, user);
                 let all = self.stats.call_timeouts.get();
                 match user {
+                    Some(sid_user) if claimed => {
+                        warn!(sid_user, shard = id, req; "shard-{id}: {line} ({all} in all)")
+                    }
                     Some(user) => warn!(user, shard = id, req; "shard-{id}: {line} ({all} in all)"),
                     None => warn!(shard = id, req; "shard-{id}: {line} ({all} in all)"),
                 }
-                Response::fail(
-                    ErrorCode::Unavailable,
-                    "no answer from the home shard: try again",
+                (
+                    Response::fail(
+                        ErrorCode::Unavailable,
+                        "no answer from the home shard: try again",
+                    ),
+                    false,
                 )
             }
         };
@@ -1073,8 +1096,8 @@ impl ShardRuntime {
             } else {
                 "home shard is this conn shard, no hop".to_string()
             };
-            debug!(
-                user, shard = id, req;
+            debug_about!(
+                !claimed || reached && sid_accepted(&response), user, shard = id, req = req;
                 "{name}: {} in {} µs ({path})",
                 outcome(&response),
                 started.elapsed().as_micros()
@@ -1158,6 +1181,8 @@ struct Hop {
     name: &'static str,
     /// Its user.
     user: UserId,
+    /// Whether only its sid claims the user (unchecked on arrival).
+    claimed: bool,
 }
 
 impl TracedHops {
@@ -1189,6 +1214,7 @@ impl TracedHops {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.by_reply.len()
     }
@@ -1285,6 +1311,13 @@ impl InFlight {
     }
 }
 
+/// Whether the home shard accepted the request's sid, judging by its
+/// answer: every check after the sid's answers something other than
+/// `unknown_session` (docs/protocol.md §1 orders the checks).
+fn sid_accepted(response: &Response) -> bool {
+    !matches!(response, Response::Failed(f) if f.code == ErrorCode::UnknownSession)
+}
+
 /// A response's outcome, for a trace: `ok`, `reset`, or its error code.
 fn outcome(response: &Response) -> &'static str {
     match response {
@@ -1358,6 +1391,7 @@ mod tests {
             until: t0 + Duration::from_secs(secs),
             name: "poll",
             user: 42,
+            claimed: true,
         };
         let to = |req: u64| ReplyTo { shard: 1, req };
         let mut hops = TracedHops::default();
