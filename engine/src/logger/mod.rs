@@ -112,7 +112,7 @@ thread_local! {
 /// Names the calling thread in log lines (`shard-3`), in place of its
 /// thread name (once; later calls change nothing).
 pub fn label_thread(name: String) {
-    LABEL.with(|l| {
+    let _ = LABEL.try_with(|l| {
         let _ = l.set(name);
     });
 }
@@ -286,13 +286,21 @@ impl Log for Logger {
             return;
         }
         let now_ms = utc::now_unix_ms();
-        let text = LABEL.with(|label| match label.get() {
-            Some(name) => format_line(now_ms, level, name, record, more),
-            None => {
+        // `try_with`: a record logged from a thread-local's destructor may
+        // come after `LABEL` is gone (`with` would panic, and a panic
+        // there aborts the process).
+        let labelled = LABEL.try_with(|label| {
+            label
+                .get()
+                .map(|name| format_line(now_ms, level, name, record, more))
+        });
+        let text = match labelled {
+            Ok(Some(text)) => text,
+            Ok(None) | Err(_) => {
                 let thread = std::thread::current();
                 format_line(now_ms, level, thread.name().unwrap_or("?"), record, more)
             }
-        });
+        };
         match self.lines.try_send(Line {
             text,
             stderr,
@@ -440,6 +448,50 @@ mod tests {
         assert_eq!(user(&KVS), Some(42));
         assert_eq!(user(&NONE), None);
         assert_eq!(user(&[("shard", 3u64)]), None);
+    }
+
+    #[test]
+    fn a_record_logged_while_a_thread_is_torn_down_is_still_queued() {
+        static QUEUED: AtomicU64 = AtomicU64::new(0);
+        /// Logs from its destructor, which runs after `LABEL`'s: thread
+        /// locals are torn down in reverse order of first use.
+        struct LogsOnDrop;
+        impl Drop for LogsOnDrop {
+            fn drop(&mut self) {
+                let (lines, queued) = crossbeam_channel::bounded(1);
+                let (control, _control) = crossbeam_channel::bounded(1);
+                let logger = Logger {
+                    filter: Filter::default(),
+                    lines,
+                    control,
+                };
+                let record = Record::builder()
+                    .level(Level::Info)
+                    .target("switchboard")
+                    .args(format_args!("at thread exit"))
+                    .build();
+                logger.log(&record);
+                if queued
+                    .try_recv()
+                    .is_ok_and(|l| l.text.contains("at thread exit"))
+                {
+                    QUEUED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        thread_local! {
+            static GUARD: LogsOnDrop = const { LogsOnDrop };
+        }
+        std::thread::Builder::new()
+            .name("teardown".into())
+            .spawn(|| {
+                GUARD.with(|_| {});
+                label_thread("labelled".into());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(QUEUED.load(Ordering::Relaxed), 1);
     }
 
     #[test]
