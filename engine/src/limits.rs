@@ -286,6 +286,11 @@ pub const TRACE_FILES_KEPT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// starts).
 pub const TRACE_DIR_ENTRIES_SCANNED_MAX: usize = 4_096;
 
+/// A trace's lines gathered before one `write` to its file, at most (the
+/// `log` thread also writes them whenever it has drained its queue).
+/// With `TRACED_USERS_MAX` it bounds the buffers' memory.
+pub const TRACE_BUFFER_BYTES_MAX: usize = 64 * 1024;
+
 /// Cross-shard requests about traced users a home shard times at once
 /// (from arrival to its reply going back). More are traced untimed.
 pub const TRACE_HOPS_TIMED_MAX: usize = 1_024;

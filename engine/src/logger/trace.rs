@@ -264,7 +264,11 @@ struct Open {
     user: UserId,
     path: PathBuf,
     file: File,
-    /// Bytes written by this trace.
+    /// Lines taken and not yet written to `file`: written together when
+    /// the `log` thread has drained its queue, or past
+    /// `TRACE_BUFFER_BYTES_MAX` (one `write` for many lines).
+    buf: Vec<u8>,
+    /// Bytes written by this trace (`buf`'s included).
     bytes: u64,
     bytes_max: u64,
     /// Its time bound, and when it passes.
@@ -357,6 +361,7 @@ impl Files {
             user,
             path,
             file,
+            buf: Vec::new(),
             bytes: 0,
             bytes_max: config.bytes_max,
             duration: config.duration,
@@ -435,11 +440,40 @@ impl Files {
             self.end(i, &why);
             return;
         }
-        match t.file.write_all(line.as_bytes()) {
-            Ok(()) => t.bytes += line.len() as u64,
+        t.buf.extend_from_slice(line.as_bytes());
+        t.bytes += line.len() as u64;
+        if t.buf.len() >= limits::TRACE_BUFFER_BYTES_MAX {
+            self.flush_one(i);
+        }
+    }
+
+    /// Writes every trace's buffered lines to its file: when the `log`
+    /// thread has drained its queue (and before a read).
+    pub(super) fn flush(&mut self) {
+        let mut i = 0;
+        while i < self.open.len() {
+            // A trace that failed is gone, and another took its index.
+            if self.flush_one(i) {
+                i += 1;
+            }
+        }
+    }
+
+    /// Writes trace `i`'s buffered lines; a write that fails ends it.
+    /// Whether it is still open.
+    fn flush_one(&mut self, i: usize) -> bool {
+        let t = &mut self.open[i];
+        if t.buf.is_empty() {
+            return true;
+        }
+        let written = t.file.write_all(&t.buf);
+        t.buf.clear();
+        match written {
+            Ok(()) => true,
             Err(e) => {
                 let why = format!("writing it failed: {e}");
                 self.end(i, &why);
+                false
             }
         }
     }
@@ -463,11 +497,12 @@ impl Files {
     /// The newest lines of `user`'s trace file (read on the `log` thread:
     /// executors never touch the file).
     pub(super) fn read(
-        &self,
+        &mut self,
         user: UserId,
         data_dir: &Path,
         now: Instant,
     ) -> Result<Lines, TraceError> {
+        self.flush();
         let path = path_of(data_dir, user);
         let mut file = files::open_trace_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => TraceError::NotFound(path.clone()),
@@ -523,14 +558,16 @@ impl Files {
         line.push_str(" INFO  log switchboard_engine::logger::trace: ");
         line.push_str(what);
         line.push('\n');
-        let _ = t.file.write_all(line.as_bytes());
+        t.buf.extend_from_slice(line.as_bytes());
     }
 
-    /// Ends trace `i`: its last line says why; the file closes.
+    /// Ends trace `i`: its last line says why (what is buffered is
+    /// written, as far as the file takes it); the file closes.
     fn end(&mut self, i: usize, why: &str) {
         let user = self.open[i].user;
         self.note(i, &format!("trace of user {user} ended: {why}"));
-        self.open.swap_remove(i);
+        let mut t = self.open.swap_remove(i);
+        let _ = t.file.write_all(&t.buf);
         self.registry_changed();
     }
 
@@ -691,6 +728,11 @@ mod tests {
         assert!(undone.snapshot.generation > again.snapshot.generation);
         files.write(42, "one\n");
         files.write(43, "not traced\n");
+        // Buffered: written when the log thread's queue is drained (or by
+        // a read).
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("one"));
+        files.flush();
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("one\n"));
         let lines = files.read(42, &dir, t0).unwrap();
         assert_eq!(lines.count, 4, "{}", lines.text);
         assert!(lines.text.contains("as before"), "{}", lines.text);
@@ -817,7 +859,7 @@ mod tests {
         files::create_traces_dir(&dir).unwrap();
         let many: String = (0..1_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, many).unwrap();
-        let files = Files::new(log::LevelFilter::Info);
+        let mut files = Files::new(log::LevelFilter::Info);
         let lines = files.read(5, &dir, Instant::now()).unwrap();
         assert_eq!(lines.count, limits::TRACE_LINES_SHOWN_MAX);
         assert!(

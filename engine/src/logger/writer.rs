@@ -77,6 +77,8 @@ pub(super) fn run(
             w.housekeep(now);
         }
         w.write_out();
+        // The queue is drained (or a batch taken): one write per trace.
+        w.traces.flush();
     }
 }
 
@@ -171,6 +173,7 @@ impl Writer {
                     self.take(line);
                 }
                 self.write_out();
+                self.traces.flush();
                 super::STALLED.store(false, std::sync::atomic::Ordering::Relaxed);
                 let _ = done.send(());
             }
