@@ -504,6 +504,22 @@ impl Files {
     ) -> Result<Lines, TraceError> {
         self.flush();
         let path = path_of(data_dir, user);
+        // The folder as a start makes it (`files::create_traces_dir`): a
+        // link there is refused, not followed, for reads too.
+        let dir = data_dir.join(files::TRACES_DIR_NAME);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(TraceError::File(format!(
+                    "{} is not a folder (a symbolic link?)",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TraceError::NotFound(path))
+            }
+            Err(e) => return Err(TraceError::File(format!("{}: {e}", dir.display()))),
+        }
         let mut file = files::open_trace_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => TraceError::NotFound(path.clone()),
             _ => TraceError::File(format!("{}: {e}", path.display())),
@@ -850,6 +866,29 @@ mod tests {
             assert!(!is_trace_file_name(name), "{name}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_traces_folder_that_is_a_link_is_not_read_through() {
+        let elsewhere = temp_dir("read-elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("user-5.log"), "someone else's file\n").unwrap();
+        let dir = temp_dir("read-linked");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(files::TRACES_DIR_NAME)).unwrap();
+        let mut files = Files::new(log::LevelFilter::Info);
+        match files.read(5, &dir, Instant::now()) {
+            Err(TraceError::File(e)) => assert!(e.contains("not a folder"), "{e}"),
+            other => panic!("read through a link: {other:?}"),
+        }
+        // No folder at all: no file.
+        let empty = temp_dir("read-none");
+        assert_eq!(
+            files.read(5, &empty, Instant::now()).map(|_| ()),
+            Err(TraceError::NotFound(path_of(&empty, 5)))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&elsewhere).unwrap();
     }
 
     #[test]
