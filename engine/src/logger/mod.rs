@@ -1,10 +1,14 @@
-//! The logger behind the `log` facade. It never blocks the thread that
-//! logs (an executor must not stall because stderr is a slow pipe):
+//! The logger behind the `log` facade. It never makes the thread that
+//! logs wait for stderr or a trace file (an executor must not stall
+//! because stderr is a slow pipe):
 //!
 //! - a record is filtered ([`Filter`], `SWITCHBOARD_LOG`), rate-limited
 //!   per call site if it is a warning or an error ([`repeat`]), formatted
 //!   into one line on the calling thread, and offered to a bounded queue
-//!   (`LOG_QUEUE_DEPTH_MAX`); when the queue is full the record is counted
+//!   (`LOG_QUEUE_DEPTH_MAX`, crossbeam's array channel: a lock-free slot,
+//!   except that the sender that wakes a parked `log` thread takes the
+//!   channel's waker mutex for that, briefly and never across I/O); when
+//!   the queue is full the record is counted
 //!   ([`dropped_records`], `switchboard_log_dropped_total`) and dropped,
 //!   never waited for;
 //! - the `log` thread drains the queue to stderr (many lines per `write`)
