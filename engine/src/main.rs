@@ -85,7 +85,9 @@ fn main() -> ExitCode {
             c
         }
         Some(a) if !a.starts_with("--") => {
-            say(&format!("switchboard: unknown command {a:?} (see --help)\n"));
+            say(&format!(
+                "switchboard: unknown command {a:?} (see --help)\n"
+            ));
             return ExitCode::from(2);
         }
         _ => "serve",

@@ -201,10 +201,7 @@ fn check_module(module: &str) -> Result<(), String> {
         ));
     }
     let ok = module.split("::").all(|part| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     });
     if ok {
         Ok(())
