@@ -39,6 +39,8 @@ use switchboard_storage::Store;
 
 use crate::limits;
 use crate::logger::trace;
+use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
+use crate::supervise::{self, Faults};
 
 /// `debug!` about `user`: keyed `user=` when `verified` (so it also goes
 /// to their trace), `sid_user=` when only a sid claims the user, its home
@@ -53,8 +55,6 @@ macro_rules! debug_about {
         }
     };
 }
-use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
-use crate::supervise::{self, Faults};
 
 /// What travels between shards.
 #[derive(Debug)]
