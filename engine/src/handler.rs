@@ -257,7 +257,8 @@ impl ConnHandler {
     /// Admin `POST /trace`: the `log` thread starts (`debug`) or stops
     /// `user`'s trace, then every shard takes the new set of traced users
     /// ([`ConnHandler::share_traced`]); answered once every shard has. A
-    /// start that not every shard took is undone.
+    /// start that not every shard took is undone: a new trace ends, a
+    /// restarted one gets its bounds back.
     async fn trace(&self, user: UserId, debug: bool) -> Reply {
         let Some(config) = &self.traces else {
             return unavailable("per-user traces are not served here".into());
@@ -278,17 +279,33 @@ impl ConnHandler {
         let traced = changed.snapshot.users.len();
         if let Err(shard) = self.share_traced(&changed.snapshot).await {
             let wait = limits::TRACE_ACK_TIMEOUT_MS;
-            if debug {
-                // Undo, as far as the log thread takes it: the registry
-                // decides what is recorded.
-                if let Ok(answer) = trace::stop(user, config.data_dir.clone()) {
-                    if let Ok(undone) = log_thread(answer).await {
-                        let _ = self.share_traced(&undone.snapshot).await;
+            if let Some(started) = changed.started {
+                // Undo, as far as the log thread takes it (the registry
+                // decides what is recorded): a new trace ends, a restarted
+                // one keeps its old bounds.
+                let undone = match trace::undo(user, started, config.data_dir.clone()) {
+                    Ok(answer) => log_thread(answer).await,
+                    Err(e) => Err(e),
+                };
+                let what = match started {
+                    trace::Started::New => "not started",
+                    trace::Started::Restarted(_) => {
+                        "not started again (the running trace keeps its bounds)"
                     }
-                }
-                return unavailable(format!(
-                    "shard-{shard} did not take the trace within {wait} ms: not started, try again"
-                ));
+                };
+                return match undone {
+                    Ok(undone) => {
+                        let _ = self.share_traced(&undone.snapshot).await;
+                        unavailable(format!(
+                            "shard-{shard} did not take the trace within {wait} ms: {what}, try \
+                             again"
+                        ))
+                    }
+                    Err(e) => unavailable(format!(
+                        "shard-{shard} did not take the trace within {wait} ms, and undoing the \
+                         start failed ({e}): see GET /trace"
+                    )),
+                };
             }
             return unavailable(format!(
                 "the trace is stopped (nothing more is recorded), but shard-{shard} did not \
@@ -489,11 +506,18 @@ impl Handler for ConnHandler {
     async fn call(&self, call: Call) -> Reply {
         // Never `{call:?}`: it holds tokens, message text and UI state.
         // The admin's own `/trace` calls name a user but are not theirs:
-        // they stay out of the user's trace.
+        // they stay out of the user's trace. A sid's user is only claimed
+        // until its home shard checks the secret: `sid_user=`, which no
+        // trace takes (the runtime's outcome line says `user=` once the
+        // home shard accepted the sid).
         let (name, user) = call.describe();
         let user = user.filter(|_| !matches!(call, Call::Trace { .. } | Call::TraceRead { .. }));
+        let claimed = matches!(&call, Call::Shard(request) if request.user_is_claimed());
         let shard = self.rt.id;
         match user {
+            Some(sid_user) if claimed => {
+                log::debug!(sid_user, shard; "call {name} on conn shard-{shard}")
+            }
             Some(user) => log::debug!(user, shard; "call {name} on conn shard-{shard}"),
             None => log::debug!(shard; "call {name} on conn shard-{shard}"),
         }

@@ -267,6 +267,30 @@ pub const TRACE_MS_DEFAULT: u64 = 600_000;
 /// the line that would pass it ends the trace instead.
 pub const TRACE_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
 
+/// Ended trace files kept in `DATA_DIR/traces/` (one per user traced
+/// before, with nothing to delete them otherwise): when a new trace
+/// starts, the oldest ended ones (by their last write) past this many,
+/// or past [`TRACE_FILES_KEPT_BYTES_MAX`] together, are deleted first.
+/// Running traces' files are never deleted. So the folder holds at most
+/// `TRACED_USERS_MAX` running traces (each within its size bound) and
+/// these.
+pub const TRACE_FILES_KEPT_MAX: usize = 64;
+
+/// The most bytes the ended trace files kept hold together (see
+/// [`TRACE_FILES_KEPT_MAX`]).
+pub const TRACE_FILES_KEPT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Entries of `DATA_DIR/traces/` looked at when a new trace starts, at
+/// most: bounds the work on the `log` thread (a folder with more, which
+/// only something else could have put there, is pruned over several
+/// starts).
+pub const TRACE_DIR_ENTRIES_SCANNED_MAX: usize = 4_096;
+
+/// A trace's lines gathered before one `write` to its file, at most (the
+/// `log` thread also writes them whenever it has drained its queue).
+/// With `TRACED_USERS_MAX` it bounds the buffers' memory.
+pub const TRACE_BUFFER_BYTES_MAX: usize = 64 * 1024;
+
 /// Cross-shard requests about traced users a home shard times at once
 /// (from arrival to its reply going back). More are traced untimed.
 pub const TRACE_HOPS_TIMED_MAX: usize = 1_024;
@@ -293,3 +317,4 @@ const _: () = assert!(LOG_REPEAT_BURST >= 1 && LOG_REPEAT_MS >= 1_000);
 const _: () =
     assert!(TRACE_READ_BYTES_MAX >= (TRACE_LINES_SHOWN_MAX * LOG_LINE_BYTES_MAX / 4) as u64);
 const _: () = assert!(TRACE_ACK_TIMEOUT_MS > TICK_MS);
+const _: () = assert!(TRACE_FILES_KEPT_MAX < TRACE_DIR_ENTRIES_SCANNED_MAX);

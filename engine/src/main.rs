@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchboard_engine::settings::{self, Settings};
 use switchboard_engine::{logger, server, tune};
@@ -85,7 +85,9 @@ fn main() -> ExitCode {
             c
         }
         Some(a) if !a.starts_with("--") => {
-            eprintln!("switchboard: unknown command {a:?} (see --help)");
+            say(&format!(
+                "switchboard: unknown command {a:?} (see --help)\n"
+            ));
             return ExitCode::from(2);
         }
         _ => "serve",
@@ -115,10 +117,18 @@ fn version() -> String {
 }
 
 fn fail(message: String) -> ExitCode {
-    // The log's last lines first: they say what led here.
+    // The log's last lines first: they say what led here. Both waits are
+    // bounded: a stderr nobody reads must not hold the exit.
     logger::flush();
-    eprintln!("switchboard: {message}");
+    say(&format!("switchboard: {message}\n"));
     ExitCode::from(2)
+}
+
+/// Writes `text` to stderr, waiting at most `LOG_FLUSH_WAIT_MS` (an
+/// `eprintln!` would wait for ever on a stderr nobody reads).
+fn say(text: &str) {
+    let wait = Duration::from_millis(switchboard_engine::limits::LOG_FLUSH_WAIT_MS);
+    logger::write_stderr_bounded(text, wait);
 }
 
 fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {

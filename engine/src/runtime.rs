@@ -42,6 +42,20 @@ use crate::logger::trace;
 use crate::metrics::{self, JobKind, Published, Recorder, Refusal, Series};
 use crate::supervise::{self, Faults};
 
+/// `debug!` about `user`: keyed `user=` when `verified` (so it also goes
+/// to their trace), `sid_user=` when only a sid claims the user, its home
+/// shard not having accepted it (stderr only: a forged sid `42-anything`
+/// must not write into user 42's trace).
+macro_rules! debug_about {
+    ($verified:expr, $user:expr, $($key:ident = $value:expr),+; $($arg:tt)+) => {
+        if $verified {
+            debug!(user = $user, $($key = $value),+; $($arg)+)
+        } else {
+            debug!(sid_user = $user, $($key = $value),+; $($arg)+)
+        }
+    };
+}
+
 /// What travels between shards.
 #[derive(Debug)]
 pub enum MeshMsg {
@@ -474,10 +488,8 @@ pub struct ShardRuntime {
     /// Deliveries the `drop_deliveries` fault has dropped so far.
     fault_dropped: Cell<u64>,
     /// Cross-shard requests about traced users this shard (as home shard)
-    /// is answering: when each arrived, its name and user, by the conn
-    /// shard's `ReplyTo`, to time the hop (at most `TRACE_HOPS_TIMED_MAX`;
-    /// empty, and never looked at, while nobody is traced).
-    traced_hops: RefCell<HashMap<ReplyTo, (Instant, &'static str, UserId)>>,
+    /// is answering, to time each hop (see [`TracedHops`]).
+    traced_hops: RefCell<TracedHops>,
     /// Reused output buffer (taken while feeding).
     outputs: RefCell<Vec<Output>>,
     /// This shard's latency histograms since its last tick (published at
@@ -540,7 +552,7 @@ impl ShardRuntime {
             },
             owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
             fault_dropped: Cell::new(0),
-            traced_hops: RefCell::new(HashMap::new()),
+            traced_hops: RefCell::new(TracedHops::default()),
             outputs: RefCell::new(Vec::new()),
             recorder: RefCell::new(Recorder::default()),
         });
@@ -580,6 +592,9 @@ impl ShardRuntime {
         self.feed_all(input);
         if tick {
             self.in_flight.borrow_mut().sweep(self.clock.now_ms());
+            self.traced_hops
+                .borrow_mut()
+                .sweep(Instant::now(), trace::any());
             self.pay_resyncs();
             self.with_shard(|shard| self.stats.core.copy_from(shard.stats()));
             self.recorder.borrow_mut().publish(&self.stats.histograms);
@@ -754,7 +769,15 @@ impl ShardRuntime {
         match msg {
             MeshMsg::Request { reply, request } => {
                 if let Some(user) = request.home_user().filter(|&u| trace::is_traced(u)) {
-                    self.traced_arrival(from, reply, user, request.name());
+                    let now = Instant::now();
+                    let hop = Hop {
+                        arrived: now,
+                        until: now + self.call_patience(&request),
+                        name: request.name(),
+                        user,
+                        claimed: request.user_is_claimed(),
+                    };
+                    self.traced_arrival(from, reply, hop);
                 }
                 self.feed(Input::Request { reply, request })
             }
@@ -779,17 +802,16 @@ impl ShardRuntime {
         }
     }
 
-    /// A request about traced `user` came from shard `from`: noted, and
-    /// timed until its reply goes back.
-    fn traced_arrival(&self, from: ShardId, reply: ReplyTo, user: UserId, name: &'static str) {
-        debug!(
-            user, shard = self.id, req = reply.req;
+    /// A request about a traced user came from shard `from`: noted (about
+    /// `sid_user=` while only its sid claims the user), and timed until
+    /// its reply goes back (or its conn shard stops waiting).
+    fn traced_arrival(&self, from: ShardId, reply: ReplyTo, hop: Hop) {
+        let name = hop.name;
+        debug_about!(
+            !hop.claimed, hop.user, shard = self.id, req = reply.req;
             "{name}: arrived from conn shard-{from} (the mesh hop in)"
         );
-        let mut hops = self.traced_hops.borrow_mut();
-        if hops.len() < limits::TRACE_HOPS_TIMED_MAX {
-            hops.insert(reply, (Instant::now(), name, user));
-        }
+        self.traced_hops.borrow_mut().arrived(reply, hop);
     }
 
     fn deliver_reply(&self, to: ReplyTo, response: Response) {
@@ -797,17 +819,23 @@ impl ShardRuntime {
             self.complete(to.req, response);
             return;
         }
-        if !self.traced_hops.borrow().is_empty() {
-            let hop = self.traced_hops.borrow_mut().remove(&to);
-            if let Some((arrived, name, user)) = hop {
-                debug!(
-                    user, shard = self.id, req = to.req;
-                    "{name}: {} after {} µs on this home shard, back to conn shard-{}",
-                    outcome(&response),
-                    arrived.elapsed().as_micros(),
-                    to.shard
-                );
-            }
+        let hop = self.traced_hops.borrow_mut().departed(to);
+        if let Some(Hop {
+            arrived,
+            name,
+            user,
+            claimed,
+            ..
+        }) = hop
+        {
+            // The sid was checked by now: `user=` if it was accepted.
+            debug_about!(
+                !claimed || sid_accepted(&response), user, shard = self.id, req = to.req;
+                "{name}: {} after {} µs on this home shard, back to conn shard-{}",
+                outcome(&response),
+                arrived.elapsed().as_micros(),
+                to.shard
+            );
         }
         let msg = MeshMsg::Reply {
             req: to.req,
@@ -1002,6 +1030,9 @@ impl ShardRuntime {
         };
         let user = request.home_user();
         let name = request.name();
+        // Until the home shard accepts the sid, its user is only claimed:
+        // lines about it say `sid_user=` (see `debug_about!`).
+        let claimed = request.user_is_claimed();
         // A traced user's request is timed and its hops noted; nobody
         // else's (one relaxed load while nobody is traced).
         let traced = user
@@ -1019,14 +1050,20 @@ impl ShardRuntime {
             let deadline_ms = self.clock.now_ms() + patience.as_millis() as u64;
             self.in_flight.borrow_mut().start(req, shard, deadline_ms);
             if let Some((user, _)) = traced {
-                debug!(user, shard = id, req; "{name}: sent to home shard-{shard} (the mesh hop out)");
+                debug_about!(
+                    !claimed, user, shard = id, req = req;
+                    "{name}: sent to home shard-{shard} (the mesh hop out)"
+                );
             }
         }
-        let response = match deadline::within(glommio::timer::sleep(patience), rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(oneshot::Canceled)) => {
-                Response::fail(ErrorCode::Unavailable, "request dropped: try again")
-            }
+        // `reached`: the home shard answered (and so checked the sid).
+        let (response, reached) = match deadline::within(glommio::timer::sleep(patience), rx).await
+        {
+            Ok(Ok(response)) => (response, true),
+            Ok(Err(oneshot::Canceled)) => (
+                Response::fail(ErrorCode::Unavailable, "request dropped: try again"),
+                false,
+            ),
             Err(TimedOut) => {
                 self.stats.call_timeouts.add(1);
                 let late = Late {
@@ -1038,12 +1075,18 @@ impl ShardRuntime {
                 let line = self.late_call_line(&late, user);
                 let all = self.stats.call_timeouts.get();
                 match user {
+                    Some(sid_user) if claimed => {
+                        warn!(sid_user, shard = id, req; "shard-{id}: {line} ({all} in all)")
+                    }
                     Some(user) => warn!(user, shard = id, req; "shard-{id}: {line} ({all} in all)"),
                     None => warn!(shard = id, req; "shard-{id}: {line} ({all} in all)"),
                 }
-                Response::fail(
-                    ErrorCode::Unavailable,
-                    "no answer from the home shard: try again",
+                (
+                    Response::fail(
+                        ErrorCode::Unavailable,
+                        "no answer from the home shard: try again",
+                    ),
+                    false,
                 )
             }
         };
@@ -1053,8 +1096,8 @@ impl ShardRuntime {
             } else {
                 "home shard is this conn shard, no hop".to_string()
             };
-            debug!(
-                user, shard = id, req;
+            debug_about!(
+                !claimed || reached && sid_accepted(&response), user, shard = id, req = req;
                 "{name}: {} in {} µs ({path})",
                 outcome(&response),
                 started.elapsed().as_micros()
@@ -1111,6 +1154,69 @@ impl ShardRuntime {
     /// Requests in flight to `peer` (0 for this shard itself).
     pub fn in_flight(&self, peer: ShardId) -> usize {
         self.in_flight.borrow().count(peer)
+    }
+}
+
+/// Cross-shard requests about traced users a home shard is answering, by
+/// the conn shard's `ReplyTo`, to time each hop from arrival to reply (at
+/// most `TRACE_HOPS_TIMED_MAX`; more go untimed). An entry goes when its
+/// reply goes back, or at the first tick after its call's deadline (its
+/// conn shard gave up; a reply may never come), and every entry goes at
+/// a tick while nobody is traced. So it is empty, and never looked at but
+/// by the tick, while nobody is traced.
+#[derive(Debug, Default)]
+struct TracedHops {
+    by_reply: HashMap<ReplyTo, Hop>,
+}
+
+/// One timed hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hop {
+    /// When the request arrived.
+    arrived: Instant,
+    /// When its conn shard stops waiting for the reply (its deadline,
+    /// counted from the arrival: a little later than the conn shard's).
+    until: Instant,
+    /// The request's name.
+    name: &'static str,
+    /// Its user.
+    user: UserId,
+    /// Whether only its sid claims the user (unchecked on arrival).
+    claimed: bool,
+}
+
+impl TracedHops {
+    /// A request arrived: timed, if fewer than `TRACE_HOPS_TIMED_MAX` are.
+    fn arrived(&mut self, reply: ReplyTo, hop: Hop) {
+        if self.by_reply.len() < limits::TRACE_HOPS_TIMED_MAX {
+            self.by_reply.insert(reply, hop);
+        }
+    }
+
+    /// Its reply goes back: the hop, if it was timed.
+    fn departed(&mut self, reply: ReplyTo) -> Option<Hop> {
+        if self.by_reply.is_empty() {
+            return None;
+        }
+        self.by_reply.remove(&reply)
+    }
+
+    /// At a tick: forgets every hop whose call's deadline passed by
+    /// `now`, or every hop if nobody is traced (`traced` false).
+    fn sweep(&mut self, now: Instant, traced: bool) {
+        if self.by_reply.is_empty() {
+            return;
+        }
+        if traced {
+            self.by_reply.retain(|_, hop| hop.until > now);
+        } else {
+            self.by_reply = HashMap::new();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_reply.len()
     }
 }
 
@@ -1205,6 +1311,13 @@ impl InFlight {
     }
 }
 
+/// Whether the home shard accepted the request's sid, judging by its
+/// answer: every check after the sid's answers something other than
+/// `unknown_session` (docs/protocol.md §1 orders the checks).
+fn sid_accepted(response: &Response) -> bool {
+    !matches!(response, Response::Failed(f) if f.code == ErrorCode::UnknownSession)
+}
+
 /// A response's outcome, for a trace: `ok`, `reset`, or its error code.
 fn outcome(response: &Response) -> &'static str {
     match response {
@@ -1268,6 +1381,40 @@ mod tests {
             ),
             (4, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_traced_hop_is_forgotten_at_its_reply_its_deadline_or_when_nobody_is_traced() {
+        let t0 = Instant::now();
+        let hop = |secs: u64| Hop {
+            arrived: t0,
+            until: t0 + Duration::from_secs(secs),
+            name: "poll",
+            user: 42,
+            claimed: true,
+        };
+        let to = |req: u64| ReplyTo { shard: 1, req };
+        let mut hops = TracedHops::default();
+        hops.arrived(to(1), hop(10));
+        hops.arrived(to(2), hop(20));
+        hops.arrived(to(3), hop(30));
+        assert_eq!(hops.departed(to(1)), Some(hop(10)));
+        assert_eq!(hops.departed(to(1)), None);
+        // Request 2 is never answered (its conn shard gave up at its
+        // deadline): it goes at the first tick past it.
+        hops.sweep(t0 + Duration::from_secs(19), true);
+        assert_eq!(hops.len(), 2);
+        hops.sweep(t0 + Duration::from_secs(20), true);
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops.departed(to(2)), None);
+        // Nobody traced any more: all go.
+        hops.sweep(t0, false);
+        assert_eq!(hops.len(), 0);
+        // The bound: more arrivals go untimed.
+        for req in 0..limits::TRACE_HOPS_TIMED_MAX as u64 + 5 {
+            hops.arrived(to(req), hop(10));
+        }
+        assert_eq!(hops.len(), limits::TRACE_HOPS_TIMED_MAX);
     }
 
     #[test]

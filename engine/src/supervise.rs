@@ -50,18 +50,27 @@ thread_local! {
 }
 
 /// Installs the panic hook (once per process; later calls do nothing). On
-/// a shard's executor, outside [`supervised`], a panic is logged, the
-/// previous hook runs (the message and location), and the process exits
-/// with [`EXIT_PANIC`] at once. Inside [`supervised`] only the location is
+/// a shard's executor, outside [`supervised`], a panic is logged, then its
+/// message and location are written to stderr, and the process exits with
+/// [`EXIT_PANIC`] at once. Inside [`supervised`] only the location is
 /// logged (the payload may quote user data; the caller logs what failed).
-/// Any other thread's panic goes to the previous hook alone.
+/// Any other thread's panic has its message written to stderr alone.
+///
+/// Every wait here is bounded (the log's flush, and the message's write,
+/// each at most `LOG_FLUSH_WAIT_MS`): std's default hook writes to fd 2
+/// and would block for ever on a stderr nobody reads, holding the exit
+/// (or a `db-N` thread, which the watchdog then never sees die). So the
+/// hook writes the message itself, as std's would (with a backtrace
+/// when `RUST_BACKTRACE` asks for one), from a helper thread it does not
+/// wait on past the bound.
 pub fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
+            let wait = Duration::from_millis(limits::LOG_FLUSH_WAIT_MS);
             let Some(shard) = EXECUTOR.with(Cell::get) else {
-                return previous(info);
+                crate::logger::write_stderr_bounded(&panic_text(info), wait);
+                return;
             };
             let at = info
                 .location()
@@ -74,14 +83,35 @@ pub fn install_panic_hook() {
                 return;
             }
             error!(shard; "shard-{shard}: panic at {at} outside the supervised region: exiting");
-            // The log's last lines (this one included) before the
-            // previous hook's message and the exit: bounded, so a stderr
-            // nobody reads cannot hold the exit.
+            // The log's last lines (this one included) before the panic's
+            // message and the exit.
             crate::logger::flush();
-            previous(info);
+            crate::logger::write_stderr_bounded(&panic_text(info), wait);
             std::process::exit(EXIT_PANIC);
         }));
     });
+}
+
+/// What std's default hook writes for a panic: the thread, the place and
+/// the message, and a backtrace if `RUST_BACKTRACE` asks for one.
+fn panic_text(info: &panic::PanicHookInfo<'_>) -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let at = info
+        .location()
+        .map_or_else(|| "an unknown place".to_string(), ToString::to_string);
+    let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+    let mut text = format!("thread '{name}' panicked at {at}:\n{message}\n");
+    let backtrace = std::backtrace::Backtrace::capture();
+    match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => {
+            text.push_str(&format!("stack backtrace:\n{backtrace}\n"));
+        }
+        _ => text.push_str(
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+        ),
+    }
+    text
 }
 
 /// Marks the calling thread as shard `shard`'s executor (for the hook,

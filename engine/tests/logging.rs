@@ -1,13 +1,18 @@
 //! The logger on the real binary: a flood of records with stderr stuck
 //! (a pipe nobody reads) costs dropped lines, counted, never an executor
-//! waiting, so another user's held poll is answered as fast as ever; and
-//! at the most verbose level no line (stderr or a trace) holds a token, a
-//! sid's secret, message text, a cid, a tab name or UI state.
+//! waiting, so another user's held poll is answered as fast as ever; with
+//! stderr stuck every exit path still ends the process within its bound
+//! (a graceful stop, a panic outside the supervised region, a failed
+//! start); and at the most verbose level no line (stderr or a trace)
+//! holds a token, a sid's secret, message text, a cid, a tab name or UI
+//! state.
 
 mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -133,6 +138,157 @@ fn a_logging_flood_with_stderr_stuck_drops_records_and_never_holds_up_a_poll() {
     );
 }
 
+/// A server at `SWITCHBOARD_LOG=trace` with its stderr a pipe nobody
+/// reads, plus `extra` settings.
+fn start_unread(name: &str, extra: &[(&str, &str)]) -> Server {
+    let mut all = vec![
+        ("SWITCHBOARD_LOG", "trace"),
+        ("SWITCHBOARD_RATE_LIMITS", "off"),
+        ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    all.extend_from_slice(extra);
+    Server::start_with(&temp_dir(name), &all, Stderr::Unread)
+}
+
+/// Floods the server with calls of dave's (each a trace line or more)
+/// until its log queue overflows: the pipe is full, the `log` thread is
+/// blocked writing to it, and records are being dropped. The flood has
+/// stopped when this returns.
+fn fill_stderr(server: &Server) {
+    let dave = server.connect(DAVE, "d");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        let query = format!("sid={}&since=0&wait=0", dave.sid);
+        for _ in 0..2 {
+            let (stop, query) = (&stop, query.clone());
+            scope.spawn(move || hammer(server, "/poll", &query, stop));
+        }
+        let start = Instant::now();
+        while server.metric("switchboard_log_dropped_total") == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the flood never filled the log queue"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+/// How long an exit path may take with stderr stuck: the log's flush
+/// (2 s, `LOG_FLUSH_WAIT_MS`), the last message's write (2 s), slack.
+const STUCK_EXIT_BOUND: Duration = Duration::from_secs(10);
+
+#[test]
+fn with_stderr_stuck_sigterm_still_exits_0_within_the_stop_bound() {
+    let mut server = start_unread("log-stuck-term", &[]);
+    fill_stderr(&server);
+    let asked = Instant::now();
+    server.signal("TERM");
+    // The stop bound (`limits::stop_timeout_ms`, 14.57 s), then the
+    // flush's 2 s and slack.
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("SIGTERM with stderr stuck: the server did not exit");
+    assert_eq!(status.code(), Some(0), "{status}");
+    eprintln!("exited {:?} after SIGTERM", asked.elapsed());
+}
+
+#[test]
+fn with_stderr_stuck_a_panic_outside_the_supervised_region_still_exits_70() {
+    let alice = ALICE.to_string();
+    let mut server = start_unread(
+        "log-stuck-panic",
+        &[("SWITCHBOARD_FAULT_PANIC_OUTSIDE_USER", alice.as_str())],
+    );
+    fill_stderr(&server);
+    // The connect panics in the handler, on the conn shard's executor;
+    // the hook's flush and message must not wait on the stuck pipe.
+    let asked = Instant::now();
+    let target = format!("/connect?{}", encode(&[("token", &token(ALICE))]));
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let _ = stream.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let status = server
+        .wait_exit(STUCK_EXIT_BOUND)
+        .expect("a panic with stderr stuck: the server did not exit");
+    assert_eq!(status.code(), Some(70), "{status}");
+    eprintln!("exited {:?} after the panic", asked.elapsed());
+}
+
+/// A pipe whose buffer is already full, its read end held and never
+/// read: a process given the write end as its stderr blocks on its
+/// first write.
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let fd = writer.as_raw_fd();
+    let set_nonblocking = |on: bool| {
+        // SAFETY: fcntl on a descriptor this function owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }, 0);
+    };
+    set_nonblocking(true);
+    let chunk = [b'x'; 4096];
+    loop {
+        match writer.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the pipe: {e}"),
+        }
+    }
+    // The child shares this file description: it must block, as on a
+    // real stuck pipe.
+    set_nonblocking(false);
+    (reader, writer)
+}
+
+/// Kills the child when dropped (a test that fails must not leave a
+/// blocked server behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_stderr_full_a_server_that_cannot_start_still_exits_2() {
+    // A second server on the first one's data folder cannot start: its
+    // log lines and its last message meet a full stderr.
+    let dir = temp_dir("log-stuck-start");
+    let first = Server::start(&dir, &[]);
+    let (_reader, writer) = full_pipe();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_clear()
+        .envs(first.env.iter().cloned())
+        .env("SWITCHBOARD_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let mut second = KillOnDrop(child);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < STUCK_EXIT_BOUND,
+            "a failed start with stderr full: no exit after {STUCK_EXIT_BOUND:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2), "{status}");
+    eprintln!("exited {:?} after the start", start.elapsed());
+}
+
 #[test]
 fn no_token_sid_secret_or_content_reaches_any_log_line_at_trace_level() {
     // Every string a client chose carries the marker zq7 (any case).
@@ -234,17 +390,13 @@ fn no_token_sid_secret_or_content_reaches_any_log_line_at_trace_level() {
             "stderr has no {needle:?}: {stderr:#?}"
         );
     }
-    for needle in [
-        "call send on conn shard-",
-        "storage job save_ui",
-        "presence away",
-    ] {
+    for needle in ["send: ok in ", "storage job save_ui", "presence away"] {
         assert!(
             traced.contains(needle),
             "the trace has no {needle:?}:\n{traced}"
         );
     }
-    assert!(read_back.contains("call leave"), "{read_back}");
+    assert!(read_back.contains("leave: ok in "), "{read_back}");
     let sig = |t: &str| t.rsplit('.').next().unwrap().to_string();
     let secret = |sid: &str| sid.split_once('-').unwrap().1.to_string();
     let leaks = [

@@ -227,6 +227,31 @@ impl Request {
         }
     }
 
+    /// Whether [`Request::home_user`] is only what the request's sid
+    /// says: the home shard has yet to check the sid's secret, so anyone
+    /// may send `42-anything`. (A connect's user comes from a verified
+    /// token, a roster change's or kick's from the admin.) Logs key such
+    /// a user `sid_user=`, never `user=`, until the home shard accepted
+    /// the sid: `user=` routes a record into that user's trace.
+    pub fn user_is_claimed(&self) -> bool {
+        match self {
+            Request::Poll { .. }
+            | Request::Send { .. }
+            | Request::Typing { .. }
+            | Request::Presence { .. }
+            | Request::Ui { .. }
+            | Request::Read { .. }
+            | Request::History { .. }
+            | Request::Leave { .. }
+            | Request::Rejected { .. } => true,
+            Request::Connect { .. }
+            | Request::RosterChanged { .. }
+            | Request::Kick { .. }
+            | Request::Health
+            | Request::Trace { .. } => false,
+        }
+    }
+
     /// The call's name, for logs: never its content (text, cid, UI state,
     /// tab name) nor its sid's secret.
     pub fn name(&self) -> &'static str {

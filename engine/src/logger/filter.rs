@@ -4,9 +4,19 @@
 //! A comma-separated list of directives, each `LEVEL` or `MODULE=LEVEL`
 //! (`info`; `warn,switchboard_storage=debug`;
 //! `switchboard_engine::runtime=trace`). A bare `LEVEL` sets the default
-//! (`info` when none is given). Unlike `env_logger`, a bare `MODULE` is
-//! refused (write `MODULE=trace`): a misspelt level must not pass as a
-//! module name and leave the level unchanged. A record's target (its module path,
+//! level. Where this differs from `env_logger`:
+//! - With no bare `LEVEL` the default is `info`, not `off`:
+//!   `switchboard_storage=debug` adds storage's debug records to the
+//!   usual `info` log instead of silencing everything else (errors
+//!   included). Write `off,switchboard_storage=debug` for `env_logger`'s
+//!   meaning.
+//! - A bare `MODULE` is refused (write `MODULE=trace`): a misspelt level
+//!   must not pass as a module name and leave the level unchanged.
+//! - A module with a `-` is refused: targets are module paths, which
+//!   have `_` (`switchboard_engine`, not the package's
+//!   `switchboard-engine`), so it would match nothing.
+//!
+//! A record's target (its module path,
 //! `switchboard_engine::runtime`) takes the level of the longest directive
 //! module it starts with (a plain prefix, as in `env_logger`); a target
 //! no directive names takes the default, except that a dependency's
@@ -178,13 +188,20 @@ fn parse_level(s: &str) -> Option<LevelFilter> {
     })
 }
 
-/// A module path: identifiers joined by `::`.
+/// A module path: identifiers joined by `::`. A `-` is refused with a
+/// hint: a crate's name may have one (`switchboard-engine`), its module
+/// path never does (`switchboard_engine`), so the directive would match
+/// nothing, silently.
 fn check_module(module: &str) -> Result<(), String> {
+    if module.contains('-') {
+        return Err(format!(
+            "{module:?}: a module path has no `-` (a record's target is its module path: \
+             write {:?}, with `_`)",
+            module.replace('-', "_")
+        ));
+    }
     let ok = module.split("::").all(|part| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     });
     if ok {
         Ok(())
@@ -259,6 +276,14 @@ mod tests {
                 ("switchboard_storage", Info),
             ],
         );
+        // `env_logger`'s meaning of a lone directive (nothing else).
+        check(
+            "off,switchboard_storage=debug",
+            &[
+                ("switchboard_storage::batch", Debug),
+                ("switchboard_engine", Off),
+            ],
+        );
         check(
             "info, switchboard_engine=warn , switchboard_engine::runtime=debug",
             &[
@@ -326,6 +351,11 @@ mod tests {
             ("switchboard_engine=", "not a level"),
             ("switchboard engine=debug", "neither a level"),
             ("switchboard_engine:::runtime=debug", "neither a level"),
+            (
+                "switchboard-engine=debug",
+                "write \"switchboard_engine\", with `_`",
+            ),
+            ("info,switchboard_io::tls-x=trace", "has no `-`"),
             ("info/foo", "regex"),
         ];
         for (spec, why) in table {

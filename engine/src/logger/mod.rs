@@ -1,10 +1,14 @@
-//! The logger behind the `log` facade. It never blocks the thread that
-//! logs (an executor must not stall because stderr is a slow pipe):
+//! The logger behind the `log` facade. It never makes the thread that
+//! logs wait for stderr or a trace file (an executor must not stall
+//! because stderr is a slow pipe):
 //!
 //! - a record is filtered ([`Filter`], `SWITCHBOARD_LOG`), rate-limited
 //!   per call site if it is a warning or an error ([`repeat`]), formatted
 //!   into one line on the calling thread, and offered to a bounded queue
-//!   (`LOG_QUEUE_DEPTH_MAX`); when the queue is full the record is counted
+//!   (`LOG_QUEUE_DEPTH_MAX`, crossbeam's array channel: a lock-free slot,
+//!   except that the sender that wakes a parked `log` thread takes the
+//!   channel's waker mutex for that, briefly and never across I/O); when
+//!   the queue is full the record is counted
 //!   ([`dropped_records`], `switchboard_log_dropped_total`) and dropped,
 //!   never waited for;
 //! - the `log` thread drains the queue to stderr (many lines per `write`)
@@ -34,7 +38,7 @@ pub mod utc;
 mod writer;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -60,7 +64,9 @@ struct Line {
     trace: Option<UserId>,
 }
 
-/// A request to the `log` thread, answered by message.
+/// A request to the `log` thread, answered by message. A start, stop or
+/// read whose caller stopped waiting (its reply's receiver dropped: the
+/// admin call answered `unavailable`) is not carried out.
 #[derive(Debug)]
 enum Control {
     Start {
@@ -70,6 +76,13 @@ enum Control {
     },
     Stop {
         user: UserId,
+        data_dir: std::path::PathBuf,
+        reply: oneshot::Sender<Result<trace::Changed, trace::TraceError>>,
+    },
+    /// Undo a start (carried out even when nobody waits for the answer).
+    Undo {
+        user: UserId,
+        started: trace::Started,
         data_dir: std::path::PathBuf,
         reply: oneshot::Sender<Result<trace::Changed, trace::TraceError>>,
     },
@@ -103,7 +116,7 @@ thread_local! {
 /// Names the calling thread in log lines (`shard-3`), in place of its
 /// thread name (once; later calls change nothing).
 pub fn label_thread(name: String) {
-    LABEL.with(|l| {
+    let _ = LABEL.try_with(|l| {
         let _ = l.set(name);
     });
 }
@@ -143,11 +156,47 @@ pub fn init(filter: Filter) {
 }
 
 fn spawn_thread(lines: Receiver<Line>, control: Receiver<Control>, max: log::LevelFilter) {
+    let stderr = dup_stderr();
     // If the thread cannot start, the queue fills and every record is
     // counted as dropped: the server still runs.
     let _ = std::thread::Builder::new()
         .name("log".into())
-        .spawn(move || writer::run(lines, control, max));
+        .spawn(move || writer::run(lines, control, max, stderr));
+}
+
+/// A descriptor of the `log` thread's own for stderr (a close-on-exec
+/// `dup` of fd 2), so its writes take no lock of std's (`None`: fd 2 is
+/// not open).
+fn dup_stderr() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on fd 2 touches no memory; a non-negative result is a
+    // new descriptor that nothing else owns.
+    let fd = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: `fd` is open and owned by nobody else (above).
+    (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Writes `text` to stderr (fd 2) from a helper thread and waits for it
+/// at most `wait`; whether it was written. For the exit paths' own lines
+/// (`main`'s last message, the panic hook's): a plain `eprintln!` would
+/// block for ever on a stderr nobody reads, and hold the exit with it.
+/// Past `wait` the helper is left blocked, and the process exits anyway.
+pub fn write_stderr_bounded(text: &str, wait: Duration) -> bool {
+    let text = text.as_bytes().to_vec();
+    let (done, written) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("stderr".into())
+        .spawn(move || {
+            use std::io::Write;
+            use std::os::fd::FromRawFd;
+            // SAFETY: fd 2 stays open for the process's life; the
+            // `ManuallyDrop` never closes it. No std lock is taken.
+            let mut fd2 = std::mem::ManuallyDrop::new(unsafe {
+                std::fs::File::from_raw_fd(libc::STDERR_FILENO)
+            });
+            let _ = done.send(fd2.write_all(&text).is_ok());
+        });
+    spawned.is_ok() && written.recv_timeout(wait).unwrap_or(false)
 }
 
 /// Records dropped so far because the log queue was full (stderr slower
@@ -156,25 +205,35 @@ pub fn dropped_records() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Set when a flush gave up waiting, until the `log` thread answers a
+/// flush again: meanwhile a flush does not wait (an exit path that
+/// flushes twice waits once).
+static STALLED: AtomicBool = AtomicBool::new(false);
+
 /// Waits until every record queued before this call is written, at most
 /// `LOG_FLUSH_WAIT_MS` (the `log` thread may be stuck on a stderr nobody
-/// reads). Safe from any thread but the `log` thread; a no-op before
-/// [`init`].
-pub fn flush() {
+/// reads), and not at all while an earlier flush is still unanswered.
+/// Whether it was written (true before [`init`]: nothing is queued).
+/// Safe from any thread but the `log` thread.
+pub fn flush() -> bool {
     let Some(logger) = LOGGER.get() else {
-        return;
+        return true;
     };
+    if STALLED.load(Ordering::Relaxed) {
+        return false;
+    }
     let wait = Duration::from_millis(limits::LOG_FLUSH_WAIT_MS);
     let deadline = Instant::now() + wait;
     let (done, finished) = crossbeam_channel::bounded(1);
-    if logger
+    let flushed = logger
         .control
         .send_timeout(Control::Flush { done }, wait)
-        .is_err()
-    {
-        return;
+        .is_ok()
+        && finished.recv_deadline(deadline).is_ok();
+    if !flushed {
+        STALLED.store(true, Ordering::Relaxed);
     }
-    let _ = finished.recv_deadline(deadline);
+    flushed
 }
 
 /// Offers a request to the `log` thread without waiting.
@@ -231,13 +290,21 @@ impl Log for Logger {
             return;
         }
         let now_ms = utc::now_unix_ms();
-        let text = LABEL.with(|label| match label.get() {
-            Some(name) => format_line(now_ms, level, name, record, more),
-            None => {
+        // `try_with`: a record logged from a thread-local's destructor may
+        // come after `LABEL` is gone (`with` would panic, and a panic
+        // there aborts the process).
+        let labelled = LABEL.try_with(|label| {
+            label
+                .get()
+                .map(|name| format_line(now_ms, level, name, record, more))
+        });
+        let text = match labelled {
+            Ok(Some(text)) => text,
+            Ok(None) | Err(_) => {
                 let thread = std::thread::current();
                 format_line(now_ms, level, thread.name().unwrap_or("?"), record, more)
             }
-        });
+        };
         match self.lines.try_send(Line {
             text,
             stderr,
@@ -385,6 +452,50 @@ mod tests {
         assert_eq!(user(&KVS), Some(42));
         assert_eq!(user(&NONE), None);
         assert_eq!(user(&[("shard", 3u64)]), None);
+    }
+
+    #[test]
+    fn a_record_logged_while_a_thread_is_torn_down_is_still_queued() {
+        static QUEUED: AtomicU64 = AtomicU64::new(0);
+        /// Logs from its destructor, which runs after `LABEL`'s: thread
+        /// locals are torn down in reverse order of first use.
+        struct LogsOnDrop;
+        impl Drop for LogsOnDrop {
+            fn drop(&mut self) {
+                let (lines, queued) = crossbeam_channel::bounded(1);
+                let (control, _control) = crossbeam_channel::bounded(1);
+                let logger = Logger {
+                    filter: Filter::default(),
+                    lines,
+                    control,
+                };
+                let record = Record::builder()
+                    .level(Level::Info)
+                    .target("switchboard")
+                    .args(format_args!("at thread exit"))
+                    .build();
+                logger.log(&record);
+                if queued
+                    .try_recv()
+                    .is_ok_and(|l| l.text.contains("at thread exit"))
+                {
+                    QUEUED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        thread_local! {
+            static GUARD: LogsOnDrop = const { LogsOnDrop };
+        }
+        std::thread::Builder::new()
+            .name("teardown".into())
+            .spawn(|| {
+                GUARD.with(|_| {});
+                label_thread("labelled".into());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(QUEUED.load(Ordering::Relaxed), 1);
     }
 
     #[test]
