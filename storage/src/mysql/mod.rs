@@ -45,7 +45,7 @@ use crate::batch::{self, Pickup, Reply, TokenReply, Triage};
 use crate::fault::Faults;
 use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
 use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, Store, Work};
-use conn::{DbConn, ErrorLog, Manager, SessionLimits};
+use conn::{DbConn, ErrorLog, Manager, Redacted, SessionLimits};
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
 use jobs::Ctx;
@@ -589,6 +589,7 @@ impl Backend {
             }
             let result = ctx.lookup_token(&t.token).map_err(|(what, e)| {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let e = Redacted(&e);
                 log::error!("storage: lookup_token failed: {what}: {e}");
                 StorageError::Backend(format!("{what}: {e}"))
             });
@@ -618,7 +619,7 @@ impl Backend {
                     let _ = r.reply.send(Ok(output));
                 }
                 Err((what, e)) => {
-                    let text = format!("{what} failed: {e}");
+                    let text = format!("{what} failed: {}", Redacted(&e));
                     self.fail_one(r.job, r.reply, &text);
                 }
             }
