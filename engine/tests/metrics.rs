@@ -4,7 +4,8 @@
 //! strict), the counters and histograms move as traffic flows, refused
 //! connections are counted by reason, an injected slow commit gives
 //! exactly one forensics line, a lagging shard one warning per episode,
-//! and the Grafana dashboard in docs/ only asks for metrics that exist.
+//! and the Grafana dashboard and the alerts in docs/ only ask for series
+//! that exist.
 //! Admin requests carry the admin listener's `Host` and bearer token.
 //! Every wait has a timeout.
 
@@ -457,16 +458,17 @@ fn a_lagging_shard_is_warned_about_once_per_episode() {
     assert!(late >= 2.0, "{late}");
 }
 
-/// docs/grafana-dashboard.json: valid JSON, a Prometheus datasource
-/// variable, and every metric its queries name is on `/metrics` (a
-/// histogram's `_bucket`, `_sum` and `_count` included).
+/// docs/grafana-dashboard.json and the alert table of docs/operations.md
+/// ask only for series `/metrics` has: the dashboard is valid JSON with a
+/// Prometheus datasource variable; every metric either names is a
+/// counter or gauge family on `/metrics`, or a histogram's `_bucket`,
+/// `_sum` or `_count` (a histogram's own name is no series: an alert on
+/// `max(switchboard_loop_lag_seconds)` never fires); and what `rate()` or
+/// `increase()` takes is a counter or a histogram's series.
 #[test]
-fn the_dashboard_asks_only_for_metrics_that_exist() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/grafana-dashboard.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap();
+fn the_dashboard_and_the_alerts_ask_only_for_series_that_exist() {
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs");
+    let text = std::fs::read_to_string(format!("{docs}/grafana-dashboard.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     assert!(
@@ -478,6 +480,9 @@ fn the_dashboard_asks_only_for_metrics_that_exist() {
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 15, "{} queries", exprs.len());
+    let operations = std::fs::read_to_string(format!("{docs}/operations.md")).unwrap();
+    let alerts = alert_exprs(&operations);
+    assert!(alerts.len() >= 10, "{alerts:#?}");
 
     let dir = temp_dir("metrics-dashboard");
     let server = start(&dir, &[]);
@@ -497,27 +502,60 @@ fn the_dashboard_asks_only_for_metrics_that_exist() {
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
         .collect();
-    let kind_of = |name: &str| typed.iter().find(|(n, _)| *n == name).map(|(_, k)| *k);
-    let mut named = 0;
-    for expr in &exprs {
-        for name in metric_names(expr) {
-            named += 1;
-            let histogram_series = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-                name.strip_suffix(suffix)
-                    .and_then(kind_of)
-                    .is_some_and(|k| k == "histogram")
-            });
-            assert!(
-                kind_of(&name).is_some() || histogram_series,
-                "the dashboard asks for {name} (in `{expr}`), not on /metrics"
-            );
+    for (source, exprs) in [("the dashboard", &exprs), ("operations.md", &alerts)] {
+        let mut named = 0;
+        for expr in exprs {
+            for (name, rated) in metric_names(expr) {
+                named += 1;
+                if let Err(e) = check_series(&typed, &name, rated) {
+                    panic!("{source} asks for {name} (in `{expr}`): {e}");
+                }
+            }
         }
+        assert!(
+            named >= exprs.len(),
+            "{named} names in {} queries",
+            exprs.len()
+        );
     }
-    assert!(
-        named >= exprs.len(),
-        "{named} names in {} queries",
-        exprs.len()
-    );
+}
+
+/// Whether `name` is a series of a family typed on `/metrics` (`typed`:
+/// name and kind of each `# TYPE` line), and one `rate()` may take when
+/// `rated`.
+fn check_series(typed: &[(&str, &str)], name: &str, rated: bool) -> Result<(), String> {
+    let kind_of = |name: &str| typed.iter().find(|(n, _)| *n == name).map(|(_, k)| *k);
+    let histogram_series = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+        name.strip_suffix(suffix)
+            .and_then(kind_of)
+            .is_some_and(|k| k == "histogram")
+    });
+    match kind_of(name) {
+        _ if histogram_series => Ok(()),
+        Some("histogram") => Err("a histogram: only its _bucket, _sum, _count are series".into()),
+        Some("gauge") if rated => Err("a gauge under rate()/increase()".into()),
+        Some(_) => Ok(()),
+        None => Err("not on /metrics".into()),
+    }
+}
+
+/// The PromQL of each row of the alert table of docs/operations.md: the
+/// first `code` span of its second column.
+fn alert_exprs(operations: &str) -> Vec<String> {
+    let section = operations
+        .split("## ")
+        .find(|s| s.contains("What to alert on"))
+        .expect("an alert section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| alert") && !l.starts_with("| ---"))
+        .map(|row| {
+            let column = row.split(" | ").nth(1).unwrap_or_else(|| panic!("{row}"));
+            let expr = column.split('`').nth(1);
+            expr.unwrap_or_else(|| panic!("no expression in {row}"))
+                .to_string()
+        })
+        .collect()
 }
 
 /// Every `expr` in the dashboard's panels.
@@ -536,9 +574,10 @@ fn collect_exprs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The metric names in a PromQL expression: identifiers starting with
-/// `switchboard_` or `process_`.
-fn metric_names(expr: &str) -> Vec<String> {
+/// The metric names in a PromQL expression (identifiers starting with
+/// `switchboard_` or `process_`), each with whether it is what a
+/// `rate(` or `increase(` right before it takes.
+fn metric_names(expr: &str) -> Vec<(String, bool)> {
     let mut names = Vec::new();
     let bytes = expr.as_bytes();
     let mut i = 0;
@@ -551,13 +590,32 @@ fn metric_names(expr: &str) -> Vec<String> {
             }
             let word = &expr[start..i];
             if word.starts_with("switchboard_") || word.starts_with("process_") {
-                names.push(word.to_string());
+                let before = expr[..start].trim_end();
+                let rated = before.ends_with("rate(") || before.ends_with("increase(");
+                names.push((word.to_string(), rated));
             }
         } else {
             i += 1;
         }
     }
     names
+}
+
+#[test]
+fn metric_names_and_series_checks() {
+    let names = metric_names("max(switchboard_a{x=\"switchboard\"}) + rate(process_b[5m])");
+    assert_eq!(
+        names,
+        [("switchboard_a".into(), false), ("process_b".into(), true)]
+    );
+    let typed = [("h", "histogram"), ("g", "gauge"), ("c", "counter")];
+    assert!(check_series(&typed, "h", false).is_err());
+    assert!(check_series(&typed, "h_bucket", true).is_ok());
+    assert!(check_series(&typed, "g", true).is_err());
+    assert!(check_series(&typed, "g", false).is_ok());
+    assert!(check_series(&typed, "c", true).is_ok());
+    assert!(check_series(&typed, "c_bucket", false).is_err());
+    assert!(check_series(&typed, "x", false).is_err());
 }
 
 /// A call whose home shard does not answer by the call's deadline: the
