@@ -198,7 +198,7 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
                 .name("db-watch".into())
                 .spawn(move || {
                     let (gate, counters) = (&state.late_gate, &state.counters);
-                    watch::watch_loop(&watches, &thread_stop, gate, counters, String::new)
+                    watch::watch_loop(&watches, &thread_stop, gate, counters, String::new, || {})
                 })
         };
         match spawned {

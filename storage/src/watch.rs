@@ -448,17 +448,20 @@ impl LogGate {
 
 /// `db-watch`: logs each batch still running past its deadline, once.
 /// `extra` says what the backend adds to the line (the MySQL pool's
-/// state).
+/// state); `sample` runs at each look (the MySQL pool's sample for
+/// `Store::stats`).
 pub(crate) fn watch_loop(
     watches: &[std::sync::Arc<Watch>],
     stop: &std::sync::atomic::AtomicBool,
     gate: &LogGate,
     counters: &Counters,
     extra: impl Fn() -> String,
+    sample: impl Fn(),
 ) {
     let interval = Duration::from_millis(limits::DB_WATCH_INTERVAL_MS);
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(interval);
+        sample();
         let now = Instant::now();
         for watch in watches {
             if let Some(late) = watch.look(now) {

@@ -44,7 +44,9 @@ pub use seed::{seed_demo, Seeded};
 use crate::batch::{self, Pickup, Reply, TokenReply, Triage};
 use crate::fault::Faults;
 use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
-use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, Store, Work};
+use crate::{
+    limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, PoolSample, Store, Work,
+};
 use conn::{DbConn, ErrorLog, Manager, Redacted, SessionLimits};
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
@@ -275,12 +277,12 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         faults,
         late_gate: LogGate::default(),
         pickup_gate: LogGate::default(),
+        pool_sample: Arc::new(PoolSample::default()),
     });
+    backend.sample_pool();
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = start_threads(&backend, &queue, &stop, config.pin_to.as_deref())?;
-    let pool = backend.pool.clone();
-    let max = config.pool_size;
     Ok(Store::from_parts(Parts {
         jobs,
         stop,
@@ -289,14 +291,7 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         queue_depth: config.queue_depth,
         token_lookup: config.queries.token_sql.is_some(),
         watches: backend.watches.clone(),
-        pool: Some(Box::new(move || {
-            let state = pool.state();
-            (
-                max,
-                state.connections as usize,
-                state.idle_connections as usize,
-            )
-        })),
+        pool: Some(backend.pool_sample.clone()),
     }))
 }
 
@@ -363,7 +358,8 @@ fn start_threads(
             Box::new(move || {
                 let (watches, gate) = (&backend.watches, &backend.late_gate);
                 let extra = || backend.pool_line();
-                watch::watch_loop(watches, &stop, gate, &backend.counters, extra)
+                let sample = || backend.sample_pool();
+                watch::watch_loop(watches, &stop, gate, &backend.counters, extra, sample)
             }),
         );
     }
@@ -398,6 +394,8 @@ struct Backend {
     late_gate: LogGate,
     /// The rate limit of the lines of jobs picked up late.
     pickup_gate: LogGate,
+    /// The pool's state for [`Store::stats`], sampled by `db-watch`.
+    pool_sample: Arc<PoolSample>,
 }
 
 fn ms(d: Duration) -> String {
@@ -440,6 +438,20 @@ fn is_send(envelope: &Envelope) -> bool {
 }
 
 impl Backend {
+    /// Reads the pool's state (r2d2's lock, on `db-watch`) into the
+    /// sample [`Store::stats`] reads.
+    fn sample_pool(&self) {
+        let state = self.pool.state();
+        let sample = &self.pool_sample;
+        let max = self.pool.max_size() as usize;
+        sample.max.store(max, Ordering::Relaxed);
+        let connections = state.connections as usize;
+        sample.connections.store(connections, Ordering::Relaxed);
+        sample
+            .idle
+            .store(state.idle_connections as usize, Ordering::Relaxed);
+    }
+
     /// What a late batch's line says of the pool.
     fn pool_line(&self) -> String {
         let state = self.pool.state();
