@@ -619,8 +619,8 @@ fn storage(out: &mut Vec<Family>, all: &[RuntimeStats], store: &StoreStats) {
     ));
     out.push(counter(
         "switchboard_storage_late_batches_total",
-        "Storage batches that went past a job's deadline (running, or picked up late); each is \
-         logged once with where it waited (at most one line a second).",
+        "Storage batches that went past a job's deadline (running, or picked up late: counted \
+         once); each is logged with where it waited.",
         store.late_batches,
     ));
     let mut threads = Builder::new(

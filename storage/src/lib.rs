@@ -15,7 +15,7 @@
 //!   running it). Every failure is logged once, with job name and user;
 //!   a job past its deadline once with its batch, saying where the batch
 //!   waited and how long (the db thread, the pool checkout, statement,
-//!   write lock or commit, the queue: see `watch.rs`, rate-limited).
+//!   write lock or commit, the queue: see `watch.rs`).
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
@@ -184,8 +184,8 @@ pub(crate) struct Counters {
     pub(crate) write_batches: AtomicU64,
     /// Write jobs answered from committed transactions.
     pub(crate) write_jobs: AtomicU64,
-    /// Batches past a deadline (each logged once, rate-limited: see
-    /// [`watch`]), and batches with jobs picked up after theirs.
+    /// Batches past a deadline or with jobs picked up after theirs, each
+    /// counted once ([`watch::Watch::count_late`]).
     pub(crate) late_batches: AtomicU64,
 }
 
@@ -211,8 +211,9 @@ pub struct StoreStats {
     pub queue_len: usize,
     /// The queue's capacity.
     pub queue_depth: usize,
-    /// Batches that went past a job's deadline: each is logged once, at
-    /// warn, with where it waited (rate-limited; all are counted).
+    /// Batches that went past a job's deadline (running, or jobs picked
+    /// up late), each counted once and logged at warn with where it
+    /// waited.
     pub late_batches: u64,
     /// The `db-N` threads.
     pub threads: usize,

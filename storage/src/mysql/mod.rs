@@ -43,7 +43,7 @@ pub use seed::{seed_demo, Seeded};
 
 use crate::batch::{self, Pickup, Reply, TokenReply, Triage};
 use crate::fault::Faults;
-use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
+use crate::watch::{self, BatchInfo, Waiting, Watch};
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, PoolSample, Store, Work,
 };
@@ -275,8 +275,6 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         counters: counters.clone(),
         watches,
         faults,
-        late_gate: LogGate::default(),
-        pickup_gate: LogGate::default(),
         pool_sample: Arc::new(PoolSample::default()),
     });
     backend.sample_pool();
@@ -356,10 +354,10 @@ fn start_threads(
         started = spawn(
             "db-watch".to_string(),
             Box::new(move || {
-                let (watches, gate) = (&backend.watches, &backend.late_gate);
                 let extra = || backend.pool_line();
                 let sample = || backend.sample_pool();
-                watch::watch_loop(watches, &stop, gate, &backend.counters, extra, sample)
+                let (watches, counters) = (&backend.watches, &backend.counters);
+                watch::watch_loop(watches, &stop, counters, extra, sample)
             }),
         );
     }
@@ -390,10 +388,6 @@ struct Backend {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
-    /// The rate limit of late batches' lines (see [`crate::watch`]).
-    late_gate: LogGate,
-    /// The rate limit of the lines of jobs picked up late.
-    pickup_gate: LogGate,
     /// The pool's state for [`Store::stats`], sampled by `db-watch`.
     pool_sample: Arc<PoolSample>,
 }
@@ -464,7 +458,7 @@ impl Backend {
     /// Ends the watch of a batch, logging it if it ran late unreported.
     fn end_watch(&self, watch: &Watch) {
         if let Some(late) = watch.end() {
-            watch::log_late(late, &self.pool_line(), &self.late_gate, &self.counters);
+            watch::log_late(late, &self.pool_line(), watch, &self.counters);
         }
     }
 
@@ -472,10 +466,10 @@ impl Backend {
     /// then, on one checked-out connection, the token lookups, the reads
     /// and the writes' group commit. Every envelope is answered once.
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
+        watch.new_batch();
         let now = Instant::now();
         let who = Triage {
-            thread: &watch.thread,
-            gate: &self.pickup_gate,
+            watch,
             counters: &self.counters,
         };
         let sorted = batch::triage(batch, now, &who);
@@ -486,7 +480,7 @@ impl Backend {
                 friendships: 0,
             }));
         }
-        let tokens = self.tokens_to_look_up(sorted.tokens, now, &watch.thread);
+        let tokens = self.tokens_to_look_up(sorted.tokens, now, watch);
         let (reads, writes) = (sorted.reads, sorted.writes);
         if reads.is_empty() && writes.is_empty() && tokens.is_empty() {
             return;
@@ -538,13 +532,13 @@ impl Backend {
 
     /// Answers the token lookups that need no query (picked up late:
     /// `TimedOut`; longer than any token: unknown) and returns the rest.
-    /// Late ones are logged like late jobs: one line per batch, through
-    /// the same rate limit.
+    /// Late ones are logged like late jobs: one line per batch, and the
+    /// batch counted late once ([`Watch::count_late`]).
     fn tokens_to_look_up(
         &self,
         tokens: Vec<TokenReply>,
         now: Instant,
-        thread: &str,
+        watch: &Watch,
     ) -> Vec<TokenReply> {
         let mut ready = Vec::with_capacity(tokens.len());
         let mut late_ones = (0, Duration::ZERO);
@@ -562,15 +556,13 @@ impl Backend {
             }
         }
         if let (n @ 1.., late) = late_ones {
-            self.counters.late_batches.fetch_add(1, Ordering::Relaxed);
-            if let Some(skipped) = self.pickup_gate.pass() {
-                log::warn!(
-                    "storage: {thread}: lookup_token ×{n} timed out in the queue: picked up {} \
-                     past its deadline (every db thread was busy); answered TimedOut, not run \
-                     ({skipped} more late batches not logged)",
-                    ms(late)
-                );
-            }
+            watch.count_late(&self.counters);
+            log::warn!(
+                "storage: {}: lookup_token ×{n} timed out in the queue: picked up {} past its \
+                 deadline (every db thread was busy); answered TimedOut, not run",
+                watch.thread,
+                ms(late)
+            );
         }
         ready
     }
