@@ -256,7 +256,11 @@ impl Settings {
                 format!("SWITCHBOARD_{name}: {v:?} is not an address like 127.0.0.1:8080")
             })
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The shards are placed on the affinity mask's cores
+        // ([`cores::place`]), so by default there is one per allowed core
+        // (not `available_parallelism`, which also applies a cgroup's CPU
+        // quota: `switchboard tune` warns about a quota below the shards).
+        let cores = cores::allowed().len();
         let non_empty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
         let ask = cores::Ask {
             shards: get("SHARDS")
@@ -694,6 +698,7 @@ mod tests {
     fn shards_are_placed_on_the_allowed_cores() {
         let allowed = cores::allowed();
         let s = parse(&[], &[]).unwrap();
+        assert_eq!(s.shards, allowed.len(), "one shard per allowed core");
         assert_eq!(s.shard_cores.len(), s.shards);
         assert_eq!(s.shard_cores, allowed[..s.shards]);
 

@@ -87,6 +87,7 @@ fn help_shows_placeholders_commands_and_the_admin_endpoints() {
         "POST /roster-changed?user=ID ",
         "POST /kick?user=ID ",
         "POST /trace?user=ID&level=debug|off ",
+        "GET  /trace?user=ID ",
     ] {
         assert!(text.contains(want), "--help shows {want:?}:\n{text}");
     }
