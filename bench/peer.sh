@@ -15,7 +15,9 @@
 # POINTS: USERS:RATE pairs, rate 0 = idle (default: the points,
 #   "1000:1000 5000:1000 1000:1500 1000:2000 5000:0").
 # RUNS (3), DURATION (60 s window), WARMUP (5 s), RAMP (s; default
-#   max(10, users/100)), WORKERS (generator processes, 1), SHARDS (2),
+#   max(10, users/100)), WORKERS (generator processes, 1), SHARDS (2;
+#   started with SHARDS_OVERCOMMIT=on, so on fewer cores the shards share
+#   them and the numbers say little),
 #   SERVERS ("switchboard ejabberd"), OUT (/tmp/sb-peer),
 #   SB_PORT/SB_ADMIN_PORT (8080/8081), EJ_PORT (5280; see
 #   bench/ejabberd/ejabberd.sh for its other settings).
@@ -56,7 +58,8 @@ sb_start() { # USERS
   [ -f "$dir" ] || "$B" graph --users "$1" --friends 10 --lattice 1 --out "$dir" 2>/dev/null
   rm -rf "$OUT/sb-data"
   env SWITCHBOARD_DIRECTORY="$dir" SWITCHBOARD_TOKEN_SECRET=$SECRET SWITCHBOARD_DATA_DIR="$OUT/sb-data" \
-    SWITCHBOARD_SHARDS="$SHARDS" SWITCHBOARD_LOG=warn SWITCHBOARD_RATE_LIMITS=off \
+    SWITCHBOARD_SHARDS="$SHARDS" SWITCHBOARD_SHARDS_OVERCOMMIT=on \
+    SWITCHBOARD_LOG=warn SWITCHBOARD_RATE_LIMITS=off \
     SWITCHBOARD_CONNECTIONS_PER_ADDRESS_MAX=1000000 \
     SWITCHBOARD_LISTEN=127.0.0.1:$SB_PORT SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$SB_ADMIN_PORT \
     "$S" >"$OUT/sb-server.log" 2>&1 &

@@ -43,6 +43,8 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', env = {} })
       SWITCHBOARD_LISTEN: listen,
       SWITCHBOARD_ADMIN_LISTEN: '127.0.0.1:0',
       SWITCHBOARD_SHARDS: '2',
+      // Two shards on any runner (a 1-CPU one refuses them without this).
+      SWITCHBOARD_SHARDS_OVERCOMMIT: 'on',
       SWITCHBOARD_DATA_DIR: dataDir,
       SWITCHBOARD_PRESENCE_GRACE_MS: String(GRACE_MS),
       SWITCHBOARD_LOG: process.env.SWITCHBOARD_E2E_LOG || 'warn',

@@ -99,6 +99,8 @@ fn start(dir: &std::path::Path) -> (Child, SocketAddr, SocketAddr) {
         .env("SWITCHBOARD_TLS_KEY", dir.join("key.pem"))
         .env("SWITCHBOARD_DATA_DIR", dir.join("data"))
         .env("SWITCHBOARD_SHARDS", "2")
+        // Starts on a 1-CPU machine too (its shards then share the CPU).
+        .env("SWITCHBOARD_SHARDS_OVERCOMMIT", "on")
         .env("SWITCHBOARD_RATE_LIMITS", "off")
         .env("SWITCHBOARD_CONNECTIONS_PER_ADDRESS_MAX", "100000")
         .env("SWITCHBOARD_LOG", "warn")

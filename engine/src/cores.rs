@@ -109,8 +109,8 @@ pub struct Ask {
 
 impl Ask {
     /// How many shards this asks for: `SHARDS`, else one per listed core,
-    /// else `default` (`available_parallelism`: the affinity mask, less a
-    /// cgroup's CPU quota).
+    /// else `default` (the settings pass the number of [`allowed`] cores:
+    /// one shard per core of the affinity mask).
     pub fn shard_count(&self, default: usize) -> usize {
         match (&self.shards, &self.cores) {
             (Some(n), _) => *n,

@@ -137,6 +137,13 @@ pub const SHARD_STALL_MS_MAX: u64 = 10_000;
 /// threads.
 pub const WATCHDOG_CHECK_MS: u64 = 250;
 
+/// How often the watchdog reads the process's figures from `/proc/self`
+/// for `/metrics` (resident memory, open and maximum descriptors): a
+/// scrape shows them at most this old. Listing `/proc/self/fd` costs time
+/// in proportion to the open descriptors, so it is done here, off the
+/// executors, and not at each scrape.
+pub const PROCESS_SAMPLE_MS: u64 = 1_000;
+
 /// `SWITCHBOARD_LOOP_LAG_WARN_MS`'s default: a shard whose tick fires
 /// this much later than due (its executor busy or blocked that long) is
 /// reported by the watchdog, once per episode. A healthy shard's ticks
@@ -307,6 +314,7 @@ const _: () =
 const _: () =
     assert!(LOOP_LAG_WARN_MS_DEFAULT > TICK_MS && LOOP_LAG_WARN_MS_DEFAULT < SHARD_STALL_MS_MAX);
 const _: () = assert!(LOOP_LAG_QUIET_MS > WATCHDOG_CHECK_MS);
+const _: () = assert!(PROCESS_SAMPLE_MS >= WATCHDOG_CHECK_MS);
 const _: () = assert!(TOKEN_LOOKUPS_IN_FLIGHT_MAX < STORAGE_QUEUE_DEPTH_MAX);
 const _: () =
     assert!(TOKEN_LOOKUP_CHARS_MIN >= 1 && TOKEN_LOOKUP_CHARS_MIN <= TOKEN_LOOKUP_CHARS_MAX);

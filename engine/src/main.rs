@@ -53,6 +53,7 @@ Admin endpoints (on ADMIN_LISTEN; with ADMIN_TOKEN set, Authorization: Bearer TO
                                         once every shard has applied it
   POST /kick?user=ID                    end all of ID's tabs and sessions now
   POST /trace?user=ID&level=debug|off   start or stop recording ID's debug records to a trace file
+  GET  /trace?user=ID                   where ID's trace stands, its file, and its newest lines
 
 Settings (flag, environment variable; the flag wins):
 ";

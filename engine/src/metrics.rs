@@ -34,6 +34,7 @@
 //! hold included, buckets up to the 60 s wait) and left out of
 //! `switchboard_request_duration_seconds`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram as Hdr;
@@ -376,10 +377,14 @@ pub fn shard_labels(shard: usize, more: &[Label]) -> Vec<Label> {
 
 /// Every family `/metrics` shows besides the health ask's (sessions,
 /// tabs, held polls, shard up), read from every shard's slot without
-/// asking any shard, and from storage and `/proc`. A labelled series that
-/// is still zero (a request endpoint and outcome never seen, a histogram
-/// with no observation) is left out; every family's `HELP` and `TYPE`
-/// are always there.
+/// asking any shard, from storage's atomics and from the watchdog's
+/// sample of `/proc` ([`sample_process`]): no lock, no file read, no
+/// blocking call on the executor. A series with a label beyond `shard`
+/// that is zero (a request endpoint and outcome never seen, a refusal
+/// reason, a mesh pair with nothing queued, a drop kind never dropped, a
+/// histogram with no observation) is left out; the per-shard counters
+/// are always there, zero included (so an alert's `increase()` sees the
+/// first one); every family's `HELP` and `TYPE` are always there.
 pub fn families(rt: &ShardRuntime, edge: &[EdgeStats]) -> Vec<Family> {
     let all = rt.stats.all();
     let store = rt.store.stats();
@@ -492,54 +497,67 @@ fn connections(out: &mut Vec<Family>, all: &[RuntimeStats]) {
             open.shard(shard, &admin, stats.admin_connections.get());
         }
         for why in Refusal::ALL {
-            let reason = [("reason", why.name().to_string())];
-            refused.shard(shard, &reason, stats.refused[why as usize].get());
+            let n = stats.refused[why as usize].get();
+            if n > 0 {
+                let reason = [("reason", why.name().to_string())];
+                refused.shard(shard, &reason, n);
+            }
         }
     }
     out.push(open.done());
     out.push(refused.done());
 }
 
-/// The mesh, per ordered pair of shards.
+/// The mesh: what each shard sent, and the ordered pairs of shards with
+/// messages queued or dropped. A pair's samples are there only while
+/// non-zero, so a scrape holds a few samples per shard, not shards² × 6
+/// (a quarter million at 256 shards).
 fn mesh(out: &mut Vec<Family>, all: &[RuntimeStats]) {
     let mut depth = Builder::new(
         "switchboard_mesh_queue_depth",
         Kind::Gauge,
         "Messages from shard `from` to shard `to` not yet handled by `to` (its outbox and the \
-         mesh channel).",
+         mesh channel); a pair with none queued is left out.",
     );
     let mut sent = Builder::new(
         "switchboard_mesh_messages_total",
         Kind::Counter,
-        "Messages from shard `from` to shard `to` put in from's outbox.",
+        "Messages shard `from` put in its outboxes to the other shards.",
     );
     let mut dropped = Builder::new(
         "switchboard_mesh_dropped_total",
         Kind::Counter,
         "Messages from shard `from` to shard `to` dropped on a full outbox, by kind (reply, \
-         delivery, presence, roster).",
+         delivery, presence, roster); left out while none.",
     );
     for (from, stats) in all.iter().enumerate() {
+        let mut sent_total = 0;
         for (to, peer) in stats.peers.iter().enumerate() {
             if to == from {
                 continue;
             }
-            let pair = |more: Option<(&'static str, String)>| {
+            let pair = |more: Option<(&'static str, &'static str)>| {
                 let mut labels = vec![("from", from.to_string()), ("to", to.to_string())];
-                labels.extend(more);
+                labels.extend(more.map(|(k, v)| (k, v.to_string())));
                 labels
             };
             // Received first: the difference is then never below what
             // was queued and not yet handled.
             let received = all[to].peers[from].received.get();
             let queued = peer.queued.get();
-            depth.sample(pair(None), Value::Int(queued.saturating_sub(received)));
-            sent.sample(pair(None), Value::Int(queued));
+            sent_total += queued;
+            let waiting = queued.saturating_sub(received);
+            if waiting > 0 {
+                depth.sample(pair(None), Value::Int(waiting));
+            }
             for kind in Dropped::ALL {
                 let n = peer.dropped[kind as usize].get();
-                dropped.sample(pair(Some(("kind", kind.name().to_string()))), Value::Int(n));
+                if n > 0 {
+                    dropped.sample(pair(Some(("kind", kind.name()))), Value::Int(n));
+                }
             }
         }
+        sent.sample(vec![("from", from.to_string())], Value::Int(sent_total));
     }
     out.push(depth.done());
     out.push(sent.done());
@@ -601,8 +619,8 @@ fn storage(out: &mut Vec<Family>, all: &[RuntimeStats], store: &StoreStats) {
     ));
     out.push(counter(
         "switchboard_storage_late_batches_total",
-        "Storage batches that went past a job's deadline (running, or picked up late); each is \
-         logged once with where it waited (at most one line a second).",
+        "Storage batches that went past a job's deadline (running, or picked up late: counted \
+         once); each is logged with where it waited.",
         store.late_batches,
     ));
     let mut threads = Builder::new(
@@ -690,8 +708,10 @@ fn executors(out: &mut Vec<Family>, all: &[RuntimeStats]) {
     out.push(lag.done());
 }
 
-/// The process: memory, file descriptors, the logger's drops, the build.
+/// The process: memory, file descriptors (the watchdog's last sample,
+/// see [`sample_process`]), the logger's drops, the build.
 fn process(out: &mut Vec<Family>) {
+    let (rss, fds, max) = PROCESS.read();
     let gauge = |name, help, value: Option<u64>| {
         let mut f = Builder::new(name, Kind::Gauge, help);
         if let Some(v) = value {
@@ -701,18 +721,18 @@ fn process(out: &mut Vec<Family>) {
     };
     out.push(gauge(
         "process_resident_memory_bytes",
-        "Resident memory of the process (VmRSS), read at scrape time.",
-        resident_bytes(),
+        "Resident memory of the process (VmRSS), sampled every second.",
+        rss,
     ));
     out.push(gauge(
         "process_open_fds",
-        "Open file descriptors of the process, counted at scrape time.",
-        open_fds(),
+        "Open file descriptors of the process, counted every second.",
+        fds,
     ));
     out.push(gauge(
         "process_max_fds",
-        "The soft limit on open file descriptors (absent when unlimited).",
-        max_fds(),
+        "The soft limit on open file descriptors, sampled every second (absent when unlimited).",
+        max,
     ));
     let mut dropped = Builder::new(
         "switchboard_log_dropped_total",
@@ -936,6 +956,55 @@ const COUNTERS: [CounterSpec; 33] = [
     },
 ];
 
+/// The process's figures from `/proc/self`, as [`sample_process`] last
+/// read them. Reading them costs a file read each and, for the open
+/// descriptors, a directory walk as long as the descriptor table (20,000
+/// entries on a loaded server): too much for shard 0's executor at each
+/// scrape, so the `watchdog` thread reads them every
+/// `PROCESS_SAMPLE_MS` and a scrape reads these atomics. Process-wide
+/// (the figures are the process's); [`UNKNOWN`] until the first sample
+/// or when a file cannot be read.
+struct ProcessSample {
+    /// `VmRSS`, in bytes.
+    rss_bytes: AtomicU64,
+    /// Entries of `/proc/self/fd`.
+    open_fds: AtomicU64,
+    /// The soft `RLIMIT_NOFILE` ([`UNKNOWN`] when unlimited too).
+    max_fds: AtomicU64,
+}
+
+/// A [`ProcessSample`] figure not known.
+const UNKNOWN: u64 = u64::MAX;
+
+/// The one [`ProcessSample`] of the process.
+static PROCESS: ProcessSample = ProcessSample {
+    rss_bytes: AtomicU64::new(UNKNOWN),
+    open_fds: AtomicU64::new(UNKNOWN),
+    max_fds: AtomicU64::new(UNKNOWN),
+};
+
+impl ProcessSample {
+    /// `(rss, open fds, max fds)` as last sampled.
+    fn read(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let get = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&v| v != UNKNOWN);
+        (
+            get(&self.rss_bytes),
+            get(&self.open_fds),
+            get(&self.max_fds),
+        )
+    }
+}
+
+/// Reads the process's figures from `/proc/self` into the sample
+/// `/metrics` shows. Blocking file reads: called by the `watchdog`
+/// thread, never on an executor.
+pub fn sample_process() {
+    let put = |a: &AtomicU64, v: Option<u64>| a.store(v.unwrap_or(UNKNOWN), Ordering::Relaxed);
+    put(&PROCESS.rss_bytes, resident_bytes());
+    put(&PROCESS.open_fds, open_fds());
+    put(&PROCESS.max_fds, max_fds());
+}
+
 /// The process's resident memory in bytes (`VmRSS` of
 /// `/proc/self/status`), if it can be read.
 pub fn resident_bytes() -> Option<u64> {
@@ -963,6 +1032,7 @@ pub fn max_fds() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_io::metrics::Sample;
 
     #[test]
     fn series_have_one_index_each() {
@@ -1027,6 +1097,63 @@ mod tests {
         recorder.publish(&published);
         assert_eq!(published[Series::LoopLag.index()].count(), 1);
         assert_eq!(published[Series::Poll.index()].count(), 0);
+    }
+
+    /// The samples of each family `f` adds, by name.
+    fn samples(f: impl Fn(&mut Vec<Family>)) -> Vec<(&'static str, Vec<Sample>)> {
+        let mut out = Vec::new();
+        f(&mut out);
+        out.into_iter().map(|f| (f.name, f.samples)).collect()
+    }
+
+    #[test]
+    fn mesh_pairs_and_refusals_are_shown_only_when_not_zero() {
+        let all = crate::runtime::StatsSlot::for_shards(3);
+        let got = samples(|out| mesh(out, &all));
+        let counts: Vec<_> = got.iter().map(|(n, s)| (*n, s.len())).collect();
+        // Nothing sent yet: one `messages_total` per shard, no pair.
+        assert_eq!(
+            counts,
+            [
+                ("switchboard_mesh_queue_depth", 0),
+                ("switchboard_mesh_messages_total", 3),
+                ("switchboard_mesh_dropped_total", 0)
+            ]
+        );
+        // Shard 0 sent 5 to shard 1, which handled 3, and dropped one
+        // delivery to shard 2.
+        all[0].peers[1].queued.set(5);
+        all[1].peers[0].received.set(3);
+        all[0].peers[2].dropped[Dropped::Delivery as usize].set(1);
+        let got = samples(|out| mesh(out, &all));
+        let labels = |s: &Sample| -> Vec<String> {
+            s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        };
+        let depth = &got[0].1;
+        assert_eq!(depth.len(), 1);
+        assert_eq!(labels(&depth[0]), ["from=0", "to=1"]);
+        assert_eq!(depth[0].value, Value::Int(2));
+        let sent = &got[1].1;
+        assert_eq!(sent[0].value, Value::Int(5));
+        let dropped = &got[2].1;
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(labels(&dropped[0]), ["from=0", "to=2", "kind=delivery"]);
+
+        let got = samples(|out| connections(out, &all));
+        assert_eq!(got[1].1.len(), 0, "no refusal yet");
+        all[2].refused[Refusal::PerAddress as usize].set(4);
+        let got = samples(|out| connections(out, &all));
+        assert_eq!(got[1].1.len(), 1);
+        assert_eq!(labels(&got[1].1[0]), ["shard=2", "reason=per_address"]);
+    }
+
+    #[test]
+    fn the_process_sample_is_what_proc_said() {
+        sample_process();
+        let (rss, fds, max) = PROCESS.read();
+        assert!(rss.is_some_and(|b| b > 1 << 20), "{rss:?}");
+        assert!(fds.is_some_and(|n| n >= 3), "{fds:?}");
+        assert_eq!(max, max_fds());
     }
 
     #[test]

@@ -1136,7 +1136,8 @@ impl ShardRuntime {
             self.clock.now_ms().saturating_sub(peer.last_tick_ms.get()),
             peer.loop_lag_last_us.get() / 1000,
             peer.storage_jobs_waiting.get(),
-            self.store.stats().queue_len
+            // Atomics only: this runs on the executor.
+            self.store.queue_len()
         )
     }
 

@@ -256,7 +256,11 @@ impl Settings {
                 format!("SWITCHBOARD_{name}: {v:?} is not an address like 127.0.0.1:8080")
             })
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The shards are placed on the affinity mask's cores
+        // ([`cores::place`]), so by default there is one per allowed core
+        // (not `available_parallelism`, which also applies a cgroup's CPU
+        // quota: `switchboard tune` warns about a quota below the shards).
+        let cores = cores::allowed().len();
         let non_empty = |name: &str| get(name).filter(|v| !v.is_empty()).map(str::to_string);
         let ask = cores::Ask {
             shards: get("SHARDS")
@@ -694,6 +698,7 @@ mod tests {
     fn shards_are_placed_on_the_allowed_cores() {
         let allowed = cores::allowed();
         let s = parse(&[], &[]).unwrap();
+        assert_eq!(s.shards, allowed.len(), "one shard per allowed core");
         assert_eq!(s.shard_cores.len(), s.shards);
         assert_eq!(s.shard_cores, allowed[..s.shards]);
 
@@ -727,24 +732,28 @@ mod tests {
         assert_eq!(ask.shards, Some(allowed.len() + 1));
     }
 
+    /// On whatever cores the runner allows (core 0 need not be one).
     #[test]
     fn bad_core_lists_are_refused() {
+        let c = cores::allowed()[0];
         for (list, needle) in [
-            ("8191", "may not run on"),
-            ("0,0", "twice"),
-            ("0,x", "SHARD_CORES: \"x\" is not a core number"),
-            ("3-1", "backwards"),
+            ("8191".to_string(), "may not run on"),
+            (format!("{c},{c}"), "twice"),
+            (format!("{c},x"), "SHARD_CORES: \"x\" is not a core number"),
+            ("3-1".to_string(), "backwards"),
         ] {
-            let e = parse(&["--shard-cores", list], &[]).unwrap_err();
+            let e = parse(&["--shard-cores", &list], &[]).unwrap_err();
             assert!(e.contains(needle), "{list}: {e}");
         }
-        let e = parse(&["--shard-cores", "0", "--shards", "2"], &[]).unwrap_err();
+        let one = c.to_string();
+        let e = parse(&["--shard-cores", &one, "--shards", "2"], &[]).unwrap_err();
         assert!(
             e.contains("SHARDS is 2 but SWITCHBOARD_SHARD_CORES lists 1 cores"),
             "{e}"
         );
-        let s = parse(&["--db-cores", "0-1,0"], &[]).unwrap();
-        assert_eq!(s.db_cores, Some(vec![0, 1, 0]));
+        let db = format!("{c}-{},{c}", c + 1);
+        let s = parse(&["--db-cores", &db], &[]).unwrap();
+        assert_eq!(s.db_cores, Some(vec![c, c + 1, c]));
     }
 
     #[test]

@@ -193,7 +193,9 @@ impl Heartbeats {
 /// `WATCHDOG_CHECK_MS` it checks that every shard that has not ended beat
 /// within `stall_max`, and that no storage thread died, and ends the
 /// process with [`EXIT_PANIC`] otherwise. It returns once every shard has
-/// ended.
+/// ended. Being the one thread that runs all along off the executors, it
+/// also reads the process's `/proc` figures for `/metrics` every
+/// `PROCESS_SAMPLE_MS` ([`crate::metrics::sample_process`]).
 pub fn start_watchdog(
     heartbeats: Arc<Heartbeats>,
     stop: StopHandle,
@@ -202,9 +204,15 @@ pub fn start_watchdog(
 ) -> std::io::Result<()> {
     let shards = heartbeats.beats.len();
     let mut lags: Vec<LagWatch> = (0..shards).map(|_| LagWatch::default()).collect();
+    let mut sampled: Option<Instant> = None;
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || loop {
+            if sampled.is_none_or(|at| at.elapsed().as_millis() as u64 >= limits::PROCESS_SAMPLE_MS)
+            {
+                sampled = Some(Instant::now());
+                crate::metrics::sample_process();
+            }
             let mut running = 0;
             for (shard, lag) in lags.iter_mut().enumerate() {
                 if stop.phase(shard) == Phase::Ended {

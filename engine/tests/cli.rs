@@ -87,6 +87,7 @@ fn help_shows_placeholders_commands_and_the_admin_endpoints() {
         "POST /roster-changed?user=ID ",
         "POST /kick?user=ID ",
         "POST /trace?user=ID&level=debug|off ",
+        "GET  /trace?user=ID ",
     ] {
         assert!(text.contains(want), "--help shows {want:?}:\n{text}");
     }
@@ -100,11 +101,18 @@ fn a_bad_shard_core_list_is_refused_with_exit_2() {
     let dir = dir.to_str().unwrap();
     let allowed = cores::allowed();
     let too_many = (allowed.len() + 1).to_string();
+    // The first core the runner allows (core 0 need not be one).
+    let c = allowed[0];
+    let (twice, one, bad) = (format!("{c},{c}"), c.to_string(), format!("{c}-x"));
+    let (twice_error, bad_error) = (
+        format!("SWITCHBOARD_SHARD_CORES lists core {c} twice"),
+        format!("SWITCHBOARD_SHARD_CORES: \"{c}-x\" is not a core number"),
+    );
     for (args, env, needle) in [
         (
             &[][..],
-            &[("SWITCHBOARD_SHARD_CORES", "0,0")][..],
-            "SWITCHBOARD_SHARD_CORES lists core 0 twice",
+            &[("SWITCHBOARD_SHARD_CORES", twice.as_str())][..],
+            twice_error.as_str(),
         ),
         (
             &["--shard-cores", "8191"][..],
@@ -112,14 +120,14 @@ fn a_bad_shard_core_list_is_refused_with_exit_2() {
             "SWITCHBOARD_SHARD_CORES lists core 8191, which this process may not run on",
         ),
         (
-            &["--shard-cores", "0", "--shards", "2"][..],
+            &["--shard-cores", one.as_str(), "--shards", "2"][..],
             &[][..],
             "SWITCHBOARD_SHARDS is 2 but SWITCHBOARD_SHARD_CORES lists 1 cores",
         ),
         (
-            &["--shard-cores", "0-x"][..],
+            &["--shard-cores", bad.as_str()][..],
             &[][..],
-            "SWITCHBOARD_SHARD_CORES: \"0-x\" is not a core number",
+            bad_error.as_str(),
         ),
         (
             &["--shards", too_many.as_str()][..],

@@ -219,9 +219,12 @@ where
                         Ok(Some(head)) => break head,
                         Ok(None) => {}
                         Err(e) => {
-                            return self
-                                .fail(handler, &e, CloseReason::HttpError(e.status))
-                                .await
+                            // Under its endpoint once its request line was
+                            // read (a 413 for a declared length on /send).
+                            let path = self.parser.path(&self.buf);
+                            let at = path.map_or(Endpoint::Other, |p| endpoint(listener, p));
+                            let reason = CloseReason::HttpError(e.status);
+                            return self.fail(handler, at, &e, reason).await;
                         }
                     }
                     match self.read_more(timer.as_mut()).await {
@@ -229,7 +232,9 @@ where
                         ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
                         ReadEvent::Timeout => {
                             let e = HttpError::timeout("request head not received in time");
-                            return self.fail(handler, &e, CloseReason::HeadTimeout).await;
+                            let path = self.parser.path(&self.buf);
+                            let at = path.map_or(Endpoint::Other, |p| endpoint(listener, p));
+                            return self.fail(handler, at, &e, CloseReason::HeadTimeout).await;
                         }
                         ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
                     }
@@ -244,6 +249,8 @@ where
                 }
             }
             self.body.clear();
+            // A body that fails is counted under the head's endpoint.
+            let counted_as = endpoint(listener, &head.path);
             let mut decoder = BodyDecoder::new(head.framing);
             if !decoder.is_done() {
                 let mut timer = pin!(handler.sleep(ms(limits.body_timeout_ms)));
@@ -253,9 +260,8 @@ where
                             self.buf.drain(..used);
                         }
                         Err(e) => {
-                            return self
-                                .fail(handler, &e, CloseReason::HttpError(e.status))
-                                .await
+                            let reason = CloseReason::HttpError(e.status);
+                            return self.fail(handler, counted_as, &e, reason).await;
                         }
                     }
                     if decoder.is_done() {
@@ -266,7 +272,8 @@ where
                         ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
                         ReadEvent::Timeout => {
                             let e = HttpError::timeout("request body not received in time");
-                            return self.fail(handler, &e, CloseReason::BodyTimeout).await;
+                            let reason = CloseReason::BodyTimeout;
+                            return self.fail(handler, counted_as, &e, reason).await;
                         }
                         ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
                     }
@@ -276,7 +283,6 @@ where
             // The request is read: its answer's time starts (a long-poll's
             // includes its hold).
             let started = Instant::now();
-            let counted_as = endpoint(listener, &head.path);
             let mut persist = Persist {
                 keep_alive: head.keep_alive && !handler.stopping(),
                 http10: head.version == Version::Http10,
@@ -293,9 +299,8 @@ where
                     }
                     None => {
                         let e = HttpError::bad_request("no valid Host to redirect to https with");
-                        return self
-                            .fail(handler, &e, CloseReason::HttpError(e.status))
-                            .await;
+                        let reason = CloseReason::HttpError(e.status);
+                        return self.fail(handler, counted_as, &e, reason).await;
                     }
                 }
                 if let Err(reason) = self.write_out(handler).await {
@@ -440,11 +445,14 @@ where
         result
     }
 
-    /// Answers an HTTP-level failure found while reading a request, then
-    /// closes gracefully: the rest of the stream cannot be trusted.
+    /// Answers an HTTP-level failure found while reading a request
+    /// (counted under `endpoint`: `Other` when not even its request line
+    /// was read), then closes gracefully: the rest of the stream cannot be
+    /// trusted.
     async fn fail<H: Handler>(
         &mut self,
         handler: &H,
+        endpoint: Endpoint,
         error: &HttpError,
         reason: CloseReason,
     ) -> CloseReason {
@@ -455,7 +463,7 @@ where
         let date = now_date();
         self.encoder
             .http_error(&mut self.out, error, persist, false, &date);
-        handler.answered(Endpoint::Other, Outcome::Failed(error.code), None);
+        handler.answered(endpoint, Outcome::Failed(error.code), None);
         if let Err(reason) = self.write_out(handler).await {
             return reason;
         }

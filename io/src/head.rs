@@ -180,6 +180,8 @@ pub struct HeadParser {
     start: Option<usize>,
     /// Whether the request line is complete (and within its limit).
     line_done: bool,
+    /// Where the request line ends (after its LF), once `line_done`.
+    line_end: usize,
     /// Start of the header line being scanned.
     line_start: usize,
     /// Bytes before this index are scanned (no line end left unseen).
@@ -204,6 +206,18 @@ impl HeadParser {
     /// Forgets everything, for the next request.
     pub fn reset(&mut self) {
         *self = HeadParser::default();
+    }
+
+    /// The path of the request line at the start of `buf`, once that line
+    /// was read and found valid (`None` before): what a head that failed
+    /// afterwards (a header over a limit, a body too large) is counted
+    /// under.
+    pub fn path<'b>(&self, buf: &'b [u8]) -> Option<&'b str> {
+        let start = self.start.filter(|_| self.line_done)?;
+        let mut req = httparse::Request::new(&mut []);
+        // A valid line with no room for headers is `Partial`, path set.
+        let _ = req.parse(buf.get(start..self.line_end)?);
+        split_target(req.path?).ok().map(|(path, _)| path)
     }
 
     /// Parses the head at the start of `buf`: `Ok(None)` while more bytes
@@ -259,6 +273,7 @@ impl HeadParser {
                     // follows it: decide now, not at the header limits.
                     check_request_line(&buf[start..=lf])?;
                     self.line_done = true;
+                    self.line_end = lf + 1;
                     self.scanned = lf + 1;
                     self.line_start = lf + 1;
                 }

@@ -765,7 +765,6 @@ fn write_demo_users_json(out: &mut Vec<u8>, users: &[DemoUser]) {
     out.extend_from_slice(b"]}");
 }
 
-/// `{"ok":true,"token":"..","user":{"id":N,"name":".."}}`.
 /// `POST /trace`: `{"ok":true,"user":42,"trace":"on","file":"...",
 /// "bytes":0,"bytes_max":16777216,"ends_in_ms":600000,"traced":1}`; off:
 /// `{"ok":true,"user":42,"trace":"off","file":"...","traced":0}`.
@@ -823,6 +822,7 @@ fn write_trace_text(out: &mut Vec<u8>, state: &TraceState, lines: &str, count: u
     out.extend_from_slice(lines.as_bytes());
 }
 
+/// `{"ok":true,"token":"..","user":{"id":N,"name":".."}}`.
 fn write_demo_token_json(out: &mut Vec<u8>, token: &str, user: u64, name: &str) {
     out.extend_from_slice(b"{\"ok\":true,\"token\":");
     push_str(out, token);

@@ -815,3 +815,64 @@ fn every_answer_is_reported_with_its_endpoint_outcome_and_time() {
     assert!(answered[..6].iter().all(|a| a.2.is_some()), "{answered:?}");
     assert_eq!(answered[6].2, None);
 }
+
+/// A request that fails while it is read is counted under its endpoint
+/// once its request line was read (a body over the limit on `/send` is a
+/// `send` failure, whether its length was declared or sent), and under
+/// `other` when not even that was.
+#[test]
+fn a_request_that_fails_while_read_is_counted_under_its_endpoint() {
+    fn check(request: &[u8], expected: (Endpoint, Outcome)) {
+        let handler = TestHandler::default();
+        let (server_end, mut client) = duplex();
+        let client_side = async {
+            client.write_all(request).await.unwrap();
+            let mut buf = Vec::new();
+            assert!(read_answer(&mut client, &mut buf, false).await.is_some());
+            client.close().await.unwrap();
+        };
+        let config = config();
+        let served = future::zip(
+            serve(server_end, Listener::Client, &handler, &config),
+            client_side,
+        );
+        let timeout = async {
+            sleep(Duration::from_secs(5)).await;
+            panic!("test timed out");
+        };
+        future::block_on(future::or(async { served.await.0 }, timeout));
+        let got: Vec<_> = handler
+            .answered
+            .borrow()
+            .iter()
+            .map(|a| (a.0, a.1))
+            .collect();
+        let shown = String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned();
+        assert_eq!(got, [expected], "{shown:?}");
+    }
+    let too_large = Outcome::Failed(ErrorCode::TooLarge);
+    let bad = Outcome::Failed(ErrorCode::BadRequest);
+    let mut declared = b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n".to_vec();
+    declared.resize(declared.len() + 1_000, b'b');
+    check(&declared, (Endpoint::Send, too_large));
+    let mut sent =
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n".to_vec();
+    sent.resize(sent.len() + 1_000, b'b');
+    check(&sent, (Endpoint::Send, too_large));
+    let mut fat = b"GET /poll HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
+    fat.resize(20_000, b'a');
+    check(&fat, (Endpoint::Poll, too_large));
+    // Head and body timeouts (100 ms here): 408, counted as bad_request.
+    check(
+        b"GET /history HTTP/1.1\r\nHost: x\r\n",
+        (Endpoint::History, bad),
+    );
+    let slow_body = b"POST /ui HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab";
+    check(slow_body, (Endpoint::Ui, bad));
+    // No request line read: `other`.
+    let mut long = b"GET /ping?".to_vec();
+    long.resize(70_000, b'a');
+    check(&long, (Endpoint::Other, too_large));
+    check(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", (Endpoint::Other, bad));
+    check(b"GET /ping HTTP/1.1\r\nX\r\n\r\n", (Endpoint::Ping, bad));
+}

@@ -613,6 +613,20 @@ impl fmt::Display for StorageError {
     }
 }
 
+impl StorageError {
+    /// What a client is told: the kind of failure only. A `Backend` text
+    /// is for the log: it names the batch's failing job (another user's,
+    /// when a batch of several users rolls back) and the database's
+    /// error code.
+    pub fn client_text(&self) -> &'static str {
+        match self {
+            StorageError::Overloaded => "storage unavailable: storage queue full",
+            StorageError::TimedOut => "storage unavailable: storage deadline passed",
+            StorageError::Backend(_) => "storage unavailable: storage backend failed",
+        }
+    }
+}
+
 /// A storage job's result.
 pub type StorageResult = Result<StorageOutput, StorageError>;
 

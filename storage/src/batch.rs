@@ -15,7 +15,7 @@
 //! Invariant: every envelope of the batch is in exactly one of the four
 //! lists or has been answered, exactly once.
 
-use crate::watch::{self, LogGate, Queued};
+use crate::watch::{self, Queued, Watch};
 use crate::{limits, Counters, Envelope, ReloadResult, TokenLookupResult, Work};
 use futures_channel::oneshot;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,10 +127,9 @@ pub(crate) struct Sorted {
 
 /// Who is triaging a batch, for the line of its late jobs.
 pub(crate) struct Triage<'a> {
-    /// The db thread (`db-N`).
-    pub(crate) thread: &'a str,
-    /// The rate limit of that line (one per store).
-    pub(crate) gate: &'a LogGate,
+    /// The db thread's watch (its name, and whether the batch was
+    /// counted late).
+    pub(crate) watch: &'a Watch,
     /// The store's counters.
     pub(crate) counters: &'a Counters,
 }
@@ -187,7 +186,7 @@ pub(crate) fn triage(batch: &mut Vec<Envelope>, now: Instant, who: &Triage<'_>) 
     if !late_jobs.is_empty() {
         let jobs: Vec<&StorageJob> = late_jobs.iter().map(|(j, _)| j).collect();
         let queued: Vec<Queued> = late_jobs.iter().map(|(_, q)| *q).collect();
-        watch::log_late_pickup(who.thread, &jobs, &queued, latest, now, who.gate, counters);
+        watch::log_late_pickup(who.watch, &jobs, &queued, latest, now, counters);
     }
     sorted
 }
@@ -317,10 +316,9 @@ mod tests {
         let counters = Counters::default();
         let (env, mut rx) = envelope(job, now, due_ms);
         let mut batch = vec![env];
-        let gate = LogGate::default();
+        let watch = Watch::new("db-0".into());
         let who = Triage {
-            thread: "db-0",
-            gate: &gate,
+            watch: &watch,
             counters: &counters,
         };
         let sorted = triage(&mut batch, now, &who);

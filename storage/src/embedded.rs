@@ -33,7 +33,7 @@
 use crate::batch::{self, Pickup, Reply, Triage};
 use crate::directory::Directory;
 use crate::fault::Faults;
-use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
+use crate::watch::{self, BatchInfo, Waiting, Watch};
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, ReloadError, ReloadResult,
     Store,
@@ -126,10 +126,6 @@ struct State {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
-    /// The rate limit of late batches' lines (see [`crate::watch`]).
-    late_gate: LogGate,
-    /// The rate limit of the lines of jobs picked up late.
-    pickup_gate: LogGate,
 }
 
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
@@ -174,8 +170,6 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         directory_path: config.directory.clone(),
         counters: counters.clone(),
         faults,
-        late_gate: LogGate::default(),
-        pickup_gate: LogGate::default(),
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,8 +191,8 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
             std::thread::Builder::new()
                 .name("db-watch".into())
                 .spawn(move || {
-                    let (gate, counters) = (&state.late_gate, &state.counters);
-                    watch::watch_loop(&watches, &thread_stop, gate, counters, String::new)
+                    let counters = &state.counters;
+                    watch::watch_loop(&watches, &thread_stop, counters, String::new, || {})
                 })
         };
         match spawned {
@@ -297,10 +291,10 @@ impl State {
     /// Runs one drained batch: the shared triage ([`batch::triage`]), then
     /// reloads, token lookups, reads, and the writes' group commit.
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
+        watch.new_batch();
         let now = Instant::now();
         let who = Triage {
-            thread: &watch.thread,
-            gate: &self.pickup_gate,
+            watch,
             counters: &self.counters,
         };
         let sorted = batch::triage(batch, now, &who);
@@ -349,7 +343,7 @@ impl State {
             self.run_writes(writes, watch);
         }
         if let Some(late) = watch.end() {
-            watch::log_late(late, "", &self.late_gate, &self.counters);
+            watch::log_late(late, "", watch, &self.counters);
         }
     }
 

@@ -15,7 +15,7 @@
 //!   running it). Every failure is logged once, with job name and user;
 //!   a job past its deadline once with its batch, saying where the batch
 //!   waited and how long (the db thread, the pool checkout, statement,
-//!   write lock or commit, the queue: see `watch.rs`, rate-limited).
+//!   write lock or commit, the queue: see `watch.rs`).
 //! - **Durable before answered.** Write jobs run in one redb write
 //!   transaction per batch (group commit), committed with an fsync before
 //!   any of them is answered: an answered `/send` survives `kill -9` and a
@@ -93,7 +93,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -128,8 +128,9 @@ struct Inner {
     token_lookup: bool,
     /// Each db thread's watch (what it is doing, for [`StoreStats`]).
     watches: Vec<Arc<Watch>>,
-    /// The MySQL pool's `(max, connections, idle)`, if there is one.
-    pool: Option<PoolState>,
+    /// The MySQL pool's state as `db-watch` last sampled it, if there
+    /// is a pool.
+    pool: Option<Arc<PoolSample>>,
 }
 
 /// One unit of work in the queue, with when it must be started by.
@@ -183,8 +184,8 @@ pub(crate) struct Counters {
     pub(crate) write_batches: AtomicU64,
     /// Write jobs answered from committed transactions.
     pub(crate) write_jobs: AtomicU64,
-    /// Batches past a deadline (each logged once, rate-limited: see
-    /// [`watch`]), and batches with jobs picked up after theirs.
+    /// Batches past a deadline or with jobs picked up after theirs, each
+    /// counted once ([`watch::Watch::count_late`]).
     pub(crate) late_batches: AtomicU64,
 }
 
@@ -210,8 +211,9 @@ pub struct StoreStats {
     pub queue_len: usize,
     /// The queue's capacity.
     pub queue_depth: usize,
-    /// Batches that went past a job's deadline: each is logged once, at
-    /// warn, with where it waited (rate-limited; all are counted).
+    /// Batches that went past a job's deadline (running, or jobs picked
+    /// up late), each counted once and logged at warn with where it
+    /// waited.
     pub late_batches: u64,
     /// The `db-N` threads.
     pub threads: usize,
@@ -221,8 +223,9 @@ pub struct StoreStats {
     pub pool: Option<PoolStats>,
 }
 
-/// The MySQL connection pool's state (r2d2's `state()` and the db
-/// threads' checkouts).
+/// The MySQL connection pool's state: r2d2's `state()` as the `db-watch`
+/// thread last sampled it (at most `DB_WATCH_INTERVAL_MS` old), and the
+/// db threads' checkouts now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Connections the pool may hold (`MYSQL_POOL_SIZE`).
@@ -251,13 +254,24 @@ pub(crate) struct Parts {
     pub(crate) token_lookup: bool,
     /// Each db thread's watch, for [`StoreStats`].
     pub(crate) watches: Vec<Arc<Watch>>,
-    /// The MySQL pool's state (`None`: no pool).
-    pub(crate) pool: Option<PoolState>,
+    /// The MySQL pool's sampled state (`None`: no pool).
+    pub(crate) pool: Option<Arc<PoolSample>>,
 }
 
-/// Reads a backend's pool state (r2d2's `state()`: its own lock, taken
-/// only at scrape time, never on a request's path).
-pub(crate) type PoolState = Box<dyn Fn() -> (usize, usize, usize) + Send + Sync>;
+/// The MySQL pool's size and state, as the `db-watch` thread last read
+/// them (every `DB_WATCH_INTERVAL_MS`). r2d2's `state()` takes the pool's
+/// lock, so it is read there, on a storage thread, and never by whoever
+/// asks [`Store::stats`] (an executor serving `/metrics`): they read
+/// these atomics, at most one interval old.
+#[derive(Debug, Default)]
+pub(crate) struct PoolSample {
+    /// Connections the pool may hold.
+    pub(crate) max: AtomicUsize,
+    /// Connections open, idle or checked out.
+    pub(crate) connections: AtomicUsize,
+    /// Of them, idle in the pool.
+    pub(crate) idle: AtomicUsize,
+}
 
 /// Why [`Store::open_embedded`] failed.
 #[derive(Debug)]
@@ -534,7 +548,14 @@ impl Store {
         Ok(Answer { rx })
     }
 
-    /// The counters now.
+    /// Jobs waiting in the queue now (atomics only: for an executor's
+    /// log line).
+    pub fn queue_len(&self) -> usize {
+        self.inner.jobs.len()
+    }
+
+    /// The counters now. Atomics only, no lock (the MySQL pool's state is
+    /// `db-watch`'s sample, see [`PoolStats`]), so any thread may call it.
     pub fn stats(&self) -> StoreStats {
         let c = &self.inner.counters;
         StoreStats {
@@ -554,19 +575,16 @@ impl Store {
                 .iter()
                 .filter(|w| w.busy() != watch::IDLE)
                 .count(),
-            pool: self.inner.pool.as_ref().map(|state| {
-                let (max, connections, idle) = state();
-                PoolStats {
-                    max,
-                    connections,
-                    idle,
-                    waiting: self
-                        .inner
-                        .watches
-                        .iter()
-                        .filter(|w| w.busy() == watch::CHECKOUT)
-                        .count(),
-                }
+            pool: self.inner.pool.as_ref().map(|sample| PoolStats {
+                max: sample.max.load(Ordering::Relaxed),
+                connections: sample.connections.load(Ordering::Relaxed),
+                idle: sample.idle.load(Ordering::Relaxed),
+                waiting: self
+                    .inner
+                    .watches
+                    .iter()
+                    .filter(|w| w.busy() == watch::CHECKOUT)
+                    .count(),
             }),
         }
     }

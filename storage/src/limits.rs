@@ -134,11 +134,6 @@ pub const MYSQL_IDLE_PING_AFTER_MS: u64 = 1_000;
 /// (each is logged once with what it is waiting for).
 pub const DB_WATCH_INTERVAL_MS: u64 = 100;
 
-/// Late batches are logged at most once per this (the running batches'
-/// lines and the lines of jobs picked up late, each kind apart), saying
-/// how many were not logged since; every one is counted.
-pub const LATE_LOG_INTERVAL_MS: u64 = 1_000;
-
 /// Connection errors of the pool's background connector are logged at
 /// most once per this interval (the rest are counted into the next line),
 /// so an outage does not flood the log.

@@ -16,16 +16,19 @@
 //! its deadline it is, and how long its oldest job waited in the queue
 //! and how many jobs were ahead of it at submit. Jobs picked up after
 //! their deadline never run; the triage logs them, one line per batch
-//! ([`log_late_pickup`]). Both lines are rate-limited ([`LogGate`]: at
-//! most one a second each, saying how many were not logged) and counted
-//! (`late_batches`) whether logged or not.
+//! ([`log_late_pickup`]). A batch counts once in `late_batches`, however
+//! many of these lines it gets ([`Watch::count_late`]). The lines are not
+//! rate-limited here: the engine's logger limits every warning call site
+//! (5 lines per 10 s, then "(N more like this in the last S s)"), which
+//! keeps the count of what it left out; a second limit here would drop
+//! lines, and their count, before the logger saw them.
 //!
 //! A watch's state is behind a `Mutex` taken only by its db thread (a
 //! few times per batch) and `db-watch`; a scrape reads only its
 //! [`Watch::busy`] atomic. No executor ever takes the lock.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use switchboard_shards::model::{StorageJob, UserId};
@@ -114,6 +117,9 @@ pub(crate) struct Watch {
     /// What a scrape sees without the lock: [`IDLE`], [`BUSY`] or
     /// [`CHECKOUT`].
     state: AtomicU8,
+    /// Whether the current batch was counted in `late_batches` (by its
+    /// thread or by `db-watch`); cleared by [`Watch::new_batch`].
+    late_counted: AtomicBool,
 }
 
 /// [`Watch::busy`]: waiting for work.
@@ -144,6 +150,22 @@ impl Watch {
             thread,
             slot: Mutex::new(Doing::Idle),
             state: AtomicU8::new(IDLE),
+            late_counted: AtomicBool::new(false),
+        }
+    }
+
+    /// The thread took a new batch from the queue (before its triage):
+    /// it has not been counted late yet.
+    pub(crate) fn new_batch(&self) {
+        self.late_counted.store(false, Ordering::Relaxed);
+    }
+
+    /// Counts the current batch in `late_batches`, once however many of
+    /// its jobs are late and in how many ways (picked up late, running
+    /// late, ended late).
+    pub(crate) fn count_late(&self, counters: &Counters) {
+        if !self.late_counted.swap(true, Ordering::Relaxed) {
+            counters.late_batches.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -275,58 +297,52 @@ impl Activity {
     }
 }
 
+/// Logs at warn, with `user=` only when the record concerns one user
+/// (`log`'s key-values would print `user=None` for an `Option`).
+macro_rules! warn_about {
+    ($user:expr; $($arg:tt)+) => {
+        match $user {
+            Some(user) => log::warn!(user; $($arg)+),
+            None => log::warn!($($arg)+),
+        }
+    };
+}
+
 /// Logs a late batch's line at warn (with `user=` when it concerns one
-/// user and `extra`, what the backend adds), through `gate`; counts it
-/// either way.
-pub(crate) fn log_late(late: Late, extra: &str, gate: &LogGate, counters: &Counters) {
-    counters.late_batches.fetch_add(1, Ordering::Relaxed);
-    if let Some(skipped) = gate.pass() {
-        log::warn!(
-            user = late.user;
-            "{}{extra}{}",
-            late.text,
-            not_logged(skipped)
-        );
-    }
+/// user, and `extra`, what the backend adds) and counts the batch late
+/// (once: [`Watch::count_late`]).
+pub(crate) fn log_late(late: Late, extra: &str, watch: &Watch, counters: &Counters) {
+    watch.count_late(counters);
+    warn_about!(late.user; "{}{extra}", late.text);
 }
 
 /// Logs the jobs of a batch that a db thread picked up after their
-/// deadline (answered `TimedOut`, never run): one line per batch, through
-/// `gate`, counted either way. `late` is how far past its deadline the
-/// latest of them was, `queued` their queueing.
+/// deadline (answered `TimedOut`, never run): one line per batch, and
+/// counts the batch late (once: [`Watch::count_late`]). `late` is how far
+/// past its deadline the latest of them was, `queued` their queueing.
 pub(crate) fn log_late_pickup(
-    thread: &str,
+    watch: &Watch,
     jobs: &[&StorageJob],
     queued: &[Queued],
     late: Duration,
     picked_up: Instant,
-    gate: &LogGate,
     counters: &Counters,
 ) {
-    counters.late_batches.fetch_add(1, Ordering::Relaxed);
-    let Some(skipped) = gate.pass() else { return };
+    watch.count_late(counters);
     let (what, user) = summary(jobs.iter().copied(), 0);
     let oldest = queued.iter().min_by_key(|q| q.at);
     let (waited, behind) = oldest.map_or((Duration::ZERO, 0), |q| {
         (picked_up.saturating_duration_since(q.at), q.behind)
     });
-    log::warn!(
-        user = user;
+    let thread = &watch.thread;
+    warn_about!(
+        user;
         "storage: {thread}: {what} timed out in the queue: picked up {} ms past its deadline, \
          after {} ms in the queue with {behind} jobs ahead of it at submit (every db thread was \
-         busy); answered TimedOut, not run{}",
+         busy); answered TimedOut, not run",
         late.as_millis(),
-        waited.as_millis(),
-        not_logged(skipped)
+        waited.as_millis()
     );
-}
-
-/// `; N more not logged`, or nothing.
-fn not_logged(skipped: u64) -> String {
-    match skipped {
-        0 => String::new(),
-        n => format!(" ({n} more late batches not logged)"),
-    }
 }
 
 /// `store_message ×3, load_session for users 1, 2` (at most 8 users), and
@@ -404,65 +420,25 @@ pub(crate) fn cut(sql: &str) -> String {
     out
 }
 
-/// Lets one line of a kind through per `LATE_LOG_INTERVAL_MS`, counting
-/// the others; shared by a store's threads (atomics, no lock).
-#[derive(Debug)]
-pub(crate) struct LogGate {
-    /// The clock's zero.
-    base: Instant,
-    /// When the next line may pass, in ms since `base`.
-    next_ms: AtomicU64,
-    /// Lines held back since the last one passed.
-    skipped: AtomicU64,
-}
-
-impl Default for LogGate {
-    fn default() -> LogGate {
-        LogGate {
-            base: Instant::now(),
-            next_ms: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-}
-
-impl LogGate {
-    /// `Some(lines held back before this one)` when this one may be
-    /// logged.
-    pub(crate) fn pass(&self) -> Option<u64> {
-        let now = self.base.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Acquire);
-        let interval = limits::LATE_LOG_INTERVAL_MS;
-        if now < next
-            || self
-                .next_ms
-                .compare_exchange(next, now + interval, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.skipped.swap(0, Ordering::Relaxed))
-    }
-}
-
 /// `db-watch`: logs each batch still running past its deadline, once.
 /// `extra` says what the backend adds to the line (the MySQL pool's
-/// state).
+/// state); `sample` runs at each look (the MySQL pool's sample for
+/// `Store::stats`).
 pub(crate) fn watch_loop(
     watches: &[std::sync::Arc<Watch>],
     stop: &std::sync::atomic::AtomicBool,
-    gate: &LogGate,
     counters: &Counters,
     extra: impl Fn() -> String,
+    sample: impl Fn(),
 ) {
     let interval = Duration::from_millis(limits::DB_WATCH_INTERVAL_MS);
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(interval);
+        sample();
         let now = Instant::now();
         for watch in watches {
             if let Some(late) = watch.look(now) {
-                log_late(late, &extra(), gate, counters);
+                log_late(late, &extra(), watch, counters);
             }
         }
     }
@@ -551,13 +527,43 @@ mod tests {
         );
     }
 
+    /// A batch with jobs picked up late and a late run counts once; the
+    /// next batch counts again.
     #[test]
-    fn the_gate_passes_one_line_per_interval_and_counts_the_rest() {
-        let gate = LogGate::default();
-        assert_eq!(gate.pass(), Some(0));
-        assert_eq!(gate.pass(), None);
-        assert_eq!(gate.pass(), None);
-        gate.next_ms.store(0, Ordering::Relaxed);
-        assert_eq!(gate.pass(), Some(2));
+    fn a_late_batch_counts_once_however_it_is_late() {
+        let watch = Watch::new("db-1".into());
+        let counters = Counters::default();
+        let now = Instant::now();
+        let jobs = [send(4)];
+        let queued = [Queued { at: now, behind: 0 }];
+        let batch = |deadline| BatchInfo {
+            jobs: jobs.iter(),
+            tokens: 0,
+            deadline,
+            queued: &queued,
+            picked_up: now,
+        };
+        let count = || counters.late_batches.load(Ordering::Relaxed);
+        watch.new_batch();
+        let late_ones: Vec<&StorageJob> = jobs.iter().collect();
+        log_late_pickup(
+            &watch,
+            &late_ones,
+            &queued,
+            Duration::from_millis(3),
+            now,
+            &counters,
+        );
+        assert_eq!(count(), 1);
+        watch.begin(batch(now), Waiting::WriteLock);
+        let late = watch.look(Instant::now()).expect("late");
+        log_late(late, "", &watch, &counters);
+        assert_eq!(count(), 1, "the same batch");
+        assert!(watch.end().is_none(), "reported by the look");
+        watch.new_batch();
+        watch.begin(batch(now), Waiting::WriteLock);
+        let late = watch.end().expect("ended late");
+        log_late(late, "", &watch, &counters);
+        assert_eq!(count(), 2, "the next batch");
     }
 }

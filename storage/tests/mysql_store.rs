@@ -2,7 +2,8 @@
 //! (`SWITCHBOARD_TEST_MYSQL_URL`, default `mysql://root@127.0.0.1:3306`),
 //! each test in a database of its own: what HTTP tests cannot force —
 //! repeated cids inside one group commit, and unread counters staying
-//! exact while sends and read marks race on several db threads.
+//! exact while sends and read marks race on several db threads, and a
+//! duplicate-key failure whose server text quotes row values.
 //! Without MySQL: skipped with a banner, or failed under `CI=true`.
 
 mod common;
@@ -13,7 +14,7 @@ use mysql::prelude::Queryable;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use switchboard_shards::model::{MsgId, StorageJob, StorageOutput, UserId};
+use switchboard_shards::model::{MsgId, StorageError, StorageJob, StorageOutput, UserId};
 
 fn store_job(from: UserId, to: UserId, text: &str, cid: Option<&str>) -> StorageJob {
     StorageJob::StoreMessage {
@@ -190,5 +191,37 @@ fn unread_counters_stay_exact_while_sends_and_read_marks_race() {
     };
     assert_eq!(name.as_deref(), Some("bob"));
     assert!(unread.is_empty(), "{unread:?}");
+    store.shutdown();
+}
+
+/// MySQL's text of a 1062 quotes the key (`Duplicate entry '1-<cid>'`):
+/// a client-chosen cid, and a failed batch is answered to every user in
+/// it. A trigger makes every insert fail so, with the row's cid and text
+/// in the server's message; the `Backend` answer (which is also what the
+/// error line logs) shows the code and SQLSTATE only.
+#[test]
+fn a_duplicate_key_failure_answers_and_logs_no_row_values() {
+    let Some(db) = Db::create_or_skip("dup_text") else {
+        return;
+    };
+    db.conn()
+        .query_drop(
+            "CREATE TRIGGER sb_dup BEFORE INSERT ON sb_messages FOR EACH ROW BEGIN \
+             DECLARE m VARCHAR(255); \
+             SET m = CONCAT('Duplicate entry ''', NEW.from_user, '-', NEW.cid, \
+             ''' for key ''', NEW.text, ''''); \
+             SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1062, MESSAGE_TEXT = m; END",
+        )
+        .unwrap();
+    let store = db.open(0);
+    let job = store_job(1, 2, "private words", Some("secret-cid"));
+    let result = wait(store.submit(job, later()).unwrap());
+    let Err(StorageError::Backend(text)) = result else {
+        panic!("the insert fails: {result:?}")
+    };
+    assert!(text.contains("MySQL error 1062 (SQLSTATE 23000)"), "{text}");
+    for value in ["secret-cid", "private words", "Duplicate entry"] {
+        assert!(!text.contains(value), "{value} in {text}");
+    }
     store.shutdown();
 }

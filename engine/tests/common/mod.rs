@@ -79,6 +79,9 @@ impl Server {
             ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWITCHBOARD_SHARDS".into(), "2".into()),
+            // Two shards on any runner: a 1-CPU one would refuse them
+            // (exit 2) without this.
+            ("SWITCHBOARD_SHARDS_OVERCOMMIT".into(), "on".into()),
             (
                 "SWITCHBOARD_DATA_DIR".into(),
                 data_dir.display().to_string(),

@@ -226,8 +226,7 @@ impl Shard {
                     if let ReplyJob::Send(send) = purpose {
                         self.send_answered(now, send, Answer::Failed, out);
                     }
-                    let message = format!("storage unavailable: {e}");
-                    fail(out, to, ErrorCode::Unavailable, &message);
+                    fail(out, to, ErrorCode::Unavailable, e.client_text());
                 }
             },
         }

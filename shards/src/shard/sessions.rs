@@ -217,8 +217,7 @@ impl Shard {
             }
             Ok(other) => panic!("storage answered {other:?} to load_session"),
             Err(e) => {
-                let message = format!("storage unavailable: {e}");
-                self.load_failed(now, user, ErrorCode::Unavailable, &message, out);
+                self.load_failed(now, user, ErrorCode::Unavailable, e.client_text(), out);
             }
         }
     }

@@ -426,3 +426,25 @@ fn only_traced_users_get_notes_until_their_trace_ends() {
     assert_eq!(w.notes, []);
     assert_eq!(w.shard.traced_count(), 0);
 }
+
+/// A failed batch is answered to every user in it, so its `Backend` text
+/// (the failing job, the database's error) stays in the log: the client
+/// is told the kind of failure only.
+#[test]
+fn a_storage_failure_is_answered_with_a_fixed_text_not_the_backend_detail() {
+    let mut w = One::new(|_| {});
+    let a = w.connect(ALICE, &[BOB]);
+    w.connect(BOB, &[ALICE]);
+    let req = w.start(send(a, BOB, "c1"));
+    let (job, _) = w.job(is_store);
+    let detail = "insert messages: Duplicate entry '3-other-users-cid'";
+    w.answer(job, Err(StorageError::Backend(detail.into())));
+    let Some(Response::Failed(failure)) = w.take(req) else {
+        panic!("the send is answered a failure");
+    };
+    assert_eq!(failure.code, crate::model::ErrorCode::Unavailable);
+    assert_eq!(
+        failure.message,
+        "storage unavailable: storage backend failed"
+    );
+}

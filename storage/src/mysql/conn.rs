@@ -66,6 +66,72 @@ pub(crate) fn is_connection_error(e: &mysql::Error) -> bool {
     }
 }
 
+/// A MySQL error as the serving path may show it, in a log line or in a
+/// job's `Backend` answer: the error code, the SQLSTATE and a fixed
+/// description, never the server's message text. That text can quote
+/// row values: 1062's `Duplicate entry '42-<cid>' for key
+/// 'sb_messages_cid'` holds a client-chosen cid (and a failed batch is
+/// answered to every user in it), 1292's `Truncated incorrect ... value`
+/// can hold a login token, 1366's `Incorrect string value` part of a
+/// message. The driver's own errors (I/O, protocol, conversion) carry no
+/// row values and are shown as the driver words them.
+///
+/// Setup paths that run no client values (connecting, the schema and
+/// query checks at start, `migrate`, `check-directory`) show the full
+/// error instead: the operator needs the server's words there.
+pub(crate) struct Redacted<'a>(pub(crate) &'a mysql::Error);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            mysql::Error::MySqlError(e) => write!(
+                f,
+                "MySQL error {} (SQLSTATE {}): {}",
+                e.code,
+                sqlstate(&e.state),
+                describe_code(e.code)
+            ),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// The SQLSTATE as sent when it is the five letters and digits it should
+/// be, else `?????` (so not even a misbehaving server puts text there).
+fn sqlstate(state: &str) -> &str {
+    if state.len() == 5 && state.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        state
+    } else {
+        "?????"
+    }
+}
+
+/// A fixed description of the server error codes the serving path can
+/// meet; others are described by their code alone.
+fn describe_code(code: u16) -> &'static str {
+    match code {
+        1040 => "too many connections",
+        1044 | 1045 | 1142 | 1143 => "access denied",
+        1048 => "a NOT NULL column got NULL",
+        1049 => "unknown database",
+        1053 => "server shutting down",
+        1054 => "unknown column",
+        1062 => "duplicate key",
+        1064 => "SQL syntax error",
+        1146 => "no such table",
+        1205 => "lock wait timeout",
+        1213 => "deadlock, transaction rolled back",
+        1264 | 1406 => "value out of range or too long for its column",
+        1292 | 1366 => "incorrect value for its column",
+        1451 | 1452 => "foreign key constraint",
+        1927 => "connection killed",
+        1969 | 3024 => "statement time limit exceeded",
+        2006 => "server gone away",
+        2013 => "connection lost during query",
+        _ => "server error",
+    }
+}
+
 /// The session settings every connection gets, derived from the job
 /// timeout.
 #[derive(Clone, Debug)]
@@ -264,4 +330,62 @@ pub(crate) fn connect_once(url: &str, job_timeout: Duration) -> Result<DbConn, S
     manager
         .open()
         .map_err(|e| format!("cannot connect to {}: {e}", manager.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: u16, state: &str, message: &str) -> mysql::Error {
+        mysql::Error::MySqlError(mysql::MySqlError {
+            state: state.to_string(),
+            message: message.to_string(),
+            code,
+        })
+    }
+
+    fn check(error: mysql::Error, expected: &str) {
+        assert_eq!(Redacted(&error).to_string(), expected);
+    }
+
+    #[test]
+    fn redacted_server_errors_show_code_and_sqlstate_never_the_message() {
+        // Racing batches on one (from, cid): the text quotes the cid.
+        check(
+            server_error(
+                1062,
+                "23000",
+                "Duplicate entry '42-secret-cid' for key 'sb_messages_cid'",
+            ),
+            "MySQL error 1062 (SQLSTATE 23000): duplicate key",
+        );
+        check(
+            server_error(1292, "22007", "Truncated incorrect DOUBLE value: 'tok3n'"),
+            "MySQL error 1292 (SQLSTATE 22007): incorrect value for its column",
+        );
+        check(
+            server_error(1213, "40001", "Deadlock found when trying to get lock"),
+            "MySQL error 1213 (SQLSTATE 40001): deadlock, transaction rolled back",
+        );
+        check(
+            server_error(4242, "HY000", "anything 'quoted'"),
+            "MySQL error 4242 (SQLSTATE HY000): server error",
+        );
+        // A state that is not a SQLSTATE is not shown either.
+        check(
+            server_error(1062, "'42-x'", "Duplicate entry"),
+            "MySQL error 1062 (SQLSTATE ?????): duplicate key",
+        );
+    }
+
+    #[test]
+    fn redacted_driver_errors_are_shown_as_the_driver_words_them() {
+        let io = mysql::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "server disconnected",
+        ));
+        check(io, "IoError { server disconnected }");
+        let row = mysql::Error::FromValueError(mysql::Value::from("secret text"));
+        check(row, "from value conversion error");
+    }
 }

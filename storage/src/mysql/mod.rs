@@ -43,9 +43,11 @@ pub use seed::{seed_demo, Seeded};
 
 use crate::batch::{self, Pickup, Reply, TokenReply, Triage};
 use crate::fault::Faults;
-use crate::watch::{self, BatchInfo, LogGate, Waiting, Watch};
-use crate::{limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, Store, Work};
-use conn::{DbConn, ErrorLog, Manager, SessionLimits};
+use crate::watch::{self, BatchInfo, Waiting, Watch};
+use crate::{
+    limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, PoolSample, Store, Work,
+};
+use conn::{DbConn, ErrorLog, Manager, Redacted, SessionLimits};
 use crossbeam_channel::Receiver;
 use futures_channel::oneshot;
 use jobs::Ctx;
@@ -273,14 +275,12 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         counters: counters.clone(),
         watches,
         faults,
-        late_gate: LogGate::default(),
-        pickup_gate: LogGate::default(),
+        pool_sample: Arc::new(PoolSample::default()),
     });
+    backend.sample_pool();
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = start_threads(&backend, &queue, &stop, config.pin_to.as_deref())?;
-    let pool = backend.pool.clone();
-    let max = config.pool_size;
     Ok(Store::from_parts(Parts {
         jobs,
         stop,
@@ -289,14 +289,7 @@ pub(crate) fn open(config: MysqlConfig) -> Result<Store, OpenError> {
         queue_depth: config.queue_depth,
         token_lookup: config.queries.token_sql.is_some(),
         watches: backend.watches.clone(),
-        pool: Some(Box::new(move || {
-            let state = pool.state();
-            (
-                max,
-                state.connections as usize,
-                state.idle_connections as usize,
-            )
-        })),
+        pool: Some(backend.pool_sample.clone()),
     }))
 }
 
@@ -361,9 +354,10 @@ fn start_threads(
         started = spawn(
             "db-watch".to_string(),
             Box::new(move || {
-                let (watches, gate) = (&backend.watches, &backend.late_gate);
                 let extra = || backend.pool_line();
-                watch::watch_loop(watches, &stop, gate, &backend.counters, extra)
+                let sample = || backend.sample_pool();
+                let (watches, counters) = (&backend.watches, &backend.counters);
+                watch::watch_loop(watches, &stop, counters, extra, sample)
             }),
         );
     }
@@ -394,10 +388,8 @@ struct Backend {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
-    /// The rate limit of late batches' lines (see [`crate::watch`]).
-    late_gate: LogGate,
-    /// The rate limit of the lines of jobs picked up late.
-    pickup_gate: LogGate,
+    /// The pool's state for [`Store::stats`], sampled by `db-watch`.
+    pool_sample: Arc<PoolSample>,
 }
 
 fn ms(d: Duration) -> String {
@@ -440,6 +432,20 @@ fn is_send(envelope: &Envelope) -> bool {
 }
 
 impl Backend {
+    /// Reads the pool's state (r2d2's lock, on `db-watch`) into the
+    /// sample [`Store::stats`] reads.
+    fn sample_pool(&self) {
+        let state = self.pool.state();
+        let sample = &self.pool_sample;
+        let max = self.pool.max_size() as usize;
+        sample.max.store(max, Ordering::Relaxed);
+        let connections = state.connections as usize;
+        sample.connections.store(connections, Ordering::Relaxed);
+        sample
+            .idle
+            .store(state.idle_connections as usize, Ordering::Relaxed);
+    }
+
     /// What a late batch's line says of the pool.
     fn pool_line(&self) -> String {
         let state = self.pool.state();
@@ -452,7 +458,7 @@ impl Backend {
     /// Ends the watch of a batch, logging it if it ran late unreported.
     fn end_watch(&self, watch: &Watch) {
         if let Some(late) = watch.end() {
-            watch::log_late(late, &self.pool_line(), &self.late_gate, &self.counters);
+            watch::log_late(late, &self.pool_line(), watch, &self.counters);
         }
     }
 
@@ -460,10 +466,10 @@ impl Backend {
     /// then, on one checked-out connection, the token lookups, the reads
     /// and the writes' group commit. Every envelope is answered once.
     fn run_batch(&self, batch: &mut Vec<Envelope>, watch: &Watch) {
+        watch.new_batch();
         let now = Instant::now();
         let who = Triage {
-            thread: &watch.thread,
-            gate: &self.pickup_gate,
+            watch,
             counters: &self.counters,
         };
         let sorted = batch::triage(batch, now, &who);
@@ -474,7 +480,7 @@ impl Backend {
                 friendships: 0,
             }));
         }
-        let tokens = self.tokens_to_look_up(sorted.tokens, now, &watch.thread);
+        let tokens = self.tokens_to_look_up(sorted.tokens, now, watch);
         let (reads, writes) = (sorted.reads, sorted.writes);
         if reads.is_empty() && writes.is_empty() && tokens.is_empty() {
             return;
@@ -526,13 +532,13 @@ impl Backend {
 
     /// Answers the token lookups that need no query (picked up late:
     /// `TimedOut`; longer than any token: unknown) and returns the rest.
-    /// Late ones are logged like late jobs: one line per batch, through
-    /// the same rate limit.
+    /// Late ones are logged like late jobs: one line per batch, and the
+    /// batch counted late once ([`Watch::count_late`]).
     fn tokens_to_look_up(
         &self,
         tokens: Vec<TokenReply>,
         now: Instant,
-        thread: &str,
+        watch: &Watch,
     ) -> Vec<TokenReply> {
         let mut ready = Vec::with_capacity(tokens.len());
         let mut late_ones = (0, Duration::ZERO);
@@ -550,15 +556,13 @@ impl Backend {
             }
         }
         if let (n @ 1.., late) = late_ones {
-            self.counters.late_batches.fetch_add(1, Ordering::Relaxed);
-            if let Some(skipped) = self.pickup_gate.pass() {
-                log::warn!(
-                    "storage: {thread}: lookup_token ×{n} timed out in the queue: picked up {} \
-                     past its deadline (every db thread was busy); answered TimedOut, not run \
-                     ({skipped} more late batches not logged)",
-                    ms(late)
-                );
-            }
+            watch.count_late(&self.counters);
+            log::warn!(
+                "storage: {}: lookup_token ×{n} timed out in the queue: picked up {} past its \
+                 deadline (every db thread was busy); answered TimedOut, not run",
+                watch.thread,
+                ms(late)
+            );
         }
         ready
     }
@@ -589,6 +593,7 @@ impl Backend {
             }
             let result = ctx.lookup_token(&t.token).map_err(|(what, e)| {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let e = Redacted(&e);
                 log::error!("storage: lookup_token failed: {what}: {e}");
                 StorageError::Backend(format!("{what}: {e}"))
             });
@@ -618,7 +623,7 @@ impl Backend {
                     let _ = r.reply.send(Ok(output));
                 }
                 Err((what, e)) => {
-                    let text = format!("{what} failed: {e}");
+                    let text = format!("{what} failed: {}", Redacted(&e));
                     self.fail_one(r.job, r.reply, &text);
                 }
             }

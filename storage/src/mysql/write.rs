@@ -54,6 +54,7 @@
 //! same `(from, cid)` make one `INSERT` fail on `sb_messages_cid`, and that
 //! batch is rolled back and run again (it then finds the stored message).
 
+use super::conn::Redacted;
 use super::jobs::{message, pair, Ctx, MessageRow, Sql};
 use mysql::prelude::Queryable;
 use std::collections::hash_map::Entry;
@@ -100,7 +101,8 @@ impl TxError {
 impl std::fmt::Display for TxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TxError::Sql { what, error } => write!(f, "{what}: {error}"),
+            // Never the server's message: a 1062 quotes the racing cid.
+            TxError::Sql { what, error } => write!(f, "{what}: {}", Redacted(error)),
             TxError::Deadline => write!(
                 f,
                 "deadline passed before COMMIT: rolled back, nothing stored"
