@@ -38,7 +38,7 @@ fn a_friend_of(user: u64) -> u64 {
         .expect("every demo user has a friend")
 }
 
-/// `/metrics`, and the sum over shards of counter `name`.
+/// `/metrics`, and the sum over shards of counter (or gauge) `name`.
 fn counter(server: &Server, name: &str) -> (u64, String) {
     let r = request(
         server.admin,
@@ -55,7 +55,8 @@ fn counter(server: &Server, name: &str) -> (u64, String) {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert!(
-        r.body.contains(&format!("# TYPE {name} counter")),
+        r.body.contains(&format!("# TYPE {name} counter"))
+            || r.body.contains(&format!("# TYPE {name} gauge")),
         "{}",
         r.body
     );
@@ -336,7 +337,11 @@ fn a_dropped_delivery_resets_the_recipients_tabs_so_they_reload_it_from_history(
             );
             (v, asked.elapsed())
         });
-        std::thread::sleep(Duration::from_millis(500));
+        // Send once the poll is held (a fixed sleep was not always enough
+        // on a loaded machine).
+        eventually(T, "y's poll is held", || {
+            counter(&server, "switchboard_held_polls").0 == 1
+        });
         let v = send(&server, &tx.sid, y, "dropped on the way");
         assert_eq!(v["ok"], true, "{v}");
         let (v, waited) = held.join().unwrap();
