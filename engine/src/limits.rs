@@ -138,11 +138,16 @@ pub const SHARD_STALL_MS_MAX: u64 = 10_000;
 pub const WATCHDOG_CHECK_MS: u64 = 250;
 
 /// How often the watchdog reads the process's figures from `/proc/self`
-/// for `/metrics` (resident memory, open and maximum descriptors): a
-/// scrape shows them at most this old. Listing `/proc/self/fd` costs time
-/// in proportion to the open descriptors, so it is done here, off the
-/// executors, and not at each scrape.
+/// for `/metrics` (resident memory, open and maximum descriptors) while
+/// they are scraped. Listing `/proc/self/fd` costs time in proportion to
+/// the open descriptors, so it is done there, off the executors, and not
+/// at each scrape.
 pub const PROCESS_SAMPLE_MS: u64 = 1_000;
+
+/// How often it reads them while nobody scrapes `/metrics` (no scrape
+/// since the last sample): the first scrape after a quiet spell shows
+/// figures at most this old.
+pub const PROCESS_SAMPLE_IDLE_MS: u64 = 30_000;
 
 /// `SWITCHBOARD_LOOP_LAG_WARN_MS`'s default: a shard whose tick fires
 /// this much later than due (its executor busy or blocked that long) is

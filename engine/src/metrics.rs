@@ -34,7 +34,7 @@
 //! hold included, buckets up to the 60 s wait) and left out of
 //! `switchboard_request_duration_seconds`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram as Hdr;
@@ -971,6 +971,9 @@ struct ProcessSample {
     open_fds: AtomicU64,
     /// The soft `RLIMIT_NOFILE` ([`UNKNOWN`] when unlimited too).
     max_fds: AtomicU64,
+    /// A scrape read the figures since they were last sampled: sample
+    /// again after `PROCESS_SAMPLE_MS`, not `PROCESS_SAMPLE_IDLE_MS`.
+    wanted: AtomicBool,
 }
 
 /// A [`ProcessSample`] figure not known.
@@ -981,11 +984,13 @@ static PROCESS: ProcessSample = ProcessSample {
     rss_bytes: AtomicU64::new(UNKNOWN),
     open_fds: AtomicU64::new(UNKNOWN),
     max_fds: AtomicU64::new(UNKNOWN),
+    wanted: AtomicBool::new(false),
 };
 
 impl ProcessSample {
     /// `(rss, open fds, max fds)` as last sampled.
     fn read(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        self.wanted.store(true, Ordering::Relaxed);
         let get = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&v| v != UNKNOWN);
         (
             get(&self.rss_bytes),
@@ -999,10 +1004,27 @@ impl ProcessSample {
 /// `/metrics` shows. Blocking file reads: called by the `watchdog`
 /// thread, never on an executor.
 pub fn sample_process() {
+    PROCESS.wanted.store(false, Ordering::Relaxed);
     let put = |a: &AtomicU64, v: Option<u64>| a.store(v.unwrap_or(UNKNOWN), Ordering::Relaxed);
     put(&PROCESS.rss_bytes, resident_bytes());
     put(&PROCESS.open_fds, open_fds());
     put(&PROCESS.max_fds, max_fds());
+}
+
+/// How long the `watchdog` thread waits between two [`sample_process`]:
+/// `PROCESS_SAMPLE_MS` while `/metrics` is read (a scrape since the last
+/// sample), else `PROCESS_SAMPLE_IDLE_MS`. Listing `/proc/self/fd` walks
+/// the descriptor table (5,000 entries: 0.5% of a core when done every
+/// second), a cost nobody should pay while nobody scrapes; the first
+/// scrape after a quiet spell shows figures at most
+/// `PROCESS_SAMPLE_IDLE_MS` old.
+pub fn process_sample_interval() -> std::time::Duration {
+    let ms = if PROCESS.wanted.load(Ordering::Relaxed) {
+        crate::limits::PROCESS_SAMPLE_MS
+    } else {
+        crate::limits::PROCESS_SAMPLE_IDLE_MS
+    };
+    std::time::Duration::from_millis(ms)
 }
 
 /// The process's resident memory in bytes (`VmRSS` of

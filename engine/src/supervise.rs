@@ -195,7 +195,9 @@ impl Heartbeats {
 /// process with [`EXIT_PANIC`] otherwise. It returns once every shard has
 /// ended. Being the one thread that runs all along off the executors, it
 /// also reads the process's `/proc` figures for `/metrics` every
-/// `PROCESS_SAMPLE_MS` ([`crate::metrics::sample_process`]).
+/// `PROCESS_SAMPLE_MS` while they are scraped, every
+/// `PROCESS_SAMPLE_IDLE_MS` while not
+/// ([`crate::metrics::process_sample_interval`]).
 pub fn start_watchdog(
     heartbeats: Arc<Heartbeats>,
     stop: StopHandle,
@@ -208,8 +210,7 @@ pub fn start_watchdog(
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || loop {
-            if sampled.is_none_or(|at| at.elapsed().as_millis() as u64 >= limits::PROCESS_SAMPLE_MS)
-            {
+            if sampled.is_none_or(|at| at.elapsed() >= crate::metrics::process_sample_interval()) {
                 sampled = Some(Instant::now());
                 crate::metrics::sample_process();
             }
