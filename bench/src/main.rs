@@ -153,24 +153,7 @@ fn run_cmd(args: &[String]) -> Result<ExitCode, String> {
             eprintln!("switchboard-bench: cannot read /proc/{pid}: no server figures");
         }
     }
-    let mut workers = Vec::new();
-    let mut failed = false;
-    for (mut child, result) in children {
-        let status = child.wait().map_err(|e| e.to_string())?;
-        if !status.success() {
-            eprintln!("switchboard-bench: a worker failed: {status}");
-            failed = true;
-            continue;
-        }
-        let text = std::fs::read(&result).map_err(|e| format!("{result}: {e}"))?;
-        let r: worker::WorkerResult =
-            serde_json::from_slice(&text).map_err(|e| format!("{result}: {e}"))?;
-        let _ = std::fs::remove_file(&result);
-        workers.push(r);
-    }
-    if failed {
-        return Err("a worker failed; no report".into());
-    }
+    let workers: Vec<worker::WorkerResult> = collect_workers(children)?;
     let run = report::Run {
         o,
         workers,
@@ -186,4 +169,30 @@ fn run_cmd(args: &[String]) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Waits for every worker process and reads the result file each wrote
+/// (then removes it); an error if one failed or its result cannot be
+/// read. Shared by `run` and `peer`.
+pub(crate) fn collect_workers<T: serde::de::DeserializeOwned>(
+    children: Vec<(std::process::Child, String)>,
+) -> Result<Vec<T>, String> {
+    let mut workers = Vec::new();
+    let mut failed = false;
+    for (mut child, result) in children {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            eprintln!("switchboard-bench: a worker failed: {status}");
+            failed = true;
+            continue;
+        }
+        let text = std::fs::read(&result).map_err(|e| format!("{result}: {e}"))?;
+        let r: T = serde_json::from_slice(&text).map_err(|e| format!("{result}: {e}"))?;
+        let _ = std::fs::remove_file(&result);
+        workers.push(r);
+    }
+    if failed {
+        return Err("a worker failed; no report".into());
+    }
+    Ok(workers)
 }

@@ -1331,7 +1331,7 @@ fn outcome(response: &Response) -> &'static str {
 /// What an input is, for logs (never its content: it may quote users).
 fn input_kind(input: &Input) -> String {
     match input {
-        Input::Request { request, .. } => format!("request {}", request_kind(request)),
+        Input::Request { request, .. } => format!("request {}", request.name()),
         Input::Peer(PeerMsg::Resync { .. }) => "peer message resync".into(),
         Input::Peer(msg) => format!("peer message {}", Dropped::of(msg).name()),
         Input::Storage { job, result } => {
@@ -1339,25 +1339,6 @@ fn input_kind(input: &Input) -> String {
         }
         Input::Tick => "tick".into(),
         Input::Drain => "drain".into(),
-    }
-}
-
-fn request_kind(request: &Request) -> &'static str {
-    match request {
-        Request::Connect { .. } => "connect",
-        Request::Poll { .. } => "poll",
-        Request::Send { .. } => "send",
-        Request::Typing { .. } => "typing",
-        Request::Presence { .. } => "presence",
-        Request::Ui { .. } => "ui",
-        Request::Read { .. } => "read",
-        Request::History { .. } => "history",
-        Request::Leave { .. } => "leave",
-        Request::Rejected { .. } => "rejected",
-        Request::RosterChanged { .. } => "roster_changed",
-        Request::Kick { .. } => "kick",
-        Request::Health => "health",
-        Request::Trace { .. } => "trace",
     }
 }
 

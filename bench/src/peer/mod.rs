@@ -340,24 +340,7 @@ pub fn coordinator_cmd(args: &[String]) -> Result<ExitCode, String> {
             eprintln!("switchboard-bench: cannot read /proc/{pid}: no server figures");
         }
     }
-    let mut workers = Vec::new();
-    let mut failed = false;
-    for (mut child, result) in children {
-        let status = child.wait().map_err(|e| e.to_string())?;
-        if !status.success() {
-            eprintln!("switchboard-bench: a worker failed: {status}");
-            failed = true;
-            continue;
-        }
-        let text = std::fs::read(&result).map_err(|e| format!("{result}: {e}"))?;
-        let r: client::PeerResult =
-            serde_json::from_slice(&text).map_err(|e| format!("{result}: {e}"))?;
-        let _ = std::fs::remove_file(&result);
-        workers.push(r);
-    }
-    if failed {
-        return Err("a worker failed; no report".into());
-    }
+    let workers: Vec<client::PeerResult> = crate::collect_workers(children)?;
     let run = report::PeerRun {
         o,
         workers,
