@@ -176,39 +176,7 @@ fn get<S: Read + Write>(s: &mut S, path: &str, params: &[(&str, &str)]) -> Reply
 }
 
 fn read_reply<S: Read>(s: &mut S) -> Reply {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16384];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut tmp).expect("read the answer head");
-        assert!(n > 0, "EOF before an answer");
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .map_or(0, |v| v.parse().unwrap());
-    while buf.len() < head_end + len {
-        let n = s.read(&mut tmp).expect("read the answer body");
-        assert!(n > 0, "EOF inside the body");
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
+    let (status, headers, body) = read_message(s, &mut Vec::new());
     Reply {
         status,
         headers,

@@ -417,6 +417,31 @@ pub fn read_answer(s: &mut TcpStream) -> Answer {
 /// Reads one answer from `s`, starting with bytes already in `buf` and
 /// leaving any bytes after the answer there (pipelined answers).
 pub fn read_answer_from(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
+    let (status, headers, body) = read_message(s, buf);
+    let mut closed = false;
+    if headers
+        .get("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    {
+        let mut tmp = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        closed = buf.is_empty() && matches!(s.read(&mut tmp), Ok(0));
+    }
+    Answer {
+        status,
+        headers,
+        body,
+        closed,
+    }
+}
+
+/// Reads one answer's status, headers (names lowercased) and body from
+/// any stream (plain or TLS), starting with bytes already in `buf` and
+/// leaving any bytes after the answer there.
+pub fn read_message<S: Read>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> (u16, HashMap<String, String>, String) {
     let mut tmp = [0u8; 65536];
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
@@ -456,20 +481,7 @@ pub fn read_answer_from(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
     }
     let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
     buf.drain(..head_end + len);
-    let mut closed = false;
-    if headers
-        .get("connection")
-        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
-    {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        closed = buf.is_empty() && matches!(s.read(&mut tmp), Ok(0));
-    }
-    Answer {
-        status,
-        headers,
-        body,
-        closed,
-    }
+    (status, headers, body)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
