@@ -1018,7 +1018,7 @@ impl ShardRuntime {
             return busy();
         }
         let patience = self.call_patience(&request);
-        let what = request.name();
+        let name = request.name();
         let started = Instant::now();
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
@@ -1029,7 +1029,6 @@ impl ShardRuntime {
             req,
         };
         let user = request.home_user();
-        let name = request.name();
         // Until the home shard accepts the sid, its user is only claimed:
         // lines about it say `sid_user=` (see `debug_about!`).
         let claimed = request.user_is_claimed();
@@ -1067,7 +1066,7 @@ impl ShardRuntime {
             Err(TimedOut) => {
                 self.stats.call_timeouts.add(1);
                 let late = Late {
-                    what,
+                    what: name,
                     home: shard,
                     waited: started.elapsed(),
                     patience,
