@@ -54,6 +54,10 @@ pub struct ConnHandler {
     /// Where per-user traces go and their bounds (`None`: admin `/trace`
     /// answers `unavailable`; only the admin listener's handler has it).
     traces: Option<Arc<trace::TraceConfig>>,
+    /// Whether plain connections of this handler's listener move to their
+    /// users' home shard (`CONNECTIONS_MOVE`; only the plain client
+    /// listener's handler, with more than one shard).
+    moves_conns: bool,
 }
 
 impl ConnHandler {
@@ -73,7 +77,20 @@ impl ConnHandler {
             demo: None,
             stop: None,
             traces: None,
+            moves_conns: false,
         }
+    }
+
+    /// Lets this listener's plain connections move to their users' home
+    /// shard (`on`), or keeps every connection where it was accepted.
+    pub fn with_conn_moves(mut self, on: bool) -> ConnHandler {
+        self.moves_conns = on && self.rt.count > 1;
+        self
+    }
+
+    /// Whether this listener's plain connections may move.
+    pub fn moves_conns(&self) -> bool {
+        self.moves_conns
     }
 
     /// Answers admin `/trace` calls with traces under `config`.
@@ -503,6 +520,11 @@ fn lookup_shape_ok(token: &str) -> bool {
 }
 
 impl Handler for ConnHandler {
+    fn home_elsewhere(&self, user: UserId) -> Option<usize> {
+        let home = switchboard_shards::home_shard(user, self.rt.count);
+        (home != self.rt.id && self.rt.can_move_to(home)).then_some(home)
+    }
+
     async fn call(&self, call: Call) -> Reply {
         // Never `{call:?}`: it holds tokens, message text and UI state.
         // The admin's own `/trace` calls name a user but are not theirs:

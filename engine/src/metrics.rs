@@ -788,7 +788,7 @@ struct EdgeCounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 33] = [
+const COUNTERS: [CounterSpec; 35] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -823,6 +823,16 @@ const COUNTERS: [CounterSpec; 33] = [
         name: "switchboard_dropped_roster_total",
         help: "Roster messages dropped on a full outbox.",
         value: |s| s.dropped_roster.get(),
+    },
+    CounterSpec {
+        name: "switchboard_connections_moved_out_total",
+        help: "Client connections handed to the home shard of the users their calls are for.",
+        value: |s| s.conns_moved_out.get(),
+    },
+    CounterSpec {
+        name: "switchboard_connections_moved_in_total",
+        help: "Client connections other shards handed to this one.",
+        value: |s| s.conns_moved_in.get(),
     },
     CounterSpec {
         name: "switchboard_refused_connections_total",

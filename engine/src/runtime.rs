@@ -65,6 +65,24 @@ pub enum MeshMsg {
     Reply { req: u64, response: Response },
     /// Shard-to-shard traffic of the state machine.
     Peer(PeerMsg),
+    /// A client connection moving to the receiving shard, the home of the
+    /// users its calls are for (see "Connections move home" in
+    /// docs/architecture.md).
+    Conn(MovedConn),
+}
+
+/// A plain TCP client connection handed from one shard to another between
+/// two requests: the socket (a duplicate of the sending shard's
+/// descriptor, which that shard closed) and where the connection stands.
+/// Dropped undelivered (a stopping peer), it closes the socket.
+#[derive(Debug)]
+pub struct MovedConn {
+    /// The socket.
+    pub fd: std::os::fd::OwnedFd,
+    /// The client's address (for admission and logs).
+    pub peer: std::net::SocketAddr,
+    /// Where the connection stands (answered before, moves so far).
+    pub resume: switchboard_io::Resume,
 }
 
 /// A monotonic counter or gauge of one shard: written by that shard's
@@ -204,6 +222,10 @@ pub struct RuntimeStats {
     pub refused_per_address: Counter,
     /// Open client connections.
     pub connections: Counter,
+    /// Client connections this shard handed to their users' home shard.
+    pub conns_moved_out: Counter,
+    /// Client connections other shards handed to this one.
+    pub conns_moved_in: Counter,
     /// Open admin connections (shard 0 only).
     pub admin_connections: Counter,
     /// Connections closed before they were served, by
@@ -255,6 +277,8 @@ impl RuntimeStats {
             storage_timeouts: Counter::default(),
             storage_jobs_waiting: Counter::default(),
             refused_connections: Counter::default(),
+            conns_moved_out: Counter::default(),
+            conns_moved_in: Counter::default(),
             refused_per_address: Counter::default(),
             connections: Counter::default(),
             admin_connections: Counter::default(),
@@ -496,6 +520,11 @@ pub struct ShardRuntime {
     /// each tick into `stats.histograms`). Borrowed only to record or
     /// publish, never across an `.await`.
     recorder: RefCell<Recorder>,
+    /// Connections moved here from other shards, for the engine's task
+    /// that serves them ([`ShardRuntime::moved_conns`]).
+    moved_in: local_channel::LocalSender<MovedConn>,
+    /// The receiving end, until the engine takes it.
+    moved_rx: RefCell<Option<local_channel::LocalReceiver<MovedConn>>>,
 }
 
 /// What [`ShardRuntime::new`] needs besides the shard.
@@ -533,7 +562,10 @@ impl ShardRuntime {
                 receivers.push((peer, rx));
             }
         }
+        let (moved_in, moved_rx) = local_channel::new_unbounded();
         let rt = Rc::new(ShardRuntime {
+            moved_in,
+            moved_rx: RefCell::new(Some(moved_rx)),
             id,
             count,
             shard: RefCell::new(shard),
@@ -557,6 +589,30 @@ impl ShardRuntime {
             recorder: RefCell::new(Recorder::default()),
         });
         (rt, receivers)
+    }
+
+    /// The connections other shards move here, in arrival order: taken
+    /// once, by the task that serves them.
+    pub fn moved_conns(&self) -> Option<local_channel::LocalReceiver<MovedConn>> {
+        self.moved_rx.borrow_mut().take()
+    }
+
+    /// Whether the outbox to `to` has room for a moving connection: at
+    /// most half full, so moves never take the room replies and admitted
+    /// requests are promised (`MeshBounds`).
+    pub fn can_move_to(&self, to: ShardId) -> bool {
+        to != self.id && to < self.count && self.outbox_len(to) < self.bounds.outbox_depth_max / 2
+    }
+
+    /// Sends a connection to shard `to` (checked with
+    /// [`ShardRuntime::can_move_to`] first). A full outbox (which the
+    /// check rules out) drops it, closing its socket between two
+    /// requests, as an idle keep-alive close would.
+    pub fn move_conn(&self, to: ShardId, conn: MovedConn) {
+        match self.enqueue(to, MeshMsg::Conn(conn)) {
+            Ok(()) => self.stats.conns_moved_out.add(1),
+            Err(e) => warn!(shard = self.id; "a connection moving to shard-{to} was closed: {e}"),
+        }
     }
 
     /// Reads the shard's state (for health and metrics). Never held across
@@ -782,6 +838,12 @@ impl ShardRuntime {
                 self.feed(Input::Request { reply, request })
             }
             MeshMsg::Reply { req, response } => self.complete(req, response),
+            MeshMsg::Conn(conn) => {
+                self.stats.conns_moved_in.add(1);
+                // Unbounded, but fed only by the bounded mesh; dropped
+                // (its socket closed) once the serving task is gone.
+                let _ = self.moved_in.try_send(conn);
+            }
             MeshMsg::Peer(p) => {
                 if let PeerMsg::Deliver {
                     to,

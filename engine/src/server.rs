@@ -57,12 +57,15 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
+use glommio::channels::local_channel::LocalReceiver;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use log::{debug, error, info, warn};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use switchboard_io::admission::{self, Admission, Refused, Ticket};
+use switchboard_io::serve_movable;
 use switchboard_io::tls::Tls;
-use switchboard_io::{AdminGate, CloseReason, Limits, Listener};
+use switchboard_io::{AdminGate, CloseReason, Limits, Listener, Moved, Resume, Served};
 use switchboard_shards::model::ShardId;
 use switchboard_shards::{Config, Input, Shard};
 use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
@@ -75,7 +78,9 @@ use crate::limits;
 use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
 use crate::metrics::{Refusal, Series};
-use crate::runtime::{Clock, MeshMsg, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot};
+use crate::runtime::{
+    Clock, MeshMsg, MovedConn, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot,
+};
 use crate::settings::{Settings, TlsMode};
 use crate::signals::{ReloadSignal, StopSignals};
 pub use crate::stop::StopHandle;
@@ -776,23 +781,33 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
     let plain_task = listeners.client.map(|listener| {
         let tls_port = shared.tls_addr.get().map(|a| a.port());
         let redirect = if required { tls_port } else { None };
-        let handler = client_handler().with_https(false, redirect);
-        let accepting = accept_loop(
-            listener,
-            Listener::Client,
-            None,
-            Rc::new(handler),
-            admission.clone(),
-        );
-        glommio::spawn_local(accepting)
+        let handler = client_handler()
+            .with_https(false, redirect)
+            .with_conn_moves(s.connections_move && redirect.is_none());
+        let handler = Rc::new(handler);
+        let moving = rt
+            .moved_conns()
+            .filter(|_| handler.moves_conns())
+            .map(|moved| {
+                glommio::spawn_local(moved_loop(moved, handler.clone(), admission.clone()))
+            });
+        let accepting = accept_loop(listener, Listener::Client, None, handler, admission.clone());
+        (glommio::spawn_local(accepting), moving)
     });
+    let (plain_task, moved_task) = match plain_task {
+        Some((accepting, moving)) => (Some(accepting), moving),
+        None => (None, None),
+    };
     shared.stop.until_stop(std::future::pending::<()>()).await;
     // Dropping a glommio task only marks it cancelled: its future, and the
     // listener in it, would be dropped the next time the task runs, which
     // is never if this executor ends first (a stop with nothing to drain
     // can end it in this turn). `cancel().await` returns once the future
     // is dropped, so every listener is closed before the drain begins.
-    for task in [plain_task, tls_task, admin_task].into_iter().flatten() {
+    for task in [plain_task, moved_task, tls_task, admin_task]
+        .into_iter()
+        .flatten()
+    {
         task.cancel().await;
     }
 }
@@ -960,52 +975,139 @@ async fn accept_loop(
             _open: handler.conn_stop().map(ConnStop::opened),
         };
         place.count();
-        let handler = handler.clone();
-        let tls = tls.clone();
-        glommio::spawn_local(async move {
-            let config = handler.io_config();
-            let outcome = match tls {
-                None => switchboard_io::serve(stream, kind, &*handler, config).await,
-                Some(tls) => {
-                    // The handshake on this connection's own task, bounded
-                    // by the handshake deadline (io/src/tls.rs). Boxed: a
-                    // TLS connection's state (rustls' buffers, several KB)
-                    // must not size every plain connection's task too.
-                    let tls_path = Box::pin(async {
-                        let accepted =
-                            switchboard_io::tls::accept(stream, &tls, &*handler, &config.limits)
-                                .await;
-                        match accepted {
-                            Ok(stream) => {
-                                Some(switchboard_io::serve(stream, kind, &*handler, config).await)
-                            }
-                            Err(refused) => {
-                                debug!(
-                                    shard;
-                                    "shard-{shard}: TLS connection from {peer} refused: {refused}"
-                                );
-                                handler.rt().stats.refuse(Refusal::TlsHandshake);
-                                None
-                            }
-                        }
-                    });
-                    match tls_path.await {
-                        Some(outcome) => outcome,
-                        None => {
-                            drop(place);
-                            return;
-                        }
+        // Plain client connections may move to their users' home shard;
+        // TLS state stays on the shard that accepted it.
+        let resume = Resume {
+            movable: tls.is_none() && kind == Listener::Client && handler.moves_conns(),
+            ..Resume::default()
+        };
+        let conn = serve_conn(stream, peer, tls.clone(), handler.clone(), place, resume);
+        glommio::spawn_local(conn).detach();
+    }
+}
+
+/// Serves one admitted connection until it ends or moves to another
+/// shard; its place is given back when either happens (when `place`
+/// drops, also when this task is dropped before it ends).
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    handler: Rc<ConnHandler>,
+    place: Admitted,
+    resume: Resume,
+) {
+    let shard = handler.rt().id;
+    let kind = place.kind;
+    let config = handler.io_config();
+    let outcome = match tls {
+        None => {
+            let (mut stream, mut resume) = (stream, resume);
+            loop {
+                let served = serve_movable(stream, kind, &*handler, config, resume).await;
+                match served {
+                    Served::Ended(outcome) => break outcome,
+                    Served::Moved(moved) => match hand_over(&handler, moved, peer) {
+                        Ok(()) => return,
+                        // Served on here.
+                        Err((back, at)) => (stream, resume) = (back, at),
+                    },
+                }
+            }
+        }
+        Some(tls) => {
+            // The handshake on this connection's own task, bounded
+            // by the handshake deadline (io/src/tls.rs). Boxed: a
+            // TLS connection's state (rustls' buffers, several KB)
+            // must not size every plain connection's task too.
+            let tls_path = Box::pin(async {
+                let accepted =
+                    switchboard_io::tls::accept(stream, &tls, &*handler, &config.limits).await;
+                match accepted {
+                    Ok(stream) => {
+                        Some(switchboard_io::serve(stream, kind, &*handler, config).await)
+                    }
+                    Err(refused) => {
+                        debug!(
+                            shard;
+                            "shard-{shard}: TLS connection from {peer} refused: {refused}"
+                        );
+                        handler.rt().stats.refuse(Refusal::TlsHandshake);
+                        None
                     }
                 }
-            };
-            if outcome.reason == CloseReason::FirstByteTimeout {
-                handler.rt().stats.refuse(Refusal::FirstByteTimeout);
+            });
+            match tls_path.await {
+                Some(outcome) => outcome,
+                None => {
+                    drop(place);
+                    return;
+                }
             }
-            // The connection's place is given back when `place` drops,
-            // also when this task is dropped before it ends.
-            drop(place);
-        })
-        .detach();
+        }
+    };
+    if outcome.reason == CloseReason::FirstByteTimeout {
+        handler.rt().stats.refuse(Refusal::FirstByteTimeout);
+    }
+    // The connection's place is given back when `place` drops,
+    // also when this task is dropped before it ends.
+    drop(place);
+}
+
+/// Hands a connection to shard `moved.to` between two requests: a
+/// duplicate of its socket crosses the mesh and this shard's descriptor
+/// closes (the socket stays open through the duplicate; nothing is read
+/// or written in between, so no byte is lost). Gives the stream back when
+/// the move cannot be made (a full outbox, no descriptor to spare): the
+/// connection is then served on here, its calls crossing the mesh.
+fn hand_over(
+    handler: &ConnHandler,
+    moved: Moved<TcpStream>,
+    peer: SocketAddr,
+) -> Result<(), (TcpStream, Resume)> {
+    let Moved {
+        stream, to, resume, ..
+    } = moved;
+    let rt = handler.rt();
+    if !rt.can_move_to(to) {
+        return Err((stream, resume));
+    }
+    // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
+    // (or -1) comes back, owned below.
+    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err((stream, resume));
+    }
+    // SAFETY: `dup` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    drop(stream);
+    rt.move_conn(to, MovedConn { fd, peer, resume });
+    Ok(())
+}
+
+/// Serves the connections other shards move here (plain client
+/// connections of users homed on this shard), counting each in this
+/// shard's client admission, until dropped.
+async fn moved_loop(
+    moved: LocalReceiver<MovedConn>,
+    handler: Rc<ConnHandler>,
+    admission: Rc<RefCell<Admission>>,
+) {
+    while let Some(MovedConn { fd, peer, resume }) = moved.recv().await {
+        // SAFETY: the descriptor is a connected TCP socket this shard now
+        // owns alone (the sending shard closed its own).
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let ticket = admission.borrow_mut().admit_moved(peer.ip());
+        let place = Admitted {
+            admission: admission.clone(),
+            ticket: Some(ticket),
+            kind: Listener::Client,
+            handler: handler.clone(),
+            _open: handler.conn_stop().map(ConnStop::opened),
+        };
+        place.count();
+        let conn = serve_conn(stream, peer, None, handler.clone(), place, resume);
+        glommio::spawn_local(conn).detach();
     }
 }
 

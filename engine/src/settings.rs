@@ -39,6 +39,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "ADMIN_LISTEN", default: "127.0.0.1:8081", help: "admin listener address (keep it on loopback; elsewhere ADMIN_TOKEN is required). It answers only requests whose Host is this address (or localhost:PORT on loopback) and that carry neither Origin nor Sec-Fetch-Site (browsers are refused)", value: "ADDR" },
     Spec { name: "SHARDS", default: "all cores (the process's affinity mask), or one per SHARD_CORES", help: "executors, one pinned per core; a user lives on shard hash(id) % SHARDS. More than the cores this process may run on is refused (see SHARDS_OVERCOMMIT)", value: "N" },
     Spec { name: "SHARD_CORES", default: "the process's allowed cores in order", help: "cores to pin the shards to, like 1-3,5 (shard i gets the i-th listed core): each in the process's affinity mask, none twice, as many as SHARDS; `switchboard tune` suggests one", value: "LIST" },
+    Spec { name: "CONNECTIONS_MOVE", default: "on", help: "a plain client connection whose calls keep going to users homed on one other shard moves there (its socket handed over between two requests), so its calls stop crossing the mesh", value: "[on|off]" },
     Spec { name: "SHARDS_OVERCOMMIT", default: "off", help: "allow more shards than cores: shard i takes the (i mod n)-th allowed core and shards sharing a core wait for each other's turns (development machines only)", value: "[on|off]" },
     Spec { name: "DATA_DIR", default: "./data", help: "embedded store's folder (history, UI state, read marks, token secret)", value: "DIR" },
     Spec { name: "DIRECTORY", default: "built-in demo users", help: "embedded directory: JSON file {\"users\":[{\"id\":1,\"name\":\"alice\"}],\"friendships\":[[1,2]]}", value: "FILE" },
@@ -140,6 +141,9 @@ pub struct Settings {
     /// The MySQL directory queries.
     pub mysql_queries: DirectoryQueries,
     /// Demo mode: the demo pages and `/demo/login` are served.
+    /// Plain client connections move to the shard their users are homed
+    /// on (`CONNECTIONS_MOVE`).
+    pub connections_move: bool,
     pub demo: bool,
 }
 
@@ -402,6 +406,8 @@ impl Settings {
                     .unwrap_or_else(|| DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT.into()),
             },
             demo,
+            connections_move: switch("CONNECTIONS_MOVE", get("CONNECTIONS_MOVE"))
+                .map(|on| on || get("CONNECTIONS_MOVE").is_none())?,
         };
         if settings.db_threads == 0 || settings.db_threads > 64 {
             return Err("SWITCHBOARD_DB_THREADS must be in 1..=64".into());

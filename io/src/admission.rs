@@ -108,6 +108,20 @@ impl Admission {
         }
     }
 
+    /// Counts a connection that moved here from another shard's listener
+    /// (which gave its place back): always admitted, even past the caps,
+    /// because a move opens no socket (the process holds as many as
+    /// before); the caps then refuse new connections here until the count
+    /// is back below them.
+    pub fn admit_moved(&mut self, peer: IpAddr) -> Ticket {
+        self.open += 1;
+        let key = self.per_address_max.map(|_| AddressKey::of(peer));
+        if let Some(key) = key {
+            *self.per_address.entry(key).or_insert(0) += 1;
+        }
+        Ticket { key }
+    }
+
     /// Admits one more connection from `peer`, or says why not (and counts
     /// the refusal).
     pub fn admit(&mut self, peer: IpAddr) -> Result<Ticket, Refused> {

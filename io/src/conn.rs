@@ -35,7 +35,7 @@ use crate::head::{HeadParser, HttpError, Method, Version};
 use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
 use crate::query::Params;
 use crate::response::{http_date, status_of_response, Encoder, Outcome, Persist, CONTINUE};
-use crate::{Handler, Listener};
+use crate::{Call, Handler, Listener};
 
 /// What a connection needs to know besides its stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +88,9 @@ pub enum CloseReason {
     ReadError(io::ErrorKind),
     /// Writing failed.
     WriteError(io::ErrorKind),
+    /// Handed back to the caller to be served on shard `to`, the home
+    /// shard of the user its last calls were for ([`serve_movable`]).
+    Moved { to: usize },
 }
 
 /// What happened on one connection, for metrics and logs.
@@ -115,8 +118,82 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    match serve_movable(stream, listener, handler, config, Resume::default()).await {
+        Served::Ended(outcome) => outcome,
+        Served::Moved(moved) => {
+            unreachable!("a connection that may not move moved to {}", moved.to)
+        }
+    }
+}
+
+/// Where a connection stands when its service begins: from its accept
+/// (the default), or on the shard it moved to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Whether it may be handed back to move ([`Handler::home_elsewhere`]):
+    /// plain TCP connections of the client listener. A TLS connection's
+    /// state lives in its stream object and stays where it was accepted.
+    pub movable: bool,
+    /// Whether it answered a request before (its next wait is then the
+    /// keep-alive idle timeout, not the short first-byte one).
+    pub answered: bool,
+    /// How many times it moved so far (at most [`MOVES_MAX`]).
+    pub moves: u32,
+}
+
+/// Most times one connection moves between shards in its life: a
+/// connection whose calls alternate between users homed on different
+/// shards stops moving after this, and its calls cross the mesh instead.
+pub const MOVES_MAX: u32 = 4;
+
+/// Consecutive answered calls for users homed on one other shard after
+/// which a connection moves there: one call says little (a browser may
+/// share a connection between users, a load generator does).
+pub const MOVE_AFTER_CALLS: u32 = 2;
+
+/// How [`serve_movable`] ended.
+pub enum Served<S> {
+    /// The connection is closed (or dropped); why, and what it did.
+    Ended(ConnOutcome),
+    /// The connection is handed back to be served on another shard.
+    Moved(Moved<S>),
+}
+
+/// A connection handed back between two requests, to be served on shard
+/// `to` with [`serve_movable`] and `resume`: its buffer was empty (no
+/// byte of a next request read), so the stream holds all that follows.
+pub struct Moved<S> {
+    /// The stream, unread past the last answered request.
+    pub stream: S,
+    /// The shard to serve it on.
+    pub to: usize,
+    /// Where it stands, for the next shard.
+    pub resume: Resume,
+    /// What it did here (its reason: [`CloseReason::Moved`]).
+    pub outcome: ConnOutcome,
+}
+
+/// [`serve`], for a connection that may move: after a keep-alive answer,
+/// with nothing of a next request read, and its last
+/// [`MOVE_AFTER_CALLS`] calls for users that [`Handler::home_elsewhere`]
+/// places on one other shard, the stream is handed back
+/// ([`Served::Moved`]) so the caller serves it there, where those calls
+/// are local (at most [`MOVES_MAX`] times).
+pub async fn serve_movable<S, H>(
+    stream: S,
+    listener: Listener,
+    handler: &H,
+    config: &Config,
+    resume: Resume,
+) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
     let mut conn = Conn {
         stream,
+        resume,
+        streak: None,
         buf: Vec::with_capacity(READ_CHUNK_BYTES),
         body: Vec::new(),
         out: Vec::new(),
@@ -133,7 +210,19 @@ where
     };
     let reason = conn.run(listener, handler, config).await;
     conn.outcome.reason = reason;
-    conn.outcome
+    match reason {
+        CloseReason::Moved { to } => Served::Moved(Moved {
+            stream: conn.stream,
+            to,
+            resume: Resume {
+                movable: true,
+                answered: true,
+                moves: conn.resume.moves + 1,
+            },
+            outcome: conn.outcome,
+        }),
+        _ => Served::Ended(conn.outcome),
+    }
 }
 
 /// What one read brought.
@@ -152,6 +241,11 @@ enum ReadEvent {
 struct Conn<'a, S> {
     /// The byte stream (TCP or TLS).
     stream: S,
+    /// Where it stood when this service began.
+    resume: Resume,
+    /// The other shard its last calls' users are homed on, and how many
+    /// calls in a row.
+    streak: Option<(usize, u32)>,
     /// Bytes read and not yet consumed: the current request's head or
     /// body, then whatever follows it (pipelined requests).
     buf: Vec<u8>,
@@ -188,7 +282,7 @@ where
         let limits = self.limits;
         // Until the first request is answered, the wait for its first byte
         // is the short first-byte timeout, not the keep-alive idle one.
-        let mut first = true;
+        let mut first = !self.resume.answered;
         loop {
             // Wait for the first byte of a request, unless pipelining
             // already brought some.
@@ -356,6 +450,16 @@ where
                     Outcome::of_response(&response)
                 }
                 Decision::Call { mode, call } => {
+                    let user = call.describe().1;
+                    if let (Call::Shard(_), Some(user)) = (&call, user) {
+                        self.streak = match (handler.home_elsewhere(user), self.streak) {
+                            (None, _) => None,
+                            (Some(to), Some((was, n))) if to == was => Some((to, n + 1)),
+                            (Some(to), _) => Some((to, 1)),
+                        };
+                    } else {
+                        self.streak = None;
+                    }
                     let reply = handler.call(call).await;
                     // A stop during the call (a long-poll it ended): this
                     // answer is the connection's last.
@@ -380,8 +484,22 @@ where
             if !persist.keep_alive {
                 return self.linger(handler, CloseReason::Stopped).await;
             }
+            if let Some(to) = self.move_to() {
+                return CloseReason::Moved { to };
+            }
             self.shrink();
         }
+    }
+
+    /// The shard to move to now, between two requests, if this
+    /// connection should move ([`serve_movable`]).
+    fn move_to(&self) -> Option<usize> {
+        let (to, calls) = self.streak?;
+        let ready = self.resume.movable
+            && self.resume.moves < MOVES_MAX
+            && calls >= MOVE_AFTER_CALLS
+            && self.buf.is_empty();
+        ready.then_some(to)
     }
 
     /// Appends what one read brings to `buf`, unless `deadline` passes

@@ -133,6 +133,15 @@ pub trait Handler {
         let _ = (endpoint, outcome, elapsed);
     }
 
+    /// The shard other than this one that `user` is homed on (the default:
+    /// `None`, every user is served here). A movable connection whose
+    /// calls keep going to one other shard is handed back to move there
+    /// ([`conn::serve_movable`]).
+    fn home_elsewhere(&self, user: UserId) -> Option<usize> {
+        let _ = user;
+        None
+    }
+
     /// Resolves once a stopping server no longer waits for this connection
     /// (the default: never). A lingering close ends then, so lingering
     /// never holds a stop past its drain bound.
@@ -157,7 +166,7 @@ pub mod tls;
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
 pub use call::{decide, endpoint, AdminGate, Credentials, Decision, Endpoint, Mode};
-pub use conn::{serve, CloseReason, Config, ConnOutcome};
+pub use conn::{serve, serve_movable, CloseReason, Config, ConnOutcome, Moved, Resume, Served};
 pub use head::HttpError;
 pub use limits::Limits;
 pub use reply::{DemoUser, Reply, ShardHealth, TraceState};
