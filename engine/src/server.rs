@@ -1008,9 +1008,9 @@ async fn serve_conn(
                 match served {
                     Served::Ended(outcome) => break outcome,
                     Served::Moved(moved) => match hand_over(&handler, moved, peer) {
-                        Ok(()) => return,
+                        None => return,
                         // Served on here.
-                        Err((back, at)) => (stream, resume) = (back, at),
+                        Some((back, at)) => (stream, resume) = (back, at),
                     },
                 }
             }
@@ -1060,29 +1060,30 @@ async fn serve_conn(
 /// or written in between, so no byte is lost). Gives the stream back when
 /// the move cannot be made (a full outbox, no descriptor to spare): the
 /// connection is then served on here, its calls crossing the mesh.
+/// `None`: moved.
 fn hand_over(
     handler: &ConnHandler,
     moved: Moved<TcpStream>,
     peer: SocketAddr,
-) -> Result<(), (TcpStream, Resume)> {
+) -> Option<(TcpStream, Resume)> {
     let Moved {
         stream, to, resume, ..
     } = moved;
     let rt = handler.rt();
     if !rt.can_move_to(to) {
-        return Err((stream, resume));
+        return Some((stream, resume));
     }
     // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
     // (or -1) comes back, owned below.
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        return Err((stream, resume));
+        return Some((stream, resume));
     }
     // SAFETY: `dup` is a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
     drop(stream);
     rt.move_conn(to, MovedConn { fd, peer, resume });
-    Ok(())
+    None
 }
 
 /// Serves the connections other shards move here (plain client
