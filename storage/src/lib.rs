@@ -76,6 +76,7 @@ pub mod limits;
 pub mod mysql;
 mod pin;
 pub mod token;
+mod wal;
 mod watch;
 
 /// Whether this build honours the test-only fault injection variables
@@ -187,6 +188,13 @@ pub(crate) struct Counters {
     /// Batches past a deadline or with jobs picked up after theirs, each
     /// counted once ([`watch::Watch::count_late`]).
     pub(crate) late_batches: AtomicU64,
+    /// Embedded: durable commits that emptied the write-ahead log.
+    pub(crate) checkpoints: AtomicU64,
+    /// Embedded: bytes of records in the write-ahead log now.
+    pub(crate) wal_bytes: AtomicU64,
+    /// Embedded: write batches replayed from the log when the store
+    /// opened.
+    pub(crate) wal_replayed: AtomicU64,
 }
 
 /// A snapshot of the store's counters (for `/metrics`).
@@ -215,6 +223,15 @@ pub struct StoreStats {
     /// up late), each counted once and logged at warn with where it
     /// waited.
     pub late_batches: u64,
+    /// Embedded: checkpoints (durable commits that emptied the write-ahead
+    /// log: by age, by size, when idle, at shutdown) since open.
+    pub checkpoints: u64,
+    /// Embedded: bytes of records in the write-ahead log now (0 after a
+    /// checkpoint), at most `limits::WAL_BYTES_MAX`.
+    pub wal_bytes: u64,
+    /// Embedded: write batches replayed from the write-ahead log when the
+    /// store opened (non-zero only after a crash).
+    pub wal_replayed: u64,
     /// The `db-N` threads.
     pub threads: usize,
     /// Of them, those running a batch now.
@@ -568,6 +585,9 @@ impl Store {
             queue_len: self.inner.jobs.len(),
             queue_depth: self.inner.queue_depth,
             late_batches: c.late_batches.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            wal_bytes: c.wal_bytes.load(Ordering::Relaxed),
+            wal_replayed: c.wal_replayed.load(Ordering::Relaxed),
             threads: self.inner.watches.len(),
             threads_busy: self
                 .inner
