@@ -188,7 +188,8 @@ const _: () = assert!(DB_THREADS_DEFAULT >= 1 && DB_THREADS_DEFAULT <= DB_THREAD
 // A batch never needs more jobs than the queue can hold.
 const _: () = assert!(WRITE_BATCH_JOBS_MAX <= JOB_QUEUE_DEPTH_MAX);
 const _: () = assert!(HISTORY_LIMIT_MAX >= 1);
-const _: () = assert!(WAL_GROW_BYTES <= WAL_BYTES_MAX && WAL_BYTES_MAX % WAL_GROW_BYTES == 0);
+const _: () =
+    assert!(WAL_GROW_BYTES <= WAL_BYTES_MAX && WAL_BYTES_MAX.is_multiple_of(WAL_GROW_BYTES));
 // A record's length is a u32 (wal.rs).
 const _: () = assert!(WAL_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!(FRIENDS_PER_USER_MAX < USERS_MAX);

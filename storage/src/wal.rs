@@ -573,7 +573,7 @@ mod tests {
                 to: 2,
                 ts: 77,
                 text: format!("hello {n} ✓").into(),
-                cid: (n % 2 == 0).then(|| Arc::from(format!("c{n}"))),
+                cid: n.is_multiple_of(2).then(|| Arc::from(format!("c{n}"))),
             },
             Effect::Conversation {
                 lo: 1,
@@ -697,5 +697,53 @@ mod tests {
         out[24..28].copy_from_slice(&crc.to_le_bytes());
         let e = scan(&out, 1).unwrap_err();
         assert!(e.contains("unknown effect tag 99"), "{e}");
+    }
+
+    #[test]
+    fn a_batch_checkpoints_when_the_log_is_old_or_its_record_would_not_fit() {
+        let dir = std::env::temp_dir().join(format!("switchboard-wal-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut wal, contents) = Wal::open(&dir.join(WAL_FILE_NAME)).unwrap();
+        assert!(contents.is_empty());
+        assert_eq!(
+            wal.len,
+            limits::WAL_GROW_BYTES as u64,
+            "zero-filled at open"
+        );
+        wal.reset(3);
+        let now = Instant::now();
+        let effects = sample(1);
+        assert_eq!(wal.plan(&effects, now, true), Plan::Append);
+        wal.append(now, || {}).unwrap();
+        assert_eq!(wal.bytes(), wal.buf.len() as u64);
+        let written = std::fs::read(dir.join(WAL_FILE_NAME)).unwrap();
+        assert_eq!(scan(&written, 3).unwrap().records, vec![effects.clone()]);
+        // Just under the age, then at it (unless checkpoints are held off).
+        let age = Duration::from_millis(limits::WAL_CHECKPOINT_AGE_MS);
+        let almost = now + age - Duration::from_millis(1);
+        assert_eq!(wal.plan(&effects, almost, true), Plan::Append);
+        assert_eq!(
+            wal.plan(&effects, now + age, true),
+            Plan::Checkpoint(Why::Age)
+        );
+        assert_eq!(wal.plan(&effects, now + age, false), Plan::Append);
+        // A record that ends exactly at the bound fits; one byte more does not.
+        let record = wal.buf.len() as u64;
+        wal.offset = limits::WAL_BYTES_MAX as u64 - record;
+        assert_eq!(wal.plan(&effects, now, true), Plan::Append);
+        wal.offset += 1;
+        assert_eq!(wal.plan(&effects, now, false), Plan::Checkpoint(Why::Size));
+        // A checkpoint starts the next generation from offset 0.
+        wal.reset(4);
+        assert_eq!((wal.bytes(), wal.generation()), (0, 4));
+        assert_eq!(wal.plan(&effects, now + age, true), Plan::Append);
+        // Growing past the preallocated size writes zeros up to the next step.
+        wal.offset = wal.len - 10;
+        wal.plan(&effects, now, true);
+        wal.append(now, || {}).unwrap();
+        assert_eq!(wal.len, 2 * limits::WAL_GROW_BYTES as u64);
+        let size = std::fs::metadata(dir.join(WAL_FILE_NAME)).unwrap().len();
+        assert_eq!(size, wal.len);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
