@@ -318,8 +318,8 @@ fn recover(db: &Database, wal: &mut Wal, logged: &[u8]) -> Result<u64, String> {
     wal.reset(generation + 1);
     if !scan.records.is_empty() {
         log::warn!(
-            "storage: replayed {} write batches ({} bytes) of generation {generation} from {} \
-             (the last run did not stop cleanly); the log ended with {:?}",
+            "storage: replayed {} write batches ({} bytes) of generation {generation} from the \
+             write-ahead log {} (the last run did not stop cleanly); the log ended with {:?}",
             scan.records.len(),
             scan.bytes,
             wal.path().display(),
