@@ -8,25 +8,32 @@
 //! The shared triage ([`batch::triage`]) answers the jobs whose deadline
 //! has passed `TimedOut` and refuses oversized writes; directory reloads
 //! and read jobs run next, in one read transaction, and are answered at
-//! once; then all write jobs run, in order, in one write transaction that
-//! is committed with an fsync before any of them is answered. redb runs
-//! one write transaction at a time, so several db threads queue on it;
-//! meanwhile they serve reads.
+//! once; then all write jobs run, in order, in one write transaction whose
+//! changes are appended to the write-ahead log as one record and
+//! `fdatasync`ed, then committed without fsync, before any of them is
+//! answered; or, at a checkpoint, committed with an fsync instead
+//! ([`State::commit_writes`], and `wal.rs` for the log). redb runs one
+//! write transaction at a time, so several db threads queue on it (and
+//! the log's records are in commit order); meanwhile they serve reads. A
+//! db thread that finds no job for [`limits::DB_IDLE_WAIT_MS`], or that
+//! stops, checkpoints a non-empty log. At open, [`recover`] replays the
+//! log.
 //!
 //! **Forensics.** Each db thread tells its [`Watch`] what its batch waits
-//! for (the read transaction, the write lock, the writes, the commit and
-//! its fsync); a batch past its earliest deadline is logged once, by
+//! for (the read transaction, the write lock, the writes, the log's
+//! `fdatasync`, the commit, or a checkpoint's commit and its fsync); a
+//! batch past its earliest deadline is logged once, by
 //! `db-watch` while it waits or by its thread at its end, with that wait
 //! (see [`crate::watch`]).
 //!
 //! **Deadlines.** A job's deadline is checked at pickup (the triage) and,
 //! for a write, again right after `begin_write()` returns, that is while
 //! holding redb's write lock ([`State::run_writes`]): a write whose
-//! deadline passed while it waited for the lock (another batch's commit
-//! and fsync) is answered `TimedOut` and left out of the transaction. So
-//! `TimedOut` from this backend means *not stored*. A write in time at
-//! that check is committed and answered `Ok` however long the commit and
-//! its fsync take: an `Ok` may arrive after the deadline (storage cannot
+//! deadline passed while it waited for the lock (another batch's log
+//! append and commit) is answered `TimedOut` and left out of the
+//! transaction. So `TimedOut` from this backend means *not stored*. A
+//! write in time at that check is committed and answered `Ok` however
+//! long the log's `fdatasync` (or a checkpoint's fsync) takes: an `Ok` may arrive after the deadline (storage cannot
 //! take back a commit that started in time), and the engine waits a
 //! slack past the deadline for it.
 
@@ -480,7 +487,8 @@ impl State {
     }
 
     /// Group commit: every write of the batch in one transaction, answered
-    /// only once it is durable; if anything fails, all of them fail.
+    /// only once it is durable (in the log, or in redb at a checkpoint);
+    /// if anything fails, all of them fail.
     ///
     /// The deadlines are checked again once the transaction has begun,
     /// holding redb's write lock: the writes that waited past their

@@ -16,10 +16,12 @@
 //!   a job past its deadline once with its batch, saying where the batch
 //!   waited and how long (the db thread, the pool checkout, statement,
 //!   write lock or commit, the queue: see `watch.rs`).
-//! - **Durable before answered.** Write jobs run in one redb write
-//!   transaction per batch (group commit), committed with an fsync before
-//!   any of them is answered: an answered `/send` survives `kill -9` and a
-//!   power cut.
+//! - **Durable before answered.** Write jobs run in one write transaction
+//!   per batch (group commit), made durable before any of them is
+//!   answered: an answered `/send` survives `kill -9` and a power cut.
+//!   Embedded: the batch's effects are appended to the write-ahead log and
+//!   `fdatasync`ed, then redb commits without fsync (see below); MySQL:
+//!   `COMMIT`.
 //! - **`TimedOut` means not stored; a late `Ok` means stored.** A write's
 //!   deadline is checked last at a point after which nothing can stop
 //!   its commit: embedded, right after `begin_write()` returns, holding
@@ -37,9 +39,10 @@
 //!   (off by default; on for this crate's tests and the engine's
 //!   integration tests), `SWITCHBOARD_FAULT_COMMIT_STALL_MS` (and
 //!   `_COUNT`), read once at open, stall write batches after their last
-//!   deadline check and before their commit, simulating a commit that
-//!   starts in time and ends late. Without the feature the variables are
-//!   never read.
+//!   deadline check and before their durable step, simulating a commit
+//!   that starts in time and ends late; `SWITCHBOARD_FAULT_NO_CHECKPOINT`
+//!   holds the embedded log's checkpoints off (for `kill -9` tests of its
+//!   replay). Without the feature the variables are never read.
 //!
 //! The embedded backend ([`Store::open_embedded`]) keeps one redb file,
 //! `data_dir/switchboard.redb`, with these tables (`lo`/`hi` are the two
@@ -47,13 +50,28 @@
 //!
 //! | table | key → value | what for |
 //! | --- | --- | --- |
-//! | `meta` | `&str` → `u64` | `next_msg_id` (ids start at 1, assigned in the write transaction), `schema_version` |
+//! | `meta` | `&str` → `u64` | `next_msg_id` (ids start at 1, assigned in the write transaction), `schema_version`, `wal_generation` (the write-ahead log records that recovery replays) |
 //! | `messages` | `id` → `(from, to, ts, text, cid)` | every message, by its global increasing id |
 //! | `conversations` | `(lo, hi, id)` → `from` | history paging and unread counting as range scans |
 //! | `cids` | `(from, cid)` → `id` | `/send` idempotency, kept forever |
 //! | `ui` | `user` → state text | persisted UI state |
 //! | `read_marks` | `(user, with)` → `id` | how far `user` has read the conversation with `with` |
 //! | `unread` | `(user, from)` → count | unread messages from `from` to `user`; absent means 0 |
+//!
+//! In front of it, the write-ahead log `data_dir/switchboard.wal`
+//! (module `wal`): one record per write batch, holding the batch's
+//! changes as absolute values (rows put with their ids, counts and marks
+//! set, `next_msg_id`), with a generation, a sequence and a CRC-32. A
+//! batch appends its record and `fdatasync`s it, then commits redb with
+//! `Durability::None`; so redb's file alone may lag the answered writes
+//! by up to a second. A *checkpoint* (the first batch after the log is
+//! `limits::WAL_CHECKPOINT_AGE_MS` old or would pass
+//! `limits::WAL_BYTES_MAX`, an idle db thread, a stopping one) commits redb
+//! durably with `wal_generation` + 1 and starts the log again at offset 0.
+//! At open, the records of `meta["wal_generation"]` are replayed from
+//! offset 0 up to the first torn, corrupt or older-generation one, then
+//! committed durably with the next generation. docs/architecture.md
+//! ("Why a write-ahead log in front of redb") says why and how.
 //!
 //! The directory is held in memory: the built-in demo users or a JSON file
 //! ([`directory`]), re-read on [`Store::reload_directory`].
