@@ -19,6 +19,7 @@ crate::both_stores!(
     presence_online_away_offline_after_grace_and_no_flap_on_reconnect,
     ui_state_reaches_other_tabs_and_survives_restart,
     history_pages_and_survives_kill_9,
+    answered_writes_survive_kill_9_with_checkpoints_held_off,
     unread_counts_drop_after_read_and_receipts_reach_the_sender,
     poll_resumes_from_since_and_resets_when_too_far_behind,
     roster_changed_removes_friendship_and_kick_ends_sessions,
@@ -293,6 +294,68 @@ fn history_pages_and_survives_kill_9(backend: &Backend) {
         &[("sid", &carol.sid), ("with", "1"), ("limit", "101")],
     );
     assert_eq!(code(&v), "bad_request", "{v}");
+}
+
+/// Every answered write survives `kill -9` when it is in the embedded
+/// store's write-ahead log only (`SWITCHBOARD_FAULT_NO_CHECKPOINT` holds
+/// its checkpoints off; the MySQL store ignores it): messages, cids that
+/// still deduplicate, unread counts, read marks and UI state.
+fn answered_writes_survive_kill_9_with_checkpoints_held_off(backend: &Backend) {
+    let dir = temp_dir("wal-kill");
+    let extra = [
+        ("SWITCHBOARD_RATE_LIMITS", "off"),
+        ("SWITCHBOARD_FAULT_NO_CHECKPOINT", "1"),
+    ];
+    let server = backend.start(&dir, &extra);
+    let alice = server.connect(ALICE, "a");
+    let bob = server.connect(BOB, "b");
+    let state = r#"{"open":[2]}"#;
+    let v = server.get("/ui", &[("sid", &alice.sid), ("state", state)]);
+    assert_eq!(v["ok"], true, "{v}");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let cid = format!("k{i}");
+        let v = send(&server, &alice.sid, BOB, &format!("w{i}"), Some(&cid));
+        assert_eq!(v["ok"], true, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let v = server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[14])],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    // SIGKILL right after the last answer.
+    let server = server.restart();
+    if backend.mysql().is_none() {
+        let replayed = server.log_lines("from the write-ahead log");
+        assert_eq!(replayed.len(), 1, "{replayed:#?}");
+    }
+    let alice = server.connect(ALICE, "a2");
+    assert_eq!(
+        alice.connect["ui"],
+        serde_json::from_str::<Value>(state).unwrap()
+    );
+    let bob = server.connect(BOB, "b2");
+    assert_eq!(bob.connect["unread"], serde_json::json!({"1": 5}));
+    let v = server.get("/history", &[("sid", &alice.sid), ("with", "2")]);
+    let texts: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    assert_eq!(texts, expected, "{v}");
+    let again = send(&server, &alice.sid, BOB, "w3 again", Some("k3"));
+    assert_eq!(again["id"], ids[3].as_str(), "{again}");
+    // The read mark survived: reading less moves nothing.
+    let v = server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &ids[2])],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let bob = server.connect(BOB, "b3");
+    assert_eq!(bob.connect["unread"], serde_json::json!({"1": 5}));
 }
 
 fn unread_counts_drop_after_read_and_receipts_reach_the_sender(backend: &Backend) {

@@ -388,7 +388,7 @@ fn a_slow_commit_is_logged_once_with_where_it_waited(backend: &Backend) {
     assert!(line.contains("store_message for user 1 "), "{line}");
     assert!(line.contains(": db-"), "{line}");
     let commit = match backend.mysql() {
-        None => "for the commit (fsync)",
+        None => "for the write-ahead log (its fdatasync)",
         Some(_) => "for the commit statement `COMMIT`",
     };
     assert!(line.contains(commit), "{line}");

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use switchboard_shards::model::{StorageError, StorageJob, StorageResult};
 
 /// Fills the empty `batch` with a db thread's next work: waits for one
-/// envelope (waking every `DB_IDLE_WAIT_MS` to notice `stop`), then takes
+/// envelope (waking every `DB_IDLE_WAIT_MS` to notice `stop`, and calling
+/// `idle` each time it wakes without one), then takes
 /// whatever else is queued, up to `max`, without waiting. Returns false
 /// when the thread should exit: the queue closed, or `stop` is set and
 /// nothing is left to drain.
@@ -32,10 +33,11 @@ pub(crate) fn next_batch(
     stop: &AtomicBool,
     batch: &mut Vec<Envelope>,
     max: usize,
+    idle: &mut dyn FnMut(),
 ) -> bool {
     use crossbeam_channel::RecvTimeoutError;
     debug_assert!(batch.is_empty());
-    let idle = Duration::from_millis(limits::DB_IDLE_WAIT_MS);
+    let wait = Duration::from_millis(limits::DB_IDLE_WAIT_MS);
     let first = loop {
         if stop.load(Ordering::Acquire) {
             // Stopping: finish what is queued, then exit.
@@ -44,9 +46,9 @@ pub(crate) fn next_batch(
                 Err(_) => return false,
             }
         }
-        match queue.recv_timeout(idle) {
+        match queue.recv_timeout(wait) {
             Ok(envelope) => break envelope,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => idle(),
             Err(RecvTimeoutError::Disconnected) => return false,
         }
     };

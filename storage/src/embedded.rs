@@ -8,31 +8,39 @@
 //! The shared triage ([`batch::triage`]) answers the jobs whose deadline
 //! has passed `TimedOut` and refuses oversized writes; directory reloads
 //! and read jobs run next, in one read transaction, and are answered at
-//! once; then all write jobs run, in order, in one write transaction that
-//! is committed with an fsync before any of them is answered. redb runs
-//! one write transaction at a time, so several db threads queue on it;
-//! meanwhile they serve reads.
+//! once; then all write jobs run, in order, in one write transaction whose
+//! changes are appended to the write-ahead log as one record and
+//! `fdatasync`ed, then committed without fsync, before any of them is
+//! answered; or, at a checkpoint, committed with an fsync instead
+//! ([`State::commit_writes`], and `wal.rs` for the log). redb runs one
+//! write transaction at a time, so several db threads queue on it (and
+//! the log's records are in commit order); meanwhile they serve reads. A
+//! db thread that finds no job for [`limits::DB_IDLE_WAIT_MS`], or that
+//! stops, checkpoints a non-empty log. At open, [`recover`] replays the
+//! log.
 //!
 //! **Forensics.** Each db thread tells its [`Watch`] what its batch waits
-//! for (the read transaction, the write lock, the writes, the commit and
-//! its fsync); a batch past its earliest deadline is logged once, by
+//! for (the read transaction, the write lock, the writes, the log's
+//! `fdatasync`, the commit, or a checkpoint's commit and its fsync); a
+//! batch past its earliest deadline is logged once, by
 //! `db-watch` while it waits or by its thread at its end, with that wait
 //! (see [`crate::watch`]).
 //!
 //! **Deadlines.** A job's deadline is checked at pickup (the triage) and,
 //! for a write, again right after `begin_write()` returns, that is while
 //! holding redb's write lock ([`State::run_writes`]): a write whose
-//! deadline passed while it waited for the lock (another batch's commit
-//! and fsync) is answered `TimedOut` and left out of the transaction. So
-//! `TimedOut` from this backend means *not stored*. A write in time at
-//! that check is committed and answered `Ok` however long the commit and
-//! its fsync take: an `Ok` may arrive after the deadline (storage cannot
+//! deadline passed while it waited for the lock (another batch's log
+//! append and commit) is answered `TimedOut` and left out of the
+//! transaction. So `TimedOut` from this backend means *not stored*. A
+//! write in time at that check is committed and answered `Ok` however
+//! long the log's `fdatasync` (or a checkpoint's fsync) takes: an `Ok` may arrive after the deadline (storage cannot
 //! take back a commit that started in time), and the engine waits a
 //! slack past the deadline for it.
 
 use crate::batch::{self, Pickup, Reply, Triage};
 use crate::directory::Directory;
 use crate::fault::Faults;
+use crate::wal::{self, Effect, Plan, Wal, Why};
 use crate::watch::{self, BatchInfo, Waiting, Watch};
 use crate::{
     limits, Counters, DirectoryReloaded, Envelope, OpenError, Parts, ReloadError, ReloadResult,
@@ -47,7 +55,7 @@ use redb::{
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 use switchboard_shards::model::{
     Message, MsgId, StorageError, StorageJob, StorageOutput, StorageResult, UserId,
@@ -99,6 +107,9 @@ pub(crate) const DB_FILE_NAME: &str = "switchboard.redb";
 const SCHEMA_VERSION: u64 = 1;
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_NEXT_MSG_ID: &str = "next_msg_id";
+/// The write-ahead log's generation: the records replayed at open are
+/// those of this generation (see `wal.rs`).
+const META_WAL_GENERATION: &str = "wal_generation";
 
 /// A conversation's two users, smaller id first, then a message id.
 type ConvKey = (UserId, UserId, MsgId);
@@ -126,6 +137,11 @@ struct State {
     /// Injected faults (tests only; none without the `fault-injection`
     /// feature).
     faults: Faults,
+    /// The write-ahead log. Locked only by a thread that holds redb's
+    /// write lock (a write transaction), so never contended and its
+    /// records in commit order; never the other way round (see
+    /// [`State::idle_checkpoint`]).
+    wal: Mutex<Wal>,
 }
 
 pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
@@ -152,6 +168,13 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
         .create(&path)
         .map_err(|e| db_error(e.to_string()))?;
     init_schema(&db).map_err(db_error)?;
+    let wal_path = config.data_dir.join(wal::WAL_FILE_NAME);
+    let (mut wal, logged) = Wal::open(&wal_path).map_err(|source| OpenError::Io {
+        path: wal_path.clone(),
+        source,
+    })?;
+    let replayed = recover(&db, &mut wal, &logged).map_err(db_error)?;
+    drop(logged);
     log::info!(
         "storage: opened {} ({} users, {} friendships{}), {} db threads, queue depth {}, write batch {}",
         path.display(),
@@ -164,12 +187,14 @@ pub(crate) fn open(config: EmbeddedConfig) -> Result<Store, OpenError> {
     );
 
     let counters = Arc::new(Counters::default());
+    counters.wal_replayed.store(replayed, Ordering::Relaxed);
     let state = Arc::new(State {
         db,
         directory: RwLock::new(Arc::new(directory)),
         directory_path: config.directory.clone(),
         counters: counters.clone(),
         faults,
+        wal: Mutex::new(wal),
     });
     let (jobs, queue) = crossbeam_channel::bounded(config.queue_depth);
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,6 +296,46 @@ fn init_schema(db: &Database) -> Result<(), String> {
     txn.commit().ctx("commit")
 }
 
+/// Recovery at open: replays the write-ahead log's records of the
+/// generation in redb's meta (see `wal.rs`), then commits them durably
+/// with the next generation, which makes every record in the file stale.
+/// Returns how many records (write batches) were replayed.
+fn recover(db: &Database, wal: &mut Wal, logged: &[u8]) -> Result<u64, String> {
+    let mut txn = db.begin_write().ctx("begin write")?;
+    txn.set_durability(Durability::Immediate)
+        .ctx("set durability")?;
+    let (generation, scan) = {
+        let mut tables = WriteTables::open(&txn)?;
+        let generation = tables
+            .meta
+            .get(META_WAL_GENERATION)
+            .ctx("read wal_generation")?
+            .map_or(0, |g| g.value());
+        let scan = wal::scan(logged, generation)?;
+        for effect in scan.records.iter().flatten() {
+            tables.apply(effect)?;
+        }
+        tables
+            .meta
+            .insert(META_WAL_GENERATION, generation + 1)
+            .ctx("write wal_generation")?;
+        (generation, scan)
+    };
+    txn.commit().ctx("commit the replayed log")?;
+    wal.reset(generation + 1);
+    if !scan.records.is_empty() {
+        log::warn!(
+            "storage: replayed {} write batches ({} bytes) of generation {generation} from the \
+             write-ahead log {} (the last run did not stop cleanly); the log ended with {:?}",
+            scan.records.len(),
+            scan.bytes,
+            wal.path().display(),
+            scan.end
+        );
+    }
+    Ok(scan.records.len() as u64)
+}
+
 /// A db thread's loop (see the module documentation).
 fn run(
     state: &State,
@@ -282,9 +347,12 @@ fn run(
 ) {
     crate::pin::pin_db_thread(core);
     let mut batch = Vec::with_capacity(batch_max);
-    while batch::next_batch(queue, stop, &mut batch, batch_max) {
+    let mut idle = || state.idle_checkpoint(Why::Idle);
+    while batch::next_batch(queue, stop, &mut batch, batch_max, &mut idle) {
         state.run_batch(&mut batch, watch);
     }
+    // Stopping: an empty log after a clean stop.
+    state.idle_checkpoint(Why::Shutdown);
 }
 
 impl State {
@@ -419,7 +487,8 @@ impl State {
     }
 
     /// Group commit: every write of the batch in one transaction, answered
-    /// only once it is durable; if anything fails, all of them fail.
+    /// only once it is durable (in the log, or in redb at a checkpoint);
+    /// if anything fails, all of them fail.
     ///
     /// The deadlines are checked again once the transaction has begun,
     /// holding redb's write lock: the writes that waited past their
@@ -453,17 +522,17 @@ impl State {
         }
     }
 
-    /// Runs `writes` in `txn` (begun, deadlines checked) and commits it
-    /// with an fsync; the outputs are in the order of `writes`.
+    /// Runs `writes` in `txn` (begun, deadlines checked) and makes them
+    /// durable: normally one write-ahead log record, `fdatasync`ed, then
+    /// a commit without fsync; at a checkpoint ([`Wal::plan`]) a durable
+    /// commit instead. The outputs are in the order of `writes`.
     fn commit_writes(
         &self,
         mut txn: WriteTransaction,
         writes: &[Reply],
         watch: &Watch,
     ) -> Result<Vec<StorageOutput>, String> {
-        txn.set_durability(Durability::Immediate)
-            .ctx("set durability")?;
-        let outputs = {
+        let (outputs, effects) = {
             let mut tables = WriteTables::open(&txn)?;
             let mut outputs = Vec::with_capacity(writes.len());
             for Reply { job, .. } in writes {
@@ -472,14 +541,124 @@ impl State {
                     .map_err(|e| format!("{} for user {}: {e}", job.name(), job.user()))?;
                 outputs.push(output);
             }
-            outputs
+            (outputs, std::mem::take(&mut tables.effects))
         };
-        // A slow fsync, when a test injects one: after the deadline check,
-        // before the commit, holding the write lock.
-        watch.step(Waiting::Commit);
-        self.faults.stall_commit();
-        txn.commit().ctx("commit")?;
+        if effects.is_empty() {
+            // Nothing changed (duplicates, read marks that move nothing):
+            // nothing to log; dropping the transaction aborts it.
+            return Ok(outputs);
+        }
+        let mut wal = self.lock_wal();
+        let now = Instant::now();
+        match wal.plan(&effects, now, self.faults.checkpoints_allowed()) {
+            Plan::Checkpoint(why) => {
+                // A slow fsync, when a test injects one: after the deadline
+                // check, before the durable step, holding the write lock.
+                watch.step(Waiting::Checkpoint);
+                self.faults.stall_commit();
+                self.checkpoint(txn, &mut wal, why)?;
+            }
+            Plan::Append => {
+                watch.step(Waiting::Wal);
+                if let Err(e) = wal.append(now, || self.faults.stall_commit()) {
+                    // The record may be partly on disk: the log is not
+                    // appended to again before a checkpoint, which this
+                    // batch's durable commit is.
+                    log::error!(
+                        "storage: appending to {} failed, committing the batch durably instead: {e}",
+                        wal.path().display()
+                    );
+                    watch.step(Waiting::Checkpoint);
+                    self.checkpoint(txn, &mut wal, Why::AppendFailed)?;
+                    return Ok(outputs);
+                }
+                self.counters
+                    .wal_bytes
+                    .store(wal.bytes(), Ordering::Relaxed);
+                watch.step(Waiting::Commit);
+                let committed = txn
+                    .set_durability(Durability::None)
+                    .ctx("set durability")
+                    .and_then(|()| txn.commit().ctx("commit"));
+                if let Err(e) = committed {
+                    self.take_back(&mut wal);
+                    return Err(e);
+                }
+            }
+        }
         Ok(outputs)
+    }
+
+    /// Locks the write-ahead log (see [`State::wal`] for the lock order).
+    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `txn` durably with the log's next generation in meta, then
+    /// starts the log again from offset 0: everything logged so far is in
+    /// redb for good, and its records are stale.
+    fn checkpoint(&self, mut txn: WriteTransaction, wal: &mut Wal, why: Why) -> Result<(), String> {
+        let next = wal.generation() + 1;
+        {
+            let mut meta = txn.open_table(META).ctx("open meta")?;
+            meta.insert(META_WAL_GENERATION, next)
+                .ctx("write wal_generation")?;
+        }
+        txn.set_durability(Durability::Immediate)
+            .ctx("set durability")?;
+        txn.commit().ctx("checkpoint commit")?;
+        log::debug!(
+            "storage: checkpoint ({why:?}): {} log bytes now in redb, generation {next}",
+            wal.bytes()
+        );
+        wal.reset(next);
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters.wal_bytes.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checkpoints a non-empty log (a db thread that found no job for a
+    /// while, or that is stopping), unless fault injection holds
+    /// checkpoints off. A failure is logged; the log keeps its records
+    /// and the next checkpoint tries again.
+    fn idle_checkpoint(&self, why: Why) {
+        if !self.faults.checkpoints_allowed()
+            || self.counters.wal_bytes.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        // redb's write lock first, then the log's (the lock order).
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => return log::error!("storage: checkpoint ({why:?}): begin write: {e}"),
+        };
+        let mut wal = self.lock_wal();
+        if wal.bytes() == 0 {
+            return; // Another thread checkpointed meanwhile.
+        }
+        if let Err(e) = self.checkpoint(txn, &mut wal, why) {
+            log::error!("storage: checkpoint ({why:?}) failed, the log keeps its records: {e}");
+        }
+    }
+
+    /// After a batch's record was appended and its commit failed: takes
+    /// the record back, so that no recovery replays writes that were
+    /// answered failed (and whose message ids the next batch reuses).
+    /// If even that fails, the log and redb disagree for good: the process
+    /// stops, and the recovery at the next start replays the record (its
+    /// jobs were answered `Backend`, which may mean stored).
+    fn take_back(&self, wal: &mut Wal) {
+        let at = wal.last_record_at();
+        if let Err(e) = wal.unappend_last(at) {
+            log::error!(
+                "storage: {}: cannot take back the record of a batch whose commit failed: {e}",
+                wal.path().display()
+            );
+            std::process::abort();
+        }
+        self.counters
+            .wal_bytes
+            .store(wal.bytes(), Ordering::Relaxed);
     }
 
     /// Answers every write of a batch whose transaction did not commit.
@@ -588,6 +767,9 @@ struct WriteTables<'t> {
     ui: Table<'t, UserId, &'static str>,
     read_marks: Table<'t, (UserId, UserId), MsgId>,
     unread: Table<'t, (UserId, UserId), u64>,
+    /// Every change made through [`WriteTables::put`], in order: the
+    /// batch's write-ahead log record.
+    effects: Vec<Effect>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -601,7 +783,65 @@ impl<'t> WriteTables<'t> {
             ui: txn.open_table(UI).ctx("open ui")?,
             read_marks: txn.open_table(READ_MARKS).ctx("open read_marks")?,
             unread: txn.open_table(UNREAD).ctx("open unread")?,
+            effects: Vec::new(),
         })
+    }
+
+    /// Makes a change and records it for the log. Every write of a job
+    /// goes through here, so the record holds all of the batch's changes.
+    fn put(&mut self, effect: Effect) -> Result<(), String> {
+        self.apply(&effect)?;
+        self.effects.push(effect);
+        Ok(())
+    }
+
+    /// Makes a change (a job's, or a logged one at recovery).
+    fn apply(&mut self, effect: &Effect) -> Result<(), String> {
+        match effect {
+            Effect::NextMsgId(id) => {
+                self.meta
+                    .insert(META_NEXT_MSG_ID, *id)
+                    .ctx("write next_msg_id")?;
+            }
+            Effect::Message {
+                id,
+                from,
+                to,
+                ts,
+                text,
+                cid,
+            } => {
+                self.messages
+                    .insert(*id, (*from, *to, *ts, &**text, cid.as_deref()))
+                    .ctx("write message")?;
+            }
+            Effect::Conversation { lo, hi, id, from } => {
+                self.conversations
+                    .insert((*lo, *hi, *id), *from)
+                    .ctx("write conversation index")?;
+            }
+            Effect::Cid { from, cid, id } => {
+                self.cids.insert((*from, &**cid), *id).ctx("write cid")?;
+            }
+            Effect::Unread { user, from, count } => {
+                if *count == 0 {
+                    self.unread.remove((*user, *from)).ctx("clear unread")?;
+                } else {
+                    self.unread
+                        .insert((*user, *from), *count)
+                        .ctx("write unread")?;
+                }
+            }
+            Effect::ReadMark { user, with, upto } => {
+                self.read_marks
+                    .insert((*user, *with), *upto)
+                    .ctx("write read_marks")?;
+            }
+            Effect::Ui { user, state } => {
+                self.ui.insert(*user, &**state).ctx("write ui")?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a write job inside the batch's transaction.
@@ -616,7 +856,10 @@ impl<'t> WriteTables<'t> {
             } => self.store_message(*from, *to, text, cid.as_ref(), *ts),
             StorageJob::MarkRead { user, with, upto } => self.mark_read(*user, *with, *upto),
             StorageJob::SaveUi { user, state } => {
-                self.ui.insert(*user, &**state).ctx("write ui")?;
+                self.put(Effect::Ui {
+                    user: *user,
+                    state: state.clone(),
+                })?;
                 Ok(StorageOutput::Saved)
             }
             StorageJob::LoadSession { .. }
@@ -655,18 +898,23 @@ impl<'t> WriteTables<'t> {
             .get(META_NEXT_MSG_ID)
             .ctx("read next_msg_id")?
             .map_or(1, |v| v.value());
-        self.meta
-            .insert(META_NEXT_MSG_ID, id + 1)
-            .ctx("write next_msg_id")?;
-        self.messages
-            .insert(id, (from, to, ts, &**text, cid.map(|c| &**c)))
-            .ctx("write message")?;
+        self.put(Effect::NextMsgId(id + 1))?;
+        self.put(Effect::Message {
+            id,
+            from,
+            to,
+            ts,
+            text: text.clone(),
+            cid: cid.cloned(),
+        })?;
         let (lo, hi) = pair(from, to);
-        self.conversations
-            .insert((lo, hi, id), from)
-            .ctx("write conversation index")?;
+        self.put(Effect::Conversation { lo, hi, id, from })?;
         if let Some(cid) = cid {
-            self.cids.insert((from, &**cid), id).ctx("write cid")?;
+            self.put(Effect::Cid {
+                from,
+                cid: cid.clone(),
+                id,
+            })?;
         }
         if from != to {
             let count = self
@@ -674,9 +922,11 @@ impl<'t> WriteTables<'t> {
                 .get((to, from))
                 .ctx("read unread")?
                 .map_or(0, |c| c.value());
-            self.unread
-                .insert((to, from), count + 1)
-                .ctx("write unread")?;
+            self.put(Effect::Unread {
+                user: to,
+                from,
+                count: count + 1,
+            })?;
         }
         Ok(StorageOutput::Stored {
             message: Arc::new(Message {
@@ -722,9 +972,11 @@ impl<'t> WriteTables<'t> {
         }
         let mark = current.max(upto);
         if mark != current {
-            self.read_marks
-                .insert((user, with), mark)
-                .ctx("write read_marks")?;
+            self.put(Effect::ReadMark {
+                user,
+                with,
+                upto: mark,
+            })?;
         }
         let mut unread = 0;
         for entry in self
@@ -738,13 +990,11 @@ impl<'t> WriteTables<'t> {
             }
         }
         if unread != counted {
-            if unread == 0 {
-                self.unread.remove((user, with)).ctx("clear unread")?;
-            } else {
-                self.unread
-                    .insert((user, with), unread)
-                    .ctx("write unread")?;
-            }
+            self.put(Effect::Unread {
+                user,
+                from: with,
+                count: unread,
+            })?;
         }
         Ok(StorageOutput::ReadMarked {
             valid: true,

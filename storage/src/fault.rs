@@ -1,5 +1,6 @@
 //! Fault injection for tests: a commit that starts in time and ends late
-//! (a slow fsync, a slow MySQL `COMMIT`), on demand.
+//! (a slow fsync, a slow MySQL `COMMIT`), and a write-ahead log that is
+//! never checkpointed, on demand.
 //!
 //! Compiled in only with the crate's `fault-injection` feature, which no
 //! release build enables (the engine turns it on for its integration
@@ -11,13 +12,19 @@
 //! opened:
 //! - `SWITCHBOARD_FAULT_COMMIT_STALL_MS`: how long each stalled write
 //!   batch sleeps on its db thread after its last deadline check and
-//!   before its commit (embedded: before `commit()`, holding redb's write
-//!   lock; MySQL: before `COMMIT` is sent, holding the transaction's row
-//!   locks), 1–[`limits::FAULT_COMMIT_STALL_MS_MAX`]. Unset or `0`: no
-//!   stall.
+//!   before its durable step (embedded: between the write-ahead log's
+//!   write and its `fdatasync`, or before a checkpoint's durable
+//!   `commit()`, holding redb's write lock; MySQL: before `COMMIT` is
+//!   sent, holding the transaction's row locks),
+//!   1–[`limits::FAULT_COMMIT_STALL_MS_MAX`]. Unset or `0`: no stall.
 //! - `SWITCHBOARD_FAULT_COMMIT_STALL_COUNT`: stall only the first N write
 //!   batches that reach their commit (so a retry is fast). Unset: every
 //!   batch.
+//! - `SWITCHBOARD_FAULT_NO_CHECKPOINT`: `1` stops the embedded store from
+//!   checkpointing its write-ahead log while it runs (by age, when idle,
+//!   at shutdown; only a batch too big for the log still does), so a
+//!   `kill -9` test finds every acknowledged write in the log alone and
+//!   exercises its replay. Unset or `0`: checkpoints as usual.
 //!
 //! A value that is not a number, or out of its bounds, refuses the open
 //! (a test that meant to inject a fault must not silently run without
@@ -33,6 +40,9 @@ pub(crate) struct Faults {
     /// The commit stall, when armed.
     #[cfg(feature = "fault-injection")]
     stall: Option<CommitStall>,
+    /// Whether the embedded store's log checkpoints are held off.
+    #[cfg(feature = "fault-injection")]
+    no_checkpoint: bool,
 }
 
 /// A stall before each of the first `remaining` commits.
@@ -51,6 +61,9 @@ const STALL_MS_VAR: &str = "SWITCHBOARD_FAULT_COMMIT_STALL_MS";
 /// How many write batches to stall.
 #[cfg(feature = "fault-injection")]
 const STALL_COUNT_VAR: &str = "SWITCHBOARD_FAULT_COMMIT_STALL_COUNT";
+/// Whether to hold off the log's checkpoints.
+#[cfg(feature = "fault-injection")]
+const NO_CHECKPOINT_VAR: &str = "SWITCHBOARD_FAULT_NO_CHECKPOINT";
 
 impl Faults {
     /// No faults.
@@ -58,6 +71,8 @@ impl Faults {
         Faults {
             #[cfg(feature = "fault-injection")]
             stall: None,
+            #[cfg(feature = "fault-injection")]
+            no_checkpoint: false,
         }
     }
 
@@ -74,7 +89,23 @@ impl Faults {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn from_env(backend: &str) -> Result<Faults, OpenError> {
         let var = |name: &str| std::env::var(name).ok();
-        Faults::from_vars(backend, var(STALL_MS_VAR), var(STALL_COUNT_VAR))
+        let mut faults = Faults::from_vars(backend, var(STALL_MS_VAR), var(STALL_COUNT_VAR))?;
+        faults.no_checkpoint = match var(NO_CHECKPOINT_VAR).as_deref().map(str::trim) {
+            None | Some("0") => false,
+            Some("1") => {
+                log::warn!(
+                    "storage: FAULT INJECTION armed ({backend}): the write-ahead log is never \
+                     checkpointed while the store runs ({NO_CHECKPOINT_VAR})"
+                );
+                true
+            }
+            Some(other) => {
+                return Err(OpenError::Config(format!(
+                    "{NO_CHECKPOINT_VAR} is {other:?}, must be 0 or 1"
+                )))
+            }
+        };
+        Ok(faults)
     }
 
     /// [`Faults::from_env`] on given values (for unit tests).
@@ -116,11 +147,24 @@ impl Faults {
                 duration: Duration::from_millis(stall_ms),
                 remaining: AtomicU64::new(count.unwrap_or(u64::MAX)),
             }),
+            no_checkpoint: false,
         })
     }
 
+    /// Whether the embedded store may checkpoint its log by age, when
+    /// idle and at shutdown (always, without the feature).
+    #[inline]
+    pub(crate) fn checkpoints_allowed(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return !self.no_checkpoint;
+        #[cfg(not(feature = "fault-injection"))]
+        true
+    }
+
     /// Called by a db thread between a write batch's last deadline check
-    /// and its commit: sleeps there when a stall is armed and not used up.
+    /// and its durable step (embedded: the log's `fdatasync`, or redb's
+    /// fsync at a checkpoint; MySQL: `COMMIT`): sleeps there when a stall
+    /// is armed and not used up.
     /// Without the feature: nothing.
     #[inline]
     pub(crate) fn stall_commit(&self) {
@@ -154,8 +198,8 @@ mod tests {
     fn check(stall_ms: Option<&str>, count: Option<&str>, expected: Result<(u64, u64), &str>) {
         let got = Faults::from_vars("test", stall_ms.map(String::from), count.map(String::from));
         let got = match got {
-            Ok(Faults { stall: None }) => Ok((0, 0)),
-            Ok(Faults { stall: Some(s) }) => Ok((
+            Ok(Faults { stall: None, .. }) => Ok((0, 0)),
+            Ok(Faults { stall: Some(s), .. }) => Ok((
                 s.duration.as_millis() as u64,
                 s.remaining.load(std::sync::atomic::Ordering::Relaxed),
             )),

@@ -34,8 +34,9 @@ pub const LOCK_FILE_NAME: &str = "switchboard.lock";
 
 /// The files the server writes in the data folder, whose modes
 /// [`secure_data_dir`] tightens.
-pub const KNOWN_FILES: [&str; 3] = [
+pub const KNOWN_FILES: [&str; 4] = [
     crate::embedded::DB_FILE_NAME,
+    crate::wal::WAL_FILE_NAME,
     LOCK_FILE_NAME,
     crate::token::SECRET_FILE_NAME,
 ];

@@ -16,10 +16,12 @@
 //!   a job past its deadline once with its batch, saying where the batch
 //!   waited and how long (the db thread, the pool checkout, statement,
 //!   write lock or commit, the queue: see `watch.rs`).
-//! - **Durable before answered.** Write jobs run in one redb write
-//!   transaction per batch (group commit), committed with an fsync before
-//!   any of them is answered: an answered `/send` survives `kill -9` and a
-//!   power cut.
+//! - **Durable before answered.** Write jobs run in one write transaction
+//!   per batch (group commit), made durable before any of them is
+//!   answered: an answered `/send` survives `kill -9` and a power cut.
+//!   Embedded: the batch's effects are appended to the write-ahead log and
+//!   `fdatasync`ed, then redb commits without fsync (see below); MySQL:
+//!   `COMMIT`.
 //! - **`TimedOut` means not stored; a late `Ok` means stored.** A write's
 //!   deadline is checked last at a point after which nothing can stop
 //!   its commit: embedded, right after `begin_write()` returns, holding
@@ -37,9 +39,10 @@
 //!   (off by default; on for this crate's tests and the engine's
 //!   integration tests), `SWITCHBOARD_FAULT_COMMIT_STALL_MS` (and
 //!   `_COUNT`), read once at open, stall write batches after their last
-//!   deadline check and before their commit, simulating a commit that
-//!   starts in time and ends late. Without the feature the variables are
-//!   never read.
+//!   deadline check and before their durable step, simulating a commit
+//!   that starts in time and ends late; `SWITCHBOARD_FAULT_NO_CHECKPOINT`
+//!   holds the embedded log's checkpoints off (for `kill -9` tests of its
+//!   replay). Without the feature the variables are never read.
 //!
 //! The embedded backend ([`Store::open_embedded`]) keeps one redb file,
 //! `data_dir/switchboard.redb`, with these tables (`lo`/`hi` are the two
@@ -47,13 +50,28 @@
 //!
 //! | table | key → value | what for |
 //! | --- | --- | --- |
-//! | `meta` | `&str` → `u64` | `next_msg_id` (ids start at 1, assigned in the write transaction), `schema_version` |
+//! | `meta` | `&str` → `u64` | `next_msg_id` (ids start at 1, assigned in the write transaction), `schema_version`, `wal_generation` (the write-ahead log records that recovery replays) |
 //! | `messages` | `id` → `(from, to, ts, text, cid)` | every message, by its global increasing id |
 //! | `conversations` | `(lo, hi, id)` → `from` | history paging and unread counting as range scans |
 //! | `cids` | `(from, cid)` → `id` | `/send` idempotency, kept forever |
 //! | `ui` | `user` → state text | persisted UI state |
 //! | `read_marks` | `(user, with)` → `id` | how far `user` has read the conversation with `with` |
 //! | `unread` | `(user, from)` → count | unread messages from `from` to `user`; absent means 0 |
+//!
+//! In front of it, the write-ahead log `data_dir/switchboard.wal`
+//! (module `wal`): one record per write batch, holding the batch's
+//! changes as absolute values (rows put with their ids, counts and marks
+//! set, `next_msg_id`), with a generation, a sequence and a CRC-32. A
+//! batch appends its record and `fdatasync`s it, then commits redb with
+//! `Durability::None`; so redb's file alone may lag the answered writes
+//! by up to a second. A *checkpoint* (the first batch after the log is
+//! `limits::WAL_CHECKPOINT_AGE_MS` old or would pass
+//! `limits::WAL_BYTES_MAX`, an idle db thread, a stopping one) commits redb
+//! durably with `wal_generation` + 1 and starts the log again at offset 0.
+//! At open, the records of `meta["wal_generation"]` are replayed from
+//! offset 0 up to the first torn, corrupt or older-generation one, then
+//! committed durably with the next generation. docs/architecture.md
+//! ("Why a write-ahead log in front of redb") says why and how.
 //!
 //! The directory is held in memory: the built-in demo users or a JSON file
 //! ([`directory`]), re-read on [`Store::reload_directory`].
@@ -76,6 +94,7 @@ pub mod limits;
 pub mod mysql;
 mod pin;
 pub mod token;
+mod wal;
 mod watch;
 
 /// Whether this build honours the test-only fault injection variables
@@ -187,6 +206,13 @@ pub(crate) struct Counters {
     /// Batches past a deadline or with jobs picked up after theirs, each
     /// counted once ([`watch::Watch::count_late`]).
     pub(crate) late_batches: AtomicU64,
+    /// Embedded: durable commits that emptied the write-ahead log.
+    pub(crate) checkpoints: AtomicU64,
+    /// Embedded: bytes of records in the write-ahead log now.
+    pub(crate) wal_bytes: AtomicU64,
+    /// Embedded: write batches replayed from the log when the store
+    /// opened.
+    pub(crate) wal_replayed: AtomicU64,
 }
 
 /// A snapshot of the store's counters (for `/metrics`).
@@ -215,6 +241,15 @@ pub struct StoreStats {
     /// up late), each counted once and logged at warn with where it
     /// waited.
     pub late_batches: u64,
+    /// Embedded: checkpoints (durable commits that emptied the write-ahead
+    /// log: by age, by size, when idle, at shutdown) since open.
+    pub checkpoints: u64,
+    /// Embedded: bytes of records in the write-ahead log now (0 after a
+    /// checkpoint), at most `limits::WAL_BYTES_MAX`.
+    pub wal_bytes: u64,
+    /// Embedded: write batches replayed from the write-ahead log when the
+    /// store opened (non-zero only after a crash).
+    pub wal_replayed: u64,
     /// The `db-N` threads.
     pub threads: usize,
     /// Of them, those running a batch now.
@@ -568,6 +603,9 @@ impl Store {
             queue_len: self.inner.jobs.len(),
             queue_depth: self.inner.queue_depth,
             late_batches: c.late_batches.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            wal_bytes: c.wal_bytes.load(Ordering::Relaxed),
+            wal_replayed: c.wal_replayed.load(Ordering::Relaxed),
             threads: self.inner.watches.len(),
             threads_busy: self
                 .inner

@@ -38,6 +38,29 @@ pub const DB_IDLE_WAIT_MS: u64 = 50;
 /// evicts pages and reads them from the file again.
 pub const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long the write-ahead log (`switchboard.wal`) may hold records
+/// before a checkpoint. The first write batch that finds the log's oldest
+/// record this old commits redb durably (fsync) instead of appending, and
+/// the log starts again from offset 0. Bounds the work of a recovery and
+/// the redb pages written since the last durable commit (redb cannot
+/// reuse pages freed by commits that were not durable). A db thread that
+/// goes [`DB_IDLE_WAIT_MS`] without a job checkpoints a non-empty log at
+/// once, so an idle server's log is empty.
+pub const WAL_CHECKPOINT_AGE_MS: u64 = 1_000;
+
+/// Largest the write-ahead log grows, in bytes. A write batch whose record
+/// would end past it checkpoints instead of appending (so one batch too
+/// big for the log still commits, durably, through redb). At 1,000
+/// messages a second of about 200 bytes, a checkpoint by age comes long
+/// before (about 0.2 MB).
+pub const WAL_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The write-ahead log is zero-filled to this size when opened, and grown
+/// by this much (zeros, then `fsync` of the file and its folder) when a
+/// record would pass its end, so that an append's `fdatasync` has no
+/// size change or block allocation to journal. The file never shrinks.
+pub const WAL_GROW_BYTES: usize = 4 * 1024 * 1024;
+
 /// Most messages one `History` job returns (PROTOCOL.md §3: `limit`
 /// 1–100). A larger `limit` is clamped to it.
 pub const HISTORY_LIMIT_MAX: u32 = 100;
@@ -165,6 +188,10 @@ const _: () = assert!(DB_THREADS_DEFAULT >= 1 && DB_THREADS_DEFAULT <= DB_THREAD
 // A batch never needs more jobs than the queue can hold.
 const _: () = assert!(WRITE_BATCH_JOBS_MAX <= JOB_QUEUE_DEPTH_MAX);
 const _: () = assert!(HISTORY_LIMIT_MAX >= 1);
+const _: () =
+    assert!(WAL_GROW_BYTES <= WAL_BYTES_MAX && WAL_BYTES_MAX.is_multiple_of(WAL_GROW_BYTES));
+// A record's length is a u32 (wal.rs).
+const _: () = assert!(WAL_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!(FRIENDS_PER_USER_MAX < USERS_MAX);
 const _: () = assert!(TOKEN_SECRET_BYTES >= 32);
 const _: () = assert!(mysql_pool_size_default(1) > 1);

@@ -6,7 +6,8 @@
 //! batch it runs ([`Watch::begin`]) and tells it each step it goes on to
 //! wait for ([`Watch::step`]): a pool checkout and each MySQL statement
 //! (with its kind and SQL), or the embedded store's read transaction, its
-//! write lock, its writes and its commit (fsync). The `db-watch` thread
+//! write lock, its writes, its write-ahead log append (`fdatasync`) and
+//! its commit, or instead of those two a checkpoint (a durable commit). The `db-watch` thread
 //! looks at every watch each `DB_WATCH_INTERVAL_MS` and logs a batch once
 //! when it is past its earliest deadline, while it still waits; a batch
 //! that ends late between two looks is logged by its own thread at its
@@ -59,8 +60,14 @@ pub(crate) enum Waiting {
     WriteLock,
     /// The embedded store's writes, inside the write transaction.
     Writes,
-    /// The embedded store's commit, with its fsync.
+    /// The embedded store's write-ahead log: the batch's record written
+    /// and `fdatasync`ed.
+    Wal,
+    /// The embedded store's redb commit after the log append (no fsync).
     Commit,
+    /// The embedded store's checkpoint: a durable redb commit (fsync)
+    /// instead of a log append.
+    Checkpoint,
 }
 
 impl std::fmt::Display for Waiting {
@@ -71,7 +78,9 @@ impl std::fmt::Display for Waiting {
             Waiting::Reads => f.write_str("its reads (a read transaction)"),
             Waiting::WriteLock => f.write_str("the write lock (another batch was committing)"),
             Waiting::Writes => f.write_str("its writes (in the write transaction)"),
-            Waiting::Commit => f.write_str("the commit (fsync)"),
+            Waiting::Wal => f.write_str("the write-ahead log (its fdatasync)"),
+            Waiting::Commit => f.write_str("the commit (after the log's fdatasync)"),
+            Waiting::Checkpoint => f.write_str("a checkpoint (a durable commit, fsync)"),
         }
     }
 }
@@ -480,7 +489,7 @@ mod tests {
         watch.begin(batch, Waiting::WriteLock);
         assert_eq!(watch.busy(), BUSY);
         watch.step(Waiting::Writes);
-        watch.step(Waiting::Commit);
+        watch.step(Waiting::Wal);
         assert!(watch.look(now).is_none(), "not late yet");
         std::thread::sleep(Duration::from_millis(60));
         let late = watch.look(Instant::now()).expect("late now");
@@ -491,7 +500,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("db-3 has waited"), "{text}");
-        assert!(text.contains("for the commit (fsync)"), "{text}");
+        assert!(
+            text.contains("for the write-ahead log (its fdatasync)"),
+            "{text}"
+        );
         assert!(
             text.contains("waited 40 ms in the queue, 12 jobs ahead of it at submit"),
             "{text}"

@@ -406,7 +406,7 @@ fn run(
 ) {
     crate::pin::pin_db_thread(core);
     let mut batch = Vec::with_capacity(backend.batch_max);
-    while batch::next_batch(queue, stop, &mut batch, backend.batch_max) {
+    while batch::next_batch(queue, stop, &mut batch, backend.batch_max, &mut || {}) {
         if !backend.batch_wait.is_zero() && batch.iter().any(is_send) {
             let earliest = batch.iter().map(|e| e.deadline).min().expect("non-empty");
             let until = (Instant::now() + backend.batch_wait).min(earliest);
