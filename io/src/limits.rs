@@ -231,3 +231,5 @@ const _: () = assert!(CHUNK_SIZE_LINE_BYTES_MAX < READ_CHUNK_BYTES);
 // first byte.
 const _: () = assert!(FIRST_BYTE_TIMEOUT_MS <= TLS_HANDSHAKE_TIMEOUT_MS);
 const _: () = assert!(BUFFER_RETAIN_BYTES >= READ_CHUNK_BYTES);
+// A shard's pool stays within the 1 MiB its doc promises.
+const _: () = assert!(POOL_BUFFERS_MAX * BUFFER_RETAIN_BYTES <= 1024 * 1024);
