@@ -381,22 +381,28 @@ where
             }
 
             // Decide, call, answer.
-            let known = known_params(listener);
-            let mut params = Params::new();
-            params.add_form(head.query.as_bytes(), known);
-            if head.method == Method::Post && head.form_body {
-                params.add_form(self.body.bytes(), known);
-            }
-            // The parameters are decoded (copied out of the body).
-            self.body.release();
-            let decision = decide(
-                listener,
-                head.method,
-                &head.path,
-                &params,
-                head.credentials(),
-                &config.admin,
-            );
+            let decision = {
+                let known = known_params(listener);
+                let mut params = Params::new();
+                params.add_form(head.query.as_bytes(), known);
+                if head.method == Method::Post && head.form_body {
+                    params.add_form(self.body.bytes(), known);
+                }
+                // The parameters are decoded (copied out of the body).
+                self.body.release();
+                decide(
+                    listener,
+                    head.method,
+                    &head.path,
+                    &params,
+                    head.credentials(),
+                    &config.admin,
+                )
+            };
+            // Of the head only this is needed from here on: dropped, it
+            // is not kept in the task while a call is held.
+            let keep_alive = head.keep_alive;
+            drop(head);
             let mut refused = false;
             let outcome = match decision {
                 Decision::Reject(e) => {
@@ -445,7 +451,7 @@ where
             if refused {
                 return Ending::Linger(CloseReason::Unauthorized);
             }
-            if !head.keep_alive {
+            if !keep_alive {
                 return Ending::Linger(CloseReason::NotKeepAlive);
             }
             if !persist.keep_alive {
