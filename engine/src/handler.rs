@@ -546,29 +546,34 @@ impl Handler for ConnHandler {
         // A stopping shard waits longer for a connection with a call in
         // flight (stop.rs), so its answer is written.
         let _in_flight = self.stop.as_ref().map(ConnStop::call_started);
+        // Every call but the shard calls is boxed: this future's size is
+        // that of its largest branch, and a held poll (a shard call) keeps
+        // it for up to a minute on every polling connection.
         match call {
             Call::Connect {
                 token,
                 tab,
                 deferred,
-            } => Reply::Shard(self.connect(token, tab, deferred).await),
+            } => Reply::Shard(Box::pin(self.connect(token, tab, deferred)).await),
             Call::Shard(request) => Reply::Shard(self.rt.call(request).await),
             Call::Health => Reply::Health {
-                shards: self.shard_health().await,
+                shards: Box::pin(self.shard_health()).await,
                 timeout_ms: limits::HEALTH_TIMEOUT_MS,
             },
             Call::Metrics => Reply::Metrics {
-                shards: self.shard_health().await,
+                shards: Box::pin(self.shard_health()).await,
                 families: metrics::families(&self.rt, &self.edge),
             },
-            Call::RosterChanged { user } => Reply::Shard(self.roster_changed(user).await),
-            Call::Kick { user } => Reply::Shard(self.rt.call(Request::Kick { user }).await),
+            Call::RosterChanged { user } => Reply::Shard(Box::pin(self.roster_changed(user)).await),
+            Call::Kick { user } => {
+                Reply::Shard(Box::pin(self.rt.call(Request::Kick { user })).await)
+            }
             Call::Demo { path, user } => match &self.demo {
                 Some(d) => d.answer(&path, user, &self.secret, self.rt.clock.now_ms() / 1000),
                 None => demo::not_found(),
             },
-            Call::Trace { user, debug } => self.trace(user, debug).await,
-            Call::TraceRead { user } => self.trace_read(user).await,
+            Call::Trace { user, debug } => Box::pin(self.trace(user, debug)).await,
+            Call::TraceRead { user } => Box::pin(self.trace_read(user)).await,
         }
     }
 

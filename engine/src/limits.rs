@@ -202,6 +202,15 @@ pub const STORAGE_WRITE_BATCH_MAX: usize = 256;
 /// (`io_poll_find`, perf, docs/benchmarks.md); at 4096 it is 0.8%.
 pub const RING_DEPTH: usize = 4_096;
 
+/// Memory each executor registers with its io_uring rings for DMA
+/// buffers (glommio's default is 10 MiB). Registering pins it, so all of
+/// it counts in RSS from the start: with the default, 20 of the 35 MiB of
+/// an idle two-shard server (smaps). Switchboard never asks glommio for
+/// such a buffer (storage runs on its db threads, sockets are read into
+/// io's own buffers), and a request it cannot serve from this falls back
+/// to the heap, so it gets glommio's minimum.
+pub const IO_MEMORY_BYTES: usize = 64 * 1024;
+
 /// How long the start-up port probe waits for a connection to a configured
 /// address before taking it as free (claim.rs). Loopback answers at once
 /// either way; only a listener too overloaded to take a SYN is slower.

@@ -487,7 +487,8 @@ pub struct ShardRuntime {
     /// caller goes (the [`Waiting`] guard).
     waiting: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
     next_req: Cell<u64>,
-    /// Bounded outboxes to the other shards (`None` at our own index); a
+    /// Outboxes to the other shards (`None` at our own index), each held
+    /// to `bounds.outbox_depth_max` by [`ShardRuntime::enqueue`]; a
     /// task per peer drains each into the mesh.
     outboxes: Vec<Option<LocalSender<MeshMsg>>>,
     /// Requests sent to each peer and not yet answered (held polls
@@ -557,7 +558,12 @@ impl ShardRuntime {
             if peer == id {
                 outboxes.push(None);
             } else {
-                let (tx, rx) = local_channel::new_bounded(bounds.outbox_depth_max);
+                // Unbounded, held to `outbox_depth_max` by `enqueue`: a
+                // bounded channel allocates its whole depth at start (7 MiB
+                // of `MeshMsg` at the default), and as its ring turns every
+                // slot becomes resident. This one grows to the deepest the
+                // outbox has been.
+                let (tx, rx) = local_channel::new_unbounded();
                 outboxes.push(Some(tx));
                 receivers.push((peer, rx));
             }
@@ -970,9 +976,12 @@ impl ShardRuntime {
     /// Puts `msg` in the outbox to `shard` without waiting, counting it
     /// (`PeerStats::queued`) when it fits; else says why not.
     fn enqueue(&self, shard: ShardId, msg: MeshMsg) -> Result<(), String> {
-        self.outbox(shard)
-            .try_send(msg)
-            .map_err(|e| e.to_string())?;
+        let outbox = self.outbox(shard);
+        let depth = outbox.len();
+        if depth >= self.bounds.outbox_depth_max {
+            return Err(format!("outbox full ({depth} messages)"));
+        }
+        outbox.try_send(msg).map_err(|e| e.to_string())?;
         self.stats.peers[shard].queued.add(1);
         Ok(())
     }

@@ -463,6 +463,7 @@ impl Shards {
             let executor = LocalExecutorBuilder::new(Placement::Fixed(settings.shard_cores[shard]))
                 .name(&format!("shard-{shard}"))
                 .ring_depth(limits::RING_DEPTH)
+                .io_memory(limits::IO_MEMORY_BYTES)
                 .spawn(move || async move { shard_main(shared, ends, reporter).await })
                 .map_err(|source| Error::Executor { shard, source })?;
             self.executors.push(executor);

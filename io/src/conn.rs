@@ -17,22 +17,32 @@
 //! or the linger byte limit, so the client reads the whole answer and then
 //! end-of-stream, never a reset (which could discard the answer unread).
 //!
-//! Buffers are per connection, bounded ([`Limits::read_buffer_bytes_max`],
-//! the body limit) and reused across requests; after a large request they
-//! shrink back so an idle connection holds little memory.
+//! Buffers are borrowed from the thread (`buffers.rs`), never owned by a
+//! connection between requests: every read goes into the thread's scratch
+//! buffer, and only the bytes the connection must keep (a request read so
+//! far, pipelined requests behind it) are copied into a pooled buffer of
+//! its own, bounded by [`Limits::read_buffer_bytes_max`]. That buffer, the
+//! decoded body (bounded by the body limit) and the answer go back to the
+//! pool as soon as they are consumed: before a call that may be held (a
+//! long-poll) and after each answer. An idle connection, or one holding a
+//! poll, has no buffer at all; one that took a big request gives its big
+//! buffers back to be freed.
 
+use std::future::poll_fn;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::BodyDecoder;
+use crate::buffers::{self, Buf};
 use crate::call::{decide, endpoint, known_params, AdminGate, Decision, Endpoint};
 use crate::deadline::{within, TimedOut};
 use crate::head::{HeadParser, HttpError, Method, Version};
-use crate::limits::{Limits, BUFFER_RETAIN_BYTES, READ_CHUNK_BYTES};
+use crate::limits::{Limits, READ_CHUNK_BYTES};
 use crate::query::Params;
 use crate::response::{http_date, status_of_response, Encoder, Outcome, Persist, CONTINUE};
 use crate::{Call, Handler, Listener};
@@ -194,9 +204,9 @@ where
         stream,
         resume,
         streak: None,
-        buf: Vec::with_capacity(READ_CHUNK_BYTES),
-        body: Vec::new(),
-        out: Vec::new(),
+        buf: Buf::new(),
+        body: Buf::new(),
+        out: Buf::new(),
         encoder: Encoder::new(listener).with_hsts(config.hsts),
         parser: HeadParser::new(),
         limits: &config.limits,
@@ -208,7 +218,18 @@ where
             linger_bytes: 0,
         },
     };
-    let reason = conn.run(listener, handler, config).await;
+    // The ending runs after the request loop's future is done, so the
+    // task's size is the larger of the two, not their sum.
+    let ending = conn.run(listener, handler, config).await;
+    let reason = match ending {
+        Ending::Closed(reason) => reason,
+        Ending::Linger(reason) => conn.linger(handler, reason).await,
+        Ending::Fail {
+            endpoint,
+            error,
+            reason,
+        } => conn.fail(handler, endpoint, &error, reason).await,
+    };
     conn.outcome.reason = reason;
     match reason {
         CloseReason::Moved { to } => Served::Moved(Moved {
@@ -225,10 +246,26 @@ where
     }
 }
 
+/// How the request loop ends.
+enum Ending {
+    /// The connection is done (closed by the client, timed out, failed
+    /// or dropped): nothing more to write or read.
+    Closed(CloseReason),
+    /// The last answer is written: close gracefully.
+    Linger(CloseReason),
+    /// A request could not be read: answer `error` (counted under
+    /// `endpoint`), then close gracefully.
+    Fail {
+        endpoint: Endpoint,
+        error: HttpError,
+        reason: CloseReason,
+    },
+}
+
 /// What one read brought.
 enum ReadEvent {
-    /// Some bytes, appended to the buffer.
-    Data,
+    /// Some bytes (this many), appended to the buffer or discarded.
+    Data(usize),
     /// End of stream.
     Eof,
     /// The deadline passed first.
@@ -247,13 +284,15 @@ struct Conn<'a, S> {
     /// calls in a row.
     streak: Option<(usize, u32)>,
     /// Bytes read and not yet consumed: the current request's head or
-    /// body, then whatever follows it (pipelined requests).
-    buf: Vec<u8>,
-    /// The current request's decoded body.
-    body: Vec<u8>,
-    /// The answer being written.
-    out: Vec<u8>,
-    /// Builds answers (owns a reused body buffer).
+    /// body, then whatever follows it (pipelined requests). Held only
+    /// while there are such bytes.
+    buf: Buf,
+    /// The current request's decoded body, held while it is decoded and
+    /// its parameters are read.
+    body: Buf,
+    /// The answer being written, held until it is written.
+    out: Buf,
+    /// Builds answers (in a pooled body buffer it gives back after each).
     encoder: Encoder,
     /// The head parser, kept across reads of one head.
     parser: HeadParser,
@@ -272,13 +311,13 @@ impl<S> Conn<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// The request loop; returns why the connection ends.
+    /// The request loop; returns how the connection ends.
     async fn run<H: Handler>(
         &mut self,
         listener: Listener,
         handler: &H,
         config: &Config,
-    ) -> CloseReason {
+    ) -> Ending {
         let limits = self.limits;
         // Until the first request is answered, the wait for its first byte
         // is the short first-byte timeout, not the keep-alive idle one.
@@ -286,7 +325,7 @@ where
         loop {
             // Wait for the first byte of a request, unless pipelining
             // already brought some.
-            if self.buf.is_empty() {
+            if self.buf.bytes().is_empty() {
                 let (wait_ms, timed_out) = if first {
                     (limits.first_byte_timeout_ms, CloseReason::FirstByteTimeout)
                 } else {
@@ -295,11 +334,13 @@ where
                 let sleep = handler.sleep(ms(wait_ms));
                 let idle = pin!(futures_lite::future::or(sleep, handler.stopped()));
                 match self.read_more(idle).await {
-                    ReadEvent::Data => {}
-                    ReadEvent::Eof => return CloseReason::PeerClosed,
-                    ReadEvent::Timeout if handler.stopping() => return CloseReason::Stopped,
-                    ReadEvent::Timeout => return timed_out,
-                    ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                    ReadEvent::Data(_) => {}
+                    ReadEvent::Eof => return Ending::Closed(CloseReason::PeerClosed),
+                    ReadEvent::Timeout if handler.stopping() => {
+                        return Ending::Closed(CloseReason::Stopped)
+                    }
+                    ReadEvent::Timeout => return Ending::Closed(timed_out),
+                    ReadEvent::Error(kind) => return Ending::Closed(CloseReason::ReadError(kind)),
                 }
             }
             first = false;
@@ -309,73 +350,95 @@ where
             let head = {
                 let mut timer = pin!(handler.sleep(ms(limits.head_timeout_ms)));
                 loop {
-                    match self.parser.parse(&self.buf, limits) {
+                    match self.parser.parse(self.buf.bytes(), limits) {
                         Ok(Some(head)) => break head,
                         Ok(None) => {}
                         Err(e) => {
                             // Under its endpoint once its request line was
                             // read (a 413 for a declared length on /send).
-                            let path = self.parser.path(&self.buf);
+                            let path = self.parser.path(self.buf.bytes());
                             let at = path.map_or(Endpoint::Other, |p| endpoint(listener, p));
                             let reason = CloseReason::HttpError(e.status);
-                            return self.fail(handler, at, &e, reason).await;
+                            return Ending::Fail {
+                                endpoint: at,
+                                error: e,
+                                reason,
+                            };
                         }
                     }
                     match self.read_more(timer.as_mut()).await {
-                        ReadEvent::Data => {}
-                        ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
+                        ReadEvent::Data(_) => {}
+                        ReadEvent::Eof => return Ending::Closed(CloseReason::PeerClosedMidRequest),
                         ReadEvent::Timeout => {
                             let e = HttpError::timeout("request head not received in time");
-                            let path = self.parser.path(&self.buf);
+                            let path = self.parser.path(self.buf.bytes());
                             let at = path.map_or(Endpoint::Other, |p| endpoint(listener, p));
-                            return self.fail(handler, at, &e, CloseReason::HeadTimeout).await;
+                            return Ending::Fail {
+                                endpoint: at,
+                                error: e,
+                                reason: CloseReason::HeadTimeout,
+                            };
                         }
-                        ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                        ReadEvent::Error(kind) => {
+                            return Ending::Closed(CloseReason::ReadError(kind))
+                        }
                     }
                 }
             };
-            self.buf.drain(..head.len);
+            self.buf.vec().drain(..head.len);
 
             // The body, within the body timeout of the head's end.
             if head.expect_continue {
                 if let Err(reason) = self.write(handler, CONTINUE).await {
-                    return reason;
+                    return Ending::Closed(reason);
                 }
             }
-            self.body.clear();
             // A body that fails is counted under the head's endpoint.
             let counted_as = endpoint(listener, &head.path);
             let mut decoder = BodyDecoder::new(head.framing);
             if !decoder.is_done() {
                 let mut timer = pin!(handler.sleep(ms(limits.body_timeout_ms)));
                 loop {
-                    match decoder.decode(&self.buf, &mut self.body, limits) {
+                    match decoder.decode(self.buf.bytes(), self.body.vec(), limits) {
                         Ok(used) => {
-                            self.buf.drain(..used);
+                            self.buf.vec().drain(..used);
                         }
                         Err(e) => {
                             let reason = CloseReason::HttpError(e.status);
-                            return self.fail(handler, counted_as, &e, reason).await;
+                            return Ending::Fail {
+                                endpoint: counted_as,
+                                error: e,
+                                reason,
+                            };
                         }
                     }
                     if decoder.is_done() {
                         break;
                     }
                     match self.read_more(timer.as_mut()).await {
-                        ReadEvent::Data => {}
-                        ReadEvent::Eof => return CloseReason::PeerClosedMidRequest,
+                        ReadEvent::Data(_) => {}
+                        ReadEvent::Eof => return Ending::Closed(CloseReason::PeerClosedMidRequest),
                         ReadEvent::Timeout => {
                             let e = HttpError::timeout("request body not received in time");
                             let reason = CloseReason::BodyTimeout;
-                            return self.fail(handler, counted_as, &e, reason).await;
+                            return Ending::Fail {
+                                endpoint: counted_as,
+                                error: e,
+                                reason,
+                            };
                         }
-                        ReadEvent::Error(kind) => return CloseReason::ReadError(kind),
+                        ReadEvent::Error(kind) => {
+                            return Ending::Closed(CloseReason::ReadError(kind))
+                        }
                     }
                 }
             }
 
-            // The request is read: its answer's time starts (a long-poll's
-            // includes its hold).
+            // The request is read. Unless pipelining brought more, the
+            // connection needs no read buffer until its next request: it
+            // goes back to the pool before the call (a long-poll holds none).
+            self.buf.release_if_empty();
+            // Its answer's time starts (a long-poll's includes its hold).
             let started = Instant::now();
             let mut persist = Persist {
                 keep_alive: head.keep_alive && !handler.stopping(),
@@ -387,48 +450,59 @@ where
                 match https_location(head.host.as_deref(), port, &head.path, &head.query) {
                     Some(location) => {
                         self.encoder
-                            .redirect(&mut self.out, &location, persist, &date);
+                            .redirect(self.out.vec(), &location, persist, &date);
                         let took = Some(started.elapsed());
                         handler.answered(counted_as, Outcome::Redirect, took);
                     }
                     None => {
                         let e = HttpError::bad_request("no valid Host to redirect to https with");
                         let reason = CloseReason::HttpError(e.status);
-                        return self.fail(handler, counted_as, &e, reason).await;
+                        return Ending::Fail {
+                            endpoint: counted_as,
+                            error: e,
+                            reason,
+                        };
                     }
                 }
                 if let Err(reason) = self.write_out(handler).await {
-                    return reason;
+                    return Ending::Closed(reason);
                 }
                 self.outcome.requests_answered += 1;
                 if !persist.keep_alive {
-                    return self.linger(handler, CloseReason::NotKeepAlive).await;
+                    return Ending::Linger(CloseReason::NotKeepAlive);
                 }
-                self.shrink();
                 continue;
             }
 
             // Decide, call, answer.
-            let known = known_params(listener);
-            let mut params = Params::new();
-            params.add_form(head.query.as_bytes(), known);
-            if head.method == Method::Post && head.form_body {
-                params.add_form(&self.body, known);
-            }
-            let decision = decide(
-                listener,
-                head.method,
-                &head.path,
-                &params,
-                head.credentials(),
-                &config.admin,
-            );
+            let decision = {
+                let known = known_params(listener);
+                let mut params = Params::new();
+                params.add_form(head.query.as_bytes(), known);
+                if head.method == Method::Post && head.form_body {
+                    params.add_form(self.body.bytes(), known);
+                }
+                // The parameters are decoded (copied out of the body).
+                self.body.release();
+                decide(
+                    listener,
+                    head.method,
+                    &head.path,
+                    &params,
+                    head.credentials(),
+                    &config.admin,
+                )
+            };
+            // Of the head only this is needed from here on: dropped, it
+            // is not kept in the task while a call is held.
+            let keep_alive = head.keep_alive;
+            drop(head);
             let mut refused = false;
             let outcome = match decision {
                 Decision::Reject(e) => {
                     let date = now_date();
                     self.encoder
-                        .http_error(&mut self.out, &e, persist, head_only, &date);
+                        .http_error(self.out.vec(), &e, persist, head_only, &date);
                     Outcome::Failed(e.code)
                 }
                 Decision::Answer { mode, response } => {
@@ -440,7 +514,7 @@ where
                     }
                     let date = now_date();
                     self.encoder.response(
-                        &mut self.out,
+                        self.out.vec(),
                         &response,
                         &mode,
                         persist,
@@ -460,34 +534,36 @@ where
                     } else {
                         self.streak = None;
                     }
-                    let reply = handler.call(call).await;
+                    // Boxed: the handler's future (a kilobyte or more in
+                    // the engine) lives only while a call is in flight,
+                    // not in every idle connection's task.
+                    let reply = Box::pin(handler.call(call)).await;
                     // A stop during the call (a long-poll it ended): this
                     // answer is the connection's last.
                     persist.keep_alive &= !handler.stopping();
                     let date = now_date();
                     self.encoder
-                        .reply(&mut self.out, &reply, &mode, persist, head_only, &date);
+                        .reply(self.out.vec(), &reply, &mode, persist, head_only, &date);
                     Outcome::of_reply(&reply)
                 }
             };
             handler.answered(counted_as, outcome, Some(started.elapsed()));
             if let Err(reason) = self.write_out(handler).await {
-                return reason;
+                return Ending::Closed(reason);
             }
             self.outcome.requests_answered += 1;
             if refused {
-                return self.linger(handler, CloseReason::Unauthorized).await;
+                return Ending::Linger(CloseReason::Unauthorized);
             }
-            if !head.keep_alive {
-                return self.linger(handler, CloseReason::NotKeepAlive).await;
+            if !keep_alive {
+                return Ending::Linger(CloseReason::NotKeepAlive);
             }
             if !persist.keep_alive {
-                return self.linger(handler, CloseReason::Stopped).await;
+                return Ending::Linger(CloseReason::Stopped);
             }
             if let Some(to) = self.move_to() {
-                return CloseReason::Moved { to };
+                return Ending::Closed(CloseReason::Moved { to });
             }
-            self.shrink();
         }
     }
 
@@ -498,43 +574,27 @@ where
         let ready = self.resume.movable
             && self.resume.moves < MOVES_MAX
             && calls >= MOVE_AFTER_CALLS
-            && self.buf.is_empty();
+            && self.buf.bytes().is_empty();
         ready.then_some(to)
     }
 
     /// Appends what one read brings to `buf`, unless `deadline` passes
     /// first.
-    async fn read_more<T: Future<Output = ()>>(&mut self, mut deadline: Pin<&mut T>) -> ReadEvent {
-        let old = self.buf.len();
-        let room = self.limits.read_buffer_bytes_max().saturating_sub(old);
+    async fn read_more<T: Future<Output = ()>>(&mut self, deadline: Pin<&mut T>) -> ReadEvent {
+        let held = self.buf.bytes().len();
+        let room = self.limits.read_buffer_bytes_max().saturating_sub(held);
         // The head parser and body decoder decide long before the buffer
         // fills (see `Limits::read_buffer_bytes_max`).
-        assert!(room > 0, "read buffer full: {old} bytes unconsumed");
-        self.buf.resize(old + room.min(READ_CHUNK_BYTES), 0);
-        loop {
-            let stream = &mut self.stream;
-            let space = &mut self.buf[old..];
-            match within(deadline.as_mut(), stream.read(space)).await {
-                Ok(Ok(0)) => {
-                    self.buf.truncate(old);
-                    return ReadEvent::Eof;
-                }
-                Ok(Ok(n)) => {
-                    self.buf.truncate(old + n);
-                    self.outcome.bytes_read += n as u64;
-                    return ReadEvent::Data;
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => {
-                    self.buf.truncate(old);
-                    return ReadEvent::Error(e.kind());
-                }
-                Err(TimedOut) => {
-                    self.buf.truncate(old);
-                    return ReadEvent::Timeout;
-                }
-            }
+        assert!(room > 0, "read buffer full: {held} bytes unconsumed");
+        let buf = &mut self.buf;
+        let event = read_chunk(&mut self.stream, deadline, room, |bytes| {
+            buf.vec().extend_from_slice(bytes);
+        })
+        .await;
+        if let ReadEvent::Data(n) = event {
+            self.outcome.bytes_read += n as u64;
         }
+        event
     }
 
     /// Writes `bytes` and flushes, within the write timeout.
@@ -555,12 +615,13 @@ where
         }
     }
 
-    /// Writes the answer in `out`.
+    /// Writes the answer in `out`, then gives its buffers back to the
+    /// pool (the encoder's body buffer before the write: the answer is
+    /// whole in `out`).
     async fn write_out<H: Handler>(&mut self, handler: &H) -> Result<(), CloseReason> {
+        self.encoder.release();
         let out = std::mem::take(&mut self.out);
-        let result = self.write(handler, &out).await;
-        self.out = out;
-        result
+        self.write(handler, out.bytes()).await
     }
 
     /// Answers an HTTP-level failure found while reading a request
@@ -580,7 +641,7 @@ where
         };
         let date = now_date();
         self.encoder
-            .http_error(&mut self.out, error, persist, false, &date);
+            .http_error(self.out.vec(), error, persist, false, &date);
         handler.answered(endpoint, Outcome::Failed(error.code), None);
         if let Err(reason) = self.write_out(handler).await {
             return reason;
@@ -594,6 +655,9 @@ where
     /// linger timeout, the linger byte limit or a stopping server's drain
     /// bound (`Handler::drain_over`). Returns `reason`.
     async fn linger<H: Handler>(&mut self, handler: &H, reason: CloseReason) -> CloseReason {
+        // Nothing read from here on is kept.
+        self.buf.release();
+        self.body.release();
         let timer = handler.sleep(ms(self.limits.write_timeout_ms));
         match within(timer, self.stream.close()).await {
             Ok(Ok(())) => {}
@@ -605,30 +669,53 @@ where
         let timer = handler.sleep(ms(self.limits.linger_timeout_ms));
         let mut timer = pin!(futures_lite::future::or(timer, handler.drain_over()));
         while self.outcome.linger_bytes < self.limits.linger_bytes_max as u64 {
-            self.buf.clear();
-            match self.read_more(timer.as_mut()).await {
-                ReadEvent::Data => self.outcome.linger_bytes += self.buf.len() as u64,
+            let stream = &mut self.stream;
+            match read_chunk(stream, timer.as_mut(), READ_CHUNK_BYTES, |_| {}).await {
+                ReadEvent::Data(n) => {
+                    self.outcome.bytes_read += n as u64;
+                    self.outcome.linger_bytes += n as u64;
+                }
                 ReadEvent::Eof | ReadEvent::Timeout | ReadEvent::Error(_) => break,
             }
         }
         reason
     }
+}
 
-    /// Gives back memory a large request took, keeping enough for the
-    /// usual small ones.
-    fn shrink(&mut self) {
-        if self.buf.capacity() > BUFFER_RETAIN_BYTES {
-            self.buf.shrink_to(BUFFER_RETAIN_BYTES.max(self.buf.len()));
+/// Reads at most `max` bytes (and at most [`READ_CHUNK_BYTES`]) from
+/// `stream` into the thread's scratch buffer and hands them to `keep`,
+/// unless `deadline` passes first. The scratch is borrowed only inside
+/// each poll of the read: a connection waiting for bytes holds no buffer.
+async fn read_chunk<S, T>(
+    stream: &mut S,
+    mut deadline: Pin<&mut T>,
+    max: usize,
+    mut keep: impl FnMut(&[u8]),
+) -> ReadEvent
+where
+    S: AsyncRead + Unpin,
+    T: Future<Output = ()>,
+{
+    let max = max.min(READ_CHUNK_BYTES);
+    loop {
+        let read = poll_fn(|cx| {
+            buffers::with_scratch(|scratch| {
+                let space = &mut scratch[..max];
+                let read = Pin::new(&mut *stream).poll_read(cx, space);
+                match read {
+                    Poll::Ready(Ok(n)) if n > 0 => keep(&space[..n]),
+                    _ => {}
+                }
+                read
+            })
+        });
+        match within(deadline.as_mut(), read).await {
+            Ok(Ok(0)) => return ReadEvent::Eof,
+            Ok(Ok(n)) => return ReadEvent::Data(n),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return ReadEvent::Error(e.kind()),
+            Err(TimedOut) => return ReadEvent::Timeout,
         }
-        if self.body.capacity() > BUFFER_RETAIN_BYTES {
-            self.body.clear();
-            self.body.shrink_to(BUFFER_RETAIN_BYTES);
-        }
-        if self.out.capacity() > BUFFER_RETAIN_BYTES {
-            self.out.clear();
-            self.out.shrink_to(BUFFER_RETAIN_BYTES);
-        }
-        self.encoder.shrink_to(BUFFER_RETAIN_BYTES);
     }
 }
 

@@ -14,7 +14,9 @@
 //! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
 //! encoding), [`metrics`] (`/metrics` as typed families and their
-//! Prometheus text), [`conn`] (the connection loop: [`serve`]), [`deadline`]
+//! Prometheus text), [`conn`] (the connection loop: [`serve`]), [`buffers`]
+//! (the read scratch and buffer pool each thread's connections share, so an
+//! idle connection holds no buffer), [`deadline`]
 //! (the one deadline race, also used by the engine), [`admission`]
 //! (the engine's accept-time counts: per listener and per client address),
 //! and [`tls`] (the certificate and its reload, the handshake, and the
@@ -152,6 +154,7 @@ pub trait Handler {
 
 pub mod admission;
 pub mod body;
+pub mod buffers;
 pub mod call;
 pub mod conn;
 pub mod deadline;

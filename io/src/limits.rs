@@ -93,14 +93,26 @@ pub const TLS_TICKETS_PER_HANDSHAKE: usize = 2;
 /// at most this many bytes; a longer one gets `400` and a graceful close.
 pub const CHUNK_SIZE_LINE_BYTES_MAX: usize = 1024;
 
-/// Bytes asked of the stream per read. The read buffer grows by at most
-/// this much at a time.
+/// Bytes asked of the stream per read: the size of each thread's read
+/// scratch buffer (`buffers.rs`), which every read goes into. Only the
+/// bytes a connection must keep (a request not yet complete, pipelined
+/// requests behind it) are copied into a buffer of its own, so its buffer
+/// grows by at most this much per read.
 pub const READ_CHUNK_BYTES: usize = 8 * 1024;
 
-/// Capacity the read buffer and the body buffer keep between requests; a
-/// larger one (after a big request) is shrunk back to this, so an idle
-/// keep-alive connection (a long-poll) holds little memory.
+/// A buffer a connection gives back (its read buffer once the request is
+/// consumed, its body buffer, its answer once written) goes back to its
+/// thread's pool for the next connection if its capacity is at most this;
+/// a larger one (after a big request or answer) is freed. A connection
+/// holds no buffer between requests nor while its call is held (a
+/// long-poll), so an idle connection costs no buffer memory at all.
 pub const BUFFER_RETAIN_BYTES: usize = 16 * 1024;
+
+/// Buffers each thread's pool keeps at most; one more given back is
+/// freed. With [`BUFFER_RETAIN_BYTES`], a shard's pool never holds more
+/// than 1 MiB, and usually a few KiB: as many buffers as its connections
+/// ever used at once, each the size of a usual request or answer.
+pub const POOL_BUFFERS_MAX: usize = 64;
 
 /// A JSONP `callback` name of up to this many bytes is accepted; a longer
 /// one gets a plain `400` (never echoed).
@@ -219,3 +231,5 @@ const _: () = assert!(CHUNK_SIZE_LINE_BYTES_MAX < READ_CHUNK_BYTES);
 // first byte.
 const _: () = assert!(FIRST_BYTE_TIMEOUT_MS <= TLS_HANDSHAKE_TIMEOUT_MS);
 const _: () = assert!(BUFFER_RETAIN_BYTES >= READ_CHUNK_BYTES);
+// A shard's pool stays within the 1 MiB its doc promises.
+const _: () = assert!(POOL_BUFFERS_MAX * BUFFER_RETAIN_BYTES <= 1024 * 1024);

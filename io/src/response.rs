@@ -12,6 +12,7 @@ use switchboard_shards::model::{
     Connected, Contact, ErrorCode, Event, EventKind, Message, Response,
 };
 
+use crate::buffers::Buf;
 use crate::call::Mode;
 use crate::head::HttpError;
 use crate::metrics::{self, Family};
@@ -170,11 +171,13 @@ pub struct Persist {
     pub http10: bool,
 }
 
-/// Writes answers into a caller's buffer, reusing its own body buffer.
+/// Writes answers into a caller's buffer, building each body in a buffer
+/// from the thread's pool.
 #[derive(Debug)]
 pub struct Encoder {
-    /// The body being built, reused across answers.
-    body: Vec<u8>,
+    /// The body being built: a buffer from the thread's pool while an
+    /// answer is built, none once [`Encoder::release`]d.
+    body: Buf,
     /// JSON answers say `Access-Control-Allow-Origin: *`: on the client
     /// listener only. The admin listener never invites a browser to read
     /// its answers (docs/security.md, "Admin isolation").
@@ -202,7 +205,7 @@ impl Encoder {
     /// An encoder for answers on `listener`, with an empty body buffer.
     pub fn new(listener: Listener) -> Encoder {
         Encoder {
-            body: Vec::new(),
+            body: Buf::new(),
             cors: listener == Listener::Client,
             hsts: false,
         }
@@ -229,10 +232,11 @@ impl Encoder {
         write_head(out, 308, JSON, 0, extra, persist, date);
     }
 
-    /// The capacity of the reused body buffer (for shrinking after a big
-    /// answer).
-    pub fn shrink_to(&mut self, bytes: usize) {
-        self.body.shrink_to(bytes);
+    /// Gives the body buffer back to the thread's pool (`buffers.rs`):
+    /// the answer is in `out` by then, and a connection waiting for its
+    /// next request holds no buffer.
+    pub fn release(&mut self) {
+        self.body.release();
     }
 
     /// Writes the whole HTTP answer to a handler's reply into `out`
@@ -248,38 +252,38 @@ impl Encoder {
         date: &[u8],
     ) {
         let status = status_of_reply(reply);
-        self.body.clear();
+        self.body.vec().clear();
         match reply {
-            Reply::Shard(response) => write_response_json(&mut self.body, response),
+            Reply::Shard(response) => write_response_json(self.body.vec(), response),
             Reply::Health { shards, timeout_ms } => {
-                write_health_json(&mut self.body, shards, *timeout_ms);
+                write_health_json(self.body.vec(), shards, *timeout_ms);
             }
-            Reply::Trace(state) => write_trace_json(&mut self.body, state),
+            Reply::Trace(state) => write_trace_json(self.body.vec(), state),
             Reply::TraceLines {
                 state,
                 lines,
                 count,
             } => {
-                write_trace_text(&mut self.body, state, lines, *count);
+                write_trace_text(self.body.vec(), state, lines, *count);
                 let raw = Raw {
                     status,
                     content_type: TEXT,
-                    body: &self.body,
+                    body: self.body.bytes(),
                     hsts: self.hsts,
                 };
                 return write_raw(out, raw, persist, head_only, date);
             }
-            Reply::DemoUsers(users) => write_demo_users_json(&mut self.body, users),
+            Reply::DemoUsers(users) => write_demo_users_json(self.body.vec(), users),
             Reply::DemoToken { token, user, name } => {
-                write_demo_token_json(&mut self.body, token, *user, name);
+                write_demo_token_json(self.body.vec(), token, *user, name);
             }
-            Reply::Json { body } => self.body.extend_from_slice(body.as_bytes()),
+            Reply::Json { body } => self.body.vec().extend_from_slice(body.as_bytes()),
             Reply::Metrics { shards, families } => {
-                write_metrics_text(&mut self.body, shards, families);
+                write_metrics_text(self.body.vec(), shards, families);
                 let raw = Raw {
                     status,
                     content_type: METRICS,
-                    body: &self.body,
+                    body: self.body.bytes(),
                     hsts: self.hsts,
                 };
                 return write_raw(out, raw, persist, head_only, date);
@@ -307,8 +311,8 @@ impl Encoder {
         head_only: bool,
         date: &[u8],
     ) {
-        self.body.clear();
-        write_response_json(&mut self.body, response);
+        self.body.vec().clear();
+        write_response_json(self.body.vec(), response);
         let status = status_of_response(response);
         self.finish(out, status, mode, None, persist, head_only, date);
     }
@@ -323,8 +327,8 @@ impl Encoder {
         head_only: bool,
         date: &[u8],
     ) {
-        self.body.clear();
-        write_failure_json(&mut self.body, error.code, error.message);
+        self.body.vec().clear();
+        write_failure_json(self.body.vec(), error.code, error.message);
         self.finish(
             out,
             error.status,
@@ -359,17 +363,25 @@ impl Encoder {
                     location: None,
                     hsts: self.hsts,
                 };
-                write_head(out, status, JSON, self.body.len(), extra, persist, date);
+                write_head(
+                    out,
+                    status,
+                    JSON,
+                    self.body.bytes().len(),
+                    extra,
+                    persist,
+                    date,
+                );
                 if !head_only {
-                    out.extend_from_slice(&self.body);
+                    out.extend_from_slice(self.body.bytes());
                 }
             }
             Mode::Jsonp(name) => {
                 // The outcome is in the body; a non-200 status would make
                 // the browser drop the script and the page never learn it.
-                let separators = count_js_separators(&self.body);
+                let separators = count_js_separators(self.body.bytes());
                 // Each escape turns 3 bytes into the 6 of `\u2028`.
-                let len = 4 + name.len() + 1 + self.body.len() + separators * 3 + 2;
+                let len = 4 + name.len() + 1 + self.body.bytes().len() + separators * 3 + 2;
                 let extra = Extra {
                     nosniff: true,
                     cors: false,
@@ -385,7 +397,7 @@ impl Encoder {
                     out.extend_from_slice(b"/**/");
                     out.extend_from_slice(name.as_bytes());
                     out.push(b'(');
-                    push_js_safe(out, &self.body);
+                    push_js_safe(out, self.body.bytes());
                     out.extend_from_slice(b");");
                     debug_assert_eq!(out.len() - start, len);
                 }

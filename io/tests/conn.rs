@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use switchboard_io::buffers::{self, BufferStats};
+use switchboard_io::limits::{BUFFER_RETAIN_BYTES, POOL_BUFFERS_MAX, READ_CHUNK_BYTES};
 use switchboard_io::{
     serve, AdminGate, Call, CloseReason, Config, ConnOutcome, Endpoint, Handler, Limits, Listener,
     Outcome, Reply,
@@ -164,11 +166,15 @@ struct TestHandler {
     drain_over: Option<Instant>,
     /// What `Handler::answered` was told, in order.
     answered: RefCell<Vec<(Endpoint, Outcome, Option<Duration>)>>,
+    /// This thread's pooled buffers held by connections when each call
+    /// began (`buffers::stats().lent`).
+    lent_at_calls: RefCell<Vec<usize>>,
 }
 
 impl Handler for TestHandler {
     fn call(&self, call: Call) -> impl Future<Output = Reply> {
         self.calls.borrow_mut().push(call.clone());
+        self.lent_at_calls.borrow_mut().push(buffers::stats().lent);
         async move {
             match call {
                 Call::Shard(Request::Poll { since, .. }) => {
@@ -875,4 +881,183 @@ fn a_request_that_fails_while_read_is_counted_under_its_endpoint() {
     check(&long, (Endpoint::Other, too_large));
     check(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", (Endpoint::Other, bad));
     check(b"GET /ping HTTP/1.1\r\nX\r\n\r\n", (Endpoint::Ping, bad));
+}
+
+/// What a connection holds between requests, checked from the client's
+/// side (the server and the client run on one thread, so this is the
+/// server's pool): no buffer, and a pool within its bound.
+fn assert_idle_connection_holds_nothing() {
+    let stats = buffers::stats();
+    assert_eq!(
+        stats.lent, 0,
+        "an idle connection holds no buffer: {stats:?}"
+    );
+    assert!(stats.pooled <= POOL_BUFFERS_MAX, "{stats:?}");
+    assert!(
+        stats.pooled_bytes <= stats.pooled * BUFFER_RETAIN_BYTES,
+        "{stats:?}"
+    );
+}
+
+/// A `/send` whose form body is `len` bytes (padded with an unknown
+/// parameter, which is ignored).
+fn send_request(len: usize) -> Vec<u8> {
+    let mut body = format!("sid={SID}&to=7&text=hello&pad=");
+    let pad = len - body.len();
+    body.push_str(&"p".repeat(pad));
+    format!(
+        "POST /send HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_held_poll_and_an_idle_connection_hold_no_buffer() {
+    let handler = TestHandler::default();
+    let (outcome, (), _) = run_with(handler, Listener::Client, config(), |mut end| async move {
+        let mut buf = Vec::new();
+        // A poll held for 30 ms, then a send with a body, each followed
+        // by idle time.
+        let poll = format!("GET /poll?sid={SID}&since=30 HTTP/1.1\r\nHost: x\r\n\r\n");
+        end.write_all(poll.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            200
+        );
+        assert_idle_connection_holds_nothing();
+        end.write_all(&send_request(200)).await.unwrap();
+        assert_eq!(
+            read_answer(&mut end, &mut buf, false).await.unwrap().status,
+            200
+        );
+        assert_idle_connection_holds_nothing();
+        end.close().await.unwrap();
+    });
+    assert_eq!(outcome.requests_answered, 2);
+    assert_eq!(outcome.reason, CloseReason::PeerClosed);
+}
+
+#[test]
+fn calls_are_made_with_no_buffer_held_unless_pipelined_bytes_wait() {
+    let handler = TestHandler::default();
+    let (server_end, mut client) = duplex();
+    let config = config();
+    let client_side = async {
+        let poll = format!("GET /poll?sid={SID}&since=5 HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = Vec::new();
+        // Alone: nothing held while the poll is.
+        client.write_all(poll.as_bytes()).await.unwrap();
+        read_answer(&mut client, &mut buf, false).await.unwrap();
+        // Pipelined behind another: the second request's bytes wait in
+        // the connection's buffer during the first call, not after.
+        client.write_all(poll.repeat(2).as_bytes()).await.unwrap();
+        read_answer(&mut client, &mut buf, false).await.unwrap();
+        read_answer(&mut client, &mut buf, false).await.unwrap();
+        client.close().await.unwrap();
+    };
+    let served = future::zip(
+        serve(server_end, Listener::Client, &handler, &config),
+        client_side,
+    );
+    let outcome = future::block_on(future::or(async { Some(served.await.0) }, async {
+        sleep(Duration::from_secs(5)).await;
+        None
+    }))
+    .expect("test timed out");
+    assert_eq!(outcome.requests_answered, 3);
+    assert_eq!(*handler.lent_at_calls.borrow(), [0, 1, 0]);
+}
+
+#[test]
+fn a_request_in_one_byte_segments_is_answered() {
+    let request = send_request(3_000);
+    let sent = request.len() as u64;
+    let (outcome, answer, calls) = run(Listener::Client, config(), |mut end| async move {
+        for byte in &request {
+            end.write_all(std::slice::from_ref(byte)).await.unwrap();
+            // Let the server read this byte alone.
+            future::yield_now().await;
+        }
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+        assert_idle_connection_holds_nothing();
+        end.close().await.unwrap();
+        answer
+    });
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, r#"{"ok":true,"id":"5","ts":1}"#);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(outcome.bytes_read, sent);
+    assert_eq!(outcome.reason, CloseReason::PeerClosed);
+}
+
+/// A request larger than the read scratch and than any buffer the pool
+/// keeps is read whole, and its big buffers are freed, not kept.
+#[test]
+fn a_big_request_is_read_and_its_buffers_freed() {
+    let request = send_request(60_000);
+    assert!(request.len() > 4 * READ_CHUNK_BYTES && request.len() > BUFFER_RETAIN_BYTES);
+    let sent = request.len() as u64;
+    let (outcome, answers, _) = run(Listener::Client, config(), |mut end| async move {
+        let mut buf = Vec::new();
+        let mut answers = Vec::new();
+        end.write_all(&request).await.unwrap();
+        answers.push(read_answer(&mut end, &mut buf, false).await.unwrap());
+        assert_idle_connection_holds_nothing();
+        // The next small one on the same connection is served as usual.
+        end.write_all(&send_request(100)).await.unwrap();
+        answers.push(read_answer(&mut end, &mut buf, false).await.unwrap());
+        assert_idle_connection_holds_nothing();
+        end.close().await.unwrap();
+        answers
+    });
+    assert_eq!(answers[0].body, r#"{"ok":true,"id":"5","ts":1}"#);
+    assert_eq!(answers[1].status, 200);
+    assert_eq!(outcome.requests_answered, 2);
+    assert_eq!(outcome.bytes_read, sent + send_request(100).len() as u64);
+}
+
+/// A burst of pipelined requests, many times the read scratch, sent at
+/// once: every one answered, in order.
+#[test]
+fn a_pipelined_burst_is_answered_in_order() {
+    const REQUESTS: u64 = 300;
+    let (outcome, seqs, calls) = run(Listener::Client, config(), |mut end| async move {
+        let mut burst = Vec::new();
+        for i in 0..REQUESTS {
+            // `since` is the wait in ms: 0, 1, 2, 0, 1, 2...
+            let line = format!(
+                "GET /poll?sid={SID}&since={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                i % 3
+            );
+            burst.extend_from_slice(line.as_bytes());
+        }
+        assert!(burst.len() > 2 * READ_CHUNK_BYTES);
+        end.write_all(&burst).await.unwrap();
+        let mut buf = Vec::new();
+        let mut seqs = Vec::new();
+        for _ in 0..REQUESTS {
+            let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+            seqs.push(answer.body);
+        }
+        assert_idle_connection_holds_nothing();
+        end.close().await.unwrap();
+        seqs
+    });
+    let expected: Vec<String> = (0..REQUESTS)
+        .map(|i| format!(r#"{{"ok":true,"seq":{},"events":[]}}"#, i % 3))
+        .collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(calls.len(), REQUESTS as usize);
+    assert_eq!(outcome.requests_answered, REQUESTS);
+    assert_eq!(
+        buffers::stats(),
+        BufferStats {
+            lent: 0,
+            ..buffers::stats()
+        },
+        "the connection gave every buffer back when it ended"
+    );
 }

@@ -189,12 +189,13 @@ fn io_uring_probe() -> Probe {
     Probe::Works
 }
 
-/// Starts a glommio executor as a shard's (Switchboard's ring depth, the
-/// default `io_memory`), unpinned, and lets it end at once.
+/// Starts a glommio executor as a shard's (Switchboard's ring depth and
+/// `io_memory`), unpinned, and lets it end at once.
 fn executor_probe() -> Probe {
     let started = LocalExecutorBuilder::new(Placement::Unbound)
         .name("tune-probe")
         .ring_depth(crate::limits::RING_DEPTH)
+        .io_memory(crate::limits::IO_MEMORY_BYTES)
         .spawn(|| async {});
     match started {
         Err(e) => Probe::Fails(e.to_string()),

@@ -41,8 +41,8 @@ pub const KEEP_FREE_FROM_CORES: usize = 4;
 pub const FDS_MARGIN: u64 = 500;
 
 /// glommio's `io_memory`: the buffer area each executor registers with
-/// io_uring (glommio's default; Switchboard does not change it).
-pub const GLOMMIO_IO_MEMORY_BYTES: u64 = 10 << 20;
+/// io_uring (Switchboard's `IO_MEMORY_BYTES`, glommio's minimum).
+pub const GLOMMIO_IO_MEMORY_BYTES: u64 = crate::limits::IO_MEMORY_BYTES as u64;
 
 /// The io_uring rings of one glommio executor (main, latency, poll): it
 /// registers its `io_memory` with each, and the kernel charges each
@@ -291,10 +291,11 @@ impl fmt::Display for Warning {
             Warning::MemlockBelowRegistered { soft, need } => write!(
                 f,
                 "locked memory limit {} is below the {} the shards register with io_uring \
-                 (3 rings x 10 MiB each): glommio falls back to unregistered buffers (the \
+                 ({GLOMMIO_RINGS} rings x {} each): glommio falls back to unregistered buffers (the \
                  network path does not use them; storage runs on db threads). Raise it \
                  (LimitMEMLOCK=) to keep glommio on its normal path",
                 bytes(*soft),
+                bytes(GLOMMIO_IO_MEMORY_BYTES),
                 bytes(*need)
             ),
             Warning::Somaxconn { value } => write!(
@@ -976,8 +977,9 @@ pub fn render(facts: &Facts, plan: &Plan, advice: &Advice) -> String {
     );
     let _ = writeln!(
         s,
-        "  LimitMEMLOCK={}M    # shards x {GLOMMIO_RINGS} rings x 10 MiB registered = {}",
+        "  LimitMEMLOCK={}M    # shards x {GLOMMIO_RINGS} rings x {} registered = {}",
         round_up(advice.memlock_needed.max(1), 32 << 20) >> 20,
+        bytes(GLOMMIO_IO_MEMORY_BYTES),
         bytes(advice.memlock_needed)
     );
     let _ = writeln!(s, "  CPUAffinity={}", cores::format_list(&affinity));

@@ -3,6 +3,7 @@
 
 use super::*;
 
+const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 /// A healthy machine of `physical` cores with `smt` threads each, split
@@ -93,26 +94,36 @@ fn two_cores_without_smt_run_a_shard_each_and_db_threads_float() {
         "no core is kept free of 2"
     );
     assert_eq!(advice.fds_needed, 2 * 9_000 + 64 + 500);
-    assert_eq!(advice.memlock_needed, 60 * MIB);
+    assert_eq!(advice.memlock_needed, 2 * 3 * 64 * KIB);
     assert!(
         advice.notes.iter().any(|n| n.contains("core 0 included")),
         "{:?}",
         advice.notes
     );
 
-    // This machine's 8 MiB of locked memory: glommio starts, but cannot
-    // register its buffers; with CAP_IPC_LOCK nothing is charged.
+    // This machine's 8 MiB of locked memory is plenty for two shards'
+    // registered buffers (3 rings x 64 KiB each).
     facts.memlock = Limit {
         soft: Some(8 * MIB),
         hard: Some(8 * MIB),
     };
-    let below = Warning::MemlockBelowRegistered {
-        soft: 8 * MIB,
-        need: 60 * MIB,
-    };
-    check(&facts, &plan(None, None), &[0, 1], None, &[below]);
-    facts.cap_ipc_lock = true;
     check(&facts, &plan(None, None), &[0, 1], None, &[]);
+    // Less than the shards register (but enough to start): glommio
+    // starts and cannot register its buffers; with CAP_IPC_LOCK nothing
+    // is charged.
+    let mut many = machine(8, 1, 1);
+    many.memlock = Limit {
+        soft: Some(1024 * KIB),
+        hard: Some(1024 * KIB),
+    };
+    let below = Warning::MemlockBelowRegistered {
+        soft: 1024 * KIB,
+        need: 8 * 3 * 64 * KIB,
+    };
+    let all: Vec<usize> = (0..8).collect();
+    check(&many, &plan(Some(8), Some(&all)), &all, None, &[below]);
+    many.cap_ipc_lock = true;
+    check(&many, &plan(Some(8), Some(&all)), &all, None, &[]);
 
     let text = render(
         &facts,
@@ -124,7 +135,7 @@ fn two_cores_without_smt_run_a_shard_each_and_db_threads_float() {
         "SWITCHBOARD_SHARD_CORES=0-1\n",
         "# SWITCHBOARD_DB_CORES unset",
         "LimitNOFILE=19000 ",
-        "LimitMEMLOCK=64M ",
+        "LimitMEMLOCK=32M ",
         "CPUAffinity=0-1\n",
         "Warnings\n  none\n",
     ] {

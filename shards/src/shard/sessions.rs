@@ -310,6 +310,11 @@ impl Shard {
         session.grace.disarm(&mut self.timers);
         let idle_at = now + self.config.tab_timeout_ms;
         let tab = Tab::attach(c.sid, name.clone(), now, idle_at, &mut self.timers);
+        // Most users have one tab: room for exactly one, not the four a
+        // `Vec`'s first push makes (96 bytes each).
+        if session.tabs.capacity() == 0 {
+            session.tabs.reserve_exact(1);
+        }
         session.tabs.push(tab);
         let tabs = session.tabs.len();
         self.note(now, user, Note::TabAttached { tabs }, out);
