@@ -58,6 +58,9 @@ pub struct ConnHandler {
     /// users' home shard (`CONNECTIONS_MOVE`; only the plain client
     /// listener's handler, with more than one shard).
     moves_conns: bool,
+    /// `CONNECTIONS_MAX`: a connection moves only to a shard holding
+    /// fewer client connections.
+    conns_max: usize,
 }
 
 impl ConnHandler {
@@ -78,14 +81,30 @@ impl ConnHandler {
             stop: None,
             traces: None,
             moves_conns: false,
+            conns_max: 0,
         }
     }
 
     /// Lets this listener's plain connections move to their users' home
-    /// shard (`on`), or keeps every connection where it was accepted.
-    pub fn with_conn_moves(mut self, on: bool) -> ConnHandler {
+    /// shard (`on`), each while that shard holds fewer than `conns_max`
+    /// client connections, or keeps every connection where it was
+    /// accepted.
+    pub fn with_conn_moves(mut self, on: bool, conns_max: usize) -> ConnHandler {
         self.moves_conns = on && self.rt.count > 1;
+        self.conns_max = conns_max;
         self
+    }
+
+    /// Whether a connection may move to shard `to` now: moves are on, the
+    /// server is not stopping, `to` holds fewer than `CONNECTIONS_MAX`
+    /// client connections, and the outbox to it has room
+    /// ([`ShardRuntime::can_move_to`]).
+    pub fn may_move_to(&self, to: usize) -> bool {
+        self.moves_conns
+            && !Handler::stopping(self)
+            && to < self.rt.count
+            && self.rt.stats.all()[to].connections.get() < self.conns_max as u64
+            && self.rt.can_move_to(to)
     }
 
     /// Whether this listener's plain connections may move.
@@ -522,7 +541,7 @@ fn lookup_shape_ok(token: &str) -> bool {
 impl Handler for ConnHandler {
     fn home_elsewhere(&self, user: UserId) -> Option<usize> {
         let home = switchboard_shards::home_shard(user, self.rt.count);
-        (home != self.rt.id && self.rt.can_move_to(home)).then_some(home)
+        (home != self.rt.id).then_some(home)
     }
 
     async fn call(&self, call: Call) -> Reply {

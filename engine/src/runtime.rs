@@ -845,10 +845,12 @@ impl ShardRuntime {
             }
             MeshMsg::Reply { req, response } => self.complete(req, response),
             MeshMsg::Conn(conn) => {
-                self.stats.conns_moved_in.add(1);
-                // Unbounded, but fed only by the bounded mesh; dropped
-                // (its socket closed) once the serving task is gone.
-                let _ = self.moved_in.try_send(conn);
+                // Unbounded, but fed only by the bounded mesh. Once the
+                // serving task is gone (a stopping shard), the connection
+                // is dropped here and its socket closed.
+                if self.moved_in.try_send(conn).is_ok() {
+                    self.stats.conns_moved_in.add(1);
+                }
             }
             MeshMsg::Peer(p) => {
                 if let PeerMsg::Deliver {

@@ -784,7 +784,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         let redirect = if required { tls_port } else { None };
         let handler = client_handler()
             .with_https(false, redirect)
-            .with_conn_moves(s.connections_move && redirect.is_none());
+            .with_conn_moves(s.connections_move && redirect.is_none(), s.connections_max);
         let handler = Rc::new(handler);
         let moving = rt
             .moved_conns()
@@ -1058,9 +1058,12 @@ async fn serve_conn(
 /// Hands a connection to shard `moved.to` between two requests: a
 /// duplicate of its socket crosses the mesh and this shard's descriptor
 /// closes (the socket stays open through the duplicate; nothing is read
-/// or written in between, so no byte is lost). Gives the stream back when
-/// the move cannot be made (a full outbox, no descriptor to spare): the
-/// connection is then served on here, its calls crossing the mesh.
+/// or written in between, so no byte is lost). A duplicate because
+/// glommio's `TcpStream` gives its descriptor up only by closing it (no
+/// `IntoRawFd`). Gives the stream back when the move cannot be made now
+/// ([`ConnHandler::may_move_to`]: stopping, the target full, its outbox
+/// half full; or no descriptor to spare): the connection is then served
+/// on here, its calls crossing the mesh, and may move later.
 /// `None`: moved.
 fn hand_over(
     handler: &ConnHandler,
@@ -1068,16 +1071,22 @@ fn hand_over(
     peer: SocketAddr,
 ) -> Option<(TcpStream, Resume)> {
     let Moved {
-        stream, to, resume, ..
+        stream,
+        to,
+        mut resume,
+        ..
     } = moved;
     let rt = handler.rt();
-    if !rt.can_move_to(to) {
+    if !handler.may_move_to(to) {
+        // Not counted against the connection's moves: it may move later.
+        resume.moves -= 1;
         return Some((stream, resume));
     }
     // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
     // (or -1) comes back, owned below.
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
+        resume.moves -= 1;
         return Some((stream, resume));
     }
     // SAFETY: `dup` is a new descriptor nothing else owns.

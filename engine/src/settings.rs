@@ -140,10 +140,10 @@ pub struct Settings {
     pub mysql_batch_wait_ms: u64,
     /// The MySQL directory queries.
     pub mysql_queries: DirectoryQueries,
-    /// Demo mode: the demo pages and `/demo/login` are served.
     /// Plain client connections move to the shard their users are homed
     /// on (`CONNECTIONS_MOVE`).
     pub connections_move: bool,
+    /// Demo mode: the demo pages and `/demo/login` are served.
     pub demo: bool,
 }
 

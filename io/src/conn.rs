@@ -524,16 +524,14 @@ where
                     Outcome::of_response(&response)
                 }
                 Decision::Call { mode, call } => {
-                    let user = call.describe().1;
-                    if let (Call::Shard(_), Some(user)) = (&call, user) {
-                        self.streak = match (handler.home_elsewhere(user), self.streak) {
-                            (None, _) => None,
-                            (Some(to), Some((was, n))) if to == was => Some((to, n + 1)),
-                            (Some(to), _) => Some((to, 1)),
-                        };
-                    } else {
-                        self.streak = None;
-                    }
+                    // The other shard this call's user is homed on, if
+                    // any: a sid's user is only claimed until its home
+                    // shard accepts the sid, so it counts toward a move
+                    // only once the call is answered ok.
+                    let elsewhere = match (&call, call.describe().1) {
+                        (Call::Shard(_), Some(user)) => handler.home_elsewhere(user),
+                        _ => None,
+                    };
                     // Boxed: the handler's future (a kilobyte or more in
                     // the engine) lives only while a call is in flight,
                     // not in every idle connection's task.
@@ -544,7 +542,14 @@ where
                     let date = now_date();
                     self.encoder
                         .reply(self.out.vec(), &reply, &mode, persist, head_only, &date);
-                    Outcome::of_reply(&reply)
+                    let outcome = Outcome::of_reply(&reply);
+                    self.streak = match (elsewhere, self.streak) {
+                        _ if outcome != Outcome::Ok => None,
+                        (None, _) => None,
+                        (Some(to), Some((was, n))) if to == was => Some((to, n + 1)),
+                        (Some(to), _) => Some((to, 1)),
+                    };
+                    outcome
                 }
             };
             handler.answered(counted_as, outcome, Some(started.elapsed()));

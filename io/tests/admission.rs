@@ -247,3 +247,26 @@ fn each_shard_enforces_its_share_rounded_up() {
         assert!(share * shards >= max && share * shards < max + shards);
     }
 }
+
+#[test]
+fn a_moved_connection_is_counted_past_the_caps_and_released_like_any() {
+    // Caps of 2 in total and 1 per address, both reached.
+    let mut a = Admission::new(2, Some(1));
+    let first = a.admit(ip("10.0.0.1")).unwrap();
+    let second = a.admit(ip("10.0.0.2")).unwrap();
+    assert_eq!(a.admit(ip("10.0.0.3")), Err(Refused::Full));
+    // A connection moving in from another shard opens no socket: counted
+    // all the same, past both caps.
+    let moved = a.admit_moved(ip("10.0.0.1"));
+    assert_eq!((a.open(), a.open_from(ip("10.0.0.1"))), (3, 2));
+    // New connections stay refused until the count is back below the caps.
+    a.release(second);
+    assert_eq!(a.admit(ip("10.0.0.4")), Err(Refused::Full));
+    a.release(moved);
+    assert_eq!(a.open_from(ip("10.0.0.1")), 1);
+    assert_eq!(a.admit(ip("10.0.0.1")), Err(Refused::PerAddress));
+    let fourth = a.admit(ip("10.0.0.4")).unwrap();
+    a.release(first);
+    a.release(fourth);
+    assert_eq!((a.open(), a.addresses()), (0, 0));
+}

@@ -56,7 +56,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use switchboard_shards::model::{
     Message, MsgId, StorageError, StorageJob, StorageOutput, StorageResult, UserId,
 };
@@ -296,15 +296,32 @@ fn init_schema(db: &Database) -> Result<(), String> {
     txn.commit().ctx("commit")
 }
 
+/// A new generation for the write-ahead log: 64 random bits (never 0,
+/// never `current`). Random, not `current + 1`, so that a record is only
+/// ever taken for this database's current one: not a stale record whose
+/// bytes a client chose (message text lies in the file behind the
+/// current records), not one of another database's log whose counter
+/// happens to match after a restore.
+fn next_generation(current: u64) -> Result<u64, String> {
+    loop {
+        let mut raw = [0u8; 8];
+        getrandom::getrandom(&mut raw).map_err(|e| format!("random generation: {e}"))?;
+        let next = u64::from_le_bytes(raw);
+        if next != 0 && next != current {
+            return Ok(next);
+        }
+    }
+}
+
 /// Recovery at open: replays the write-ahead log's records of the
 /// generation in redb's meta (see `wal.rs`), then commits them durably
-/// with the next generation, which makes every record in the file stale.
+/// with a new generation, which makes every record in the file stale.
 /// Returns how many records (write batches) were replayed.
 fn recover(db: &Database, wal: &mut Wal, logged: &[u8]) -> Result<u64, String> {
     let mut txn = db.begin_write().ctx("begin write")?;
     txn.set_durability(Durability::Immediate)
         .ctx("set durability")?;
-    let (generation, scan) = {
+    let (generation, next, scan) = {
         let mut tables = WriteTables::open(&txn)?;
         let generation = tables
             .meta
@@ -315,14 +332,15 @@ fn recover(db: &Database, wal: &mut Wal, logged: &[u8]) -> Result<u64, String> {
         for effect in scan.records.iter().flatten() {
             tables.apply(effect)?;
         }
+        let next = next_generation(generation)?;
         tables
             .meta
-            .insert(META_WAL_GENERATION, generation + 1)
+            .insert(META_WAL_GENERATION, next)
             .ctx("write wal_generation")?;
-        (generation, scan)
+        (generation, next, scan)
     };
     txn.commit().ctx("commit the replayed log")?;
-    wal.reset(generation + 1);
+    wal.reset(next);
     if !scan.records.is_empty() {
         log::warn!(
             "storage: replayed {} write batches ({} bytes) of generation {generation} from the \
@@ -598,7 +616,7 @@ impl State {
     /// starts the log again from offset 0: everything logged so far is in
     /// redb for good, and its records are stale.
     fn checkpoint(&self, mut txn: WriteTransaction, wal: &mut Wal, why: Why) -> Result<(), String> {
-        let next = wal.generation() + 1;
+        let next = next_generation(wal.generation())?;
         {
             let mut meta = txn.open_table(META).ctx("open meta")?;
             meta.insert(META_WAL_GENERATION, next)
@@ -618,7 +636,9 @@ impl State {
     }
 
     /// Checkpoints a non-empty log (a db thread that found no job for a
-    /// while, or that is stopping), unless fault injection holds
+    /// while, once the log's oldest record is
+    /// `limits::WAL_IDLE_CHECKPOINT_AGE_MS` old; or a db thread that is
+    /// stopping), unless fault injection holds
     /// checkpoints off. A failure is logged; the log keeps its records
     /// and the next checkpoint tries again.
     fn idle_checkpoint(&self, why: Why) {
@@ -626,6 +646,15 @@ impl State {
             || self.counters.wal_bytes.load(Ordering::Relaxed) == 0
         {
             return;
+        }
+        if why == Why::Idle {
+            // A young log waits (limits::WAL_IDLE_CHECKPOINT_AGE_MS). The
+            // log's lock alone, never held while taking redb's.
+            let idle_age = Duration::from_millis(limits::WAL_IDLE_CHECKPOINT_AGE_MS);
+            let age = self.lock_wal().age(Instant::now());
+            if age.is_none_or(|age| age < idle_age) {
+                return;
+            }
         }
         // redb's write lock first, then the log's (the lock order).
         let txn = match self.db.begin_write() {

@@ -67,10 +67,11 @@
 //! by up to a second. A *checkpoint* (the first batch after the log is
 //! `limits::WAL_CHECKPOINT_AGE_MS` old or would pass
 //! `limits::WAL_BYTES_MAX`, an idle db thread, a stopping one) commits redb
-//! durably with `wal_generation` + 1 and starts the log again at offset 0.
+//! durably with a new random `wal_generation` and starts the log again at
+//! offset 0.
 //! At open, the records of `meta["wal_generation"]` are replayed from
 //! offset 0 up to the first torn, corrupt or older-generation one, then
-//! committed durably with the next generation. docs/architecture.md
+//! committed durably with a new generation. docs/architecture.md
 //! ("Why a write-ahead log in front of redb") says why and how.
 //!
 //! The directory is held in memory: the built-in demo users or a JSON file

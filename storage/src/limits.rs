@@ -44,9 +44,16 @@ pub const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// the log starts again from offset 0. Bounds the work of a recovery and
 /// the redb pages written since the last durable commit (redb cannot
 /// reuse pages freed by commits that were not durable). A db thread that
-/// goes [`DB_IDLE_WAIT_MS`] without a job checkpoints a non-empty log at
-/// once, so an idle server's log is empty.
+/// goes [`DB_IDLE_WAIT_MS`] without a job checkpoints a log whose oldest
+/// record is [`WAL_IDLE_CHECKPOINT_AGE_MS`] old, so an idle server's log
+/// is soon empty.
 pub const WAL_CHECKPOINT_AGE_MS: u64 = 1_000;
+
+/// How old the write-ahead log's oldest record must be for an idle db
+/// thread to checkpoint it. Not at once: at a few writes a second every
+/// batch would otherwise pay its log `fdatasync` and then a durable redb
+/// commit, more syncing than before the log.
+pub const WAL_IDLE_CHECKPOINT_AGE_MS: u64 = 250;
 
 /// Largest the write-ahead log grows, in bytes. A write batch whose record
 /// would end past it checkpoints instead of appending (so one batch too

@@ -10,7 +10,7 @@
 //! | bytes | field |
 //! | --- | --- |
 //! | 0–3 | magic, [`MAGIC`] |
-//! | 4–11 | generation: the log's generation when it was written (redb's `meta["wal_generation"]`) |
+//! | 4–11 | generation: the log's generation when it was written (redb's `meta["wal_generation"]`; 64 random bits drawn at each checkpoint, so a record of an older generation, of another database's log, or forged in message text that lies behind the current records, is never taken for a current one) |
 //! | 12–19 | sequence: 0 for a generation's first record, then +1 each |
 //! | 20–23 | payload length in bytes |
 //! | 24–27 | CRC-32 (IEEE) of bytes 4–23 and the payload |
@@ -425,6 +425,10 @@ pub(crate) struct Wal {
     len: u64,
     /// When this generation's first record was appended (`None`: none yet).
     oldest: Option<Instant>,
+    /// An append failed: the record may be partly on disk, so nothing is
+    /// appended before a checkpoint succeeds ([`Wal::plan`] says
+    /// checkpoint until [`Wal::reset`]).
+    must_checkpoint: bool,
     /// The record being written (reused).
     buf: Vec<u8>,
 }
@@ -447,6 +451,7 @@ impl Wal {
             offset: 0,
             len: contents.len() as u64,
             oldest: None,
+            must_checkpoint: false,
             buf: Vec::new(),
         };
         wal.grow_to(limits::WAL_GROW_BYTES as u64)?;
@@ -471,6 +476,13 @@ impl Wal {
         self.sequence = 0;
         self.offset = 0;
         self.oldest = None;
+        self.must_checkpoint = false;
+    }
+
+    /// How long ago this generation's first record was appended (`None`:
+    /// the log is empty).
+    pub(crate) fn age(&self, now: Instant) -> Option<Duration> {
+        self.oldest.map(|t| now.saturating_duration_since(t))
     }
 
     /// Encodes `effects` as the next record, into the reused buffer, and
@@ -486,7 +498,9 @@ impl Wal {
         self.buf.clear();
         encode_record(self.generation, self.sequence, effects, &mut self.buf);
         let age = Duration::from_millis(limits::WAL_CHECKPOINT_AGE_MS);
-        if self.offset + self.buf.len() as u64 > limits::WAL_BYTES_MAX as u64 {
+        if self.must_checkpoint {
+            Plan::Checkpoint(Why::AppendFailed)
+        } else if self.offset + self.buf.len() as u64 > limits::WAL_BYTES_MAX as u64 {
             Plan::Checkpoint(Why::Size)
         } else if checkpoint_by_age && self.oldest.is_some_and(|t| now.duration_since(t) >= age) {
             Plan::Checkpoint(Why::Age)
@@ -501,6 +515,10 @@ impl Wal {
     /// a checkpoint ([`Wal::reset`]): the record may be partly on disk.
     pub(crate) fn append(&mut self, now: Instant, stall: impl FnOnce()) -> io::Result<()> {
         let end = self.offset + self.buf.len() as u64;
+        // Set until the write and its sync succeed: a failed one (even a
+        // failed fdatasync, whose dirty pages the kernel may have dropped)
+        // is never followed by another append, only by a checkpoint.
+        self.must_checkpoint = true;
         if end > self.len {
             let step = limits::WAL_GROW_BYTES as u64;
             self.grow_to(end.div_ceil(step) * step)?;
@@ -508,6 +526,7 @@ impl Wal {
         self.file.write_all_at(&self.buf, self.offset)?;
         stall();
         self.file.sync_data()?;
+        self.must_checkpoint = false;
         self.offset = end;
         self.sequence += 1;
         self.oldest.get_or_insert(now);
