@@ -64,7 +64,7 @@
 //! set, `next_msg_id`), with a generation, a sequence and a CRC-32. A
 //! batch appends its record and `fdatasync`s it, then commits redb with
 //! `Durability::None`; so redb's file alone may lag the answered writes
-//! by up to a second. A *checkpoint* (the first batch after the log is
+//! by a fraction of a second (`limits::WAL_CHECKPOINT_AGE_MS`). A *checkpoint* (the first batch after the log is
 //! `limits::WAL_CHECKPOINT_AGE_MS` old or would pass
 //! `limits::WAL_BYTES_MAX`, an idle db thread, a stopping one) commits redb
 //! durably with a new random `wal_generation` and starts the log again at

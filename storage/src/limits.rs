@@ -47,13 +47,13 @@ pub const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// goes [`DB_IDLE_WAIT_MS`] without a job checkpoints a log whose oldest
 /// record is [`WAL_IDLE_CHECKPOINT_AGE_MS`] old, so an idle server's log
 /// is soon empty.
-pub const WAL_CHECKPOINT_AGE_MS: u64 = 1_000;
+pub const WAL_CHECKPOINT_AGE_MS: u64 = 200;
 
 /// How old the write-ahead log's oldest record must be for an idle db
 /// thread to checkpoint it. Not at once: at a few writes a second every
 /// batch would otherwise pay its log `fdatasync` and then a durable redb
 /// commit, more syncing than before the log.
-pub const WAL_IDLE_CHECKPOINT_AGE_MS: u64 = 250;
+pub const WAL_IDLE_CHECKPOINT_AGE_MS: u64 = 200;
 
 /// Largest the write-ahead log grows, in bytes. A write batch whose record
 /// would end past it checkpoints instead of appending (so one batch too
