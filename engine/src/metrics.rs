@@ -623,6 +623,21 @@ fn storage(out: &mut Vec<Family>, all: &[RuntimeStats], store: &StoreStats) {
          once); each is logged with where it waited.",
         store.late_batches,
     ));
+    out.push(counter(
+        "switchboard_storage_checkpoints_total",
+        "Embedded store: durable redb commits that emptied the write-ahead log.",
+        store.checkpoints,
+    ));
+    out.push(gauge(
+        "switchboard_storage_wal_bytes",
+        "Embedded store: bytes of records in the write-ahead log now (0 after a checkpoint).",
+        store.wal_bytes,
+    ));
+    out.push(gauge(
+        "switchboard_storage_wal_replayed_batches",
+        "Embedded store: write batches replayed from the write-ahead log at open (after a crash).",
+        store.wal_replayed,
+    ));
     let mut threads = Builder::new(
         "switchboard_storage_threads",
         Kind::Gauge,

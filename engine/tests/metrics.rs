@@ -109,6 +109,22 @@ fn counters_and_histograms_move_as_traffic_flows() {
     assert_eq!(no_token.status, 401);
     let events = bob.poll_until(&server, T, |e| !messages(e).is_empty());
     assert_eq!(messages(&events), [(ALICE, "hi bob".to_string())]);
+    // The send went through the write-ahead log, which an idle db thread
+    // then checkpoints into redb: a checkpoint counted, an empty log,
+    // nothing replayed at open.
+    eventually(T, "the write-ahead log checkpointed", || {
+        let m = scrape(&server);
+        sum(&m, "switchboard_storage_checkpoints_total", &[]) >= 1.0
+            && sum(&m, "switchboard_storage_wal_bytes", &[]) == 0.0
+    });
+    assert_eq!(
+        sum(
+            &scrape(&server),
+            "switchboard_storage_wal_replayed_batches",
+            &[]
+        ),
+        0.0
+    );
 
     // Hold a poll open while the scrape counts it.
     let held = {
