@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,35 +14,6 @@ use serde_json::Value;
 /// per second, at once.
 const SEND: (f64, f64) = (5.0, 30.0);
 const TYPING: (f64, f64) = (4.0, 8.0);
-
-/// One keep-alive connection for many calls.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn open(server: &Server) -> Conn {
-        let stream = TcpStream::connect(server.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// GET `path?params`; the status and the JSON body.
-    fn get(&mut self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-        let raw = format!("GET {path}?{} HTTP/1.1\r\nHost: t\r\n\r\n", encode(params));
-        self.stream.write_all(raw.as_bytes()).expect("write");
-        let a = read_answer_from(&mut self.stream, &mut self.buf);
-        let body = serde_json::from_str(&a.body)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", a.body));
-        (a.status, body)
-    }
-}
 
 /// Counts the answers of `calls` calls made by `call`: (ok, rate-limited).
 /// Any other answer fails the test.
@@ -86,7 +55,7 @@ fn a_typing_flood_gets_429_and_the_friend_still_gets_the_message_before_it() {
     );
     assert_eq!(v["ok"], true, "{v}");
 
-    let mut conn = Conn::open(&server);
+    let mut conn = KeepAlive::open(&server);
     let t0 = Instant::now();
     let (ok, limited) = flood(1_000, |i| {
         let state = if i % 2 == 0 { "typing" } else { "stopped" };
@@ -127,7 +96,7 @@ fn a_send_flood_gets_429_and_stores_at_most_burst_plus_rate_times_time() {
     let alice = server.connect(ALICE, "a");
     let bob = server.connect(BOB, "b");
 
-    let mut conn = Conn::open(&server);
+    let mut conn = KeepAlive::open(&server);
     let t0 = Instant::now();
     let (ok, limited) = flood(300, |i| {
         let text = format!("spam {i}");

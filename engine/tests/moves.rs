@@ -7,61 +7,35 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-/// One keep-alive connection, talking HTTP/1.1 by hand.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
+/// One 200 answer, kept alive, as JSON.
+fn ok_answer(conn: &mut KeepAlive) -> Value {
+    let (status, v) = conn.answer();
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
-impl Conn {
-    fn open(server: &Server) -> Conn {
-        let stream = TcpStream::connect(server.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn request(path: &str, params: &[(&str, &str)]) -> String {
-        format!("GET {path}?{} HTTP/1.1\r\nHost: t\r\n\r\n", encode(params))
-    }
-
-    /// Sends raw requests at once (pipelined when several).
-    fn send_raw(&mut self, raw: &str) {
-        self.stream.write_all(raw.as_bytes()).expect("write");
-    }
-
-    /// Reads one answer: 200, kept alive, JSON.
-    fn answer(&mut self) -> Value {
-        let a = read_answer_from(&mut self.stream, &mut self.buf);
-        assert_eq!(a.status, 200, "{}", a.body);
-        assert!(!a.closed, "the connection closed: {}", a.body);
-        serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", a.body))
-    }
-
-    fn get(&mut self, path: &str, params: &[(&str, &str)]) -> Value {
-        self.send_raw(&Conn::request(path, params));
-        self.answer()
-    }
+/// GET on `conn`, expecting 200.
+fn get(conn: &mut KeepAlive, path: &str, params: &[(&str, &str)]) -> Value {
+    conn.send_raw(&KeepAlive::request(path, params));
+    ok_answer(conn)
 }
 
 /// A connection for each of `tabs`, each making `calls` polls (wait 0)
 /// for its tab, every answer `ok`.
-fn poll_on_each(server: &Server, tabs: &[Tab], calls: usize) -> Vec<Conn> {
-    let mut conns: Vec<Conn> = tabs.iter().map(|_| Conn::open(server)).collect();
+fn poll_on_each(server: &Server, tabs: &[Tab], calls: usize) -> Vec<KeepAlive> {
+    let mut conns: Vec<KeepAlive> = tabs.iter().map(|_| KeepAlive::open(server)).collect();
     for (conn, tab) in conns.iter_mut().zip(tabs) {
         for _ in 0..calls {
-            let v = conn.get("/poll", &[("sid", &tab.sid), ("since", "0"), ("wait", "0")]);
+            let v = get(
+                conn,
+                "/poll",
+                &[("sid", &tab.sid), ("since", "0"), ("wait", "0")],
+            );
             assert_eq!(v["ok"], true, "poll: {v}");
         }
     }
@@ -73,7 +47,7 @@ fn moved_out(server: &Server) -> u64 {
 }
 
 fn poll_now(tab: &Tab) -> String {
-    Conn::request("/poll", &[("sid", &tab.sid), ("since", "0"), ("wait", "0")])
+    KeepAlive::request("/poll", &[("sid", &tab.sid), ("since", "0"), ("wait", "0")])
 }
 
 #[test]
@@ -105,18 +79,23 @@ fn connections_move_to_their_users_home_shard_and_keep_answering() {
     // Every connection, moved or not, still answers: a held poll on each
     // is woken by one message alice sends on a connection of her own.
     for (conn, bob) in conns.iter_mut().zip(&bobs) {
-        let since = conn.get("/poll", &[("sid", &bob.sid), ("since", "0"), ("wait", "0")])["seq"]
+        let since = get(
+            conn,
+            "/poll",
+            &[("sid", &bob.sid), ("since", "0"), ("wait", "0")],
+        )["seq"]
             .as_u64()
             .unwrap()
             .to_string();
-        conn.send_raw(&Conn::request(
+        conn.send_raw(&KeepAlive::request(
             "/poll",
             &[("sid", &bob.sid), ("since", &since), ("wait", "20")],
         ));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let mut alice_conn = Conn::open(&server);
-    let sent = alice_conn.get(
+    let mut alice_conn = KeepAlive::open(&server);
+    let sent = get(
+        &mut alice_conn,
         "/send",
         &[
             ("sid", &alice.sid),
@@ -126,7 +105,7 @@ fn connections_move_to_their_users_home_shard_and_keep_answering() {
     );
     assert_eq!(sent["ok"], true, "send: {sent}");
     for conn in &mut conns {
-        let v = conn.answer();
+        let v = ok_answer(conn);
         assert_eq!(v["ok"], true, "held poll: {v}");
         assert_eq!(
             messages(v["events"].as_array().unwrap()),
@@ -150,16 +129,23 @@ fn a_connection_moves_only_between_requests_with_nothing_read_past_its_answer() 
     for attempt in 0.. {
         assert!(attempt < 64, "64 connections and none moved");
         let before = moved_out(&server);
-        let mut conn = Conn::open(&server);
+        let mut conn = KeepAlive::open(&server);
         conn.send_raw(&poll_now(&bob));
-        assert_eq!(conn.answer()["ok"], true);
-        conn.send_raw(&[poll_now(&bob), poll_now(&bob), Conn::request("/ping", &[])].concat());
+        assert_eq!(ok_answer(&mut conn)["ok"], true);
+        conn.send_raw(
+            &[
+                poll_now(&bob),
+                poll_now(&bob),
+                KeepAlive::request("/ping", &[]),
+            ]
+            .concat(),
+        );
         for _ in 0..2 {
-            let v = conn.answer();
+            let v = ok_answer(&mut conn);
             assert_eq!(v["ok"], true, "pipelined poll: {v}");
             assert!(v["events"].as_array().is_some(), "a poll's answer: {v}");
         }
-        let pong = conn.answer();
+        let pong = ok_answer(&mut conn);
         assert_eq!(pong["ok"], true, "{pong}");
         assert!(
             pong.get("events").is_none(),
@@ -167,14 +153,14 @@ fn a_connection_moves_only_between_requests_with_nothing_read_past_its_answer() 
         );
         for _ in 0..2 {
             conn.send_raw(&poll_now(&bob));
-            assert_eq!(conn.answer()["ok"], true);
+            assert_eq!(ok_answer(&mut conn)["ok"], true);
         }
         if moved_out(&server) == before {
             continue; // Accepted on bob's home shard: nothing to move.
         }
         assert_eq!(moved_out(&server), before + 1);
         conn.send_raw(&poll_now(&bob));
-        let v = conn.answer();
+        let v = ok_answer(&mut conn);
         assert_eq!(v["ok"], true, "after the move: {v}");
         break;
     }

@@ -357,6 +357,51 @@ impl Tab {
     }
 }
 
+/// One keep-alive connection for many calls, HTTP/1.1 by hand.
+pub struct KeepAlive {
+    pub stream: TcpStream,
+    /// Bytes read past the last answer (pipelined answers).
+    pub buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn open(server: &Server) -> KeepAlive {
+        let stream = TcpStream::connect(server.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        KeepAlive {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The bytes of `GET path?params`, kept alive.
+    pub fn request(path: &str, params: &[(&str, &str)]) -> String {
+        format!("GET {path}?{} HTTP/1.1\r\nHost: t\r\n\r\n", encode(params))
+    }
+
+    /// Sends raw requests at once (pipelined when several).
+    pub fn send_raw(&mut self, raw: &str) {
+        self.stream.write_all(raw.as_bytes()).expect("write");
+    }
+
+    /// Reads the next answer: its status and JSON body.
+    pub fn answer(&mut self) -> (u16, Value) {
+        let a = read_answer_from(&mut self.stream, &mut self.buf);
+        assert!(!a.closed, "the connection closed: {}", a.body);
+        let body =
+            serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", a.body));
+        (a.status, body)
+    }
+
+    /// GET `path?params`; the status and the JSON body.
+    pub fn get(&mut self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        self.send_raw(&KeepAlive::request(path, params));
+        self.answer()
+    }
+}
+
 /// A token for `user` under the test secret, valid for a day.
 pub fn token(user: u64) -> String {
     let now = std::time::SystemTime::now()
