@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::{later, ok, open, wait, TempDir, WAIT_MAX};
+use common::{later, ok, open, spawn_child, wait, TempDir, WAIT_MAX};
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 use switchboard_shards::model::{MsgId, StorageJob, StorageOutput};
@@ -59,30 +58,9 @@ fn durability_child() {
 #[test]
 fn answered_sends_survive_kill_9() {
     let dir = TempDir::new("durability");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "durability_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-
     // Read answers on a helper thread so that the wait is bounded.
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines_rx) =
+        spawn_child("durability_child", &[(CHILD_ENV, dir.path().as_os_str())]);
     let started = Instant::now();
     let mut answered: HashMap<MsgId, String> = HashMap::new();
     while answered.len() < ANSWERS_BEFORE_KILL {

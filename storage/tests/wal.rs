@@ -8,10 +8,9 @@
 
 mod common;
 
-use common::{later, ok, open, wait, TempDir, WAIT_MAX};
-use std::io::{BufRead, BufReader, Write};
+use common::{later, ok, open, spawn_child, wait, TempDir, WAIT_MAX};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_shards::model::{MsgId, StorageJob, StorageOutput, UserId};
@@ -158,25 +157,14 @@ fn wal_child() {
 /// Runs the child on `dir` with `script`, waits for its `done`, and
 /// SIGKILLs it.
 fn run_child_and_kill(dir: &Path, script: &str) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["wal_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR_ENV, dir)
-        .env(CHILD_SCRIPT_ENV, script)
-        .env("SWITCHBOARD_FAULT_NO_CHECKPOINT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines_rx) = spawn_child(
+        "wal_child",
+        &[
+            (CHILD_DIR_ENV, dir.as_os_str()),
+            (CHILD_SCRIPT_ENV, script.as_ref()),
+            ("SWITCHBOARD_FAULT_NO_CHECKPOINT", "1".as_ref()),
+        ],
+    );
     let started = Instant::now();
     loop {
         let left = WAIT_MAX.saturating_sub(started.elapsed());

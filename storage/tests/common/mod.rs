@@ -15,6 +15,38 @@ use switchboard_storage::{EmbeddedConfig, Store};
 
 pub mod mysql_db;
 
+/// Starts this test binary again as a child running only the test `name`
+/// (a child half that the caller later kills), with `env` set; returns it
+/// and its stdout's lines, read on a helper thread so that every wait on
+/// them can be bounded (`recv_timeout`).
+pub fn spawn_child(
+    name: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines_rx)
+}
+
 /// Longest any single wait in these tests may take before it fails.
 pub const WAIT_MAX: Duration = Duration::from_secs(30);
 
