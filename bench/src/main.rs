@@ -162,13 +162,18 @@ fn run_cmd(args: &[String]) -> Result<ExitCode, String> {
         bench_cpu_s: procstat::children_cpu_s(),
     };
     let clean = report::report(&run)?;
-    // Leave a moment for the output to reach a pipe before exiting.
+    Ok(exit_code(clean))
+}
+
+/// A report's exit code (1: it found a failure), after a moment for the
+/// output to reach a pipe.
+pub(crate) fn exit_code(clean: bool) -> ExitCode {
     std::thread::sleep(Duration::from_millis(10));
-    Ok(if clean {
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 /// Waits for every worker process and reads the result file each wrote

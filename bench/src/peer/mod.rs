@@ -37,7 +37,7 @@ mod report;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::graph::Graph;
 use crate::options::{help_of, Flags, Spec};
@@ -354,12 +354,7 @@ pub fn coordinator_cmd(args: &[String]) -> Result<ExitCode, String> {
         measure_from_us: sched.measure_from_us,
     };
     let clean = report::report(&run)?;
-    std::thread::sleep(Duration::from_millis(10));
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(crate::exit_code(clean))
 }
 
 #[cfg(test)]
