@@ -1079,19 +1079,18 @@ fn hand_over(
     let rt = handler.rt();
     if !handler.may_move_to(to) {
         // Not counted against the connection's moves: it may move later.
-        resume.moves -= 1;
         return Some((stream, resume));
     }
     // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
     // (or -1) comes back, owned below.
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        resume.moves -= 1;
         return Some((stream, resume));
     }
     // SAFETY: `dup` is a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
     drop(stream);
+    resume.moves += 1;
     rt.move_conn(to, MovedConn { fd, peer, resume });
     None
 }

@@ -177,7 +177,8 @@ pub struct Moved<S> {
     pub stream: S,
     /// The shard to serve it on.
     pub to: usize,
-    /// Where it stands, for the next shard.
+    /// Where it stands (its moves not yet counting this one: the caller
+    /// counts it when the move is made).
     pub resume: Resume,
     /// What it did here (its reason: [`CloseReason::Moved`]).
     pub outcome: ConnOutcome,
@@ -238,7 +239,7 @@ where
             resume: Resume {
                 movable: true,
                 answered: true,
-                moves: conn.resume.moves + 1,
+                moves: conn.resume.moves,
             },
             outcome: conn.outcome,
         }),
