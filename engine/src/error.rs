@@ -75,6 +75,12 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// A hand-over (`serve --takeover`) could not be made: this process
+    /// does not serve (the old one, if it reached it, serves on).
+    Handover {
+        /// Why.
+        why: String,
+    },
     /// The token secret could not be read from or created in the data
     /// folder.
     Secret {
@@ -161,6 +167,7 @@ impl fmt::Display for Error {
             Error::Watchdog { source } => {
                 write!(f, "cannot start the watchdog thread: {source}")
             }
+            Error::Handover { why } => write!(f, "hand-over: {why}"),
             Error::Secret { data_dir, source } => write!(
                 f,
                 "cannot keep the token secret in {}: {source}",
@@ -202,6 +209,7 @@ impl std::error::Error for Error {
             Error::DataDirMode { source, .. } => Some(source),
             Error::Watchdog { source } => Some(source),
             Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
+            Error::Handover { .. } => None,
             Error::Executor { source, .. } => Some(source),
             Error::Tls { source } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),

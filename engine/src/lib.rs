@@ -17,6 +17,7 @@ pub mod cores;
 pub mod demo;
 pub mod error;
 pub mod handler;
+pub mod handover;
 pub mod limits;
 pub mod logger;
 pub mod mesh;

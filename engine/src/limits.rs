@@ -70,6 +70,38 @@ pub const STOP_CHECK_MS: u64 = 10;
 /// a lingering close (cut at this bound while stopping).
 pub const DRAIN_MS_MAX: u64 = 3_000;
 
+/// Each listening socket's accept backlog (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default): connections wait there while
+/// no process accepts, the moment of a hand-over (`handover.rs`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long a shard handing over (`stop::settle_shard`) waits, frozen,
+/// for the mesh to fall quiet before it takes its state anyway (with a
+/// warning: what was still in flight is lost). Quiet takes a few
+/// milliseconds: what is in flight then is at most one mesh hop and what
+/// it causes.
+pub const SETTLE_MS_MAX: u64 = 2_000;
+
+/// How long an old process handing over connects to its own listeners to
+/// wake its accept loops (`handover.rs`): a loop ends only after an
+/// accept completes. Past it the loops left are cancelled.
+pub const HANDOVER_NUDGE_MS_MAX: u64 = 1_000;
+
+/// How long each side of a hand-over waits for the other's next word on
+/// the control socket, where no longer bound applies: the old process
+/// for `Hello`, the new one for `Go` after `Ready`.
+pub const HANDOVER_WORD_MS_MAX: u64 = 10_000;
+
+/// How long an old process that sent its state waits for the new one to
+/// say `Ready` (storage opened, shards restored and listening) before it
+/// kills it and serves again itself.
+pub const HANDOVER_READY_MS_MAX: u64 = 30_000;
+
+/// How much longer than its own stop bound ([`stop_timeout_ms`]) a new
+/// process waits for the old one's state: the settle and the state's
+/// serialisation.
+pub const HANDOVER_STATE_MARGIN_MS: u64 = SETTLE_MS_MAX + 5_000;
+
 /// How much longer than the engine's wait for a storage job a stopping
 /// shard waits for a connection with a call in flight: the answer's hop
 /// back over the mesh and its write.

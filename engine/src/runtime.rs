@@ -198,6 +198,10 @@ pub struct RuntimeStats {
     /// `PeerMsg::Resync` messages sent: each resets the tabs of users
     /// whose deliveries were dropped (or of every live session on the peer).
     pub resyncs_sent: Counter,
+    /// Resyncs that became owed (a peer owed nothing, then a delivery to
+    /// it was dropped): every one is paid by one of `resyncs_sent`, so
+    /// the two are equal when nothing is owed (`mesh_quiet`).
+    pub resyncs_owed: Counter,
     /// Presence messages dropped on a full outbox (repaired by the
     /// periodic presence digest).
     pub dropped_presence: Counter,
@@ -270,6 +274,7 @@ impl RuntimeStats {
             dropped_replies: Counter::default(),
             dropped_deliveries: Counter::default(),
             resyncs_sent: Counter::default(),
+            resyncs_owed: Counter::default(),
             dropped_presence: Counter::default(),
             dropped_roster: Counter::default(),
             call_timeouts: Counter::default(),
@@ -443,6 +448,34 @@ impl Owed {
     }
 }
 
+/// Whether nothing is in flight between any two shards: every message a
+/// shard queued to a peer was received and handled there. Reads every
+/// `received` before any `queued`, and a message is counted received only
+/// once handled, after what it caused was queued: so a message in flight
+/// at any moment of the reading, or caused by one handled meanwhile, makes
+/// some pair differ. Once every shard is frozen, past its connections and
+/// storage jobs, and owes no resync, nothing starts new traffic, and a
+/// `true` stays true.
+///
+/// Resyncs owed are counted the same way: one becomes owed (counted)
+/// while a message is handled, before that message is counted received;
+/// it is paid (counted sent) after its `Resync` was queued. Effects are
+/// read before causes: resyncs paid, then messages received, then resyncs
+/// owed, then messages queued.
+pub fn mesh_quiet(all: &[RuntimeStats]) -> bool {
+    let n = all.len();
+    let paid: Vec<u64> = all.iter().map(|s| s.resyncs_sent.get()).collect();
+    let received: Vec<u64> = (0..n * n)
+        .map(|k| all[k / n].peers[k % n].received.get())
+        .collect();
+    let owed: Vec<u64> = all.iter().map(|s| s.resyncs_owed.get()).collect();
+    owed == paid
+        && (0..n * n).all(|k| {
+            let (to, from) = (k / n, k % n);
+            to == from || all[from].peers[to].queued.get() == received[k]
+        })
+}
+
 /// The clock every shard reads: unix milliseconds, but advancing with the
 /// monotonic clock so deadlines never go backwards.
 #[derive(Clone, Copy, Debug)]
@@ -512,6 +545,8 @@ pub struct ShardRuntime {
     owed: RefCell<Vec<Owed>>,
     /// Deliveries the `drop_deliveries` fault has dropped so far.
     fault_dropped: Cell<u64>,
+    /// Ticks are no longer fed to the shard (a hand-over settles).
+    frozen: Cell<bool>,
     /// Cross-shard requests about traced users this shard (as home shard)
     /// is answering, to time each hop (see [`TracedHops`]).
     traced_hops: RefCell<TracedHops>,
@@ -590,6 +625,7 @@ impl ShardRuntime {
             },
             owed: RefCell::new((0..count).map(|_| Owed::default()).collect()),
             fault_dropped: Cell::new(0),
+            frozen: Cell::new(false),
             traced_hops: RefCell::new(TracedHops::default()),
             outputs: RefCell::new(Vec::new()),
             recorder: RefCell::new(Recorder::default()),
@@ -686,6 +722,36 @@ impl ShardRuntime {
             };
             self.record(series, took);
         }
+    }
+
+    /// Stops feeding ticks to the shard (a hand-over settles: its timers
+    /// fall due in the process taking over, at the same wall-clock time).
+    /// Resyncs owed are still paid on each tick.
+    pub fn freeze(&self) {
+        self.frozen.set(true);
+    }
+
+    /// Whether [`ShardRuntime::freeze`] was called.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.get()
+    }
+
+    /// One tick: fed to the shard, or, once frozen, only the resyncs owed
+    /// paid.
+    pub fn tick(self: &Rc<Self>) {
+        if self.frozen.get() {
+            self.pay_resyncs();
+        } else {
+            self.feed(Input::Tick);
+        }
+    }
+
+    /// The shard's whole state, serialised for a hand-over
+    /// (`handover.rs`), and its sessions and tabs.
+    pub fn snapshot(&self) -> Result<(Vec<u8>, usize, usize), String> {
+        let shard = self.shard.borrow();
+        let bytes = serde_json::to_vec(&*shard).map_err(|e| e.to_string())?;
+        Ok((bytes, shard.session_count(), shard.tab_count()))
     }
 
     /// Sends each peer the `PeerMsg::Resync` owed to it, if its outbox
@@ -827,7 +893,13 @@ impl ShardRuntime {
 
     /// Handles a message from another shard.
     pub fn on_mesh(self: &Rc<Self>, from: ShardId, msg: MeshMsg) {
+        self.handle_mesh(from, msg);
+        // Counted once handled, after what it caused was queued: a
+        // hand-over's settle (`mesh_quiet`) relies on it.
         self.stats.peers[from].received.add(1);
+    }
+
+    fn handle_mesh(self: &Rc<Self>, from: ShardId, msg: MeshMsg) {
         match msg {
             MeshMsg::Request { reply, request } => {
                 if let Some(user) = request.home_user().filter(|&u| trace::is_traced(u)) {
@@ -953,7 +1025,11 @@ impl ShardRuntime {
         {
             self.dropped(shard, kind);
             if let Some(user) = recipient {
-                self.owed.borrow_mut()[shard].add(user);
+                let mut owed = self.owed.borrow_mut();
+                if owed[shard].message().is_none() {
+                    self.stats.resyncs_owed.add(1);
+                }
+                owed[shard].add(user);
             }
         }
     }

@@ -50,7 +50,7 @@
 //! while no stop was asked for: the process exits at once
 //! ([`crate::supervise`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
@@ -67,13 +67,14 @@ use switchboard_io::serve_movable;
 use switchboard_io::tls::Tls;
 use switchboard_io::{AdminGate, CloseReason, Limits, Listener, Moved, Resume, Served};
 use switchboard_shards::model::ShardId;
-use switchboard_shards::{Config, Input, Shard};
+use switchboard_shards::{Config, Shard};
 use switchboard_storage::{files, Directory, EmbeddedConfig, MysqlConfig, Store};
 
 use crate::claim::{self, DataDirLock};
 use crate::demo::Demo;
 use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
+use crate::handover;
 use crate::limits;
 use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
@@ -82,7 +83,7 @@ use crate::runtime::{
     Clock, MeshMsg, MovedConn, RuntimeParts, RuntimeStats, ShardRuntime, StatsSlot,
 };
 use crate::settings::{Settings, TlsMode};
-use crate::signals::{ReloadSignal, StopSignals};
+use crate::signals::{ReloadSignal, StopSignals, StopSlot, TlsSlot};
 pub use crate::stop::StopHandle;
 use crate::stop::{self, ConnStop, MainPhase, OpenConn, Phase};
 use crate::supervise::{self, Faults, Heartbeats};
@@ -112,10 +113,90 @@ struct Shared {
     edge: Arc<[EdgeStats]>,
     /// Every shard's last tick, for the watchdog.
     heartbeats: Arc<Heartbeats>,
+    /// Accept loops start accepting once it opens: at once, unless this
+    /// process takes over from another and waits for its word (`Go`).
+    gate: Gate,
 }
 
-/// What a shard tells the thread that started the server. At most three
-/// per shard (listening or failed, then ended), so the channel's lack of a
+/// What a server starts from besides its settings when it takes over
+/// from another process (`handover.rs`), or serves again after a hand-over
+/// that failed: the shards' state and the listening sockets.
+pub struct Inherited {
+    /// Each shard's state, in shard order (one per shard of the settings).
+    pub shards: Vec<Shard>,
+    /// The listening sockets, each with the shard that accepted on it.
+    pub listeners: Vec<HandedListener>,
+    /// The accept loops wait for it to open.
+    pub gate: Gate,
+}
+
+/// A listening socket handed from one process (or server) to the next.
+#[derive(Debug)]
+pub struct HandedListener {
+    /// The shard that accepts on it.
+    pub shard: ShardId,
+    /// Which listener it is.
+    pub port: Port,
+    /// The socket (listening; `SO_REUSEPORT` for the client ports).
+    pub fd: OwnedFd,
+}
+
+/// How a server ended ([`Server::wait_outcome`]).
+pub enum Ended {
+    /// It stopped (a stop was asked for, not a hand-over).
+    Stopped,
+    /// It settled and gave up its state and listeners for a hand-over:
+    /// nothing serves until they are handed on.
+    HandedOver(HandedOver),
+}
+
+/// A server's state and listeners after a hand-over stop.
+pub struct HandedOver {
+    /// Each shard's serialised state (`Shard` as JSON), in shard order.
+    pub states: Vec<Vec<u8>>,
+    /// Every listening socket.
+    pub listeners: Vec<HandedListener>,
+    /// Sessions and tabs in the state.
+    pub sessions: usize,
+    pub tabs: usize,
+}
+
+/// Accept loops wait for it (see [`Shared::gate`]). Clones share it.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<std::sync::atomic::AtomicBool>);
+
+impl Gate {
+    /// A gate already open.
+    pub fn open_now() -> Gate {
+        Gate(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// A closed gate, opened by [`Gate::open`].
+    pub fn closed() -> Gate {
+        Gate(Arc::new(std::sync::atomic::AtomicBool::new(false)))
+    }
+
+    /// Opens it (from any thread).
+    pub fn open(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once open (checked every millisecond: it is closed only
+    /// for the moment between a new process's `Ready` and the old one's
+    /// `Go`).
+    async fn opened(&self) {
+        while !self.is_open() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// What a shard tells the thread that started the server. At most four
+/// per shard (listening or failed, handed over, then ended), so the channel's lack of a
 /// bound costs nothing.
 enum Report {
     /// It listens. Shard 0 also says where.
@@ -128,6 +209,13 @@ enum Report {
     },
     /// It could not start; it ends next.
     Failed(Error),
+    /// It settled for a hand-over: its state (or why none), and
+    /// duplicates of its listening sockets.
+    HandedOver {
+        shard: ShardId,
+        state: Result<(Vec<u8>, usize, usize), String>,
+        listeners: Vec<(Port, OwnedFd)>,
+    },
     /// Its main task ended or was dropped (sent by [`Reporter`]'s drop).
     Ended { shard: ShardId },
 }
@@ -185,6 +273,8 @@ struct Shards {
     /// The data folder's lock (`None`: the data folder is not used),
     /// released once storage is closed.
     lock: Option<DataDirLock>,
+    /// What each shard gave up in a hand-over stop, as reported.
+    handed: Vec<Report>,
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
@@ -198,20 +288,99 @@ pub fn run(settings: Settings) -> Result<(), Error> {
         None => None,
     };
     let stop_timeout = limits::stop_timeout_ms(settings.storage_timeout_ms);
-    let server = Server::start(settings)?;
-    let stop_timeout = Duration::from_millis(stop_timeout);
-    if let Err(e) = signals.stop_on_signal(server.stop_handle(), stop_timeout) {
-        let _ = server.stop();
-        return Err(e);
+    let stop_slot = StopSlot::default();
+    let tls_slot = TlsSlot::default();
+    signals.stop_on_signal(stop_slot.clone(), Duration::from_millis(stop_timeout))?;
+    if let Some(reload) = reload {
+        reload.reload_on_signal(tls_slot.clone())?;
     }
-    if let (Some(reload), Some(tls)) = (reload, server.tls()) {
-        if let Err(e) = reload.reload_on_signal(tls) {
-            let _ = server.stop();
-            return Err(e);
+    // `--takeover`: the running server's state and sockets, until ready.
+    let (mut taken, mut inherited) = match settings.takeover {
+        true => match handover::take_over(&settings)? {
+            Some((taken, inherited)) => (Some(taken), Some(inherited)),
+            None => (None, None),
+        },
+        false => (None, None),
+    };
+    loop {
+        let server = match Server::start_from(settings.clone(), inherited.take()) {
+            Ok(server) => server,
+            Err(e) => {
+                if let Some(mut t) = taken.take() {
+                    t.fail(&e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        stop_slot.set(server.stop_handle());
+        if let Some(tls) = server.tls() {
+            tls_slot.set(tls);
         }
+        if let Some(t) = taken.take() {
+            if let Err(e) = t.ready() {
+                let _ = server.stop();
+                return Err(e);
+            }
+        }
+        let control = match handover::Control::listen(
+            &settings,
+            server.stop_handle(),
+            server.listener_addrs(),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(
+                    "takeover socket {}: {e}; this server cannot be taken over",
+                    handover::socket_path(&settings).display()
+                );
+                None
+            }
+        };
+        server.announce();
+        let handed = match server.wait_outcome() {
+            Ok(Ended::HandedOver(handed)) => {
+                let control = control
+                    .as_ref()
+                    .expect("a hand-over is asked on the control socket");
+                match control.give(handed) {
+                    Ok(()) => return Ok(()),
+                    Err((handed, why)) => {
+                        warn!("hand-over failed: {why}; serving again from the state kept");
+                        handed
+                    }
+                }
+            }
+            ended => {
+                if let Some(c) = &control {
+                    c.remove();
+                }
+                return ended.map(drop);
+            }
+        };
+        if stop_slot.signalled() {
+            info!("a stop signal came during the hand-over: not serving again");
+            return Ok(());
+        }
+        inherited = Some(reinherit(handed)?);
     }
-    server.announce();
-    server.wait()
+}
+
+/// What a server that failed to hand over serves again from: its own
+/// state and sockets, accepting at once.
+fn reinherit(handed: HandedOver) -> Result<Inherited, Error> {
+    let shards = handed
+        .states
+        .iter()
+        .map(|bytes| serde_json::from_slice::<Shard>(bytes))
+        .collect::<Result<Vec<Shard>, _>>()
+        .map_err(|e| Error::Handover {
+            why: format!("reading back this server's own state: {e}"),
+        })?;
+    Ok(Inherited {
+        shards,
+        listeners: handed.listeners,
+        gate: Gate::open_now(),
+    })
 }
 
 impl Server {
@@ -219,6 +388,25 @@ impl Server {
     /// returns once every shard listens. On a failure, whatever was
     /// started is stopped before the error is returned.
     pub fn start(settings: Settings) -> Result<Server, Error> {
+        Server::start_from(settings, None)
+    }
+
+    /// [`Server::start`] from what another process (or this one, after a
+    /// failed hand-over) handed over: the shards' state and the listening
+    /// sockets, which are not probed or bound again. The accept loops
+    /// wait for `inherited.gate`.
+    pub fn start_from(settings: Settings, inherited: Option<Inherited>) -> Result<Server, Error> {
+        if let Some(i) = &inherited {
+            if i.shards.len() != settings.shards {
+                return Err(Error::Handover {
+                    why: format!(
+                        "the state handed over has {} shards, the settings say {}",
+                        i.shards.len(),
+                        settings.shards
+                    ),
+                });
+            }
+        }
         // Claims first (claim.rs): a second server refuses to start before
         // it opens anything. The lock is held until storage is closed.
         if settings.admin_token_is_short() {
@@ -235,13 +423,16 @@ impl Server {
             }
             false => None,
         };
-        if let Some(listen) = settings.listen {
-            claim::probe(Port::Client, listen)?;
+        // Inherited listeners are this server's own: nothing to probe.
+        if inherited.is_none() {
+            if let Some(listen) = settings.listen {
+                claim::probe(Port::Client, listen)?;
+            }
+            if let Some(tls) = &settings.tls {
+                claim::probe(Port::Tls, tls.listen)?;
+            }
+            claim::probe(Port::Admin, settings.admin_listen)?;
         }
-        if let Some(tls) = &settings.tls {
-            claim::probe(Port::Tls, tls.listen)?;
-        }
-        claim::probe(Port::Admin, settings.admin_listen)?;
         // The certificate before storage: a bad file fails the start
         // before anything is opened.
         let tls = match &settings.tls {
@@ -286,7 +477,9 @@ impl Server {
         let stop = StopHandle::new(settings.shards);
         let shards = settings.shards;
         let lag_bound = Duration::from_millis(settings.loop_lag_warn_ms);
+        let (seeds, gate) = Seed::split(inherited, shards);
         let shared = Arc::new(Shared {
+            gate,
             settings,
             secret,
             store,
@@ -306,8 +499,9 @@ impl Server {
             reports,
             executors: Vec::new(),
             lock,
+            handed: Vec::new(),
         };
-        if let Err(e) = shards.spawn(tx) {
+        if let Err(e) = shards.spawn(tx, seeds) {
             return Err(shards.abort(e));
         }
         let server = shards.until_listening()?;
@@ -349,6 +543,14 @@ impl Server {
         self.admin_addr
     }
 
+    /// Every listener's address (client, TLS, admin).
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        [self.client_addr, self.tls_addr, Some(self.admin_addr)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// A handle that asks this server to stop, from any thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.shards().shared.stop.clone()
@@ -363,13 +565,21 @@ impl Server {
     /// Runs until a stop is asked for or a shard fails, then stops in
     /// order (see the module doc). `Ok` after a stop that was asked for;
     /// else the first failure.
-    pub fn wait(mut self) -> Result<(), Error> {
-        let shards = self
+    pub fn wait(self) -> Result<(), Error> {
+        self.wait_outcome().map(drop)
+    }
+
+    /// [`Server::wait`], saying how it ended: stopped, or settled for a
+    /// hand-over with its state and listeners
+    /// ([`StopHandle::hand_over`]).
+    pub fn wait_outcome(mut self) -> Result<Ended, Error> {
+        let mut shards = self
             .shards
             .take()
             .expect("only `wait` and drop take the shards");
         let first = loop {
             match shards.reports.recv() {
+                Ok(r @ Report::HandedOver { .. }) => shards.handed.push(r),
                 Ok(Report::Failed(e)) => break Some(e),
                 Ok(Report::Ended { shard }) if !shards.shared.stop.is_stopping() => {
                     break Some(Error::ShardEnded {
@@ -381,7 +591,13 @@ impl Server {
                 Ok(Report::Listening { .. }) => {}
             }
         };
-        shards.shut_down(first)
+        let handover = shards.shared.stop.is_handover();
+        let shard_count = shards.shared.settings.shards;
+        let handed = shards.shut_down_handing(first)?;
+        if !handover {
+            return Ok(Ended::Stopped);
+        }
+        gather(handed, shard_count).map(Ended::HandedOver)
     }
 
     /// Asks for a stop and waits for it: stops accepting, lets every
@@ -445,7 +661,7 @@ impl Drop for Server {
 impl Shards {
     /// Starts one executor per shard, each with its mesh ends and its own
     /// reporter (the last sender of `tx`: dropped here when done).
-    fn spawn(&mut self, tx: mpsc::Sender<Report>) -> Result<(), Error> {
+    fn spawn(&mut self, tx: mpsc::Sender<Report>, seeds: Vec<Seed>) -> Result<(), Error> {
         let settings = &self.shared.settings;
         assert_eq!(
             settings.shard_cores.len(),
@@ -453,7 +669,7 @@ impl Shards {
             "a server's settings come from Settings::parse, which places every shard"
         );
         let ends = mesh::build::<MeshMsg>(settings.shards, limits::MESH_CHANNEL_DEPTH_MAX);
-        for (shard, ends) in ends.into_iter().enumerate() {
+        for ((shard, ends), seed) in ends.into_iter().enumerate().zip(seeds) {
             let shared = self.shared.clone();
             let reporter = Reporter {
                 shard,
@@ -464,7 +680,7 @@ impl Shards {
                 .name(&format!("shard-{shard}"))
                 .ring_depth(limits::RING_DEPTH)
                 .io_memory(limits::IO_MEMORY_BYTES)
-                .spawn(move || async move { shard_main(shared, ends, reporter).await })
+                .spawn(move || async move { shard_main(shared, ends, reporter, seed).await })
                 .map_err(|source| Error::Executor { shard, source })?;
             self.executors.push(executor);
         }
@@ -489,6 +705,7 @@ impl Shards {
                     let source = None;
                     return Err(self.abort(Error::ShardEnded { shard, source }));
                 }
+                Ok(Report::HandedOver { .. }) => {}
                 Err(mpsc::RecvError) => unreachable!("every shard reports its end first"),
             }
         }
@@ -513,12 +730,22 @@ impl Shards {
     /// The stop (see the module doc): asks every shard to stop, waits until
     /// each has ended, joins the executors, then shuts storage down.
     /// Returns `first`, or the first failure seen while stopping.
-    fn shut_down(self, mut first: Option<Error>) -> Result<(), Error> {
+    fn shut_down(self, first: Option<Error>) -> Result<(), Error> {
+        self.shut_down_handing(first).map(drop)
+    }
+
+    /// [`Shards::shut_down`], returning what the shards reported of a
+    /// hand-over ([`Report::HandedOver`]).
+    fn shut_down_handing(mut self, mut first: Option<Error>) -> Result<Vec<Report>, Error> {
         self.shared.stop.stop();
         // Disconnected once every reporter is gone: every shard has ended.
         while let Ok(report) = self.reports.recv() {
-            if let Report::Failed(e) = report {
-                first.get_or_insert(e);
+            match report {
+                Report::Failed(e) => {
+                    first.get_or_insert(e);
+                }
+                r @ Report::HandedOver { .. } => self.handed.push(r),
+                Report::Listening { .. } | Report::Ended { .. } => {}
             }
         }
         let stop = &self.shared.stop;
@@ -543,26 +770,35 @@ impl Shards {
         self.shared.store.clone().shutdown();
         // Storage is closed: another server may open the folder now.
         drop(self.lock);
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(self.handed), Err)
     }
 }
 
 /// One shard's life: join the mesh, start the runtime, listen, serve until
 /// a stop is asked for, then let its storage jobs finish. Returning ends
 /// the executor; `reporter` tells the starting thread.
-async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Reporter) {
+async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Reporter, seed: Seed) {
     let stop = shared.stop.clone();
     let i = ends.shard();
     supervise::on_executor(i);
     let Some(mesh) = stop.until_stop(ends.connect()).await else {
         return;
     };
-    let rt = start_runtime(&shared, i, mesh);
-    let listeners = match stop.until_stop(bind(&shared, i)).await {
+    let rt = match start_runtime(&shared, i, mesh, seed.state) {
+        Ok(rt) => rt,
+        Err(e) => return reporter.send(Report::Failed(e)),
+    };
+    let listeners = match stop.until_stop(bind(&shared, i, seed.listeners)).await {
         None => return,
         Some(Err(e)) => return reporter.send(Report::Failed(e)),
-        Some(Ok(listeners)) => listeners,
+        Some(Ok(mut listeners)) => {
+            let kept = std::mem::take(&mut listeners.kept);
+            (listeners, kept)
+        }
     };
+    // `kept`: duplicates for a hand-over; closed with the executor
+    // otherwise.
+    let (listeners, kept) = listeners;
     let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
     reporter.send(Report::Listening {
         client: listeners.client.as_ref().map(local),
@@ -572,13 +808,108 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
     let conns = ConnStop::new(stop.clone());
     serve(&shared, &rt, listeners, &conns).await;
     stop::stop_shard(&rt, &conns, &stop).await;
+    if stop.is_handover() {
+        let state = stop::settle_shard(&rt, &stop).await;
+        reporter.send(Report::HandedOver {
+            shard: i,
+            state,
+            listeners: kept,
+        });
+        debug!(shard = i; "shard-{i}: handed over");
+        return;
+    }
     debug!(shard = i; "shard-{i}: stopped");
+}
+
+/// What one shard starts from: fresh, or what was handed over.
+#[derive(Default)]
+struct Seed {
+    state: Option<Shard>,
+    listeners: Vec<(Port, OwnedFd)>,
+}
+
+impl Seed {
+    /// Splits `inherited` into one seed per shard (fresh seeds and an
+    /// open gate without it).
+    fn split(inherited: Option<Inherited>, shards: usize) -> (Vec<Seed>, Gate) {
+        let mut seeds: Vec<Seed> = (0..shards).map(|_| Seed::default()).collect();
+        let Some(inherited) = inherited else {
+            return (seeds, Gate::open_now());
+        };
+        for (seed, state) in seeds.iter_mut().zip(inherited.shards) {
+            seed.state = Some(state);
+        }
+        for l in inherited.listeners {
+            match seeds.get_mut(l.shard) {
+                Some(seed) => seed.listeners.push((l.port, l.fd)),
+                None => warn!(
+                    "a {:?} listener handed over for shard {} of {}: closed",
+                    l.port, l.shard, shards
+                ),
+            }
+        }
+        (seeds, inherited.gate)
+    }
+}
+
+/// The hand-over reports of every shard, in shard order, as one
+/// [`HandedOver`]; an error if a shard gave no state.
+fn gather(reports: Vec<Report>, shards: usize) -> Result<HandedOver, Error> {
+    let mut states: Vec<Option<Vec<u8>>> = (0..shards).map(|_| None).collect();
+    let mut handed = HandedOver {
+        states: Vec::new(),
+        listeners: Vec::new(),
+        sessions: 0,
+        tabs: 0,
+    };
+    let mut failed = Vec::new();
+    for report in reports {
+        let Report::HandedOver {
+            shard,
+            state,
+            listeners,
+        } = report
+        else {
+            continue;
+        };
+        match state {
+            Ok((bytes, sessions, tabs)) => {
+                states[shard] = Some(bytes);
+                handed.sessions += sessions;
+                handed.tabs += tabs;
+            }
+            Err(why) => failed.push(format!("shard-{shard}: {why}")),
+        }
+        for (port, fd) in listeners {
+            handed.listeners.push(HandedListener { shard, port, fd });
+        }
+    }
+    for (shard, state) in states.into_iter().enumerate() {
+        match state {
+            Some(bytes) => handed.states.push(bytes),
+            None if failed
+                .iter()
+                .any(|f| f.starts_with(&format!("shard-{shard}:"))) => {}
+            None => failed.push(format!("shard-{shard}: ended without handing over")),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Error::Handover {
+            why: format!("no state to hand over from {}", failed.join("; ")),
+        });
+    }
+    Ok(handed)
 }
 
 /// Builds the shard's runtime and starts its tasks: one outbox drainer
 /// per peer (waiting when the peer's channel is full), one mesh receiver
 /// per peer, and the tick.
-fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRuntime> {
+fn start_runtime(
+    shared: &Shared,
+    i: ShardId,
+    mesh: Mesh<MeshMsg>,
+    state: Option<Shard>,
+) -> Result<Rc<ShardRuntime>, Error> {
     let s = &shared.settings;
     let mut config = Config::new(i, s.shards);
     config.grace_ms = s.presence_grace_ms;
@@ -597,7 +928,13 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
         stats: shared.stats.clone(),
         faults,
     };
-    let (rt, outboxes) = ShardRuntime::new(Shard::new(config), parts);
+    let shard = match state {
+        None => Shard::new(config),
+        Some(state) => state
+            .resumed(config)
+            .map_err(|why| Error::Handover { why })?,
+    };
+    let (rt, outboxes) = ShardRuntime::new(shard, parts);
     let mut senders = mesh.senders;
     for (peer, rx) in outboxes {
         let tx = senders[peer].take().expect("a channel to every peer");
@@ -644,12 +981,12 @@ fn start_runtime(shared: &Shared, i: ShardId, mesh: Mesh<MeshMsg>) -> Rc<ShardRu
             tick.stats.loop_lag_last_us.set(lag.as_micros() as u64);
             tick.stats.last_tick_ms.set(tick.clock.now_ms());
             tick.record(Series::LoopLag, lag);
-            tick.feed(Input::Tick);
+            tick.tick();
             heartbeats.beat(i, lag);
         }
     })
     .detach();
-    rt
+    Ok(rt)
 }
 
 /// A shard's listeners.
@@ -660,19 +997,114 @@ struct Listeners {
     tls: Option<TcpListener>,
     /// The admin listener (shard 0 only).
     admin: Option<TcpListener>,
+    /// A duplicate of each, to hand over.
+    kept: Vec<(Port, OwnedFd)>,
+}
+
+/// A listening socket for `addr`, as glommio's `TcpListener::bind`
+/// makes it (`SO_REUSEPORT`, so every shard binds the port), with a deeper
+/// backlog (`LISTEN_BACKLOG`: clients reconnecting after a hand-over wait
+/// there), and a duplicate of it kept to hand over (glommio's listener
+/// gives its descriptor up only by closing it).
+fn listen_socket(addr: SocketAddr) -> std::io::Result<(TcpListener, OwnedFd)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = match addr {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(limits::LISTEN_BACKLOG)?;
+    let kept = OwnedFd::from(socket.try_clone()?);
+    Ok((adopt(OwnedFd::from(socket)), kept))
+}
+
+/// A glommio listener on a listening socket this process owns.
+fn adopt(fd: OwnedFd) -> TcpListener {
+    // SAFETY: `fd` is a listening TCP socket, owned by nothing else from
+    // here on (`into_raw_fd` gives its ownership to the listener).
+    unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Shard `i`'s listeners: the ones handed over (`inherited`), each
+/// listener the settings ask for and none was handed for bound anew.
+async fn bind(
+    shared: &Shared,
+    i: ShardId,
+    inherited: Vec<(Port, OwnedFd)>,
+) -> Result<Listeners, Error> {
+    if inherited.is_empty() {
+        return bind_fresh(shared, i).await;
+    }
+    let s = &shared.settings;
+    let mut l = Listeners {
+        client: None,
+        tls: None,
+        admin: None,
+        kept: Vec::new(),
+    };
+    for (port, fd) in inherited {
+        let kept = fd.try_clone().map_err(|e| Error::Handover {
+            why: format!("shard-{i}: duplicating a {port:?} listener handed over: {e}"),
+        })?;
+        let listener = adopt(fd);
+        let wanted = match port {
+            Port::Client => s.listen.is_some(),
+            Port::Tls => s.tls.is_some(),
+            Port::Admin => i == 0,
+        };
+        if !wanted {
+            warn!(shard = i; "shard-{i}: a {port:?} listener was handed over that the settings do not ask for: closed");
+            continue;
+        }
+        let local = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        match port {
+            Port::Client => {
+                let _ = shared.client_addr.set(local);
+                l.client = Some(listener);
+            }
+            Port::Tls => {
+                let _ = shared.tls_addr.set(local);
+                l.tls = Some(listener);
+            }
+            Port::Admin => l.admin = Some(listener),
+        }
+        l.kept.push((port, kept));
+    }
+    let missing = |port| Error::Handover {
+        why: format!(
+            "shard-{i}: no {port:?} listener was handed over, and the settings ask for one"
+        ),
+    };
+    if s.listen.is_some() && l.client.is_none() {
+        return Err(missing(Port::Client));
+    }
+    if s.tls.is_some() && l.tls.is_none() {
+        return Err(missing(Port::Tls));
+    }
+    if i == 0 && l.admin.is_none() {
+        return Err(missing(Port::Admin));
+    }
+    Ok(l)
 }
 
 /// Binds shard `i`'s listeners. Shard 0 binds first, so a port 0 setting
 /// means one port; the others wait for its address.
-async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
+async fn bind_fresh(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
     let s = &shared.settings;
+    let kept = RefCell::new(Vec::new());
     let listen = |listener, addr| {
-        TcpListener::bind(addr).map_err(|source| Error::Bind {
+        let (l, dup) = listen_socket(addr).map_err(|source| Error::Bind {
             shard: i,
             listener,
             addr,
-            source: source.into(),
-        })
+            source,
+        })?;
+        kept.borrow_mut().push((listener, dup));
+        Ok::<_, Error>(l)
     };
     let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
     if i != 0 {
@@ -688,6 +1120,7 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
             client,
             tls,
             admin: None,
+            kept: kept.into_inner(),
         });
     }
     // The start-up probe (`Server::start`) ran before storage opened and
@@ -721,6 +1154,7 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
         client,
         tls,
         admin: Some(admin),
+        kept: kept.into_inner(),
     })
 }
 
@@ -731,6 +1165,13 @@ async fn bind(shared: &Shared, i: ShardId) -> Result<Listeners, Error> {
 /// (see [`accept_loop`]).
 async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, conns: &ConnStop) {
     let s = &shared.settings;
+    // This shard's accept loops still running.
+    let loops_open = Rc::new(Cell::new(0usize));
+    let ends = Ends {
+        stop: shared.stop.clone(),
+        gate: shared.gate.clone(),
+        open: loops_open.clone(),
+    };
     let limits = Limits {
         first_byte_timeout_ms: s.first_byte_timeout_ms,
         ..Limits::default()
@@ -749,7 +1190,14 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
             .with_stop(conns.clone())
             .with_traces(traces);
         let admission = Rc::new(RefCell::new(Admission::new(s.admin_connections_max, None)));
-        let accepting = accept_loop(admin, Listener::Admin, None, Rc::new(handler), admission);
+        let accepting = accept_loop(
+            admin,
+            Listener::Admin,
+            None,
+            Rc::new(handler),
+            admission,
+            ends.clone(),
+        );
         glommio::spawn_local(accepting)
     });
     let client_handler = || {
@@ -776,6 +1224,7 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
             Some(tls),
             Rc::new(handler),
             admission.clone(),
+            ends.clone(),
         );
         glommio::spawn_local(accepting)
     });
@@ -792,7 +1241,14 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
             .map(|moved| {
                 glommio::spawn_local(moved_loop(moved, handler.clone(), admission.clone()))
             });
-        let accepting = accept_loop(listener, Listener::Client, None, handler, admission.clone());
+        let accepting = accept_loop(
+            listener,
+            Listener::Client,
+            None,
+            handler,
+            admission.clone(),
+            ends.clone(),
+        );
         (glommio::spawn_local(accepting), moving)
     });
     let (plain_task, moved_task) = match plain_task {
@@ -800,6 +1256,26 @@ async fn serve(shared: &Shared, rt: &Rc<ShardRuntime>, listeners: Listeners, con
         None => (None, None),
     };
     shared.stop.until_stop(std::future::pending::<()>()).await;
+    if shared.stop.is_handover() {
+        // Each accept loop ends by itself after its next accept (the
+        // process connects to its own listeners until none is left:
+        // `handover.rs`); cancelling one blocked in an io_uring accept
+        // could lose a connection the kernel already took. Past the bound
+        // the rest are cancelled as in a stop.
+        let until = Instant::now() + Duration::from_millis(2 * limits::HANDOVER_NUDGE_MS_MAX);
+        while loops_open.get() > 0 && Instant::now() < until {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if loops_open.get() > 0 {
+            warn!(
+                shard = rt.id;
+                "shard-{}: {} accept loops still waiting after the hand-over's nudges: cancelled \
+                 (a connection accepted at that moment would be lost)",
+                rt.id,
+                loops_open.get()
+            );
+        }
+    }
     // Dropping a glommio task only marks it cancelled: its future, and the
     // listener in it, would be dropped the next time the task runs, which
     // is never if this executor ends first (a stop with nothing to drain
@@ -941,10 +1417,17 @@ async fn accept_loop(
     tls: Option<Arc<Tls>>,
     handler: Rc<ConnHandler>,
     admission: Rc<RefCell<Admission>>,
+    ends: Ends,
 ) {
     let shard = handler.rt().id;
+    let _open = ends.opened();
+    ends.gate.opened().await;
     loop {
         glommio::yield_if_needed().await;
+        if ends.stop.is_handover() {
+            // The socket stays open for the process taking over.
+            return;
+        }
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -984,6 +1467,34 @@ async fn accept_loop(
         };
         let conn = serve_conn(stream, peer, tls.clone(), handler.clone(), place, resume);
         glommio::spawn_local(conn).detach();
+    }
+}
+
+/// What ends an accept loop in a hand-over, and what opens it in the
+/// process taking over (see `serve`).
+#[derive(Clone)]
+struct Ends {
+    stop: StopHandle,
+    gate: Gate,
+    /// This shard's accept loops still running.
+    open: Rc<Cell<usize>>,
+}
+
+impl Ends {
+    /// Counts one running accept loop (here and in the process's
+    /// [`StopHandle::accepting`]) until the guard drops.
+    fn opened(&self) -> LoopOpen {
+        self.open.set(self.open.get() + 1);
+        LoopOpen(self.open.clone(), self.stop.accept_loop())
+    }
+}
+
+/// One running accept loop, counted until dropped.
+struct LoopOpen(Rc<Cell<usize>>, #[allow(dead_code)] stop::Accepting);
+
+impl Drop for LoopOpen {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

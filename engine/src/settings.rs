@@ -77,6 +77,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)", value: "SQL" },
     Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)", value: "SQL" },
     Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)", value: "SQL" },
+    Spec { name: "TAKEOVER", default: "off", help: "take over from the server running on this DATA_DIR (its listening sockets, sessions, tabs, presence), for a deploy that drops nobody; with none running, start as usual (see docs/operations.md)", value: "[on|off]" },
     Spec { name: "DEMO", default: "auto (on with the built-in demo users)", help: "demo mode, on or off (the flag alone: on): serves the chat demo at /demo/ and mints a token for any user at /demo/login (never on a real site)", value: "[on|off|auto]" },
 ];
 
@@ -145,6 +146,9 @@ pub struct Settings {
     pub connections_move: bool,
     /// Demo mode: the demo pages and `/demo/login` are served.
     pub demo: bool,
+    /// Take over from the server running on this data folder
+    /// (`TAKEOVER`, `serve --takeover`; `handover.rs`).
+    pub takeover: bool,
 }
 
 /// The TLS listener's settings.
@@ -406,6 +410,7 @@ impl Settings {
                     .unwrap_or_else(|| DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT.into()),
             },
             demo,
+            takeover: switch("TAKEOVER", get("TAKEOVER"))?,
             connections_move: switch("CONNECTIONS_MOVE", get("CONNECTIONS_MOVE"))
                 .map(|on| on || get("CONNECTIONS_MOVE").is_none())?,
         };

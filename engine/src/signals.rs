@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{error, info};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -60,7 +60,7 @@ impl StopSignals {
     /// Starts the `signals` thread: the first signal asks `stop` to stop
     /// and starts the watchdog, which exits 3 if the process is still
     /// there `timeout` later (see the module doc).
-    pub fn stop_on_signal(self, stop: StopHandle, timeout: Duration) -> Result<(), Error> {
+    pub fn stop_on_signal(self, stop: StopSlot, timeout: Duration) -> Result<(), Error> {
         let mut signals = self.signals;
         std::thread::Builder::new()
             .name("signals".into())
@@ -112,6 +112,60 @@ fn name(signal: i32) -> &'static str {
     }
 }
 
+/// The server a stop signal stops: the one serving now (a process that
+/// hands over and then serves again after a failed hand-over runs a
+/// second `Server`). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct StopSlot(Arc<Mutex<(Option<StopHandle>, bool)>>);
+
+impl StopSlot {
+    /// Points the signal at `stop`'s server (stopping it at once if a
+    /// signal came while none was set).
+    pub fn set(&self, stop: StopHandle) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.1 {
+            stop.stop();
+        }
+        slot.0 = Some(stop);
+    }
+
+    /// Stops the current server, and any set after.
+    pub fn stop(&self) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.1 = true;
+        if let Some(stop) = &slot.0 {
+            stop.stop();
+        }
+    }
+
+    /// Whether a stop signal came.
+    pub fn signalled(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// What the current server's stop still waits for.
+    pub fn pending(&self) -> String {
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.0
+            .as_ref()
+            .map_or_else(|| "no server running".into(), StopHandle::pending)
+    }
+}
+
+/// The TLS state SIGHUP reloads: the serving server's (see [`StopSlot`]).
+#[derive(Clone, Default)]
+pub struct TlsSlot(Arc<Mutex<Option<Arc<Tls>>>>);
+
+impl TlsSlot {
+    pub fn set(&self, tls: Arc<Tls>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+    }
+
+    fn get(&self) -> Option<Arc<Tls>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// SIGHUP, registered: kept until [`ReloadSignal::reload_on_signal`].
 pub struct ReloadSignal {
     signals: Signals,
@@ -126,12 +180,13 @@ impl ReloadSignal {
 
     /// Starts the `tls-reload` thread: each SIGHUP reloads `tls`'s files
     /// (signals that come during a reload are merged into one more).
-    pub fn reload_on_signal(self, tls: Arc<Tls>) -> Result<(), Error> {
+    pub fn reload_on_signal(self, slot: TlsSlot) -> Result<(), Error> {
         let mut signals = self.signals;
         std::thread::Builder::new()
             .name("tls-reload".into())
             .spawn(move || {
                 for _ in signals.forever() {
+                    let Some(tls) = slot.get() else { continue };
                     match tls.reload() {
                         Ok(loaded) => info!(
                             "SIGHUP: TLS certificate reloaded ({} certificate(s) from {}); new \

@@ -38,7 +38,7 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,11 @@ pub enum Phase {
     Peers = 2,
     /// Waiting for its storage jobs in flight.
     Jobs = 3,
+    /// A hand-over only: frozen, waiting for the mesh to fall quiet before
+    /// its state is taken ([`settle_shard`]).
+    Settle = 4,
     /// Its executor's main task has ended.
-    Ended = 4,
+    Ended = 5,
 }
 
 impl Phase {
@@ -74,6 +77,7 @@ impl Phase {
             1 => Phase::Connections,
             2 => Phase::Peers,
             3 => Phase::Jobs,
+            4 => Phase::Settle,
             _ => Phase::Ended,
         }
     }
@@ -85,6 +89,7 @@ impl Phase {
             Phase::Connections => "waiting for its connections to answer and close",
             Phase::Peers => "waiting for the other shards' connections",
             Phase::Jobs => "waiting for its storage jobs",
+            Phase::Settle => "handing over: waiting for the mesh to fall quiet",
             Phase::Ended => "ended",
         }
     }
@@ -117,6 +122,14 @@ struct ShardStop {
 struct StopState {
     /// Set when a stop is asked for; never cleared.
     asked: AtomicBool,
+    /// Set (before `asked`) when the stop is a hand-over to a new process
+    /// (`handover.rs`): listeners are kept, not closed, and each shard
+    /// settles and gives up its state.
+    handover: AtomicBool,
+    /// Accept loops still running (each counted by an [`Accepting`]
+    /// guard): a hand-over wakes them with connections until none is
+    /// left ([`StopHandle::accepting`]).
+    accepting: AtomicUsize,
     /// Each shard's progress, in shard order.
     shards: Box<[ShardStop]>,
     /// The starting thread's progress ([`MainPhase`]).
@@ -134,6 +147,8 @@ impl StopHandle {
     pub fn new(shards: usize) -> StopHandle {
         StopHandle(Arc::new(StopState {
             asked: AtomicBool::new(false),
+            handover: AtomicBool::new(false),
+            accepting: AtomicUsize::new(0),
             shards: (0..shards).map(|_| ShardStop::default()).collect(),
             main: AtomicU8::new(MainPhase::Shards as u8),
         }))
@@ -142,6 +157,33 @@ impl StopHandle {
     /// Asks every shard to stop.
     pub fn stop(&self) {
         self.0.asked.store(true, Ordering::Release);
+    }
+
+    /// Asks every shard to stop for a hand-over: each keeps its
+    /// listeners open, drains as in a stop, settles, and reports its state
+    /// (`Server::wait_outcome`).
+    pub fn hand_over(&self) {
+        self.0.handover.store(true, Ordering::Release);
+        self.0.asked.store(true, Ordering::Release);
+    }
+
+    /// Whether the stop asked for is a hand-over.
+    pub fn is_handover(&self) -> bool {
+        self.0.handover.load(Ordering::Acquire)
+    }
+
+    /// Accept loops still running: in a hand-over each leaves only after
+    /// an accept completes (cancelling an io_uring accept could lose a
+    /// connection the kernel already took), so the process connects to its
+    /// own listeners until this is 0.
+    pub fn accepting(&self) -> usize {
+        self.0.accepting.load(Ordering::Acquire)
+    }
+
+    /// Counts one running accept loop until the guard drops.
+    pub(crate) fn accept_loop(&self) -> Accepting {
+        self.0.accepting.fetch_add(1, Ordering::AcqRel);
+        Accepting(self.clone())
     }
 
     /// Whether a stop was asked for.
@@ -158,6 +200,11 @@ impl StopHandle {
     /// [`Phase::Connections`]).
     pub fn all_past_connections(&self) -> bool {
         (0..self.0.shards.len()).all(|i| self.phase(i) > Phase::Connections)
+    }
+
+    /// Whether every shard is settling for a hand-over (or ended).
+    pub fn all_settling(&self) -> bool {
+        (0..self.0.shards.len()).all(|i| self.phase(i) >= Phase::Settle)
     }
 
     pub(crate) fn set_phase(&self, shard: ShardId, phase: Phase) {
@@ -219,6 +266,15 @@ impl StopHandle {
     /// `work` is dropped): the stop request is its deadline.
     pub(crate) async fn until_stop<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         deadline::within(self.requested(), work).await.ok()
+    }
+}
+
+/// One running accept loop in [`StopHandle::accepting`], until dropped.
+pub(crate) struct Accepting(StopHandle);
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        (self.0).0.accepting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -391,6 +447,39 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
         );
     }
     debug!(shard = i; "shard-{i}: drained");
+}
+
+/// A hand-over's last phase for a shard past its storage jobs
+/// ([`Phase::Settle`]): it stops feeding ticks to its core (its timers
+/// fall due in the process taking over, at the same wall-clock time),
+/// waits until every shard is this far and nothing is in flight between
+/// shards (`runtime::mesh_quiet`, bounded by `SETTLE_MS_MAX`), and takes
+/// its state. Returns the serialised state with its sessions and tabs.
+pub(crate) async fn settle_shard(
+    rt: &Rc<ShardRuntime>,
+    stop: &StopHandle,
+) -> Result<(Vec<u8>, usize, usize), String> {
+    let i = rt.id;
+    rt.freeze();
+    stop.set_phase(i, Phase::Settle);
+    let until = Instant::now() + Duration::from_millis(limits::SETTLE_MS_MAX);
+    let all = rt.stats.all();
+    let quiet = wait_until(until, || {
+        stop.all_settling() && crate::runtime::mesh_quiet(all)
+    })
+    .await;
+    if !quiet {
+        warn!(
+            shard = i;
+            "shard-{i}: the mesh was not quiet {} ms into the hand-over's settle; taking the \
+             state anyway (what is still in flight between shards is lost)",
+            limits::SETTLE_MS_MAX
+        );
+    }
+    if let Err(why) = rt.with_shard(|s| s.settled()) {
+        warn!(shard = i; "shard-{i}: handing over a shard that is not settled: {why}");
+    }
+    rt.snapshot()
 }
 
 /// Checks `done` every `STOP_CHECK_MS` until it holds (`true`) or `until`

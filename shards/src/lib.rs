@@ -23,4 +23,6 @@ pub use routing::home_shard;
 /// `Config::jobs_in_flight_max`):
 /// the `fault-injection` feature, on only in the engine's tests.
 pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");
-pub use shard::{ChangeId, Config, Input, Output, PeerMsg, Resync, Shard, Stats, Unanswered};
+pub use shard::{
+    ChangeId, Config, Input, NotSettled, Output, PeerMsg, Resync, Shard, Stats, Unanswered,
+};

@@ -24,6 +24,7 @@
 //! - `jobs`: storage jobs in flight and where their results go;
 //! - `time`: firing due timers (a stale one is counted and skipped);
 //! - `drain`: the server is stopping: held polls answered, none held after;
+//! - `handover`: a deploy hands the shard's state to a new process;
 //! - `supervision`: which user an input concerns, and dropping that user
 //!   after a panic.
 
@@ -43,6 +44,7 @@ use crate::trace::{Note, Traced};
 
 mod delivery;
 mod drain;
+mod handover;
 mod jobs;
 mod polls;
 mod presence;
@@ -57,6 +59,7 @@ mod time;
 
 use delivery::OrphanDoubts;
 use drain::Drain;
+pub use handover::NotSettled;
 use jobs::Jobs;
 use presence::Presence;
 use roster::RosterChanges;

@@ -102,6 +102,12 @@ impl RosterChanges {
         change
     }
 
+    /// Forgets every call waiting for acks, unanswered: their connections
+    /// belonged to a process that handed over (`handover.rs`).
+    pub(super) fn forget_waits(&mut self) {
+        self.waits.clear();
+    }
+
     /// Counts one ack; returns the finished wait after the last.
     fn acked(&mut self, change: ChangeId, ok: bool) -> Option<ChangeWait> {
         let wait = self.waits.get_mut(&change)?;
