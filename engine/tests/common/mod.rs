@@ -166,6 +166,36 @@ impl Server {
         }
     }
 
+    /// Starts `program` (a copy of the binary, say) with `args` (`serve
+    /// --takeover`, say) and exactly `env`, and returns at once: wait for
+    /// its listening line with [`Starting::listening`].
+    pub fn spawn(
+        program: &Path,
+        args: &[&str],
+        data_dir: &Path,
+        env: Vec<(String, String)>,
+    ) -> Starting {
+        Starting::spawn(program, args, data_dir, env, Stderr::Read)
+    }
+
+    /// Starts `program serve --takeover` with this server's settings
+    /// (`extra` added or replacing), to take over from it; returns at
+    /// once (see [`Starting::listening`]).
+    pub fn takeover(&self, program: &Path, extra: &[(&str, &str)]) -> Starting {
+        let mut env = self.env.clone();
+        for (k, v) in extra {
+            env.retain(|(k2, _)| k2 != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Starting::spawn(
+            program,
+            &["serve", "--takeover"],
+            &self.data_dir,
+            env,
+            Stderr::Read,
+        )
+    }
+
     /// The `Authorization` header line for admin calls, when the server
     /// has an admin token (empty otherwise).
     pub fn admin_auth(&self) -> String {
@@ -311,6 +341,188 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server process started, not yet known to listen: it becomes a
+/// [`Server`] once it prints its listening line. SIGKILLed when dropped.
+pub struct Starting {
+    /// `None` once it became a [`Server`].
+    child: Option<Child>,
+    /// The `switchboard listening on` (and `tls listening`) lines.
+    lines: std::sync::mpsc::Receiver<String>,
+    pub data_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Every line the process wrote to stderr so far (also echoed).
+    pub log: Arc<Mutex<Vec<String>>>,
+    unread_stderr: Option<std::process::ChildStderr>,
+    tls: Option<SocketAddr>,
+}
+
+/// Why a [`Starting`] process did not become a [`Server`].
+#[derive(Debug)]
+pub enum NotListening {
+    /// It exited (with this status) without printing its listening line.
+    Exited(std::process::ExitStatus),
+    /// It neither printed the line nor exited in time.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for NotListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotListening::Exited(status) => write!(f, "it exited first: {status}"),
+            NotListening::TimedOut(t) => write!(f, "still running after {t:?}"),
+        }
+    }
+}
+
+impl Starting {
+    /// Starts `program args` with exactly `env`, stdout read for the
+    /// listening line, stderr handled as `mode` says.
+    pub fn spawn(
+        program: &Path,
+        args: &[&str],
+        data_dir: &Path,
+        env: Vec<(String, String)>,
+        mode: Stderr,
+    ) -> Starting {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start switchboard");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let mut unread_stderr = None;
+        match mode {
+            Stderr::Unread => unread_stderr = Some(stderr),
+            Stderr::Read => {
+                let log_lines = log.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        eprintln!("{line}");
+                        log_lines.lock().unwrap().push(line);
+                    }
+                });
+            }
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("switchboard listening on")
+                    || line.starts_with("switchboard tls listening on")
+                {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        Starting {
+            child: Some(child),
+            lines: rx,
+            data_dir: data_dir.to_path_buf(),
+            env,
+            log,
+            unread_stderr,
+            tls: None,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the child").id()
+    }
+
+    /// The process's stderr lines so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// Waits at most `timeout` for the listening line: the running
+    /// [`Server`], or this process back (to wait more, or for its exit)
+    /// with why not (it exited first, or the time ran out).
+    pub fn listening(mut self, timeout: Duration) -> Result<Server, (Box<Starting>, NotListening)> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let start = Instant::now();
+        let line = loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err((Box::new(self), NotListening::TimedOut(timeout)));
+            }
+            match self.lines.recv_timeout(left.min(Duration::from_millis(20))) {
+                Ok(line) => match line.strip_prefix("switchboard tls listening on https://") {
+                    Some(addr) => self.tls = Some(addr.parse().unwrap()),
+                    None => break line,
+                },
+                Err(RecvTimeoutError::Timeout) => {
+                    let child = self.child.as_mut().expect("the child");
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        // A line sent just before the exit still counts.
+                        if let Ok(line) = self.lines.try_recv() {
+                            if !line.starts_with("switchboard tls listening on") {
+                                break line;
+                            }
+                        }
+                        return Err((Box::new(self), NotListening::Exited(status)));
+                    }
+                }
+                // Stdout closed: the process is ending (or closed it).
+                Err(RecvTimeoutError::Disconnected) => {
+                    let left = timeout.saturating_sub(start.elapsed());
+                    return match self.wait_exit(left) {
+                        Some(status) => Err((Box::new(self), NotListening::Exited(status))),
+                        None => Err((Box::new(self), NotListening::TimedOut(timeout))),
+                    };
+                }
+            }
+        };
+        // "switchboard listening on http://A admin http://B"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = words[3].trim_start_matches("http://").parse().unwrap();
+        let admin = words[5].trim_start_matches("http://").parse().unwrap();
+        Ok(Server {
+            // Taken: a `Starting` kills only a child it still has.
+            child: self.child.take().expect("the child"),
+            addr,
+            admin,
+            tls: self.tls,
+            data_dir: std::mem::take(&mut self.data_dir),
+            env: std::mem::take(&mut self.env),
+            log: self.log.clone(),
+            unread_stderr: self.unread_stderr.take(),
+        })
+    }
+
+    /// Waits at most `timeout` for the process to exit; its exit status,
+    /// or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("the child");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
