@@ -1,4 +1,4 @@
-//! Hand-overs (`switchboard serve --takeover`, docs/operations.md): a new
+//! Hand-overs (`switchboard serve --takeover`): a new
 //! process started with the same settings takes the listening sockets and
 //! every live session from the running one, under live traffic, and the
 //! clients see nothing: the same ports and sids, no `unknown_session`, no
@@ -82,7 +82,8 @@ fn write_ring_directory(dir: &Path, users: u64) -> PathBuf {
 /// The settings of every process of a test: [`Server::start`]'s (2
 /// shards, the test secret, a 1.5 s grace), the ring directory, no rate
 /// limits (a tab re-polls at once, and a poll answered with news counts),
-/// and `info` records (the hand-over's lines).
+/// and `info` records (the hand-over's lines are checked: a
+/// `SWITCHBOARD_TEST_LOG` given in their place must keep them).
 fn settings(data_dir: &Path, directory: &Path) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
@@ -302,10 +303,16 @@ struct Stats {
     failures: AtomicU64,
     /// The first few failures, as text.
     failure_samples: Mutex<Vec<String>>,
+    /// The test failed before [`Traffic::finish`]: what the threads see
+    /// while they stop (the server killed) is noise.
+    abandoned: AtomicBool,
 }
 
 impl Stats {
     fn fail(&self, what: String) {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return;
+        }
         self.failures.fetch_add(1, Ordering::Relaxed);
         let mut samples = self.failure_samples.lock().unwrap();
         if samples.len() < 40 {
@@ -360,7 +367,11 @@ struct Traffic {
 
 impl Drop for Traffic {
     fn drop(&mut self) {
-        // On a failed assertion too: no thread outlives the test.
+        // On a failed assertion too: no thread outlives the test by more
+        // than its current request.
+        if !self.pollers.is_empty() {
+            self.stats.abandoned.store(true, Ordering::Relaxed);
+        }
         self.stop_sends.store(true, Ordering::Relaxed);
         self.stop_polls.store(true, Ordering::Relaxed);
     }
@@ -552,6 +563,9 @@ impl Traffic {
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 for &from in &users {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let sid = &sids[&from][n as usize % load.tabs];
                     let to = load.friends(from)[n as usize % 2];
                     let cid = format!("c{from}-{n}");
@@ -708,7 +722,13 @@ impl Traffic {
                 .filter(|m| (m.from, m.to) == (user, friend) || (m.from, m.to) == (friend, user))
                 .map(|m| m.id.as_str())
                 .collect();
-            let history = history(&mut conn, &self.stats, &sid, friend);
+            let history = match history(&mut conn, &self.stats, &sid, friend) {
+                Ok(history) => history,
+                Err(e) => {
+                    problems.push(format!("history of {user} with {friend}: {e}"));
+                    continue;
+                }
+            };
             let mut got: BTreeMap<String, usize> = BTreeMap::new();
             for m in &history {
                 *got.entry(m["id"].as_str().unwrap_or("").to_string())
@@ -753,17 +773,11 @@ impl Traffic {
             presence,
             problems.len(),
         );
-        assert!(!acked.is_empty(), "no message was acknowledged");
-        assert_eq!(
-            failures,
-            0,
-            "{failures} requests failed (the first {}):\n{}",
-            samples.len(),
-            samples.join("\n")
-        );
         assert!(
-            problems.is_empty(),
-            "{} problems (the first 40):\n{}",
+            failures == 0 && problems.is_empty(),
+            "{failures} requests failed (the first {}):\n{}\n{} problems (the first 40):\n{}",
+            samples.len(),
+            samples.join("\n"),
             problems.len(),
             problems
                 .iter()
@@ -772,6 +786,7 @@ impl Traffic {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        assert!(!acked.is_empty(), "no message was acknowledged");
         acked
     }
 }
@@ -824,7 +839,7 @@ fn send(
 
 /// Every message of the conversation of `sid`'s user with `with`, oldest
 /// first, page by page.
-fn history(conn: &mut Conn, stats: &Stats, sid: &str, with: u64) -> Vec<Value> {
+fn history(conn: &mut Conn, stats: &Stats, sid: &str, with: u64) -> Result<Vec<Value>, String> {
     let with = with.to_string();
     let mut all: Vec<Value> = Vec::new();
     let mut before: Option<String> = None;
@@ -835,8 +850,8 @@ fn history(conn: &mut Conn, stats: &Stats, sid: &str, with: u64) -> Vec<Value> {
         }
         let v = match conn.get("/history", &params, stats) {
             Ok((200, v)) if v["ok"] == true => v,
-            Ok((status, v)) => panic!("history with {with}: HTTP {status} {v}"),
-            Err(e) => panic!("history with {with}: {e}"),
+            Ok((status, v)) => return Err(format!("HTTP {status} {v}")),
+            Err(e) => return Err(e),
         };
         let page = v["messages"].as_array().unwrap().clone();
         let more = v["more"] == true;
@@ -846,10 +861,10 @@ fn history(conn: &mut Conn, stats: &Stats, sid: &str, with: u64) -> Vec<Value> {
             .map(String::from);
         all.splice(0..0, page);
         if !more || before.is_none() {
-            return all;
+            return Ok(all);
         }
     }
-    panic!("history with {with}: more than 1000 pages");
+    Err("more than 1000 pages".into())
 }
 
 /// `GET /health` on the admin listener: the sessions and tabs summed over
@@ -1015,7 +1030,7 @@ fn a_new_process_that_dies_leaves_the_old_serving() {
             &traffic.acked,
         );
         n += 1;
-        match starting.listening(Duration::from_millis(20)) {
+        match starting.listening(Duration::from_millis(100)) {
             Ok(_) => panic!("the new process said it listens despite exit-after-state"),
             Err((_, NotListening::Exited(status))) => break status,
             Err((s, NotListening::TimedOut(_))) => starting = *s,
