@@ -107,12 +107,28 @@ fn settings(data_dir: &Path, directory: &Path) -> Vec<(String, String)> {
     env
 }
 
-/// Copies the binary to `dir/name` (so a test can hand over from one file
-/// to another, or to the same file).
-fn copy_binary(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::copy(env!("CARGO_BIN_EXE_switchboard"), &path).expect("copy the binary");
-    path
+/// Copies of the binary in a folder of their own (so a test can hand
+/// over from one file to another, or to the same file), removed when this
+/// drops, a failed test's too (each is over 100 MB in a debug build).
+struct Binaries(PathBuf);
+
+impl Binaries {
+    fn new() -> Binaries {
+        Binaries(temp_dir("takeover-binaries"))
+    }
+
+    /// Copies the binary to `name` in the folder.
+    fn copy(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::copy(env!("CARGO_BIN_EXE_switchboard"), &path).expect("copy the binary");
+        path
+    }
+}
+
+impl Drop for Binaries {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Starts `program serve` with `env`.
@@ -935,8 +951,9 @@ fn three_hand_overs_under_live_traffic() {
         round: Duration::from_millis(600),
     };
     let directory = write_ring_directory(&dir, load.users);
-    let bin_a = copy_binary(&dir, "switchboard-a");
-    let bin_b = copy_binary(&dir, "switchboard-b");
+    let binaries = Binaries::new();
+    let bin_a = binaries.copy("switchboard-a");
+    let bin_b = binaries.copy("switchboard-b");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut server = start(&bin_a, &data, settings(&data, &directory));
