@@ -48,7 +48,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -578,28 +578,31 @@ fn send_state(taker: &mut Taker, handed: &HandedOver) -> io::Result<()> {
 /// Makes sure the process that failed to take over is gone (it may hold
 /// the store): SIGKILL, then wait up to 10 s for it to disappear.
 fn stop_taker(taker: &Taker) {
-    let pid = taker.pid as libc::pid_t;
-    // SAFETY: kill only sends a signal.
-    if pid <= 1 || unsafe { libc::kill(pid, 0) } != 0 {
+    let pid = taker.pid;
+    if pid <= 1 || gone(pid) {
         return;
     }
     warn!("takeover: killing pid {pid}, which did not take over");
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        // A zombie (its parent has not reaped it) holds no locks: its
-        // files are closed. /proc says which.
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let gone = status.is_empty()
-            || status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'));
-        if gone {
+        if gone(pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     warn!("takeover: pid {pid} is still there 10 s after SIGKILL");
+}
+
+/// Whether process `pid` has exited: no longer there, or a zombie (its
+/// parent has not reaped it yet; its files, and so its locks, are closed).
+fn gone(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.is_empty()
+        || status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
 }
 
 // ---- the new process ----
@@ -806,9 +809,4 @@ impl Taken {
         );
         Ok(())
     }
-}
-
-/// Whether `path` names a control socket something listens on.
-pub fn is_listening(path: &Path) -> bool {
-    UnixStream::connect(path).is_ok()
 }

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod logger;
 pub mod mesh;
 pub mod metrics;
+pub mod notify;
 pub mod runtime;
 pub mod server;
 pub mod settings;

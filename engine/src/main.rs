@@ -38,6 +38,10 @@ Usage:
   switchboard check-directory USER_ID [OTHER_ID] [SETTINGS]
                                         run the MySQL directory queries for USER_ID (and whether
                                         OTHER_ID is a friend) and print what they return
+  switchboard takeover [SETTINGS]       deploy: start `serve --takeover` in the background with these
+                                        settings and return once it serves in place of the server
+                                        running on DATA_DIR (exit 0), or once it failed (exit 2: the
+                                        old server serves on); for systemd's ExecReload
   switchboard tune [--strict] [SETTINGS]
                                         read this machine (cores, SMT, NUMA, limits, sysctls, io_uring)
                                         and print a shard and db-thread layout, the settings, sysctls
@@ -74,8 +78,9 @@ fn main() -> ExitCode {
             args.remove(0);
             "serve"
         }
-        Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory" | "tune")) => {
+        Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory" | "tune" | "takeover")) => {
             let c = match c {
+                "takeover" => "takeover",
                 "token" => "token",
                 "migrate" => "migrate",
                 "seed-demo" => "seed-demo",
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         "seed-demo" => seed_demo(args, &env),
         "check-directory" => check_directory(args, &env),
         "tune" => tune(args, &env),
+        "takeover" => takeover(args, &env),
         _ => serve(args, &env),
     };
     // Records still queued for the `log` thread would die with the
@@ -142,6 +148,90 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),
     }
+}
+
+/// `switchboard takeover`: runs `serve --takeover` with the same
+/// settings as a detached process (its own session, stdout to /dev/null,
+/// stderr inherited), and waits until it serves in the old server's place:
+/// it holds the data folder's lock and the old server (the lock's holder
+/// before) is gone. Exits 2 if it exits first (the old server serves on)
+/// or after the stop bound plus a minute.
+fn takeover(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let settings = match Settings::parse(&args, env) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    logger::init(settings.log.clone());
+    let lock = settings.data_dir.join(switchboard_engine::claim::LOCK_FILE);
+    let holder = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
+    let old = holder();
+    // The control socket's file before: the new server binds its own once
+    // it serves.
+    let socket = switchboard_engine::handover::socket_path(&settings);
+    // Which file: an inode number may be reused at once, its change time
+    // (to the nanosecond) tells a new file from the old one.
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+    };
+    let socket_before = inode(&socket);
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot find this binary: {e}")),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("serve")
+        .arg("--takeover")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child
+    // before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the new server: {e}")),
+    };
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    let bound = switchboard_engine::limits::stop_timeout_ms(settings.storage_timeout_ms) + 60_000;
+    let until = std::time::Instant::now() + Duration::from_millis(bound);
+    while std::time::Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            return fail(format!(
+                "the new server (pid {}) exited ({status}) before it took over; the old one \
+                 serves on",
+                child.id()
+            ));
+        }
+        let serving = holder() == Some(child.id())
+            && old.is_none_or(|old| !alive(old))
+            && inode(&socket).is_some_and(|i| Some(i) != socket_before);
+        if serving {
+            match old {
+                Some(old) => println!("switchboard: pid {} took over from pid {old}", child.id()),
+                None => println!("switchboard: pid {} serves (no server ran)", child.id()),
+            }
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail(format!(
+        "the new server (pid {}) had not taken over after {bound} ms",
+        child.id()
+    ))
 }
 
 fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {

@@ -337,6 +337,7 @@ pub fn run(settings: Settings) -> Result<(), Error> {
             }
         };
         server.announce();
+        crate::notify::ready();
         let handed = match server.wait_outcome() {
             Ok(Ended::HandedOver(handed)) => {
                 let control = control
