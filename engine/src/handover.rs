@@ -731,19 +731,7 @@ fn read_state(
     ports: Vec<(ShardId, PortName)>,
     fds: Vec<OwnedFd>,
 ) -> Result<(Vec<Shard>, Vec<HandedListener>), String> {
-    if !(FORMATS_READ.0..=FORMATS_READ.1).contains(&format) {
-        return Err(format!(
-            "state format {format} is not one this binary reads"
-        ));
-    }
-    let state: StateV1 =
-        serde_json::from_slice(body).map_err(|e| format!("reading the state: {e}"))?;
-    if state.format != format {
-        return Err(format!(
-            "the state says format {}, its header {format}",
-            state.format
-        ));
-    }
+    let shards = read_state_body(format, body)?;
     if ports.len() != fds.len() {
         return Err(format!(
             "{} sockets announced, {} came",
@@ -760,7 +748,28 @@ fn read_state(
             fd,
         })
         .collect();
-    Ok((state.shards, listeners))
+    Ok((shards, listeners))
+}
+
+/// Reads a state of `format` (one this binary reads, [`FORMATS_READ`]):
+/// each shard's state, in shard order.
+pub fn read_state_body(format: u32, body: &[u8]) -> Result<Vec<Shard>, String> {
+    if !(FORMATS_READ.0..=FORMATS_READ.1).contains(&format) {
+        return Err(format!(
+            "state format {format} is not one this binary reads"
+        ));
+    }
+    // Format 1 is the only one so far. A format 2 reader keeps this one's
+    // and converts what it reads.
+    let state: StateV1 =
+        serde_json::from_slice(body).map_err(|e| format!("reading the state: {e}"))?;
+    if state.format != format {
+        return Err(format!(
+            "the state says format {}, its header {format}",
+            state.format
+        ));
+    }
+    Ok(state.shards)
 }
 
 /// Whether the test-only fault asks this process to exit once it has the
