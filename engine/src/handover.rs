@@ -408,8 +408,10 @@ impl Control {
     }
 }
 
-/// Accepts on the control socket until one valid `hello`, which starts
-/// the hand-over and ends the loop.
+/// Accepts on the control socket: the first valid `hello` starts the
+/// hand-over; any after it is refused (the server is stopping). The loop
+/// ends with the process (after a failed hand-over it is left waiting on a
+/// socket file the next `Control` replaced).
 fn control_loop(
     listener: UnixListener,
     stop: StopHandle,
@@ -511,7 +513,9 @@ fn control_loop(
             return;
         }
         wake_accept_loops(&stop, &wake);
-        return;
+        // Listening on, so that another takeover asked meanwhile is
+        // refused ("stopping") rather than finding no server and starting
+        // on its own while this one's store is between owners.
     }
 }
 
@@ -806,6 +810,14 @@ impl Taken {
                 )
             }
             Ok(other) => return Err(handover_err(format!("expected go, got {other:?}"))),
+            // Silent: gone (it serves no more), or hung (if it ever goes
+            // on, its `go` finds this process gone and it serves again).
+            Err(e) if gone(self.pid) => {
+                warn!(
+                    "takeover: pid {} is gone without saying go ({e}): taking over",
+                    self.pid
+                )
+            }
             Err(e) => return Err(handover_err(format!("waiting for go: {e}"))),
         }
         self.gate.open();
