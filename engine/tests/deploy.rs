@@ -1,0 +1,147 @@
+//! The deploy path an operator runs (docs/operations.md, "Deploying"):
+//! `switchboard takeover` (systemd's `ExecReload`), the `sd_notify`
+//! words systemd follows the new process by, and the hand-overs that must
+//! not happen (another shard count) or have nothing to take over from.
+//! The hand-over under live traffic is `takeover.rs`.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{temp_dir, Server};
+
+/// The next `sd_notify` datagram, as text.
+fn notified(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket
+        .recv(&mut buf)
+        .expect("an sd_notify datagram within 30 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The data folder lock's holder (its pid), as the file says.
+fn lock_holder(server: &Server) -> u32 {
+    let text = std::fs::read_to_string(server.data_dir.join("switchboard.lock")).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
+/// SIGTERMs a process this test did not start as a child (the detached
+/// one `switchboard takeover` started), and waits until it is gone.
+struct Detached(u32);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.0.to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(30);
+        while running(self.0) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn takeover_command_hands_over_and_tells_systemd() {
+    let dir = temp_dir("deploy-notify");
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let data = dir.join("data");
+    let notify_env = notify_path.display().to_string();
+    let mut old = Server::start(&data, &[("NOTIFY_SOCKET", &notify_env)]);
+    let first = notified(&notify);
+    assert_eq!(first, format!("READY=1\nMAINPID={}\n", old.pid()));
+
+    let mut tab = old.connect(1, "deploy");
+    let sid = tab.sid.clone();
+
+    // systemd's ExecReload: the unit's environment, `switchboard takeover`.
+    // Its stderr is the new server's too (the journal, under systemd): a
+    // file here, since the new server keeps it open after the command
+    // returned.
+    let log_path = dir.join("takeover.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("takeover")
+        .env_clear()
+        .envs(old.env.iter().cloned())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .output()
+        .expect("run switchboard takeover");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "takeover: {}\n{stdout}\n{}",
+        out.status,
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let new_pid = lock_holder(&old);
+    let _new = Detached(new_pid);
+    assert_ne!(new_pid, old.pid());
+    assert!(
+        stdout.contains(&format!("pid {new_pid} took over from pid {}", old.pid())),
+        "{stdout}"
+    );
+    // The new process is the unit's main process now.
+    assert_eq!(notified(&notify), format!("READY=1\nMAINPID={new_pid}\n"));
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process ended with {status:?}"
+    );
+    // The same tab, the same sid, on the same port, served by the new one.
+    let events = tab.poll(&old, 0);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(tab.sid, sid);
+    assert!(running(new_pid));
+}
+
+#[test]
+fn takeover_with_another_shard_count_is_refused_and_the_old_serves_on() {
+    let dir = temp_dir("deploy-refused");
+    let old = Server::start(&dir, &[]);
+    let mut tab = old.connect(2, "stays");
+    let mut env = old.env.clone();
+    env.retain(|(k, _)| k != "SWITCHBOARD_SHARDS");
+    env.push(("SWITCHBOARD_SHARDS".into(), "1".into()));
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--takeover"])
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("run switchboard serve --takeover");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused: it runs 1 shards, this server 2"),
+        "{stderr}"
+    );
+    // Still the old server, the tab still known.
+    assert_eq!(lock_holder(&old), old.pid());
+    let events = tab.poll(&old, 0);
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn takeover_with_nothing_running_starts_as_usual() {
+    let dir = temp_dir("deploy-fresh");
+    let server = Server::start(&dir, &[("SWITCHBOARD_TAKEOVER", "on")]);
+    let mut tab = server.connect(1, "fresh");
+    assert!(tab.poll(&server, 0).is_empty());
+    assert!(
+        dir.join("switchboard.takeover.sock").exists(),
+        "a server started with --takeover can be taken over in turn"
+    );
+}
