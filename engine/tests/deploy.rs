@@ -145,3 +145,58 @@ fn takeover_with_nothing_running_starts_as_usual() {
         "a server started with --takeover can be taken over in turn"
     );
 }
+
+both_stores!(a_hand_over_keeps_tabs_messages_and_history);
+
+/// One hand-over on either store: the tabs keep their sids and what they
+/// had not read yet, the new process stores and delivers, and history
+/// holds every message once.
+fn a_hand_over_keeps_tabs_messages_and_history(backend: &common::Backend) {
+    let dir = temp_dir("deploy-store");
+    let mut old = backend.start(&dir, &[]);
+    let mut alice = old.connect(1, "a");
+    let mut bob = old.connect(2, "b");
+    let sent = old.get(
+        "/send",
+        &[
+            ("sid", &alice.sid),
+            ("to", "2"),
+            ("text", "before"),
+            ("cid", "x1"),
+        ],
+    );
+    assert_eq!(sent["ok"], true, "{sent}");
+    let new = old
+        .takeover(std::path::Path::new(env!("CARGO_BIN_EXE_switchboard")), &[])
+        .listening(Duration::from_secs(30))
+        .unwrap_or_else(|(_, why)| panic!("the new process did not listen: {why:?}"));
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "old: {status:?}");
+    assert_eq!((new.addr, new.admin), (old.addr, old.admin));
+    // Bob had not polled: the message waits in his buffer, handed over.
+    let got = common::messages(&bob.poll(&new, 0));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let sent = new.get(
+        "/send",
+        &[
+            ("sid", &bob.sid),
+            ("to", "1"),
+            ("text", "after"),
+            ("cid", "x2"),
+        ],
+    );
+    assert_eq!(sent["ok"], true, "{sent}");
+    let texts: Vec<String> = common::messages(&alice.poll(&new, 0))
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    let history = new.get("/history", &[("sid", &alice.sid), ("with", "2")]);
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["before", "after"], "{history}");
+}
