@@ -63,7 +63,7 @@ for n in $(seq 1 "$RUNS"); do
     SWITCHBOARD_LISTEN="127.0.0.1:$PORT" SWITCHBOARD_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
     "$B" "$@" >>"$f" 2>&1 || echo "(bench exit $?)" >>"$f"
   echo "# load after: $(cat /proc/loadavg)" >>"$f"
-  grep -E '^(  =>|e2e|send|clients|  retries|delivery|kernel|CPU|!!!|\(bench)' "$f" | sed "s/^/  [$n] /"
+  grep -E '^(  =>|e2e|send|  T0|clients|  retries|delivery|kernel|CPU|!!!|\(bench)' "$f" | sed "s/^/  [$n] /"
 done
 
 python3 - "$OUT" "$RUNS" <<'EOF'

@@ -36,7 +36,8 @@
 //!
 //! Outputs: the report, `OUT/LABEL.summary.json` (and a `SUMMARY` line),
 //! `.hgrm` files per histogram and window, `OUT/LABEL.incidents.txt`
-//! (every failure, retry and reset, by time from T0),
+//! (every failure, retry and reset, by time from T0), `OUT/LABEL.latency.csv`
+//! (e2e by the send's due time, every 100 ms of the measured phase),
 //! `OUT/LABEL.timeline.csv` (both servers' CPU every 100 ms around the
 //! hand-over), the servers' stdout and logs (`OUT/LABEL.{old,new}.{out,log}`).
 //! Exit 1 when anything clients must not see happened, or the hand-over did
@@ -417,6 +418,22 @@ fn windows(workers: &[WorkerResult], bounds: &[(&'static str, u64, u64)]) -> Vec
     out
 }
 
+/// e2e histograms of the deliveries whose send was due in each `step_us`
+/// from `from_us` to `to_us`.
+fn by_due(workers: &[WorkerResult], from_us: u64, to_us: u64, step_us: u64) -> Vec<Histogram<u64>> {
+    let n = to_us.saturating_sub(from_us).div_ceil(step_us) as usize;
+    let mut out: Vec<Histogram<u64>> = (0..n).map(|_| new_hist()).collect();
+    for w in workers {
+        for &(due, seen) in &w.e2e_samples {
+            if due >= from_us && due < to_us {
+                let i = ((due - from_us) / step_us) as usize;
+                out[i].saturating_record(seen.saturating_sub(due).max(1));
+            }
+        }
+    }
+    out
+}
+
 fn pct(h: &Histogram<u64>) -> serde_json::Value {
     json!({
         "count": h.len(),
@@ -766,6 +783,19 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
     for w in &wins {
         row(&mut t, &format!("send {}", w.name), &w.send);
     }
+    // Around T0, by the send's due time.
+    let step_us = 200_000;
+    let from_us = t0_us.saturating_sub(400_000);
+    let to_us = (t0_us + 2_600_000).min(during_to_us);
+    let _ = writeln!(
+        t,
+        "e2e by the send's due time around T0 (ms; the old exited at T0 + {} ms):",
+        start_to_exit_ms.map_or("?".into(), |v| v.to_string())
+    );
+    for (i, hist) in by_due(&workers, from_us, to_us, step_us).iter().enumerate() {
+        let at = (from_us + i as u64 * step_us) as i64 / 1000 - t0_us as i64 / 1000;
+        row(&mut t, &format!("  T0{at:+} .. {:+}", at + 200), hist);
+    }
     let _ = writeln!(
         t,
         "clients: {failed} failed requests {errors:?}; unknown_session {unknown_session}; poll resets {}; tab reconnects {}",
@@ -912,6 +942,23 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
         let _ = writeln!(csv, "{at},{},{}", f(a), f(b));
     }
     std::fs::write(file("timeline.csv"), csv).map_err(|e| e.to_string())?;
+    let mut csv = String::from("due_ms_since_t0,count,p50_ms,p99_ms,max_ms\n");
+    let step_us = 100_000;
+    for (i, hist) in by_due(&workers, before_from_us, sched.measure_to_us, step_us)
+        .iter()
+        .enumerate()
+    {
+        let at = (before_from_us + i as u64 * step_us) as i64 / 1000 - t0_us as i64 / 1000;
+        let _ = writeln!(
+            csv,
+            "{at},{},{:.3},{:.3},{:.3}",
+            hist.len(),
+            ms(hist.value_at_quantile(0.5)),
+            ms(hist.value_at_quantile(0.99)),
+            ms(hist.max())
+        );
+    }
+    std::fs::write(file("latency.csv"), csv).map_err(|e| e.to_string())?;
 
     let mut lat = serde_json::Map::new();
     for w in &wins {

@@ -47,20 +47,29 @@ pub enum Retry {
     Reset,
 }
 
+/// A request sent a second time, after its reused keep-alive connection
+/// closed before any byte of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retried {
+    pub why: Retry,
+    /// When the close was seen.
+    pub at: std::time::Instant,
+    /// How long after the request was written: a request the server held
+    /// (a poll) and then closed unanswered shows as a long wait; an idle
+    /// connection closed as the request crossed its close, as a short one.
+    pub waited: Duration,
+    /// The closed connection's age and the answers it had carried (which
+    /// server had accepted it can be told from its age).
+    pub conn_age: Duration,
+    pub conn_answers: u64,
+}
+
 /// What happened on a `Conn` that its owner may want to count: taken (and
 /// cleared) by [`Conn::take_events`] after each request.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ConnEvents {
-    /// The last request was sent again after a reused connection closed
-    /// before any byte of its answer: why, and how long after the request
-    /// was written (a request the server held, a poll, and then closed
-    /// without answering shows as a long wait; an idle connection closed
-    /// as the request crossed its close, as a short one).
-    pub retried: Option<(Retry, Duration)>,
-    /// With a retry: how old the closed connection was and how many
-    /// answers it had carried (which server accepted it can be told from
-    /// its age).
-    pub closed_conn: Option<(Duration, u64)>,
+    /// The last request was sent again (at most once).
+    pub retried: Option<Retried>,
     /// The answer said `Connection: close` (the connection is dropped; the
     /// next request opens a new one).
     pub closed_by_server: bool,
@@ -227,6 +236,18 @@ impl Conn {
         }
     }
 
+    /// A retry's record, for a request written at `written`.
+    fn retried(&self, why: Retry, written: std::time::Instant) -> Retried {
+        let at = std::time::Instant::now();
+        Retried {
+            why,
+            at,
+            waited: at.saturating_duration_since(written),
+            conn_age: at.saturating_duration_since(self.opened_at),
+            conn_answers: self.answers,
+        }
+    }
+
     /// Writes the request and reads one answer into `buf`; returns the
     /// status and the body's range.
     async fn exchange(&mut self, may_retry: bool) -> Result<(u16, usize, usize), Failure> {
@@ -239,8 +260,7 @@ impl Conn {
                 self.stream = None;
                 if retry {
                     retry = false;
-                    self.events.retried = Some((Retry::Write, Duration::ZERO));
-                    self.events.closed_conn = Some((self.opened_at.elapsed(), self.answers));
+                    self.events.retried = Some(self.retried(Retry::Write, written));
                     continue;
                 }
                 return Err(Failure::Io);
@@ -256,9 +276,7 @@ impl Conn {
                         self.stream = None;
                         if retry && self.buf.is_empty() {
                             retry = false;
-                            self.events.retried = Some((Retry::Reset, written.elapsed()));
-                            self.events.closed_conn =
-                                Some((self.opened_at.elapsed(), self.answers));
+                            self.events.retried = Some(self.retried(Retry::Reset, written));
                             break;
                         }
                         return Err(Failure::Io);
@@ -268,8 +286,7 @@ impl Conn {
                     self.stream = None;
                     if retry && self.buf.is_empty() {
                         retry = false;
-                        self.events.retried = Some((Retry::Eof, written.elapsed()));
-                        self.events.closed_conn = Some((self.opened_at.elapsed(), self.answers));
+                        self.events.retried = Some(self.retried(Retry::Eof, written));
                         break;
                     }
                     return Err(Failure::Io);

@@ -186,8 +186,13 @@ struct Stats {
 impl Stats {
     /// Keeps `what` with the time, up to `INCIDENTS_MAX`.
     fn incident(&mut self, what: String) {
+        self.incident_at(now_us(), what);
+    }
+
+    /// Keeps `what` with its time `at` (unix µs), up to `INCIDENTS_MAX`.
+    fn incident_at(&mut self, at: u64, what: String) {
         if self.incidents.len() < INCIDENTS_MAX {
-            self.incidents.push((now_us(), what));
+            self.incidents.push((at, what));
         } else {
             self.count("incidents_dropped", 1);
         }
@@ -200,26 +205,29 @@ impl Stats {
         if ev.closed_by_server {
             self.count("conn_close_answers", 1);
         }
-        if let Some((why, waited)) = ev.retried {
+        if let Some(r) = ev.retried {
             self.count("retries", 1);
             self.count(
-                match why {
+                match r.why {
                     Retry::Write => "retries_write_failed",
                     Retry::Eof => "retries_eof",
                     Retry::Reset => "retries_reset",
                 },
                 1,
             );
-            if waited >= RETRY_HELD {
+            if r.waited >= RETRY_HELD {
                 self.count("retries_after_held_request", 1);
             }
-            let (age, answers) = ev.closed_conn.unwrap_or_default();
-            self.incident(format!(
-                "retry {endpoint}: {why:?} {} ms after writing, on a connection opened {} ms \
-                 before, after {answers} answers",
-                waited.as_millis(),
-                age.as_millis()
-            ));
+            let what = format!(
+                "retry {endpoint}: {:?} {} ms after writing, on a connection opened {} ms \
+                 before, after {} answers",
+                r.why,
+                r.waited.as_millis(),
+                r.conn_age.as_millis(),
+                r.conn_answers
+            );
+            let ago = r.at.elapsed().as_micros() as u64;
+            self.incident_at(now_us().saturating_sub(ago), what);
         }
     }
 
