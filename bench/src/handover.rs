@@ -804,14 +804,24 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
     );
     let _ = writeln!(
         t,
-        "  retries (reused connection closed before any byte; sent again once): {} (EOF {}, reset {}, write failed {}; after a request held 100 ms or more: {}); answers with Connection: close: {}",
+        "  retries (reused connection closed before any byte; sent again once): {} (sends {}, polls {}, others {}; EOF {}, reset {}, write failed {}); answers with Connection: close: {}",
         c("retries"),
+        c("retries_send"),
+        c("retries_poll"),
+        c("retries_other"),
         c("retries_eof"),
         c("retries_reset"),
         c("retries_write_failed"),
-        c("retries_after_held_request"),
         c("conn_close_answers")
     );
+    if c("retries_poll") > 0 {
+        let _ = writeln!(
+            t,
+            "  note: {} polls were sent again: a held poll's connection closed without an answer \
+             (the hand-over answers held polls; see the incidents file)",
+            c("retries_poll")
+        );
+    }
     let _ = writeln!(
         t,
         "  sends: {} acked, {} failed, {} unsettled; slots missed (no connection) {}, late {}",
@@ -986,7 +996,7 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
             "poll_resets": c("poll_resets"), "tab_reconnects": c("tab_reconnects"),
             "retries": c("retries"), "retries_eof": c("retries_eof"),
             "retries_reset": c("retries_reset"), "retries_write_failed": c("retries_write_failed"),
-            "retries_after_held_request": c("retries_after_held_request"),
+            "retries_send": c("retries_send"), "retries_poll": c("retries_poll"),
             "conn_close_answers": c("conn_close_answers"),
         }),
         json!({

@@ -48,10 +48,6 @@ const FINAL_CHECK_MAX: Duration = Duration::from_secs(60);
 /// Incidents (failures, retries, resets) a worker keeps with their time;
 /// more are only counted (`incidents_dropped`).
 const INCIDENTS_MAX: usize = 5000;
-/// A retry whose request had waited this long before its connection
-/// closed was a request the server held (a poll) and closed unanswered,
-/// not an idle connection closed as the request crossed its close.
-const RETRY_HELD: Duration = Duration::from_millis(100);
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -215,9 +211,17 @@ impl Stats {
                 },
                 1,
             );
-            if r.waited >= RETRY_HELD {
-                self.count("retries_after_held_request", 1);
-            }
+            // A poll retried is a held poll the server closed unanswered
+            // (or one that crossed the close of an idle connection): the
+            // hand-over promises an answer to every held poll.
+            self.count(
+                match endpoint {
+                    "send" => "retries_send",
+                    "poll" | "idle_poll" => "retries_poll",
+                    _ => "retries_other",
+                },
+                1,
+            );
             let what = format!(
                 "retry {endpoint}: {:?} {} ms after writing, on a connection opened {} ms \
                  before, after {} answers",
