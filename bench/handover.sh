@@ -102,7 +102,7 @@ for w in ("before", "during", "after"):
     m[f"send_{w}_p99_ms"] = med(lat(f"send_{w}", "p99_ms"))
     m[f"e2e_{w}_count"] = med(lat(f"e2e_{w}", "count"))
 for k in ("failed_requests", "unknown_session", "poll_resets", "tab_reconnects", "retries",
-          "conn_close_answers", "lost", "duplicated", "old_cpu_pct_before", "old_cpu_s_handover",
+          "retries_poll", "conn_close_answers", "lost", "duplicated", "old_cpu_pct_before", "old_cpu_s_handover",
           "new_cpu_s_to_old_exit", "generator_cpu_pct_before", "generator_cpu_pct_during"):
     m[k] = med(lambda r: r[k])
 for k in ("ListenOverflows", "TCPSynRetrans"):
