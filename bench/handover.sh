@@ -17,8 +17,9 @@
 # before T0), AFTER (5: the during window ends this long after the old
 # process's exit), DURATION (45: the measured phase, BEFORE + the
 # hand-over + AFTER + room), DRAIN (3), PORT (28080), ADMIN_PORT (28081),
-# OUT (/tmp/sb-handover); SWITCHBOARD_* in the environment reach both
-# servers (SHARDS, say). Loopback only; every run stops by itself. Needs
+# OUT (/tmp/sb-handover), SERVER (the switchboard binary, absolute path;
+# default: this tree's release build); SWITCHBOARD_* in the environment
+# reach both servers (SHARDS, say). Loopback only; every run stops by itself. Needs
 # python3 for the medians.
 set -eu
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ OUT=${OUT:-/tmp/sb-handover}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p switchboard-engine -p switchboard-bench
 B=$CARGO_TARGET_DIR/release/switchboard-bench
-S=$(cd "$(dirname "$CARGO_TARGET_DIR/release/switchboard")" && pwd)/switchboard
+S=${SERVER:-$(cd "$(dirname "$CARGO_TARGET_DIR/release/switchboard")" && pwd)/switchboard}
 mkdir -p "$OUT"
 SECRET=bench-secret
 DIR=$OUT/dir-$USERS-$FRIENDS.json
