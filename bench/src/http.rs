@@ -34,22 +34,75 @@ impl Failure {
     }
 }
 
+/// Why a request was sent a second time (see [`Conn::get`]): how the
+/// reused keep-alive connection ended before any byte of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Writing the request failed (the server had closed it: EPIPE, reset).
+    Write,
+    /// The read saw the server's FIN (EOF) before any byte.
+    Eof,
+    /// The read failed (ECONNRESET: the server closed with the request
+    /// unread) before any byte.
+    Reset,
+}
+
+/// A request sent a second time, after its reused keep-alive connection
+/// closed before any byte of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retried {
+    pub why: Retry,
+    /// When the close was seen.
+    pub at: std::time::Instant,
+    /// How long after the request was written: a request the server held
+    /// (a poll) and then closed unanswered shows as a long wait; an idle
+    /// connection closed as the request crossed its close, as a short one.
+    pub waited: Duration,
+    /// The closed connection's age and the answers it had carried (which
+    /// server had accepted it can be told from its age).
+    pub conn_age: Duration,
+    pub conn_answers: u64,
+}
+
+/// What happened on a `Conn` that its owner may want to count: taken (and
+/// cleared) by [`Conn::take_events`] after each request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnEvents {
+    /// The last request was sent again (at most once).
+    pub retried: Option<Retried>,
+    /// The answer said `Connection: close` (the connection is dropped; the
+    /// next request opens a new one).
+    pub closed_by_server: bool,
+}
+
 /// One keep-alive connection to the server.
 pub struct Conn {
     addr: SocketAddr,
     stream: Option<TcpStream>,
+    /// Whether the open stream has carried a whole answer: only such a
+    /// reused connection may be retried (a browser retries a request whose
+    /// keep-alive connection the server closed while idle, never one on a
+    /// fresh connection).
+    reused: bool,
+    /// When the open stream was connected, and the answers it carried.
+    opened_at: std::time::Instant,
+    answers: u64,
     /// Read buffer; holds one answer at a time.
     buf: Vec<u8>,
     /// Request buffer, reused.
     req: Vec<u8>,
     /// How many TCP connections this `Conn` opened (1 = kept alive).
     pub opened: u64,
+    events: ConnEvents,
 }
 
 /// An answer: status and the JSON body (JSONP wrapper removed).
 pub struct Answer<'a> {
     pub status: u16,
     pub body: &'a [u8],
+    /// A retry or a close on the way to this answer (taken from the
+    /// connection; after a failure, [`Conn::take_events`] has them).
+    pub events: ConnEvents,
 }
 
 impl Conn {
@@ -57,10 +110,20 @@ impl Conn {
         Conn {
             addr,
             stream: None,
+            reused: false,
+            opened_at: std::time::Instant::now(),
+            answers: 0,
             buf: Vec::with_capacity(4096),
             req: Vec::with_capacity(512),
             opened: 0,
+            events: ConnEvents::default(),
         }
+    }
+
+    /// What happened during the last request (a retry, a close by the
+    /// server), cleared.
+    pub fn take_events(&mut self) -> ConnEvents {
+        std::mem::take(&mut self.events)
     }
 
     pub fn is_open(&self) -> bool {
@@ -77,14 +140,21 @@ impl Conn {
             let _ = s.set_nodelay(true);
             self.opened += 1;
             self.stream = Some(s);
+            self.reused = false;
+            self.opened_at = std::time::Instant::now();
+            self.answers = 0;
         }
         Ok(())
     }
 
     /// `GET target` (path and query, already encoded), waiting at most
-    /// `deadline` for the whole answer. A keep-alive connection the server
-    /// closed while idle is reopened once, before any answer byte (safe for
-    /// `/send` too: the `cid` makes a repeat harmless).
+    /// `deadline` for the whole answer. As browsers do, a request on a
+    /// reused keep-alive connection that the server closed before any byte
+    /// of the answer (the write fails, or the read sees EOF or a reset) is
+    /// sent once more on a new connection ([`ConnEvents::retried`]; safe
+    /// for `/send` too: the `cid` makes a repeat harmless). An answer with
+    /// `Connection: close` ends the connection; the next request opens a
+    /// new one.
     pub async fn get(
         &mut self,
         target: &str,
@@ -105,6 +175,7 @@ impl Conn {
         self.req
             .extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n");
         let (status, start, end) = self.finish(deadline).await?;
+        let events = self.take_events();
         let mut body = &self.buf[start..end];
         if let Some(cb) = jsonp {
             // `/**/NAME(JSON);` when the server accepted the callback.
@@ -113,7 +184,11 @@ impl Conn {
                 body = &body[prefix_len..body.len() - 2];
             }
         }
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            events,
+        })
     }
 
     /// `POST target` with `body` of `content_type`, waiting at most
@@ -136,15 +211,18 @@ impl Conn {
         );
         self.req.extend_from_slice(body);
         let (status, start, end) = self.finish(deadline).await?;
+        let events = self.take_events();
         Ok(Answer {
             status,
             body: &self.buf[start..end],
+            events,
         })
     }
 
     /// Sends `req` and reads the answer within `deadline`; a failure drops
     /// the connection (the next request opens a new one).
     async fn finish(&mut self, deadline: Duration) -> Result<(u16, usize, usize), Failure> {
+        self.events = ConnEvents::default();
         match tokio::time::timeout(deadline, self.exchange(true)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -158,17 +236,31 @@ impl Conn {
         }
     }
 
+    /// A retry's record, for a request written at `written`.
+    fn retried(&self, why: Retry, written: std::time::Instant) -> Retried {
+        let at = std::time::Instant::now();
+        Retried {
+            why,
+            at,
+            waited: at.saturating_duration_since(written),
+            conn_age: at.saturating_duration_since(self.opened_at),
+            conn_answers: self.answers,
+        }
+    }
+
     /// Writes the request and reads one answer into `buf`; returns the
     /// status and the body's range.
     async fn exchange(&mut self, may_retry: bool) -> Result<(u16, usize, usize), Failure> {
-        let mut retry = may_retry && self.stream.is_some();
+        let mut retry = may_retry && self.stream.is_some() && self.reused;
         loop {
             self.open().await?;
             let stream = self.stream.as_mut().expect("open");
+            let written = std::time::Instant::now();
             if stream.write_all(&self.req).await.is_err() {
                 self.stream = None;
                 if retry {
                     retry = false;
+                    self.events.retried = Some(self.retried(Retry::Write, written));
                     continue;
                 }
                 return Err(Failure::Io);
@@ -178,13 +270,23 @@ impl Conn {
                 if self.buf.capacity() - self.buf.len() < 2048 {
                     self.buf.reserve(8192);
                 }
-                let n = stream
-                    .read_buf(&mut self.buf)
-                    .await
-                    .map_err(|_| Failure::Io)?;
+                let n = match stream.read_buf(&mut self.buf).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.stream = None;
+                        if retry && self.buf.is_empty() {
+                            retry = false;
+                            self.events.retried = Some(self.retried(Retry::Reset, written));
+                            break;
+                        }
+                        return Err(Failure::Io);
+                    }
+                };
                 if n == 0 {
                     self.stream = None;
                     if retry && self.buf.is_empty() {
+                        retry = false;
+                        self.events.retried = Some(self.retried(Retry::Eof, written));
                         break;
                     }
                     return Err(Failure::Io);
@@ -224,7 +326,11 @@ impl Conn {
                 }
                 if close {
                     self.stream = None;
+                    self.events.closed_by_server = true;
+                } else {
+                    self.reused = true;
                 }
+                self.answers += 1;
                 return Ok((status, head_len, end));
             }
         }

@@ -9,6 +9,7 @@
 //! workers' results and reports.
 
 mod graph;
+mod handover;
 mod http;
 mod options;
 mod peer;
@@ -51,7 +52,12 @@ Options of peer:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}{}{PEER_USAGE}{}", options::help(), peer::help());
+        print!(
+            "{USAGE}{}{PEER_USAGE}{}{}",
+            options::help(),
+            peer::help(),
+            handover::USAGE
+        );
         return ExitCode::SUCCESS;
     }
     let result = match args[0].as_str() {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         "worker" => worker_cmd(&args[1..]),
         "peer" => peer::coordinator_cmd(&args[1..]),
         "peer-worker" => peer::worker_cmd(&args[1..]),
+        "handover" => handover::cmd(&args[1..]),
         other => Err(format!("unknown command {other:?} (see --help)")),
     };
     match result {
@@ -108,7 +115,8 @@ fn worker_cmd(args: &[String]) -> Result<ExitCode, String> {
         .and_then(|v| v.parse().ok())
         .ok_or("worker needs --start-unix-ms")?;
     let result_file = extra.get("result").ok_or("worker needs --result")?;
-    let r = worker::run(o, index, start)?;
+    let samples = extra.get("samples").is_some_and(|v| v == "1");
+    let r = worker::run(o, index, start, samples)?;
     let text = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
     std::fs::write(result_file, text).map_err(|e| format!("{result_file}: {e}"))?;
     Ok(ExitCode::SUCCESS)

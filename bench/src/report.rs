@@ -23,20 +23,23 @@ pub struct Run {
     pub bench_cpu_s: f64,
 }
 
-struct Delivery {
-    acked: u64,
-    expected: u64,
-    delivered: u64,
-    lost: u64,
-    over: u64,
-    lost_messages: u64,
-    unacked_delivered: u64,
+/// The delivery check's figures (see [`check_delivery`]).
+pub(crate) struct Delivery {
+    pub acked: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub over: u64,
+    pub lost_messages: u64,
+    pub unacked_delivered: u64,
 }
 
-fn check_delivery(run: &Run) -> Delivery {
+/// Per acknowledged message, the live tabs of sender and recipient that
+/// stayed attached against the deliveries they saw.
+pub(crate) fn check_delivery(workers: &[WorkerResult]) -> Delivery {
     let mut attached: HashMap<u64, u64> = HashMap::new();
     let mut receipts: HashMap<u64, u64> = HashMap::new();
-    for w in &run.workers {
+    for w in workers {
         for &(u, n) in &w.live_attached {
             *attached.entry(u).or_insert(0) += n as u64;
         }
@@ -54,7 +57,7 @@ fn check_delivery(run: &Run) -> Delivery {
         unacked_delivered: 0,
     };
     let mut acked_keys = std::collections::HashSet::new();
-    for w in &run.workers {
+    for w in workers {
         for &(key, to) in &w.acked {
             acked_keys.insert(key);
             let from = key >> 32;
@@ -80,9 +83,9 @@ fn check_delivery(run: &Run) -> Delivery {
     d
 }
 
-fn merged_hists(run: &Run) -> BTreeMap<String, Histogram<u64>> {
+pub(crate) fn merged_hists(workers: &[WorkerResult]) -> BTreeMap<String, Histogram<u64>> {
     let mut out: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
-    for w in &run.workers {
+    for w in workers {
         for (name, pairs) in &w.hists {
             let h = out.entry(name.clone()).or_insert_with(new_hist);
             for &(v, c) in pairs {
@@ -93,7 +96,7 @@ fn merged_hists(run: &Run) -> BTreeMap<String, Histogram<u64>> {
     out
 }
 
-fn sum_maps(maps: impl Iterator<Item = BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+pub(crate) fn sum_maps(maps: impl Iterator<Item = BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for m in maps {
         for (k, v) in m {
@@ -167,13 +170,13 @@ pub(crate) fn hgrm(h: &Histogram<u64>) -> String {
 /// the run is clean (no loss, no duplicates).
 pub fn report(run: &Run) -> Result<bool, String> {
     let o = &run.o;
-    let hists = merged_hists(run);
+    let hists = merged_hists(&run.workers);
     let answered = sum_maps(run.workers.iter().map(|w| w.answered.clone()));
     let answered_total = sum_maps(run.workers.iter().map(|w| w.answered_total.clone()));
     let errors = sum_maps(run.workers.iter().map(|w| w.errors.clone()));
     let counters = sum_maps(run.workers.iter().map(|w| w.counters.clone()));
     let c = |k: &str| counters.get(k).copied().unwrap_or(0);
-    let d = check_delivery(run);
+    let d = check_delivery(&run.workers);
     let dur = if o.measure_ramp {
         o.ramp_s + o.warmup_s + o.duration_s
     } else {

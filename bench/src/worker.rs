@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::time::sleep_until;
 
 use crate::graph::{Graph, Rng};
-use crate::http::{encode_into, Conn};
+use crate::http::{encode_into, Conn, ConnEvents, Retry};
 use crate::options::Options;
 
 /// Deadline of every request that is not a long-poll.
@@ -45,6 +45,9 @@ const SLOT_LATE: Duration = Duration::from_millis(10);
 const SENDS_SETTLE_MAX: Duration = Duration::from_secs(15);
 /// The final check polls of idle tabs must end within this long.
 const FINAL_CHECK_MAX: Duration = Duration::from_secs(60);
+/// Incidents (failures, retries, resets) a worker keeps with their time;
+/// more are only counted (`incidents_dropped`).
+const INCIDENTS_MAX: usize = 5000;
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -147,6 +150,18 @@ pub struct WorkerResult {
     /// (a reset or reconnect removes the tab from the loss check's
     /// expectation and is counted on its own).
     pub live_attached: Vec<(u64, u32)>,
+    /// With samples on (`handover`): every delivery to a live tab as (the
+    /// send slot's due time, the moment the tab's poll returned it), unix
+    /// µs, over the whole run, so latency can be cut into any window.
+    #[serde(default)]
+    pub e2e_samples: Vec<(u64, u64)>,
+    /// With samples on: every acknowledged send as (due time, answer), unix µs.
+    #[serde(default)]
+    pub send_samples: Vec<(u64, u64)>,
+    /// Failures, retries and resets with their time (unix µs), at most
+    /// `INCIDENTS_MAX`.
+    #[serde(default)]
+    pub incidents: Vec<(u64, String)>,
 }
 
 #[derive(Default)]
@@ -159,9 +174,67 @@ struct Stats {
     acked: Vec<(u64, u64)>,
     receipts: HashMap<u64, u32>,
     live_attached: HashMap<u64, u32>,
+    e2e_samples: Vec<(u64, u64)>,
+    send_samples: Vec<(u64, u64)>,
+    incidents: Vec<(u64, String)>,
 }
 
 impl Stats {
+    /// Keeps `what` with the time, up to `INCIDENTS_MAX`.
+    fn incident(&mut self, what: String) {
+        self.incident_at(now_us(), what);
+    }
+
+    /// Keeps `what` with its time `at` (unix µs), up to `INCIDENTS_MAX`.
+    fn incident_at(&mut self, at: u64, what: String) {
+        if self.incidents.len() < INCIDENTS_MAX {
+            self.incidents.push((at, what));
+        } else {
+            self.count("incidents_dropped", 1);
+        }
+    }
+
+    /// Counts what a connection did on the way to an answer (or failure):
+    /// a retry after the server closed a reused connection, an answer
+    /// with `Connection: close`.
+    fn conn_events(&mut self, endpoint: &'static str, ev: ConnEvents) {
+        if ev.closed_by_server {
+            self.count("conn_close_answers", 1);
+        }
+        if let Some(r) = ev.retried {
+            self.count("retries", 1);
+            self.count(
+                match r.why {
+                    Retry::Write => "retries_write_failed",
+                    Retry::Eof => "retries_eof",
+                    Retry::Reset => "retries_reset",
+                },
+                1,
+            );
+            // A poll retried is a held poll the server closed unanswered
+            // (or one that crossed the close of an idle connection): the
+            // hand-over promises an answer to every held poll.
+            self.count(
+                match endpoint {
+                    "send" => "retries_send",
+                    "poll" | "idle_poll" => "retries_poll",
+                    _ => "retries_other",
+                },
+                1,
+            );
+            let what = format!(
+                "retry {endpoint}: {:?} {} ms after writing, on a connection opened {} ms \
+                 before, after {} answers",
+                r.why,
+                r.waited.as_millis(),
+                r.conn_age.as_millis(),
+                r.conn_answers
+            );
+            let ago = r.at.elapsed().as_micros() as u64;
+            self.incident_at(now_us().saturating_sub(ago), what);
+        }
+    }
+
     fn record(&mut self, name: &'static str, us: u64) {
         self.hists
             .entry(name)
@@ -214,6 +287,8 @@ struct Ctx {
     /// The run's start (unix ms), shared by all workers: makes cids unique
     /// per run.
     run_id: u64,
+    /// Keep every delivery's and send's times (`WorkerResult::e2e_samples`).
+    samples: bool,
 }
 
 /// The parts of any answer the bench reads.
@@ -315,11 +390,16 @@ impl Ctx {
         let answer = match answer {
             Ok(a) => a,
             Err(f) => {
-                self.stats.borrow_mut().error(f.code());
+                let events = conn.take_events();
+                let mut stats = self.stats.borrow_mut();
+                stats.conn_events(endpoint, events);
+                stats.error(f.code());
+                stats.incident(format!("failed {endpoint}: {}", f.code()));
                 return Err(f.code().to_string());
             }
         };
         let mut stats = self.stats.borrow_mut();
+        stats.conn_events(endpoint, answer.events);
         *stats.answered_total.entry(endpoint).or_insert(0) += 1;
         if self.sched.measuring(done) {
             *stats.answered.entry(endpoint).or_insert(0) += 1;
@@ -344,6 +424,7 @@ impl Ctx {
             Err(_) => {
                 let code = format!("http_{}_unparsed", answer.status);
                 stats.error(&code);
+                stats.incident(format!("failed {endpoint}: {code}"));
                 return Err(code);
             }
         };
@@ -353,6 +434,7 @@ impl Ctx {
                 .as_ref()
                 .map_or_else(|| format!("http_{}", answer.status), |e| e.code.to_string());
             stats.error(&code);
+            stats.incident(format!("failed {endpoint}: {code}"));
             return Err(code);
         }
         drop(stats);
@@ -366,6 +448,7 @@ impl Ctx {
         let mut stats = self.stats.borrow_mut();
         if reply.reset {
             stats.count("poll_resets", 1);
+            stats.incident(format!("reset: user {} tab {}", tab.user, tab.sid));
             if tab.live {
                 tab.live = false;
                 if let Some(n) = stats.live_attached.get_mut(&tab.user) {
@@ -392,6 +475,9 @@ impl Ctx {
                     }
                     if tab.live {
                         *stats.receipts.entry(key).or_insert(0) += 1;
+                        if self.samples {
+                            stats.e2e_samples.push((stamp, now));
+                        }
                         if stamp >= self.sched.measure_from_us && stamp < self.sched.measure_to_us {
                             stats.record("e2e", now.saturating_sub(stamp));
                             stats.count("deliveries_measured", 1);
@@ -500,7 +586,14 @@ pub(crate) fn parse_text(text: &str) -> Option<(u64, u64)> {
 }
 
 /// Runs one worker to its end and returns its result.
-pub fn run(o: Options, index: usize, start_unix_ms: u64) -> Result<WorkerResult, String> {
+/// With `samples`, every delivery's and send's times are kept too
+/// (`WorkerResult::e2e_samples`, for `handover`).
+pub fn run(
+    o: Options,
+    index: usize,
+    start_unix_ms: u64,
+    samples: bool,
+) -> Result<WorkerResult, String> {
     let graph = Graph::new(o.users, o.friends, o.seed, o.lattice)?;
     let sched = Schedule::new(&o, start_unix_ms);
     let owned: Vec<u64> = (1..=o.users as u64)
@@ -532,6 +625,7 @@ pub fn run(o: Options, index: usize, start_unix_ms: u64) -> Result<WorkerResult,
         pool_open: Cell::new(0),
         filler,
         run_id: start_unix_ms,
+        samples,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -572,6 +666,9 @@ pub fn run(o: Options, index: usize, start_unix_ms: u64) -> Result<WorkerResult,
     out.acked = stats.acked;
     out.receipts = stats.receipts.into_iter().collect();
     out.live_attached = stats.live_attached.into_iter().collect();
+    out.e2e_samples = stats.e2e_samples;
+    out.send_samples = stats.send_samples;
+    out.incidents = stats.incidents;
     Ok(out)
 }
 
@@ -918,6 +1015,9 @@ async fn send(ctx: Rc<Ctx>, mut conn: Conn, user: u64, to: u64, sid: Rc<str>, du
             Ok(()) => {
                 stats.acked.push((key, to));
                 stats.count("sends_acked", 1);
+                if ctx.samples {
+                    stats.send_samples.push((stamp, now_us()));
+                }
                 if ctx.sched.measuring(due) {
                     stats.count("sends_acked_measured", 1);
                 }
