@@ -70,10 +70,12 @@ pub const STOP_CHECK_MS: u64 = 10;
 /// a lingering close (cut at this bound while stopping).
 pub const DRAIN_MS_MAX: u64 = 3_000;
 
-/// Each listening socket's accept backlog (the kernel caps it at
-/// `net.core.somaxconn`, 4096 by default): connections wait there while
-/// no process accepts, the moment of a hand-over (`handover.rs`).
-pub const LISTEN_BACKLOG: i32 = 4096;
+/// The accept backlog each listening socket asks for: as deep as the
+/// host allows, since the kernel cuts it to `net.core.somaxconn` (4096 by
+/// default). Connections wait there while no process accepts: a reconnect
+/// storm, and the moment of a hand-over (`handover.rs`), when every tab
+/// reconnects at once (tuning/README.md, "Connections").
+pub const LISTEN_BACKLOG: i32 = 65_535;
 
 /// How long a shard handing over (`stop::settle_shard`) waits, frozen,
 /// for the mesh to fall quiet before it takes its state anyway (with a

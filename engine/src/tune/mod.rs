@@ -54,9 +54,10 @@ pub const GLOMMIO_RINGS: u64 = 3;
 /// (its `Reactor::new`): the server cannot start.
 pub const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 
-/// The listen backlog glommio asks for (`listen(fd, 1024)`); the kernel
-/// cuts it to `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: u64 = 1_024;
+/// The listen backlog a shard should get at least. The server asks for
+/// more (`limits::LISTEN_BACKLOG`) and the kernel cuts it to
+/// `net.core.somaxconn`, so that sysctl is the backlog.
+pub const LISTEN_BACKLOG: u64 = 4_096;
 
 /// What the sysctls for the accept queues are raised to when they are
 /// below [`LISTEN_BACKLOG`].
