@@ -747,6 +747,10 @@ fn random_worlds_keep_every_invariant() {
                 total.history_pages += f.history_pages;
                 total.faults += f.faults;
                 total.rate_limited += f.rate_limited;
+                total.handovers += f.handovers;
+                total.cut_calls += f.cut_calls;
+                total.sessions_handed += f.sessions_handed;
+                total.tabs_handed += f.tabs_handed;
             }
             Err(_) => {
                 println!("seed {seed} FAILED (message above)");
