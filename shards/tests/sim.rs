@@ -6,11 +6,13 @@
 //! Two kinds: scenarios (one request settled before the next, each a claim
 //! about one behaviour), and the randomized simulation (`sim/world.rs`:
 //! many requests in flight, reordering, storage faults and timeouts,
-//! clients that retry and page history, invariants after every input).
+//! clients that retry and page history, invariants after every input,
+//! and deploy hand-overs to a new process through `serde_json`).
 //!
 //! Replay one seed: `SIM_SEED=n cargo test -p switchboard-shards --test sim`.
 //! Soak: `SIM_SEEDS=2000 cargo test --release -p switchboard-shards --test
-//! sim -- --nocapture` (add `SIM_STEPS=n` to change the steps per seed).
+//! sim -- --nocapture` (add `SIM_STEPS=n` to change the steps per seed,
+//! `SIM_HANDOVERS=0` to run without hand-overs).
 
 #[path = "sim/store.rs"]
 mod store;
@@ -747,6 +749,10 @@ fn random_worlds_keep_every_invariant() {
                 total.history_pages += f.history_pages;
                 total.faults += f.faults;
                 total.rate_limited += f.rate_limited;
+                total.handovers += f.handovers;
+                total.cut_calls += f.cut_calls;
+                total.sessions_handed += f.sessions_handed;
+                total.tabs_handed += f.tabs_handed;
             }
             Err(_) => {
                 println!("seed {seed} FAILED (message above)");

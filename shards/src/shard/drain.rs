@@ -4,10 +4,15 @@
 //! another server in a deploy, or at this one once restarted) — and from
 //! then on no poll is held: a poll is answered at once, as if its `wait`
 //! were 0. Everything else goes on as before: sends are still stored and
-//! acknowledged, so nothing acknowledged is lost to the stop.
+//! acknowledged, so nothing acknowledged is lost to the stop. Only roster
+//! re-reads start no more, periodic or for a change (`roster.rs`): the
+//! stop waits for the storage jobs in flight when it gets to them, not
+//! for ones a peer's message would start later.
 //!
 //! Invariant: once draining, no tab is in `TabState::Polling`. A shard
-//! never leaves draining (a stopped server is started anew).
+//! leaves draining only by `Shard::resumed` (`handover.rs`: the process
+//! taking over, or the old one after a failed hand-over); a stopped server
+//! is started anew.
 
 use serde::{Deserialize, Serialize};
 

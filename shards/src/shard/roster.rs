@@ -196,9 +196,11 @@ impl Shard {
     /// the change. Users are taken in id order, so a run replays.
     ///
     /// The ack says `ok` only if every one of them re-read: a re-read shed
-    /// for `JOBS_IN_FLIGHT_MAX`, sessions beyond `ROSTER_TOUCHES_MAX`, or a
+    /// for `JOBS_IN_FLIGHT_MAX`, sessions beyond `ROSTER_TOUCHES_MAX`, a
     /// loading session that already remembers `LOADING_REREADS_MAX`
-    /// changes make it `ok: false`, and the admin call fails (retry).
+    /// changes, or any session to re-read on a draining shard (which
+    /// starts no storage job for a change) make it `ok: false`, and the
+    /// admin call fails (retry).
     pub(super) fn roster_touched(
         &mut self,
         now: u64,
@@ -225,6 +227,18 @@ impl Shard {
         let mut ok = live.len() + loading.len() <= limits::ROSTER_TOUCHES_MAX;
         let loading_room = limits::ROSTER_TOUCHES_MAX.saturating_sub(live.len());
         live.truncate(limits::ROSTER_TOUCHES_MAX);
+        if self.is_draining() {
+            // A stopping shard starts no re-read, as for the periodic ones
+            // (`refresh_due`): the stop waits only for the jobs in flight
+            // when its shard got there, and a hand-over takes the state of
+            // a shard that is frozen once those are done (its results owed
+            // to the old process would never come to the new one). So each
+            // re-read is shed: the change acks not ok, the admin call fails
+            // and the web app retries it, at the server that serves next.
+            let ok = live.is_empty() && loading.is_empty();
+            self.send_to(now, origin, PeerMsg::RosterAck { change, ok }, out);
+            return;
+        }
         self.changes.last_part += 1;
         let part = self.changes.last_part;
         let mut started = 0;
@@ -262,7 +276,8 @@ impl Shard {
     }
 
     /// `user`'s session went live with change part `part` noted while it
-    /// loaded: re-read its roster now (the part fails if that is shed).
+    /// loaded: re-read its roster now (the part fails if that is shed, as
+    /// it is on a draining shard).
     pub(super) fn reread_for_change(
         &mut self,
         now: u64,
@@ -271,7 +286,9 @@ impl Shard {
         out: &mut Vec<Output>,
     ) {
         let why = Refresh::Change { part };
-        match self.job(Pending::Refresh { user, why }) {
+        // Shed on a draining shard, as in `roster_touched`.
+        let job = (!self.is_draining()).then(|| self.job(Pending::Refresh { user, why }));
+        match job.flatten() {
             Some(job) => out.push(Output::Storage {
                 job,
                 request: StorageJob::LoadRoster { user },

@@ -11,6 +11,10 @@
 //!   fed later, in random order), fails (`Backend`), or is slow: the engine
 //!   feeds `TimedOut` at its deadline while the store commits it anyway, or
 //!   never does (the in-doubt case);
+//! - an admin `roster-changed` first reloads the directory on the shard the
+//!   call came to, as the engine does (`handler.rs`): quick, slow (up to the
+//!   engine's patience), failing or timing out (`unavailable`); only then
+//!   is it sent to the user's home shard;
 //! - a few deliveries of messages and read receipts between shards are
 //!   dropped, as a full outbox drops them, and the recipient is sent a
 //!   `Resync` on the next tick, as the engine does;
@@ -20,18 +24,31 @@
 //!   hold polls, send with a cid and retry it after `unavailable` or, as a
 //!   client timeout would, while the first try is still in flight; page
 //!   history, mark read, save UI, type, change presence, leave; an
-//!   administrator kicks and changes friendships.
+//!   administrator kicks and changes friendships;
+//! - a few times per seed, a deploy hands the shards over to a new process
+//!   the way the engine does (`switchboard serve --takeover`, see
+//!   [`World::hand_over`]): new requests wait in the listening socket's
+//!   backlog, every shard drains, the calls in flight are answered (or cut
+//!   at the engine's drain bound), the storage jobs in flight finish, each
+//!   shard freezes its ticks, the mesh falls quiet, and each shard goes
+//!   through `serde_json` and `Shard::resumed` to the new process, where
+//!   the same clients go on with the same sids and `since`.
 //!
 //! What is checked: see [`World::on_reply`] (every reply), [`World::check`]
-//! (after every input) and [`World::finish`] (after quiescence).
+//! (after every input), [`World::tick`] (what a tick may change),
+//! [`World::hand_over`] and [`World::transfer`] (a hand-over's own
+//! guarantees) and [`World::finish`] (after quiescence).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use std::fmt::Write as _;
 use switchboard_shards::limits;
 use switchboard_shards::model::*;
 use switchboard_shards::ratelimit::RateLimits;
-use switchboard_shards::{home_shard, Config, Input, Output, PeerMsg, Resync, Shard};
+
+use serde_json::Value;
+use switchboard_shards::{home_shard, Config, Input, NotSettled, Output, PeerMsg, Resync, Shard};
 
 use crate::store::{pair, Store};
 
@@ -42,6 +59,23 @@ const TICK_MS: u64 = 50;
 const STORAGE_TIMEOUT_MS: u64 = 5_000;
 /// How long after its deadline a slow job may still commit.
 const LATE_COMMIT_MS_MAX: u64 = 3_000;
+/// How long a shard handing over waits for its calls in flight to be
+/// answered before it closes their connections anyway: the engine's
+/// `limits::drain_calls_ms` for this storage timeout (the timeout, its
+/// 1 s slack, and a 500 ms margin). A `roster-changed` that needs two slow
+/// storage rounds may be cut at it; the web app retries.
+const DRAIN_CALLS_MS: u64 = STORAGE_PATIENCE_MS + 500;
+/// The engine's wait for a storage call it makes itself, outside any
+/// shard (`limits::storage_patience_ms`: the timeout and 1 s of slack):
+/// past it the call is answered `unavailable`.
+const STORAGE_PATIENCE_MS: u64 = STORAGE_TIMEOUT_MS + 1_000;
+/// The longest a hand-over may take before the sim calls it stuck (the
+/// engine's bounds add up to under 15 s of it).
+const HANDOVER_MS_MAX: u64 = 60_000;
+/// The most time that passes between the old process taking the state
+/// and the new one serving it (it starts, reads the state, says ready):
+/// no shard ticks meanwhile.
+const TRANSFER_GAP_MS_MAX: u64 = 2_000;
 
 /// Checks that found real bugs before their fixes landed: each is on by
 /// default and can be switched off (its environment variable set to `0`)
@@ -60,6 +94,9 @@ pub struct Switches {
     /// while sessions were loading" (25 of seeds 1–300).
     /// `SIM_CHECK_ROSTER_ACK=0` switches it off.
     pub roster_ack: bool,
+    /// Deploy hand-overs at a few random steps of each seed (see
+    /// [`World::hand_over`]). `SIM_HANDOVERS=0` runs without them.
+    pub handovers: bool,
 }
 
 impl Switches {
@@ -70,6 +107,7 @@ impl Switches {
         Switches {
             in_doubt_delivery: on("SIM_CHECK_IN_DOUBT_DELIVERY"),
             roster_ack: on("SIM_CHECK_ROSTER_ACK"),
+            handovers: on("SIM_HANDOVERS"),
         }
     }
 }
@@ -92,6 +130,14 @@ pub struct Figures {
     pub history_pages: u64,
     pub faults: u64,
     pub rate_limited: u64,
+    /// Hand-overs to a new process.
+    pub handovers: u64,
+    /// Calls whose connection a hand-over closed unanswered (the client
+    /// retries).
+    pub cut_calls: u64,
+    /// Sessions and tabs carried over by hand-overs.
+    pub sessions_handed: u64,
+    pub tabs_handed: u64,
 }
 
 /// The seeded generator (xorshift64).
@@ -132,6 +178,20 @@ enum Fate {
     /// Answered `TimedOut` by the engine at its deadline; the store commits
     /// it before or after that, or never.
     Slow { commits: bool },
+}
+
+/// An admin `roster-changed` reloading the directory on its conn shard
+/// before it is sent to the home shard (the engine's `roster_changed` in
+/// `handler.rs`; not a shard's storage job).
+struct Reload {
+    /// When the reload ends.
+    at: u64,
+    conn: usize,
+    home: usize,
+    reply: ReplyTo,
+    request: Request,
+    /// Whether it succeeds (else the call is answered `unavailable`).
+    ok: bool,
 }
 
 /// A storage job in flight.
@@ -177,6 +237,9 @@ enum Kind {
     },
     Leave,
     Kick {
+        // Read in failure messages only (the kick's effects are taken from
+        // the request as it arrives: one cut by a hand-over still kicks).
+        #[allow(dead_code)]
         user: UserId,
     },
     RosterChanged {
@@ -192,12 +255,17 @@ struct Call {
     tab: Option<usize>,
     /// The conn shard the reply must name.
     conn: usize,
-    /// Faults fed and kicks answered when it was made: `unavailable` is
-    /// allowed only if one of them grew since.
+    /// Faults fed, kicks answered and hand-overs begun when it was made:
+    /// `unavailable` is allowed only if one of them grew since (a
+    /// hand-over: only for a `roster-changed`).
     faults: u64,
     kicks: u64,
+    drains: u64,
     /// Whether it reached its home shard.
     arrived: bool,
+    /// Made while a hand-over runs: it waits in the listening socket's
+    /// backlog for the new process.
+    held_back: bool,
     /// For a call addressing another user: what the directory allowed
     /// when it reached its home shard (where friends-only is checked).
     friendship: Friendship,
@@ -297,6 +365,8 @@ pub struct World {
     links: BTreeMap<(usize, usize), VecDeque<Wire>>,
     /// Storage jobs in flight, in the order they were asked for.
     jobs: Vec<Job>,
+    /// Directory reloads of admin `roster-changed` calls under way.
+    reloads: Vec<Reload>,
     /// Requests awaiting their reply, by request number.
     calls: HashMap<u64, Call>,
     next_req: u64,
@@ -322,6 +392,8 @@ pub struct World {
     faults: u64,
     /// Kicks answered so far.
     kicks: u64,
+    /// Hand-overs begun so far.
+    drains: u64,
     /// Per user: the seq checked up to and the roster before this input.
     seen_events: HashMap<UserId, (u64, BTreeSet<UserId>)>,
     /// Whether new jobs may fail (off while quiescing).
@@ -330,6 +402,22 @@ pub struct World {
     owed: BTreeMap<(usize, usize), BTreeSet<UserId>>,
     /// Whether the shards are ticking (checked once all have ticked).
     ticking: bool,
+    /// Steps after which a hand-over runs, each with whether it waits for
+    /// a busy moment (drawn in [`World::run`] from a generator of their
+    /// own).
+    handover_at: BTreeMap<u64, bool>,
+    /// A hand-over waiting for a busy moment: the step by which it runs
+    /// anyway.
+    handover_by: Option<u64>,
+    /// While a hand-over runs: the requests made meanwhile, waiting in the
+    /// listening sockets' backlog for the new process, as `(conn, home,
+    /// request)` in the order they were made.
+    backlog: Option<Vec<(usize, usize, Wire)>>,
+    /// Shards whose ticks the hand-over under way has frozen.
+    frozen: Vec<bool>,
+    /// Calls whose connection a hand-over closed before their answer: the
+    /// answer, if one still comes, goes nowhere.
+    cut: HashSet<u64>,
     /// The last inputs, for the failure message.
     trace: VecDeque<String>,
     /// How many inputs the trace keeps (`SIM_TRACE`, default 40).
@@ -381,6 +469,7 @@ impl World {
                 }
             }
         }
+        let shard_count = shape.shards;
         World {
             seed,
             rng,
@@ -392,6 +481,7 @@ impl World {
             store,
             links: BTreeMap::new(),
             jobs: Vec::new(),
+            reloads: Vec::new(),
             calls: HashMap::new(),
             next_req: 0,
             tabs: Vec::new(),
@@ -405,10 +495,16 @@ impl World {
             roster_todo: Vec::new(),
             faults: 0,
             kicks: 0,
+            drains: 0,
             seen_events: HashMap::new(),
             faults_on: true,
             owed: BTreeMap::new(),
             ticking: false,
+            handover_at: BTreeMap::new(),
+            handover_by: None,
+            backlog: None,
+            frozen: vec![false; shard_count],
+            cut: HashSet::new(),
             trace: VecDeque::new(),
             trace_len: std::env::var("SIM_TRACE")
                 .ok()
@@ -445,6 +541,14 @@ impl World {
 
     /// Runs `steps` random steps, then quiesces and checks the end state.
     pub fn run(&mut self, steps: u64) {
+        if self.switches.handovers {
+            let mut plan =
+                Rng((self.seed ^ 0x4a4d_0ff5_eed0_7a4e).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+            for _ in 0..plan.range(1, 3) {
+                let at = plan.range(1, steps.max(1));
+                self.handover_at.insert(at, plan.chance(50));
+            }
+        }
         for _ in 0..steps {
             self.step += 1;
             self.figures.steps += 1;
@@ -471,6 +575,17 @@ impl World {
                     }
                 }
             }
+            match self.handover_at.get(&self.step) {
+                Some(true) => self.handover_by = Some(self.step + 300),
+                Some(false) => self.hand_over(),
+                None => {}
+            }
+            if let Some(by) = self.handover_by {
+                if self.step >= by || self.busy() {
+                    self.handover_by = None;
+                    self.hand_over();
+                }
+            }
             self.due_retries();
         }
         self.quiesce();
@@ -494,10 +609,46 @@ impl World {
         self.ticking = true;
         for i in 0..self.shards.len() {
             let s = (first + i) % self.shards.len();
+            if self.frozen[s] {
+                continue; // handing over: its timers fall due in the new process
+            }
+            let before = self.presence_before_tick(s);
             self.feed(s, Input::Tick);
+            self.check_tick_presence(s, before);
         }
         self.ticking = false;
         self.check();
+    }
+
+    /// For each user homed on shard `s`: their presence there, and whether
+    /// their session's grace is due (tabless, grace armed for `now` or
+    /// before).
+    fn presence_before_tick(&self, s: usize) -> Vec<(UserId, Status, bool)> {
+        let n = self.shards.len();
+        let shard = &self.shards[s];
+        (1..=self.shape.users)
+            .filter(|&u| home_shard(u, n) == s)
+            .map(|u| {
+                let due = shard.live_session(u).is_some_and(|l| {
+                    l.tabs.is_empty() && l.grace.at_ms().is_some_and(|at| at <= self.now)
+                });
+                (u, shard.presence_of(u), due)
+            })
+            .collect()
+    }
+
+    /// What a tick may do to presence: end a session whose grace was due
+    /// (offline), nothing else. So no presence change comes of time alone,
+    /// and none of a hand-over's frozen ticks and the first ones after.
+    fn check_tick_presence(&self, s: usize, before: Vec<(UserId, Status, bool)>) {
+        for (u, was, grace_due) in before {
+            let now = self.shards[s].presence_of(u);
+            if now != was && !(now == Status::Offline && grace_due) {
+                self.fail(format!(
+                    "a tick of shard {s} changed {u}'s presence {was:?} → {now:?} (grace due: {grace_due})"
+                ));
+            }
+        }
     }
 
     /// Delivers up to `n` things that are due (wires, storage events).
@@ -539,6 +690,9 @@ impl World {
     /// Runs or answers one due storage job, chosen at random.
     fn storage_one(&mut self) -> bool {
         let now = self.now;
+        let reloads: Vec<usize> = (0..self.reloads.len())
+            .filter(|&i| self.reloads[i].at <= now)
+            .collect();
         let due: Vec<usize> = (0..self.jobs.len())
             .filter(|&i| {
                 let j = &self.jobs[i];
@@ -546,6 +700,11 @@ impl World {
                     || (j.answer_at <= now && (j.fate != Fate::Runs || j.output.is_some()))
             })
             .collect();
+        if !reloads.is_empty() && (due.is_empty() || self.rng.chance(30)) {
+            let i = reloads[self.rng.below(reloads.len() as u64) as usize];
+            self.reload_done(i);
+            return true;
+        }
         if due.is_empty() {
             return false;
         }
@@ -622,6 +781,12 @@ impl World {
     fn feed(&mut self, shard: usize, input: Input) {
         let mut out = Vec::new();
         self.shards[shard].handle(self.now, input, &mut out);
+        self.absorb(shard, out);
+    }
+
+    /// Handles what one input to `shard` put out, then checks the
+    /// invariants (unless every shard is ticking).
+    fn absorb(&mut self, shard: usize, out: Vec<Output>) {
         let mut storage = Vec::new();
         let mut replies = Vec::new();
         for o in out {
@@ -664,8 +829,14 @@ impl World {
         }
         // A connect's attach may detach tabs (same name, or one too many)
         // whose held polls are answered first in the same input: learn of
-        // the new tab first.
-        replies.sort_by_key(|(_, r)| !matches!(r, Response::Connected(_)));
+        // the new tab first (connects in the order attached: each may
+        // replace the one before). The rest by request, so a seed replays:
+        // one input answering many sessions' polls (a drain, a resync of
+        // all) goes through them in the order of a hash map.
+        replies.sort_by_key(|(to, r)| match r {
+            Response::Connected(_) => (false, 0),
+            _ => (true, to.req),
+        });
         for (to, response) in replies {
             self.on_reply(shard, to, response);
         }
@@ -738,7 +909,9 @@ impl World {
                 conn,
                 faults: self.faults,
                 kicks: self.kicks,
+                drains: self.drains,
                 arrived: false,
+                held_back: self.backlog.is_some(),
                 friendship: Friendship::default(),
             },
         );
@@ -750,11 +923,72 @@ impl World {
         // Queued even on the local path (`conn == home`): a client acts
         // after the input it reacts to, never inside it.
         let home = home_shard(request.home_user().unwrap(), self.shards.len());
-        self.links
-            .entry((conn, home))
-            .or_default()
-            .push_back(Wire::Request { reply, request });
+        let wire = Wire::Request { reply, request };
+        match &mut self.backlog {
+            // A hand-over: no process accepts until the new one serves.
+            Some(backlog) => backlog.push((conn, home, wire)),
+            None => self.accepted(conn, home, wire),
+        }
         reply.req
+    }
+
+    /// Conn shard `conn` took a request for `home`: it goes over the mesh
+    /// at once, but a `roster-changed` reloads the directory first.
+    fn accepted(&mut self, conn: usize, home: usize, wire: Wire) {
+        let Wire::Request {
+            reply,
+            request: request @ Request::RosterChanged { .. },
+        } = wire
+        else {
+            self.links.entry((conn, home)).or_default().push_back(wire);
+            return;
+        };
+        let (fail_pct, slow_pct) = if self.faults_on {
+            (self.shape.fail_pct, self.shape.slow_pct)
+        } else {
+            (0, 0)
+        };
+        let roll = self.rng.below(100);
+        let (after, ok) = if roll < fail_pct {
+            (self.rng.below(500), false)
+        } else if roll < fail_pct + slow_pct {
+            (STORAGE_PATIENCE_MS, false) // timed out
+        } else if self.rng.chance(90) {
+            (self.rng.below(200), true)
+        } else {
+            (self.rng.below(STORAGE_PATIENCE_MS), true)
+        };
+        self.reloads.push(Reload {
+            at: self.now + after,
+            conn,
+            home,
+            reply,
+            request,
+            ok,
+        });
+    }
+
+    /// A directory reload ends: its `roster-changed` goes to the home
+    /// shard, or is answered `unavailable` by the conn shard.
+    fn reload_done(&mut self, i: usize) {
+        let r = self.reloads.remove(i);
+        if r.ok {
+            self.note(format!("#{} directory reloaded at {}", r.reply.req, r.conn));
+            let wire = Wire::Request {
+                reply: r.reply,
+                request: r.request,
+            };
+            self.links
+                .entry((r.conn, r.home))
+                .or_default()
+                .push_back(wire);
+            return;
+        }
+        self.faults += 1;
+        self.figures.faults += 1;
+        let failed = Response::fail(ErrorCode::Unavailable, "directory reload failed");
+        self.on_reply(r.conn, r.reply, failed);
+        self.check();
     }
 
     fn feed_request(&mut self, shard: usize, reply: ReplyTo, request: Request) {
@@ -773,13 +1007,17 @@ impl World {
                 may_be_strangers: o != user && (!friends || changing),
             }
         });
-        let call = self.calls.get_mut(&reply.req).expect("call made");
-        call.arrived = true;
-        call.friendship = friendship.unwrap_or_default();
-        if let (Kind::Poll { .. }, Some(t)) = (&call.kind, call.tab) {
-            self.tabs[t].polls_held += 1;
+        if let Some(call) = self.calls.get_mut(&reply.req) {
+            call.arrived = true;
+            call.friendship = friendship.unwrap_or_default();
+            if let (Kind::Poll { .. }, Some(t)) = (&call.kind, call.tab) {
+                self.tabs[t].polls_held += 1;
+            }
+        } else if !self.cut.contains(&reply.req) {
+            self.fail(format!("request #{} arrived, never made", reply.req));
         }
-        if let Kind::Kick { user } = call.kind {
+        // A kick cut by a hand-over still kicks when it arrives.
+        if let Request::Kick { user } = request {
             // Its effects (held polls answered `unknown_session`, connects
             // waiting on a load `unavailable`) come out before its reply.
             self.kicks += 1;
@@ -1079,6 +1317,9 @@ impl World {
     /// consistent with the model and the store.
     fn on_reply(&mut self, shard: usize, to: ReplyTo, response: Response) {
         let Some(call) = self.calls.remove(&to.req) else {
+            if self.cut.remove(&to.req) {
+                return self.cut_answered(to.req, response);
+            }
             self.fail(format!(
                 "shard {shard} answered request #{} that has no reply outstanding: {response:?}",
                 to.req
@@ -1102,7 +1343,10 @@ impl World {
                 self.tabs[t].idle_since = self.now;
             }
         }
-        let unavailable_ok = call.faults < self.faults || call.kicks < self.kicks;
+        // A draining shard starts no roster re-read for a change: a
+        // `roster-changed` under way when a hand-over began may fail.
+        let drained = call.drains < self.drains && matches!(call.kind, Kind::RosterChanged { .. });
+        let unavailable_ok = call.faults < self.faults || call.kicks < self.kicks || drained;
         if let Response::Failed(f) = &response {
             match f.code {
                 ErrorCode::UnknownSession => {
@@ -1151,27 +1395,7 @@ impl World {
                         self.fail(format!("connect named the tab {:?}, not {n:?}", c.tab));
                     }
                 }
-                let others: Vec<usize> = self
-                    .live_tabs()
-                    .into_iter()
-                    .filter(|&o| self.tabs[o].user == user)
-                    .collect();
-                let mut kept = 0;
-                for &o in &others {
-                    if self.tabs[o].name.as_deref() == Some(&*c.tab) {
-                        self.tabs[o].state = TabState::Dead; // replaced
-                    } else {
-                        kept += 1;
-                    }
-                }
-                // The server may evict one of them (it may hold fewer than
-                // the model: some may have timed out).
-                if kept >= self.shape.tabs_max {
-                    self.figures.evictions += 1;
-                    for o in others {
-                        self.tabs[o].certain = false;
-                    }
-                }
+                self.attached(user, &c.tab);
                 let tab = &mut self.tabs[t];
                 tab.name = Some(c.tab.to_string());
                 tab.state = TabState::Live;
@@ -1340,6 +1564,43 @@ impl World {
         }
     }
 
+    /// A new tab named `name` was attached to `user`'s session: the live
+    /// tab of that name was replaced, and one of the others may have been
+    /// evicted.
+    fn attached(&mut self, user: UserId, name: &str) {
+        let others: Vec<usize> = self
+            .live_tabs()
+            .into_iter()
+            .filter(|&o| self.tabs[o].user == user)
+            .collect();
+        let mut kept = 0;
+        for &o in &others {
+            if self.tabs[o].name.as_deref() == Some(name) {
+                self.tabs[o].state = TabState::Dead; // replaced
+            } else {
+                kept += 1;
+            }
+        }
+        // The server may evict one of them (it may hold fewer than
+        // the model: some may have timed out).
+        if kept >= self.shape.tabs_max {
+            self.figures.evictions += 1;
+            for o in others {
+                self.tabs[o].certain = false;
+            }
+        }
+    }
+
+    /// The answer to call `#req`, whose connection a hand-over closed: it
+    /// reaches nobody, but what the call did stands (a connect's tab
+    /// replaced or evicted another).
+    fn cut_answered(&mut self, req: u64, response: Response) {
+        self.note(format!("reply #{req} (cut, reaches nobody): {response:?}"));
+        if let Response::Connected(c) = response {
+            self.attached(c.user, &c.tab);
+        }
+    }
+
     /// A call answered `rate_limited`: allowed only in worlds with the
     /// limits on. The client retries a send later with the same cid (as it
     /// does after `unavailable`); a refused connect leaves its tab dead.
@@ -1468,6 +1729,18 @@ impl World {
     fn check(&mut self) {
         let n = self.shards.len();
         for s in &self.shards {
+            // No `Presence` message is lost in these worlds (only message
+            // and read deliveries are dropped), so a digest never finds a
+            // replica wrong: a repair would be a presence change friends
+            // see that no user caused (a hand-over that lost or garbled a
+            // replica, say).
+            if s.stats().presence_repairs != 0 {
+                self.fail(format!(
+                    "shard {}: {} presence entries repaired by a digest, though no Presence message was lost",
+                    s.config().shard,
+                    s.stats().presence_repairs
+                ));
+            }
             let bound = s.tab_count() + 2 * s.session_count();
             if s.timer_count() > bound {
                 self.fail(format!(
@@ -1615,6 +1888,385 @@ impl World {
         self.seen_events.insert(u, (seq, roster));
     }
 
+    // ---- hand-overs -------------------------------------------------------
+
+    /// A deploy's hand-over (`switchboard serve --takeover`), the way the
+    /// engine runs it (`engine/src/stop.rs`, `engine/src/handover.rs`):
+    /// 1. No process accepts: requests made from now on wait in the
+    ///    listening sockets' backlog ([`World::request`]) for the new one.
+    /// 2. Every shard drains (`Input::Drain`), each a moment after the one
+    ///    before (a delivery may come between): held polls are answered
+    ///    with no events, and nothing else comes of it.
+    /// 3. The calls in flight are answered; those still unanswered
+    ///    [`DRAIN_CALLS_MS`] after the drain are cut (their connections
+    ///    close: the client retries). Ticks go on.
+    /// 4. Past the calls, each shard freezes its ticks once none of its
+    ///    storage jobs is outstanding (the engine counts the jobs it runs,
+    ///    forgotten ones too); storage results and peer messages still
+    ///    reach it.
+    /// 5. Once every shard is frozen and the mesh is quiet (no message in
+    ///    flight, no resync owed), every shard must be `settled()`, and the
+    ///    state goes over ([`World::transfer`]).
+    ///
+    /// Then the new process serves the backlog, in order, and the clients
+    /// go on with the same sids and `since`.
+    fn hand_over(&mut self) {
+        let n = self.shards.len();
+        let began = self.now;
+        self.figures.handovers += 1;
+        self.drains += 1;
+        self.note("hand-over: the old process stops accepting and drains".into());
+        self.backlog = Some(Vec::new());
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        for s in order {
+            self.drain_shard(s);
+            if self.rng.chance(30) {
+                self.drain_some(1);
+            }
+        }
+        // The calls still in flight when the drain bound passes are cut.
+        // (Not sooner: a connection with a call in flight is not read, so
+        // a client that gives up is not noticed before its answer.)
+        let cut_at = began + DRAIN_CALLS_MS;
+        let mut past_calls = false;
+        loop {
+            if !past_calls {
+                if !self.calls.values().any(|c| !c.held_back) {
+                    past_calls = true;
+                } else if self.now >= cut_at {
+                    self.cut_calls();
+                    past_calls = true;
+                }
+            }
+            if past_calls {
+                for s in 0..n {
+                    let outstanding = self
+                        .jobs
+                        .iter()
+                        .any(|j| j.shard == s && j.answer_at != u64::MAX);
+                    if !self.frozen[s] && !outstanding && self.rng.chance(50) {
+                        self.frozen[s] = true;
+                        self.note(format!("hand-over: shard {s} freezes"));
+                    }
+                }
+            }
+            let quiet = self.links.values().all(VecDeque::is_empty) && self.owed.is_empty();
+            if quiet && self.frozen.iter().all(|&f| f) {
+                break;
+            }
+            if self.now > began + HANDOVER_MS_MAX {
+                self.fail(format!(
+                    "hand-over stuck: frozen {:?}, {} calls, {} jobs",
+                    self.frozen,
+                    self.calls.values().filter(|c| !c.held_back).count(),
+                    self.jobs.len()
+                ));
+            }
+            // The mesh is quick next to a tick: mostly deliveries.
+            match self.rng.below(10) {
+                0..=5 => {
+                    if !self.deliver_one_wire() && !self.storage_one() {
+                        self.tick();
+                    }
+                }
+                6..=8 => {
+                    if !self.storage_one() && !self.deliver_one_wire() {
+                        self.tick();
+                    }
+                }
+                _ => self.tick(),
+            }
+        }
+        for s in 0..n {
+            if let Err(why) = self.shards[s].settled() {
+                self.fail(format!(
+                    "shard {s} is not settled with every shard frozen and the mesh quiet: {why}"
+                ));
+            }
+        }
+        self.transfer();
+    }
+
+    /// Whether storage is slow right now: a job or a directory reload under
+    /// way will take another second or more. A deploy then has calls to
+    /// wait for, maybe to cut, and jobs finishing late, while shards
+    /// freeze: half the hand-overs wait (a while) for such a moment.
+    fn busy(&self) -> bool {
+        let later = self.now + 1_000;
+        self.reloads.iter().any(|r| r.at >= later)
+            || self
+                .jobs
+                .iter()
+                .any(|j| j.answer_at != u64::MAX && j.answer_at >= later)
+    }
+
+    /// Drains shard `s`: its held polls are answered, each with no events,
+    /// and nothing else comes out (no presence change, no peer message, no
+    /// storage job); it holds no poll after.
+    fn drain_shard(&mut self, s: usize) {
+        self.note(format!("hand-over: shard {s} drains"));
+        let held = self.shards[s].held_poll_count();
+        let changes = self.shards[s].stats().presence_changes;
+        let mut out = Vec::new();
+        self.shards[s].handle(self.now, Input::Drain, &mut out);
+        for o in &out {
+            match o {
+                Output::Reply {
+                    response: Response::Events { events, .. },
+                    ..
+                } if events.is_empty() => {}
+                o => self.fail(format!("draining shard {s} put out {o:?}")),
+            }
+        }
+        let shard = &self.shards[s];
+        if out.len() != held || shard.held_poll_count() != 0 || !shard.is_draining() {
+            self.fail(format!(
+                "shard {s} drained: {} answers for {held} held polls, {} held after, draining {}",
+                out.len(),
+                shard.held_poll_count(),
+                shard.is_draining()
+            ));
+        }
+        if shard.stats().presence_changes != changes {
+            self.fail(format!("draining shard {s} changed someone's presence"));
+        }
+        self.absorb(s, out);
+    }
+
+    /// The drain bound passed: every call of the old process still
+    /// unanswered loses its connection. The client sees a network error:
+    /// a send is retried with its cid, a poll made again (at the new
+    /// process), a `roster-changed` repeated by the web app; a connect or
+    /// a leave is given up (the page reloads or has closed).
+    fn cut_calls(&mut self) {
+        let mut reqs: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.held_back)
+            .map(|(&r, _)| r)
+            .collect();
+        reqs.sort_unstable();
+        for req in reqs {
+            let call = self.calls.remove(&req).expect("listed");
+            self.cut.insert(req);
+            self.figures.cut_calls += 1;
+            self.note(format!("hand-over: #{req} {:?} cut unanswered", call.kind));
+            let t = call.tab;
+            match call.kind {
+                Kind::Poll { .. } => {
+                    let t = t.expect("a poll has a tab");
+                    self.tabs[t].polls_out -= 1;
+                    if call.arrived {
+                        self.tabs[t].polls_held -= 1;
+                    }
+                    self.repoll(t);
+                }
+                Kind::Send { to, cid: Some(cid) } => {
+                    let at = self.now + self.rng.range(1, 60) * TICK_MS;
+                    self.retries.push(Retry {
+                        at,
+                        tab: t.expect("a send has a tab"),
+                        to,
+                        cid,
+                        timeout_of: None,
+                    });
+                }
+                Kind::Connect { .. } | Kind::Leave => {
+                    self.tabs[t.expect("a tab's call")].state = TabState::Dead;
+                }
+                Kind::RosterChanged { user, .. } => self.roster_todo.push(user),
+                _ => {}
+            }
+        }
+    }
+
+    /// The old process closes its store: the jobs it answered `TimedOut`
+    /// that still run commit now (or never); no result reaches a shard.
+    fn close_store(&mut self) {
+        while let Some(i) = self.jobs.iter().position(|j| j.run_at.is_some()) {
+            if self.jobs[i].answer_at != u64::MAX {
+                self.jobs[i].answer_at = u64::MAX; // its answer goes nowhere
+            }
+            self.run_job(i);
+        }
+        self.jobs.clear();
+    }
+
+    /// The state goes to the new process: each shard, settled, is written
+    /// with `serde_json` as the engine sends it and read back, must come
+    /// back the same ([`World::check_fidelity`]), is refused under another
+    /// shard's settings and resumes under its own. Then the new process
+    /// serves the backlog.
+    fn transfer(&mut self) {
+        let n = self.shards.len();
+        self.close_store();
+        let gap = self.rng.below(TRANSFER_GAP_MS_MAX / TICK_MS + 1) * TICK_MS;
+        self.now += gap;
+        self.note(format!("hand-over: the state goes over ({gap} ms)"));
+        // The old process's connections end with it: a directory reload
+        // still under way goes nowhere (its call was cut).
+        for r in std::mem::take(&mut self.reloads) {
+            if !self.cut.contains(&r.reply.req) {
+                self.fail(format!(
+                    "#{} reloads the directory past the hand-over, never cut",
+                    r.reply.req
+                ));
+            }
+            self.note(format!(
+                "hand-over: #{}'s directory reload ends with the old process",
+                r.reply.req
+            ));
+        }
+        let old = std::mem::take(&mut self.shards);
+        let mut new = Vec::with_capacity(n);
+        for (s, shard) in old.iter().enumerate() {
+            let config = shard.config().clone();
+            let json = serde_json::to_string(shard)
+                .unwrap_or_else(|e| self.fail(format!("shard {s} cannot be written: {e}")));
+            let read = |w: &World| -> Shard {
+                serde_json::from_str(&json)
+                    .unwrap_or_else(|e| w.fail(format!("shard {s}'s state cannot be read: {e}")))
+            };
+            let restored = read(self);
+            self.check_fidelity(s, shard, &json, &restored);
+            for wrong in [Config::new((s + 1) % n, n), Config::new(s, n + 1)] {
+                if read(self).resumed(wrong.clone()).is_ok() {
+                    self.fail(format!(
+                        "shard {s}'s state resumed as shard {} of {}",
+                        wrong.shard, wrong.shard_count
+                    ));
+                }
+            }
+            let resumed = restored
+                .resumed(config)
+                .unwrap_or_else(|why| self.fail(format!("shard {s} refused its state: {why}")));
+            if resumed.is_draining()
+                || resumed.roster_changes_waiting() != 0
+                || resumed.settled() != Err(NotSettled::NotDraining)
+            {
+                self.fail(format!(
+                    "shard {s} resumed draining {} with {} roster changes waiting",
+                    resumed.is_draining(),
+                    resumed.roster_changes_waiting()
+                ));
+            }
+            self.figures.sessions_handed += resumed.session_count() as u64;
+            self.figures.tabs_handed += resumed.tab_count() as u64;
+            new.push(resumed);
+        }
+        self.shards = new;
+        self.frozen = vec![false; n];
+        // The old process is gone: nothing answers its calls any more (a
+        // reply to one now would come from state that kept a connection
+        // of the old process).
+        self.cut.clear();
+        let backlog = self.backlog.take().expect("a hand-over under way");
+        self.note(format!(
+            "hand-over: the new process serves ({} requests waited)",
+            backlog.len()
+        ));
+        for (conn, home, wire) in backlog {
+            if let Wire::Request { reply, .. } = &wire {
+                if let Some(call) = self.calls.get_mut(&reply.req) {
+                    call.held_back = false;
+                }
+            }
+            self.accepted(conn, home, wire);
+        }
+        self.check();
+    }
+
+    /// Shard `s` was written as `json` and read back as `read`: the JSON
+    /// it writes is the same (as values: maps are hash maps, in no
+    /// particular order), nothing serde does not carry
+    /// (`#[serde(skip)]`) is missed in anything the sim can see of it,
+    /// and every tab's next poll is answered as the old process would
+    /// have answered it (no `unknown_session` or `reset` of its making).
+    fn check_fidelity(&self, s: usize, old: &Shard, json: &str, read: &Shard) {
+        let again = serde_json::to_string(read)
+            .unwrap_or_else(|e| self.fail(format!("shard {s} read back cannot be written: {e}")));
+        let value = |text: &str| -> Value {
+            serde_json::from_str(text).unwrap_or_else(|e| self.fail(format!("{e}")))
+        };
+        let (was, is) = (value(json), value(&again));
+        if was != is {
+            self.fail(format!(
+                "shard {s}'s state read back writes other JSON, at {}",
+                first_difference(&was, &is, "$".into())
+            ));
+        }
+        let seen = |shard: &Shard| -> Vec<String> {
+            let mut lines = vec![
+                format!("{:?}", shard.config()),
+                format!("{:?}", shard.stats()),
+                format!(
+                    "sessions {} tabs {} polls {} timers {} jobs {} changes waiting {} traced {} draining {} settled {:?}",
+                    shard.session_count(),
+                    shard.tab_count(),
+                    shard.held_poll_count(),
+                    shard.timer_count(),
+                    shard.jobs_in_flight(),
+                    shard.roster_changes_waiting(),
+                    shard.traced_count(),
+                    shard.is_draining(),
+                    shard.settled()
+                ),
+            ];
+            for u in 1..=self.shape.users {
+                let mut line = format!("user {u}: presence {:?}", shard.presence_of(u));
+                let _ = write!(line, ", session {:?}", shard.session(u));
+                lines.push(line);
+            }
+            lines
+        };
+        let (was, is) = (seen(old), seen(read));
+        if let Some(i) = (0..was.len()).find(|&i| was[i] != is[i]) {
+            let (a, b) = (&was[i], &is[i]);
+            let at = a
+                .char_indices()
+                .zip(b.chars())
+                .find(|((_, x), y)| x != y)
+                .map_or(a.len().min(b.len()), |((i, _), _)| i);
+            let from = a[..at].char_indices().rev().nth(150).map_or(0, |(i, _)| i);
+            let window = |t: &str| {
+                t.get(from..)
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            };
+            self.fail(format!(
+                "shard {s} read back differs (what the sim sees of it):\n    was …{}\n    is  …{}",
+                window(a),
+                window(b)
+            ));
+        }
+        for (t, tab) in self.tabs.iter().enumerate() {
+            let u = tab.user;
+            if tab.state != TabState::Live || home_shard(u, old.config().shard_count) != s {
+                continue;
+            }
+            let answer = |shard: &Shard| {
+                shard.live_session(u).map(|l| {
+                    let attached = l.tab_index(tab.sid).is_some();
+                    let answer = (tab.since <= l.seq).then(|| l.answer_since(tab.since));
+                    format!("attached {attached}, answer {answer:?}")
+                })
+            };
+            let (was, is) = (answer(old), answer(read));
+            if was != is {
+                self.fail(format!(
+                    "tab {t} ({:?}, since {}) would be answered otherwise by the new process: {was:?}, now {is:?}",
+                    tab.sid, tab.since
+                ));
+            }
+        }
+    }
+
     // ---- the end --------------------------------------------------------
 
     /// Stops faults and new client actions; delivers everything, lets
@@ -1728,6 +2380,36 @@ impl World {
                     s.jobs_in_flight()
                 ));
             }
+        }
+    }
+}
+
+/// Where two JSON values first differ (a path like `$.sessions.by_user`),
+/// with the values there, cut short.
+fn first_difference(a: &Value, b: &Value, at: String) -> String {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                match y.get(k) {
+                    None => return format!("{at}.{k} (missing when read back)"),
+                    Some(vb) if va != vb => return first_difference(va, vb, format!("{at}.{k}")),
+                    Some(_) => {}
+                }
+            }
+            match y.keys().find(|k| !x.contains_key(*k)) {
+                Some(k) => format!("{at}.{k} (new when read back)"),
+                None => at,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            match x.iter().zip(y).position(|(va, vb)| va != vb) {
+                Some(i) => first_difference(&x[i], &y[i], format!("{at}[{i}]")),
+                None => at,
+            }
+        }
+        _ => {
+            let cut = |v: &Value| v.to_string().chars().take(300).collect::<String>();
+            format!("{at}: {} vs {}", cut(a), cut(b))
         }
     }
 }
