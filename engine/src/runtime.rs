@@ -462,18 +462,28 @@ impl Owed {
 /// it is paid (counted sent) after its `Resync` was queued. Effects are
 /// read before causes: resyncs paid, then messages received, then resyncs
 /// owed, then messages queued.
-pub fn mesh_quiet(all: &[RuntimeStats]) -> bool {
+///
+/// Returns the counters read when quiet (`None` otherwise), storage jobs
+/// waiting included (all zero when quiet): a hand-over's settle takes two
+/// equal quiet readings in a row (`stop::settle_shard`), so that a job
+/// started and a message sent between the reads of one reading, or a
+/// message handled by a shard that has not frozen yet, cannot pass.
+pub fn mesh_quiet(all: &[RuntimeStats]) -> Option<Vec<u64>> {
     let n = all.len();
     let paid: Vec<u64> = all.iter().map(|s| s.resyncs_sent.get()).collect();
     let received: Vec<u64> = (0..n * n)
         .map(|k| all[k / n].peers[k % n].received.get())
         .collect();
+    let jobs: u64 = all.iter().map(|s| s.storage_jobs_waiting.get()).sum();
     let owed: Vec<u64> = all.iter().map(|s| s.resyncs_owed.get()).collect();
-    owed == paid
-        && (0..n * n).all(|k| {
-            let (to, from) = (k / n, k % n);
-            to == from || all[from].peers[to].queued.get() == received[k]
-        })
+    let queued: Vec<u64> = (0..n * n)
+        .map(|k| all[k % n].peers[k / n].queued.get())
+        .collect();
+    let pairs_equal = (0..n * n).all(|k| k / n == k % n || queued[k] == received[k]);
+    if !(owed == paid && jobs == 0 && pairs_equal) {
+        return None;
+    }
+    Some([paid, received, owed, queued].concat())
 }
 
 /// The clock every shard reads: unix milliseconds, but advancing with the

@@ -452,9 +452,10 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
 /// A hand-over's last phase for a shard past its storage jobs
 /// ([`Phase::Settle`]): it stops feeding ticks to its core (its timers
 /// fall due in the process taking over, at the same wall-clock time),
-/// waits until every shard is this far and nothing is in flight between
-/// shards (`runtime::mesh_quiet`, bounded by `SETTLE_MS_MAX`), and takes
-/// its state. Returns the serialised state with its sessions and tabs.
+/// waits until every shard is this far, nothing is in flight between
+/// shards and no storage job anywhere (`runtime::mesh_quiet`, two equal
+/// readings `STOP_CHECK_MS` apart; bounded by the engine's wait for a
+/// storage job plus `SETTLE_MS_MAX`), and takes its state. Returns the serialised state with its sessions and tabs.
 pub(crate) async fn settle_shard(
     rt: &Rc<ShardRuntime>,
     stop: &StopHandle,
@@ -462,18 +463,28 @@ pub(crate) async fn settle_shard(
     let i = rt.id;
     rt.freeze();
     stop.set_phase(i, Phase::Settle);
-    let until = Instant::now() + Duration::from_millis(limits::SETTLE_MS_MAX);
+    // A frozen shard may still be handed a peer message that starts a
+    // storage job (answered within the engine's wait for one).
+    let bound = rt.storage_patience() + Duration::from_millis(limits::SETTLE_MS_MAX);
+    let until = Instant::now() + bound;
     let all = rt.stats.all();
+    let mut last: Option<Vec<u64>> = None;
     let quiet = wait_until(until, || {
-        stop.all_settling() && crate::runtime::mesh_quiet(all)
+        let now = match stop.all_settling() {
+            true => crate::runtime::mesh_quiet(all),
+            false => None,
+        };
+        let again = now.is_some() && now == last;
+        last = now;
+        again
     })
     .await;
     if !quiet {
         warn!(
             shard = i;
-            "shard-{i}: the mesh was not quiet {} ms into the hand-over's settle; taking the \
-             state anyway (what is still in flight between shards is lost)",
-            limits::SETTLE_MS_MAX
+            "shard-{i}: the shards were not quiet (a message between them or a storage job \
+             in flight) {} ms into the hand-over's settle; taking the state anyway",
+            bound.as_millis()
         );
     }
     if let Err(why) = rt.with_shard(|s| s.settled()) {

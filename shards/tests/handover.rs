@@ -407,3 +407,35 @@ fn a_draining_shard_starts_no_roster_reread_for_a_change() {
         })
     );
 }
+
+#[test]
+fn an_unsettled_shard_resumes_without_what_was_owed_to_the_old_process() {
+    let (here, there) = users();
+    let mut w = Half::new();
+    // A session still loading when the state was taken (the engine hands
+    // an unsettled shard over only past its bound, with a warning).
+    let sid = Sid {
+        user: here,
+        secret: 5,
+    };
+    w.start(Request::Connect {
+        user: here,
+        tab: None,
+        sid,
+    });
+    w.drain();
+    assert_eq!(w.shard.settled(), Err(NotSettled::JobsInFlight(1)));
+    let resumed = read(&w.json()).resumed(Config::new(0, 2)).unwrap();
+    assert_eq!(
+        resumed.jobs_in_flight(),
+        0,
+        "the load's result went to the old process"
+    );
+    assert_eq!(resumed.session_count(), 0, "the loading session is dropped");
+    // The user connects again and loads anew, answered by this process.
+    w.shard = resumed;
+    w.jobs.clear();
+    let (sid, _) = w.connect(here, &[there]);
+    assert!(w.shard.live_session(sid.user).is_some());
+    assert_eq!(w.shard.settled(), Err(NotSettled::NotDraining));
+}

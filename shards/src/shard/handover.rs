@@ -71,6 +71,22 @@ impl Shard {
         self.drain = Drain::Serving;
         self.changes.forget_waits();
         self.working_on = None;
+        self.forget_unsettled();
         Ok(self)
+    }
+
+    /// What only an unsettled shard holds (the engine takes the state
+    /// once settled, but hands it over anyway past its bound): storage
+    /// jobs whose results went to the old process, the sessions still
+    /// loading on them (their users connect again and load anew; their
+    /// tabs were not attached yet), and roster parts re-reading. Nothing
+    /// of a settled shard.
+    fn forget_unsettled(&mut self) {
+        self.jobs.forget_all();
+        self.changes.forget_parts();
+        for user in self.sessions.loading_users() {
+            self.timers.disarm_where(|key| key.user() == user);
+            self.sessions.remove(user);
+        }
     }
 }

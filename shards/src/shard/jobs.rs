@@ -135,6 +135,12 @@ impl Jobs {
         newest
     }
 
+    /// Forgets every job in flight (their results will not come: they
+    /// went to a process that handed over). Numbers are not reused.
+    pub(super) fn forget_all(&mut self) {
+        self.in_flight.clear();
+    }
+
     /// Jobs in flight.
     pub(super) fn len(&self) -> usize {
         self.in_flight.len()

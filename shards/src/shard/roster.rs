@@ -108,6 +108,12 @@ impl RosterChanges {
         self.waits.clear();
     }
 
+    /// Forgets this shard's parts of changes (their re-reads went to a
+    /// process that handed over).
+    pub(super) fn forget_parts(&mut self) {
+        self.parts.clear();
+    }
+
     /// Counts one ack; returns the finished wait after the last.
     fn acked(&mut self, change: ChangeId, ok: bool) -> Option<ChangeWait> {
         let wait = self.waits.get_mut(&change)?;
