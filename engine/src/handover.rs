@@ -75,9 +75,6 @@ pub const FORMATS_READ: (u32, u32) = (1, 1);
 /// The largest frame (a word, not the state).
 const FRAME_BYTES_MAX: u32 = 1 << 20;
 
-/// The most listening sockets one hand-over carries.
-const FDS_MAX: usize = 3 * 256;
-
 /// The exit status of the test-only fault `SWITCHBOARD_FAULT_TAKEOVER`.
 pub const FAULT_EXIT: i32 = 99;
 
@@ -195,19 +192,42 @@ pub fn read_word(s: &mut UnixStream) -> io::Result<Word> {
     serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Sends one byte carrying `fds` (`SCM_RIGHTS`).
+/// The most descriptors one `SCM_RIGHTS` message may carry (the kernel's
+/// `SCM_MAX_FD`): more are sent in several messages.
+const FDS_PER_MESSAGE: usize = 253;
+
+/// Sends one byte carrying `fds` (`SCM_RIGHTS`), in messages of at most
+/// `FDS_PER_MESSAGE` descriptors (one byte each; none: one empty byte).
 fn send_fds(s: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let byte = [b'F'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    let data_len = std::mem::size_of_val(fds) as u32;
+    if fds.is_empty() {
+        return send_with_fds(s.as_raw_fd(), b"F", &[]);
+    }
+    for chunk in fds.chunks(FDS_PER_MESSAGE) {
+        send_with_fds(s.as_raw_fd(), b"F", chunk)?;
+    }
+    Ok(())
+}
+
+/// A control-message buffer for `fds` descriptors, aligned for `cmsghdr`.
+fn cmsg_buffer(fds: usize) -> (Vec<u64>, usize) {
+    let data_len = (fds * std::mem::size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    let mut control = vec![0u8; space];
+    (vec![0u64; space.div_ceil(8)], space)
+}
+
+/// `sendmsg` of `payload` on socket `fd` with `fds` attached
+/// (`SCM_RIGHTS`; none: no control message).
+pub(crate) fn send_with_fds(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    let data_len = std::mem::size_of_val(fds) as u32;
+    let (mut control, space) = cmsg_buffer(fds.len());
     // SAFETY: msghdr is plain data; every pointer set below outlives the
-    // sendmsg call, and the control buffer is sized by CMSG_SPACE.
+    // sendmsg call, and the control buffer is sized by CMSG_SPACE and
+    // aligned for cmsghdr (u64).
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -225,29 +245,51 @@ fn send_fds(s: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
                 data_len as usize,
             );
         }
-        if libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+        let sent = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
+        if sent < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if sent as usize != payload.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "sendmsg cut short",
+            ));
         }
     }
     Ok(())
 }
 
-/// Receives the byte [`send_fds`] sent and the sockets it carries (each
-/// close-on-exec, owned here).
-fn recv_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
+/// Receives the bytes [`send_fds`] sent for `count` sockets and the
+/// sockets (each close-on-exec, owned here).
+fn recv_fds(s: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(count);
+    loop {
+        recv_some_fds(s, &mut fds)?;
+        if fds.len() >= count {
+            break;
+        }
+    }
+    if fds.len() != count {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{count} sockets announced, {} came", fds.len()),
+        ));
+    }
+    Ok(fds)
+}
+
+/// Receives one byte of [`send_fds`] and the sockets it carries.
+fn recv_some_fds(s: &UnixStream, fds: &mut Vec<OwnedFd>) -> io::Result<()> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    let data_len = (FDS_MAX * std::mem::size_of::<RawFd>()) as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    let mut control = vec![0u8; space];
-    let mut fds = Vec::new();
-    // SAFETY: as in send_fds; the kernel writes at most `space` bytes of
-    // control data, and every descriptor it passed is taken into an
-    // OwnedFd exactly once.
+    let (mut control, space) = cmsg_buffer(FDS_PER_MESSAGE);
+    // SAFETY: as in send_with_fds; the kernel writes at most `space` bytes
+    // of control data, each header's length is checked before its data is
+    // read, and every descriptor it passed is taken into an OwnedFd
+    // exactly once.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -260,9 +302,13 @@ fn recv_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
         }
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = bytes / std::mem::size_of::<RawFd>();
+            let header = libc::CMSG_LEN(0) as usize;
+            let len = (*cmsg).cmsg_len as usize;
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                && len >= header
+            {
+                let count = (len - header) / std::mem::size_of::<RawFd>();
                 let data = libc::CMSG_DATA(cmsg) as *const RawFd;
                 for k in 0..count {
                     fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
@@ -279,11 +325,11 @@ fn recv_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "the sockets were cut short (too many)",
+                "the sockets were cut short",
             ));
         }
     }
-    Ok(fds)
+    Ok(())
 }
 
 /// The uid of the process at the other end.
@@ -338,6 +384,15 @@ impl Control {
         wake: Vec<std::net::SocketAddr>,
     ) -> io::Result<Control> {
         let path = socket_path(settings);
+        // On MySQL with a configured token secret nothing else needs the
+        // data folder: made here (private) for the socket alone.
+        if !settings.data_dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&settings.data_dir)?;
+        }
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -421,7 +476,11 @@ fn control_loop(
 ) {
     let own_uid = unsafe { libc::geteuid() };
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let Ok(mut stream) = stream else {
+            // EMFILE and the like: not a spin.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
         let word_wait = Some(Duration::from_millis(limits::HANDOVER_WORD_MS_MAX));
         let _ = stream.set_read_timeout(word_wait);
         let _ = stream.set_write_timeout(word_wait);
@@ -432,6 +491,14 @@ fn control_loop(
                 continue;
             }
         };
+        if pid == 0 {
+            // In another pid namespace: it could not be told apart from a
+            // reused pid, nor killed if it failed half-way.
+            warn!("takeover socket: refused a caller in another pid namespace");
+            let why = "run the new server in this server's pid namespace".to_string();
+            let _ = write_word(&mut stream, &Word::Refused { why });
+            continue;
+        }
         if uid != own_uid {
             warn!(
                 "takeover socket: refused pid {pid} of uid {uid} (this server runs as {own_uid})"
@@ -652,10 +719,21 @@ pub fn take_over(settings: &Settings) -> Result<Option<(Taken, Inherited)>, Erro
         }
     };
     let io = |what: &str, e: io::Error| handover_err(format!("{what}: {e}"));
+    // Only a server of this user hands this process its sockets and state.
+    let own_uid = unsafe { libc::geteuid() };
+    match peer_uid(&stream) {
+        Ok((uid, _)) if uid == own_uid => {}
+        Ok((uid, pid)) => {
+            return Err(handover_err(format!(
+                "{} is held by pid {pid} of uid {uid}, not this user ({own_uid})",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(io("reading the server's credentials", e)),
+    }
     // The old process drains first: at most its stop's bound, then the
     // settle and the state.
-    let wait =
-        limits::stop_timeout_ms(settings.storage_timeout_ms) + limits::HANDOVER_STATE_MARGIN_MS;
+    let wait = limits::handover_state_wait_ms(settings.storage_timeout_ms);
     stream
         .set_read_timeout(Some(Duration::from_millis(wait)))
         .map_err(|e| io("setting a timeout", e))?;
@@ -687,11 +765,20 @@ pub fn take_over(settings: &Settings) -> Result<Option<(Taken, Inherited)>, Erro
         Ok(other) => return Err(handover_err(format!("expected the state, got {other:?}"))),
         Err(e) => return Err(io("waiting for the state", e)),
     };
-    let fds = recv_fds(&stream).map_err(|e| io("receiving the sockets", e))?;
-    let mut body = vec![0u8; bytes as usize];
-    stream
-        .read_exact(&mut body)
+    let fds = recv_fds(&stream, ports.len()).map_err(|e| io("receiving the sockets", e))?;
+    let mut body = Vec::new();
+    body.try_reserve_exact(bytes as usize)
+        .map_err(|e| handover_err(format!("no memory for a state of {bytes} bytes: {e}")))?;
+    (&mut stream)
+        .take(bytes)
+        .read_to_end(&mut body)
         .map_err(|e| io("reading the state", e))?;
+    if body.len() as u64 != bytes {
+        return Err(handover_err(format!(
+            "the state ended after {} of {bytes} bytes",
+            body.len()
+        )));
+    }
     if fault_exit_after_state() {
         warn!("takeover: test fault SWITCHBOARD_FAULT_TAKEOVER=exit-after-state: exiting");
         crate::logger::flush();

@@ -100,9 +100,25 @@ pub const HANDOVER_WORD_MS_MAX: u64 = 10_000;
 pub const HANDOVER_READY_MS_MAX: u64 = 30_000;
 
 /// How much longer than its own stop bound ([`stop_timeout_ms`]) a new
-/// process waits for the old one's state: the settle and the state's
-/// serialisation.
-pub const HANDOVER_STATE_MARGIN_MS: u64 = SETTLE_MS_MAX + 5_000;
+/// process waits for the old one's state: the accept loops' nudges, the
+/// settle (bounded by the engine's wait for a storage job plus
+/// [`SETTLE_MS_MAX`]) and the state's serialisation.
+pub const fn handover_state_wait_ms(storage_timeout_ms: u64) -> u64 {
+    stop_timeout_ms(storage_timeout_ms)
+        + 2 * HANDOVER_NUDGE_MS_MAX
+        + storage_patience_ms(storage_timeout_ms)
+        + SETTLE_MS_MAX
+        + 5_000
+}
+
+/// How long `switchboard takeover` waits for the new server to serve:
+/// the state's wait, then the new process starting (`HANDOVER_READY_MS_MAX`
+/// at most), plus a margin. 60.67 s with the default 5 s storage
+/// timeout; systemd's `TimeoutStartSec` must be above it (the unit in
+/// docs/operations.md sets 150 s).
+pub const fn takeover_command_ms(storage_timeout_ms: u64) -> u64 {
+    handover_state_wait_ms(storage_timeout_ms) + HANDOVER_READY_MS_MAX + 5_000
+}
 
 /// How much longer than the engine's wait for a storage job a stopping
 /// shard waits for a connection with a call in flight: the answer's hop

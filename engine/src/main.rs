@@ -152,32 +152,33 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
 
 /// `switchboard takeover`: runs `serve --takeover` with the same
 /// settings as a detached process (its own session, stdout to /dev/null,
-/// stderr inherited), and waits until it serves in the old server's place:
-/// it holds the data folder's lock and the old server (the lock's holder
-/// before) is gone. Exits 2 if it exits first (the old server serves on)
-/// or after the stop bound plus a minute.
+/// stderr inherited), and waits until it serves in the old server's place.
+/// It knows by a pipe: the new server writes to it once it serves (after
+/// the old one's `go`, and after telling systemd). Under systemd it then
+/// tells systemd the new process is the unit's main one and waits until
+/// systemd has read that (`notify::main_pid`), so the unit is never left
+/// without a main process when this command exits. Exits 2 if the new
+/// server exits or closes the pipe first (the old one serves on), or
+/// after the stop bound plus a minute (the new one is killed then: the
+/// old one, if it had handed over its state, serves again).
 fn takeover(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
     let settings = match Settings::parse(&args, env) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     logger::init(settings.log.clone());
-    let lock = settings.data_dir.join(switchboard_engine::claim::LOCK_FILE);
-    let holder = || -> Option<u32> { std::fs::read_to_string(&lock).ok()?.trim().parse().ok() };
-    let old = holder();
-    // The control socket's file before: the new server binds its own once
-    // it serves.
-    let socket = switchboard_engine::handover::socket_path(&settings);
-    // Which file: an inode number may be reused at once, its change time
-    // (to the nanosecond) tells a new file from the old one.
-    let inode = |p: &std::path::Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
-    };
-    let socket_before = inode(&socket);
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return fail(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let write_fd = ends[1];
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return fail(format!("cannot find this binary: {e}")),
@@ -186,13 +187,21 @@ fn takeover(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
     cmd.arg("serve")
         .arg("--takeover")
         .args(&args)
+        .env(
+            switchboard_engine::notify::READY_FD_VAR,
+            write_fd.to_string(),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // SAFETY: setsid is async-signal-safe; nothing else runs in the child
-    // before exec.
+    // SAFETY: setsid and fcntl are async-signal-safe; nothing else runs
+    // in the child before exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            // The pipe's write end stays open across exec, for the server.
+            if libc::fcntl(write_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -200,38 +209,47 @@ fn takeover(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start the new server: {e}")),
     };
-    let alive = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            !s.lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-        })
-    };
-    let bound = switchboard_engine::limits::stop_timeout_ms(settings.storage_timeout_ms) + 60_000;
-    let until = std::time::Instant::now() + Duration::from_millis(bound);
-    while std::time::Instant::now() < until {
-        if let Ok(Some(status)) = child.try_wait() {
-            return fail(format!(
-                "the new server (pid {}) exited ({status}) before it took over; the old one \
+    drop(write_end);
+    let pid = child.id();
+    let bound = switchboard_engine::limits::takeover_command_ms(settings.storage_timeout_ms);
+    // The read ends at the server's word, or at EOF when it exits or
+    // closes the pipe without one; a reader thread so the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut word = String::new();
+        let _ = std::fs::File::from(read_end).read_to_string(&mut word);
+        let _ = tx.send(word);
+    });
+    let word = rx.recv_timeout(Duration::from_millis(bound));
+    match word {
+        Ok(word) if word.trim() == "serving" => {
+            switchboard_engine::notify::main_pid(pid);
+            println!("switchboard: pid {pid} serves (it took over, or no server ran)");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            let status = (0..250).find_map(|_| match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                _ => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    None
+                }
+            });
+            fail(format!(
+                "the new server (pid {pid}) ended ({}) before it served; the old one, if any, \
                  serves on",
-                child.id()
-            ));
+                status.unwrap_or_else(|| "still running, pipe closed".into())
+            ))
         }
-        let serving = holder() == Some(child.id())
-            && old.is_none_or(|old| !alive(old))
-            && inode(&socket).is_some_and(|i| Some(i) != socket_before);
-        if serving {
-            match old {
-                Some(old) => println!("switchboard: pid {} took over from pid {old}", child.id()),
-                None => println!("switchboard: pid {} serves (no server ran)", child.id()),
-            }
-            return ExitCode::SUCCESS;
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            fail(format!(
+                "the new server (pid {pid}) did not serve within {bound} ms: killed; the old \
+                 one, if any, serves on"
+            ))
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    fail(format!(
-        "the new server (pid {}) had not taken over after {bound} ms",
-        child.id()
-    ))
 }
 
 fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {

@@ -316,7 +316,15 @@ pub fn run(settings: Settings) -> Result<(), Error> {
         if let Some(tls) = server.tls() {
             tls_slot.set(tls);
         }
-        if let Some(t) = taken.take() {
+        if let Some(mut t) = taken.take() {
+            // A stop asked of this process before it said ready: the old
+            // one serves on (saying ready now would end both).
+            if stop_slot.signalled() {
+                t.fail("the new process was asked to stop");
+                let _ = server.stop();
+                info!("a stop signal came before the hand-over was done: the old server serves on");
+                return Ok(());
+            }
             if let Err(e) = t.ready() {
                 let _ = server.stop();
                 return Err(e);
@@ -808,6 +816,15 @@ async fn shard_main(shared: Arc<Shared>, ends: MeshEnds<MeshMsg>, reporter: Repo
     });
     let conns = ConnStop::new(stop.clone());
     serve(&shared, &rt, listeners, &conns).await;
+    // A stop closes the listening sockets before it drains, so a client
+    // is refused at once rather than left in a backlog nobody accepts.
+    let kept = match stop.is_handover() {
+        true => kept,
+        false => {
+            drop(kept);
+            Vec::new()
+        }
+    };
     stop::stop_shard(&rt, &conns, &stop).await;
     if stop.is_handover() {
         let state = stop::settle_shard(&rt, &stop).await;

@@ -8,18 +8,10 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{temp_dir, Server};
-
-/// The next `sd_notify` datagram, as text.
-fn notified(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 512];
-    let n = socket
-        .recv(&mut buf)
-        .expect("an sd_notify datagram within 30 s");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
 
 /// The data folder lock's holder (its pid), as the file says.
 fn lock_holder(server: &Server) -> u32 {
@@ -51,19 +43,54 @@ impl Drop for Detached {
     }
 }
 
-#[test]
-fn takeover_command_hands_over_and_tells_systemd() {
+/// A stand-in for systemd's notify socket: every datagram, in order
+/// (a descriptor sent with one, the barrier's pipe, is closed on receipt,
+/// as systemd does once it has handled what came before).
+struct Notified(Arc<Mutex<Vec<String>>>);
+
+impl Notified {
+    fn listen(path: &std::path::Path) -> Notified {
+        let socket = UnixDatagram::bind(path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = socket.recv(&mut buf) {
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        Notified(seen)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 30 s) until `n` datagrams came.
+    fn until(&self, n: usize) -> Vec<String> {
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.seen().len() < n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.seen()
+    }
+}
+
+both_stores!(takeover_command_hands_over_and_tells_systemd);
+
+/// On MySQL with a configured token secret the data folder holds no lock
+/// (only the takeover socket): the command must not need one.
+fn takeover_command_hands_over_and_tells_systemd(backend: &common::Backend) {
     let dir = temp_dir("deploy-notify");
     let notify_path = dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let notify = Notified::listen(&notify_path);
     let data = dir.join("data");
     let notify_env = notify_path.display().to_string();
-    let mut old = Server::start(&data, &[("NOTIFY_SOCKET", &notify_env)]);
-    let first = notified(&notify);
-    assert_eq!(first, format!("READY=1\nMAINPID={}\n", old.pid()));
+    let mut old = backend.start(&data, &[("NOTIFY_SOCKET", &notify_env)]);
+    let first = notify.until(1);
+    assert_eq!(first, [format!("READY=1\nMAINPID={}\n", old.pid())]);
 
     let mut tab = old.connect(1, "deploy");
     let sid = tab.sid.clone();
@@ -73,6 +100,7 @@ fn takeover_command_hands_over_and_tells_systemd() {
     // file here, since the new server keeps it open after the command
     // returned.
     let log_path = dir.join("takeover.log");
+    let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("takeover")
         .env_clear()
@@ -80,22 +108,41 @@ fn takeover_command_hands_over_and_tells_systemd() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .output()
         .expect("run switchboard takeover");
+    let took = started.elapsed();
+    // What systemd had read when the reload command ended: the new main
+    // pid, acknowledged by the barrier the command waited for.
+    let seen = notify.seen();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
         out.status.success(),
-        "takeover: {}\n{stdout}\n{}",
-        out.status,
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        "takeover: {}\n{stdout}\n{log}",
+        out.status
     );
-    let new_pid = lock_holder(&old);
+    let new_pid: u32 = stdout
+        .strip_prefix("switchboard: pid ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
     let _new = Detached(new_pid);
     assert_ne!(new_pid, old.pid());
-    assert!(
-        stdout.contains(&format!("pid {new_pid} took over from pid {}", old.pid())),
-        "{stdout}"
+    if backend.mysql().is_none() {
+        assert_eq!(lock_holder(&old), new_pid);
+    }
+    assert_eq!(
+        seen,
+        [
+            format!("READY=1\nMAINPID={}\n", old.pid()),
+            format!("READY=1\nMAINPID={new_pid}\n"),
+            format!("MAINPID={new_pid}\n"),
+            "BARRIER=1\n".to_string(),
+        ],
+        "the datagrams systemd got, in order, before the reload ended"
     );
-    // The new process is the unit's main process now.
-    assert_eq!(notified(&notify), format!("READY=1\nMAINPID={new_pid}\n"));
+    assert!(
+        took < Duration::from_secs(5),
+        "the barrier was answered at once, yet takeover took {took:?}: {log}"
+    );
     let status = old.wait_exit(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -106,6 +153,30 @@ fn takeover_command_hands_over_and_tells_systemd() {
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(tab.sid, sid);
     assert!(running(new_pid));
+}
+
+#[test]
+fn takeover_command_reports_a_new_server_that_fails() {
+    let dir = temp_dir("deploy-fails");
+    let old = Server::start(&dir, &[]);
+    let mut tab = old.connect(1, "stays");
+    let mut env = old.env.clone();
+    env.retain(|(k, _)| k != "SWITCHBOARD_SHARDS");
+    env.push(("SWITCHBOARD_SHARDS".into(), "1".into()));
+    let log_path = dir.join("takeover-fails.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("takeover")
+        .env_clear()
+        .envs(env)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .output()
+        .expect("run switchboard takeover");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("before it served"), "{log}");
+    assert!(log.contains("refused: it runs 1 shards"), "{log}");
+    assert_eq!(lock_holder(&old), old.pid());
+    assert!(tab.poll(&old, 0).is_empty());
 }
 
 #[test]
