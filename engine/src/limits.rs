@@ -113,8 +113,9 @@ pub const fn handover_state_wait_ms(storage_timeout_ms: u64) -> u64 {
 
 /// How long `switchboard takeover` waits for the new server to serve:
 /// the state's wait, then the new process starting (`HANDOVER_READY_MS_MAX`
-/// at most), plus a margin. 60.67 s with the default 5 s storage
-/// timeout; systemd's `TimeoutStartSec` must be above it (the unit in
+/// at most), plus a margin: the stop bound + the storage timeout + 45 s,
+/// 64.57 s with the default 5 s storage timeout, 139.57 s at the largest
+/// (30 s). systemd's `TimeoutStartSec` must be above it (the unit in
 /// docs/operations.md sets 150 s).
 pub const fn takeover_command_ms(storage_timeout_ms: u64) -> u64 {
     handover_state_wait_ms(storage_timeout_ms) + HANDOVER_READY_MS_MAX + 5_000
@@ -390,3 +391,6 @@ const _: () =
     assert!(TRACE_READ_BYTES_MAX >= (TRACE_LINES_SHOWN_MAX * LOG_LINE_BYTES_MAX / 4) as u64);
 const _: () = assert!(TRACE_ACK_TIMEOUT_MS > TICK_MS);
 const _: () = assert!(TRACE_FILES_KEPT_MAX < TRACE_DIR_ENTRIES_SCANNED_MAX);
+
+const _: () = assert!(takeover_command_ms(5_000) == 64_570);
+const _: () = assert!(takeover_command_ms(STORAGE_TIMEOUT_MS_MAX) < 150_000);
