@@ -286,17 +286,39 @@ fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // The server's secret, never a new one: a token under a secret the
+    // server does not hold would be refused (`unauthorized`).
     let secret = match &settings.token_secret {
         Some(s) => s.as_bytes().to_vec(),
-        None => match switchboard_storage::token::load_or_create_secret(&settings.data_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                return fail(format!(
-                    "cannot read the token secret in {}: {e}",
-                    settings.data_dir.display()
-                ))
+        None => {
+            let dir = std::path::absolute(&settings.data_dir)
+                .unwrap_or_else(|_| settings.data_dir.clone());
+            let path = dir.join(switchboard_storage::token::SECRET_FILE_NAME);
+            match switchboard_storage::token::load_secret(&dir) {
+                Ok(s) => {
+                    say(&format!(
+                        "switchboard token: signed with the secret in {}\n",
+                        path.display()
+                    ));
+                    s
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return fail(format!(
+                        "no token secret at {}: the server makes it when it first starts on \
+                         that data folder. Run this command with the server's \
+                         SWITCHBOARD_DATA_DIR (or --data-dir), or give the secret \
+                         (SWITCHBOARD_TOKEN_SECRET, --token-secret)",
+                        path.display()
+                    ))
+                }
+                Err(e) => {
+                    return fail(format!(
+                        "cannot read the token secret {}: {e}",
+                        path.display()
+                    ))
+                }
             }
-        },
+        }
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -232,3 +232,49 @@ fn tune_prints_a_layout_and_exits_1_on_warnings_only_when_strict() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(stderr(&out).contains("SWITCHBOARD_SHARDS"));
 }
+
+#[test]
+fn token_signs_with_the_servers_secret_or_says_where_it_found_none() {
+    // A folder with no server: no secret is made, and the error names the
+    // absolute path it looked at.
+    let empty = temp_dir("token-none");
+    let elsewhere = empty.join("data");
+    let dir = elsewhere.display().to_string();
+    let out = run(&["token", "1"], &[("SWITCHBOARD_DATA_DIR", &dir)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("no token secret at {dir}/token_secret")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+    assert!(
+        !elsewhere.join("token_secret").exists(),
+        "a secret was made"
+    );
+
+    // A server on its own secret (none configured): the command, given the
+    // same data folder, signs a token that server accepts.
+    let data = temp_dir("token-server");
+    let server = Server::start_env(
+        &data,
+        vec![
+            ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWITCHBOARD_SHARDS".into(), "1".into()),
+            ("SWITCHBOARD_DATA_DIR".into(), data.display().to_string()),
+        ],
+    );
+    let dir = data.display().to_string();
+    let out = run(&["token", "2"], &[("SWITCHBOARD_DATA_DIR", &dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("signed with the secret in {dir}/token_secret")),
+        "{}",
+        stderr(&out)
+    );
+    let token = stdout(&out).trim().to_string();
+    let v = server.get("/connect", &[("token", &token)]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["user"]["id"], 2, "{v}");
+}

@@ -86,6 +86,13 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<UserId, Token
     Ok(user)
 }
 
+/// Returns the secret kept in `data_dir/token_secret`, never creating it
+/// (`NotFound` when absent): for the `switchboard token` command, which
+/// must sign with the secret the server uses or say it found none.
+pub fn load_secret(data_dir: &Path) -> io::Result<Vec<u8>> {
+    read_secret(&data_dir.join(SECRET_FILE_NAME))
+}
+
 /// Returns the secret kept in `data_dir/token_secret`, creating it first
 /// when absent: [`limits::TOKEN_SECRET_BYTES`] random bytes, written as
 /// lowercase hex plus a newline, mode 0600. The key is the file's text
