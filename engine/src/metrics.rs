@@ -803,7 +803,7 @@ struct EdgeCounterSpec {
 }
 
 /// The runtime counters on `/metrics`, in the order shown.
-const COUNTERS: [CounterSpec; 35] = [
+const COUNTERS: [CounterSpec; 36] = [
     CounterSpec {
         name: "switchboard_panics_total",
         help: "Panics caught while a shard handled an input (each cost its user's session).",
@@ -963,6 +963,11 @@ const COUNTERS: [CounterSpec; 35] = [
         name: "switchboard_in_doubt_orphaned_total",
         help: "Cids in doubt kept by the shard because their sender had no live session.",
         value: |s| s.core.in_doubt_orphaned.get(),
+    },
+    CounterSpec {
+        name: "switchboard_polls_abandoned_total",
+        help: "Held polls whose client hung up before the answer, ended on their home shard at once.",
+        value: |s| s.polls_abandoned.get(),
     },
     CounterSpec {
         name: "switchboard_resyncs_sent_total",

@@ -214,6 +214,9 @@ pub struct RuntimeStats {
     /// Panics caught while handling an input (each cost that input's
     /// answer and its user's session).
     pub panics: Counter,
+    /// Held polls whose client hung up before the answer: ended on their
+    /// home shard at once (`Abandoned`).
+    pub polls_abandoned: Counter,
     /// Storage jobs that timed out.
     pub storage_timeouts: Counter,
     /// Storage jobs submitted whose result (or timeout) is not yet fed
@@ -280,6 +283,7 @@ impl RuntimeStats {
             call_timeouts: Counter::default(),
             panics: Counter::default(),
             storage_timeouts: Counter::default(),
+            polls_abandoned: Counter::default(),
             storage_jobs_waiting: Counter::default(),
             refused_connections: Counter::default(),
             conns_moved_out: Counter::default(),
@@ -1183,6 +1187,21 @@ impl ShardRuntime {
         self.next_req.set(req);
         let (tx, rx) = oneshot::channel();
         let _waiting = Waiting::register(self, req, tx);
+        // A held poll whose caller goes first (io saw its client hang up)
+        // is ended on its home shard at once, not when its wait runs out.
+        let mut abandoned = match &request {
+            Request::Poll {
+                sid,
+                since,
+                wait_ms,
+            } if *wait_ms > 0 => Some(Abandoned {
+                rt: self.clone(),
+                shard,
+                sid: *sid,
+                since: *since,
+            }),
+            _ => None,
+        };
         let reply = ReplyTo {
             shard: self.id,
             req,
@@ -1215,8 +1234,11 @@ impl ShardRuntime {
             }
         }
         // `reached`: the home shard answered (and so checked the sid).
-        let (response, reached) = match deadline::within(glommio::timer::sleep(patience), rx).await
-        {
+        let answered = deadline::within(glommio::timer::sleep(patience), rx).await;
+        if let Some(a) = abandoned.take() {
+            a.disarm();
+        }
+        let (response, reached) = match answered {
             Ok(Ok(response)) => (response, true),
             Ok(Err(oneshot::Canceled)) => (
                 Response::fail(ErrorCode::Unavailable, "request dropped: try again"),
@@ -1394,6 +1416,74 @@ struct Late {
 /// One call's `waiting` entry, removed when this drops: answered, timed
 /// out, shed, or the caller gone. (Its count in flight to a peer is not:
 /// see [`InFlight`].)
+/// A held poll's call in flight: dropped armed (its caller went: the
+/// client hung up, `hangup.rs`), it sends the home shard the same poll
+/// with no wait, which answers the held one there (a newer poll ends the
+/// older), so the tab's poll is free and its tab timeout runs from now.
+/// The answers of both go to request numbers nobody waits on, and are
+/// dropped.
+struct Abandoned {
+    rt: Rc<ShardRuntime>,
+    shard: ShardId,
+    sid: switchboard_shards::model::Sid,
+    since: u64,
+}
+
+impl Abandoned {
+    /// The call was answered or ran out: nothing to end.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let rt = self.rt.clone();
+        let (shard, sid, since) = (self.shard, self.sid, self.since);
+        // Not from inside a drop: the shard may be borrowed up the stack.
+        glommio::spawn_local(async move { rt.end_abandoned_poll(shard, sid, since) }).detach();
+    }
+}
+
+impl ShardRuntime {
+    /// Sends `Poll { sid, since, wait 0 }` to `shard` for a held poll
+    /// whose caller went ([`Abandoned`]); its answer is dropped.
+    fn end_abandoned_poll(
+        self: &Rc<Self>,
+        shard: ShardId,
+        sid: switchboard_shards::model::Sid,
+        since: u64,
+    ) {
+        self.stats.polls_abandoned.add(1);
+        let req = self.next_req.get() + 1;
+        self.next_req.set(req);
+        let reply = ReplyTo {
+            shard: self.id,
+            req,
+        };
+        let request = Request::Poll {
+            sid,
+            since,
+            wait_ms: 0,
+        };
+        if shard == self.id {
+            self.feed(Input::Request { reply, request });
+            return;
+        }
+        if self.in_flight(shard) >= self.bounds.requests_in_flight_max {
+            // Its wait ends it anyway.
+            return;
+        }
+        if self
+            .enqueue(shard, MeshMsg::Request { reply, request })
+            .is_ok()
+        {
+            let deadline_ms = self.clock.now_ms() + limits::CALL_MARGIN_MS;
+            self.in_flight.borrow_mut().start(req, shard, deadline_ms);
+        }
+    }
+}
+
 struct Waiting<'a> {
     rt: &'a ShardRuntime,
     req: u64,

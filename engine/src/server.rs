@@ -75,6 +75,7 @@ use crate::demo::Demo;
 use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
 use crate::handover;
+use crate::hangup::Watched;
 use crate::limits;
 use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
@@ -1532,7 +1533,7 @@ async fn serve_conn(
     let config = handler.io_config();
     let outcome = match tls {
         None => {
-            let (mut stream, mut resume) = (stream, resume);
+            let (mut stream, mut resume) = (Watched(stream), resume);
             loop {
                 let served = serve_movable(stream, kind, &*handler, config, resume).await;
                 match served {
@@ -1596,11 +1597,11 @@ async fn serve_conn(
 /// `None`: moved.
 fn hand_over(
     handler: &ConnHandler,
-    moved: Moved<TcpStream>,
+    moved: Moved<Watched>,
     peer: SocketAddr,
-) -> Option<(TcpStream, Resume)> {
+) -> Option<(Watched, Resume)> {
     let Moved {
-        stream,
+        stream: Watched(stream),
         to,
         mut resume,
         ..
@@ -1608,13 +1609,13 @@ fn hand_over(
     let rt = handler.rt();
     if !handler.may_move_to(to) {
         // Not counted against the connection's moves: it may move later.
-        return Some((stream, resume));
+        return Some((Watched(stream), resume));
     }
     // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
     // (or -1) comes back, owned below.
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        return Some((stream, resume));
+        return Some((Watched(stream), resume));
     }
     // SAFETY: `dup` is a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };

@@ -223,3 +223,64 @@ fn slow_clients_are_cut_off_and_oversized_bodies_close_gracefully() {
     assert_eq!(a.status, 413, "{}", a.body);
     assert!(a.closed, "expected EOF after 413");
 }
+
+/// A client that hangs up during a held poll frees the tab's poll at once
+/// (its home shard answers it, counted as abandoned), on either shard:
+/// not when the poll's wait runs out.
+#[test]
+fn a_client_hanging_up_during_a_held_poll_frees_the_poll_at_once() {
+    let dir = temp_dir("poll-hangup");
+    let server = Server::start(&dir, &[]);
+    // Users 1..=4: homed on both shards, so the poll's home is the conn
+    // shard for some and a peer for others.
+    let mut tabs: Vec<Tab> = (1..=4).map(|u| server.connect(u, "t")).collect();
+    // Past every event so far (friends coming online), so the polls hold.
+    for tab in &mut tabs {
+        tab.poll(&server, 0);
+    }
+    // The gauge's samples, summed over the shards.
+    let held = || -> u64 {
+        let r = request(
+            server.admin,
+            &format!(
+                "GET /metrics HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
+                server.admin,
+                server.admin_auth()
+            ),
+        );
+        r.body
+            .lines()
+            .filter(|l| {
+                l.starts_with("switchboard_held_polls{") || l.starts_with("switchboard_held_polls ")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let mut socks = Vec::new();
+    for tab in &tabs {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        let since = tab.seq.to_string();
+        let raw = KeepAlive::request(
+            "/poll",
+            &[("sid", &tab.sid), ("since", &since), ("wait", "25")],
+        );
+        s.write_all(raw.as_bytes()).unwrap();
+        socks.push(s);
+    }
+    eventually(Duration::from_secs(5), "4 polls held", || held() == 4);
+    let started = Instant::now();
+    drop(socks);
+    eventually(Duration::from_secs(5), "every held poll freed", || {
+        held() == 0
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "freed only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.metric("switchboard_polls_abandoned_total"), 4);
+    // The tabs are still attached: each polls again and is answered.
+    for mut tab in tabs {
+        assert!(tab.poll(&server, 0).iter().all(|e| e["type"] != "reset"));
+    }
+}

@@ -74,6 +74,10 @@ pub enum CloseReason {
     Stopped,
     /// The client closed with a request partly sent (nothing to answer).
     PeerClosedMidRequest,
+    /// The client closed (or reset) the connection while its call was in
+    /// flight, a held poll say: the call is dropped unanswered
+    /// ([`Hangup`]), and the engine frees what it held.
+    PeerClosedDuringCall,
     /// The connection sent nothing within the first-byte timeout of being
     /// accepted (quiet close).
     FirstByteTimeout,
@@ -125,7 +129,7 @@ pub struct ConnOutcome {
 /// after it.
 pub async fn serve<S, H>(stream: S, listener: Listener, handler: &H, config: &Config) -> ConnOutcome
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Hangup + Unpin,
     H: Handler,
 {
     match serve_movable(stream, listener, handler, config, Resume::default()).await {
@@ -198,7 +202,7 @@ pub async fn serve_movable<S, H>(
     resume: Resume,
 ) -> Served<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Hangup + Unpin,
     H: Handler,
 {
     let mut conn = Conn {
@@ -310,7 +314,7 @@ fn ms(n: u64) -> Duration {
 
 impl<S> Conn<'_, S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Hangup + Unpin,
 {
     /// The request loop; returns how the connection ends.
     async fn run<H: Handler>(
@@ -536,7 +540,24 @@ where
                     // Boxed: the handler's future (a kilobyte or more in
                     // the engine) lives only while a call is in flight,
                     // not in every idle connection's task.
-                    let reply = Box::pin(handler.call(call)).await;
+                    // A poll that may be held is watched for a hang-up
+                    // while nothing of a next request was read: a client
+                    // that closes during it is noticed now, not when the
+                    // poll ends. Other calls are short: not watched (a
+                    // watch costs a peek and its cancel).
+                    let held = matches!(
+                        &call,
+                        Call::Shard(switchboard_shards::model::Request::Poll { wait_ms, .. })
+                            if *wait_ms > 0
+                    );
+                    let call = Box::pin(handler.call(call));
+                    let reply = match held && self.buf.bytes().is_empty() {
+                        true => watched(call, self.stream.hung_up()).await,
+                        false => Some(call.await),
+                    };
+                    let Some(reply) = reply else {
+                        return Ending::Closed(CloseReason::PeerClosedDuringCall);
+                    };
                     // A stop during the call (a long-poll it ended): this
                     // answer is the connection's last.
                     persist.keep_alive &= !handler.stopping();
@@ -686,6 +707,38 @@ where
         }
         reason
     }
+}
+
+/// A stream that can tell, without consuming input, that its peer hung up:
+/// watched while a call is in flight ([`watched`]), so a client that
+/// closes during a held poll frees the poll at once. The default never
+/// tells (TLS streams, test streams): such a hang-up is noticed when the
+/// answer is written.
+pub trait Hangup {
+    /// Resolves `true` once the peer closed or reset the connection with
+    /// nothing more sent; `false` once input waits (watching stops: the
+    /// next request is read after the answer). Never consumes input, so
+    /// dropping it loses nothing.
+    fn hung_up(&self) -> impl Future<Output = bool> {
+        std::future::pending::<bool>()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Hangup for crate::tls::TlsStream<S> {}
+
+/// `call`'s answer, or `None` when `hung_up` says the peer hung up first
+/// (`call` is dropped).
+async fn watched<R>(
+    call: impl Future<Output = R>,
+    hung_up: impl Future<Output = bool>,
+) -> Option<R> {
+    let hangup = async {
+        match hung_up.await {
+            true => None,
+            false => std::future::pending().await,
+        }
+    };
+    futures_lite::future::or(async { Some(call.await) }, hangup).await
 }
 
 /// Reads at most `max` bytes (and at most [`READ_CHUNK_BYTES`]) from
