@@ -1562,7 +1562,7 @@ impl InFlight {
 
 /// Whether the home shard accepted the request's sid, judging by its
 /// answer: every check after the sid's answers something other than
-/// `unknown_session` (docs/protocol.md §1 orders the checks).
+/// `unknown_session` (docs/protocol.md, "Check order").
 fn sid_accepted(response: &Response) -> bool {
     !matches!(response, Response::Failed(f) if f.code == ErrorCode::UnknownSession)
 }

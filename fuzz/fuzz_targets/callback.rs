@@ -5,10 +5,10 @@
 //! endpoint and whether the name is sent percent-encoded).
 //!
 //! Properties, beyond "no panic":
-//! - `is_callback` accepts exactly the documented rule (PROTOCOL.md §1,
-//!   `call.rs`): at most 64 bytes of
-//!   `^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$`, checked by
-//!   a separate matcher written here;
+//! - `is_callback` accepts exactly the documented rule (docs/protocol.md,
+//!   "JSON and JSONP", `call.rs`): at most 64 bytes of
+//!   `^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$`, checked by a
+//!   separate matcher written here;
 //! - `decide` answers a client call in JSONP mode with exactly the decoded
 //!   name when it is valid, and rejects it with a plain 400 otherwise;
 //! - an accepted name is echoed into the body as `/**/NAME(...);` with a

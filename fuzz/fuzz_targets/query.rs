@@ -1,6 +1,6 @@
 //! Form decoding (query strings and POST bodies): `Params::add_form` and
 //! `query::decode`, checked against a reference decoder written here from
-//! the rules in `query.rs` and PROTOCOL.md §1.
+//! the rules in `query.rs` and docs/protocol.md, "Parameters".
 //!
 //! Input: `[mode, bytes...]`. The bytes are cut at the first `0xff` into a
 //! query and a body (as a form POST gives both).

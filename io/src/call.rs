@@ -1,6 +1,7 @@
 //! Decoding a request into a [`Call`]: routing by listener, path and method,
 //! admin bearer auth, the JSONP `callback`, and the typed parameters of each
-//! endpoint (PROTOCOL.md §1, §3, §5).
+//! endpoint (docs/protocol.md: "Transport and envelope", the client calls,
+//! "Admin listener").
 //!
 //! The protocol fixes the order of checks, the first failure answering:
 //! HTTP-level (404, 405), the callback name, the sid or token, sizes, then

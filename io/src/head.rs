@@ -14,10 +14,10 @@ use switchboard_shards::model::ErrorCode;
 use crate::call::Credentials;
 use crate::limits::{Limits, HEADERS_COUNT_MAX};
 
-/// An HTTP-level failure (PROTOCOL.md §1): answered with its own status and
-/// a plain JSON error body, never JSONP-wrapped. Those found while reading a
-/// request (head, body, deadlines) also close the connection gracefully;
-/// 404 and 405, found by routing, keep it open.
+/// An HTTP-level failure (docs/protocol.md, "HTTP-level failures"): answered
+/// with its own status and a plain JSON error body, never JSONP-wrapped. Those
+/// found while reading a request (head, body, deadlines) also close the
+/// connection gracefully; 404 and 405, found by routing, keep it open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpError {
     /// The HTTP status: 400, 404, 405, 408, 413, 414 or 431.
@@ -103,8 +103,9 @@ impl HttpError {
     }
 }
 
-/// The request method. Only `GET` and `POST` are served; the others are
-/// kept so that routing can answer 404 before 405 (PROTOCOL.md §1 order).
+/// The request method. Only `GET` and `POST` are served; the others are kept
+/// so that routing can answer 404 before 405 (docs/protocol.md, "Check
+/// order").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Get,

@@ -1,10 +1,10 @@
-//! `switchboard-io` owns everything HTTP: parsing request heads and bodies
-//! (on `httparse`), decoding query strings and forms into typed calls,
-//! encoding answers as JSON or JSONP (PROTOCOL.md §1), and the per-connection
-//! loop (keep-alive, pipelining in order, limits, slow-client deadlines,
-//! lingering close). It knows nothing of shards or executors: the engine
-//! hands it a byte stream and a [`Handler`] that turns a [`Call`] into a
-//! [`Reply`] (typed values: the handler never picks a status or writes
+//! `switchboard-io` owns everything HTTP: parsing request heads and bodies (on
+//! `httparse`), decoding query strings and forms into typed calls, encoding
+//! answers as JSON or JSONP (docs/protocol.md, "JSON and JSONP"), and the
+//! per-connection loop (keep-alive, pipelining in order, limits, slow-client
+//! deadlines, lingering close). It knows nothing of shards or executors: the
+//! engine hands it a byte stream and a [`Handler`] that turns a [`Call`] into
+//! a [`Reply`] (typed values: the handler never picks a status or writes
 //! JSON). It is the only crate that knows serde_json and rustls.
 //!
 //! Codemap, in the order a request goes through it: [`limits`] (every

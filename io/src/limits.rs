@@ -1,10 +1,11 @@
 //! Limits of the HTTP layer: every buffer, header count, parameter size and
 //! deadline `io` enforces, by name, unit last. Each says what happens when it
-//! is hit. The protocol fixes the HTTP-level sizes (PROTOCOL.md §1) and the
-//! parameter sizes (§3); the deadlines are ours. The runtime-tunable ones are
-//! bundled in [`Limits`], whose `Default` is the values below; the rest are
-//! protocol constants. Relations between limits are checked by `const`
-//! asserts at the bottom, so a bad edit fails the build.
+//! is hit. The protocol fixes the HTTP-level sizes (docs/protocol.md, "Limits
+//! and deadlines") and the parameter sizes (its client calls); the deadlines
+//! are ours. The runtime-tunable ones are bundled in [`Limits`], whose
+//! `Default` is the values below; the rest are protocol constants. Relations
+//! between limits are checked by `const` asserts at the bottom, so a bad edit
+//! fails the build.
 
 /// A request line (method, target, version, without its CRLF) of up to this
 /// many bytes is accepted. One byte more gets `414` and a graceful close,

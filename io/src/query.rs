@@ -4,10 +4,10 @@
 //! are errors) and the decoded bytes must be UTF-8.
 //!
 //! Only the names the caller knows are kept (unknown parameters are ignored,
-//! PROTOCOL.md §1), so memory and the duplicate check stay small whatever
-//! the input. Failures are kept per parameter rather than failing the whole
-//! string, because the protocol answers them in a fixed order: a broken
-//! `text` must not hide a valid `callback` or `sid`.
+//! docs/protocol.md, "Parameters"), so memory and the duplicate check stay
+//! small whatever the input. Failures are kept per parameter rather than
+//! failing the whole string, because the protocol answers them in a fixed
+//! order: a broken `text` must not hide a valid `callback` or `sid`.
 
 /// Why one parameter cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

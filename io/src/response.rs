@@ -1,9 +1,9 @@
-//! Encoding answers: the one mapping from answer to HTTP status
-//! ([`status_of`] for protocol error codes, [`status_of_reply`] for every
-//! handler reply), the JSON bodies of every [`Response`] (PROTOCOL.md §1,
-//! §3) and of the engine's typed replies (health, metrics, demo), the JSONP
-//! envelope, and the response head. The JSON structure is written by hand
-//! into a reused buffer (it is on every poll's path); strings go through
+//! Encoding answers: the one mapping from answer to HTTP status ([`status_of`]
+//! for protocol error codes, [`status_of_reply`] for every handler reply), the
+//! JSON bodies of every [`Response`] (docs/protocol.md: "JSON and JSONP", the
+//! client calls) and of the engine's typed replies (health, metrics, demo),
+//! the JSONP envelope, and the response head. The JSON structure is written by
+//! hand into a reused buffer (it is on every poll's path); strings go through
 //! `serde_json` so escaping is never ours to get wrong.
 
 use std::io::Write;
@@ -19,7 +19,8 @@ use crate::metrics::{self, Family};
 use crate::reply::{DemoUser, Reply, ShardHealth, TraceState};
 use crate::Listener;
 
-/// The HTTP status of a protocol error code in JSON mode (PROTOCOL.md §1).
+/// The HTTP status of a protocol error code in JSON mode (docs/protocol.md,
+/// "Error codes").
 /// With [`status_of_reply`], the only place this is decided.
 pub fn status_of(code: ErrorCode) -> u16 {
     match code {

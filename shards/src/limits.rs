@@ -115,7 +115,7 @@ pub const IN_DOUBT_ORPHANS_MAX: usize = 1_024;
 /// defaults), so an ack that comes in time is always counted.
 pub const ROSTER_CHANGE_WAIT_MS: u64 = 60_000;
 
-/// Default offline grace (PROTOCOL.md §6).
+/// Default offline grace (docs/protocol.md, "Settings").
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 10_000;
 /// Default tab timeout with no poll outstanding.
 pub const TAB_TIMEOUT_MS_DEFAULT: u64 = 60_000;
@@ -127,7 +127,7 @@ pub const ROSTER_REFRESH_MS_DEFAULT: u64 = 300_000;
 /// this long). Its cost is one message per peer per period, listing the
 /// shard's live sessions.
 pub const PRESENCE_DIGEST_MS_DEFAULT: u64 = 10_000;
-/// Longest poll wait (PROTOCOL.md §3: `wait` 0–60 s).
+/// Longest poll wait (docs/protocol.md, `/poll`: `wait` 0–60 s).
 pub const POLL_WAIT_MS_MAX: u64 = 60_000;
 
 const _: () = assert!(CONNECTS_WAITING_MAX <= JOBS_IN_FLIGHT_MAX);

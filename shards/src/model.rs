@@ -198,8 +198,8 @@ pub enum Request {
         traced: crate::trace::Traced,
     },
     /// A sid-bearing call whose other parameters failed decoding: the home
-    /// shard checks the sid first (PROTOCOL.md §1 order: sid, then sizes,
-    /// then content) and then answers `failure`.
+    /// shard checks the sid first (docs/protocol.md, "Check order": sid, then
+    /// sizes, then content) and then answers `failure`.
     Rejected {
         sid: Sid,
         failure: Failure,
@@ -274,8 +274,8 @@ impl Request {
     }
 }
 
-/// Protocol error codes (PROTOCOL.md §1). The HTTP status for each is
-/// decided in one place, in `io`.
+/// Protocol error codes (docs/protocol.md, "Error codes"). The HTTP status for
+/// each is decided in one place, in `io`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     BadRequest,

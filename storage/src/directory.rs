@@ -1,6 +1,6 @@
 //! The embedded directory: users (id → name) and mutual friendships, as
 //! the web app would have them. Built in (the demo users) or read from a
-//! JSON file (`SWITCHBOARD_DIRECTORY`, PROTOCOL.md §6):
+//! JSON file (`SWITCHBOARD_DIRECTORY`, docs/protocol.md, "Settings"):
 //!
 //! ```json
 //! {"users":[{"id":1,"name":"alice"}],"friendships":[[1,2]]}

@@ -68,8 +68,8 @@ pub const WAL_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// size change or block allocation to journal. The file never shrinks.
 pub const WAL_GROW_BYTES: usize = 4 * 1024 * 1024;
 
-/// Most messages one `History` job returns (PROTOCOL.md §3: `limit`
-/// 1–100). A larger `limit` is clamped to it.
+/// Most messages one `History` job returns (docs/protocol.md, `/history`:
+/// `limit` 1–100). A larger `limit` is clamped to it.
 pub const HISTORY_LIMIT_MAX: u32 = 100;
 
 /// Most users an embedded directory may hold. A directory file with more
@@ -82,7 +82,7 @@ pub const USERS_MAX: usize = 1_000_000;
 pub const FRIENDS_PER_USER_MAX: usize = 10_000;
 
 /// Longest user name in an embedded directory, in UTF-8 bytes: a MySQL
-/// `VARCHAR(191)` in utf8mb4 (PROTOCOL.md §7) always fits. A longer (or
+/// `VARCHAR(191)` in utf8mb4 (the default schema) always fits. A longer (or
 /// empty) name makes the directory file rejected.
 pub const NAME_BYTES_MAX: usize = 191 * 4;
 
@@ -90,19 +90,19 @@ pub const NAME_BYTES_MAX: usize = 191 * 4;
 /// before it is read into memory.
 pub const DIRECTORY_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-/// Largest message text stored, in UTF-8 bytes (4000 code points of up to
-/// 4 bytes, PROTOCOL.md §3). `io` checks the real limit; a larger text
-/// reaching storage is a caller bug and is answered
+/// Largest message text stored, in UTF-8 bytes (4000 code points of up to 4
+/// bytes, docs/protocol.md, `/send`). `io` checks the real limit; a larger
+/// text reaching storage is a caller bug and is answered
 /// `StorageError::Backend` without being stored.
 pub const MESSAGE_TEXT_BYTES_MAX: usize = 4_000 * 4;
 
-/// Largest client message id (`cid`) stored, in UTF-8 bytes (64
-/// characters, PROTOCOL.md §1). Over it: answered `StorageError::Backend`,
+/// Largest client message id (`cid`) stored, in UTF-8 bytes (64 characters,
+/// docs/protocol.md, `/send`). Over it: answered `StorageError::Backend`,
 /// nothing stored.
 pub const CID_BYTES_MAX: usize = 64 * 4;
 
-/// Largest UI state stored, in bytes (PROTOCOL.md §3: 4096 as sent). Over
-/// it: answered `StorageError::Backend`, nothing stored.
+/// Largest UI state stored, in bytes (docs/protocol.md, `/ui`: 4096 as sent).
+/// Over it: answered `StorageError::Backend`, nothing stored.
 pub const UI_STATE_BYTES_MAX: usize = 4_096;
 
 /// Random bytes in a generated token secret (kept hex-encoded in

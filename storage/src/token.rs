@@ -1,6 +1,6 @@
-//! Login tokens (PROTOCOL.md §2): `USER_ID.EXPIRES_UNIX.SIG`, where SIG is
-//! the lowercase hex HMAC-SHA256 of the text `USER_ID.EXPIRES_UNIX` under a
-//! secret shared with the web app.
+//! Login tokens (docs/protocol.md, "Identity"): `USER_ID.EXPIRES_UNIX.SIG`,
+//! where SIG is the lowercase hex HMAC-SHA256 of the text
+//! `USER_ID.EXPIRES_UNIX` under a secret shared with the web app.
 //!
 //! The secret is the configured `SWITCHBOARD_TOKEN_SECRET` taken as its
 //! UTF-8 bytes, or, without one, the text kept in `data_dir/token_secret`

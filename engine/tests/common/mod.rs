@@ -938,7 +938,7 @@ impl MysqlDb {
     }
 
     /// Replaces every friendship with `pairs` (each written both ways, as
-    /// PROTOCOL.md §7 says the web app does).
+    /// docs/protocol.md, "Default MySQL schema", says the web app does).
     pub fn set_friendships(&self, pairs: &[(u64, u64)]) {
         use mysql::prelude::Queryable;
         let mut c = self.conn();

@@ -1,7 +1,7 @@
-//! Requests: a client or admin call, from checking its tab to the storage
-//! job or the answer. Checks run in the protocol's order (PROTOCOL.md §1):
-//! the tab, then the user's rate limit for the call (`rates`), then "not
-//! with yourself", then friends-only.
+//! Requests: a client or admin call, from checking its tab to the storage job
+//! or the answer. Checks run in the protocol's order (docs/protocol.md, "Check
+//! order"): the tab, then the user's rate limit for the call (`rates`), then
+//! "not with yourself", then friends-only.
 //!
 //! Invariant: every request gets exactly one reply, here or when the job it
 //! started finishes (`jobs`).

@@ -61,7 +61,8 @@ use switchboard_shards::model::{StorageError, StorageJob, StorageOutput, Storage
 use write::TxError;
 
 /// The directory queries: SQL run against the web app's database, each
-/// with `?` placeholders. The defaults fit the schema of PROTOCOL.md §7.
+/// with `?` placeholders. The defaults fit the schema of docs/protocol.md,
+/// "Default MySQL schema".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryQueries {
     /// `SWITCHBOARD_MYSQL_TOKEN_SQL`: one `?` (the token as sent), one
@@ -82,7 +83,7 @@ pub struct DirectoryQueries {
 }
 
 impl DirectoryQueries {
-    /// Default user name query (PROTOCOL.md §7 schema).
+    /// Default user name query (the default schema).
     pub const USER_NAME_SQL_DEFAULT: &'static str = "SELECT name FROM users WHERE id = ?";
     /// Default friends query: both directions must exist.
     pub const FRIENDS_SQL_DEFAULT: &'static str = "SELECT u.id, u.name FROM friendships f \

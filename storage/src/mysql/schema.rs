@@ -1,7 +1,7 @@
 //! Switchboard's own tables in the web app's database (all named `sb_*`),
-//! created and upgraded by `switchboard migrate`, and the default
-//! directory schema of PROTOCOL.md §7 (which Switchboard never creates
-//! except for `switchboard seed-demo`).
+//! created and upgraded by `switchboard migrate`, and the default directory
+//! schema of docs/protocol.md, "Default MySQL schema" (which Switchboard never
+//! creates except for `switchboard seed-demo`).
 //!
 //! Migrations are numbered; `sb_schema_version` has one row per applied
 //! migration. `migrate` takes a named lock (two migrating processes wait
@@ -82,8 +82,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].version == SCHEMA_VERSION);
 
-/// The directory tables of PROTOCOL.md §7, as `seed-demo` creates them
-/// when missing. A and B are friends when both (A, B) and (B, A) exist.
+/// The default directory tables (docs/protocol.md, "Default MySQL schema"), as
+/// `seed-demo` creates them when missing. A and B are friends when both (A, B)
+/// and (B, A) exist.
 pub const DIRECTORY_TABLES: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS users (
   id BIGINT UNSIGNED PRIMARY KEY,

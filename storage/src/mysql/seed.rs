@@ -1,5 +1,6 @@
 //! `switchboard seed-demo`: fills the default directory schema
-//! (PROTOCOL.md §7) with a synthetic social graph, for demos and benches.
+//! (docs/protocol.md, "Default MySQL schema") with a synthetic social graph,
+//! for demos and benches.
 //!
 //! Users are `1..=N`, named `user1`, `user2`, …; each user `u` draws
 //! `K/2` partners uniformly from the other users with a seeded splitmix64
