@@ -25,6 +25,7 @@ crate::both_stores!(
     roster_changed_removes_friendship_and_kick_ends_sessions,
     tokens_forged_expired_and_unknown_users_are_unauthorized,
     admin_health_and_auth,
+    history_says_how_far_the_friend_has_read_and_a_restart_keeps_it,
 );
 
 fn send(server: &Server, sid: &str, to: u64, text: &str, cid: Option<&str>) -> Value {
@@ -626,4 +627,48 @@ fn admin_health_and_auth(backend: &Backend) {
         &format!("GET /ping HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(r.status, 404);
+}
+
+/// `/history` answers `seen`: the other user's read mark in the
+/// conversation, so a page reloaded shows "Seen" again (the demo reads it
+/// when it opens a chat window). Kept by storage: a restart keeps it.
+fn history_says_how_far_the_friend_has_read_and_a_restart_keeps_it(backend: &Backend) {
+    let dir = temp_dir("history-seen");
+    let server = backend.start(&dir, &[]);
+    let alice = server.connect(ALICE, "a");
+    let bob = server.connect(BOB, "b");
+    let first = send(&server, &alice.sid, BOB, "one", Some("s1"));
+    let second = send(&server, &alice.sid, BOB, "two", Some("s2"));
+    let (first, second) = (
+        first["id"].as_str().unwrap().to_string(),
+        second["id"].as_str().unwrap().to_string(),
+    );
+    let seen = |server: &Server, sid: &str| {
+        let v = server.get("/history", &[("sid", sid), ("with", "2")]);
+        assert_eq!(v["ok"], true, "{v}");
+        v["seen"].clone()
+    };
+    assert_eq!(
+        seen(&server, &alice.sid),
+        Value::Null,
+        "bob read nothing yet"
+    );
+    let v = server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &first)],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(seen(&server, &alice.sid), Value::String(first.clone()));
+    let v = server.get(
+        "/read",
+        &[("sid", &bob.sid), ("with", "1"), ("upto", &second)],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(seen(&server, &alice.sid), Value::String(second.clone()));
+    // Bob's own history says how far alice read: nothing.
+    let v = server.get("/history", &[("sid", &bob.sid), ("with", "1")]);
+    assert_eq!(v["seen"], Value::Null, "{v}");
+    let server = server.restart();
+    let alice = server.connect(ALICE, "a2");
+    assert_eq!(seen(&server, &alice.sid), Value::String(second));
 }

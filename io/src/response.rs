@@ -648,7 +648,11 @@ pub fn write_response_json(out: &mut Vec<u8>, response: &Response) {
             push_u64(out, *ts);
             out.push(b'}');
         }
-        Response::History { messages, more } => {
+        Response::History {
+            messages,
+            more,
+            seen,
+        } => {
             out.extend_from_slice(b"{\"ok\":true,\"messages\":[");
             for (i, message) in messages.iter().enumerate() {
                 if i > 0 {
@@ -660,6 +664,11 @@ pub fn write_response_json(out: &mut Vec<u8>, response: &Response) {
             }
             out.extend_from_slice(b"],\"more\":");
             out.extend_from_slice(if *more { b"true" } else { b"false" });
+            out.extend_from_slice(b",\"seen\":");
+            match seen {
+                Some(id) => push_u64_string(out, *id),
+                None => out.extend_from_slice(b"null"),
+            }
             out.push(b'}');
         }
         Response::Health {
@@ -1030,20 +1039,22 @@ mod tests {
             Response::History {
                 messages: vec![message(None), message(Some("c1"))],
                 more: true,
+                seen: Some(123),
             },
             concat!(
                 r#"{"ok":true,"messages":["#,
                 r#"{"id":"123","from":1,"to":2,"text":"hi \"you\"\n</script>","ts":1700000000000},"#,
                 r#"{"id":"123","from":1,"to":2,"text":"hi \"you\"\n</script>","ts":1700000000000,"cid":"c1"}"#,
-                r#"],"more":true}"#
+                r#"],"more":true,"seen":"123"}"#
             ),
         );
         check(
             Response::History {
                 messages: vec![],
                 more: false,
+                seen: None,
             },
-            r#"{"ok":true,"messages":[],"more":false}"#,
+            r#"{"ok":true,"messages":[],"more":false,"seen":null}"#,
         );
         check(
             Response::Events {

@@ -456,10 +456,12 @@ pub enum Response {
         id: MsgId,
         ts: u64,
     },
-    /// `/history`.
+    /// `/history`. `seen`: how far the other user has read this
+    /// conversation (their read mark), if they ever marked it.
     History {
         messages: Vec<Arc<Message>>,
         more: bool,
+        seen: Option<MsgId>,
     },
     /// `/health` from one shard: its id and how many sessions, tabs and
     /// held polls it owns (`/health` shows the first three, `/metrics`
@@ -586,6 +588,9 @@ pub enum StorageOutput {
         valid: bool,
         messages: Vec<Arc<Message>>,
         more: bool,
+        /// The other user's read mark in this conversation.
+        #[serde(default)]
+        seen: Option<MsgId>,
     },
     /// `SaveUi`.
     Saved,

@@ -84,6 +84,7 @@ impl MemStore {
                 valid: true,
                 messages: Vec::new(),
                 more: false,
+                seen: None,
             },
             StorageJob::SaveUi { .. } => StorageOutput::Saved,
         })

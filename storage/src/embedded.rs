@@ -724,6 +724,7 @@ struct ReadTables {
     conversations: redb::ReadOnlyTable<ConvKey, UserId>,
     ui: redb::ReadOnlyTable<UserId, &'static str>,
     unread: redb::ReadOnlyTable<(UserId, UserId), u64>,
+    read_marks: redb::ReadOnlyTable<(UserId, UserId), MsgId>,
 }
 
 impl ReadTables {
@@ -733,6 +734,7 @@ impl ReadTables {
             conversations: txn.open_table(CONVERSATIONS).ctx("open conversations")?,
             ui: txn.open_table(UI).ctx("open ui")?,
             unread: txn.open_table(UNREAD).ctx("open unread")?,
+            read_marks: txn.open_table(READ_MARKS).ctx("open read_marks")?,
         })
     }
 
@@ -772,14 +774,25 @@ impl ReadTables {
                 with,
                 before,
                 limit,
-            } => history(
-                &self.messages,
-                &self.conversations,
-                user,
-                with,
-                before,
-                limit,
-            ),
+            } => {
+                let mut page = history(
+                    &self.messages,
+                    &self.conversations,
+                    user,
+                    with,
+                    before,
+                    limit,
+                )?;
+                if let StorageOutput::History { seen, .. } = &mut page {
+                    // How far `with` has read this conversation.
+                    *seen = self
+                        .read_marks
+                        .get((with, user))
+                        .ctx("read read_marks")?
+                        .map(|m| m.value());
+                }
+                Ok(page)
+            }
             StorageJob::StoreMessage { .. }
             | StorageJob::MarkRead { .. }
             | StorageJob::SaveUi { .. } => unreachable!("write job {} run as a read", job.name()),
@@ -1072,6 +1085,7 @@ fn history(
                 valid: false,
                 messages: Vec::new(),
                 more: false,
+                seen: None,
             });
         }
     }
@@ -1101,5 +1115,6 @@ fn history(
         valid: true,
         messages: page,
         more,
+        seen: None,
     })
 }

@@ -96,6 +96,7 @@ fn answered_sends_survive_kill_9() {
             valid,
             messages,
             more,
+            ..
         } = ok(&store, job)
         else {
             panic!("not a history");

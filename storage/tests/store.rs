@@ -62,6 +62,7 @@ fn history(
             valid,
             messages,
             more,
+            ..
         } => (valid, messages, more),
         other => panic!("unexpected {other:?}"),
     }

@@ -281,10 +281,19 @@ impl Shard {
                     valid,
                     messages,
                     more,
+                    seen,
                 },
             ) => {
                 if valid {
-                    reply(out, to, Response::History { messages, more });
+                    reply(
+                        out,
+                        to,
+                        Response::History {
+                            messages,
+                            more,
+                            seen,
+                        },
+                    );
                 } else {
                     fail(
                         out,

@@ -159,6 +159,7 @@ impl Store {
                             valid: false,
                             messages: Vec::new(),
                             more: false,
+                            seen: None,
                         };
                     }
                 }
@@ -171,6 +172,7 @@ impl Store {
                     valid: true,
                     more: skip > 0,
                     messages: older[skip..].to_vec(),
+                    seen: self.marks.get(&(with, user)).copied(),
                 }
             }
             StorageJob::SaveUi { user, state } => {

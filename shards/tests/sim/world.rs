@@ -1525,7 +1525,7 @@ impl World {
                     before,
                     limit,
                 },
-                Response::History { messages, more },
+                Response::History { messages, more, .. },
             ) => {
                 let t = t.unwrap();
                 self.check_page(t, with, before, limit, &messages, more);

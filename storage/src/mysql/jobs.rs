@@ -151,6 +151,7 @@ impl Ctx<'_> {
                     valid: false,
                     messages: Vec::new(),
                     more: false,
+                    seen: None,
                 });
             }
         }
@@ -168,10 +169,17 @@ impl Ctx<'_> {
             .rev()
             .map(|row| Arc::new(message(row)))
             .collect();
+        // How far `with` has read this conversation.
+        let seen: Option<MsgId> = self.q(
+            "history seen",
+            "SELECT upto FROM sb_read_marks WHERE user_id = ? AND with_user = ?",
+            |c, s| c.exec_first(s, (with, user)),
+        )?;
         Ok(StorageOutput::History {
             valid: true,
             messages,
             more,
+            seen,
         })
     }
 
