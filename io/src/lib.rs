@@ -156,6 +156,7 @@ pub mod admission;
 pub mod body;
 pub mod buffers;
 pub mod call;
+pub mod client;
 pub mod conn;
 pub mod deadline;
 pub mod head;
