@@ -31,10 +31,11 @@ export function tempDir(name) {
 
 /**
  * Starts the server and waits for its `switchboard listening on http://A
- * admin http://B` line. `listen` defaults to 127.0.0.1:0 (a restart passes
- * the address the first run got).
+ * admin http://B` line, then (unless `demo` is false: a server with demo
+ * mode off prints none) its `switchboard demo: open URL` line. `listen`
+ * defaults to 127.0.0.1:0 (a restart passes the address the first run got).
  */
-export async function startServer({ dataDir, listen = '127.0.0.1:0', env = {} }) {
+export async function startServer({ dataDir, listen = '127.0.0.1:0', env = {}, demo = true }) {
   const bin = serverBinary();
   if (!existsSync(bin)) throw new Error(`no server binary at ${bin} (cargo build first, or set SWITCHBOARD_BIN)`);
   const child = spawn(bin, [], {
@@ -70,6 +71,10 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', env = {} })
         server.listen = m[1];
         server.url = `http://${m[1]}`;
         server.admin = `http://${m[2]}`;
+        if (!demo) {
+          clearTimeout(timer);
+          resolve();
+        }
       }
       const d = /^switchboard demo: open (\S+)$/.exec(line);
       if (d) {

@@ -1,3 +1,4 @@
+/*! switchboard client 0.1.0 */
 // Type declarations for switchboard.js / switchboard.mjs (the Switchboard
 // browser client). The wire protocol is docs/protocol.md.
 

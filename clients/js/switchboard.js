@@ -1,4 +1,5 @@
-/*! Switchboard browser client. Plain JavaScript, no build step, no dependencies.
+/*! switchboard client 0.1.0 */
+/* Switchboard browser client. Plain JavaScript, no build step, no dependencies.
  *
  * Load it either way:
  *   <script src="switchboard.js"></script>        → window.Switchboard

@@ -1,3 +1,4 @@
+/*! switchboard client 0.1.0 */
 // Switchboard browser client as an ES module: the same code as
 // switchboard.js (which this imports for its side effect: it sets
 // globalThis.Switchboard), re-exported. No build step either way.

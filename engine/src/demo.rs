@@ -12,7 +12,7 @@
 //! | `/`, `/demo` | a small HTML page sending the browser to `/demo/` |
 //! | `/demo/` | the demo page (`clients/demo/index.html`) |
 //! | `/demo/demo.css`, `/demo/demo.js` | its style and script |
-//! | `/demo/switchboard.js`, `/demo/switchboard.mjs`, `/demo/switchboard.d.ts` | the client library (`clients/js/`) |
+//! | `/demo/switchboard.js`, `/demo/switchboard.mjs`, `/demo/switchboard.d.ts` | the client library (`clients/js/`), the same bytes every server serves under `/client/` (`switchboard_io::client`) |
 //! | `/demo/users` | `{"ok":true,"users":[{"id":1,"name":"alice","friends":[2,3]},...]}` (empty when the directory is not known here, e.g. MySQL) |
 //! | `/demo/login?user=ID` | `{"ok":true,"token":"...","user":{"id":ID,"name":"..."}}`; a user not in a known directory is `404 not_found`, a missing or bad `user` `400 bad_request` |
 //!
@@ -20,7 +20,7 @@
 //! every answer: the files change with the binary, and they are small) and
 //! `X-Content-Type-Options: nosniff`. None is ever JSONP.
 
-use switchboard_io::{DemoUser, Reply};
+use switchboard_io::{client, DemoUser, Reply};
 use switchboard_shards::model::{ErrorCode, Response, UserId};
 use switchboard_storage::{token, Directory};
 
@@ -29,8 +29,8 @@ pub const DEMO_TOKEN_TTL_S: u64 = 24 * 3600;
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
-const JS: &str = "text/javascript; charset=utf-8";
-const TS: &str = "text/plain; charset=utf-8";
+const JS: &str = client::JAVASCRIPT;
+const TS: &str = client::TYPESCRIPT;
 
 /// The page at `/` and `/demo`: there is no redirect in `Reply`, and a
 /// meta refresh plus a link does the same for a browser.
@@ -57,21 +57,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         JS,
         include_bytes!("../../clients/demo/demo.js"),
     ),
-    (
-        "/demo/switchboard.js",
-        JS,
-        include_bytes!("../../clients/js/switchboard.js"),
-    ),
-    (
-        "/demo/switchboard.mjs",
-        JS,
-        include_bytes!("../../clients/js/switchboard.mjs"),
-    ),
-    (
-        "/demo/switchboard.d.ts",
-        TS,
-        include_bytes!("../../clients/js/switchboard.d.ts"),
-    ),
+    // The client library: the same bytes as `/client/...` (io embeds
+    // them; see `switchboard_io::client`).
+    ("/demo/switchboard.js", JS, client::FILES[0].body),
+    ("/demo/switchboard.mjs", JS, client::FILES[1].body),
+    ("/demo/switchboard.d.ts", TS, client::FILES[2].body),
 ];
 
 /// What demo mode knows: who may be picked on the sign-in page.

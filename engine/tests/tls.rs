@@ -443,6 +443,31 @@ fn required_mode_redirects_the_plain_port_and_tls_answers_carry_hsts() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["strict-transport-security"], "max-age=31536000");
+
+    // The client files are served over TLS too (engine/tests/client.rs
+    // has the rest), with HSTS; a 304 keeps the connection going.
+    let js = get(&mut s, "/client/switchboard.js", &[]);
+    assert_eq!(js.status, 200);
+    assert!(
+        js.body.starts_with("/*! switchboard client "),
+        "{}",
+        js.body
+    );
+    assert_eq!(js.headers["strict-transport-security"], "max-age=31536000");
+    assert_eq!(js.headers["cache-control"], "public, max-age=3600");
+    let etag = &js.headers["etag"];
+    write!(
+        s,
+        "GET /client/switchboard.js HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: {etag}\r\n\r\n"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let cached = read_reply(&mut s);
+    assert_eq!((cached.status, cached.body.as_str()), (304, ""));
+    assert_eq!(&cached.headers["etag"], etag);
+    let dts = get(&mut s, "/client/switchboard.d.ts", &[]);
+    assert_eq!(dts.status, 200);
+    assert_eq!(dts.headers["content-type"], "text/plain; charset=utf-8");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

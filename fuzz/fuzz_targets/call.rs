@@ -73,6 +73,8 @@ const PATHS: &[&str] = &[
     "/",
     "/demo",
     "/demo/login",
+    "/client/switchboard.js",
+    "/client/nope",
     "/nope",
 ];
 
@@ -365,6 +367,20 @@ fn check(req: &Req) {
             let reply = Reply::Shard(Response::Done);
             encoder.reply(&mut out, &reply, mode, persist, false, &date);
             200
+        }
+        Decision::File(file) => {
+            // A client file: GET on the client listener, that very path;
+            // its answer is the file (not JSON), so checked here.
+            assert_eq!(req.listener, Listener::Client);
+            assert_eq!(req.method, Method::Get);
+            assert_eq!(switchboard_io::client::find(req.path), Some(*file));
+            encoder.client_file(&mut out, file, false, persist, &date);
+            let head = format!("Content-Length: {}\r\n", file.body.len());
+            let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+            assert!(out[..at].windows(head.len()).any(|w| w == head.as_bytes()));
+            assert_eq!(&out[at..], file.body);
+            return;
         }
     };
     check_answer(&out, status, req.listener, req.hsts);

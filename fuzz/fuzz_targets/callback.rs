@@ -109,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
             encoder.response(&mut out, &response, &mode, persist, false, &date);
             check_envelope(&out, &sent);
         }
+        Decision::File(file) => panic!("no client file among the paths: {file:?}"),
         Decision::Call { mode, .. } => {
             check_mode(&mode, &sent, valid);
             let reply = switchboard_io::Reply::Shard(switchboard_shards::model::Response::Done);

@@ -18,6 +18,7 @@ use switchboard_shards::model::{
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::client::{self, ClientFile};
 use crate::head::{HttpError, Method};
 use crate::limits::{
     CALLBACK_BYTES_MAX, CID_CHARS_MAX, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, TAB_CHARS_MAX,
@@ -46,6 +47,10 @@ pub enum Decision {
     Answer { mode: Mode, response: Response },
     /// Hand the call to the handler and encode its reply in `mode`.
     Call { mode: Mode, call: Call },
+    /// `io` answers with this client file by itself (`GET /client/...`,
+    /// see [`crate::client`]): `200` with the file, or `304` when the
+    /// request's `If-None-Match` names its tag.
+    File(&'static ClientFile),
 }
 
 /// The client listener's parameter names (all others are ignored).
@@ -86,6 +91,8 @@ pub enum Endpoint {
     Trace,
     /// The demo's pages and `/demo/login` (client listener).
     Demo,
+    /// The client files under `/client/` (client listener).
+    Client,
     /// No such path (404), or a request that could not be read far
     /// enough to know its path.
     Other,
@@ -93,7 +100,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in [`Endpoint::index`] order.
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 18] = [
         Endpoint::Connect,
         Endpoint::Poll,
         Endpoint::Send,
@@ -110,6 +117,7 @@ impl Endpoint {
         Endpoint::Kick,
         Endpoint::Trace,
         Endpoint::Demo,
+        Endpoint::Client,
         Endpoint::Other,
     ];
 
@@ -137,17 +145,21 @@ impl Endpoint {
             Endpoint::Kick => "kick",
             Endpoint::Trace => "trace",
             Endpoint::Demo => "demo",
+            Endpoint::Client => "client",
             Endpoint::Other => "other",
         }
     }
 }
 
 /// The endpoint a request for `path` on `listener` is counted under:
-/// its own, [`Endpoint::Demo`] for the demo's paths, or
-/// [`Endpoint::Other`].
+/// its own, [`Endpoint::Demo`] for the demo's paths, [`Endpoint::Client`]
+/// for the client files, or [`Endpoint::Other`].
 pub fn endpoint(listener: Listener, path: &str) -> Endpoint {
     if listener == Listener::Client && is_demo_path(path) {
         return Endpoint::Demo;
+    }
+    if listener == Listener::Client && client::find(path).is_some() {
+        return Endpoint::Client;
     }
     route(listener, path).unwrap_or(Endpoint::Other)
 }
@@ -431,6 +443,9 @@ fn decide_client(method: Method, path: &str, params: &Params) -> Decision {
     if is_demo_path(path) {
         return decide_demo(method, path, params);
     }
+    if client::is_client_path(path) {
+        return decide_client_file(method, path);
+    }
     let Some(endpoint) = route(Listener::Client, path) else {
         return Decision::Reject(HttpError::not_found());
     };
@@ -523,6 +538,19 @@ fn decide_demo(method: Method, path: &str, params: &Params) -> Decision {
             user,
         },
     }
+}
+
+/// A client file (`/client/...`): `404` for a name that is not one, then
+/// GET only (`405`, `Allow: GET`: `HEAD` too, as on every path). Every
+/// parameter is ignored (never JSONP).
+fn decide_client_file(method: Method, path: &str) -> Decision {
+    let Some(file) = client::find(path) else {
+        return Decision::Reject(HttpError::not_found());
+    };
+    if method != Method::Get {
+        return Decision::Reject(HttpError::method_not_allowed("GET"));
+    }
+    Decision::File(file)
 }
 
 /// `/connect`'s optional `tab`, after the check for undecodable names.
@@ -768,6 +796,9 @@ mod tests {
             (Listener::Client, "/ping", Endpoint::Ping),
             (Listener::Client, "/demo/login", Endpoint::Demo),
             (Listener::Client, "/", Endpoint::Demo),
+            (Listener::Client, "/client/switchboard.js", Endpoint::Client),
+            (Listener::Client, "/client/nope.js", Endpoint::Other),
+            (Listener::Admin, "/client/switchboard.js", Endpoint::Other),
             (Listener::Client, "/metrics", Endpoint::Other),
             (Listener::Admin, "/metrics", Endpoint::Metrics),
             (Listener::Admin, "/roster-changed", Endpoint::RosterChanged),
@@ -1710,6 +1741,48 @@ mod tests {
         );
         check(get("/demox", ""), Want::Reject(404));
         check(get("/dem", ""), Want::Reject(404));
+    }
+
+    /// `/client/...`: the three files, GET only, parameters ignored.
+    #[test]
+    fn client_file_paths() {
+        let decide_get = |method, path: &str, query: &str| {
+            let mut params = Params::new();
+            params.add_form(query.as_bytes(), known_params(Listener::Client));
+            decide(
+                Listener::Client,
+                method,
+                path,
+                &params,
+                Credentials::default(),
+                &AdminGate::default(),
+            )
+        };
+        for f in &client::FILES {
+            let path = f.path();
+            assert_eq!(decide_get(Method::Get, &path, ""), Decision::File(f));
+            assert_eq!(
+                decide_get(Method::Get, &path, "callback=cb&sid=x"),
+                Decision::File(f)
+            );
+            for method in [Method::Head, Method::Post, Method::Other] {
+                let Decision::Reject(e) = decide_get(method, &path, "") else {
+                    panic!("{method:?} {path}");
+                };
+                assert_eq!((e.status, e.allow), (405, Some("GET")), "{method:?}");
+            }
+        }
+        for path in [
+            "/client/",
+            "/client/x.js",
+            "/client/switchboard.js/",
+            "/client",
+        ] {
+            let Decision::Reject(e) = decide_get(Method::Get, path, "") else {
+                panic!("{path}");
+            };
+            assert_eq!(e.status, 404, "{path}");
+        }
     }
 
     #[test]

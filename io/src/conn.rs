@@ -498,9 +498,13 @@ where
                     &config.admin,
                 )
             };
-            // Of the head only this is needed from here on: dropped, it
+            // Of the head only these are needed from here on: dropped, it
             // is not kept in the task while a call is held.
             let keep_alive = head.keep_alive;
+            let not_modified = match &decision {
+                Decision::File(file) => file.not_modified(head.if_none_match.as_deref()),
+                _ => false,
+            };
             drop(head);
             let mut refused = false;
             let outcome = match decision {
@@ -527,6 +531,12 @@ where
                         &date,
                     );
                     Outcome::of_response(&response)
+                }
+                Decision::File(file) => {
+                    let date = now_date();
+                    self.encoder
+                        .client_file(self.out.vec(), file, not_modified, persist, &date);
+                    Outcome::Ok
                 }
                 Decision::Call { mode, call } => {
                     // The other shard this call's user is homed on, if

@@ -163,6 +163,9 @@ pub struct Head {
     pub authorization: Option<Vec<u8>>,
     /// The `Host` header's value, if any (the admin listener checks it).
     pub host: Option<Vec<u8>>,
+    /// The `If-None-Match` header's value, if any (several are joined
+    /// with `, `, as one list): a client file already cached.
+    pub if_none_match: Option<Vec<u8>>,
     /// The request carries `Origin` or `Sec-Fetch-Site`: a browser sent it
     /// (the admin listener refuses it).
     pub from_browser: bool,
@@ -385,6 +388,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
     let mut authorization: Option<Vec<u8>> = None;
     let mut hosts = 0usize;
     let mut host: Option<Vec<u8>> = None;
+    let mut if_none_match: Option<Vec<u8>> = None;
     let mut from_browser = false;
     for h in req.headers.iter() {
         let value = h.value.trim_ascii();
@@ -435,6 +439,12 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            let list = if_none_match.get_or_insert_with(Vec::new);
+            if !list.is_empty() {
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(value);
         } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("sec-fetch-site")
         {
             from_browser = true;
@@ -480,6 +490,7 @@ fn interpret(head: &[u8], limits: &Limits) -> Result<Head, HttpError> {
         form_body,
         authorization,
         host,
+        if_none_match,
         from_browser,
         len: 0,
     })
@@ -1013,6 +1024,22 @@ mod tests {
         assert_eq!(left, 0);
         head.extend_from_slice(b"\r\n");
         head
+    }
+
+    /// `If-None-Match` is kept as sent; several are one list.
+    #[test]
+    fn if_none_match() {
+        let limits = Limits::default();
+        let inm = |raw: &[u8]| parse_head(raw, &limits).unwrap().unwrap().if_none_match;
+        assert_eq!(inm(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+        assert_eq!(
+            inm(b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match:  \"a\" \r\n\r\n"),
+            Some(b"\"a\"".to_vec())
+        );
+        assert_eq!(
+            inm(b"GET / HTTP/1.1\r\nif-none-match: \"a\"\r\nHost: x\r\nIF-NONE-MATCH: W/\"b\", *\r\n\r\n"),
+            Some(b"\"a\", W/\"b\", *".to_vec())
+        );
     }
 
     #[test]

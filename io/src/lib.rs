@@ -11,7 +11,8 @@
 //! bound, by name), [`head`] (request line and headers, framing), [`body`]
 //! (Content-Length and chunked bodies; [`parse_request`] is the fuzzing
 //! entry point), [`query`] (form decoding), [`call`] (routing, auth, the
-//! JSONP callback, typed parameters: [`decide`]), [`reply`] (what the
+//! JSONP callback, typed parameters: [`decide`]), [`client`] (the browser
+//! client's files, served by `io` itself at `/client/...`), [`reply`] (what the
 //! handler answers), [`response`] (the one status mapping, JSON and JSONP
 //! encoding), [`metrics`] (`/metrics` as typed families and their
 //! Prometheus text), [`conn`] (the connection loop: [`serve`]), [`buffers`]
@@ -22,8 +23,8 @@
 //! and [`tls`] (the certificate and its reload, the handshake, and the
 //! `TlsStream` that [`serve`] runs over).
 //!
-//! Choices where the protocol is silent: `/ping` is answered by `io`
-//! without calling the handler; a head or body that does not arrive in
+//! Choices where the protocol is silent: `/ping` and the client files are
+//! answered by `io` without calling the handler; a head or body that does not arrive in
 //! time gets `408` before the graceful close; a transfer coding other than
 //! plain `chunked` is `400`; `HEAD` is answered `405` without a body; an
 //! HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2); the admin
@@ -156,6 +157,7 @@ pub mod admission;
 pub mod body;
 pub mod buffers;
 pub mod call;
+pub mod client;
 pub mod conn;
 pub mod deadline;
 pub mod head;

@@ -14,6 +14,7 @@ use switchboard_shards::model::{
 
 use crate::buffers::Buf;
 use crate::call::Mode;
+use crate::client::{self, ClientFile};
 use crate::head::HttpError;
 use crate::metrics::{self, Family};
 use crate::reply::{DemoUser, Reply, ShardHealth, TraceState};
@@ -141,6 +142,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        304 => "Not Modified",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -231,6 +233,45 @@ impl Encoder {
             ..Extra::NONE
         };
         write_head(out, 308, JSON, 0, extra, persist, date);
+    }
+
+    /// Writes the answer for a client file (`GET /client/...`, see
+    /// [`crate::client`]): `200` with the file, or, when `not_modified`
+    /// (its tag was in `If-None-Match`), `304` with no body and no
+    /// `Content-Type` or `Content-Length` (RFC 9110 §15.4.5). Both carry
+    /// its `ETag`, [`client::CACHE_CONTROL`], `nosniff` and
+    /// `Access-Control-Allow-Origin: *` (module scripts load with CORS).
+    pub fn client_file(
+        &mut self,
+        out: &mut Vec<u8>,
+        file: &ClientFile,
+        not_modified: bool,
+        persist: Persist,
+        date: &[u8],
+    ) {
+        out.clear();
+        let extra = Extra {
+            nosniff: true,
+            cors: true,
+            hsts: self.hsts,
+            cache_control: Some(client::CACHE_CONTROL),
+            etag: Some(file.etag()),
+            no_content: not_modified,
+            ..Extra::NONE
+        };
+        let status = if not_modified { 304 } else { 200 };
+        write_head(
+            out,
+            status,
+            file.content_type,
+            file.body.len(),
+            extra,
+            persist,
+            date,
+        );
+        if !not_modified {
+            out.extend_from_slice(file.body);
+        }
     }
 
     /// Gives the body buffer back to the thread's pool (`buffers.rs`):
@@ -361,8 +402,8 @@ impl Encoder {
                     nosniff: true,
                     cors: self.cors,
                     allow,
-                    location: None,
                     hsts: self.hsts,
+                    ..Extra::NONE
                 };
                 write_head(
                     out,
@@ -387,8 +428,8 @@ impl Encoder {
                     nosniff: true,
                     cors: false,
                     allow,
-                    location: None,
                     hsts: self.hsts,
+                    ..Extra::NONE
                 };
                 write_head(out, 200, JAVASCRIPT, len, extra, persist, date);
                 if !head_only {
@@ -449,6 +490,13 @@ struct Extra<'a> {
     location: Option<&'a str>,
     /// `Strict-Transport-Security` (see [`Encoder::with_hsts`]).
     hsts: bool,
+    /// `Cache-Control` (`None`: `no-store`, as every answer but the
+    /// client files).
+    cache_control: Option<&'a str>,
+    /// `ETag`.
+    etag: Option<&'a str>,
+    /// A `304`: no `Content-Type`, no `Content-Length`.
+    no_content: bool,
 }
 
 impl Extra<'_> {
@@ -459,6 +507,9 @@ impl Extra<'_> {
         allow: None,
         location: None,
         hsts: false,
+        cache_control: None,
+        etag: None,
+        no_content: false,
     };
 }
 
@@ -478,11 +529,20 @@ fn write_head(
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\nContent-Type: ");
-    out.extend_from_slice(content_type.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
-    push_u64(out, body_len as u64);
-    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
+    if !extra.no_content {
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        push_u64(out, body_len as u64);
+    }
+    out.extend_from_slice(b"\r\nCache-Control: ");
+    out.extend_from_slice(extra.cache_control.unwrap_or("no-store").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(etag) = extra.etag {
+        out.extend_from_slice(b"ETag: ");
+        out.extend_from_slice(etag.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if extra.nosniff {
         out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\n");
     }
@@ -1555,6 +1615,33 @@ mod tests {
             },
             "HTTP/1.1 200 OK\r\n",
             r#"{"ok":true,"token":"2.99.ab","user":{"id":2,"name":"bob"}}"#,
+        );
+    }
+
+    /// A client file: 200 with the file, or 304 with no content headers;
+    /// both cacheable, tagged, `nosniff` and open to any origin.
+    #[test]
+    fn client_files_are_tagged_and_cacheable() {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new(Listener::Client);
+        let file = &client::FILES[0];
+        let tail = format!(
+            "Cache-Control: public, max-age=3600\r\nETag: {}\r\nX-Content-Type-Options: nosniff\r\n\
+             Access-Control-Allow-Origin: *\r\n\r\n",
+            file.etag()
+        );
+        encoder.client_file(&mut out, file, false, KEEP, DATE);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/javascript; charset=utf-8\r\nContent-Length: {}\r\n{tail}",
+            file.body.len()
+        );
+        assert_eq!(&out[..head.len()], head.as_bytes(), "{}", text(&out));
+        assert_eq!(&out[head.len()..], file.body);
+        encoder.client_file(&mut out, file, true, KEEP, DATE);
+        assert_eq!(
+            text(&out),
+            format!("HTTP/1.1 304 Not Modified\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n{tail}")
         );
     }
 

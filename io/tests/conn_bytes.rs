@@ -347,11 +347,23 @@ fn read_answers(bytes: &[u8], expected: &[Step]) -> Result<Vec<Step>, String> {
                 _ => {}
             }
         }
-        let length = length.ok_or("no Content-Length")?;
-        let content_type = content_type.ok_or("no Content-Type")?;
         if !date {
             return Err("no Date".into());
         }
+        // A 304 (a client file already cached) has no body, and says
+        // neither its length nor its type (RFC 9110 §15.4.5).
+        if status == 304 {
+            if length.is_some() || content_type.is_some() {
+                return Err(format!("a 304 with content headers: {head:?}"));
+            }
+            got.push(Step::Answer {
+                head_only: false,
+                status: Some(status),
+            });
+            continue;
+        }
+        let length = length.ok_or("no Content-Length")?;
+        let content_type = content_type.ok_or("no Content-Type")?;
         // A `HEAD` is answered 404 or 405 without a body; a 408 in its
         // place (it paused too long) has one.
         let finals = got.iter().filter(|s| **s != Step::Continue).count();

@@ -73,6 +73,11 @@ fn exercise(input: &[u8], split: usize, limits: &Limits) {
                 encoder.reply(&mut out, &reply, &mode, persist, false, &date);
                 encoder.response(&mut out, &Response::Done, &mode, persist, false, &date);
             }
+            Decision::File(file) => {
+                assert_eq!(listener, Listener::Client);
+                let fresh = file.not_modified(parsed.head.if_none_match.as_deref());
+                encoder.client_file(&mut out, file, fresh, persist, &date);
+            }
         }
         assert!(out.starts_with(b"HTTP/1.1 "));
     }

@@ -26,6 +26,7 @@ pub const SEEDS: &[&str] = &[
     "POST /kick?user=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
     "GET /history?sid=42-0123456789abcdef0011223344556677&with=3&before=9&limit=100 HTTP/1.1\r\nHost: x\r\n\r\n",
     "\r\nHEAD http://h/read?sid=1&with=2&upto=3 HTTP/1.1\nHost: h\n\n",
+    "GET /client/switchboard.js?callback=cb HTTP/1.1\r\nHost: x\r\nIf-None-Match: W/\"a\", *\r\n\r\n",
 ];
 
 pub const TOKENS: &[&[u8]] = &[
