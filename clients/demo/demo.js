@@ -8,6 +8,11 @@
  * elects the polling tab by heartbeats instead of navigator.locks; ?share=0
  * turns tab sharing off. #as=ID signs in as
  * that demo user directly (the "open another tab" link uses it).
+ *
+ * The sign-in is the browser's (localStorage), so a new tab is signed in
+ * too and signing out signs out every tab; each tab also remembers its own
+ * user (sessionStorage), so a tab signed in as someone else by an #as= link
+ * stays that user across reloads.
  */
 (function () {
   'use strict';
@@ -134,7 +139,7 @@
     $('#picker-error').textContent = '';
     mint(userId).then(
       function (j) {
-        sessionStorage.setItem(LOGIN_KEY, JSON.stringify(j.user));
+        remember(j.user);
         start(j.user, j.token);
       },
       function (e) {
@@ -143,8 +148,44 @@
     );
   }
 
+  /** The signed-in user: this tab's, else the browser's (another tab's). */
+  function remembered() {
+    var stores = [sessionStorage, localStorage];
+    for (var i = 0; i < stores.length; i++) {
+      try {
+        var u = JSON.parse(stores[i].getItem(LOGIN_KEY) || 'null');
+        if (u && u.id) return u;
+      } catch (e) {
+        /* unreadable: try the next */
+      }
+    }
+    return null;
+  }
+  function remember(user) {
+    var v = JSON.stringify({ id: user.id, name: user.name });
+    try {
+      sessionStorage.setItem(LOGIN_KEY, v);
+      localStorage.setItem(LOGIN_KEY, v);
+    } catch (e) {
+      /* storage off: this tab only */
+    }
+  }
+  function forget() {
+    try {
+      sessionStorage.removeItem(LOGIN_KEY);
+      localStorage.removeItem(LOGIN_KEY);
+    } catch (e) {
+      /* storage off */
+    }
+  }
+
+  // Signing out in one tab signs out every tab of this browser.
+  window.addEventListener('storage', function (e) {
+    if (e.key === LOGIN_KEY && e.newValue === null && demo.client) signOut();
+  });
+
   function signOut() {
-    sessionStorage.removeItem(LOGIN_KEY);
+    forget();
     if (demo.client) demo.client.close();
     demo.client = null;
     demo.windows.forEach(function (w) {
@@ -245,8 +286,9 @@
       follower: 'Another tab holds the long-poll and shares its events with this one.',
       solo: 'This tab polls by itself.',
     };
-    conn.title = 'transport: ' + transport + ' · ' + (roleText[role] || '');
-    $('#tab-role').textContent = (roleText[role] || '') + ' (' + transport + ')';
+    // How this tab talks to the server is for the curious: a tooltip, not
+    // text on the page (tests read data-role).
+    conn.title = (roleText[role] ? roleText[role] + ' ' : '') + '(' + transport + ')';
   }
 
   // ---------------------------------------------------------------------
@@ -743,20 +785,16 @@
       signIn(Number(as[1]));
       return;
     }
-    var saved = null;
-    try {
-      saved = JSON.parse(sessionStorage.getItem(LOGIN_KEY) || 'null');
-    } catch (e) {
-      saved = null;
-    }
-    if (saved && saved.id) {
+    var saved = remembered();
+    if (saved) {
       mint(saved.id).then(
         function (j) {
+          remember(j.user);
           start(j.user, j.token);
         },
         function (e) {
           if (e.code === 'not_found') {
-            sessionStorage.removeItem(LOGIN_KEY);
+            forget();
             showPicker();
           } else start(saved, null); // the server is away: the client retries
         }
