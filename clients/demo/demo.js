@@ -54,6 +54,7 @@
     me: null,
     ui: { v: 1, windows: [], focus: null },
     windows: new Map(), // friend id -> window object
+    directory: {}, // user id -> name, from /demo/users (names of non-friends too)
   });
   var cidN = 0;
 
@@ -71,6 +72,22 @@
   // ---------------------------------------------------------------------
   // Sign in
 
+  /** The demo users with their friends (empty when the server's directory
+   *  is not known to it); also fills demo.directory, the names by id. */
+  function loadUsers() {
+    return fetch('/demo/users', { cache: 'no-store' })
+      .then(function (r) {
+        return r.json();
+      })
+      .then(function (j) {
+        var users = (j && j.users) || [];
+        users.forEach(function (u) {
+          demo.directory[u.id] = u.name;
+        });
+        return users;
+      });
+  }
+
   function showPicker() {
     $('#app').classList.add('signed-out');
     $('#picker').hidden = false;
@@ -78,20 +95,13 @@
     $('#me').hidden = true;
     var grid = $('#user-grid');
     grid.textContent = '';
-    fetch('/demo/users', { cache: 'no-store' })
-      .then(function (r) {
-        return r.json();
-      })
-      .then(function (j) {
-        var users = (j && j.users) || [];
+    loadUsers()
+      .then(function (users) {
         if (!users.length) {
           $('#picker-id').hidden = false;
           return;
         }
-        var names = {};
-        users.forEach(function (u) {
-          names[u.id] = u.name;
-        });
+        var names = demo.directory;
         users.forEach(function (u) {
           var li = el('li');
           var b = el('button', 'user-tile');
@@ -104,7 +114,7 @@
           var friends = (u.friends || []).map(function (f) {
             return names[f] || f;
           });
-          who.appendChild(el('span', 'friends', friends.length ? 'friends: ' + friends.join(', ') : 'no friends yet'));
+          who.appendChild(el('span', 'friends', friends.length ? 'Friends with ' + listNames(friends) : 'No friends yet'));
           b.appendChild(av);
           b.appendChild(who);
           b.addEventListener('click', function () {
@@ -234,6 +244,7 @@
       },
     });
     demo.client = client;
+    loadUsers().catch(function () {});
 
     client.on('connected', function (snap) {
       demo.me = snap.user;
@@ -265,7 +276,7 @@
     var shown = { not_friends: 1, too_large: 1, forbidden: 1, bad_request: 1, unauthorized: 1 };
     if (!shown[e.code]) return;
     if (e.code === 'not_friends') {
-      var name = e.to ? nameOf(e.to) : 'them';
+      var name = e.to ? nameOf(e.to) : 'they';
       toast('Not sent: you can only message friends, and ' + name + ' is not one (not_friends)', 'error');
     } else {
       toast((e.call ? e.call + ': ' : '') + e.message + ' (' + e.code + ')', 'error');
@@ -294,9 +305,18 @@
   // ---------------------------------------------------------------------
   // Contacts
 
+  /** A user's name: from the roster (friends), else the demo directory,
+   *  never a bare id on screen. */
   function nameOf(id) {
     var c = demo.client && demo.client.roster.get(Number(id));
-    return c ? c.name : 'user ' + id;
+    if (c) return c.name;
+    return demo.directory[Number(id)] || 'someone';
+  }
+
+  /** "a", "a and b", "a, b and c". */
+  function listNames(names) {
+    if (names.length < 2) return names.join('');
+    return names.slice(0, -1).join(', ') + ' and ' + names[names.length - 1];
   }
   function presenceOf(id) {
     var c = demo.client && demo.client.roster.get(Number(id));
@@ -342,7 +362,7 @@
     var names = friends.map(function (f) {
       return f.name;
     });
-    $('#welcome-friends').textContent = names.length ? 'Friends: ' + names.join(', ') + '.' : 'No friends yet.';
+    $('#welcome-friends').textContent = names.length ? 'Your friends: ' + listNames(names) + '.' : 'No friends yet.';
   }
 
   function renderUnread() {
