@@ -519,9 +519,10 @@
     };
     demo.windows.set(friend, win);
     renderWindowHead(win);
+    // Minimise on an open window, restore on a minimised one.
     $('.min', node).addEventListener('click', function (e) {
       e.stopPropagation();
-      toggleMin(friend, true);
+      toggleMin(friend, !win.min);
     });
     $('.back', node).addEventListener('click', function (e) {
       e.stopPropagation();
@@ -576,6 +577,11 @@
   function setMin(win, min) {
     win.min = min;
     win.el.dataset.min = String(min);
+    var button = $('.min', win.el);
+    button.textContent = min ? '□' : '–';
+    button.title = min ? 'Restore' : 'Minimise';
+    button.setAttribute('aria-label', button.title);
+    button.classList.toggle('restore', min);
     if (!min) scrollToEnd(win);
   }
 
