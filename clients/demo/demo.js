@@ -661,7 +661,7 @@
       li.remove();
     } else {
       li = el('li', 'msg' + (m.from === me ? ' mine' : ''));
-      li.appendChild(el('span', 'text', m.text));
+      li.appendChild(messageText(m.text));
     }
     li.dataset.id = id;
     li.title = time(m.ts);
@@ -689,6 +689,46 @@
     if (stick || m.from === me) scrollToEnd(win);
   }
 
+  // Links: only http(s) URLs written out in full become links, built with
+  // DOM calls (never markup from message text), opening in a new tab with
+  // no opener and no referrer. Anything else (javascript:, data:, ...)
+  // stays text.
+  var URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+
+  function safeHref(candidate) {
+    try {
+      var u = new URL(candidate);
+      return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** A message's text as a .text span, its http(s) URLs as links. */
+  function messageText(text) {
+    var span = el('span', 'text');
+    var at = 0;
+    var m;
+    URL_RE.lastIndex = 0;
+    while ((m = URL_RE.exec(text))) {
+      // Trailing punctuation ends the sentence, not the URL.
+      var url = m[0].replace(/[.,;:!?)\]}]+$/, '');
+      var href = safeHref(url);
+      if (!href) continue;
+      if (m.index > at) span.appendChild(document.createTextNode(text.slice(at, m.index)));
+      var a = el('a', null, url);
+      a.href = href;
+      a.target = '_blank';
+      a.rel = 'noopener noreferrer';
+      span.appendChild(a);
+      at = m.index + url.length;
+      URL_RE.lastIndex = at;
+    }
+    if (at < text.length) span.appendChild(document.createTextNode(text.slice(at)));
+    return span;
+  }
+  demo.messageText = messageText; // for the tests
+
   function renderEmpty(win) {
     $('.empty', win.el).hidden = !win.loaded || win.list.children.length > 0;
   }
@@ -697,7 +737,7 @@
     var client = demo.client;
     var cid = client.tab + '-' + Date.now().toString(36) + '-' + ++cidN;
     var li = el('li', 'msg mine pending');
-    li.appendChild(el('span', 'text', text));
+    li.appendChild(messageText(text));
     li.dataset.cid = cid;
     li.title = 'Sending…';
     win.byCid.set(cid, li);
