@@ -641,6 +641,45 @@
       });
   }
 
+  var GROUP_GAP_MS = 5 * 60 * 1000;
+
+  /** Facebook-style: "Just now", "7 min", "10:42" today, "Mon 10:42" this
+   *  week, "Jan 5, 10:42" before. */
+  function shortTime(ts, now) {
+    var d = new Date(ts);
+    if (isNaN(d)) return '';
+    var ago = now - ts;
+    if (ago < 60 * 1000) return 'Just now';
+    if (ago < 60 * 60 * 1000) return Math.floor(ago / 60000) + ' min';
+    var hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    var today = new Date(now);
+    if (d.toDateString() === today.toDateString()) return hm;
+    if (ago < 6 * 24 * 60 * 60 * 1000) return d.toLocaleDateString([], { weekday: 'short' }) + ' ' + hm;
+    return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ', ' + hm;
+  }
+  demo.shortTime = shortTime; // for the tests
+
+  /** A time under each group of messages (one sender, no long pause), in
+   *  data-time (shown by CSS, so it is not part of the message's text). */
+  function renderTimes(win) {
+    var now = Date.now();
+    var items = Array.prototype.filter.call(win.list.children, function (li) {
+      return li.dataset.ts;
+    });
+    items.forEach(function (li, i) {
+      var next = items[i + 1];
+      var end =
+        !next ||
+        next.classList.contains('mine') !== li.classList.contains('mine') ||
+        Number(next.dataset.ts) - Number(li.dataset.ts) > GROUP_GAP_MS;
+      if (end) li.dataset.time = shortTime(Number(li.dataset.ts), now);
+      else delete li.dataset.time;
+    });
+  }
+  setInterval(function () {
+    demo.windows.forEach(renderTimes);
+  }, 30 * 1000);
+
   function time(ts) {
     try {
       return new Date(ts).toLocaleString([], { hour: '2-digit', minute: '2-digit', month: 'short', day: 'numeric' });
@@ -665,6 +704,7 @@
     }
     li.dataset.id = id;
     li.title = time(m.ts);
+    if (m.ts) li.dataset.ts = String(m.ts);
     if (m.cid) li.dataset.cid = m.cid;
     win.byId.set(id, li);
     // Insert after the last message with a smaller id (pending ones stay last).
@@ -684,6 +724,7 @@
     if (m.from !== me && (!win.lastIncoming || Switchboard.compareIds(id, win.lastIncoming) > 0)) {
       win.lastIncoming = id;
     }
+    renderTimes(win);
     renderSeen(win);
     renderEmpty(win);
     if (stick || m.from === me) scrollToEnd(win);
