@@ -19,7 +19,8 @@
 
   var Switchboard = window.Switchboard;
   var LOGIN_KEY = 'sb-demo-user';
-  var WINDOWS_MAX = 3;
+  var WINDOWS_MAX = 8; // open windows kept in the UI state; those that do not fit are behind "+N"
+  var MORE_W = 72; // room kept for the "+N" tab
   var HISTORY_PAGE = 20;
   var TYPING_SHOWN_MAX_MS = 8000;
 
@@ -257,6 +258,7 @@
     client.on('presence', function () {
       renderBuddies();
       renderWindowHeads();
+      renderMore();
     });
     client.on('roster', function (ev) {
       if (ev.change === 'removed' && demo.windows.has(ev.user.id)) closeWindow(ev.user.id, true);
@@ -383,6 +385,7 @@
       badge.hidden = !n;
       w.el.classList.toggle('has-unread', n > 0);
     });
+    renderMore();
     document.title = (total ? '(' + total + ') ' : '') + 'Switchboard demo';
   }
 
@@ -438,8 +441,19 @@
     var existing = ui.windows.filter(function (w) {
       return w.id === friend;
     })[0];
-    if (existing) existing.min = focus ? false : existing.min;
-    else {
+    if (existing) {
+      existing.min = focus ? false : existing.min;
+      // A hidden (overflowed) window comes in nearest the contact list,
+      // swapping out the farthest shown one.
+      var shown = demo.windows.get(friend);
+      if (focus && shown && shown.el.classList.contains('overflow')) {
+        ui.windows = [existing].concat(
+          ui.windows.filter(function (w) {
+            return w !== existing;
+          })
+        );
+      }
+    } else {
       ui.windows.unshift({ id: friend, min: !focus });
       ui.windows = ui.windows.slice(0, WINDOWS_MAX);
     }
@@ -477,20 +491,108 @@
   }
 
   /** Windows that do not fit left of the contact list are hidden (the
-   *  oldest first), as they stay in the UI state for wider screens. */
+   *  farthest first; they stay in the UI state for wider screens) behind
+   *  a "+N" tab, as Facebook did: it lists them, and one picked from it
+   *  swaps in. */
   function fitDock() {
     var dock = $('#dock');
-    var room = dock.getBoundingClientRect().right - 8;
-    Array.prototype.forEach.call(dock.children, function (node) {
+    var more = moreTab();
+    var chats = Array.prototype.slice.call(dock.querySelectorAll('.chat'));
+    chats.forEach(function (node) {
       node.classList.remove('overflow');
     });
-    if (isPhone()) return;
-    Array.prototype.forEach.call(dock.children, function (node) {
-      room -= node.getBoundingClientRect().width + 10;
-      if (room < 0) node.classList.add('overflow');
-    });
+    dock.appendChild(more); // last: the far end of the dock
+    var hidden = [];
+    if (!isPhone()) {
+      var room = dock.getBoundingClientRect().right - 8;
+      var widths = chats.map(function (node) {
+        return node.getBoundingClientRect().width + 10;
+      });
+      var total = widths.reduce(function (a, b) {
+        return a + b;
+      }, 0);
+      if (total > room) {
+        room -= MORE_W;
+        chats.forEach(function (node, i) {
+          room -= widths[i];
+          if (room < 0 || hidden.length) {
+            node.classList.add('overflow');
+            hidden.push(Number(node.dataset.friend));
+          }
+        });
+      }
+    }
+    demo.hidden = hidden;
+    more.hidden = !hidden.length;
+    if (!hidden.length) $('.more-menu', more).hidden = true;
+    renderMore();
   }
   window.addEventListener('resize', fitDock);
+
+  function moreTab() {
+    var more = $('#dock .more');
+    if (more) return more;
+    more = el('div', 'more');
+    more.hidden = true;
+    var button = el('button', 'more-tab');
+    button.type = 'button';
+    button.title = 'More conversations';
+    button.setAttribute('aria-haspopup', 'true');
+    button.appendChild(el('span', 'more-count'));
+    var badge = el('span', 'badge');
+    badge.hidden = true;
+    button.appendChild(badge);
+    var menu = el('ul', 'more-menu');
+    menu.hidden = true;
+    button.addEventListener('click', function (e) {
+      e.stopPropagation();
+      menu.hidden = !menu.hidden;
+      button.setAttribute('aria-expanded', String(!menu.hidden));
+    });
+    document.addEventListener('click', function (e) {
+      if (!more.contains(e.target)) menu.hidden = true;
+    });
+    more.appendChild(menu);
+    more.appendChild(button);
+    return more;
+  }
+
+  /** The "+N" tab's count, unread badge and list of hidden conversations. */
+  function renderMore() {
+    var more = $('#dock .more');
+    if (!more) return;
+    var hidden = demo.hidden || [];
+    $('.more-count', more).textContent = '+' + hidden.length;
+    var unread = 0;
+    var menu = $('.more-menu', more);
+    menu.textContent = '';
+    hidden.forEach(function (id) {
+      var n = unreadOf(id);
+      unread += n;
+      var li = el('li');
+      var b = el('button', 'more-item');
+      b.type = 'button';
+      b.dataset.friend = id;
+      var av = el('span', 'avatar small');
+      av.appendChild(el('i', 'dot ' + presenceOf(id)));
+      paintAvatar(av, id, nameOf(id));
+      b.appendChild(av);
+      b.appendChild(el('span', 'name', nameOf(id)));
+      var badge = el('span', 'badge', String(n));
+      badge.hidden = !n;
+      b.appendChild(badge);
+      b.addEventListener('click', function (e) {
+        e.stopPropagation();
+        menu.hidden = true;
+        openWindow(id, true);
+      });
+      li.appendChild(b);
+      menu.appendChild(li);
+    });
+    var badge = $('.more-tab .badge', more);
+    badge.textContent = String(unread);
+    badge.hidden = !unread;
+  }
 
   function isPhone() {
     return window.matchMedia('(max-width: 700px)').matches;
@@ -818,7 +920,7 @@
 
   /** Marks a window's conversation read when the user can see it. */
   function maybeRead(win) {
-    if (win.min || document.visibilityState !== 'visible' || !win.lastIncoming) return;
+    if (win.min || win.el.classList.contains('overflow') || document.visibilityState !== 'visible' || !win.lastIncoming) return;
     if (isPhone() && demo.ui.focus !== win.friend) return;
     if (!demo.client || !demo.client.sid) return;
     demo.client.read(win.friend, win.lastIncoming);
