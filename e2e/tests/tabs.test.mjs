@@ -39,11 +39,14 @@ after(async () => {
 
 test('the server printed the demo URL, and / leads to it', async () => {
   assert.equal(env.server.demoUrl, `${env.server.url}/demo/`);
-  const page = await ctxBob.newPage();
+  // A fresh profile: one signed in already would skip the picker (the
+  // sign-in is shared by the tabs of a browser).
+  const ctx = await env.browser.newContext();
+  const page = await ctx.newPage();
   await page.goto(env.server.url + '/');
   await page.waitForURL(/\/demo\/$/);
   await page.locator('#picker .user-tile').first().waitFor();
-  await page.close();
+  await ctx.close();
 });
 
 test('a message appears in all three tabs exactly once', async () => {
