@@ -761,8 +761,9 @@
   }
   demo.shortTime = shortTime; // for the tests
 
-  /** A time under each group of messages (one sender, no long pause), in
-   *  data-time (shown by CSS, so it is not part of the message's text). */
+  /** A time under each group of messages (no pause of more than a few
+   *  minutes between them), in data-time (shown by CSS, so it is not part
+   *  of the message's text). */
   function renderTimes(win) {
     var now = Date.now();
     var items = Array.prototype.filter.call(win.list.children, function (li) {
@@ -770,10 +771,7 @@
     });
     items.forEach(function (li, i) {
       var next = items[i + 1];
-      var end =
-        !next ||
-        next.classList.contains('mine') !== li.classList.contains('mine') ||
-        Number(next.dataset.ts) - Number(li.dataset.ts) > GROUP_GAP_MS;
+      var end = !next || Number(next.dataset.ts) - Number(li.dataset.ts) > GROUP_GAP_MS;
       if (end) li.dataset.time = shortTime(Number(li.dataset.ts), now);
       else delete li.dataset.time;
     });
