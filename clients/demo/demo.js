@@ -8,13 +8,19 @@
  * elects the polling tab by heartbeats instead of navigator.locks; ?share=0
  * turns tab sharing off. #as=ID signs in as
  * that demo user directly (the "open another tab" link uses it).
+ *
+ * The sign-in is the browser's (localStorage), so a new tab is signed in
+ * too and signing out signs out every tab; each tab also remembers its own
+ * user (sessionStorage), so a tab signed in as someone else by an #as= link
+ * stays that user across reloads.
  */
 (function () {
   'use strict';
 
   var Switchboard = window.Switchboard;
   var LOGIN_KEY = 'sb-demo-user';
-  var WINDOWS_MAX = 3;
+  var WINDOWS_MAX = 8; // open windows kept in the UI state; those that do not fit are behind "+N"
+  var MORE_W = 72; // room kept for the "+N" tab
   var HISTORY_PAGE = 20;
   var TYPING_SHOWN_MAX_MS = 8000;
 
@@ -49,6 +55,7 @@
     me: null,
     ui: { v: 1, windows: [], focus: null },
     windows: new Map(), // friend id -> window object
+    directory: {}, // user id -> name, from /demo/users (names of non-friends too)
   });
   var cidN = 0;
 
@@ -66,6 +73,22 @@
   // ---------------------------------------------------------------------
   // Sign in
 
+  /** The demo users with their friends (empty when the server's directory
+   *  is not known to it); also fills demo.directory, the names by id. */
+  function loadUsers() {
+    return fetch('/demo/users', { cache: 'no-store' })
+      .then(function (r) {
+        return r.json();
+      })
+      .then(function (j) {
+        var users = (j && j.users) || [];
+        users.forEach(function (u) {
+          demo.directory[u.id] = u.name;
+        });
+        return users;
+      });
+  }
+
   function showPicker() {
     $('#app').classList.add('signed-out');
     $('#picker').hidden = false;
@@ -73,20 +96,13 @@
     $('#me').hidden = true;
     var grid = $('#user-grid');
     grid.textContent = '';
-    fetch('/demo/users', { cache: 'no-store' })
-      .then(function (r) {
-        return r.json();
-      })
-      .then(function (j) {
-        var users = (j && j.users) || [];
+    loadUsers()
+      .then(function (users) {
         if (!users.length) {
           $('#picker-id').hidden = false;
           return;
         }
-        var names = {};
-        users.forEach(function (u) {
-          names[u.id] = u.name;
-        });
+        var names = demo.directory;
         users.forEach(function (u) {
           var li = el('li');
           var b = el('button', 'user-tile');
@@ -99,7 +115,7 @@
           var friends = (u.friends || []).map(function (f) {
             return names[f] || f;
           });
-          who.appendChild(el('span', 'friends', friends.length ? 'friends: ' + friends.join(', ') : 'no friends yet'));
+          who.appendChild(el('span', 'friends', friends.length ? 'Friends with ' + listNames(friends) : 'No friends yet'));
           b.appendChild(av);
           b.appendChild(who);
           b.addEventListener('click', function () {
@@ -134,7 +150,7 @@
     $('#picker-error').textContent = '';
     mint(userId).then(
       function (j) {
-        sessionStorage.setItem(LOGIN_KEY, JSON.stringify(j.user));
+        remember(j.user);
         start(j.user, j.token);
       },
       function (e) {
@@ -143,8 +159,44 @@
     );
   }
 
+  /** The signed-in user: this tab's, else the browser's (another tab's). */
+  function remembered() {
+    var stores = [sessionStorage, localStorage];
+    for (var i = 0; i < stores.length; i++) {
+      try {
+        var u = JSON.parse(stores[i].getItem(LOGIN_KEY) || 'null');
+        if (u && u.id) return u;
+      } catch (e) {
+        /* unreadable: try the next */
+      }
+    }
+    return null;
+  }
+  function remember(user) {
+    var v = JSON.stringify({ id: user.id, name: user.name });
+    try {
+      sessionStorage.setItem(LOGIN_KEY, v);
+      localStorage.setItem(LOGIN_KEY, v);
+    } catch (e) {
+      /* storage off: this tab only */
+    }
+  }
+  function forget() {
+    try {
+      sessionStorage.removeItem(LOGIN_KEY);
+      localStorage.removeItem(LOGIN_KEY);
+    } catch (e) {
+      /* storage off */
+    }
+  }
+
+  // Signing out in one tab signs out every tab of this browser.
+  window.addEventListener('storage', function (e) {
+    if (e.key === LOGIN_KEY && e.newValue === null && demo.client) signOut();
+  });
+
   function signOut() {
-    sessionStorage.removeItem(LOGIN_KEY);
+    forget();
     if (demo.client) demo.client.close();
     demo.client = null;
     demo.windows.forEach(function (w) {
@@ -193,6 +245,7 @@
       },
     });
     demo.client = client;
+    loadUsers().catch(function () {});
 
     client.on('connected', function (snap) {
       demo.me = snap.user;
@@ -205,6 +258,7 @@
     client.on('presence', function () {
       renderBuddies();
       renderWindowHeads();
+      renderMore();
     });
     client.on('roster', function (ev) {
       if (ev.change === 'removed' && demo.windows.has(ev.user.id)) closeWindow(ev.user.id, true);
@@ -224,7 +278,7 @@
     var shown = { not_friends: 1, too_large: 1, forbidden: 1, bad_request: 1, unauthorized: 1 };
     if (!shown[e.code]) return;
     if (e.code === 'not_friends') {
-      var name = e.to ? nameOf(e.to) : 'them';
+      var name = e.to ? nameOf(e.to) : 'they';
       toast('Not sent: you can only message friends, and ' + name + ' is not one (not_friends)', 'error');
     } else {
       toast((e.call ? e.call + ': ' : '') + e.message + ' (' + e.code + ')', 'error');
@@ -245,16 +299,26 @@
       follower: 'Another tab holds the long-poll and shares its events with this one.',
       solo: 'This tab polls by itself.',
     };
-    conn.title = 'transport: ' + transport + ' · ' + (roleText[role] || '');
-    $('#tab-role').textContent = (roleText[role] || '') + ' (' + transport + ')';
+    // How this tab talks to the server is for the curious: a tooltip, not
+    // text on the page (tests read data-role).
+    conn.title = (roleText[role] ? roleText[role] + ' ' : '') + '(' + transport + ')';
   }
 
   // ---------------------------------------------------------------------
   // Contacts
 
+  /** A user's name: from the roster (friends), else the demo directory,
+   *  never a bare id on screen. */
   function nameOf(id) {
     var c = demo.client && demo.client.roster.get(Number(id));
-    return c ? c.name : 'user ' + id;
+    if (c) return c.name;
+    return demo.directory[Number(id)] || 'someone';
+  }
+
+  /** "a", "a and b", "a, b and c". */
+  function listNames(names) {
+    if (names.length < 2) return names.join('');
+    return names.slice(0, -1).join(', ') + ' and ' + names[names.length - 1];
   }
   function presenceOf(id) {
     var c = demo.client && demo.client.roster.get(Number(id));
@@ -300,7 +364,7 @@
     var names = friends.map(function (f) {
       return f.name;
     });
-    $('#welcome-friends').textContent = names.length ? 'Friends: ' + names.join(', ') + '.' : 'No friends yet.';
+    $('#welcome-friends').textContent = names.length ? 'Your friends: ' + listNames(names) + '.' : 'No friends yet.';
   }
 
   function renderUnread() {
@@ -321,6 +385,7 @@
       badge.hidden = !n;
       w.el.classList.toggle('has-unread', n > 0);
     });
+    renderMore();
     document.title = (total ? '(' + total + ') ' : '') + 'Switchboard demo';
   }
 
@@ -376,8 +441,19 @@
     var existing = ui.windows.filter(function (w) {
       return w.id === friend;
     })[0];
-    if (existing) existing.min = focus ? false : existing.min;
-    else {
+    if (existing) {
+      existing.min = focus ? false : existing.min;
+      // A hidden (overflowed) window comes in nearest the contact list,
+      // swapping out the farthest shown one.
+      var shown = demo.windows.get(friend);
+      if (focus && shown && shown.el.classList.contains('overflow')) {
+        ui.windows = [existing].concat(
+          ui.windows.filter(function (w) {
+            return w !== existing;
+          })
+        );
+      }
+    } else {
       ui.windows.unshift({ id: friend, min: !focus });
       ui.windows = ui.windows.slice(0, WINDOWS_MAX);
     }
@@ -415,20 +491,108 @@
   }
 
   /** Windows that do not fit left of the contact list are hidden (the
-   *  oldest first), as they stay in the UI state for wider screens. */
+   *  farthest first; they stay in the UI state for wider screens) behind
+   *  a "+N" tab, as Facebook did: it lists them, and one picked from it
+   *  swaps in. */
   function fitDock() {
     var dock = $('#dock');
-    var room = dock.getBoundingClientRect().right - 8;
-    Array.prototype.forEach.call(dock.children, function (node) {
+    var more = moreTab();
+    var chats = Array.prototype.slice.call(dock.querySelectorAll('.chat'));
+    chats.forEach(function (node) {
       node.classList.remove('overflow');
     });
-    if (isPhone()) return;
-    Array.prototype.forEach.call(dock.children, function (node) {
-      room -= node.getBoundingClientRect().width + 10;
-      if (room < 0) node.classList.add('overflow');
-    });
+    dock.appendChild(more); // last: the far end of the dock
+    var hidden = [];
+    if (!isPhone()) {
+      var room = dock.getBoundingClientRect().right - 8;
+      var widths = chats.map(function (node) {
+        return node.getBoundingClientRect().width + 10;
+      });
+      var total = widths.reduce(function (a, b) {
+        return a + b;
+      }, 0);
+      if (total > room) {
+        room -= MORE_W;
+        chats.forEach(function (node, i) {
+          room -= widths[i];
+          if (room < 0 || hidden.length) {
+            node.classList.add('overflow');
+            hidden.push(Number(node.dataset.friend));
+          }
+        });
+      }
+    }
+    demo.hidden = hidden;
+    more.hidden = !hidden.length;
+    if (!hidden.length) $('.more-menu', more).hidden = true;
+    renderMore();
   }
   window.addEventListener('resize', fitDock);
+
+  function moreTab() {
+    var more = $('#dock .more');
+    if (more) return more;
+    more = el('div', 'more');
+    more.hidden = true;
+    var button = el('button', 'more-tab');
+    button.type = 'button';
+    button.title = 'More conversations';
+    button.setAttribute('aria-haspopup', 'true');
+    button.appendChild(el('span', 'more-count'));
+    var badge = el('span', 'badge');
+    badge.hidden = true;
+    button.appendChild(badge);
+    var menu = el('ul', 'more-menu');
+    menu.hidden = true;
+    button.addEventListener('click', function (e) {
+      e.stopPropagation();
+      menu.hidden = !menu.hidden;
+      button.setAttribute('aria-expanded', String(!menu.hidden));
+    });
+    document.addEventListener('click', function (e) {
+      if (!more.contains(e.target)) menu.hidden = true;
+    });
+    more.appendChild(menu);
+    more.appendChild(button);
+    return more;
+  }
+
+  /** The "+N" tab's count, unread badge and list of hidden conversations. */
+  function renderMore() {
+    var more = $('#dock .more');
+    if (!more) return;
+    var hidden = demo.hidden || [];
+    $('.more-count', more).textContent = '+' + hidden.length;
+    var unread = 0;
+    var menu = $('.more-menu', more);
+    menu.textContent = '';
+    hidden.forEach(function (id) {
+      var n = unreadOf(id);
+      unread += n;
+      var li = el('li');
+      var b = el('button', 'more-item');
+      b.type = 'button';
+      b.dataset.friend = id;
+      var av = el('span', 'avatar small');
+      av.appendChild(el('i', 'dot ' + presenceOf(id)));
+      paintAvatar(av, id, nameOf(id));
+      b.appendChild(av);
+      b.appendChild(el('span', 'name', nameOf(id)));
+      var badge = el('span', 'badge', String(n));
+      badge.hidden = !n;
+      b.appendChild(badge);
+      b.addEventListener('click', function (e) {
+        e.stopPropagation();
+        menu.hidden = true;
+        openWindow(id, true);
+      });
+      li.appendChild(b);
+      menu.appendChild(li);
+    });
+    var badge = $('.more-tab .badge', more);
+    badge.textContent = String(unread);
+    badge.hidden = !unread;
+  }
 
   function isPhone() {
     return window.matchMedia('(max-width: 700px)').matches;
@@ -457,9 +621,10 @@
     };
     demo.windows.set(friend, win);
     renderWindowHead(win);
+    // Minimise on an open window, restore on a minimised one.
     $('.min', node).addEventListener('click', function (e) {
       e.stopPropagation();
-      toggleMin(friend, true);
+      toggleMin(friend, !win.min);
     });
     $('.back', node).addEventListener('click', function (e) {
       e.stopPropagation();
@@ -514,6 +679,11 @@
   function setMin(win, min) {
     win.min = min;
     win.el.dataset.min = String(min);
+    var button = $('.min', win.el);
+    button.textContent = min ? '□' : '–';
+    button.title = min ? 'Restore' : 'Minimise';
+    button.setAttribute('aria-label', button.title);
+    button.classList.toggle('restore', min);
     if (!min) scrollToEnd(win);
   }
 
@@ -573,6 +743,43 @@
       });
   }
 
+  var GROUP_GAP_MS = 5 * 60 * 1000;
+
+  /** Facebook-style: "Just now", "7 min", "10:42" today, "Mon 10:42" this
+   *  week, "Jan 5, 10:42" before. */
+  function shortTime(ts, now) {
+    var d = new Date(ts);
+    if (isNaN(d)) return '';
+    var ago = now - ts;
+    if (ago < 60 * 1000) return 'Just now';
+    if (ago < 60 * 60 * 1000) return Math.floor(ago / 60000) + ' min';
+    var hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    var today = new Date(now);
+    if (d.toDateString() === today.toDateString()) return hm;
+    if (ago < 6 * 24 * 60 * 60 * 1000) return d.toLocaleDateString([], { weekday: 'short' }) + ' ' + hm;
+    return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ', ' + hm;
+  }
+  demo.shortTime = shortTime; // for the tests
+
+  /** A time under each group of messages (no pause of more than a few
+   *  minutes between them), in data-time (shown by CSS, so it is not part
+   *  of the message's text). */
+  function renderTimes(win) {
+    var now = Date.now();
+    var items = Array.prototype.filter.call(win.list.children, function (li) {
+      return li.dataset.ts;
+    });
+    items.forEach(function (li, i) {
+      var next = items[i + 1];
+      var end = !next || Number(next.dataset.ts) - Number(li.dataset.ts) > GROUP_GAP_MS;
+      if (end) li.dataset.time = shortTime(Number(li.dataset.ts), now);
+      else delete li.dataset.time;
+    });
+  }
+  setInterval(function () {
+    demo.windows.forEach(renderTimes);
+  }, 30 * 1000);
+
   function time(ts) {
     try {
       return new Date(ts).toLocaleString([], { hour: '2-digit', minute: '2-digit', month: 'short', day: 'numeric' });
@@ -593,10 +800,11 @@
       li.remove();
     } else {
       li = el('li', 'msg' + (m.from === me ? ' mine' : ''));
-      li.appendChild(el('span', 'text', m.text));
+      li.appendChild(messageText(m.text));
     }
     li.dataset.id = id;
     li.title = time(m.ts);
+    if (m.ts) li.dataset.ts = String(m.ts);
     if (m.cid) li.dataset.cid = m.cid;
     win.byId.set(id, li);
     // Insert after the last message with a smaller id (pending ones stay last).
@@ -616,10 +824,51 @@
     if (m.from !== me && (!win.lastIncoming || Switchboard.compareIds(id, win.lastIncoming) > 0)) {
       win.lastIncoming = id;
     }
+    renderTimes(win);
     renderSeen(win);
     renderEmpty(win);
     if (stick || m.from === me) scrollToEnd(win);
   }
+
+  // Links: only http(s) URLs written out in full become links, built with
+  // DOM calls (never markup from message text), opening in a new tab with
+  // no opener and no referrer. Anything else (javascript:, data:, ...)
+  // stays text.
+  var URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+
+  function safeHref(candidate) {
+    try {
+      var u = new URL(candidate);
+      return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** A message's text as a .text span, its http(s) URLs as links. */
+  function messageText(text) {
+    var span = el('span', 'text');
+    var at = 0;
+    var m;
+    URL_RE.lastIndex = 0;
+    while ((m = URL_RE.exec(text))) {
+      // Trailing punctuation ends the sentence, not the URL.
+      var url = m[0].replace(/[.,;:!?)\]}]+$/, '');
+      var href = safeHref(url);
+      if (!href) continue;
+      if (m.index > at) span.appendChild(document.createTextNode(text.slice(at, m.index)));
+      var a = el('a', null, url);
+      a.href = href;
+      a.target = '_blank';
+      a.rel = 'noopener noreferrer';
+      span.appendChild(a);
+      at = m.index + url.length;
+      URL_RE.lastIndex = at;
+    }
+    if (at < text.length) span.appendChild(document.createTextNode(text.slice(at)));
+    return span;
+  }
+  demo.messageText = messageText; // for the tests
 
   function renderEmpty(win) {
     $('.empty', win.el).hidden = !win.loaded || win.list.children.length > 0;
@@ -629,7 +878,7 @@
     var client = demo.client;
     var cid = client.tab + '-' + Date.now().toString(36) + '-' + ++cidN;
     var li = el('li', 'msg mine pending');
-    li.appendChild(el('span', 'text', text));
+    li.appendChild(messageText(text));
     li.dataset.cid = cid;
     li.title = 'Sending…';
     win.byCid.set(cid, li);
@@ -669,7 +918,7 @@
 
   /** Marks a window's conversation read when the user can see it. */
   function maybeRead(win) {
-    if (win.min || document.visibilityState !== 'visible' || !win.lastIncoming) return;
+    if (win.min || win.el.classList.contains('overflow') || document.visibilityState !== 'visible' || !win.lastIncoming) return;
     if (isPhone() && demo.ui.focus !== win.friend) return;
     if (!demo.client || !demo.client.sid) return;
     demo.client.read(win.friend, win.lastIncoming);
@@ -743,20 +992,16 @@
       signIn(Number(as[1]));
       return;
     }
-    var saved = null;
-    try {
-      saved = JSON.parse(sessionStorage.getItem(LOGIN_KEY) || 'null');
-    } catch (e) {
-      saved = null;
-    }
-    if (saved && saved.id) {
+    var saved = remembered();
+    if (saved) {
       mint(saved.id).then(
         function (j) {
+          remember(j.user);
           start(j.user, j.token);
         },
         function (e) {
           if (e.code === 'not_found') {
-            sessionStorage.removeItem(LOGIN_KEY);
+            forget();
             showPicker();
           } else start(saved, null); // the server is away: the client retries
         }

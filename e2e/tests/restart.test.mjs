@@ -46,7 +46,7 @@ test('the client survives a server restart: reconnects, resumes, no duplicates',
 
   // A message typed while the server is down waits, pending (from the
   // follower tab: the tab that does not poll must retry too).
-  const follower = (await alice1.locator('#tab-role').textContent()).startsWith('Another tab') ? alice1 : alice2;
+  const follower = (await alice1.locator('#conn').getAttribute('data-role')) === 'follower' ? alice1 : alice2;
   await sendText(follower, BOB, 'sent while down');
   await chat(follower, BOB).locator('.msg.pending').waitFor();
   await sleep(1000);
