@@ -709,8 +709,14 @@
           if (page.messages.length) win.oldest = page.messages[0].id;
         }
         win.loaded = true;
+        // The friend's read mark, kept by the server: "Seen" survives a
+        // reload (a newer read event moves it on).
+        if (page.seen && (!win.seenUpto || Switchboard.compareIds(page.seen, win.seenUpto) > 0)) {
+          win.seenUpto = String(page.seen);
+        }
         renderEmpty(win);
         scrollToEnd(win);
+        renderSeen(win);
         maybeRead(win);
       })
       .catch(function (e) {

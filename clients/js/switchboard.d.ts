@@ -234,8 +234,9 @@ export class Client<S = Record<string, unknown>> extends Emitter<EventMap<S>> {
   typing(to: UserId): void;
   stopTyping(to: UserId): void;
   read(friend: UserId, upto: MessageId): Promise<void>;
-  /** Oldest first. Without `before`, the conversation is tracked (fetched again after a reset). */
-  history(friend: UserId, opts?: { before?: MessageId; limit?: number }): Promise<{ messages: Message[]; more: boolean }>;
+  /** Oldest first. Without `before`, the conversation is tracked (fetched again after a reset).
+   *  `seen`: how far the friend has read this conversation (their read mark), or null. */
+  history(friend: UserId, opts?: { before?: MessageId; limit?: number }): Promise<{ messages: Message[]; more: boolean; seen: MessageId | null }>;
   untrack(friend: UserId): void;
   /** Replaces the UI state (a JSON object of at most 4096 bytes) in every tab. */
   setUi(state: S): Promise<void>;

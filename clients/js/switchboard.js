@@ -507,7 +507,7 @@
             self._lastIncoming[friend] = m.id;
           }
         });
-        return { messages: r.messages, more: !!r.more };
+        return { messages: r.messages, more: !!r.more, seen: r.seen == null ? null : String(r.seen) };
       });
     }
 

@@ -1,5 +1,6 @@
 // A reload restores chat windows (open and minimised), their history, and
-// unread badges; "seen" receipts; history scroll-back.
+// unread badges; "seen" receipts, also on the reloaded sender's side
+// (`/history` answers the friend's read mark); history scroll-back.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -79,6 +80,13 @@ test('a reload restores windows, history and unread badges', async () => {
   await connected(alice);
   await expectCount(messages(alice, CAROL, 'c2'), 1);
   assert.equal(await badgeText(buddy(alice, CAROL)), '');
+
+  // "Seen" survives the sender's reload: /history says how far alice read.
+  await carol.reload();
+  await connected(carol);
+  await expectCount(messages(carol, ALICE, 'c2'), 1);
+  await chat(carol, ALICE).locator('.seen').waitFor({ state: 'visible' });
+  assert.equal((await chat(carol, ALICE).locator('.seen').textContent()).trim(), 'Seen');
   assert.deepEqual(env.problems, []);
 });
 
