@@ -337,7 +337,19 @@ where
                     (limits.idle_timeout_ms, CloseReason::IdleTimeout)
                 };
                 let sleep = handler.sleep(ms(wait_ms));
-                let idle = pin!(futures_lite::future::or(sleep, handler.stopped()));
+                // A stop closes a connection idle between requests, but
+                // not one that has yet to send its first: it was accepted
+                // to be served (the last accept of a stopping or handing
+                // over server), and its request may be on its way or
+                // already unread in the socket, which a close would
+                // answer with a reset. It gets the first-byte timeout.
+                let stopped = async {
+                    match first {
+                        true => std::future::pending::<()>().await,
+                        false => handler.stopped().await,
+                    }
+                };
+                let idle = pin!(futures_lite::future::or(sleep, stopped));
                 match self.read_more(idle).await {
                     ReadEvent::Data(_) => {}
                     ReadEvent::Eof => return Ending::Closed(CloseReason::PeerClosed),

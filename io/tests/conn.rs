@@ -172,6 +172,8 @@ struct TestHandler {
     /// This thread's pooled buffers held by connections when each call
     /// began (`buffers::stats().lent`).
     lent_at_calls: RefCell<Vec<usize>>,
+    /// The server is stopping (`Handler::stopped` resolves at once).
+    stopping: bool,
 }
 
 impl Handler for TestHandler {
@@ -207,6 +209,16 @@ impl Handler for TestHandler {
         self.answered
             .borrow_mut()
             .push((endpoint, outcome, elapsed));
+    }
+
+    async fn stopped(&self) {
+        if !self.stopping {
+            future::pending::<()>().await
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping
     }
 
     async fn drain_over(&self) {
@@ -488,6 +500,57 @@ fn lingering_ends_when_a_stopping_servers_drain_is_over() {
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(100), "{took:?}");
     assert!(took < Duration::from_millis(450), "{took:?}");
+}
+
+#[test]
+fn a_stopping_server_serves_a_fresh_connections_first_request_and_closes_it() {
+    // Accepted as the server stops: its request comes a moment later, and
+    // is answered (`Connection: close`), not met with a close (a reset,
+    // with the request unread).
+    let handler = TestHandler {
+        stopping: true,
+        ..TestHandler::default()
+    };
+    let (outcome, answer, calls) =
+        run_with(handler, Listener::Client, config(), |mut end| async move {
+            sleep(Duration::from_millis(30)).await;
+            end.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let answer = read_answer(&mut end, &mut buf, false).await.unwrap();
+            assert!(read_to_eof(&mut end).await.is_empty());
+            answer
+        });
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answer.head
+    );
+    assert!(calls.is_empty(), "ping is answered by io: {calls:?}");
+    assert_eq!(outcome.requests_answered, 1, "{outcome:?}");
+    // A connection that was answered once and waits idle closes at once.
+    let handler = TestHandler {
+        stopping: true,
+        ..TestHandler::default()
+    };
+    let start = Instant::now();
+    let (outcome, _, _) = run_with(handler, Listener::Client, config(), |mut end| async move {
+        end.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_eof(&mut end).await
+    });
+    assert_eq!(outcome.requests_answered, 1, "{outcome:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(90),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
