@@ -161,10 +161,18 @@
 
   /** The signed-in user: this tab's, else the browser's (another tab's). */
   function remembered() {
-    var stores = [sessionStorage, localStorage];
+    // Reading either store may throw where storage is blocked.
+    var stores = [
+      function () {
+        return sessionStorage;
+      },
+      function () {
+        return localStorage;
+      },
+    ];
     for (var i = 0; i < stores.length; i++) {
       try {
-        var u = JSON.parse(stores[i].getItem(LOGIN_KEY) || 'null');
+        var u = JSON.parse(stores[i]().getItem(LOGIN_KEY) || 'null');
         if (u && u.id) return u;
       } catch (e) {
         /* unreadable: try the next */

@@ -165,7 +165,7 @@ test('a page on another origin loads the client from the server and two users ch
     assert.equal(r.status(), 200, r.url());
     const h = r.headers();
     assert.match(h.etag, /^"[0-9a-f]{32}"$/, r.url());
-    assert.equal(h['cache-control'], 'public, max-age=3600');
+    assert.equal(h['cache-control'], 'public, no-cache');
     assert.equal(h['content-type'], 'text/javascript; charset=utf-8');
     assert.equal(h['access-control-allow-origin'], '*');
   }

@@ -19,8 +19,20 @@ pub struct Watched(pub TcpStream);
 impl switchboard_io::Hangup for Watched {
     async fn hung_up(&self) -> bool {
         let mut byte = [0u8; 1];
-        // 0: the peer closed with nothing more sent; an error: reset.
-        !matches!(self.0.peek(&mut byte).await, Ok(n) if n > 0)
+        match self.0.peek(&mut byte).await {
+            // Input waits: a next request, read after the answer.
+            Ok(n) if n > 0 => false,
+            // End of stream: the peer closed (or shut its side down, as
+            // nginx's 499 takes it: a client that half-closes during a
+            // held poll is taken as gone).
+            Ok(_) => true,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ECONNRESET | libc::ETIMEDOUT | libc::EPIPE | libc::ENOTCONN) => true,
+                // Anything else says nothing about the peer: the answer's
+                // write will tell.
+                _ => std::future::pending().await,
+            },
+        }
     }
 }
 

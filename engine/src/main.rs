@@ -325,7 +325,7 @@ fn token(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
         .map_or(0, |d| d.as_secs());
     println!(
         "{}",
-        switchboard_storage::token::mint(&secret, user, now + ttl_s)
+        switchboard_storage::token::mint(&secret, user, now.saturating_add(ttl_s))
     );
     ExitCode::SUCCESS
 }

@@ -967,7 +967,7 @@ const COUNTERS: [CounterSpec; 36] = [
     CounterSpec {
         name: "switchboard_polls_abandoned_total",
         help: "Held polls whose client hung up before the answer, ended on their home shard at once.",
-        value: |s| s.polls_abandoned.get(),
+        value: |s| s.core.polls_abandoned.get(),
     },
     CounterSpec {
         name: "switchboard_resyncs_sent_total",

@@ -153,6 +153,8 @@ pub struct CoreStats {
     pub messages_delivered: Counter,
     /// Presence changes broadcast by their user's home shard.
     pub presence_changes: Counter,
+    /// Held polls ended because their client hung up.
+    pub polls_abandoned: Counter,
 }
 
 impl CoreStats {
@@ -180,6 +182,7 @@ impl CoreStats {
         self.deliveries.set(stats.events);
         self.messages_delivered.set(stats.messages_delivered);
         self.presence_changes.set(stats.presence_changes);
+        self.polls_abandoned.set(stats.polls_abandoned);
     }
 }
 
@@ -214,9 +217,6 @@ pub struct RuntimeStats {
     /// Panics caught while handling an input (each cost that input's
     /// answer and its user's session).
     pub panics: Counter,
-    /// Held polls whose client hung up before the answer: ended on their
-    /// home shard at once (`Abandoned`).
-    pub polls_abandoned: Counter,
     /// Storage jobs that timed out.
     pub storage_timeouts: Counter,
     /// Storage jobs submitted whose result (or timeout) is not yet fed
@@ -283,7 +283,6 @@ impl RuntimeStats {
             call_timeouts: Counter::default(),
             panics: Counter::default(),
             storage_timeouts: Counter::default(),
-            polls_abandoned: Counter::default(),
             storage_jobs_waiting: Counter::default(),
             refused_connections: Counter::default(),
             conns_moved_out: Counter::default(),
@@ -1189,22 +1188,14 @@ impl ShardRuntime {
         let _waiting = Waiting::register(self, req, tx);
         // A held poll whose caller goes first (io saw its client hang up)
         // is ended on its home shard at once, not when its wait runs out.
-        let mut abandoned = match &request {
-            Request::Poll {
-                sid,
-                since,
-                wait_ms,
-            } if *wait_ms > 0 => Some(Abandoned {
-                rt: self.clone(),
-                shard,
-                sid: *sid,
-                since: *since,
-            }),
-            _ => None,
-        };
+        let held = matches!(&request, Request::Poll { wait_ms, .. } if *wait_ms > 0);
         let reply = ReplyTo {
             shard: self.id,
             req,
+        };
+        let request_sid = match &request {
+            Request::Poll { sid, .. } => Some(*sid),
+            _ => None,
         };
         let user = request.home_user();
         // Until the home shard accepts the sid, its user is only claimed:
@@ -1233,6 +1224,17 @@ impl ShardRuntime {
                 );
             }
         }
+        // A held poll whose caller goes first (io saw its client hang up)
+        // is ended on its home shard at once, not when its wait runs out.
+        let mut abandoned = match (held, request_sid) {
+            (true, Some(sid)) => Some(Abandoned {
+                rt: self.clone(),
+                shard,
+                sid,
+                held: reply,
+            }),
+            _ => None,
+        };
         // `reached`: the home shard answered (and so checked the sid).
         let answered = deadline::within(glommio::timer::sleep(patience), rx).await;
         if let Some(a) = abandoned.take() {
@@ -1417,16 +1419,17 @@ struct Late {
 /// out, shed, or the caller gone. (Its count in flight to a peer is not:
 /// see [`InFlight`].)
 /// A held poll's call in flight: dropped armed (its caller went: the
-/// client hung up, `hangup.rs`), it sends the home shard the same poll
-/// with no wait, which answers the held one there (a newer poll ends the
-/// older), so the tab's poll is free and its tab timeout runs from now.
-/// The answers of both go to request numbers nobody waits on, and are
-/// dropped.
+/// client hung up, `hangup.rs`), it sends the home shard
+/// `Request::EndPoll`, which answers that poll there (if the tab still
+/// holds it, not a newer one), so the tab's poll is free and its tab
+/// timeout runs from now. The answers go to request numbers nobody waits
+/// on, and are dropped.
 struct Abandoned {
     rt: Rc<ShardRuntime>,
     shard: ShardId,
     sid: switchboard_shards::model::Sid,
-    since: u64,
+    /// Where the held poll's answer was to go: only that poll is ended.
+    held: ReplyTo,
 }
 
 impl Abandoned {
@@ -1439,33 +1442,28 @@ impl Abandoned {
 impl Drop for Abandoned {
     fn drop(&mut self) {
         let rt = self.rt.clone();
-        let (shard, sid, since) = (self.shard, self.sid, self.since);
+        let (shard, sid, held) = (self.shard, self.sid, self.held);
         // Not from inside a drop: the shard may be borrowed up the stack.
-        glommio::spawn_local(async move { rt.end_abandoned_poll(shard, sid, since) }).detach();
+        glommio::spawn_local(async move { rt.end_abandoned_poll(shard, sid, held) }).detach();
     }
 }
 
 impl ShardRuntime {
-    /// Sends `Poll { sid, since, wait 0 }` to `shard` for a held poll
-    /// whose caller went ([`Abandoned`]); its answer is dropped.
+    /// Sends `Request::EndPoll` to `shard` for the held poll waiting at
+    /// `held` whose caller went ([`Abandoned`]); its answer is dropped.
     fn end_abandoned_poll(
         self: &Rc<Self>,
         shard: ShardId,
         sid: switchboard_shards::model::Sid,
-        since: u64,
+        held: ReplyTo,
     ) {
-        self.stats.polls_abandoned.add(1);
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let reply = ReplyTo {
             shard: self.id,
             req,
         };
-        let request = Request::Poll {
-            sid,
-            since,
-            wait_ms: 0,
-        };
+        let request = Request::EndPoll { sid, held };
         if shard == self.id {
             self.feed(Input::Request { reply, request });
             return;

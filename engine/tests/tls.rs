@@ -454,7 +454,7 @@ fn required_mode_redirects_the_plain_port_and_tls_answers_carry_hsts() {
         js.body
     );
     assert_eq!(js.headers["strict-transport-security"], "max-age=31536000");
-    assert_eq!(js.headers["cache-control"], "public, max-age=3600");
+    assert_eq!(js.headers["cache-control"], "public, no-cache");
     let etag = &js.headers["etag"];
     write!(
         s,

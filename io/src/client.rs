@@ -27,9 +27,11 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 
 /// The `Cache-Control` of a client file: browsers and proxies may keep it
-/// for an hour, then revalidate it with `If-None-Match` (a `304` when it is
-/// unchanged, the new file after an upgrade).
-pub const CACHE_CONTROL: &str = "public, max-age=3600";
+/// but revalidate it before each use with `If-None-Match` (a `304` while it
+/// is unchanged, the new file right after an upgrade): a page never runs a
+/// client older than its server, nor the module of one version and the
+/// script of another.
+pub const CACHE_CONTROL: &str = "public, no-cache";
 
 /// Where the client files are served.
 pub const PREFIX: &str = "/client/";

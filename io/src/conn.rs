@@ -165,6 +165,10 @@ pub const MOVES_MAX: u32 = 4;
 /// share a connection between users, a load generator does).
 pub const MOVE_AFTER_CALLS: u32 = 2;
 
+/// How long a poll is held before its connection is watched for a hang-up
+/// ([`Hangup`]): a poll answered sooner costs no watch.
+pub const HANGUP_WATCH_AFTER_MS: u64 = 1_000;
+
 /// How [`serve_movable`] ended.
 pub enum Served<S> {
     /// The connection is closed (or dropped); why, and what it did.
@@ -573,8 +577,17 @@ where
                             if *wait_ms > 0
                     );
                     let call = Box::pin(handler.call(call));
+                    // The watch starts once the poll has been held a while
+                    // (`HANGUP_WATCH_AFTER_MS`): most polls are answered
+                    // sooner (news), and a watch costs a peek and its
+                    // cancel.
+                    let stream = &self.stream;
+                    let hung_up = async {
+                        handler.sleep(ms(HANGUP_WATCH_AFTER_MS)).await;
+                        stream.hung_up().await
+                    };
                     let reply = match held && self.buf.bytes().is_empty() {
-                        true => watched(call, self.stream.hung_up()).await,
+                        true => watched(call, hung_up).await,
                         false => Some(call.await),
                     };
                     let Some(reply) = reply else {

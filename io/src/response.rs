@@ -1626,7 +1626,7 @@ mod tests {
         let mut encoder = Encoder::new(Listener::Client);
         let file = &client::FILES[0];
         let tail = format!(
-            "Cache-Control: public, max-age=3600\r\nETag: {}\r\nX-Content-Type-Options: nosniff\r\n\
+            "Cache-Control: public, no-cache\r\nETag: {}\r\nX-Content-Type-Options: nosniff\r\n\
              Access-Control-Allow-Origin: *\r\n\r\n",
             file.etag()
         );

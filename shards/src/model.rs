@@ -182,6 +182,15 @@ pub enum Request {
     Leave {
         sid: Sid,
     },
+    /// From the engine, not a client: the held poll of `sid`'s tab that
+    /// waits at `held` lost its client (it hung up): answered now with no
+    /// events (the answer goes nowhere), the tab idle from now on. Nothing
+    /// if that tab holds no poll, or a newer one. Answered `Done`; costs
+    /// no rate limit and does not count as the tab's use.
+    EndPoll {
+        sid: Sid,
+        held: ReplyTo,
+    },
     /// Admin: the user's friendships changed in the directory.
     RosterChanged {
         user: UserId,
@@ -222,6 +231,7 @@ impl Request {
             | Request::Read { sid, .. }
             | Request::History { sid, .. }
             | Request::Leave { sid }
+            | Request::EndPoll { sid, .. }
             | Request::Rejected { sid, .. } => Some(sid.user),
             Request::Health | Request::Trace { .. } => None,
         }
@@ -243,6 +253,7 @@ impl Request {
             | Request::Read { .. }
             | Request::History { .. }
             | Request::Leave { .. }
+            | Request::EndPoll { .. }
             | Request::Rejected { .. } => true,
             Request::Connect { .. }
             | Request::RosterChanged { .. }
@@ -265,6 +276,7 @@ impl Request {
             Request::Read { .. } => "read",
             Request::History { .. } => "history",
             Request::Leave { .. } => "leave",
+            Request::EndPoll { .. } => "end_poll",
             Request::Rejected { .. } => "rejected",
             Request::RosterChanged { .. } => "roster_changed",
             Request::Kick { .. } => "kick",

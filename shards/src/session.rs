@@ -421,6 +421,11 @@ impl Tab {
         matches!(self.state, TabState::Polling(_))
     }
 
+    /// Whether this tab holds the poll waiting at `reply`.
+    pub fn holds_poll(&self, reply: crate::model::ReplyTo) -> bool {
+        matches!(&self.state, TabState::Polling(p) if p.reply == reply)
+    }
+
     /// The timer this tab's state has armed: `(deadline_ms, key)`.
     pub fn armed(&self) -> (u64, TimerKey) {
         self.state.timer(self.sid)

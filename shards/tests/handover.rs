@@ -439,3 +439,41 @@ fn an_unsettled_shard_resumes_without_what_was_owed_to_the_old_process() {
     assert!(w.shard.live_session(sid.user).is_some());
     assert_eq!(w.shard.settled(), Err(NotSettled::NotDraining));
 }
+
+/// `Request::EndPoll` (the engine saw a held poll's client hang up): it
+/// ends that poll, and never a newer one of the same tab.
+#[test]
+fn end_poll_ends_the_abandoned_poll_only() {
+    let (here, there) = users();
+    let mut w = Half::new();
+    let (sid, seq) = w.connect(here, &[there]);
+    let first = w.poll(sid, seq, 25_000);
+    assert!(w.take(first).is_none(), "held");
+    let end = w.start(Request::EndPoll {
+        sid,
+        held: ReplyTo {
+            shard: 0,
+            req: first,
+        },
+    });
+    assert!(matches!(w.take(end), Some(Response::Done)));
+    assert!(
+        matches!(w.take(first), Some(Response::Events { ref events, .. }) if events.is_empty()),
+        "the abandoned poll is answered (to nobody)"
+    );
+    assert_eq!(w.shard.held_poll_count(), 0);
+    assert_eq!(w.shard.stats().polls_abandoned, 1);
+    // A newer poll is not ended by a late EndPoll for the older one.
+    let second = w.poll(sid, seq, 25_000);
+    let end = w.start(Request::EndPoll {
+        sid,
+        held: ReplyTo {
+            shard: 0,
+            req: first,
+        },
+    });
+    assert!(matches!(w.take(end), Some(Response::Done)));
+    assert!(w.take(second).is_none(), "still held");
+    assert_eq!(w.shard.held_poll_count(), 1);
+    assert_eq!(w.shard.stats().polls_abandoned, 1);
+}

@@ -304,6 +304,9 @@ pub struct Stats {
     /// home shard, after its friends-only check).
     #[serde(default)]
     pub messages_delivered: u64,
+    /// Held polls ended because their client hung up (`Request::EndPoll`).
+    #[serde(default)]
+    pub polls_abandoned: u64,
 }
 
 /// One shard, built from parts with one job each.

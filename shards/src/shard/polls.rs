@@ -84,6 +84,30 @@ impl Shard {
     /// A held poll's wait ran out: it ends with no events and the tab goes
     /// idle. (`time` checked the tab is there and polling; a missing one is
     /// left alone rather than trusted.)
+    /// `Request::EndPoll`: the held poll at `held` lost its client.
+    pub(super) fn end_poll(&mut self, now: u64, sid: Sid, held: ReplyTo, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.live_mut(sid.user) else {
+            return;
+        };
+        let Some(i) = session.tab_index(sid) else {
+            return;
+        };
+        if !session.tabs[i].holds_poll(held) {
+            return;
+        }
+        let idle = TabState::Idle {
+            deadline_ms: now + self.config.tab_timeout_ms,
+        };
+        if let TabState::Polling(poll) = session.tabs[i].enter(idle, &mut self.timers) {
+            self.stats.polls_abandoned += 1;
+            let ended = Response::Events {
+                seq: session.seq,
+                events: Vec::new(),
+            };
+            reply(out, poll.reply, ended);
+        }
+    }
+
     pub(super) fn poll_timed_out(&mut self, now: u64, sid: Sid, out: &mut Vec<Output>) {
         #[cfg(feature = "fault-injection")]
         if Some(sid.user) == self.config.panic_timer_user {

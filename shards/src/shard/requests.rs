@@ -95,6 +95,10 @@ impl Shard {
                 since,
                 wait_ms,
             } => self.poll(now, to, sid, since, wait_ms, out),
+            Request::EndPoll { sid, held } => {
+                self.end_poll(now, sid, held, out);
+                reply(out, to, Response::Done);
+            }
             request => self.tab_request(now, to, request, out),
         }
     }
@@ -139,7 +143,8 @@ impl Shard {
             | Request::Trace { .. }
             | Request::RosterChanged { .. }
             | Request::Kick { .. }
-            | Request::Poll { .. } => unreachable!("handled by request()"),
+            | Request::Poll { .. }
+            | Request::EndPoll { .. } => unreachable!("handled by request()"),
         }
     }
 
