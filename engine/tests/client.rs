@@ -155,7 +155,7 @@ fn if_none_match_is_answered_304_and_the_connection_goes_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// As on every path (docs/protocol.md §1): `HEAD` and other methods are
+/// As on every path (docs/protocol.md, "Transport and envelope"): `HEAD` and other methods are
 /// `405` with `Allow`; a name that is not a client file is `404`.
 #[test]
 fn other_methods_and_paths() {
