@@ -1298,7 +1298,7 @@
     return client;
   }
 
-  return {
+  var api = {
     version: VERSION,
     Client: Client,
     connect: connect,
@@ -1309,4 +1309,8 @@
     compareIds: compareIds,
     backoffDelay: backoffDelay,
   };
+  // `require(...).default` is the API too, as switchboard.d.ts's
+  // `export default` says for either entry.
+  api.default = api;
+  return api;
 });
