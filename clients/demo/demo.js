@@ -198,9 +198,17 @@
     }
   }
 
-  // Signing out in one tab signs out every tab of this browser.
+  // Signing out in one tab signs out every tab of this browser signed in
+  // as the same user (a tab opened as someone else with `#as=` stays).
   window.addEventListener('storage', function (e) {
-    if (e.key === LOGIN_KEY && e.newValue === null && demo.client) signOut();
+    if (e.key !== LOGIN_KEY || e.newValue !== null || !demo.client) return;
+    var was = null;
+    try {
+      was = JSON.parse(e.oldValue || 'null');
+    } catch (err) {
+      /* unreadable: treat as the same user */
+    }
+    if (!was || !demo.me || was.id === demo.me.id) signOut();
   });
 
   function signOut() {
@@ -211,6 +219,10 @@
       w.el.remove();
     });
     demo.windows.clear();
+    // The "+N" tab and its list belong to the user signed out.
+    demo.hidden = [];
+    var more = $('#dock .more');
+    if (more) more.remove();
     document.title = 'Switchboard demo';
     showPicker();
   }
