@@ -547,7 +547,11 @@
     if (!hidden.length) $('.more-menu', more).hidden = true;
     renderMore();
   }
-  window.addEventListener('resize', fitDock);
+  // A window revealed by widening the page is read like any shown one.
+  window.addEventListener('resize', function () {
+    fitDock();
+    demo.windows.forEach(maybeRead);
+  });
 
   function moreTab() {
     var more = $('#dock .more');
