@@ -875,6 +875,22 @@
     }
   }
 
+  /** `url` without the sentence's trailing punctuation. */
+  function trimUrl(url) {
+    var pairs = { ')': '(', ']': '[', '}': '{' };
+    for (;;) {
+      var last = url.charAt(url.length - 1);
+      if ('.,;:!?'.indexOf(last) >= 0) {
+        url = url.slice(0, -1);
+      } else if (pairs[last] && url.split(pairs[last]).length <= url.split(last).length - 1) {
+        // More closing than opening brackets: the last one is the text's.
+        url = url.slice(0, -1);
+      } else {
+        return url;
+      }
+    }
+  }
+
   /** A message's text as a .text span, its http(s) URLs as links. */
   function messageText(text) {
     var span = el('span', 'text');
@@ -882,8 +898,9 @@
     var m;
     URL_RE.lastIndex = 0;
     while ((m = URL_RE.exec(text))) {
-      // Trailing punctuation ends the sentence, not the URL.
-      var url = m[0].replace(/[.,;:!?)\]}]+$/, '');
+      // Trailing punctuation ends the sentence, not the URL; a closing
+      // bracket stays when the URL opened one (Foo_(bar)).
+      var url = trimUrl(m[0]);
       var href = safeHref(url);
       if (!href) continue;
       if (m.index > at) span.appendChild(document.createTextNode(text.slice(at, m.index)));

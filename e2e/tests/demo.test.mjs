@@ -125,6 +125,8 @@ test('links: only http(s) URLs, built safely; javascript: and others stay text',
       'see https://example.com/a?b=1&c=<b>, ok.',
       'http://x.test/"onmouseover="alert(1)',
       'mailto:someone@example.com',
+      'https://en.wikipedia.org/wiki/Foo_(bar)',
+      '(see https://example.com/a).',
     ].map((t) => {
       const span = window.demo.messageText(t);
       return {
@@ -150,6 +152,12 @@ test('links: only http(s) URLs, built safely; javascript: and others stay text',
   assert.deepEqual(byText['data:text/html,<script>alert(1)</script>'], []);
   assert.deepEqual(byText['<a href="javascript:alert(1)">x</a>'], []);
   assert.deepEqual(byText['mailto:someone@example.com'], []);
+  // A bracket the URL opened stays in it; the sentence's does not.
+  assert.deepEqual(
+    byText['https://en.wikipedia.org/wiki/Foo_(bar)'].map((l) => l.text),
+    ['https://en.wikipedia.org/wiki/Foo_(bar)']
+  );
+  assert.deepEqual(byText['(see https://example.com/a).'].map((l) => l.text), ['https://example.com/a']);
   assert.deepEqual(byText['https://example.com'].map((l) => l.href), ['https://example.com/']);
   assert.deepEqual(byText['see https://example.com/a?b=1&c=<b>, ok.'].map((l) => l.text), ['https://example.com/a?b=1&c=']);
   assert.ok(byText['http://x.test/"onmouseover="alert(1)'].every((l) => !l.href.includes('"')));
