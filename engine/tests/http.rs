@@ -292,3 +292,43 @@ fn a_client_hanging_up_during_a_held_poll_frees_the_poll_at_once() {
         assert!(tab.poll(&server, 0).iter().all(|e| e["type"] != "reset"));
     }
 }
+
+/// A request pipelined behind a held poll, after its hang-up watch began,
+/// is not taken for a hang-up: the poll is answered when its wait runs
+/// out, then the next request, in order, and nothing counts as abandoned.
+#[test]
+fn a_request_sent_behind_a_watched_held_poll_is_answered_after_it() {
+    let dir = temp_dir("poll-pipelined");
+    let server = Server::start(&dir, &[]);
+    let mut tab = server.connect(1, "t");
+    tab.poll(&server, 0);
+    let mut conn = KeepAlive::open(&server);
+    let since = tab.seq.to_string();
+    conn.send_raw(&KeepAlive::request(
+        "/poll",
+        &[("sid", &tab.sid), ("since", &since), ("wait", "2")],
+    ));
+    // Past io's HANGUP_WATCH_AFTER_MS: the watch peeks at the socket now.
+    std::thread::sleep(Duration::from_millis(1_200));
+    conn.send_raw(&KeepAlive::request(
+        "/poll",
+        &[("sid", &tab.sid), ("since", &since), ("wait", "0")],
+    ));
+    let started = Instant::now();
+    let (status, first) = conn.answer();
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["events"], serde_json::json!([]), "{first}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the held poll ran its wait: {:?}",
+        started.elapsed()
+    );
+    let (status, second) = conn.answer();
+    assert_eq!(
+        (status, second["ok"].clone()),
+        (200, Value::Bool(true)),
+        "{second}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.metric("switchboard_polls_abandoned_total"), 0);
+}
