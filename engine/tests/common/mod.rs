@@ -105,65 +105,12 @@ impl Server {
     }
 
     pub fn start_env_with(data_dir: &Path, env: Vec<(String, String)>, mode: Stderr) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.env_clear()
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start switchboard");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let mut unread_stderr = None;
-        match mode {
-            Stderr::Unread => unread_stderr = Some(stderr),
-            Stderr::Read => {
-                let log_lines = log.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(stderr).lines() {
-                        let Ok(line) = line else { break };
-                        eprintln!("{line}");
-                        log_lines.lock().unwrap().push(line);
-                    }
-                });
-            }
-        }
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if line.starts_with("switchboard listening on")
-                    || line.starts_with("switchboard tls listening on")
-                {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let mut tls = None;
-        let line = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("server did not announce its address within 30 s");
-            match line.strip_prefix("switchboard tls listening on https://") {
-                Some(addr) => tls = Some(addr.parse().unwrap()),
-                None => break line,
-            }
-        };
-        // "switchboard listening on http://A admin http://B"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let addr = words[3].trim_start_matches("http://").parse().unwrap();
-        let admin = words[5].trim_start_matches("http://").parse().unwrap();
-        Server {
-            child,
-            addr,
-            admin,
-            tls,
-            data_dir: data_dir.to_path_buf(),
-            env,
-            log,
-            unread_stderr,
-        }
+        let program = Path::new(env!("CARGO_BIN_EXE_switchboard"));
+        Starting::spawn(program, &[], data_dir, env, mode)
+            .listening(Duration::from_secs(30))
+            .unwrap_or_else(|(_, why)| {
+                panic!("server did not announce its address within 30 s: {why:?}")
+            })
     }
 
     /// Starts `program` (a copy of the binary, say) with `args` (`serve
