@@ -85,26 +85,16 @@ fn write_ring_directory(dir: &Path, users: u64) -> PathBuf {
 /// and `info` records (the hand-over's lines are checked: a
 /// `SWITCHBOARD_TEST_LOG` given in their place must keep them).
 fn settings(data_dir: &Path, directory: &Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
-        ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-        ("SWITCHBOARD_SHARDS".into(), "2".into()),
-        ("SWITCHBOARD_SHARDS_OVERCOMMIT".into(), "on".into()),
-        (
-            "SWITCHBOARD_DATA_DIR".into(),
-            data_dir.display().to_string(),
-        ),
-        ("SWITCHBOARD_TOKEN_SECRET".into(), SECRET.into()),
-        ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
-        (
-            "SWITCHBOARD_DIRECTORY".into(),
-            directory.display().to_string(),
-        ),
-        ("SWITCHBOARD_RATE_LIMITS".into(), "off".into()),
-    ];
     let log = std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into());
-    env.push(("SWITCHBOARD_LOG".into(), log));
-    env
+    let directory = directory.display().to_string();
+    common::test_env(
+        data_dir,
+        &[
+            ("SWITCHBOARD_DIRECTORY", &directory),
+            ("SWITCHBOARD_RATE_LIMITS", "off"),
+            ("SWITCHBOARD_LOG", &log),
+        ],
+    )
 }
 
 /// Copies of the binary in a folder of their own (so a test can hand

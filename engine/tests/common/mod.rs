@@ -38,6 +38,36 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The settings [`Server::start`] runs a server with: 2 shards (so
+/// conversations cross shards), port 0, a short grace, the test secret,
+/// `warn` logs (or `SWITCHBOARD_TEST_LOG`), plus `extra` (added, or
+/// replacing one of these).
+pub fn test_env(data_dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
+        ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+        ("SWITCHBOARD_SHARDS".into(), "2".into()),
+        // Two shards on any runner: a 1-CPU one would refuse them
+        // (exit 2) without this.
+        ("SWITCHBOARD_SHARDS_OVERCOMMIT".into(), "on".into()),
+        (
+            "SWITCHBOARD_DATA_DIR".into(),
+            data_dir.display().to_string(),
+        ),
+        ("SWITCHBOARD_TOKEN_SECRET".into(), SECRET.into()),
+        ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
+        ("SWITCHBOARD_LOG".into(), "warn".into()),
+    ];
+    if let Ok(level) = std::env::var("SWITCHBOARD_TEST_LOG") {
+        env.push(("SWITCHBOARD_LOG".into(), level));
+    }
+    for (k, v) in extra {
+        env.retain(|(k2, _)| k2 != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
 /// A running server.
 pub struct Server {
     child: Child,
@@ -75,29 +105,7 @@ impl Server {
 
     /// [`Server::start`] with the server's stderr handled as `stderr` says.
     pub fn start_with(data_dir: &Path, extra: &[(&str, &str)], stderr: Stderr) -> Server {
-        let mut env: Vec<(String, String)> = vec![
-            ("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into()),
-            ("SWITCHBOARD_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-            ("SWITCHBOARD_SHARDS".into(), "2".into()),
-            // Two shards on any runner: a 1-CPU one would refuse them
-            // (exit 2) without this.
-            ("SWITCHBOARD_SHARDS_OVERCOMMIT".into(), "on".into()),
-            (
-                "SWITCHBOARD_DATA_DIR".into(),
-                data_dir.display().to_string(),
-            ),
-            ("SWITCHBOARD_TOKEN_SECRET".into(), SECRET.into()),
-            ("SWITCHBOARD_PRESENCE_GRACE_MS".into(), "1500".into()),
-            ("SWITCHBOARD_LOG".into(), "warn".into()),
-        ];
-        if let Ok(level) = std::env::var("SWITCHBOARD_TEST_LOG") {
-            env.push(("SWITCHBOARD_LOG".into(), level));
-        }
-        for (k, v) in extra {
-            env.retain(|(k2, _)| k2 != k);
-            env.push((k.to_string(), v.to_string()));
-        }
-        Self::start_env_with(data_dir, env, stderr)
+        Self::start_env_with(data_dir, test_env(data_dir, extra), stderr)
     }
 
     pub fn start_env(data_dir: &Path, env: Vec<(String, String)>) -> Server {
