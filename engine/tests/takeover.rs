@@ -121,6 +121,17 @@ impl Drop for Binaries {
     }
 }
 
+/// Starts `program serve` in `dir` on a ring directory of `load.users`
+/// (the test's settings), with `load`'s traffic running on it.
+fn start_loaded(dir: &Path, program: &Path, load: Load) -> (Server, Traffic) {
+    let directory = write_ring_directory(dir, load.users);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = start(program, &data, settings(&data, &directory));
+    let traffic = Traffic::start(&server, load);
+    (server, traffic)
+}
+
 /// Starts `program serve` with `env`.
 fn start(program: &Path, data_dir: &Path, env: Vec<(String, String)>) -> Server {
     match Server::spawn(program, &["serve"], data_dir, env).listening(HAND_OVER_MAX) {
@@ -940,14 +951,10 @@ fn three_hand_overs_under_live_traffic() {
         // 6 users a sender: 40 messages a second in all.
         round: Duration::from_millis(600),
     };
-    let directory = write_ring_directory(&dir, load.users);
     let binaries = Binaries::new();
     let bin_a = binaries.copy("switchboard-a");
     let bin_b = binaries.copy("switchboard-b");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut server = start(&bin_a, &data, settings(&data, &directory));
-    let traffic = Traffic::start(&server, load);
+    let (mut server, traffic) = start_loaded(&dir, &bin_a, load);
     std::thread::sleep(Duration::from_secs(3));
     traffic.assert_progress("before the hand-overs", Duration::from_secs(10));
     assert_eq!(
@@ -1003,12 +1010,8 @@ fn a_new_process_that_dies_leaves_the_old_serving() {
         // 4 users a sender: 20 messages a second in all.
         round: Duration::from_millis(400),
     };
-    let directory = write_ring_directory(&dir, load.users);
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_switchboard"));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut server = start(&bin, &data, settings(&data, &directory));
-    let traffic = Traffic::start(&server, load);
+    let (mut server, traffic) = start_loaded(&dir, &bin, load);
     std::thread::sleep(Duration::from_secs(2));
     traffic.assert_progress("before", Duration::from_secs(10));
 
