@@ -434,29 +434,6 @@ fn by_due(workers: &[WorkerResult], from_us: u64, to_us: u64, step_us: u64) -> V
     out
 }
 
-fn pct(h: &Histogram<u64>) -> serde_json::Value {
-    json!({
-        "count": h.len(),
-        "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
-        "p99_ms": ms(h.value_at_quantile(0.99)), "p999_ms": ms(h.value_at_quantile(0.999)),
-        "max_ms": ms(h.max()),
-    })
-}
-
-fn row(t: &mut String, name: &str, h: &Histogram<u64>) {
-    let _ = writeln!(
-        t,
-        "{:<22} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.3}",
-        name,
-        h.len(),
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.9)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max())
-    );
-}
-
 /// Unix µs of an instant of this process (`now` is the pair to convert by).
 fn unix_us_of(at: Instant, now_i: Instant, now_u: u64) -> u64 {
     if at <= now_i {
@@ -772,16 +749,12 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
         if during_cut { ", cut at the end of the measured phase" } else { "" },
         sched.measure_to_us.saturating_sub(during_to_us) as f64 / 1e6
     );
-    let _ = writeln!(
-        t,
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
+    crate::report::quantile_header(&mut t, "latency (ms)", 22);
     for w in &wins {
-        row(&mut t, &format!("e2e {}", w.name), &w.e2e);
+        crate::report::quantile_row(&mut t, &format!("e2e {}", w.name), 22, &w.e2e);
     }
     for w in &wins {
-        row(&mut t, &format!("send {}", w.name), &w.send);
+        crate::report::quantile_row(&mut t, &format!("send {}", w.name), 22, &w.send);
     }
     // Around T0, by the send's due time.
     let step_us = 200_000;
@@ -794,7 +767,7 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
     );
     for (i, hist) in by_due(&workers, from_us, to_us, step_us).iter().enumerate() {
         let at = (from_us + i as u64 * step_us) as i64 / 1000 - t0_us as i64 / 1000;
-        row(&mut t, &format!("  T0{at:+} .. {:+}", at + 200), hist);
+        crate::report::quantile_row(&mut t, &format!("  T0{at:+} .. {:+}", at + 200), 22, hist);
     }
     let _ = writeln!(
         t,
@@ -972,8 +945,14 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
 
     let mut lat = serde_json::Map::new();
     for w in &wins {
-        lat.insert(format!("e2e_{}", w.name), pct(&w.e2e));
-        lat.insert(format!("send_{}", w.name), pct(&w.send));
+        lat.insert(
+            format!("e2e_{}", w.name),
+            crate::report::quantiles_json(&w.e2e),
+        );
+        lat.insert(
+            format!("send_{}", w.name),
+            crate::report::quantiles_json(&w.send),
+        );
     }
     let parts = [
         json!({
@@ -1013,7 +992,7 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
             "new_fds_during_end": new_at_during_end.as_ref().map(|s| s.fds),
         }),
         json!({
-            "all_histograms": hists.iter().map(|(k, v)| (k.clone(), pct(v))).collect::<serde_json::Map<_, _>>(),
+            "all_histograms": hists.iter().map(|(k, v)| (k.clone(), crate::report::quantiles_json(v))).collect::<serde_json::Map<_, _>>(),
             "handed_over": handed_over, "clean": handed_over && clean_clients && !during_cut,
         }),
     ];

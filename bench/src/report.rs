@@ -110,6 +110,41 @@ pub(crate) fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// A histogram's count and quantiles (ms), for a summary's JSON.
+pub(crate) fn quantiles_json(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)), "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// The header of a report's quantile table, its first column `width`
+/// wide and titled `title` (the rows: [`quantile_row`]).
+pub(crate) fn quantile_header(t: &mut String, title: &str, width: usize) {
+    let _ = writeln!(
+        t,
+        "{title:<width$} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+}
+
+/// One histogram's line of a quantile table: count, p50, p90, p99, p99.9
+/// and max, in ms.
+pub(crate) fn quantile_row(t: &mut String, name: &str, width: usize, h: &Histogram<u64>) {
+    let _ = writeln!(
+        t,
+        "{name:<width$} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        h.len(),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max())
+    );
+}
+
 /// The standard HdrHistogram percentile distribution (values in ms).
 pub(crate) fn hgrm(h: &Histogram<u64>) -> String {
     let mut s = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
@@ -194,23 +229,9 @@ pub fn report(run: &Run) -> Result<bool, String> {
         "switchboard-bench {}: users {} friends {} tabs {} (live: {} users x {} tabs) rate {}/s typing {}/s presence {}/s workers {} measured {} s",
         o.label, o.users, o.friends, o.tabs, o.live_users, o.live_tabs, o.rate, o.typing_rate, o.presence_rate, o.workers, o.duration_s
     );
-    let _ = writeln!(
-        t,
-        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "histogram (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
+    quantile_header(&mut t, "histogram (ms)", 16);
     for (name, h) in &hists {
-        let _ = writeln!(
-            t,
-            "{:<16} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            name,
-            h.len(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.9)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max())
-        );
+        quantile_row(&mut t, name, 16, h);
     }
     let _ = writeln!(
         t,
@@ -291,15 +312,7 @@ pub fn report(run: &Run) -> Result<bool, String> {
     for (name, h) in &hists {
         let file = dir.join(format!("{}.{}.hgrm", o.label, name));
         std::fs::write(&file, hgrm(h)).map_err(|e| format!("{}: {e}", file.display()))?;
-        pct.insert(
-            name.clone(),
-            json!({
-                "count": h.len(),
-                "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
-                "p99_ms": ms(h.value_at_quantile(0.99)), "p999_ms": ms(h.value_at_quantile(0.999)),
-                "max_ms": ms(h.max()),
-            }),
-        );
+        pct.insert(name.clone(), quantiles_json(h));
     }
     let summary = json!({
         "label": o.label, "users": o.users, "friends": o.friends, "tabs": o.tabs,

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::client::{Acked, PeerResult};
 use super::{PeerOptions, Proto};
 use crate::procstat::ServerSample;
-use crate::report::{hgrm, ms};
+use crate::report::hgrm;
 use crate::worker::new_hist;
 
 /// Everything the coordinator knows at the end.
@@ -166,23 +166,9 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
         o.workers,
         o.duration_s
     );
-    let _ = writeln!(
-        t,
-        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "histogram (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
+    crate::report::quantile_header(&mut t, "histogram (ms)", 16);
     for (name, h) in &hists {
-        let _ = writeln!(
-            t,
-            "{:<16} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            name,
-            h.len(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.9)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max())
-        );
+        crate::report::quantile_row(&mut t, name, 16, h);
     }
     let _ = writeln!(
         t,
@@ -339,15 +325,7 @@ pub fn report(run: &PeerRun) -> Result<bool, String> {
     for (name, h) in &hists {
         let file = dir.join(format!("{}.{}.hgrm", o.label, name));
         std::fs::write(&file, hgrm(h)).map_err(|e| format!("{}: {e}", file.display()))?;
-        pct.insert(
-            name.clone(),
-            json!({
-                "count": h.len(),
-                "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
-                "p99_ms": ms(h.value_at_quantile(0.99)), "p999_ms": ms(h.value_at_quantile(0.999)),
-                "max_ms": ms(h.max()),
-            }),
-        );
+        pct.insert(name.clone(), crate::report::quantiles_json(h));
     }
     let summary = json!({
         "label": o.label, "proto": match o.proto { Proto::Jsonp => "jsonp", Proto::Bosh => "bosh" },
