@@ -163,22 +163,18 @@ fn serve(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
 /// old one, if it had handed over its state, serves again).
 fn takeover(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
     use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let settings = match Settings::parse(&args, env) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     logger::init(settings.log.clone());
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `ends`.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return fail(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors were just made and are owned here alone.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-    let write_fd = ends[1];
+    let (read_end, write_end) = match switchboard_engine::notify::pipe() {
+        Ok(ends) => ends,
+        Err(e) => return fail(format!("pipe: {e}")),
+    };
+    let write_fd = write_end.as_raw_fd();
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return fail(format!("cannot find this binary: {e}")),

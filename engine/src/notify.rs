@@ -60,14 +60,9 @@ pub fn main_pid(pid: u32) {
 /// `BARRIER=1` with a pipe's write end: systemd closes it once it has
 /// handled every message before it, which the read end sees as EOF.
 fn barrier() {
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `ends`.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    let Ok((read_end, write_end)) = pipe() else {
         return;
-    }
-    // SAFETY: both were just made and are owned here alone.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    };
     if !send("BARRIER=1\n", &[write_end.as_raw_fd()]) {
         return;
     }
@@ -82,6 +77,17 @@ fn barrier() {
     if n <= 0 {
         warn!("sd_notify: systemd did not answer the barrier within {BARRIER_WAIT:?}");
     }
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just made and are owned here alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
 }
 
 /// Sends `state` (with `fds`) to `$NOTIFY_SOCKET`; whether it was sent.
