@@ -18,7 +18,6 @@ pub mod demo;
 pub mod error;
 pub mod handler;
 pub mod handover;
-pub mod hangup;
 pub mod limits;
 pub mod logger;
 pub mod mesh;

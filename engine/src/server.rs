@@ -75,7 +75,6 @@ use crate::demo::Demo;
 use crate::error::{Error, Port};
 use crate::handler::{ConnHandler, EdgeStats};
 use crate::handover;
-use crate::hangup::Watched;
 use crate::limits;
 use crate::logger::trace::TraceConfig;
 use crate::mesh::{self, Mesh, MeshEnds};
@@ -1533,7 +1532,7 @@ async fn serve_conn(
     let config = handler.io_config();
     let outcome = match tls {
         None => {
-            let (mut stream, mut resume) = (Watched(stream), resume);
+            let (mut stream, mut resume) = (stream, resume);
             loop {
                 let served = serve_movable(stream, kind, &*handler, config, resume).await;
                 match served {
@@ -1597,11 +1596,11 @@ async fn serve_conn(
 /// `None`: moved.
 fn hand_over(
     handler: &ConnHandler,
-    moved: Moved<Watched>,
+    moved: Moved<TcpStream>,
     peer: SocketAddr,
-) -> Option<(Watched, Resume)> {
+) -> Option<(TcpStream, Resume)> {
     let Moved {
-        stream: Watched(stream),
+        stream,
         to,
         mut resume,
         ..
@@ -1609,13 +1608,13 @@ fn hand_over(
     let rt = handler.rt();
     if !handler.may_move_to(to) {
         // Not counted against the connection's moves: it may move later.
-        return Some((Watched(stream), resume));
+        return Some((stream, resume));
     }
     // SAFETY: fcntl on a descriptor this stream owns; a new descriptor
     // (or -1) comes back, owned below.
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        return Some((Watched(stream), resume));
+        return Some((stream, resume));
     }
     // SAFETY: `dup` is a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };

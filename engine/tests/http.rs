@@ -270,9 +270,6 @@ fn a_client_hanging_up_during_a_held_poll_frees_the_poll_at_once() {
     eventually(Duration::from_secs(5), "4 polls held", || held() == 4);
     // Polls answered at once, as above, are not abandoned ones.
     assert_eq!(server.metric("switchboard_polls_abandoned_total"), 0);
-    // The watch starts once a poll has been held a second
-    // (io's HANGUP_WATCH_AFTER_MS).
-    std::thread::sleep(Duration::from_millis(1_100));
     let started = Instant::now();
     drop(socks);
     eventually(Duration::from_secs(5), "every held poll freed", || {
@@ -308,8 +305,8 @@ fn a_request_sent_behind_a_watched_held_poll_is_answered_after_it() {
         "/poll",
         &[("sid", &tab.sid), ("since", &since), ("wait", "2")],
     ));
-    // Past io's HANGUP_WATCH_AFTER_MS: the watch peeks at the socket now.
-    std::thread::sleep(Duration::from_millis(1_200));
+    // Sent while the poll is held and watched.
+    std::thread::sleep(Duration::from_millis(300));
     conn.send_raw(&KeepAlive::request(
         "/poll",
         &[("sid", &tab.sid), ("since", &since), ("wait", "0")],

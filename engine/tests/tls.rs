@@ -511,3 +511,52 @@ fn a_client_stalled_mid_handshake_is_dropped_at_the_deadline_while_others_are_se
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS client that hangs up during a held poll (a close_notify, or TCP
+/// closed under it) frees the poll at once, as on the plain listener: the
+/// poll is counted abandoned, and the tab polls on.
+#[test]
+fn a_tls_client_hanging_up_during_a_held_poll_frees_the_poll_at_once() {
+    let dir = test_dir("tls-hangup");
+    let ca = Ca::new("test CA");
+    ca.issue(KeyKind::Ecdsa, &dir);
+    let server = start_tls(&dir, &[]);
+    let addr = server.tls.expect("TLS listens");
+    let config = client(&ca.der, None);
+    let mut control = dial(addr, &config);
+    let (sid, seq) = connect_seq(&mut control, ALICE, "a");
+    for graceful in [true, false] {
+        let mut s = dial(addr, &config);
+        let target = format!(
+            "/poll?{}",
+            encode(&[("sid", &sid), ("since", &seq.to_string()), ("wait", "25")])
+        );
+        write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let before = server.metric("switchboard_polls_abandoned_total");
+        let started = Instant::now();
+        if graceful {
+            s.conn.send_close_notify();
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        drop(s);
+        eventually(Duration::from_secs(5), "the poll counted abandoned", || {
+            server.metric("switchboard_polls_abandoned_total") == before + 1
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "graceful={graceful}: freed only after {:?}",
+            started.elapsed()
+        );
+    }
+    // The tab is still attached: it polls on.
+    let r = get(
+        &mut control,
+        "/poll",
+        &[("sid", &sid), ("since", &seq.to_string()), ("wait", "0")],
+    );
+    assert_eq!(r.json()["ok"], true, "{}", r.body);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

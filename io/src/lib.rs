@@ -171,9 +171,7 @@ pub mod tls;
 pub use admission::{Admission, Refused, Ticket};
 pub use body::{parse_request, Parsed};
 pub use call::{decide, endpoint, AdminGate, Credentials, Decision, Endpoint, Mode};
-pub use conn::{
-    serve, serve_movable, CloseReason, Config, ConnOutcome, Hangup, Moved, Resume, Served,
-};
+pub use conn::{serve, serve_movable, CloseReason, Config, ConnOutcome, Moved, Resume, Served};
 pub use head::HttpError;
 pub use limits::Limits;
 pub use reply::{DemoUser, Reply, ShardHealth, TraceState};

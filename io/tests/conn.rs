@@ -68,9 +68,6 @@ impl Drop for End {
     }
 }
 
-// Test streams never report a hang-up before the answer is written.
-impl switchboard_io::Hangup for End {}
-
 impl AsyncRead for End {
     fn poll_read(
         self: Pin<&mut Self>,
