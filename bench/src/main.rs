@@ -8,6 +8,7 @@
 //! server's CPU and RSS from /proc around the measured phase, merges the
 //! workers' results and reports.
 
+mod fsync;
 mod graph;
 mod handover;
 mod http;
@@ -53,10 +54,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!(
-            "{USAGE}{}{PEER_USAGE}{}{}",
+            "{USAGE}{}{PEER_USAGE}{}{}{}",
             options::help(),
             peer::help(),
-            handover::USAGE
+            handover::USAGE,
+            fsync::USAGE
         );
         return ExitCode::SUCCESS;
     }
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         "peer" => peer::coordinator_cmd(&args[1..]),
         "peer-worker" => peer::worker_cmd(&args[1..]),
         "handover" => handover::cmd(&args[1..]),
+        "fsync" => fsync::cmd(&args[1..]),
         other => Err(format!("unknown command {other:?} (see --help)")),
     };
     match result {
