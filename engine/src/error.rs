@@ -81,6 +81,12 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// Cluster mode: NATS, or its JetStream buckets, could not be reached
+    /// at start.
+    Cluster {
+        /// Why.
+        why: String,
+    },
     /// The token secret could not be read from or created in the data
     /// folder.
     Secret {
@@ -168,6 +174,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot start the watchdog thread: {source}")
             }
             Error::Handover { why } => write!(f, "hand-over: {why}"),
+            Error::Cluster { why } => write!(f, "cluster: {why}"),
             Error::Secret { data_dir, source } => write!(
                 f,
                 "cannot keep the token secret in {}: {source}",
@@ -209,7 +216,7 @@ impl std::error::Error for Error {
             Error::DataDirMode { source, .. } => Some(source),
             Error::Watchdog { source } => Some(source),
             Error::DataDirInUse { .. } | Error::AddressInUse { .. } => None,
-            Error::Handover { .. } => None,
+            Error::Handover { .. } | Error::Cluster { .. } => None,
             Error::Executor { source, .. } => Some(source),
             Error::Tls { source } => Some(source),
             Error::ShardEnded { source, .. } => source.as_ref().map(|e| e as _),

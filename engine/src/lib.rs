@@ -13,6 +13,7 @@
 //! back the same way; a call for a local user takes the local path.
 
 pub mod claim;
+pub mod cluster;
 pub mod cores;
 pub mod demo;
 pub mod error;

@@ -394,3 +394,16 @@ const _: () = assert!(TRACE_FILES_KEPT_MAX < TRACE_DIR_ENTRIES_SCANNED_MAX);
 
 const _: () = assert!(takeover_command_ms(5_000) == 64_570);
 const _: () = assert!(takeover_command_ms(STORAGE_TIMEOUT_MS_MAX) < 150_000);
+
+/// How long a cluster node waits for NATS (connection, then its KV
+/// buckets) at start before it refuses to start (`cluster::link`); the
+/// `switchboard cluster` command uses the same bound.
+pub const CLUSTER_CONNECT_MS: u64 = 10_000;
+
+/// How often a cluster node writes its heartbeat (`cluster::link`).
+pub const CLUSTER_HEARTBEAT_MS: u64 = 1_000;
+
+/// How long a node's heartbeat lives in the nodes bucket (its `max_age`):
+/// a node silent this long is gone for the cluster. Five heartbeats, so a
+/// NATS hiccup of a few seconds is not a death.
+pub const CLUSTER_NODE_TTL_MS: u64 = 5_000;

@@ -2,7 +2,9 @@
 //! `switchboard token USER_ID [--ttl-s N]`, `switchboard migrate`,
 //! `switchboard seed-demo --users N --friends K [--seed S] [--reset]`,
 //! `switchboard check-directory USER_ID [OTHER_ID]`,
-//! `switchboard tune [--strict]`, `switchboard --help`,
+//! `switchboard tune [--strict]`,
+//! `switchboard cluster status|init NODE...|add NODE|remove NODE`,
+//! `switchboard --help`,
 //! `switchboard --version`.
 //!
 //! `serve` exits 0 after a graceful stop (SIGTERM or SIGINT, see
@@ -47,6 +49,11 @@ Usage:
                                         and print a shard and db-thread layout, the settings, sysctls
                                         and systemd lines to apply, and warnings; --strict: exit 1
                                         when there is a warning
+  switchboard cluster status | init NODE... | add NODE | remove NODE [--nats-url URL] [--cluster NAME]
+                                        cluster mode (in progress): show the nodes alive and the
+                                        placement of the 256 virtual shards, make the first placement,
+                                        or add or remove a node (moves only its share); NATS_URL and
+                                        CLUSTER as for serve; exit 2 with the reason on a failure
   switchboard --help, -h                this text
   switchboard --version, -V             the version and git commit
 
@@ -78,6 +85,10 @@ fn main() -> ExitCode {
             args.remove(0);
             "serve"
         }
+        Some("cluster") => {
+            args.remove(0);
+            "cluster"
+        }
         Some(c @ ("token" | "migrate" | "seed-demo" | "check-directory" | "tune" | "takeover")) => {
             let c = match c {
                 "takeover" => "takeover",
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
         "check-directory" => check_directory(args, &env),
         "tune" => tune(args, &env),
         "takeover" => takeover(args, &env),
+        "cluster" => cluster(args, &env),
         _ => serve(args, &env),
     };
     // Records still queued for the `log` thread would die with the
@@ -468,4 +480,50 @@ fn tune(mut args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
     let advice = tune::advise(&facts, &plan);
     print!("{}", tune::render(&facts, &plan, &advice));
     ExitCode::from(advice.exit_code(strict))
+}
+
+/// `switchboard cluster ...`: `--nats-url`/`--cluster` (or their
+/// `SWITCHBOARD_` variables) and the command's words.
+fn cluster(args: Vec<String>, env: &HashMap<String, String>) -> ExitCode {
+    let mut url = env.get("SWITCHBOARD_NATS_URL").cloned();
+    let mut name = env.get("SWITCHBOARD_CLUSTER").cloned();
+    let mut words = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "--nats-url" => &mut url,
+            "--cluster" => &mut name,
+            f if f.starts_with("--") => return fail(format!("cluster: unknown flag {f}")),
+            _ => {
+                words.push(arg);
+                continue;
+            }
+        };
+        match inline.or_else(|| args.next()) {
+            Some(v) => *slot = Some(v),
+            None => return fail(format!("cluster: {flag} needs a value")),
+        }
+    }
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return fail("cluster: set SWITCHBOARD_NATS_URL or --nats-url".into());
+    };
+    let name = name
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "switchboard".into());
+    if !switchboard_engine::cluster::placement::valid_id(&name) {
+        return fail(format!(
+            "cluster: the cluster name {name:?} must be 1-32 of A-Z a-z 0-9 _ -"
+        ));
+    }
+    match switchboard_engine::cluster::cli::run(&url, &name, &words) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cluster: {e}")),
+    }
 }

@@ -275,6 +275,9 @@ struct Shards {
     lock: Option<DataDirLock>,
     /// What each shard gave up in a hand-over stop, as reported.
     handed: Vec<Report>,
+    /// The link to the cluster (cluster mode only); dropped with the
+    /// shards, which deletes this node's heartbeat.
+    cluster: Option<crate::cluster::link::Link>,
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
@@ -482,6 +485,17 @@ impl Server {
                 })?
                 .into(),
         };
+        // Cluster mode: NATS reached and this node's heartbeat written
+        // before anything serves, or no start (the reason says which).
+        let cluster = match &settings.cluster {
+            None => None,
+            Some(c) => {
+                let listen = settings.listen.map(|a| a.to_string());
+                let link = crate::cluster::link::Link::start(c, listen, settings.shards)
+                    .map_err(|why| Error::Cluster { why })?;
+                Some(link)
+            }
+        };
         let demo = demo_mode(&settings);
         let stop = StopHandle::new(settings.shards);
         let shards = settings.shards;
@@ -509,6 +523,7 @@ impl Server {
             executors: Vec::new(),
             lock,
             handed: Vec::new(),
+            cluster,
         };
         if let Err(e) = shards.spawn(tx, seeds) {
             return Err(shards.abort(e));
@@ -774,6 +789,12 @@ impl Shards {
                     })
                 }
             }
+        }
+        // Every shard has ended: the node leaves the cluster (at once,
+        // not at its heartbeat's TTL), unless a new process took over,
+        // whose heartbeat is under the same key.
+        if let Some(link) = self.cluster.take() {
+            link.leave(!stop.is_handover());
         }
         stop.set_main(MainPhase::Storage);
         self.shared.store.clone().shutdown();

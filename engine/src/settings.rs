@@ -77,6 +77,9 @@ const SPECS: &[Spec] = &[
     Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)", value: "SQL" },
     Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)", value: "SQL" },
     Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)", value: "SQL" },
+    Spec { name: "NATS_URL", default: "unset (a single node)", help: "cluster mode (in progress: membership and placement only, see docs/operations.md \"Cluster\"): this node joins the cluster over NATS with JetStream at this URL, e.g. nats://127.0.0.1:4222; needs NODE_ID and MYSQL_URL (the embedded store is refused: a cluster's history lives in MySQL)", value: "URL" },
+    Spec { name: "NODE_ID", default: "unset", help: "this node's id in the cluster, unique: 1-32 of A-Z a-z 0-9 _ - (with NATS_URL)", value: "ID" },
+    Spec { name: "CLUSTER", default: "switchboard", help: "the cluster's name: its JetStream KV buckets are switchboard_NAME_placement and switchboard_NAME_nodes, so clusters may share a NATS (1-32 of A-Z a-z 0-9 _ -)", value: "NAME" },
     Spec { name: "TAKEOVER", default: "off", help: "take over from the server running on this DATA_DIR (its listening sockets, sessions, tabs, presence), for a deploy that drops nobody; with none running, start as usual (see docs/operations.md)", value: "[on|off]" },
     Spec { name: "DEMO", default: "auto (on with the built-in demo users)", help: "demo mode, on or off (the flag alone: on): serves the chat demo at /demo/ and mints a token for any user at /demo/login (never on a real site)", value: "[on|off|auto]" },
 ];
@@ -149,6 +152,53 @@ pub struct Settings {
     /// Take over from the server running on this data folder
     /// (`TAKEOVER`, `serve --takeover`; `handover.rs`).
     pub takeover: bool,
+    /// Cluster mode (`NATS_URL`; `None`: a single node).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
+}
+
+/// The cluster settings: `None` without `NATS_URL`; with it, `NODE_ID`
+/// is required and MySQL too (a cluster's history, UI state and read
+/// marks live in MySQL, which every node reaches).
+fn cluster_settings(
+    nats_url: Option<String>,
+    node: Option<String>,
+    cluster: Option<String>,
+    mysql: bool,
+) -> Result<Option<crate::cluster::ClusterSettings>, String> {
+    use crate::cluster::placement::valid_id;
+    let Some(nats_url) = nats_url else {
+        if node.is_some() {
+            return Err("SWITCHBOARD_NODE_ID is set without SWITCHBOARD_NATS_URL: set both for cluster mode, or neither".into());
+        }
+        return Ok(None);
+    };
+    if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
+        return Err(format!(
+            "SWITCHBOARD_NATS_URL must be nats://HOST:PORT (or tls://), not {nats_url:?}"
+        ));
+    }
+    let Some(node) = node else {
+        return Err("SWITCHBOARD_NATS_URL (cluster mode) needs SWITCHBOARD_NODE_ID, a name unique in the cluster".into());
+    };
+    if !valid_id(&node) {
+        return Err(format!(
+            "SWITCHBOARD_NODE_ID {node:?} must be 1-32 of A-Z a-z 0-9 _ -"
+        ));
+    }
+    let cluster = cluster.unwrap_or_else(|| "switchboard".into());
+    if !valid_id(&cluster) {
+        return Err(format!(
+            "SWITCHBOARD_CLUSTER {cluster:?} must be 1-32 of A-Z a-z 0-9 _ -"
+        ));
+    }
+    if !mysql {
+        return Err("SWITCHBOARD_NATS_URL (cluster mode) needs the MySQL store (SWITCHBOARD_MYSQL_URL): the embedded store keeps history on one node's disk, where the other nodes cannot reach it".into());
+    }
+    Ok(Some(crate::cluster::ClusterSettings {
+        nats_url,
+        node,
+        cluster,
+    }))
 }
 
 /// The TLS listener's settings.
@@ -411,6 +461,12 @@ impl Settings {
             },
             demo,
             takeover: switch("TAKEOVER", get("TAKEOVER"))?,
+            cluster: cluster_settings(
+                non_empty("NATS_URL"),
+                non_empty("NODE_ID"),
+                non_empty("CLUSTER"),
+                non_empty("MYSQL_URL").is_some(),
+            )?,
             connections_move: switch("CONNECTIONS_MOVE", get("CONNECTIONS_MOVE"))
                 .map(|on| on || get("CONNECTIONS_MOVE").is_none())?,
         };
@@ -560,6 +616,33 @@ mod tests {
         assert_eq!(s.admin_connections_max, 64);
         assert!(s.directory.is_none());
         assert!(s.demo, "demo mode is on with the built-in demo users");
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_node_id_and_mysql_and_refuses_the_embedded_store() {
+        let mysql = ("SWITCHBOARD_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+        let nats = ("SWITCHBOARD_NATS_URL", "nats://127.0.0.1:4222");
+        let node = ("SWITCHBOARD_NODE_ID", "n1");
+        assert_eq!(parse(&[], &[mysql]).unwrap().cluster, None);
+        let s = parse(&[], &[mysql, nats, node]).unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!((c.node.as_str(), c.cluster.as_str()), ("n1", "switchboard"));
+        let e = parse(&[], &[nats, node]).unwrap_err();
+        assert!(e.contains("needs the MySQL store"), "{e}");
+        let e = parse(&[], &[mysql, nats]).unwrap_err();
+        assert!(e.contains("needs SWITCHBOARD_NODE_ID"), "{e}");
+        let e = parse(&[], &[mysql, node]).unwrap_err();
+        assert!(e.contains("without SWITCHBOARD_NATS_URL"), "{e}");
+        let e = parse(&[], &[mysql, nats, ("SWITCHBOARD_NODE_ID", "a.b")]).unwrap_err();
+        assert!(e.contains("NODE_ID"), "{e}");
+        let e = parse(
+            &[],
+            &[mysql, ("SWITCHBOARD_NATS_URL", "127.0.0.1:4222"), node],
+        )
+        .unwrap_err();
+        assert!(e.contains("nats://"), "{e}");
+        let e = parse(&[], &[mysql, nats, node, ("SWITCHBOARD_CLUSTER", "x y")]).unwrap_err();
+        assert!(e.contains("SWITCHBOARD_CLUSTER"), "{e}");
     }
 
     #[test]
