@@ -61,10 +61,13 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let result = (|| {
+    let result = (|| -> Result<ExitCode, String> {
         // Preallocated and written, as the log grows: an append then
         // changes no metadata.
-        let size = count * bytes;
+        let size = count
+            .checked_mul(bytes)
+            .filter(|&s| s <= 1 << 30)
+            .ok_or("--count × --bytes must be at most 1 GiB")?;
         let zeros = vec![0u8; 1 << 20];
         let mut left = size;
         while left > 0 {
@@ -85,20 +88,19 @@ pub fn cmd(args: &[String]) -> Result<ExitCode, String> {
             walls.push(wall.elapsed().as_secs_f64() * 1e6 / count as f64);
             cpus.push((thread_cpu() - cpu).as_secs_f64() * 1e6 / count as f64);
         }
+        let in_order: Vec<String> = cpus.iter().map(|c| format!("{c:.1}")).collect();
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
         };
         println!(
             "fsync: {runs} runs of {count} appends of {bytes} bytes + fdatasync in {}: \
-             median {:.1} µs wall, {:.1} µs CPU per append (this thread; runs: {})",
+             median {:.1} µs wall, {:.1} µs CPU per append (this thread, not the kernel's \
+             journal thread; runs in order: {})",
             dir.display(),
             median(&mut walls),
             median(&mut cpus),
-            cpus.iter()
-                .map(|c| format!("{c:.1}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            in_order.join(" ")
         );
         Ok(ExitCode::SUCCESS)
     })();

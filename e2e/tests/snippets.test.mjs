@@ -152,7 +152,7 @@ const SKIP = {
   'docs/operations.md: upstream switchboard {': 'an nginx config',
   'docs/operations.md: docker run -d --name switchboard \\': 'needs docker and an image',
   'docs/operations.md: systemctl stop switchboard            # SIGTERM: drains, commits, closes the database': 'root and systemd (a backup)',
-  'docs/operations.md: export SWITCHBOARD_NATS_URL=nats://127.0.0.1:4222': 'a cluster: NATS, MySQL and several machines (engine/tests/cluster.rs runs the same commands against NATS)',
+  'docs/operations.md: export SWITCHBOARD_NATS_URL=nats://127.0.0.1:4222   # or several: nats://a:4222,nats://b:4222,nats://c:4222': 'a cluster: NATS, MySQL and several machines (engine/tests/cluster.rs runs the same commands against NATS)',
   // docs/protocol.md
   'docs/protocol.md: # trace of user 42: on, 1874 of 16777216 bytes, ends in 583 s': 'output (the README walkthrough checks the same answer\'s shape)',
   'docs/protocol.md: CREATE TABLE users (': 'SQL: needs MySQL',

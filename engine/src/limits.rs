@@ -395,10 +395,20 @@ const _: () = assert!(TRACE_FILES_KEPT_MAX < TRACE_DIR_ENTRIES_SCANNED_MAX);
 const _: () = assert!(takeover_command_ms(5_000) == 64_570);
 const _: () = assert!(takeover_command_ms(STORAGE_TIMEOUT_MS_MAX) < 150_000);
 
-/// How long a cluster node waits for NATS (connection, then its KV
-/// buckets) at start before it refuses to start (`cluster::link`); the
-/// `switchboard cluster` command uses the same bound.
+/// How long a cluster node tries to connect to NATS at start before it
+/// refuses to start (`cluster::link`); the `switchboard cluster` command
+/// uses the same bound.
 pub const CLUSTER_CONNECT_MS: u64 = 10_000;
+
+/// Once connected, how long a starting node waits for JetStream (its
+/// buckets, the id check and the map; then its first heartbeat, again)
+/// before it refuses to start.
+pub const CLUSTER_JOIN_MS: u64 = 5_000;
+
+/// How long a stopping node waits to delete its heartbeat (then it
+/// expires by itself): inside the stop's close margin
+/// (`STOP_CLOSE_MARGIN_MS`), so a NATS that is gone cannot stretch a stop.
+pub const CLUSTER_LEAVE_MS: u64 = 500;
 
 /// How often a cluster node writes its heartbeat (`cluster::link`).
 pub const CLUSTER_HEARTBEAT_MS: u64 = 1_000;

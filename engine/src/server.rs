@@ -275,9 +275,6 @@ struct Shards {
     lock: Option<DataDirLock>,
     /// What each shard gave up in a hand-over stop, as reported.
     handed: Vec<Report>,
-    /// The link to the cluster (cluster mode only); dropped with the
-    /// shards, which deletes this node's heartbeat.
-    cluster: Option<crate::cluster::link::Link>,
 }
 
 /// Opens storage, starts every shard and runs the server until it stops
@@ -297,11 +294,36 @@ pub fn run(settings: Settings) -> Result<(), Error> {
     if let Some(reload) = reload {
         reload.reload_on_signal(tls_slot.clone())?;
     }
+    // Cluster mode: NATS reached, the id checked and this node's heartbeat
+    // written before anything is taken over or served (bounded), and kept
+    // for the process's life, across a failed hand-over's re-serve.
+    let mut cluster = Departure {
+        link: match &settings.cluster {
+            None => None,
+            Some(c) => {
+                let listen = settings.listen.map(|a| a.to_string());
+                let link = crate::cluster::link::Link::start(
+                    c,
+                    listen,
+                    settings.shards,
+                    settings.takeover,
+                )
+                .map_err(|why| Error::Cluster { why })?;
+                Some(link)
+            }
+        },
+        delete: true,
+    };
     // `--takeover`: the running server's state and sockets, until ready.
     let (mut taken, mut inherited) = match settings.takeover {
-        true => match handover::take_over(&settings)? {
-            Some((taken, inherited)) => (Some(taken), Some(inherited)),
-            None => (None, None),
+        true => match handover::take_over(&settings) {
+            Ok(Some((taken, inherited))) => (Some(taken), Some(inherited)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                // The old process, if any, serves on under this id.
+                cluster.delete = false;
+                return Err(e);
+            }
         },
         false => (None, None),
     };
@@ -310,6 +332,8 @@ pub fn run(settings: Settings) -> Result<(), Error> {
             Ok(server) => server,
             Err(e) => {
                 if let Some(mut t) = taken.take() {
+                    // The old process serves on, heartbeating under this id.
+                    cluster.delete = false;
                     t.fail(&e.to_string());
                 }
                 return Err(e);
@@ -323,12 +347,14 @@ pub fn run(settings: Settings) -> Result<(), Error> {
             // A stop asked of this process before it said ready: the old
             // one serves on (saying ready now would end both).
             if stop_slot.signalled() {
+                cluster.delete = false;
                 t.fail("the new process was asked to stop");
                 let _ = server.stop();
                 info!("a stop signal came before the hand-over was done: the old server serves on");
                 return Ok(());
             }
             if let Err(e) = t.ready() {
+                cluster.delete = false;
                 let _ = server.stop();
                 return Err(e);
             }
@@ -355,7 +381,11 @@ pub fn run(settings: Settings) -> Result<(), Error> {
                     .as_ref()
                     .expect("a hand-over is asked on the control socket");
                 match control.give(handed) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        // The new process heartbeats under this id now.
+                        cluster.delete = false;
+                        return Ok(());
+                    }
                     Err((handed, why)) => {
                         warn!("hand-over failed: {why}; serving again from the state kept");
                         handed
@@ -374,6 +404,23 @@ pub fn run(settings: Settings) -> Result<(), Error> {
             return Ok(());
         }
         inherited = Some(reinherit(handed)?);
+    }
+}
+
+/// The node's cluster link, left when `run` returns: its heartbeat is
+/// deleted (the others see it go at once, not at the TTL) unless another
+/// process of this node heartbeats under the same id (a hand-over, in
+/// either direction).
+struct Departure {
+    link: Option<crate::cluster::link::Link>,
+    delete: bool,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.leave(self.delete);
+        }
     }
 }
 
@@ -485,17 +532,6 @@ impl Server {
                 })?
                 .into(),
         };
-        // Cluster mode: NATS reached and this node's heartbeat written
-        // before anything serves, or no start (the reason says which).
-        let cluster = match &settings.cluster {
-            None => None,
-            Some(c) => {
-                let listen = settings.listen.map(|a| a.to_string());
-                let link = crate::cluster::link::Link::start(c, listen, settings.shards)
-                    .map_err(|why| Error::Cluster { why })?;
-                Some(link)
-            }
-        };
         let demo = demo_mode(&settings);
         let stop = StopHandle::new(settings.shards);
         let shards = settings.shards;
@@ -523,7 +559,6 @@ impl Server {
             executors: Vec::new(),
             lock,
             handed: Vec::new(),
-            cluster,
         };
         if let Err(e) = shards.spawn(tx, seeds) {
             return Err(shards.abort(e));
@@ -789,12 +824,6 @@ impl Shards {
                     })
                 }
             }
-        }
-        // Every shard has ended: the node leaves the cluster (at once,
-        // not at its heartbeat's TTL), unless a new process took over,
-        // whose heartbeat is under the same key.
-        if let Some(link) = self.cluster.take() {
-            link.leave(!stop.is_handover());
         }
         stop.set_main(MainPhase::Storage);
         self.shared.store.clone().shutdown();

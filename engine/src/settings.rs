@@ -77,7 +77,7 @@ const SPECS: &[Spec] = &[
     Spec { name: "MYSQL_USER_NAME_SQL", default: DirectoryQueries::USER_NAME_SQL_DEFAULT, help: "SQL, one ?: user id → display name (no row: no such user)", value: "SQL" },
     Spec { name: "MYSQL_FRIENDS_SQL", default: DirectoryQueries::FRIENDS_SQL_DEFAULT, help: "SQL, one ?: user id → rows (friend id, friend name)", value: "SQL" },
     Spec { name: "MYSQL_ARE_FRIENDS_SQL", default: DirectoryQueries::ARE_FRIENDS_SQL_DEFAULT, help: "SQL, two ?: a row when the two users are friends (checked at start, used by check-directory)", value: "SQL" },
-    Spec { name: "NATS_URL", default: "unset (a single node)", help: "cluster mode (in progress: membership and placement only, see docs/operations.md \"Cluster\"): this node joins the cluster over NATS with JetStream at this URL, e.g. nats://127.0.0.1:4222; needs NODE_ID and MYSQL_URL (the embedded store is refused: a cluster's history lives in MySQL)", value: "URL" },
+    Spec { name: "NATS_URL", default: "unset (a single node)", help: "cluster mode (in progress: membership and placement only, see docs/operations.md \"Cluster\"): this node joins the cluster over NATS with JetStream at this URL, e.g. nats://127.0.0.1:4222 (or several, comma-separated: a NATS cluster's servers); needs NODE_ID and MYSQL_URL (the embedded store is refused: a cluster's history lives in MySQL)", value: "URL" },
     Spec { name: "NODE_ID", default: "unset", help: "this node's id in the cluster, unique: 1-32 of A-Z a-z 0-9 _ - (with NATS_URL)", value: "ID" },
     Spec { name: "CLUSTER", default: "switchboard", help: "the cluster's name: its JetStream KV buckets are switchboard_NAME_placement and switchboard_NAME_nodes, so clusters may share a NATS (1-32 of A-Z a-z 0-9 _ -)", value: "NAME" },
     Spec { name: "TAKEOVER", default: "off", help: "take over from the server running on this DATA_DIR (its listening sockets, sessions, tabs, presence), for a deploy that drops nobody; with none running, start as usual (see docs/operations.md)", value: "[on|off]" },
@@ -172,9 +172,13 @@ fn cluster_settings(
         }
         return Ok(None);
     };
-    if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
+    let servers: Vec<&str> = nats_url.split(',').map(str::trim).collect();
+    if servers.iter().any(|u| {
+        !(u.starts_with("nats://") || u.starts_with("tls://")) || u.len() <= "nats://".len()
+    }) {
         return Err(format!(
-            "SWITCHBOARD_NATS_URL must be nats://HOST:PORT (or tls://), not {nats_url:?}"
+            "SWITCHBOARD_NATS_URL must be nats://HOST:PORT (or tls://), or several \
+             comma-separated, not {nats_url:?}"
         ));
     }
     let Some(node) = node else {
@@ -641,6 +645,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("nats://"), "{e}");
+        let many = (
+            "SWITCHBOARD_NATS_URL",
+            "nats://a:4222, nats://b:4222,nats://c:4222",
+        );
+        assert!(parse(&[], &[mysql, many, node]).unwrap().cluster.is_some());
+        let bad = ("SWITCHBOARD_NATS_URL", "nats://a:4222,b:4222");
+        assert!(parse(&[], &[mysql, bad, node])
+            .unwrap_err()
+            .contains("nats://"));
         let e = parse(&[], &[mysql, nats, node, ("SWITCHBOARD_CLUSTER", "x y")]).unwrap_err();
         assert!(e.contains("SWITCHBOARD_CLUSTER"), "{e}");
     }

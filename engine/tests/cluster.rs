@@ -20,11 +20,13 @@ fn nats_url() -> String {
 
 /// Whether NATS answers; panics under CI=true when it does not.
 fn nats_or_skip(test: &str) -> bool {
+    use std::net::ToSocketAddrs;
     let url = nats_url();
     let addr = url.trim_start_matches("nats://");
     let up = addr
-        .parse()
+        .to_socket_addrs()
         .ok()
+        .and_then(|mut a| a.next())
         .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
         .is_some();
     if !up {
@@ -170,6 +172,31 @@ fn a_node_heartbeats_leaves_on_a_stop_and_drops_out_when_killed() {
         assert_eq!(line[1], "128", "{line:?}");
         assert_eq!(server.log_lines("owns 128 of 256 virtual shards").len(), 1);
     }
+    // A change of the map while the nodes run reaches them (watched).
+    let (code, _, err) = cli(&c, &["add", "n3"]);
+    assert_eq!(code, 0, "{err}");
+    for server in [&n1, &n2] {
+        eventually(Duration::from_secs(5), "the new map seen", || {
+            !server.log_lines("placement revision 2: 3 nodes").is_empty()
+        });
+    }
+    // A second process under a live node's id is refused.
+    let dup = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_clear()
+        .env("SWITCHBOARD_DATA_DIR", temp_dir("cluster-dup"))
+        .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_MYSQL_URL", &db.url)
+        .env("SWITCHBOARD_NATS_URL", &url)
+        .env("SWITCHBOARD_NODE_ID", "n1")
+        .env("SWITCHBOARD_CLUSTER", &c)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert_eq!(dup.status.code(), Some(2), "{err}");
+    assert!(err.contains("node id n1 is in use: pid"), "{err}");
+    assert_eq!(status_of(&c, "n1").unwrap()[3], n1.pid().to_string());
+
     // It serves as a node of one would (routing between nodes is not
     // built yet: both users are asked of n1).
     let mut bob = n1.connect(BOB, "b");
@@ -202,8 +229,10 @@ fn a_node_heartbeats_leaves_on_a_stop_and_drops_out_when_killed() {
     );
     // A placement change made while the nodes are down is the map they
     // read when they come back.
-    let (code, _, err) = cli(&c, &["remove", "n2"]);
-    assert_eq!(code, 0, "{err}");
+    for gone in ["n2", "n3"] {
+        let (code, _, err) = cli(&c, &["remove", gone]);
+        assert_eq!(code, 0, "{err}");
+    }
     let n1 = start("n1", "cluster-n1b");
     assert_eq!(n1.log_lines("owns 256 of 256 virtual shards").len(), 1);
 }

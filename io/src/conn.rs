@@ -2,9 +2,10 @@
 //! call the handler, write the answer, and go on with the next request on
 //! the same connection (keep-alive). Pipelined requests are answered
 //! strictly in order, because the next head is parsed from the bytes left
-//! in the buffer only after the current answer is written; while a call
-//! runs (a long-poll) the socket is not read, so a pipelining client is
-//! held back by TCP flow control, not by our memory.
+//! in the buffer only after the current answer is written. While a call
+//! runs the socket is not read, so a pipelining client is held back by TCP
+//! flow control, not by our memory; except during a held poll, which reads
+//! on (at most one chunk, [`watched`]) to notice a client that hangs up.
 //!
 //! Every wait has a deadline, raced against the read or write with the
 //! handler's timer by [`within`]: the first byte of the first request
@@ -25,8 +26,9 @@
 //! decoded body (bounded by the body limit) and the answer go back to the
 //! pool as soon as they are consumed: before a call that may be held (a
 //! long-poll) and after each answer. An idle connection, or one holding a
-//! poll, has no buffer at all; one that took a big request gives its big
-//! buffers back to be freed.
+//! poll, has no buffer at all (unless the client sent the start of a next
+//! request during the poll: that chunk is kept until the answer); one that
+//! took a big request gives its big buffers back to be freed.
 
 use std::future::poll_fn;
 use std::future::Future;
@@ -565,8 +567,7 @@ where
                     // A poll that may be held is watched for a hang-up
                     // while nothing of a next request was read: a client
                     // that closes during it is noticed now, not when the
-                    // poll ends. Other calls are short: not watched (a
-                    // watch costs a peek and its cancel).
+                    // poll ends. Other calls are short: not watched.
                     let held = matches!(
                         &call,
                         Call::Shard(switchboard_shards::model::Request::Poll { wait_ms, .. })
@@ -574,11 +575,16 @@ where
                     );
                     let call = Box::pin(handler.call(call));
                     let reply = match held && self.buf.bytes().is_empty() {
-                        true => watched(&mut self.stream, &mut self.buf, limits, call).await,
+                        true => {
+                            let reply =
+                                watched(&mut self.stream, &mut self.buf, limits, call).await;
+                            // Bytes of a next request the watch read (the
+                            // buffer was empty before it).
+                            self.outcome.bytes_read += self.buf.bytes().len() as u64;
+                            reply
+                        }
                         false => Some(call.await),
                     };
-                    // Bytes of a next request the watch read.
-                    self.outcome.bytes_read += self.buf.bytes().len() as u64;
                     let Some(reply) = reply else {
                         return Ending::Closed(CloseReason::PeerClosedDuringCall);
                     };

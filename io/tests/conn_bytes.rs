@@ -542,6 +542,18 @@ fn check(plan: &Plan, config: &Config, listener: Listener) -> Result<(), String>
             outcome.requests_answered
         ));
     }
+    // A connection that read to the client's close read every byte once.
+    if matches!(
+        outcome.reason,
+        CloseReason::PeerClosed | CloseReason::PeerClosedDuringCall
+    ) && outcome.bytes_read != input.len() as u64
+    {
+        return Err(format!(
+            "{} bytes sent, {} counted read: {outcome:?}",
+            input.len(),
+            outcome.bytes_read
+        ));
+    }
     if outcome.bytes_written != bytes.len() as u64 {
         return Err(format!("{} bytes read, {outcome:?}", bytes.len()));
     }

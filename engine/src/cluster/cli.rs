@@ -19,7 +19,19 @@ pub fn run(url: &str, cluster: &str, args: &[String]) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    runtime.block_on(command(url, cluster, args))
+    // Every step is bounded: a NATS that goes away mid-command must not
+    // hang it (the client would reconnect for ever).
+    let bound =
+        std::time::Duration::from_millis(limits::CLUSTER_CONNECT_MS + 2 * limits::CLUSTER_JOIN_MS);
+    runtime.block_on(async {
+        match tokio::time::timeout(bound, command(url, cluster, args)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "no answer from NATS at {url} within {} ms: nothing may have been written; see `switchboard cluster status`",
+                bound.as_millis()
+            )),
+        }
+    })
 }
 
 async fn command(url: &str, cluster: &str, args: &[String]) -> Outcome {

@@ -3,14 +3,20 @@
 //! touches the shards' executors).
 //!
 //! What it does now:
-//! - connects at start, bounded by [`limits::CLUSTER_CONNECT_MS`]: a node
-//!   that cannot reach NATS refuses to start, with the reason;
-//! - makes sure the cluster's two KV buckets exist ([`Buckets`]);
+//! - connects at start, bounded by [`limits::CLUSTER_CONNECT_MS`], then
+//!   joins (buckets, the id check, the map, the first heartbeat) within
+//!   [`limits::CLUSTER_JOIN_MS`] each: a node that cannot reach NATS
+//!   refuses to start, with the reason;
+//! - makes sure the cluster's two KV buckets exist ([`Buckets`]), and
+//!   makes them again if NATS comes back without its JetStream state;
+//! - refuses an id another live process heartbeats under;
 //! - writes this node's heartbeat ([`Heartbeat`]) every
 //!   [`limits::CLUSTER_HEARTBEAT_MS`] into the nodes bucket, whose entries
 //!   expire after [`limits::CLUSTER_NODE_TTL_MS`]: a node that stops
 //!   heartbeating (killed, cut off) drops out of the bucket by itself;
-//! - watches the placement map and keeps the latest one in [`View`];
+//! - watches the placement map (from its stored value, so no change is
+//!   missed) and logs each change; [`View`] keeps the latest, for the
+//!   routing still to be built (nothing reads it yet but the tests' logs);
 //! - on [`Link::leave`] (a stop), deletes its heartbeat, so the others
 //!   see it go at once rather than at the TTL (not after a hand-over,
 //!   whose new process heartbeats under the same key).
@@ -99,17 +105,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Connects to NATS as `name`, trying again every half second for up to
-/// `connect_ms` (a node booting beside its NATS waits for it); the last
-/// error past that. Once connected, the client reconnects by itself.
+/// Connects to NATS as `name` at `url` (one `nats://HOST:PORT`, or
+/// several comma-separated: the servers of a NATS cluster, any of which
+/// will do), trying again every half second for up to `connect_ms` (a
+/// node booting beside its NATS waits for it); the last error past that.
+/// Once connected, the client reconnects by itself, to any of them.
 pub async fn connect(url: &str, name: &str, connect_ms: u64) -> Result<async_nats::Client, String> {
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
     let until = tokio::time::Instant::now() + Duration::from_millis(connect_ms);
     loop {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         let options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(left.max(Duration::from_millis(100)));
-        let error = match tokio::time::timeout(left, options.connect(url)).await {
+        let error = match tokio::time::timeout(left, options.connect(servers.as_slice())).await {
             Ok(Ok(client)) => return Ok(client),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no connection within {connect_ms} ms"),
@@ -205,6 +218,7 @@ impl Link {
         settings: &ClusterSettings,
         listen: Option<String>,
         shards: usize,
+        takeover: bool,
     ) -> Result<Link, String> {
         let view = Arc::new(Mutex::new(View::default()));
         let leave = Arc::new(Leave::default());
@@ -235,11 +249,12 @@ impl Link {
                             return;
                         }
                     };
-                    runtime.block_on(run(settings, beat, view, leave, ready_tx));
+                    runtime.block_on(run(settings, beat, takeover, view, leave, ready_tx));
                 })
                 .map_err(|e| format!("cannot start the cluster thread: {e}"))?
         };
-        let bound = Duration::from_millis(limits::CLUSTER_CONNECT_MS + 5_000);
+        let bound =
+            Duration::from_millis(limits::CLUSTER_CONNECT_MS + 2 * limits::CLUSTER_JOIN_MS + 2_000);
         match ready_rx.recv_timeout(bound) {
             Ok(Ok(())) => Ok(Link {
                 view,
@@ -289,9 +304,34 @@ fn set(view: &Mutex<View>, f: impl FnOnce(&mut View)) {
     f(&mut view.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
+/// Whether another process heartbeats under this node's id now: its
+/// entry is fresh and is still refreshed a heartbeat and a half later.
+/// An entry left by a process of this id that died (killed, crashed) a
+/// moment ago is not refreshed, and is taken over.
+async fn id_in_use(nodes: &kv::Store, node: &str) -> Result<Option<Heartbeat>, String> {
+    let read = || async {
+        match nodes.get(node).await {
+            Ok(Some(bytes)) => Ok(serde_json::from_slice::<Heartbeat>(&bytes).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("cannot read the nodes bucket: {e}")),
+        }
+    };
+    let Some(first) = read().await? else {
+        return Ok(None);
+    };
+    if first.pid == std::process::id() {
+        return Ok(None);
+    }
+    tokio::time::sleep(Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS * 3 / 2)).await;
+    Ok(read()
+        .await?
+        .filter(|again| again.pid == first.pid && again.at_ms > first.at_ms))
+}
+
 async fn run(
     settings: ClusterSettings,
     mut beat: Heartbeat,
+    takeover: bool,
     view: Arc<Mutex<View>>,
     leave: Arc<Leave>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -300,16 +340,40 @@ async fn run(
     let started = async {
         let client = connect(&settings.nats_url, &name, limits::CLUSTER_CONNECT_MS).await?;
         let js = jetstream::new(client.clone());
-        let (placement, nodes) = tokio::time::timeout(
-            Duration::from_millis(limits::CLUSTER_CONNECT_MS),
-            buckets(&js, &settings.cluster),
+        let joined = async {
+            let (placement, nodes) = buckets(&js, &settings.cluster).await?;
+            // A second process with this id would overwrite this one's
+            // heartbeat and, once routing is built, take its users: refused,
+            // unless it is the old process of a hand-over.
+            if !takeover {
+                if let Some(other) = id_in_use(&nodes, &settings.node).await? {
+                    return Err(format!(
+                        "node id {} is in use: pid {} heartbeats under it (listening on {}); \
+                         give each node its own SWITCHBOARD_NODE_ID",
+                        settings.node,
+                        other.pid,
+                        other.listen.as_deref().unwrap_or("no client listener")
+                    ));
+                }
+            }
+            let current = read_placement(&placement).await?;
+            Ok::<_, String>((placement, nodes, current))
+        };
+        let (placement, nodes, current) = tokio::time::timeout(
+            Duration::from_millis(limits::CLUSTER_JOIN_MS),
+            joined,
         )
         .await
-        .map_err(|_| "NATS did not answer JetStream within the connect bound (is JetStream enabled: nats-server -js?)".to_string())??;
-        let current = read_placement(&placement).await?;
-        Ok::<_, String>((client, placement, nodes, current))
+        .map_err(|_| {
+            format!(
+                "NATS at {} did not answer JetStream within {} ms (is JetStream enabled: nats-server -js?)",
+                settings.nats_url,
+                limits::CLUSTER_JOIN_MS
+            )
+        })??;
+        Ok::<_, String>((client, js, placement, nodes, current))
     };
-    let (client, placement, nodes, current) = match started.await {
+    let (client, js, placement, nodes, current) = match started.await {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -335,24 +399,43 @@ async fn run(
             settings.cluster
         ),
     }
+    let first_revision = current.as_ref().map(|(r, _)| *r);
     set(&view, |v| {
         v.connected = true;
         v.placement = current;
     });
+    let key = settings.node.clone();
+    // The first heartbeat is written before the node says it started.
+    beat.at_ms = now_ms();
+    let first = serde_json::to_vec(&beat).expect("a heartbeat serialises");
+    let wrote = tokio::time::timeout(
+        Duration::from_millis(limits::CLUSTER_JOIN_MS),
+        nodes.put(&key, first.into()),
+    )
+    .await;
+    if !matches!(wrote, Ok(Ok(_))) {
+        let _ = ready.send(Err(format!(
+            "NATS at {} did not take this node's heartbeat",
+            settings.nats_url
+        )));
+        return;
+    }
     let _ = ready.send(Ok(()));
 
-    let key = settings.node.clone();
+    let nodes_now = std::cell::RefCell::new(nodes);
     let heartbeat = async {
         let mut every = tokio::time::interval(Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
         loop {
             every.tick().await;
             beat.at_ms = now_ms();
             let bytes = serde_json::to_vec(&beat).expect("a heartbeat serialises");
             let connected = client.connection_state() == async_nats::connection::State::Connected;
+            let store = nodes_now.borrow().clone();
             let put = tokio::time::timeout(
                 Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS),
-                nodes.put(&key, bytes.into()),
+                store.put(&key, bytes.into()),
             )
             .await;
             let problem = match put {
@@ -360,6 +443,18 @@ async fn run(
                 Ok(Err(e)) => Some(format!("heartbeat not written: {e}")),
                 Err(_) => Some("heartbeat not written in time".to_string()),
             };
+            if problem.is_some() && connected {
+                // Connected but the put failed: NATS may have come back
+                // without its JetStream state. Make the buckets again.
+                let again = tokio::time::timeout(
+                    Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS),
+                    buckets(&js, &settings.cluster),
+                )
+                .await;
+                if let Ok(Ok((_, n))) = again {
+                    *nodes_now.borrow_mut() = n;
+                }
+            }
             let was = view.lock().unwrap_or_else(|p| p.into_inner()).connected;
             if was != connected {
                 match connected {
@@ -380,14 +475,22 @@ async fn run(
         }
     };
     let watch = async {
+        let mut seen = first_revision;
+        let mut store = placement;
         loop {
-            match placement.watch(PLACEMENT_KEY).await {
+            // With history: the stored map first, then each change, so a
+            // change made before the watch began (or while it was down)
+            // is not missed; revisions already seen are skipped.
+            match store.watch_with_history(PLACEMENT_KEY).await {
                 Ok(mut updates) => {
                     while let Some(update) = updates.next().await {
                         let Ok(entry) = update else { break };
-                        if entry.operation != kv::Operation::Put {
+                        if entry.operation != kv::Operation::Put
+                            || seen.is_some_and(|s| entry.revision <= s)
+                        {
                             continue;
                         }
+                        seen = Some(entry.revision);
                         match Placement::decode(&entry.value) {
                             Ok(p) => {
                                 log::info!(
@@ -411,7 +514,17 @@ async fn run(
                         }
                     }
                 }
-                Err(e) => log::warn!("cluster: cannot watch the placement ({e}); retrying"),
+                Err(e) => {
+                    log::warn!("cluster: cannot watch the placement ({e}); retrying");
+                    let again = tokio::time::timeout(
+                        Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS),
+                        buckets(&js, &settings.cluster),
+                    )
+                    .await;
+                    if let Ok(Ok((p, _))) = again {
+                        store = p;
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS)).await;
         }
@@ -421,19 +534,17 @@ async fn run(
         _ = watch => {}
         _ = leave.now.notified() => {}
     }
+    // Bounded by `CLUSTER_LEAVE_MS` in all: a stop must not wait on a
+    // NATS that is gone (the entry then expires by itself).
     if leave.delete.load(std::sync::atomic::Ordering::Relaxed) {
-        let gone = tokio::time::timeout(
-            Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS),
-            nodes.delete(&key),
-        )
+        let store = nodes_now.borrow().clone();
+        let gone = tokio::time::timeout(Duration::from_millis(limits::CLUSTER_LEAVE_MS), async {
+            store.delete(&key).await.map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())
+        })
         .await;
         if !matches!(gone, Ok(Ok(_))) {
             log::warn!("cluster: could not delete this node's heartbeat; it expires by itself");
         }
     }
-    let _ = tokio::time::timeout(
-        Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS),
-        client.flush(),
-    )
-    .await;
 }

@@ -13,9 +13,10 @@
 //!
 //! Invariants (checked by [`Placement::decode`] and kept by every
 //! change): `owners.len() == vshards == VSHARDS`; every owner indexes
-//! `nodes`; node ids are valid ([`valid_id`]) and distinct; every node
-//! owns at least one virtual shard unless there are more nodes than
-//! virtual shards (never, with [`NODES_MAX`]).
+//! `nodes`; node ids are valid ([`valid_id`]), sorted and distinct; at
+//! most [`NODES_MAX`] nodes. (A node may own no virtual shard in a stored
+//! map; the command's changes never make one: each node owns
+//! ⌊VSHARDS / n⌋ or one more.)
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
