@@ -540,7 +540,7 @@ fn lookup_shape_ok(token: &str) -> bool {
 
 impl Handler for ConnHandler {
     fn home_elsewhere(&self, user: UserId) -> Option<usize> {
-        let home = switchboard_shards::home_shard(user, self.rt.count);
+        let home = self.rt.home(user);
         (home != self.rt.id).then_some(home)
     }
 

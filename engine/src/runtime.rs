@@ -676,6 +676,12 @@ impl ShardRuntime {
         f(&self.shard.borrow())
     }
 
+    /// The shard that owns `user`: the routing decision of the engine's
+    /// side, the same as the shard core's (`switchboard_shards::Config::home`).
+    pub fn home(&self, user: UserId) -> ShardId {
+        home_shard(user, self.count)
+    }
+
     /// How long the engine waits for a storage job: storage's own
     /// deadline plus `STORAGE_SLACK_MS`, so storage answers first.
     pub fn storage_patience(&self) -> Duration {
@@ -1326,7 +1332,7 @@ impl ShardRuntime {
     /// Sends `request` to its user's home shard and waits for the answer.
     pub async fn call(self: &Rc<Self>, request: Request) -> Response {
         let user = request.home_user().expect("call() needs a user's request");
-        self.call_on(home_shard(user, self.count), request).await
+        self.call_on(self.home(user), request).await
     }
 
     /// Requests waiting for an answer on this conn shard.

@@ -27,7 +27,6 @@ use super::{note_if_traced, reply, Output, PeerMsg, Resync, Shard};
 use crate::doubt::{alone, Answer, Tries, Verdict};
 use crate::limits;
 use crate::model::{EventKind, Message, MsgId, ReplyTo, Response, UserId};
-use crate::routing::home_shard;
 use crate::session::holds_message;
 use crate::trace::Note;
 
@@ -133,7 +132,7 @@ impl Shard {
         kind: EventKind,
         out: &mut Vec<Output>,
     ) {
-        let shard = home_shard(to, self.config.shard_count);
+        let shard = self.config.home(to);
         self.send_to(now, shard, PeerMsg::Deliver { to, from, kind }, out);
     }
 

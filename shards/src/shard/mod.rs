@@ -113,6 +113,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The shard that owns `user`: the one routing decision of the shard
+    /// core, made here and nowhere else (`routing::home_shard` over this
+    /// process's shards; a cluster extends this function, not its callers).
+    pub fn home(&self, user: UserId) -> ShardId {
+        crate::routing::home_shard(user, self.shard_count)
+    }
+
     /// The protocol's defaults for shard `shard` of `shard_count`.
     pub fn new(shard: ShardId, shard_count: usize) -> Config {
         assert!(shard < shard_count, "shard {shard} of {shard_count}");

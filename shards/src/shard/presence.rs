@@ -15,9 +15,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Output, PeerMsg, Shard};
+use super::{Config, Output, PeerMsg, Shard};
 use crate::model::{EventKind, ShardId, Status, UserId};
-use crate::routing::home_shard;
 use crate::trace::Note;
 
 /// This shard's replica of every user's presence.
@@ -33,12 +32,12 @@ impl Presence {
         self.replica.get(&user).copied().unwrap_or(Status::Offline)
     }
 
-    /// Users in the replica homed on shard `home` of `shard_count`.
-    fn homed_on(&self, home: ShardId, shard_count: usize) -> Vec<UserId> {
+    /// Users in the replica homed on shard `home` (by `config.home`).
+    fn homed_on(&self, home: ShardId, config: &Config) -> Vec<UserId> {
         self.replica
             .keys()
             .copied()
-            .filter(|&u| home_shard(u, shard_count) == home)
+            .filter(|&u| config.home(u) == home)
             .collect()
     }
 
@@ -92,7 +91,7 @@ impl Shard {
         );
         let mut notify: Vec<Vec<UserId>> = vec![Vec::new(); n];
         for &f in friends {
-            notify[home_shard(f, n)].push(f);
+            notify[self.config.home(f)].push(f);
         }
         for (shard, notify) in notify.into_iter().enumerate() {
             let msg = PeerMsg::Presence {
@@ -170,15 +169,14 @@ impl Shard {
         mut online: Vec<(UserId, Status)>,
         out: &mut Vec<Output>,
     ) {
-        let n = self.config.shard_count;
-        online.retain(|&(u, s)| home_shard(u, n) == from && s != Status::Offline);
+        online.retain(|&(u, s)| self.config.home(u) == from && s != Status::Offline);
         online.sort_unstable_by_key(|&(u, _)| u);
         let mut changed: Vec<(UserId, Status)> = online
             .iter()
             .copied()
             .filter(|&(u, s)| self.presence.of(u) != s)
             .collect();
-        for u in self.presence.homed_on(from, n) {
+        for u in self.presence.homed_on(from, &self.config) {
             if online.binary_search_by_key(&u, |&(v, _)| v).is_err() {
                 changed.push((u, Status::Offline));
             }

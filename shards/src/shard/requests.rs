@@ -16,7 +16,6 @@ use crate::model::{
     UserId,
 };
 use crate::ratelimit::Kind;
-use crate::routing::home_shard;
 use crate::session::WaitingConnect;
 
 /// Who a call naming another user may address.
@@ -52,7 +51,7 @@ impl Shard {
     ) {
         if let Some(user) = request.home_user() {
             assert_eq!(
-                home_shard(user, self.config.shard_count),
+                self.config.home(user),
                 self.config.shard,
                 "request for user {user} routed to the wrong shard"
             );

@@ -27,7 +27,6 @@ use super::jobs::{Pending, SendTry};
 use super::{fail, Input, Output, PeerMsg, Shard};
 use crate::doubt::{Answer, Tries};
 use crate::model::{ErrorCode, ReplyTo, Status, UserId};
-use crate::routing::home_shard;
 use crate::session::{Session, TabState};
 
 /// A request an input is to answer, looked up before the input is fed
@@ -130,7 +129,7 @@ impl Shard {
     /// every shard hears they are offline. A user not homed here, or with
     /// no session, costs only the offline broadcast.
     pub fn drop_user(&mut self, now: u64, user: UserId, out: &mut Vec<Output>) {
-        if home_shard(user, self.config.shard_count) != self.config.shard {
+        if self.config.home(user) != self.config.shard {
             return;
         }
         self.stats.dropped_users += 1;
