@@ -55,10 +55,18 @@ pub const CALL_MARGIN_MS: u64 = 5_000;
 /// least this often, which bounds the cost of a lost cross-executor wakeup.
 pub const TICK_MS: u64 = 50;
 
-/// How often a shard checks whether a stop was asked for (the stop flag
-/// is shared memory; there is no cross-executor wakeup for it). A stop
-/// takes at most about this long to reach every shard.
+/// How often a stopping shard looks at what it waits for (its
+/// connections, storage jobs, peers' phases: shared counters with no
+/// wake-up of their own). A stop reaches every shard at once (a wake-up,
+/// `stop::StopHandle::requested`); this bounds the stop's later steps.
 pub const STOP_CHECK_MS: u64 = 10;
+
+/// How often a running shard looks at the stop flag besides being woken
+/// when a stop is asked for (`stop::StopHandle::requested`): a wake-up
+/// lost on the way could delay a stop by this much, never keep it from a
+/// shard. One look a second, where the shard used to look every
+/// `STOP_CHECK_MS`.
+pub const STOP_LOOK_MS: u64 = 1_000;
 
 /// How long a stopping shard waits for its connections to answer and
 /// close, and then for the other shards' (phases 1 and 2 of `stop.rs`),

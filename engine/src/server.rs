@@ -17,8 +17,7 @@
 //!
 //! **Stop**, in the reverse order ([`Server::stop`]; [`Server::wait`] also
 //! stops when a shard fails; SIGTERM and SIGINT in the binary): the stop
-//! flag ([`StopHandle`]) is set; each shard sees it within
-//! `STOP_CHECK_MS`, stops accepting (its listeners close), and drains
+//! flag ([`StopHandle`]) is set and each shard woken; it stops accepting (its listeners close), and drains
 //! (`stop.rs`): held polls are answered, connections close after their
 //! last answer, it waits for every other shard to get that far and then
 //! for its storage jobs in flight, and returns, which ends its executor.

@@ -1,8 +1,8 @@
 //! How a running server stops, shard by shard, without dropping an answer.
 //!
 //! A stop is asked for with [`StopHandle::stop`] (SIGTERM and SIGINT do it
-//! in the binary: `signals.rs`). Each shard sees it within
-//! `STOP_CHECK_MS`, closes its listeners, then [`stop_shard`] goes through
+//! in the binary: `signals.rs`). Each shard is woken by it
+//! ([`StopHandle::requested`]), closes its listeners, then [`stop_shard`] goes through
 //! the [`Phase`]s in order:
 //!
 //! 1. **Connections.** Its connections, client and admin, are told
@@ -134,6 +134,10 @@ struct StopState {
     shards: Box<[ShardStop]>,
     /// The starting thread's progress ([`MainPhase`]).
     main: AtomicU8,
+    /// Who waits for the stop ([`StopHandle::requested`]): woken when it
+    /// is asked for. Locked only to register a waiter (a few per shard, at
+    /// its start) and to ask for the stop: never on a request's path.
+    waiters: std::sync::Mutex<Vec<futures_channel::oneshot::Sender<()>>>,
 }
 
 /// Asks a running server to stop, and says how far the stop got. Cheap to
@@ -151,12 +155,24 @@ impl StopHandle {
             accepting: AtomicUsize::new(0),
             shards: (0..shards).map(|_| ShardStop::default()).collect(),
             main: AtomicU8::new(MainPhase::Shards as u8),
+            waiters: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
     /// Asks every shard to stop.
     pub fn stop(&self) {
         self.0.asked.store(true, Ordering::Release);
+        self.wake_waiters();
+    }
+
+    /// Wakes whoever waits in [`StopHandle::requested`] (after `asked` is
+    /// set: a waiter registered after this drain sees it set).
+    fn wake_waiters(&self) {
+        let waiters =
+            std::mem::take(&mut *self.0.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
     }
 
     /// Asks every shard to stop for a hand-over: each keeps its
@@ -165,6 +181,7 @@ impl StopHandle {
     pub fn hand_over(&self) {
         self.0.handover.store(true, Ordering::Release);
         self.0.asked.store(true, Ordering::Release);
+        self.wake_waiters();
     }
 
     /// Whether the stop asked for is a hand-over.
@@ -254,11 +271,33 @@ impl StopHandle {
         }
     }
 
-    /// Resolves once a stop is asked for (checked every `STOP_CHECK_MS` on
-    /// the calling executor's timer).
+    /// Resolves once a stop is asked for: woken by [`StopHandle::stop`]
+    /// or [`StopHandle::hand_over`] from whatever thread asks, so a shard
+    /// waiting here sleeps (it used to look every `STOP_CHECK_MS`, 100
+    /// wake-ups a second per shard, most of an idle server's CPU). It also
+    /// looks once every `STOP_LOOK_MS` (1 s), so that a wake-up lost on
+    /// the way could only delay a stop, never keep it from a shard.
     pub(crate) async fn requested(&self) {
+        if self.is_stopping() {
+            return;
+        }
+        let (tx, mut rx) = futures_channel::oneshot::channel();
+        self.0
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        // Asked between the first look and the registration: the drain
+        // may have missed this waiter, but the flag is set.
         while !self.is_stopping() {
-            glommio::timer::sleep(Duration::from_millis(limits::STOP_CHECK_MS)).await;
+            let woken = async {
+                let _ = (&mut rx).await;
+            };
+            let look = glommio::timer::sleep(Duration::from_millis(limits::STOP_LOOK_MS));
+            futures_lite::future::or(woken, async {
+                look.await;
+            })
+            .await;
         }
     }
 

@@ -491,3 +491,29 @@ fn a_server_killed_with_connections_open_restarts_at_once_on_the_same_ports() {
     drop(again);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop reaches an idle server's shards at once: they are woken when it
+/// is asked for, not by looking at the flag (they look once a second, as
+/// a backstop, `limits::STOP_LOOK_MS`), so SIGTERM to exit takes far less
+/// than that second. Several rounds, so a stop landing just before a look
+/// does not pass by luck.
+#[test]
+fn sigterm_reaches_an_idle_servers_shards_at_once_not_at_their_next_look() {
+    for round in 0..5 {
+        let dir = temp_dir("stop-wakes");
+        let mut server = Server::start(&dir, &[]);
+        // Idle for more than a look, so every shard is asleep in its wait.
+        std::thread::sleep(Duration::from_millis(1_100 + 170 * round));
+        let asked = Instant::now();
+        server.signal("TERM");
+        let status = server
+            .wait_exit(STOP_BOUND)
+            .expect("the server exits within the stop bound");
+        let took = asked.elapsed();
+        assert!(status.success(), "round {round}: {status:?}");
+        assert!(
+            took < Duration::from_millis(400),
+            "round {round}: SIGTERM to exit took {took:?}: the shards were not woken"
+        );
+    }
+}
