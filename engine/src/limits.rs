@@ -65,7 +65,9 @@ pub const STOP_CHECK_MS: u64 = 10;
 /// when a stop is asked for (`stop::StopHandle::requested`): a wake-up
 /// lost on the way could delay a stop by this much, never keep it from a
 /// shard. One look a second, where the shard used to look every
-/// `STOP_CHECK_MS`.
+/// `STOP_CHECK_MS`. The stop bound ([`stop_timeout_ms`]) assumes the
+/// wake-up arrives (its first `STOP_CHECK_MS`); a lost one is a bug this
+/// makes at most a second late, not a hang.
 pub const STOP_LOOK_MS: u64 = 1_000;
 
 /// How long a stopping shard waits for its connections to answer and

@@ -11,7 +11,7 @@
 //!
 //! Signals are read on a thread of their own (`signals`) through
 //! signal-hook's self-pipe, so the handler itself only writes a byte; the
-//! shards learn of the stop from the [`StopHandle`] flag. The handlers
+//! shards are woken by the [`StopHandle`] it asks. The handlers
 //! are registered before the server starts ([`StopSignals::listen`]): a
 //! signal that comes while it starts is kept and acted on once it
 //! listens, instead of killing the process mid-start.

@@ -141,8 +141,10 @@ struct StopState {
 }
 
 /// Asks a running server to stop, and says how far the stop got. Cheap to
-/// clone and `Send + Sync`; asking is one atomic store, so a signal thread
-/// may do it. The stop itself is finished by `Server::wait`.
+/// clone and `Send + Sync`; asking sets a flag and wakes the shards'
+/// waiters (under a mutex): any ordinary thread may ask, such as
+/// signal-hook's signal thread, but never a signal handler itself. The
+/// stop itself is finished by `Server::wait`.
 #[derive(Clone, Debug)]
 pub struct StopHandle(Arc<StopState>);
 
@@ -281,7 +283,7 @@ impl StopHandle {
         if self.is_stopping() {
             return;
         }
-        let (tx, mut rx) = futures_channel::oneshot::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         self.0
             .waiters
             .lock()
@@ -289,15 +291,26 @@ impl StopHandle {
             .push(tx);
         // Asked between the first look and the registration: the drain
         // may have missed this waiter, but the flag is set.
+        let mut rx = Some(rx);
         while !self.is_stopping() {
-            let woken = async {
-                let _ = (&mut rx).await;
-            };
             let look = glommio::timer::sleep(Duration::from_millis(limits::STOP_LOOK_MS));
-            futures_lite::future::or(woken, async {
-                look.await;
-            })
-            .await;
+            match rx.as_mut() {
+                Some(waiting) => {
+                    let woken = futures_lite::future::or(async { Some(waiting.await) }, async {
+                        look.await;
+                        None
+                    })
+                    .await;
+                    // A sender dropped unsent (never, while the flag is
+                    // only ever set before the drain) must not be polled
+                    // again: a finished receiver answers at once, and the
+                    // loop would spin. Only the looks are left then.
+                    if let Some(Err(_)) = woken {
+                        rx = None;
+                    }
+                }
+                None => look.await,
+            }
         }
     }
 
@@ -464,8 +477,11 @@ pub(crate) async fn stop_shard(rt: &Rc<ShardRuntime>, conns: &ConnStop, stop: &S
     }
 
     stop.set_phase(i, Phase::Peers);
-    // A peer saw the stop at most `STOP_CHECK_MS` after this shard.
-    let peers_until = calls_until + Duration::from_millis(limits::STOP_CHECK_MS);
+    // A peer is woken by the stop as this shard is; were its wake-up lost,
+    // its look would see the stop at most `STOP_LOOK_MS` later (the wait
+    // below ends as soon as its condition holds, so this costs nothing
+    // otherwise).
+    let peers_until = calls_until + Duration::from_millis(limits::STOP_LOOK_MS);
     if !wait_until(peers_until, || stop.all_past_connections()).await {
         warn!(shard = i; "shard-{i}: other shards still had connections at the drain deadline");
     }
