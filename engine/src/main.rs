@@ -3,7 +3,7 @@
 //! `switchboard seed-demo --users N --friends K [--seed S] [--reset]`,
 //! `switchboard check-directory USER_ID [OTHER_ID]`,
 //! `switchboard tune [--strict]`,
-//! `switchboard cluster status|init NODE...|add NODE|remove NODE`,
+//! `switchboard cluster status|init NODE...|add NODE|remove NODE|forget`,
 //! `switchboard --help`,
 //! `switchboard --version`.
 //!
@@ -49,10 +49,11 @@ Usage:
                                         and print a shard and db-thread layout, the settings, sysctls
                                         and systemd lines to apply, and warnings; --strict: exit 1
                                         when there is a warning
-  switchboard cluster status | init NODE... | add NODE | remove NODE [--nats-url URL] [--cluster NAME]
+  switchboard cluster status | init NODE... | add NODE | remove NODE | forget [--nats-url URL] [--cluster NAME]
                                         cluster mode (in progress): show the nodes alive and the
                                         placement of the 256 virtual shards, make the first placement,
-                                        or add or remove a node (moves only its share); NATS_URL and
+                                        add or remove a node (moves only its share), or delete the
+                                        cluster's buckets (refused while a node runs); NATS_URL and
                                         CLUSTER as for serve; exit 2 with the reason on a failure
   switchboard --help, -h                this text
   switchboard --version, -V             the version and git commit

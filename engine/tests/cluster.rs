@@ -137,6 +137,15 @@ fn the_cluster_command_places_virtual_shards_and_moves_only_what_a_change_must()
     assert!(out.contains("placement revision 3, 3 nodes"), "{out}");
     assert_eq!(status_of(&c, "a").unwrap()[1], "86");
     assert_eq!(status_of(&c, "a").unwrap()[2], "no", "no node a runs");
+
+    // Forgotten: both buckets gone, so the cluster starts from nothing.
+    let (code, out, err) = cli(&c, &["forget"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    let (code, out, err) = cli(&c, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no placement yet"), "{out}");
+    let _ = cli(&c, &["forget"]);
 }
 
 #[test]
@@ -213,6 +222,11 @@ fn a_node_heartbeats_leaves_on_a_stop_and_drops_out_when_killed() {
     assert!(n1.wait_exit(Duration::from_secs(20)).unwrap().success());
     assert_eq!(status_of(&c, "n1").unwrap()[2], "no");
 
+    // Nothing is forgotten while a node heartbeats.
+    let (code, _, err) = cli(&c, &["forget"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nodes are alive (n2)"), "{err}");
+
     // A node killed stops heartbeating and drops out within the TTL (5 s).
     n2.signal("KILL");
     n2.wait_exit(Duration::from_secs(10)).unwrap();
@@ -233,8 +247,12 @@ fn a_node_heartbeats_leaves_on_a_stop_and_drops_out_when_killed() {
         let (code, _, err) = cli(&c, &["remove", gone]);
         assert_eq!(code, 0, "{err}");
     }
-    let n1 = start("n1", "cluster-n1b");
+    let mut n1 = start("n1", "cluster-n1b");
     assert_eq!(n1.log_lines("owns 256 of 256 virtual shards").len(), 1);
+    n1.signal("TERM");
+    assert!(n1.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let (code, _, err) = cli(&c, &["forget"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

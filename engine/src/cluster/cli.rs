@@ -1,5 +1,6 @@
-//! `switchboard cluster status|init|add|remove`: the operator's view and
-//! changes of the placement map. Every change is a compare-and-set on the
+//! `switchboard cluster status|init|add|remove|forget`: the operator's
+//! view and changes of the placement map, and the cluster's end (its
+//! buckets deleted, once no node runs). Every change is a compare-and-set on the
 //! map's revision: two operators changing it at once never lose one
 //! change; the later one is refused and says to run again.
 
@@ -44,7 +45,7 @@ async fn command(url: &str, cluster: &str, args: &[String]) -> Outcome {
         _ => Err(format!("`cluster {verb}` takes one node id\n{USAGE}")),
     };
     match verb {
-        "status" if rest.is_empty() => {}
+        "status" | "forget" if rest.is_empty() => {}
         "init" if !rest.is_empty() => {}
         "add" | "remove" => {
             one(rest)?;
@@ -56,6 +57,7 @@ async fn command(url: &str, cluster: &str, args: &[String]) -> Outcome {
     let (placement, nodes) = link::buckets(&js, cluster).await?;
     let result = match verb {
         "status" => status(cluster, &placement, &nodes).await,
+        "forget" => forget(&js, cluster, &nodes).await,
         "init" => init(&placement, rest).await,
         "add" => change(&placement, &one(rest)?, true).await,
         _ => change(&placement, &one(rest)?, false).await,
@@ -64,7 +66,31 @@ async fn command(url: &str, cluster: &str, args: &[String]) -> Outcome {
     result
 }
 
-const USAGE: &str = "usage: switchboard cluster status | init NODE... | add NODE | remove NODE";
+const USAGE: &str =
+    "usage: switchboard cluster status | init NODE... | add NODE | remove NODE | forget";
+
+/// Deletes the cluster's two buckets (its placement map and heartbeats),
+/// refused while a node heartbeats.
+async fn forget(js: &jetstream::Context, cluster: &str, nodes: &kv::Store) -> Outcome {
+    let live = link::read_nodes(nodes).await?;
+    if !live.is_empty() {
+        let names: Vec<&str> = live.iter().map(|b| b.node.as_str()).collect();
+        return Err(format!(
+            "nodes are alive ({}): stop them first; nothing deleted",
+            names.join(", ")
+        ));
+    }
+    let names = super::link::Buckets::of(cluster);
+    for bucket in [&names.placement, &names.nodes] {
+        js.delete_key_value(bucket)
+            .await
+            .map_err(|e| format!("cannot delete the KV bucket {bucket}: {e}"))?;
+    }
+    Ok(format!(
+        "cluster {cluster} forgotten: buckets {} and {} deleted\n",
+        names.placement, names.nodes
+    ))
+}
 
 async fn status(cluster: &str, placement: &kv::Store, nodes: &kv::Store) -> Outcome {
     let current = link::read_placement(placement).await?;
