@@ -145,7 +145,10 @@ fn the_cluster_command_places_virtual_shards_and_moves_only_what_a_change_must()
     let (code, out, err) = cli(&c, &["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no placement yet"), "{out}");
-    let _ = cli(&c, &["forget"]);
+    assert!(
+        out.contains("no node has joined"),
+        "looking made no buckets: {out}"
+    );
 }
 
 #[test]

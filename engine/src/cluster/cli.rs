@@ -54,6 +54,19 @@ async fn command(url: &str, cluster: &str, args: &[String]) -> Outcome {
     }
     let client = link::connect(url, "switchboard-cluster-cli", limits::CLUSTER_CONNECT_MS).await?;
     let js = jetstream::new(client.clone());
+    // Looking (status, forget) makes nothing: a cluster with no buckets
+    // has nothing to show or forget.
+    if matches!(verb, "status" | "forget") {
+        let names = link::Buckets::of(cluster);
+        let exists = js.get_key_value(&names.placement).await.is_ok()
+            || js.get_key_value(&names.nodes).await.is_ok();
+        if !exists {
+            let _ = client.flush().await;
+            return Ok(format!(
+                "cluster {cluster}: no placement yet (`switchboard cluster init NODE...`), no node has joined\n"
+            ));
+        }
+    }
     let (placement, nodes) = link::buckets(&js, cluster).await?;
     let result = match verb {
         "status" => status(cluster, &placement, &nodes).await,
