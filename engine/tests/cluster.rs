@@ -52,11 +52,17 @@ fn cluster_name(test: &str) -> String {
 
 /// `switchboard cluster ARGS` for `cluster`: (exit code, stdout, stderr).
 fn cli(cluster: &str, args: &[&str]) -> (i32, String, String) {
+    cli_at(&nats_url(), cluster, args)
+}
+
+/// `switchboard cluster ARGS` for `cluster` on the NATS at `url`: (exit
+/// code, stdout, stderr).
+fn cli_at(url: &str, cluster: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("cluster")
         .args(args)
         .env_clear()
-        .env("SWITCHBOARD_NATS_URL", nats_url())
+        .env("SWITCHBOARD_NATS_URL", url)
         .env("SWITCHBOARD_CLUSTER", cluster)
         .output()
         .unwrap();
@@ -69,7 +75,12 @@ fn cli(cluster: &str, args: &[&str]) -> (i32, String, String) {
 
 /// The `status` line of `node`, split on tabs.
 fn status_of(cluster: &str, node: &str) -> Option<Vec<String>> {
-    let (code, out, err) = cli(cluster, &["status"]);
+    status_at(&nats_url(), cluster, node)
+}
+
+/// The `status` line of `node` on the NATS at `url`, split on tabs.
+fn status_at(url: &str, cluster: &str, node: &str) -> Option<Vec<String>> {
+    let (code, out, err) = cli_at(url, cluster, &["status"]);
     assert_eq!(code, 0, "{err}");
     out.lines()
         .map(|l| l.split('\t').map(str::to_string).collect::<Vec<_>>())
@@ -359,24 +370,6 @@ impl Drop for OwnNats {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// `status` of `node` against a NATS at `url`.
-fn status_at(url: &str, cluster: &str, node: &str) -> Option<Vec<String>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["cluster", "status", "--nats-url", url, "--cluster", cluster])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('\t').map(str::to_string).collect::<Vec<_>>())
-        .find(|f| f[0] == node)
 }
 
 #[test]

@@ -127,6 +127,17 @@ impl Half {
         })
     }
 
+    /// `Request::EndPoll` for the poll started as request `held`.
+    fn end_poll(&mut self, sid: Sid, held: u64) -> u64 {
+        self.start(Request::EndPoll {
+            sid,
+            held: ReplyTo {
+                shard: 0,
+                req: held,
+            },
+        })
+    }
+
     fn drain(&mut self) {
         self.feed(Input::Drain);
         assert!(self.shard.is_draining());
@@ -449,13 +460,7 @@ fn end_poll_ends_the_abandoned_poll_only() {
     let (sid, seq) = w.connect(here, &[there]);
     let first = w.poll(sid, seq, 25_000);
     assert!(w.take(first).is_none(), "held");
-    let end = w.start(Request::EndPoll {
-        sid,
-        held: ReplyTo {
-            shard: 0,
-            req: first,
-        },
-    });
+    let end = w.end_poll(sid, first);
     assert!(matches!(w.take(end), Some(Response::Done)));
     assert!(
         matches!(w.take(first), Some(Response::Events { ref events, .. }) if events.is_empty()),
@@ -465,13 +470,7 @@ fn end_poll_ends_the_abandoned_poll_only() {
     assert_eq!(w.shard.stats().polls_abandoned, 1);
     // A newer poll is not ended by a late EndPoll for the older one.
     let second = w.poll(sid, seq, 25_000);
-    let end = w.start(Request::EndPoll {
-        sid,
-        held: ReplyTo {
-            shard: 0,
-            req: first,
-        },
-    });
+    let end = w.end_poll(sid, first);
     assert!(matches!(w.take(end), Some(Response::Done)));
     assert!(w.take(second).is_none(), "still held");
     assert_eq!(w.shard.held_poll_count(), 1);

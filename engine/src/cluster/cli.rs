@@ -108,7 +108,7 @@ async fn forget(js: &jetstream::Context, cluster: &str, nodes: &kv::Store) -> Ou
 async fn status(cluster: &str, placement: &kv::Store, nodes: &kv::Store) -> Outcome {
     let current = link::read_placement(placement).await?;
     let live = link::read_nodes(nodes).await?;
-    let now = link::now_ms();
+    let now = crate::runtime::Clock::new().now_ms();
     let mut out = String::new();
     let mut names: Vec<String> = live.iter().map(|b| b.node.clone()).collect();
     match &current {

@@ -15,17 +15,17 @@
 //!   expire after [`limits::CLUSTER_NODE_TTL_MS`]: a node that stops
 //!   heartbeating (killed, cut off) drops out of the bucket by itself;
 //! - watches the placement map (from its stored value, so no change is
-//!   missed) and logs each change; [`View`] keeps the latest, for the
-//!   routing still to be built (nothing reads it yet but the tests' logs);
+//!   missed) and logs each change (the routing still to be built will
+//!   hand each map to the shards);
 //! - on [`Link::leave`] (a stop), deletes its heartbeat, so the others
 //!   see it go at once rather than at the TTL (not after a hand-over,
 //!   whose new process heartbeats under the same key).
 //!
 //! A lost connection is retried by the client for as long as the node
-//! runs (NATS restarts are survived); [`View::connected`] says where it
-//! stands, and the heartbeat resumes on reconnection.
+//! runs (NATS restarts are survived); the log says when it is lost and
+//! back, and the heartbeat resumes on reconnection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::placement::{Placement, PLACEMENT_KEY};
 use super::ClusterSettings;
 use crate::limits;
+use crate::runtime::Clock;
 
 /// The cluster's JetStream KV buckets, named after the cluster.
 pub struct Buckets {
@@ -69,21 +70,8 @@ pub struct Heartbeat {
     pub version: String,
 }
 
-/// What the link knows, read by anyone (not on the hot path).
-#[derive(Clone, Debug, Default)]
-pub struct View {
-    /// Connected to NATS now.
-    pub connected: bool,
-    /// The placement map and its KV revision, once read.
-    pub placement: Option<(u64, Placement)>,
-    /// The last problem met (a placement that does not decode, a failed
-    /// heartbeat), until things are well again.
-    pub problem: Option<String>,
-}
-
 /// The running link.
 pub struct Link {
-    view: Arc<Mutex<View>>,
     leave: Arc<Leave>,
     thread: Option<JoinHandle<()>>,
 }
@@ -95,14 +83,6 @@ struct Leave {
     /// Whether to delete this node's heartbeat as it ends (not after a
     /// hand-over: the new process heartbeats under the same key).
     delete: std::sync::atomic::AtomicBool,
-}
-
-/// Wall-clock milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Connects to NATS as `name` at `url` (one `nats://HOST:PORT`, or
@@ -220,20 +200,19 @@ impl Link {
         shards: usize,
         takeover: bool,
     ) -> Result<Link, String> {
-        let view = Arc::new(Mutex::new(View::default()));
         let leave = Arc::new(Leave::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let beat = Heartbeat {
             node: settings.node.clone(),
             pid: std::process::id(),
-            started_ms: now_ms(),
+            started_ms: Clock::new().now_ms(),
             at_ms: 0,
             listen,
             shards,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let thread = {
-            let (settings, view, leave) = (settings.clone(), view.clone(), leave.clone());
+            let (settings, leave) = (settings.clone(), leave.clone());
             std::thread::Builder::new()
                 .name("cluster".into())
                 .spawn(move || {
@@ -249,7 +228,7 @@ impl Link {
                             return;
                         }
                     };
-                    runtime.block_on(run(settings, beat, takeover, view, leave, ready_tx));
+                    runtime.block_on(run(settings, beat, takeover, leave, ready_tx));
                 })
                 .map_err(|e| format!("cannot start the cluster thread: {e}"))?
         };
@@ -257,7 +236,6 @@ impl Link {
             Duration::from_millis(limits::CLUSTER_CONNECT_MS + 2 * limits::CLUSTER_JOIN_MS + 2_000);
         match ready_rx.recv_timeout(bound) {
             Ok(Ok(())) => Ok(Link {
-                view,
                 leave,
                 thread: Some(thread),
             }),
@@ -270,11 +248,6 @@ impl Link {
                 bound.as_millis()
             )),
         }
-    }
-
-    /// What the link knows now.
-    pub fn view(&self) -> View {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Ends the thread, deleting this node's heartbeat first if `delete`
@@ -298,10 +271,6 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.end(true);
     }
-}
-
-fn set(view: &Mutex<View>, f: impl FnOnce(&mut View)) {
-    f(&mut view.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
 /// Whether another process heartbeats under this node's id now: its
@@ -332,7 +301,6 @@ async fn run(
     settings: ClusterSettings,
     mut beat: Heartbeat,
     takeover: bool,
-    view: Arc<Mutex<View>>,
     leave: Arc<Leave>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -400,13 +368,10 @@ async fn run(
         ),
     }
     let first_revision = current.as_ref().map(|(r, _)| *r);
-    set(&view, |v| {
-        v.connected = true;
-        v.placement = current;
-    });
+    let clock = Clock::new();
     let key = settings.node.clone();
     // The first heartbeat is written before the node says it started.
-    beat.at_ms = now_ms();
+    beat.at_ms = clock.now_ms();
     let first = serde_json::to_vec(&beat).expect("a heartbeat serialises");
     let wrote = tokio::time::timeout(
         Duration::from_millis(limits::CLUSTER_JOIN_MS),
@@ -427,9 +392,10 @@ async fn run(
         let mut every = tokio::time::interval(Duration::from_millis(limits::CLUSTER_HEARTBEAT_MS));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
+        let (mut was_connected, mut beating) = (true, true);
         loop {
             every.tick().await;
-            beat.at_ms = now_ms();
+            beat.at_ms = clock.now_ms();
             let bytes = serde_json::to_vec(&beat).expect("a heartbeat serialises");
             let connected = client.connection_state() == async_nats::connection::State::Connected;
             let store = nodes_now.borrow().clone();
@@ -440,8 +406,8 @@ async fn run(
             .await;
             let problem = match put {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(format!("heartbeat not written: {e}")),
-                Err(_) => Some("heartbeat not written in time".to_string()),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer in time".to_string()),
             };
             if problem.is_some() && connected {
                 // Connected but the put failed: NATS may have come back
@@ -455,23 +421,23 @@ async fn run(
                     *nodes_now.borrow_mut() = n;
                 }
             }
-            let was = view.lock().unwrap_or_else(|p| p.into_inner()).connected;
-            if was != connected {
+            // Each change is logged once, not each heartbeat.
+            if was_connected != connected {
                 match connected {
                     true => log::info!("cluster: reconnected to NATS"),
                     false => log::error!("cluster: lost NATS; the client reconnects"),
                 }
+                was_connected = connected;
             }
-            set(&view, |v| {
-                v.connected = connected;
-                if problem.is_some()
-                    || v.problem
-                        .as_deref()
-                        .is_some_and(|p| p.starts_with("heartbeat"))
-                {
-                    v.problem = problem;
+            match (&problem, beating) {
+                // Disconnected: "lost NATS" said it.
+                (Some(e), true) if connected => {
+                    log::warn!("cluster: heartbeat not written ({e}); trying every heartbeat")
                 }
-            });
+                (None, false) => log::info!("cluster: heartbeat written again"),
+                _ => {}
+            }
+            beating = problem.is_none();
         }
     };
     let watch = async {
@@ -499,17 +465,12 @@ async fn run(
                                     p.nodes.len(),
                                     p.counts().get(settings.node.as_str()).copied().unwrap_or(0)
                                 );
-                                set(&view, |v| {
-                                    v.placement = Some((entry.revision, p));
-                                    v.problem = None;
-                                });
                             }
                             Err(e) => {
                                 log::error!(
                                     "cluster: placement revision {} ignored: {e}",
                                     entry.revision
                                 );
-                                set(&view, |v| v.problem = Some(e));
                             }
                         }
                     }
